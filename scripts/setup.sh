@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what clawpen needs on a Debian/Ubuntu host (as root) and builds .venv.
+# Idempotent and quick when everything is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certificates procps util-linux iproute2)
+[ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(gcc libc6-dev)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: clawpen needs Python >= 3.11; found $("$PY" --version 2>&1)" >&2
+  exit 1
+fi
+
+stamp=".venv/.clawpen-lock-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  echo "setup: building .venv from requirements.lock"
+  rm -rf .venv
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  touch "$stamp"
+fi

@@ -1,0 +1,5 @@
+import sys
+
+from clawpen.cli import main
+
+sys.exit(main())

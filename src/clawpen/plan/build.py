@@ -1,0 +1,165 @@
+"""spec policy + host facts -> frozen :class:`~clawpen.plan.model.Plan`. Pure: no I/O here.
+
+The host facts (:class:`HostFacts`) are gathered once by :meth:`HostFacts.probe`; everything
+else is decided from the policy, so ``clawpen plan`` shows exactly what ``clawpen run`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from clawpen.errors import PolicyError
+from clawpen.plan.model import CgroupLimits, Identity, Mount, Plan, Rlimits, SeccompPolicy
+from clawpen.spec.policy import BotPolicy
+from clawpen.spec.units import format_size
+
+WORKSPACE = "/workspace"
+SYSTEM_DIRS = ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+# Host /etc entries a program may need; nothing else of the host's /etc is visible.
+ETC_ALLOWED = (
+    "alternatives", "ca-certificates", "ca-certificates.conf", "gai.conf", "host.conf", "ld.so.cache",
+    "ld.so.conf", "ld.so.conf.d", "localtime", "mime.types", "os-release", "protocols", "services",
+    "ssl/certs", "ssl/openssl.cnf", "timezone", "debian_version", "lsb-release", "xdg",
+)  # fmt: skip
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAMESPACES = ("user", "pid", "mount", "ipc", "uts", "cgroup", "net")
+SHM_SIZE = 16 << 20
+RUN_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the planner needs to know about the host's root filesystem."""
+
+    cpu_count: int
+    system_dirs: tuple[tuple[str, str | None], ...]  # (path, symlink target) or (path, None) for a dir
+    etc_entries: tuple[str, ...]
+
+    @classmethod
+    def probe(cls) -> HostFacts:
+        dirs: list[tuple[str, str | None]] = []
+        for path in SYSTEM_DIRS:
+            if os.path.islink(path):
+                dirs.append((path, os.readlink(path)))
+            elif os.path.isdir(path):
+                dirs.append((path, None))
+        etc = tuple(e for e in ETC_ALLOWED if os.path.exists(f"/etc/{e}"))
+        return cls(cpu_count=os.cpu_count() or 1, system_dirs=tuple(dirs), etc_entries=etc)
+
+
+def _etc_files(policy: BotPolicy, ident: Identity) -> tuple[Mount, ...]:
+    home = WORKSPACE if policy.workspace else "/tmp"
+    passwd = (
+        "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+        f"{ident.name}:x:{ident.uid}:{ident.gid}:clawpen bot {ident.name}:{home}:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    group = f"root:x:0:\n{ident.name}:x:{ident.gid}:\nnogroup:x:65534:\n"
+    hosts = f"127.0.0.1\tlocalhost\n127.0.1.1\t{policy.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    resolv = "# clawpen: this bot has no network (network.mode = none)\n"
+    nsswitch = (
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\n"
+    )
+    files = {
+        "/etc/passwd": passwd,
+        "/etc/group": group,
+        "/etc/hosts": hosts,
+        "/etc/hostname": f"{policy.name}\n",
+        "/etc/resolv.conf": resolv,
+        "/etc/nsswitch.conf": nsswitch,
+    }
+    return tuple(Mount("data", dest, data=text, mode=0o444) for dest, text in files.items())
+
+
+def _env(policy: BotPolicy, ident: Identity) -> tuple[tuple[str, str], ...]:
+    env = {
+        "PATH": DEFAULT_PATH,
+        "HOME": WORKSPACE if policy.workspace else "/tmp",
+        "USER": ident.name,
+        "LOGNAME": ident.name,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "CLAWPEN_BOT": policy.name,
+    }
+    env.update(policy.env)
+    return tuple(env.items())
+
+
+def build_plan(
+    policy: BotPolicy,
+    ident: Identity,
+    host: HostFacts,
+    seccomp: SeccompPolicy,
+    *,
+    die_with_parent: bool = True,
+) -> Plan:
+    """Decide everything about running ``policy``; raises PolicyError for what the host cannot give."""
+    if policy.cpus is not None and policy.cpus > host.cpu_count:
+        raise PolicyError(
+            f"cpus = {policy.cpus:g} asks for more CPUs than this host has ({host.cpu_count})",
+            where=f"bots.{policy.name}.resources.cpus",
+            hint=f"use a value from 0.01 to {host.cpu_count}",
+        )
+    mounts: list[Mount] = [Mount("ro", "/usr", source="/usr")]
+    for path, target in host.system_dirs:
+        mounts.append(Mount("symlink", path, source=target) if target else Mount("ro", path, source=path))
+    mounts += [Mount("ro", f"/etc/{e}", source=f"/etc/{e}") for e in host.etc_entries]
+    mounts += _etc_files(policy, ident)
+    mounts += [
+        Mount("proc", "/proc"),
+        Mount("dev", "/dev"),
+        Mount(
+            "tmpfs",
+            "/tmp",
+            size=policy.tmp if policy.disk is None else min(policy.tmp, policy.disk),
+            mode=0o1777,
+        ),
+        Mount("tmpfs", "/dev/shm", size=SHM_SIZE, mode=0o1777),
+        Mount("tmpfs", "/run", size=RUN_SIZE, mode=0o755),
+        Mount("dir", "/var", mode=0o755),
+        Mount("symlink", "/var/tmp", source="../tmp"),
+    ]
+    if policy.workspace:
+        mounts.append(Mount("rw", WORKSPACE, source=policy.workspace, pin=True))
+    mounts += [Mount("ro", dest, source=src, pin=True) for src, dest in policy.ro]
+    mounts += [Mount("rw", dest, source=src, pin=True) for src, dest in policy.rw]
+    mounts.append(Mount("remount-ro", "/"))
+    quota = None if policy.cpus is None else max(1000, round(policy.cpus * 100_000))
+    return Plan(
+        bot=policy.name,
+        command=policy.command,
+        identity=ident,
+        hostname=policy.name,
+        namespaces=NAMESPACES,
+        mounts=tuple(mounts),
+        env=_env(policy, ident),
+        cwd=WORKSPACE if policy.workspace else "/tmp",
+        cgroup=CgroupLimits(
+            memory_max=policy.memory,
+            cpu_quota_us=quota,
+            pids_max=policy.pids,
+            io_weight=policy.io_weight,
+        ),
+        rlimits=Rlimits(nofile=policy.nofile, core=0, fsize=policy.disk),
+        seccomp=seccomp,
+        network="none",
+        workspace=policy.workspace,
+        disk_max=policy.disk,
+        die_with_parent=die_with_parent,
+    )
+
+
+def describe_limits(plan: Plan) -> str:
+    """One line for humans, e.g. ``memory 512M, cpus 1, pids 256, nofile 1024``."""
+    parts = []
+    if plan.cgroup.memory_max is not None:
+        parts.append(f"memory {format_size(plan.cgroup.memory_max)}")
+    if plan.cgroup.cpu_quota_us is not None:
+        parts.append(f"cpus {plan.cgroup.cpu_quota_us / plan.cgroup.cpu_period_us:g}")
+    if plan.cgroup.pids_max is not None:
+        parts.append(f"pids {plan.cgroup.pids_max}")
+    parts.append(f"nofile {plan.rlimits.nofile}")
+    if plan.disk_max is not None:
+        parts.append(f"disk {format_size(plan.disk_max)}")
+    return ", ".join(parts)

@@ -1,0 +1,106 @@
+"""The frozen plan: everything a tier needs to run one bot, decided before anything runs.
+
+A plan is built by :func:`clawpen.plan.build.build_plan` from a normalized policy and a few
+host facts; it holds no open files and performs no I/O. ``clawpen plan BOT --json`` prints
+:meth:`Plan.to_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+MountKind = Literal["ro", "rw", "tmpfs", "proc", "dev", "dir", "symlink", "data", "remount-ro"]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One step of building the sandbox's root, applied in order.
+
+    ``ro``/``rw``: bind ``source`` (a host path) at ``dest``; ``tmpfs``: a fresh tmpfs of
+    ``size`` bytes; ``proc``/``dev``: fresh procfs / minimal /dev; ``dir``: an empty directory;
+    ``symlink``: ``dest`` points at ``source``; ``data``: a read-only file holding ``data``;
+    ``remount-ro``: make ``dest`` read-only once everything below it is in place.
+    ``pin``: the host path is opened by the root parent and handed to bubblewrap as a file
+    descriptor, so the bot's uid needs no access to the path's parent folders and a path swapped
+    for a symlink after the checks cannot redirect the mount.
+    """
+
+    kind: MountKind
+    dest: str
+    source: str | None = None
+    size: int | None = None
+    data: str | None = None
+    mode: int | None = None
+    pin: bool = False
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The dedicated unprivileged host user a bot runs as."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    """Values written into the bot's cgroup; ``None`` means no limit for that controller."""
+
+    memory_max: int | None = None
+    swap_max: int = 0
+    cpu_quota_us: int | None = None
+    cpu_period_us: int = 100_000
+    pids_max: int | None = None
+    io_weight: int | None = None
+
+
+@dataclass(frozen=True)
+class Rlimits:
+    """Resource limits set on the sandbox's first process and inherited by its children."""
+
+    nofile: int = 1024
+    core: int = 0
+    fsize: int | None = None
+
+
+@dataclass(frozen=True)
+class SeccompPolicy:
+    """A deny-list seccomp policy, applied on every ABI in ``arches``.
+
+    ``errno_syscalls`` fail with EPERM; ``enosys_syscalls`` fail with ENOSYS (so libc falls back,
+    e.g. clone3 -> clone, whose flags can be checked); ``clone_ns_flags`` are the clone(2) flags
+    that make it fail with EPERM; ``ioctls`` are ioctl request numbers that fail with EPERM.
+    """
+
+    arches: tuple[str, ...] = ("x86_64", "x86", "x32")
+    errno_syscalls: tuple[str, ...] = ()
+    enosys_syscalls: tuple[str, ...] = ()
+    clone_ns_flags: int = 0
+    ioctls: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything needed to run one bot in a sandbox; pure data."""
+
+    bot: str
+    command: tuple[str, ...]
+    identity: Identity
+    hostname: str
+    namespaces: tuple[str, ...]
+    mounts: tuple[Mount, ...]
+    env: tuple[tuple[str, str], ...]
+    cwd: str
+    cgroup: CgroupLimits
+    rlimits: Rlimits
+    seccomp: SeccompPolicy
+    network: Literal["none"] = "none"
+    workspace: str | None = None
+    disk_max: int | None = None
+    die_with_parent: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view, as printed by ``clawpen plan --json``."""
+        return asdict(self)

@@ -1,0 +1,317 @@
+"""The namespace tier: bubblewrap for namespaces and mounts, cgroups for limits, seccomp.
+
+Running a plan is an ordered list of named steps; a failing step raises
+:class:`~clawpen.errors.SandboxError` naming itself:
+
+1. ``workspace``  create the workspace and give it to the bot's uid
+2. ``seccomp``    compile (or load from cache) the BPF filter into a memfd
+3. ``files``      generated /etc files and the bwrap arguments into memfds; pin host paths as fds
+4. ``cgroups``    create the bot's cgroup with its limits
+5. ``spawn``      start bwrap as the bot's uid; it builds the sandbox and blocks before exec
+6. ``enter``      move the sandbox into the cgroup while it is blocked (rlimits are set
+                  inside by ``prlimit``, see :func:`clawpen.sandbox.bwrap.limited_command`)
+7. ``start``      unblock; the bot's command runs
+8. ``wait``       wait on a pidfd; timeout, disk cap and forwarded signals act on the cgroup
+9. ``teardown``   kill whatever is left in the cgroup, read OOM and usage, remove it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from pathlib import Path
+from types import FrameType
+
+from clawpen.errors import SandboxError
+from clawpen.paths import cache_dir
+from clawpen.plan.model import Plan
+from clawpen.sandbox import cgroups, seccomp
+from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
+from clawpen.sandbox.tier import (
+    EXIT_DISK,
+    EXIT_OOM,
+    EXIT_SETUP,
+    EXIT_TIMEOUT,
+    RunResult,
+)
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+DISK_CHECK_INTERVAL = 1.0
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def prepare_workspace(path: str, uid: int, gid: int) -> None:
+    """Create the workspace if needed and hand it (recursively, once) to the bot's uid."""
+    try:
+        os.makedirs(path, mode=0o750, exist_ok=True)
+        st = os.lstat(path)
+        if st.st_uid == uid and st.st_gid == gid:
+            return
+        for root, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                os.lchown(os.path.join(root, name), uid, gid)
+        os.chown(path, uid, gid)
+    except OSError as err:
+        raise SandboxError(
+            f"cannot prepare workspace {path}: {err.strerror}",
+            where="workspace",
+            hint="check the folder exists on a local filesystem that supports ownership (not vfat)",
+        ) from None
+
+
+def disk_usage(path: str) -> int:
+    """Bytes allocated below ``path`` (without following symlinks)."""
+    total = 0
+    stack = [path]
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+    return total
+
+
+class NamespaceTier:
+    """Runs a plan under bubblewrap + cgroups + seccomp as the plan's unprivileged uid."""
+
+    name = "sandbox"
+
+    def __init__(
+        self,
+        state: Path,
+        *,
+        bwrap: str = "bwrap",
+        cgroup_host: cgroups.CgroupHost | None = None,
+        kill_grace: float = 10.0,
+    ) -> None:
+        self._state = state
+        self._bwrap = bwrap
+        self._cgroups = cgroup_host
+        self._kill_grace = kill_grace
+
+    def run(self, plan: Plan, *, timeout: float | None = None) -> RunResult:
+        run = _Run(self, plan)
+        try:
+            run.setup()
+            run.spawn()
+            return run.wait(timeout)
+        finally:
+            run.teardown()
+
+    def cgroup_host(self) -> cgroups.CgroupHost:
+        if self._cgroups is None:
+            self._cgroups = cgroups.detect()
+        return self._cgroups
+
+
+class _Run:
+    """The state of one run; every resource it opens is released by :meth:`teardown`."""
+
+    def __init__(self, tier: NamespaceTier, plan: Plan) -> None:
+        self.tier = tier
+        self.plan = plan
+        self.fds: list[int] = []
+        self.cgroup: cgroups.Cgroup | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.block_r = self.block_w = self.info_r = -1
+        self.bwrap_fds = BwrapFds()
+        self.started = 0.0
+        self.unblocked = False
+        self.stop_reason: str | None = None
+        self.pending_signal: int | None = None
+
+    @property
+    def cg(self) -> cgroups.Cgroup:
+        if self.cgroup is None:
+            raise SandboxError("the cgroup was used before it was created", where="cgroups")
+        return self.cgroup
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise SandboxError("bubblewrap was waited on before it was started", where="spawn")
+        return self.proc
+
+    def _keep(self, fd: int) -> int:
+        self.fds.append(fd)
+        return fd
+
+    def setup(self) -> None:
+        plan = self.plan
+        if plan.workspace:
+            prepare_workspace(plan.workspace, plan.identity.uid, plan.identity.gid)
+        bpf = seccomp.bpf_for(plan.seccomp, cache_dir(self.tier._state))
+        seccomp_fd = self._keep(_memfd("clawpen-seccomp", bpf))
+        data: dict[str, int] = {}
+        pinned: dict[str, int] = {}
+        for m in plan.mounts:
+            if m.kind == "data" and m.data is not None:
+                data[m.dest] = self._keep(_memfd("clawpen-file", m.data.encode()))
+            elif m.pin and m.source:
+                try:
+                    pinned[m.dest] = self._keep(os.open(m.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+                except OSError as err:
+                    raise SandboxError(
+                        f"cannot open {m.source} to mount at {m.dest}: {err.strerror}",
+                        where="files",
+                        hint="check the path exists",
+                    ) from None
+        self.block_r, self.block_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        self.info_r, info_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        self.info_w = info_w
+        self.bwrap_fds = BwrapFds(
+            block=self.block_r, info=info_w, seccomp=seccomp_fd, data=data, pinned=pinned
+        )
+        argv = bwrap_argv(plan, self.bwrap_fds, self.tier._bwrap)
+        split = argv.index("--")
+        # Options travel through a memfd (--args), so environment values never show in `ps`;
+        # bubblewrap wants the command itself on its real argv.
+        self.args_fd = self._keep(_memfd("clawpen-args", b"".join(a.encode() + b"\0" for a in argv[1:split])))
+        self.command_argv = argv[split:]
+        self.cgroup = self.tier.cgroup_host().create(f"{plan.bot}-{os.getpid()}", plan.cgroup)
+
+    def spawn(self) -> None:
+        plan, fds = self.plan, self.bwrap_fds
+        passed = (fds.block, fds.info, fds.seccomp, self.args_fd, *fds.data.values(), *fds.pinned.values())
+        self.started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                [self.tier._bwrap, "--args", str(self.args_fd), *self.command_argv],
+                user=plan.identity.uid,
+                group=plan.identity.gid,
+                extra_groups=[],
+                pass_fds=tuple(fd for fd in passed if fd is not None),
+                env={"PATH": "/usr/bin:/bin"},
+                umask=0o022,
+                process_group=0,
+            )
+        except OSError as err:
+            raise SandboxError(
+                f"cannot start bubblewrap ({self.tier._bwrap}): {err.strerror}",
+                where="spawn",
+                hint="install it: apt-get install bubblewrap",
+            ) from None
+        os.close(self.info_w)
+        self.fds.remove(self.info_w)
+        child = self._read_child_pid()
+        try:
+            self.cg.add(child)
+        except ProcessLookupError:
+            return  # bwrap failed its set-up and exited; wait() reports it
+        os.write(self.block_w, b"1")
+        self.unblocked = True
+
+    def _read_child_pid(self) -> int:
+        buf = b""
+        while True:
+            chunk = os.read(self.info_r, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            with contextlib.suppress(ValueError):
+                return int(json.loads(buf)["child-pid"])
+        status = self.process.wait()
+        raise SandboxError(
+            f"bubblewrap failed before the sandbox started (exit status {status})",
+            where="spawn",
+            hint="run `clawpen doctor`; bubblewrap's own message is printed above",
+        )
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.pending_signal = signum
+
+    def wait(self, timeout: float | None) -> RunResult:
+        proc, cg = self.process, self.cg
+        deadline = None if timeout is None else self.started + timeout
+        plan = self.plan
+        next_disk = time.monotonic() + DISK_CHECK_INTERVAL if plan.disk_max and plan.workspace else None
+        escalate_at: float | None = None
+        pidfd = self._keep(os.pidfd_open(proc.pid))
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        old = {s: signal.signal(s, self._on_signal) for s in FORWARDED_SIGNALS}
+        try:
+            while True:
+                now = time.monotonic()
+                wake = min((t for t in (deadline, next_disk, escalate_at) if t is not None), default=None)
+                wait_ms = None if wake is None else max(0, int((wake - now) * 1000) + 1)
+                if poller.poll(wait_ms):
+                    break
+                if self.pending_signal is not None:
+                    cg.signal(self.pending_signal)
+                    self.pending_signal = None
+                    escalate_at = escalate_at or time.monotonic() + self.tier._kill_grace
+                now = time.monotonic()
+                if deadline is not None and now >= deadline and self.stop_reason is None:
+                    self.stop_reason = "timeout"
+                    cg.kill()
+                if escalate_at is not None and now >= escalate_at:
+                    cg.kill()
+                    escalate_at = None
+                if next_disk is not None and now >= next_disk:
+                    if plan.workspace and disk_usage(plan.workspace) > (plan.disk_max or 0):
+                        self.stop_reason = "disk"
+                        cg.kill()
+                        next_disk = None
+                    else:
+                        next_disk = now + DISK_CHECK_INTERVAL
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+        status = proc.wait()
+        return self._result(status, time.monotonic() - self.started)
+
+    def _result(self, status: int, duration: float) -> RunResult:
+        cg = self.cg
+        setup_failed = not self.unblocked or select.select([self.block_r], [], [], 0)[0]
+        stats = cg.stats()
+        common = {
+            "duration_s": duration,
+            "cpu_s": stats.cpu_usage_ns / 1e9,
+            "memory_peak": stats.memory_peak_bytes,
+        }
+        if setup_failed:
+            return RunResult(
+                EXIT_SETUP, "setup-failed", None, message="bubblewrap could not build the sandbox", **common
+            )
+        if self.stop_reason == "timeout":
+            return RunResult(EXIT_TIMEOUT, "timeout", None, message="killed: timeout reached", **common)
+        if self.stop_reason == "disk":
+            return RunResult(EXIT_DISK, "disk", None, message="killed: workspace disk cap exceeded", **common)
+        if cg.oom_killed():
+            return RunResult(
+                EXIT_OOM, "oom", None, message="killed by the OOM killer: memory limit reached", **common
+            )
+        if status < 0:
+            return RunResult(128 - status, "signaled", -status, **common)
+        if status > 128 and status - 128 < signal.NSIG:
+            return RunResult(status, "signaled", status - 128, **common)
+        return RunResult(status, "exited", None, **common)
+
+    def teardown(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            if self.cgroup is not None:
+                self.cgroup.kill()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            self.proc.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()

@@ -1,0 +1,147 @@
+"""Loading ``clawpen.toml``: TOML syntax errors and validation errors become one
+:class:`~clawpen.errors.ConfigError` that names the file, the line and the key path."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clawpen.errors import ConfigError, PolicyError
+from clawpen.spec import rules, units
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from clawpen.spec.models import Spec
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(
+    r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+)
+_INLINE_KEY = re.compile(r"""[{,]\s*([A-Za-z0-9_-]+|"[^"]*")\s*=""")
+_TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
+_TOML_END = re.compile(r"\(at end of document\)")
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec with where it came from (relative paths resolve against ``base_dir``)."""
+
+    spec: Spec
+    path: Path
+    base_dir: Path
+    text: str
+
+
+def _dotted(key: str) -> list[str]:
+    return [
+        part.strip().strip("\"'") for part in re.split(r"\.(?=(?:[^\"']*[\"'][^\"']*[\"'])*[^\"']*$)", key)
+    ]
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map every key path in a TOML text to the line (1-based) where it is written."""
+    lines: dict[tuple[str, ...], int] = {}
+    table: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            table = _dotted(header.group(1))
+            lines.setdefault(tuple(table), number)
+            continue
+        key = _KEY.match(line)
+        if not key:
+            continue
+        path = (*table, *_dotted(key.group(1)))
+        lines.setdefault(path, number)
+        rest = line[key.end() :]
+        for inner in _INLINE_KEY.finditer(rest):
+            lines.setdefault((*path, inner.group(1).strip("\"'")), number)
+    return lines
+
+
+def locate(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """The line of the deepest known prefix of ``loc``, or None."""
+    known = key_lines(text)
+    path = tuple(str(p) for p in loc if not isinstance(p, int))
+    while path:
+        if path in known:
+            return known[path]
+        path = path[:-1]
+    return None
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read, parse and validate a spec file, or raise a ConfigError saying where and how to fix."""
+    from pydantic import ValidationError
+
+    from clawpen.spec.models import Spec
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"spec file {file} does not exist",
+            where=str(file),
+            hint="run `clawpen init` to write one, or pass -f PATH",
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read spec file {file}: {err}", where=str(file)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        pos = _TOML_POS.search(str(err))
+        if pos:
+            where = f"{file}:{pos.group(1)}:{pos.group(2)}"
+        elif "end of document" in str(err):
+            where = f"{file}:{len(text.splitlines())}"
+        else:
+            where = str(file)
+        message = _TOML_END.sub("", _TOML_POS.sub("", str(err))).strip()
+        raise ConfigError(
+            f"{file.name} is not valid TOML: {message}", where=where, hint="fix the TOML syntax at that line"
+        ) from None
+    base_dir = file.resolve().parent
+    try:
+        spec = Spec.model_validate(data, context={"base_dir": str(base_dir)})
+    except ValidationError as err:
+        raise _from_validation(err, file, text) from None
+    return LoadedSpec(spec=spec, path=file, base_dir=base_dir, text=text)
+
+
+def _from_validation(err: ValidationError, file: Path, text: str) -> ConfigError:
+    problems: list[tuple[str, str, str | None, bool]] = []
+    for item in err.errors(include_url=False):
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = locate(text, loc)
+        where = f"{file}:{line} {key}" if line else f"{file} {key}"
+        cause = (item.get("ctx") or {}).get("error")
+        hint: str | None = None
+        is_policy = isinstance(cause, rules.RuleViolation)
+        if isinstance(cause, rules.RuleViolation | units.UnitError):
+            message, hint = str(cause), cause.hint
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            hint = _hint_for(item["type"], loc)
+        problems.append((message, where, hint, is_policy))
+    message, where, hint, is_policy = problems[0]
+    if len(problems) > 1:
+        extra = "".join(f"\n  - {m} ({w})" for m, w, _, _ in problems[1:])
+        message = f"{message}{extra}"
+    cls = PolicyError if is_policy else ConfigError
+    return cls(message, where=where, hint=hint)
+
+
+def _hint_for(kind: str, loc: tuple[str | int, ...]) -> str | None:
+    if kind == "extra_forbidden":
+        return f"remove {loc[-1]!r} or check its spelling; `clawpen schema` lists every key"
+    if kind == "missing":
+        return f"add {loc[-1]} = ... ; `clawpen schema` describes it"
+    if kind.startswith("literal_error"):
+        return "use one of the values listed"
+    return "see `clawpen schema` for the expected type"

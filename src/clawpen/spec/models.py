@@ -1,0 +1,234 @@
+"""The ``clawpen.toml`` schema as pydantic models; ``clawpen schema`` prints their JSON Schema.
+
+Security rules live in the validation (:mod:`clawpen.spec.rules`), so an unsafe spec never
+loads. Paths are checked against the spec file's folder, passed as validation context
+``{"base_dir": ...}`` by :mod:`clawpen.spec.loader`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from clawpen.spec import policy as pol
+from clawpen.spec import rules, units
+
+Size = Annotated[
+    int,
+    BeforeValidator(units.parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*[kKmMgGtT]?(i?[bB])?$"},
+                {"type": "integer"},
+            ],
+            "description": 'bytes, or a size with a binary unit: "512M", "2G", "64k"',
+        }
+    ),
+]
+Duration = Annotated[
+    float,
+    BeforeValidator(units.parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "number"}],
+            "description": 'seconds, or a duration: "30s", "5m", "1h30m", "250ms"',
+        }
+    ),
+]
+Cpus = Annotated[float, BeforeValidator(units.parse_cpus)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _base_dir(info: ValidationInfo) -> str:
+    ctx = info.context if isinstance(info.context, dict) else {}
+    return str(ctx.get("base_dir", os.getcwd()))
+
+
+class Resources(_Model):
+    """Limits enforced by the kernel (cgroups and rlimits)."""
+
+    cpus: Cpus = Field(pol.DEFAULT_CPUS, description="CPU share in cores (0.5 = half a core)")
+    memory: Size = Field(pol.DEFAULT_MEMORY, description="memory limit; swap is off")
+    pids: int = Field(pol.DEFAULT_PIDS, description="most processes and threads at once")
+    nofile: int = Field(pol.DEFAULT_NOFILE, description="most open files per process")
+    disk: Size | None = Field(None, description="cap on workspace use and on any one file")
+    tmp: Size = Field(pol.DEFAULT_TMP, description="size of the private /tmp")
+    io_weight: int | None = Field(None, description="relative disk IO weight, 1-10000")
+
+    @field_validator("memory", "pids", "nofile", "io_weight")
+    @classmethod
+    def _ranges(cls, v: int | None, info: ValidationInfo) -> int | None:
+        checks = {
+            "memory": pol.check_memory,
+            "pids": pol.check_pids,
+            "nofile": pol.check_nofile,
+            "io_weight": pol.check_io_weight,
+        }
+        return None if v is None else checks[str(info.field_name)](v)
+
+
+class Filesystem(_Model):
+    """Extra host paths; everything else of the host stays out of the sandbox."""
+
+    ro: list[str] = Field(default_factory=list, description="HOST[:SANDBOX] paths mounted read-only")
+    rw: list[str] = Field(default_factory=list, description="HOST[:SANDBOX] paths mounted read-write")
+
+    @field_validator("ro", "rw")
+    @classmethod
+    def _paths(cls, paths: list[str], info: ValidationInfo) -> list[str]:
+        for raw in paths:
+            rules.check_mount(raw, writable=info.field_name == "rw", base_dir=_base_dir(info))
+        return paths
+
+
+class Network(_Model):
+    """Network policy. This version offers only ``none``: a private loopback and nothing else."""
+
+    mode: Literal["none"] = "none"
+
+
+class Restart(_Model):
+    """What the supervisor does when a bot exits."""
+
+    policy: Literal["no", "on-failure", "always", "unless-stopped"] = "on-failure"
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 60.0
+    max_restarts: int = Field(5, ge=0, description="restarts within `window` before crashloop")
+    window: Duration = 300.0
+    stop_grace: Duration = 10.0
+
+
+class Health(_Model):
+    """A health check: exactly one of http, tcp or cmd."""
+
+    http: str | None = None
+    tcp: str | None = None
+    cmd: list[str] | None = None
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+    retries: int = Field(3, ge=1)
+    start_period: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Health:
+        kinds = [k for k in ("http", "tcp", "cmd") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise rules.RuleViolation(
+                f"a health check needs exactly one of http, tcp or cmd (got {kinds or 'none'})",
+                'write e.g. health = { http = "http://127.0.0.1:8000/healthz" }',
+            )
+        return self
+
+
+class Bot(_Model):
+    """One bot: what to run, where, and under which limits."""
+
+    command: list[str] = Field(min_length=1, description="argv of the bot's main process")
+    workspace: str | None = Field(None, description="host folder, the only writable host path, at /workspace")
+    tier: Literal["sandbox", "container", "vm"] = "sandbox"
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Resources()
+    filesystem: Filesystem = Filesystem()
+    network: Network = Network()
+    restart: Restart = Restart()
+    health: Health | None = None
+    timeout: Duration | None = Field(None, description="kill the bot after this long (one-off jobs)")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0].strip() or any("\0" in a for a in v):
+            raise rules.RuleViolation(
+                "command is empty or holds a NUL byte", 'write command = ["python3", "bot.py"]'
+            )
+        return v
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, v: str) -> str:
+        if v != "sandbox":
+            raise rules.RuleViolation(
+                f"tier {v!r} is not available in this version of clawpen",
+                'use tier = "sandbox" (bubblewrap namespaces, cgroups and seccomp)',
+            )
+        return v
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            rules.check_host_path(v, writable=True, base_dir=_base_dir(info))
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            rules.check_env_name(name)
+            rules.check_env_value(name, value)
+        return v
+
+    def to_policy(self, name: str, base_dir: str) -> pol.BotPolicy:
+        """The normalized policy the planner consumes (paths resolved against ``base_dir``)."""
+
+        def mount(raw: str, writable: bool) -> tuple[str, str]:
+            return rules.check_mount(raw, writable=writable, base_dir=base_dir)
+
+        r = self.resources
+        return pol.BotPolicy(
+            name=name,
+            command=tuple(self.command),
+            workspace=(
+                rules.check_host_path(self.workspace, writable=True, base_dir=base_dir)
+                if self.workspace
+                else None
+            ),
+            env=tuple(self.env.items()),
+            cpus=r.cpus,
+            memory=r.memory,
+            pids=r.pids,
+            nofile=r.nofile,
+            disk=r.disk,
+            tmp=r.tmp,
+            io_weight=r.io_weight,
+            ro=tuple(mount(p, False) for p in self.filesystem.ro),
+            rw=tuple(mount(p, True) for p in self.filesystem.rw),
+            network=self.network.mode,
+        )
+
+
+class Spec(_Model):
+    """A whole ``clawpen.toml``."""
+
+    version: Literal[1] = 1
+    bots: dict[str, Bot] = Field(default_factory=dict)
+
+    @field_validator("bots")
+    @classmethod
+    def _names(cls, v: dict[str, Bot]) -> dict[str, Bot]:
+        for name in v:
+            rules.check_bot_name(name)
+        return v
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``clawpen.toml``."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "clawpen.toml"
+    return schema

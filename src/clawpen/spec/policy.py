@@ -1,0 +1,154 @@
+"""The normalized policy of one bot: units parsed, paths resolved and checked.
+
+A :class:`BotPolicy` is what the planner consumes. It comes either from a ``clawpen.toml`` bot
+(:meth:`clawpen.spec.models.Bot.to_policy`) or straight from ``clawpen run`` flags
+(:func:`policy_from_flags`). Both go through the same rule and unit functions; the flag path
+avoids importing pydantic, which costs more than the whole sandbox set-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from clawpen.errors import ConfigError, PolicyError, UsageError
+from clawpen.spec import rules, units
+
+DEFAULT_CPUS = 1.0
+DEFAULT_MEMORY = 512 << 20
+DEFAULT_PIDS = 256
+DEFAULT_NOFILE = 1024
+DEFAULT_TMP = 64 << 20
+MIN_MEMORY = 8 << 20
+MAX_PIDS = 4_194_304
+MAX_NOFILE = 1_048_576
+
+
+@dataclass(frozen=True)
+class BotPolicy:
+    """One bot's policy in normal form: bytes, seconds, real absolute paths."""
+
+    name: str
+    command: tuple[str, ...]
+    workspace: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    cpus: float | None = DEFAULT_CPUS
+    memory: int | None = DEFAULT_MEMORY
+    pids: int | None = DEFAULT_PIDS
+    nofile: int = DEFAULT_NOFILE
+    disk: int | None = None
+    tmp: int = DEFAULT_TMP
+    io_weight: int | None = None
+    ro: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path)
+    rw: tuple[tuple[str, str], ...] = ()
+    network: str = "none"
+
+
+def check_memory(value: int) -> int:
+    if value < MIN_MEMORY:
+        raise rules.RuleViolation(
+            f"memory limit {value} bytes is too small to start a process",
+            f"give at least {units.format_size(MIN_MEMORY)}",
+        )
+    return value
+
+
+def check_pids(value: int) -> int:
+    if not 1 <= value <= MAX_PIDS:
+        raise rules.RuleViolation(f"pids = {value} is out of range", f"use 1 to {MAX_PIDS}, e.g. 256")
+    return value
+
+
+def check_nofile(value: int) -> int:
+    if not 16 <= value <= MAX_NOFILE:
+        raise rules.RuleViolation(f"nofile = {value} is out of range", f"use 16 to {MAX_NOFILE}")
+    return value
+
+
+def check_io_weight(value: int) -> int:
+    if not 1 <= value <= 10_000:
+        raise rules.RuleViolation(f"io_weight = {value} is out of range", "use 1 to 10000 (100 is normal)")
+    return value
+
+
+T = TypeVar("T")
+
+
+def _flag(where: str, fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    except (rules.RuleViolation, units.UnitError) as err:
+        raise UsageError(str(err), where=where, hint=err.hint) from None
+
+
+def parse_env_pairs(pairs: Iterable[str], where: str) -> tuple[tuple[str, str], ...]:
+    """``K=V`` strings (as given to ``--env``) to checked pairs; later ones win."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"{pair!r} is not NAME=VALUE", where=where, hint="write --env NAME=VALUE")
+        _flag(where, rules.check_env_name, name)
+        env[name] = _flag(where, rules.check_env_value, name, value)
+    return tuple(env.items())
+
+
+def policy_from_flags(
+    command: Sequence[str],
+    *,
+    base_dir: str,
+    name: str = "run",
+    workspace: str | None = None,
+    memory: str | None = None,
+    cpus: str | None = None,
+    pids: int | None = None,
+    nofile: int | None = None,
+    disk: str | None = None,
+    tmp: str | None = None,
+    env: Sequence[str] = (),
+    ro: Sequence[str] = (),
+    rw: Sequence[str] = (),
+) -> BotPolicy:
+    """Build a policy from ``clawpen run`` flags, with the same rules as a spec file."""
+    if not command:
+        raise UsageError("no command to run", where="clawpen run", hint="write: clawpen run -- CMD ARGS...")
+    _flag("--name", rules.check_bot_name, name)
+
+    def path(raw: str, writable: bool, where: str) -> str:
+        return _flag(where, lambda: rules.check_host_path(raw, writable=writable, base_dir=base_dir))
+
+    def mount(raw: str, writable: bool, where: str) -> tuple[str, str]:
+        return _flag(where, lambda: rules.check_mount(raw, writable=writable, base_dir=base_dir))
+
+    def size(raw: str | None, where: str, default: int | None) -> int | None:
+        return default if raw is None else _flag(where, units.parse_size, raw)
+
+    mem = size(memory, "--memory", DEFAULT_MEMORY)
+    if mem is not None:
+        _flag("--memory", check_memory, mem)
+    if pids is not None:
+        _flag("--pids", check_pids, pids)
+    if nofile is not None:
+        _flag("--nofile", check_nofile, nofile)
+    tmp_size = size(tmp, "--tmp", DEFAULT_TMP)
+    return BotPolicy(
+        name=name,
+        command=tuple(command),
+        workspace=path(workspace, True, "--workspace") if workspace else None,
+        env=parse_env_pairs(env, "--env"),
+        cpus=DEFAULT_CPUS if cpus is None else _flag("--cpus", units.parse_cpus, cpus),
+        memory=mem,
+        pids=DEFAULT_PIDS if pids is None else pids,
+        nofile=DEFAULT_NOFILE if nofile is None else nofile,
+        disk=size(disk, "--disk", None),
+        tmp=DEFAULT_TMP if tmp_size is None else tmp_size,
+        ro=tuple(mount(p, False, "--ro") for p in ro),
+        rw=tuple(mount(p, True, "--rw") for p in rw),
+    )
+
+
+def config_error(err: rules.RuleViolation | units.UnitError, where: str) -> ConfigError:
+    """The person-facing error for a broken rule at ``where`` (a file:line and key path)."""
+    cls = ConfigError if isinstance(err, units.UnitError) else PolicyError
+    return cls(str(err), where=where, hint=err.hint)

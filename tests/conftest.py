@@ -1,0 +1,48 @@
+"""Shared test set-up. In CI (CI=true) nothing may be skipped: a missing requirement fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _requirement_missing(marker: str) -> str | None:
+    if marker == "root" and os.geteuid() != 0:
+        return "needs root"
+    if marker == "bwrap" and not shutil.which("bwrap"):
+        return "needs bubblewrap (apt-get install bubblewrap)"
+    if marker == "docker" and not os.path.exists("/var/run/docker.sock"):
+        return "needs a running Docker engine"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in ("root", "bwrap", "docker"):
+        if item.get_closest_marker(marker):
+            missing = _requirement_missing(marker)
+            if missing:
+                if IN_CI:
+                    pytest.fail(f"{missing} (CI must run every test)")
+                pytest.skip(missing)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if IN_CI and reporter is not None and reporter.stats.get("skipped"):
+        reporter.write_line("CI: skipped tests count as failures", red=True)
+        session.exitstatus = 1
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private clawpen state directory (CLAWPEN_HOME)."""
+    home = tmp_path / "state"
+    home.mkdir()
+    monkeypatch.setenv("CLAWPEN_HOME", str(home))
+    yield home
