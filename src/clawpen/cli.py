@@ -173,7 +173,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     plan = _plan_from_args(ns)
     data = plan.to_dict()
     if ns.argv:
-        from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
+        from clawpen.sandbox.bwrap import bwrap_argv
 
         data["bwrap_argv"] = bwrap_argv(plan, _placeholder_fds(plan))
     if ns.json:
@@ -221,6 +221,7 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:
         from rich.console import Console
+        from rich.markup import escape
 
         console = Console(highlight=False)
         group = None
@@ -229,9 +230,9 @@ def cmd_doctor(ns: argparse.Namespace) -> int:
                 group = c.group
                 console.print(f"[bold]{group}[/bold]")
             mark = "[red]✗[/red]" if not c.ok else ("[yellow]![/yellow]" if c.warn else "[green]✓[/green]")
-            console.print(f"  {mark} {c.name:<18} {c.detail}")
+            console.print(f"  {mark} {escape(c.name):<18} {escape(c.detail)}")
             if c.hint and (not c.ok or c.warn):
-                console.print(f"      [dim]hint:[/dim] {c.hint}")
+                console.print(f"      [dim]hint:[/dim] {escape(c.hint)}")
     return 0 if checks_ok(checks) else 1
 
 
@@ -248,7 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
     try:
-        ns = build_parser().parse_args(args)
+        ns, extra = build_parser().parse_known_args(args)
+        if extra:
+            prog = f"clawpen {ns.cmd}" if ns.cmd else "clawpen"
+            raise UsageError(
+                f"unrecognized arguments: {' '.join(extra)}", where=prog, hint=f"see `{prog} --help`"
+            )
         if not ns.cmd:
             build_parser().print_help()
             return 2
@@ -257,16 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         _err(err.what, where=err.where, hint=err.hint)
-        from clawpen.errors import SandboxError
-        from clawpen.sandbox.tier import EXIT_SETUP
-
-        return EXIT_SETUP if isinstance(err, SandboxError) and ns_cmd(args) == "run" else err.exit_code
+        return err.exit_code
     except KeyboardInterrupt:
         return 130
-
-
-def ns_cmd(args: list[str]) -> str | None:
-    return next((a for a in args if not a.startswith("-")), None)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     ├── ConfigError              a spec that does not load or validate     (exit 2)
     │   └── PolicyError          a spec that breaks a security rule        (exit 2)
     ├── HostError                the host lacks something a tier needs     (exit 1)
-    └── SandboxError             a sandbox step failed; names the step     (exit 125 under `run`)
+    └── SandboxError             a sandbox step failed; names the step     (exit 125)
 
 Every error carries ``what`` (one sentence), ``where`` (a file:line, a field path or a step name)
 and ``hint`` (how to fix it). The CLI prints them as ``error: what (where)`` and ``hint: ...``
@@ -57,3 +57,5 @@ class HostError(ClawpenError):
 
 class SandboxError(ClawpenError):
     """A step of building or tearing down a sandbox failed; ``where`` names the step."""
+
+    exit_code = 125

@@ -15,12 +15,15 @@ def write(tmp_path, text):
 
 
 def test_valid_spec_loads_with_defaults(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.scraper]
         command = ["python3", "main.py"]
         workspace = "./scraper"
         resources = { cpus = 0.5, memory = "256M" }
-    """)
+    """,
+    )
     loaded = load_spec(path)
     bot = loaded.spec.bots["scraper"]
     assert bot.resources.memory == 256 << 20
@@ -32,14 +35,17 @@ def test_valid_spec_loads_with_defaults(tmp_path):
 
 
 def test_bad_size_names_file_line_and_key(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.gateway]
         command = ["openclaw", "gateway", "run"]
 
         [bots.gateway.resources]
         cpus = 1
         memory = "lots"
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_spec(path)
     assert err.value.where == f"{path}:7 bots.gateway.resources.memory"
@@ -48,22 +54,28 @@ def test_bad_size_names_file_line_and_key(tmp_path):
 
 
 def test_inline_table_key_is_located(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.a]
         command = ["true"]
         resources = { cpus = 1, pids = 0 }
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_spec(path)
     assert err.value.where == f"{path}:4 bots.a.resources.pids"
 
 
 def test_writable_etc_is_a_policy_error_with_reason(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.evil]
         command = ["sh"]
         filesystem = { rw = ["/etc"] }
-    """)
+    """,
+    )
     with pytest.raises(PolicyError) as err:
         load_spec(path)
     assert "refusing a writable mount of /etc" in err.value.what
@@ -72,11 +84,14 @@ def test_writable_etc_is_a_policy_error_with_reason(tmp_path):
 
 
 def test_unknown_key_gets_spelling_hint(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.a]
         command = ["true"]
         memroy = "1G"
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_spec(path)
     assert "memroy" in err.value.where
@@ -84,18 +99,24 @@ def test_unknown_key_gets_spelling_hint(tmp_path):
 
 
 def test_toml_syntax_error_has_line(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.a]
         command = ["true"
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_spec(path)
     assert err.value.where.startswith(f"{path}:")
     assert "not valid TOML" in err.value.what
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.a]
         command = = 1
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_spec(path)
     assert err.value.where == f"{path}:3:11"
@@ -108,21 +129,27 @@ def test_missing_file_hint(tmp_path):
 
 
 def test_several_problems_are_all_listed(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.a]
         command = []
         tier = "vm"
-    """)
+    """,
+    )
     with pytest.raises(ConfigError) as err:
         load_spec(path)
     assert "\n  - " in err.value.what
 
 
 def test_bad_bot_name(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         [bots.Bad_Name]
         command = ["true"]
-    """)
+    """,
+    )
     with pytest.raises(PolicyError):
         load_spec(path)
 

@@ -56,20 +56,38 @@ def test_plan_from_fixture(plan, tmp_path):
     assert f"scraper:x:{IDENT.uid}:{IDENT.gid}" in (kinds["/etc/passwd"].data or "")
     # no host path other than the declared ones and the system folders
     sources = {m.source for m in plan.mounts if m.kind in ("ro", "rw")}
-    assert sources == {"/usr", "/etc/ld.so.cache", "/etc/ssl/certs", str(tmp_path / "ws"), "/usr/share/zoneinfo"}
+    assert sources == {
+        "/usr",
+        "/etc/ld.so.cache",
+        "/etc/ssl/certs",
+        str(tmp_path / "ws"),
+        "/usr/share/zoneinfo",
+    }
     json.dumps(plan.to_dict())
 
 
 def test_bwrap_argv_from_fixture(plan, tmp_path):
     fds = BwrapFds(
-        block=3, info=4, seccomp=5,
+        block=3,
+        info=4,
+        seccomp=5,
         data={m.dest: 10 + i for i, m in enumerate(m for m in plan.mounts if m.kind == "data")},
         pinned={"/workspace": 20, "/usr/share/zoneinfo": 21},
     )
     argv = bwrap_argv(plan, fds)
     joined = " ".join(argv)
-    for flag in ("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
-                 "--unshare-net", "--disable-userns", "--new-session", "--die-with-parent", "--clearenv"):
+    for flag in (
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup",
+        "--unshare-net",
+        "--disable-userns",
+        "--new-session",
+        "--die-with-parent",
+        "--clearenv",
+    ):
         assert flag in argv
     assert "--bind-fd 20 /workspace" in joined
     assert "--ro-bind-fd 21 /usr/share/zoneinfo" in joined
@@ -93,8 +111,17 @@ def test_cpus_beyond_host_is_refused(tmp_path):
 
 def test_flags_and_spec_give_the_same_plan(plan, tmp_path):
     policy = policy_from_flags(
-        ["python3", "main.py", "--once"], base_dir=str(tmp_path), name="scraper", workspace="ws",
-        memory="256M", cpus="0.5", pids=64, nofile=512, disk="1G", tmp="32M", env=["MODE=prod"],
+        ["python3", "main.py", "--once"],
+        base_dir=str(tmp_path),
+        name="scraper",
+        workspace="ws",
+        memory="256M",
+        cpus="0.5",
+        pids=64,
+        nofile=512,
+        disk="1G",
+        tmp="32M",
+        env=["MODE=prod"],
         ro=["/usr/share/zoneinfo"],
     )
     assert build_plan(policy, IDENT, HOST, SECCOMP) == plan

@@ -7,8 +7,26 @@ from clawpen.spec.rules import RuleViolation, check_bot_name, check_env_name, ch
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/etc", "/usr", "/root", "/home", "/var/run/docker.sock", "/run", "/proc", "/sys", "/dev",
-             "/etc/cron.d", "/usr/local/bin", "/var", "/tmp", "/boot", "/var/lib/docker/volumes", "/opt"],
+    "path",
+    [
+        "/",
+        "/etc",
+        "/usr",
+        "/root",
+        "/home",
+        "/var/run/docker.sock",
+        "/run",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/etc/cron.d",
+        "/usr/local/bin",
+        "/var",
+        "/tmp",
+        "/boot",
+        "/var/lib/docker/volumes",
+        "/opt",
+    ],
 )
 def test_writable_system_paths_are_refused_with_a_reason(path, tmp_path):
     with pytest.raises(RuleViolation) as err:
@@ -21,7 +39,12 @@ def test_home_and_ssh_are_refused(tmp_path, monkeypatch):
     home = tmp_path / "home" / "alice"
     (home / ".ssh").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
-    for raw, writable in ((str(home), True), (str(home), False), (str(home / ".ssh"), False), ("~/.ssh", True)):
+    for raw, writable in (
+        (str(home), True),
+        (str(home), False),
+        (str(home / ".ssh"), False),
+        ("~/.ssh", True),
+    ):
         with pytest.raises(RuleViolation):
             check_host_path(raw, writable=writable, base_dir="/")
     (home / "bots" / "ws").mkdir(parents=True)
@@ -72,7 +95,10 @@ def test_mount_with_sandbox_path(tmp_path):
     from clawpen.spec.rules import check_mount
 
     (tmp_path / "bot").mkdir()
-    assert check_mount("./bot:/app", writable=False, base_dir=str(tmp_path)) == (str(tmp_path / "bot"), "/app")
+    assert check_mount("./bot:/app", writable=False, base_dir=str(tmp_path)) == (
+        str(tmp_path / "bot"),
+        "/app",
+    )
     assert check_mount("./bot", writable=False, base_dir=str(tmp_path)) == (str(tmp_path / "bot"),) * 2
     for bad in ("./bot:app", "./bot:/proc/x", "./bot:/", "./bot:/etc", "./bot:/a/../b"):
         with pytest.raises(RuleViolation):

@@ -5,8 +5,17 @@ from clawpen.spec.units import UnitError, format_size, parse_cpus, parse_duratio
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("512M", 512 << 20), ("2G", 2 << 30), ("64k", 64 << 10), ("1.5G", 3 << 29), ("2GiB", 2 << 30), (4096, 4096),
-     ("100", 100), ("1536M", 1536 << 20), ("10mb", 10 << 20)],
+    [
+        ("512M", 512 << 20),
+        ("2G", 2 << 30),
+        ("64k", 64 << 10),
+        ("1.5G", 3 << 29),
+        ("2GiB", 2 << 30),
+        (4096, 4096),
+        ("100", 100),
+        ("1536M", 1536 << 20),
+        ("10mb", 10 << 20),
+    ],
 )
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
@@ -21,7 +30,15 @@ def test_parse_size_rejects_with_hint(bad):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30s", 30.0), ("5m", 300.0), ("1h30m", 5400.0), ("250ms", 0.25), (90, 90.0), ("2.5", 2.5), ("1d", 86400.0)],
+    [
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        (90, 90.0),
+        ("2.5", 2.5),
+        ("1d", 86400.0),
+    ],
 )
 def test_parse_duration(text, expected):
     assert parse_duration(text) == expected

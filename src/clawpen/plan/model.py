@@ -71,7 +71,10 @@ class SeccompPolicy:
 
     ``errno_syscalls`` fail with EPERM; ``enosys_syscalls`` fail with ENOSYS (so libc falls back,
     e.g. clone3 -> clone, whose flags can be checked); ``clone_ns_flags`` are the clone(2) flags
-    that make it fail with EPERM; ``ioctls`` are ioctl request numbers that fail with EPERM.
+    that make it fail with EPERM; ``ioctls`` are ioctl request numbers that fail with EPERM;
+    ``socket_families`` are address families socket(2) refuses with EPERM (AF_VSOCK: a VM's
+    host services ignore network namespaces). i386's socketcall(2) hides its arguments, so it is
+    refused as a whole when families are listed.
     """
 
     arches: tuple[str, ...] = ("x86_64", "x86", "x32")
@@ -79,6 +82,7 @@ class SeccompPolicy:
     enosys_syscalls: tuple[str, ...] = ()
     clone_ns_flags: int = 0
     ioctls: tuple[int, ...] = ()
+    socket_families: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

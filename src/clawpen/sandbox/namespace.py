@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from clawpen.errors import SandboxError
+from clawpen.errors import HostError, SandboxError
 from clawpen.paths import cache_dir
 from clawpen.plan.model import Plan
 from clawpen.sandbox import cgroups, seccomp
@@ -37,6 +37,7 @@ from clawpen.sandbox.tier import (
     EXIT_OOM,
     EXIT_SETUP,
     EXIT_TIMEOUT,
+    Reason,
     RunResult,
 )
 
@@ -152,6 +153,13 @@ class _Run:
 
     def setup(self) -> None:
         plan = self.plan
+        if os.geteuid() != 0:
+            raise HostError(
+                "the namespace sandbox needs root: it starts each bot as its own host uid and "
+                "creates its cgroup",
+                where="sandbox",
+                hint="run clawpen as root (sudo clawpen ...)",
+            )
         if plan.workspace:
             prepare_workspace(plan.workspace, plan.identity.uid, plan.identity.gid)
         bpf = seccomp.bpf_for(plan.seccomp, cache_dir(self.tier._state))
@@ -277,30 +285,26 @@ class _Run:
 
     def _result(self, status: int, duration: float) -> RunResult:
         cg = self.cg
-        setup_failed = not self.unblocked or select.select([self.block_r], [], [], 0)[0]
+        setup_failed = not self.unblocked or bool(select.select([self.block_r], [], [], 0)[0])
         stats = cg.stats()
-        common = {
-            "duration_s": duration,
-            "cpu_s": stats.cpu_usage_ns / 1e9,
-            "memory_peak": stats.memory_peak_bytes,
-        }
+
+        def result(code: int, reason: Reason, sig: int | None = None, message: str = "") -> RunResult:
+            cpu = None if stats.cpu_usage_ns is None else stats.cpu_usage_ns / 1e9
+            return RunResult(code, reason, sig, duration, cpu, stats.memory_peak_bytes, message)
+
         if setup_failed:
-            return RunResult(
-                EXIT_SETUP, "setup-failed", None, message="bubblewrap could not build the sandbox", **common
-            )
+            return result(EXIT_SETUP, "setup-failed", message="bubblewrap could not build the sandbox")
         if self.stop_reason == "timeout":
-            return RunResult(EXIT_TIMEOUT, "timeout", None, message="killed: timeout reached", **common)
+            return result(EXIT_TIMEOUT, "timeout", message="killed: timeout reached")
         if self.stop_reason == "disk":
-            return RunResult(EXIT_DISK, "disk", None, message="killed: workspace disk cap exceeded", **common)
+            return result(EXIT_DISK, "disk", message="killed: workspace disk cap exceeded")
         if cg.oom_killed():
-            return RunResult(
-                EXIT_OOM, "oom", None, message="killed by the OOM killer: memory limit reached", **common
-            )
+            return result(EXIT_OOM, "oom", message="killed by the OOM killer: memory limit reached")
         if status < 0:
-            return RunResult(128 - status, "signaled", -status, **common)
+            return result(128 - status, "signaled", -status)
         if status > 128 and status - 128 < signal.NSIG:
-            return RunResult(status, "signaled", status - 128, **common)
-        return RunResult(status, "exited", None, **common)
+            return result(status, "signaled", status - 128)
+        return result(status, "exited")
 
     def teardown(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -16,10 +16,10 @@ def _host_path(plan: Plan, inside: str) -> str | None:
     """The host path behind a sandbox path, or None where the sandbox makes its own (tmpfs)."""
     best: tuple[int, str] | None = None
     for m in plan.mounts:
-        if m.kind in ("ro", "rw", "symlink") and m.source is not None:
-            if inside == m.dest or inside.startswith(m.dest.rstrip("/") + "/"):
-                if best is None or len(m.dest) > best[0]:
-                    best = (len(m.dest), m.dest)
+        covers = inside == m.dest or inside.startswith(m.dest.rstrip("/") + "/")
+        longer = best is None or len(m.dest) > best[0]
+        if m.kind in ("ro", "rw", "symlink") and m.source is not None and covers and longer:
+            best = (len(m.dest), m.dest)
     if best is None:
         return None
     mount = next(m for m in plan.mounts if m.dest == best[1] and m.source is not None)
@@ -30,7 +30,7 @@ def _host_path(plan: Plan, inside: str) -> str | None:
     return str(mount.source) + rest
 
 
-def find_command(plan: Plan) -> str | None | bool:
+def find_command(plan: Plan) -> str | bool | None:
     """The host path of the command, ``False`` if it surely does not exist in the sandbox,
     ``None`` if it lives somewhere only the sandbox has (e.g. its /tmp)."""
     argv0 = plan.command[0]

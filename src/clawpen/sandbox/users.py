@@ -72,7 +72,7 @@ def identity_for(bot: str, state: Path, base: int | None = None) -> Identity:
             if bot not in known:
                 used = set(known.values())
                 subordinate = _subordinate_ranges()
-                uid = next(
+                free = next(
                     (
                         u
                         for u in range(base, base + RANGE)
@@ -80,13 +80,13 @@ def identity_for(bot: str, state: Path, base: int | None = None) -> Identity:
                     ),
                     None,
                 )
-                if uid is None:
+                if free is None:
                     raise SandboxError(
                         f"no free uid left in {base}..{base + RANGE - 1}",
                         where="users",
                         hint="remove bots you no longer use, or set CLAWPEN_UID_BASE to another range",
                     )
-                known[bot] = uid
+                known[bot] = free
                 write_atomic(registry, json.dumps(known, indent=1, sort_keys=True).encode())
             uid = int(known[bot])
     except OSError as err:
