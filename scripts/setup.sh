@@ -5,7 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certificates procps util-linux iproute2)
-[ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(gcc libc6-dev)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -30,6 +29,9 @@ if [ ! -e "$stamp" ]; then
   rm -rf .venv
   "$PY" -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
+# Byte-compile (a no-op when up to date): `clawpen run` should not compile its modules on every
+# start, and PYTHONDONTWRITEBYTECODE may be set.
+.venv/bin/python -m compileall -q src >/dev/null

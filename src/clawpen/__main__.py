@@ -1,5 +1,3 @@
-import sys
+from clawpen.cli import entry
 
-from clawpen.cli import main
-
-sys.exit(main())
+entry()

@@ -10,6 +10,7 @@ errors, 1 for runtime failures, 125 when a sandbox cannot be built; ``--debug`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -160,9 +161,9 @@ def _missing_command(plan: Plan) -> str | None:
 
 def _report(result: RunResult, as_json: bool) -> None:
     if as_json:
-        from dataclasses import asdict
+        from clawpen.plan.model import jsonable
 
-        print(json.dumps(asdict(result)), file=sys.stderr)
+        print(json.dumps(jsonable(result)), file=sys.stderr)
     elif result.reason in ("oom", "timeout", "disk", "setup-failed"):
         print(f"clawpen: {result.message} (exit {result.exit_code})", file=sys.stderr)
 
@@ -268,5 +269,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script: like ``sys.exit(main())`` but skips the interpreter's teardown (about
+    14 ms of freeing objects), which ``clawpen run`` would otherwise add to every bot's start."""
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -7,7 +7,7 @@ else is decided from the policy, so ``clawpen plan`` shows exactly what ``clawpe
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from clawpen.errors import PolicyError
 from clawpen.plan.model import CgroupLimits, Identity, Mount, Plan, Rlimits, SeccompPolicy
@@ -28,8 +28,7 @@ SHM_SIZE = 16 << 20
 RUN_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     """What the planner needs to know about the host's root filesystem."""
 
     cpu_count: int

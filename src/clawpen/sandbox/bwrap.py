@@ -7,7 +7,8 @@ Kept apart from the tier so the exact command line can be tested from fixtures a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 from clawpen.plan.model import Mount, Plan
 
@@ -23,15 +24,14 @@ _UNSHARE = {
 }
 
 
-@dataclass(frozen=True)
-class BwrapFds:
+class BwrapFds(NamedTuple):
     """Descriptors the caller has opened: ``data`` and ``pinned`` map a mount's dest to its fd."""
 
     block: int | None = None
     info: int | None = None
     seccomp: int | None = None
-    data: Mapping[str, int] = field(default_factory=dict)
-    pinned: Mapping[str, int] = field(default_factory=dict)
+    data: Mapping[str, int] = MappingProxyType({})
+    pinned: Mapping[str, int] = MappingProxyType({})
 
 
 def _mount_args(m: Mount, fds: BwrapFds) -> list[str]:

@@ -28,11 +28,10 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from signal import SIGKILL
 from types import MappingProxyType, TracebackType
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from clawpen.errors import SandboxError
 from clawpen.plan.model import CgroupLimits
@@ -125,8 +124,7 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class CgroupStats:
+class CgroupStats(NamedTuple):
     """A snapshot of a cgroup's accounting; ``None`` where this host has no such file."""
 
     cpu_usage_ns: int | None
@@ -138,8 +136,7 @@ class CgroupStats:
     cpu_throttled_ns: int | None
 
 
-@dataclass(frozen=True)
-class CgroupHost:
+class CgroupHost(NamedTuple):
     """The cgroup layout of this host, as found by :func:`detect`.
 
     ``hierarchies`` maps each available controller to its hierarchy's mount point (on v2 every
@@ -155,6 +152,17 @@ class CgroupHost:
     def controllers(self) -> frozenset[str]:
         """Controllers available to bot cgroups."""
         return frozenset(self.hierarchies)
+
+    def names(self) -> list[str]:
+        """Names of the cgroups under ``<base>`` (read from one hierarchy; all hold the same)."""
+        if not self.hierarchies:
+            return []
+        first = next(iter(self.hierarchies.values()))
+        try:
+            with os.scandir(f"{first}/{self.base}") as it:
+                return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return []
 
     def attach(self, name: str) -> Cgroup:
         """A handle on ``<base>/<name>`` without creating it (to inspect, kill or remove it)."""

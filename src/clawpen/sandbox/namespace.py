@@ -18,8 +18,8 @@ Running a plan is an ordered list of named steps; a failing step raises
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -41,6 +41,7 @@ from clawpen.sandbox.tier import (
     RunResult,
 )
 
+_CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info-fd JSON
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 DISK_CHECK_INTERVAL = 1.0
 
@@ -71,6 +72,33 @@ def prepare_workspace(path: str, uid: int, gid: int) -> None:
         ) from None
 
 
+def unreachable_parent(path: str, uid: int, gid: int) -> str | None:
+    """The first folder above ``path`` that ``uid`` may not traverse, or None.
+
+    bubblewrap runs as the bot's uid and resolves every bind source by path (even one passed
+    as a file descriptor), so each parent folder must let that uid through."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            st = os.stat(parent)
+        except FileNotFoundError:  # created later with the default, traversable mode
+            parent = os.path.dirname(parent)
+            continue
+        except OSError:
+            return parent
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return parent
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
 def disk_usage(path: str) -> int:
     """Bytes allocated below ``path`` (without following symlinks)."""
     total = 0
@@ -84,6 +112,24 @@ def disk_usage(path: str) -> int:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
     return total
+
+
+def _become_subreaper() -> None:
+    """Make orphaned sandbox processes our children, so we reap them (bubblewrap leaves the
+    sandbox's pid 1 unreaped when it exits) instead of piling up zombies under an init that
+    may never reap."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def _reap(pid: int, pidfd: int, timeout: float = 2.0) -> None:
+    """Reap ``pid`` once it has exited (bounded); a pid that is not our child is left alone."""
+    select.select([pidfd], [], [], timeout)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 class NamespaceTier:
@@ -105,6 +151,7 @@ class NamespaceTier:
         self._kill_grace = kill_grace
 
     def run(self, plan: Plan, *, timeout: float | None = None) -> RunResult:
+        _become_subreaper()
         run = _Run(self, plan)
         try:
             run.setup()
@@ -133,6 +180,7 @@ class _Run:
         self.started = 0.0
         self.unblocked = False
         self.stop_reason: str | None = None
+        self.sandbox: tuple[int, int] | None = None  # (pid, pidfd) of the sandbox's pid 1
         self.pending_signal: int | None = None
 
     @property
@@ -160,8 +208,19 @@ class _Run:
                 where="sandbox",
                 hint="run clawpen as root (sudo clawpen ...)",
             )
+        uid, gid = plan.identity.uid, plan.identity.gid
+        for m in plan.mounts:
+            blocked = unreachable_parent(m.source, uid, gid) if m.pin and m.source else None
+            if blocked:
+                raise SandboxError(
+                    f"the bot's uid {uid} cannot reach {m.source}: {blocked} is closed to it "
+                    f"(mode {os.stat(blocked).st_mode & 0o777:o})",
+                    where="workspace",
+                    hint=f"move it below a folder others may enter, or `chmod o+x {blocked}`",
+                )
         if plan.workspace:
             prepare_workspace(plan.workspace, plan.identity.uid, plan.identity.gid)
+        self._sweep_stale_cgroups()
         bpf = seccomp.bpf_for(plan.seccomp, cache_dir(self.tier._state))
         seccomp_fd = self._keep(_memfd("clawpen-seccomp", bpf))
         data: dict[str, int] = {}
@@ -192,6 +251,16 @@ class _Run:
         self.command_argv = argv[split:]
         self.cgroup = self.tier.cgroup_host().create(f"{plan.bot}-{os.getpid()}", plan.cgroup)
 
+    def _sweep_stale_cgroups(self) -> None:
+        """Remove cgroups left by runs of this bot whose clawpen process was killed."""
+        host = self.tier.cgroup_host()
+        prefix = f"{self.plan.bot}-"
+        for name in host.names():
+            suffix = name.removeprefix(prefix)
+            if name.startswith(prefix) and suffix.isdigit() and not os.path.exists(f"/proc/{suffix}"):
+                with contextlib.suppress(SandboxError):
+                    host.attach(name).remove()
+
     def spawn(self) -> None:
         plan, fds = self.plan, self.bwrap_fds
         passed = (fds.block, fds.info, fds.seccomp, self.args_fd, *fds.data.values(), *fds.pinned.values())
@@ -216,9 +285,13 @@ class _Run:
         os.close(self.info_w)
         self.fds.remove(self.info_w)
         child = self._read_child_pid()
+        with contextlib.suppress(ProcessLookupError):
+            self.sandbox = (child, self._keep(os.pidfd_open(child)))
         try:
             self.cg.add(child)
-        except ProcessLookupError:
+        except SandboxError:
+            if os.path.exists(f"/proc/{child}") and self.process.poll() is None:
+                raise
             return  # bwrap failed its set-up and exited; wait() reports it
         os.write(self.block_w, b"1")
         self.unblocked = True
@@ -230,8 +303,9 @@ class _Run:
             if not chunk:
                 break
             buf += chunk
-            with contextlib.suppress(ValueError):
-                return int(json.loads(buf)["child-pid"])
+            found = _CHILD_PID.search(buf)
+            if found:
+                return int(found.group(1))
         status = self.process.wait()
         raise SandboxError(
             f"bubblewrap failed before the sandbox started (exit status {status})",
@@ -249,16 +323,22 @@ class _Run:
         next_disk = time.monotonic() + DISK_CHECK_INTERVAL if plan.disk_max and plan.workspace else None
         escalate_at: float | None = None
         pidfd = self._keep(os.pidfd_open(proc.pid))
+        wake_r, wake_w = (self._keep(fd) for fd in os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
+        poller.register(wake_r, select.POLLIN)
         old = {s: signal.signal(s, self._on_signal) for s in FORWARDED_SIGNALS}
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         try:
             while True:
                 now = time.monotonic()
                 wake = min((t for t in (deadline, next_disk, escalate_at) if t is not None), default=None)
                 wait_ms = None if wake is None else max(0, int((wake - now) * 1000) + 1)
-                if poller.poll(wait_ms):
+                events = poller.poll(wait_ms)
+                if any(fd == pidfd for fd, _ in events):
                     break
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
                 if self.pending_signal is not None:
                     cg.signal(self.pending_signal)
                     self.pending_signal = None
@@ -278,6 +358,7 @@ class _Run:
                     else:
                         next_disk = now + DISK_CHECK_INTERVAL
         finally:
+            signal.set_wakeup_fd(old_wakeup)
             for s, handler in old.items():
                 signal.signal(s, handler)
         status = proc.wait()
@@ -313,6 +394,8 @@ class _Run:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             self.proc.wait()
+        if self.sandbox is not None:
+            _reap(*self.sandbox)
         if self.cgroup is not None:
             self.cgroup.remove()
         for fd in self.fds:

@@ -6,8 +6,7 @@ so the supervisor and the CLI never care which one runs a bot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from clawpen.plan.model import Plan
 
@@ -21,8 +20,7 @@ EXIT_NOT_FOUND = 127
 Reason = Literal["exited", "signaled", "oom", "timeout", "disk", "setup-failed"]
 
 
-@dataclass(frozen=True)
-class RunResult:
+class RunResult(NamedTuple):
     """How a sandboxed run ended. ``exit_code`` is what ``clawpen run`` exits with."""
 
     exit_code: int

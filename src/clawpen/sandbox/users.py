@@ -18,12 +18,14 @@ import os
 import pwd
 from pathlib import Path
 
-from clawpen.errors import SandboxError
+from clawpen.errors import HostError, SandboxError
 from clawpen.fsutil import write_atomic
 from clawpen.plan.model import Identity
 
 DEFAULT_BASE = 1_900_000_000
 RANGE = 65_536
+MIN_BASE = 100_000  # above login users and system accounts
+MAX_UID = (1 << 31) - 1  # bubblewrap's uid map refuses ids of 2^31 and above
 
 
 def _subordinate_ranges() -> list[tuple[int, int]]:
@@ -52,7 +54,15 @@ def _taken_on_host(uid: int, subordinate: list[tuple[int, int]]) -> bool:
 def identity_for(bot: str, state: Path, base: int | None = None) -> Identity:
     """The bot's identity, allocating a fresh uid the first time a bot name is seen."""
     if base is None:
-        base = int(os.environ.get("CLAWPEN_UID_BASE", DEFAULT_BASE))
+        raw = os.environ.get("CLAWPEN_UID_BASE", str(DEFAULT_BASE))
+        base = int(raw) if raw.isdigit() else -1
+    if not MIN_BASE <= base <= MAX_UID - RANGE:
+        raise HostError(
+            f"CLAWPEN_UID_BASE={base} is outside {MIN_BASE}..{MAX_UID - RANGE}",
+            where="users",
+            hint=f"unset it (default {DEFAULT_BASE}) or pick a base whose {RANGE} ids stay below 2^31 "
+            "(user namespaces refuse larger ids)",
+        )
     registry = state / "users.json"
     try:
         known = json.loads(registry.read_text())

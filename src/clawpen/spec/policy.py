@@ -9,8 +9,7 @@ avoids importing pydantic, which costs more than the whole sandbox set-up.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from clawpen.errors import ConfigError, PolicyError, UsageError
 from clawpen.spec import rules, units
@@ -25,8 +24,7 @@ MAX_PIDS = 4_194_304
 MAX_NOFILE = 1_048_576
 
 
-@dataclass(frozen=True)
-class BotPolicy:
+class BotPolicy(NamedTuple):
     """One bot's policy in normal form: bytes, seconds, real absolute paths."""
 
     name: str

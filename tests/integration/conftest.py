@@ -1,0 +1,36 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import Clawpen, session_uid_base
+
+UID_BASE = session_uid_base()
+
+
+@pytest.fixture
+def clawpen(tmp_path: Path) -> Iterator[Clawpen]:
+    """``clawpen run`` as a subprocess with a private CLAWPEN_HOME; kills what is left after."""
+    home = tmp_path / "state"
+    home.mkdir()
+    cp = Clawpen(home, UID_BASE)
+    try:
+        yield cp
+    finally:
+        cp.cleanup()
+
+
+@pytest.fixture
+def pub() -> Iterator[Path]:
+    """A 0755 scratch folder in /tmp that any uid can reach (workspaces, the setuid control)."""
+    path = Path(tempfile.mkdtemp(prefix="clawpen-it-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""Helpers for the integration tests: run ``clawpen`` as a subprocess, run probes on the host,
+and look at the host's process table (``/proc``) from the outside.
+
+Every run gets its own ``CLAWPEN_HOME`` and the session gets its own uid range
+(``CLAWPEN_UID_BASE``, still >= 1,900,000,000), so that "no process of the bot's uid is left"
+means exactly that, even when other test sessions run clawpen on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLAWPEN = str(Path(sys.executable).with_name("clawpen"))
+PY = "/usr/bin/python3"  # Debian's python: the one the sandbox sees (the host /usr)
+UID_FLOOR = 1_900_000_000
+NOBODY = 65534
+
+
+def session_uid_base() -> int:
+    """A uid range of 65,536 ids above clawpen's default one, picked per test session.
+
+    It stays below 2**31: bubblewrap 0.8 cannot map larger uids ("setting up uid map: Invalid
+    argument").
+    """
+    base = UID_FLOOR + 65_536 * (1 + os.getpid() % 3000)
+    assert base + 65_536 < 2**31
+    return base
+
+
+@dataclass(frozen=True)
+class Result:
+    rc: int
+    out: str
+    err: str
+    elapsed: float
+
+    def __iter__(self) -> Iterator[object]:  # rc, out, err = result
+        return iter((self.rc, self.out, self.err))
+
+    def json(self) -> dict:  # the last line a probe printed
+        lines = [line for line in self.out.splitlines() if line.startswith("{")]
+        assert lines, f"no JSON line in the output (rc={self.rc})\nstdout: {self.out}\nstderr: {self.err}"
+        return json.loads(lines[-1])
+
+
+@dataclass
+class Proc:
+    pid: int
+    ppid: int
+    uid: int
+    state: str
+    comm: str
+    argv: list[str]
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in ("Z", "X")
+
+
+def read_proc(pid: int) -> Proc | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return Proc(
+        pid=pid,
+        ppid=int(fields["PPid"]),
+        uid=int(fields["Uid"].split()[0]),
+        state=fields["State"].split()[0],
+        comm=fields["Name"].strip(),
+        argv=[a.decode(errors="replace") for a in argv if a],
+    )
+
+
+def processes() -> list[Proc]:
+    procs = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (p := read_proc(int(entry))) is not None:
+            procs.append(p)
+    return procs
+
+
+def with_marker(marker: str, *, comm: str | None = None) -> list[Proc]:
+    """Host processes with ``marker`` in their argv (and the given comm)."""
+    return [
+        p
+        for p in processes()
+        if any(marker in a for a in p.argv) and (comm is None or p.comm == comm) and p.pid != os.getpid()
+    ]
+
+
+def of_uids(uids: Iterable[int]) -> list[Proc]:
+    wanted = set(uids)
+    return [p for p in processes() if p.uid in wanted]
+
+
+def alive(pid: int) -> bool:
+    p = read_proc(pid)
+    return p is not None and not p.zombie
+
+
+def wait_for(pred: Callable[[], object], timeout: float, interval: float = 0.02) -> object:
+    """Poll ``pred`` until it is truthy or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def kill_uids(uids: Iterable[int], timeout: float = 5.0) -> None:
+    """SIGKILL every live process of these uids (this session's bot uids only) and wait."""
+    uids = set(uids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = [p for p in of_uids(uids) if not p.zombie]
+        if not live:
+            return
+        for p in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def host_run(
+    argv: Sequence[str],
+    *,
+    user: int | None = None,
+    timeout: float = 30,
+    pass_fds: Sequence[int] = (),
+    cwd: str = "/",
+) -> Result:
+    """Run a command directly on the host (the positive controls), as root or as ``user``."""
+    kw: dict = {}
+    if user is not None:
+        kw = {"user": user, "group": user, "extra_groups": []}
+    start = time.monotonic()
+    proc = subprocess.run(
+        list(argv),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        pass_fds=tuple(pass_fds),
+        cwd=cwd,
+        env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+        check=False,
+        **kw,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+def host_py(script: str, *args: str, **kw: object) -> Result:
+    return host_run([PY, "-c", script, *args], **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class Clawpen:
+    """``clawpen`` with a private state directory; remembers what it started, for clean-up."""
+
+    home: Path
+    uid_base: int
+    popens: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
+        env["CLAWPEN_HOME"] = str(self.home)
+        env["CLAWPEN_UID_BASE"] = str(self.uid_base)
+        return env
+
+    @property
+    def uids(self) -> range:
+        return range(self.uid_base, self.uid_base + 64)
+
+    def run(self, *args: str, timeout: float = 60, pass_fds: Sequence[int] = ()) -> Result:
+        """``clawpen run ARGS`` -> Result(rc, stdout, stderr, elapsed)."""
+        proc = self.popen(*args, pass_fds=pass_fds)
+        start = time.monotonic()
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(proc)
+            raise
+        return Result(proc.returncode, out, err, time.monotonic() - start)
+
+    def popen(self, *args: str, pass_fds: Sequence[int] = ()) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [CLAWPEN, "run", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env,
+            cwd="/",
+            pass_fds=tuple(pass_fds),
+        )
+        self.popens.append(proc)
+        return proc
+
+    def plan(self, *args: str) -> dict:
+        proc = subprocess.run(
+            [CLAWPEN, "plan", "--json", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd="/",
+            check=True,
+            timeout=60,
+        )
+        return json.loads(proc.stdout)
+
+    def uid(self, name: str = "run") -> int:
+        """The host uid of bot ``name`` (allocated now if new; runs then use the same one)."""
+        uid = int(self.plan("--name", name, "--", "true")["identity"]["uid"])
+        assert uid >= UID_FLOOR
+        return uid
+
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        """Clean-up of a run that went wrong: kill the bot's processes (which lets clawpen end
+        and tear down its cgroup), then clawpen itself, and remove a cgroup it left behind."""
+        if proc.poll() is None:
+            kill_uids(self.uids, timeout=2)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kill_uids(self.uids)
+                remove_stale_cgroups(proc.pid)
+        with contextlib.suppress(OSError, ValueError):
+            proc.communicate(timeout=5)
+
+    def cleanup(self) -> None:
+        for proc in self.popens:
+            self.stop(proc)
+        kill_uids(self.uids)
+
+
+def remove_stale_cgroups(clawpen_pid: int) -> None:
+    """rmdir the cgroups (``clawpen/<bot>-<pid>``) of a clawpen process that was SIGKILLed."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        for cg in hierarchy.glob(f"clawpen/*-{clawpen_pid}"):
+            with contextlib.suppress(OSError):
+                cg.rmdir()
