@@ -440,15 +440,16 @@ def raw_bwrap(plan: Any, bpf: bytes) -> Iterator[tuple[Callable[[], float], list
 
 
 def tier_breakdown(tier: Any, plan: Any, n: int, warmup: int) -> list[Stat]:
-    """The tier's steps, timed through its private ``_Run``; skipped if that changed shape."""
+    """The tier's steps, timed through ``Sandbox``; skipped if that changed shape."""
     try:
-        from clawpen.sandbox.namespace import _Run
+        from clawpen.sandbox.namespace import Sandbox
+        from clawpen.sandbox.tier import Stdio
     except ImportError:
         return []
     steps = {k: Stat(f"  step: {k}") for k in ("setup", "spawn", "wait", "teardown")}
     try:
         for i in range(warmup + n):
-            run = _Run(tier, plan)
+            run = Sandbox(tier, plan, cgroup_name=f"{plan.bot}-{os.getpid()}", stdio=Stdio())
             marks = [now()]
             try:
                 run.setup()

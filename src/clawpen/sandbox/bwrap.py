@@ -30,6 +30,7 @@ class BwrapFds(NamedTuple):
     block: int | None = None
     info: int | None = None
     seccomp: int | None = None
+    status: int | None = None
     data: Mapping[str, int] = MappingProxyType({})
     pinned: Mapping[str, int] = MappingProxyType({})
 
@@ -80,6 +81,8 @@ def bwrap_argv(plan: Plan, fds: BwrapFds, bwrap: str = "bwrap") -> list[str]:
         argv += ["--info-fd", str(fds.info)]
     if fds.block is not None:
         argv += ["--block-fd", str(fds.block)]
+    if fds.status is not None:
+        argv += ["--json-status-fd", str(fds.status)]
     argv += ["--", *limited_command(plan)]
     return argv
 

@@ -39,11 +39,13 @@ from clawpen.sandbox.tier import (
     EXIT_TIMEOUT,
     Reason,
     RunResult,
+    Stdio,
 )
 
 _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info-fd JSON
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 DISK_CHECK_INTERVAL = 1.0
+INHERIT = Stdio()
 
 
 def _memfd(name: str, data: bytes) -> int:
@@ -151,14 +153,33 @@ class NamespaceTier:
         self._kill_grace = kill_grace
 
     def run(self, plan: Plan, *, timeout: float | None = None) -> RunResult:
-        _become_subreaper()
-        run = _Run(self, plan)
+        """Run ``plan`` in the foreground (``clawpen run``): stdio inherited, signals forwarded."""
+        sandbox = self.start(plan)
         try:
-            run.setup()
-            run.spawn()
-            return run.wait(timeout)
+            return sandbox.wait(timeout)
         finally:
-            run.teardown()
+            sandbox.teardown()
+
+    def start(
+        self,
+        plan: Plan,
+        *,
+        cgroup_name: str | None = None,
+        stdio: Stdio = INHERIT,
+        status_fd: int | None = None,
+    ) -> Sandbox:
+        """Build the sandbox and start the bot; the caller waits (``sandbox.pidfd``), then calls
+        :meth:`Sandbox.collect` and :meth:`Sandbox.teardown`. ``status_fd`` receives
+        bubblewrap's JSON status, including the exit code, even if the caller is gone by then."""
+        _become_subreaper()
+        sandbox = Sandbox(self, plan, cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}", stdio=stdio)
+        try:
+            sandbox.setup(status_fd)
+            sandbox.spawn()
+        except BaseException:
+            sandbox.teardown()
+            raise
+        return sandbox
 
     def cgroup_host(self) -> cgroups.CgroupHost:
         if self._cgroups is None:
@@ -166,12 +187,14 @@ class NamespaceTier:
         return self._cgroups
 
 
-class _Run:
-    """The state of one run; every resource it opens is released by :meth:`teardown`."""
+class Sandbox:
+    """One started sandbox; every resource it opens is released by :meth:`teardown`."""
 
-    def __init__(self, tier: NamespaceTier, plan: Plan) -> None:
+    def __init__(self, tier: NamespaceTier, plan: Plan, *, cgroup_name: str, stdio: Stdio) -> None:
         self.tier = tier
         self.plan = plan
+        self.cgroup_name = cgroup_name
+        self.stdio = stdio
         self.fds: list[int] = []
         self.cgroup: cgroups.Cgroup | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -199,7 +222,17 @@ class _Run:
         self.fds.append(fd)
         return fd
 
-    def setup(self) -> None:
+    @property
+    def pid(self) -> int:
+        """The host pid of bubblewrap (the sandbox's monitor, our child)."""
+        return self.process.pid
+
+    @property
+    def sandbox_pid(self) -> int | None:
+        """The host pid of the sandbox's pid 1 (in the bot's namespaces and cgroup)."""
+        return None if self.sandbox is None else self.sandbox[0]
+
+    def setup(self, status_fd: int | None = None) -> None:
         plan = self.plan
         if os.geteuid() != 0:
             raise HostError(
@@ -241,7 +274,7 @@ class _Run:
         self.info_r, info_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         self.info_w = info_w
         self.bwrap_fds = BwrapFds(
-            block=self.block_r, info=info_w, seccomp=seccomp_fd, data=data, pinned=pinned
+            block=self.block_r, info=info_w, seccomp=seccomp_fd, status=status_fd, data=data, pinned=pinned
         )
         argv = bwrap_argv(plan, self.bwrap_fds, self.tier._bwrap)
         split = argv.index("--")
@@ -249,7 +282,7 @@ class _Run:
         # bubblewrap wants the command itself on its real argv.
         self.args_fd = self._keep(_memfd("clawpen-args", b"".join(a.encode() + b"\0" for a in argv[1:split])))
         self.command_argv = argv[split:]
-        self.cgroup = self.tier.cgroup_host().create(f"{plan.bot}-{os.getpid()}", plan.cgroup)
+        self.cgroup = self.tier.cgroup_host().create(self.cgroup_name, plan.cgroup)
 
     def _sweep_stale_cgroups(self) -> None:
         """Remove cgroups left by runs of this bot whose clawpen process was killed."""
@@ -263,7 +296,15 @@ class _Run:
 
     def spawn(self) -> None:
         plan, fds = self.plan, self.bwrap_fds
-        passed = (fds.block, fds.info, fds.seccomp, self.args_fd, *fds.data.values(), *fds.pinned.values())
+        passed = (
+            fds.block,
+            fds.info,
+            fds.seccomp,
+            fds.status,
+            self.args_fd,
+            *fds.data.values(),
+            *fds.pinned.values(),
+        )
         self.started = time.monotonic()
         try:
             self.proc = subprocess.Popen(
@@ -273,6 +314,9 @@ class _Run:
                 extra_groups=[],
                 pass_fds=tuple(fd for fd in passed if fd is not None),
                 env={"PATH": "/usr/bin:/bin"},
+                stdin=self.stdio.stdin,
+                stdout=self.stdio.stdout,
+                stderr=self.stdio.stderr,
                 umask=0o022,
                 process_group=0,
             )
@@ -361,7 +405,11 @@ class _Run:
             signal.set_wakeup_fd(old_wakeup)
             for s, handler in old.items():
                 signal.signal(s, handler)
-        status = proc.wait()
+        return self.collect()
+
+    def collect(self) -> RunResult:
+        """How the run ended, once bubblewrap has exited (waits for it otherwise)."""
+        status = self.process.wait()
         return self._result(status, time.monotonic() - self.started)
 
     def _result(self, status: int, duration: float) -> RunResult:

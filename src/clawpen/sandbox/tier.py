@@ -32,6 +32,14 @@ class RunResult(NamedTuple):
     message: str = ""
 
 
+class Stdio(NamedTuple):
+    """File descriptors for the bot's standard streams; ``None`` inherits clawpen's own."""
+
+    stdin: int | None = None
+    stdout: int | None = None
+    stderr: int | None = None
+
+
 class Tier(Protocol):
     """An isolation tier: runs a plan in the foreground and reports how it ended."""
 
