@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of clawpen.toml")
     doctor = sub.add_parser("doctor", help="check this host for what clawpen needs, with fixes")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    from clawpen import cli_daemon
+
+    cli_daemon.add_commands(sub)
     return parser
 
 
@@ -259,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not ns.cmd:
             build_parser().print_help()
             return 2
-        return COMMANDS[ns.cmd](ns)
+        if ns.cmd in COMMANDS:
+            return COMMANDS[ns.cmd](ns)
+        from clawpen import cli_daemon
+
+        return int(cli_daemon.COMMANDS[ns.cmd](ns))
     except ClawpenError as err:
         if debug:
             raise

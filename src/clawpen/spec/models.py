@@ -148,6 +148,7 @@ class Bot(_Model):
     restart: Restart = Restart()
     health: Health | None = None
     timeout: Duration | None = Field(None, description="kill the bot after this long (one-off jobs)")
+    replicas: int = Field(1, ge=1, le=64, description="instances to run; each gets CLAWPEN_REPLICA")
 
     @field_validator("command")
     @classmethod

@@ -1,0 +1,226 @@
+"""The daemon's commands on the command line (``up``, ``ps``, ``logs`` ...): parse, call, render.
+
+Each command is a thin call to the daemon through :class:`clawpen.daemon.client.Client`;
+``logs`` reads the log files directly, so it works while the daemon is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from clawpen.errors import UsageError
+from clawpen.paths import state_dir
+
+
+def add_commands(sub: Any) -> None:
+    sub.add_parser("daemon", help="run the supervisor daemon in the foreground")
+    up = sub.add_parser(
+        "up", help="apply clawpen.toml: start new bots, restart changed ones, stop removed ones"
+    )
+    up.add_argument(
+        "-f", "--file", default="clawpen.toml", metavar="FILE", help="spec file (default clawpen.toml)"
+    )
+    up.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    up.add_argument("--json", action="store_true", help="machine-readable output")
+    up.add_argument("bots", nargs="*", metavar="BOT", help="only these bots (nothing is removed then)")
+    for name, text in (
+        ("down", "stop and forget bots (all when none is named)"),
+        ("start", "start bots"),
+        ("stop", "stop bots (SIGTERM, then SIGKILL after the grace period)"),
+        ("restart", "restart bots"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.add_argument("bots", nargs="*", metavar="BOT")
+    ps = sub.add_parser("ps", help="list bots with state, pid, uptime and restarts")
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
+    status = sub.add_parser("status", help="one bot in detail, with its recent events")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("bots", nargs=1, metavar="BOT")
+    events = sub.add_parser("events", help="state changes and daemon events")
+    events.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("bot", nargs="?", metavar="BOT")
+    releases = sub.add_parser("releases", help="every applied `clawpen up`")
+    releases.add_argument("--json", action="store_true", help="machine-readable output")
+    logs = sub.add_parser("logs", help="a bot's captured stdout and stderr")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--since", metavar="WHEN", help='e.g. "1h", "30m", "2026-11-24T10:00:00Z"')
+    logs.add_argument("--until", metavar="WHEN", help="same forms as --since")
+    logs.add_argument("--grep", metavar="RE", help="only lines matching this regular expression")
+    logs.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines")
+    logs.add_argument("--json", action="store_true", help="one JSON object per line")
+    logs.add_argument("bot", metavar="BOT")
+
+
+def _client() -> Any:
+    from clawpen.daemon.client import Client
+
+    return Client(state_dir())
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    secs = max(0, int(time.time() - ts))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+def cmd_daemon(_ns: argparse.Namespace) -> int:
+    from clawpen.daemon.app import run_daemon
+
+    return run_daemon(state_dir())
+
+
+def cmd_up(ns: argparse.Namespace) -> int:
+    path = os.path.abspath(ns.file)
+    if not os.path.exists(path):
+        raise UsageError(
+            f"spec file {ns.file} does not exist",
+            where="clawpen up -f",
+            hint="run `clawpen init`, or pass -f FILE",
+        )
+    result = _client().call("up", file=path, bots=ns.bots, dry_run=ns.dry_run, who=_who())
+    if ns.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    head = "would" if ns.dry_run else f"release {result.get('release')}:"
+    for key, verb in (
+        ("create", "start"),
+        ("recreate", "restart (changed)"),
+        ("start", "start"),
+        ("remove", "stop and remove"),
+    ):
+        for name in result.get(key, []):
+            print(f"{head} {verb} {name}")
+    if not any(result.get(k) for k in ("create", "recreate", "start", "remove")):
+        print(f"{'nothing would change' if ns.dry_run else 'nothing changed'}: every bot is up to date")
+    return 0
+
+
+def _who() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
+
+
+def _simple(op: str) -> Any:
+    def run(ns: argparse.Namespace) -> int:
+        result = _client().call(op, bots=ns.bots)
+        if ns.json:
+            print(json.dumps(result))
+        else:
+            for key, names in result.items():
+                print(f"{key}: {', '.join(names) or 'nothing'}")
+        return 0
+
+    return run
+
+
+def cmd_ps(ns: argparse.Namespace) -> int:
+    rows = _client().call("ps")
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'BOT':<20} {'STATE':<14} {'PID':>8} {'UPTIME':>7} {'RESTARTS':>8}  LAST EXIT")
+    for r in rows:
+        label = r["bot"] if not r.get("replica") else f"{r['bot']}[{r['replica']}]"
+        up = _ago(r.get("started_at")) if r.get("pid") else "-"
+        last = "-" if r.get("last_exit") is None else f"{r['last_exit']} ({r.get('last_reason')})"
+        print(
+            f"{label:<20} {r['state']:<14} {r.get('pid') or '-':>8} {up:>7} {r.get('restarts', 0):>8}  {last}"
+        )
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    data = _client().call("status", bots=ns.bots)
+    if ns.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"bot      {data['bot']} (desired: {data['desired']}, release {data['release']})")
+    for inst in data["instances"]:
+        print(
+            f"replica  {inst['replica']}: {inst['state']} since {_ago(inst['since'])}, "
+            f"pid {inst['pid'] or '-'}, restarts {inst['restarts']}"
+        )
+    print("recent events")
+    for e in data["events"]:
+        print(f"  {_ts(e['at'])}  {e['kind']:<8} {e.get('to_state') or '':<12} {e['reason']}")
+    return 0
+
+
+def _ts(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def cmd_events(ns: argparse.Namespace) -> int:
+    client = _client()
+    items = client.stream("events", bot=ns.bot, follow=ns.follow)
+    for e in items:
+        if ns.json:
+            print(json.dumps(e), flush=True)
+        else:
+            who = e.get("bot") or "daemon"
+            if e.get("replica"):
+                who += f"[{e['replica']}]"
+            change = f"{e.get('from_state')} -> {e.get('to_state')}" if e.get("to_state") else e["kind"]
+            print(f"{_ts(e['at'])}  {who:<16} {change:<26} {e['reason']}", flush=True)
+    return 0
+
+
+def cmd_releases(ns: argparse.Namespace) -> int:
+    rows = _client().call("releases")
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'ID':>4}  {'WHEN':<19}  {'WHO':<10} {'HASH':<16}  SUMMARY")
+    for r in rows:
+        print(f"{r['id']:>4}  {_ts(r['created'])}  {r['who']:<10} {r['spec_hash']:<16}  {r['summary']}")
+    return 0
+
+
+def cmd_logs(ns: argparse.Namespace) -> int:
+    from clawpen.logs.query import follow, parse_since, read_logs
+
+    logs_dir = state_dir() / "logs"
+    now = time.time()
+    since = parse_since(ns.since, now) if ns.since else None
+    until = parse_since(ns.until, now, flag="--until") if ns.until else None
+    if ns.follow:
+        records = follow(logs_dir, ns.bot, grep=ns.grep, tail=ns.tail or 10)
+    else:
+        records = read_logs(logs_dir, ns.bot, since=since, until=until, grep=ns.grep, tail=ns.tail)
+    out = sys.stdout
+    for rec in records:
+        if ns.json:
+            out.write(json.dumps({"ts": rec.ts, "stream": rec.stream, "text": rec.text}) + "\n")
+        else:
+            stamp = (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.ts)) + f".{int(rec.ts % 1 * 1000):03d}Z"
+            )
+            out.write(f"{stamp} {rec.stream} {rec.text}\n")
+        if ns.follow:
+            out.flush()
+    return 0
+
+
+COMMANDS = {
+    "daemon": cmd_daemon,
+    "up": cmd_up,
+    "down": _simple("down"),
+    "start": _simple("start"),
+    "stop": _simple("stop"),
+    "restart": _simple("restart"),
+    "ps": cmd_ps,
+    "status": cmd_status,
+    "events": cmd_events,
+    "releases": cmd_releases,
+    "logs": cmd_logs,
+}

@@ -1,0 +1,84 @@
+"""The one place that builds and wires the daemon: store, tier, services, server, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from clawpen.daemon.runtime import Services
+from clawpen.daemon.server import Daemon
+from clawpen.daemon.store import Store
+from clawpen.errors import HostError
+from clawpen.plan.build import HostFacts
+from clawpen.sandbox.namespace import NamespaceTier
+from clawpen.sandbox.seccomp import default_policy
+
+
+def socket_path(state: Path) -> Path:
+    return state / "clawpen.sock"
+
+
+def build(state: Path) -> Daemon:
+    """Create every object the daemon needs, once."""
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(state, 0o700)
+    store = Store(state / "clawpen.db")
+    tier = NamespaceTier(state)
+
+    def services(daemon: Daemon) -> Services:
+        return Services(
+            tier=tier,
+            state_dir=state,
+            logs_dir=state / "logs",
+            host=HostFacts.probe(),
+            seccomp=default_policy(),
+            clock=time.time,
+            record=daemon.record,
+            note=daemon.note,
+        )
+
+    return Daemon(store, services)
+
+
+async def serve(state: Path) -> None:
+    daemon = build(state)
+    path = socket_path(state)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(daemon.handle, path=str(path), limit=1 << 20)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    daemon.note("daemon", f"daemon started (pid {os.getpid()})")
+    daemon.restore()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"clawpen daemon: listening on {path}", file=sys.stderr, flush=True)
+    async with server:
+        await stop.wait()
+        server.close()
+        daemon.note("daemon", "daemon stopping: stopping every bot")
+        await daemon.shutdown()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    daemon.store.close()
+
+
+def run_daemon(state: Path) -> int:
+    if os.geteuid() != 0:
+        raise HostError(
+            "the daemon needs root: it starts each bot as its own host uid and creates its cgroups",
+            where="clawpen daemon",
+            hint="run it as root (sudo clawpen daemon), or let `clawpen up` start it",
+        )
+    asyncio.run(serve(state))
+    return 0

@@ -1,0 +1,93 @@
+"""The CLI's side of the daemon: connect (starting the daemon when it is not running), call."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from clawpen.daemon import rpc
+from clawpen.errors import HostError
+
+START_TIMEOUT = 15.0
+
+
+class Client:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.path = state / "clawpen.sock"
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.path))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def ensure_daemon(self, *, quiet: bool = False) -> None:
+        """Start the daemon in the background if nothing answers on the socket."""
+        try:
+            self.call("ping", autostart=False)
+            return
+        except (OSError, rpc.RemoteError):
+            pass
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = self.state / "daemon.log"
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                [sys.executable, "-m", "clawpen", "daemon"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                env={**os.environ, "CLAWPEN_HOME": str(self.state)},
+                cwd="/",
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.call("ping", autostart=False)
+                if not quiet:
+                    print(f"clawpen: started the daemon (log: {log})", file=sys.stderr)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise HostError(
+            f"the daemon did not start within {START_TIMEOUT:g} s",
+            where=str(log),
+            hint=f"read {log}, or run `clawpen daemon` in the foreground to see why",
+        )
+
+    def call(self, op: str, autostart: bool = True, **args: Any) -> Any:
+        if autostart:
+            self.ensure_daemon()
+        with self._connect() as sock:
+            sock.sendall(rpc.encode({"op": op, "args": args}))
+            with sock.makefile("rb") as stream:
+                line = stream.readline(rpc.MAX_LINE)
+        if not line:
+            raise HostError("the daemon closed the connection", where=str(self.path))
+        return rpc.raise_for(json.loads(line))
+
+    def stream(self, op: str, **args: Any) -> Iterator[Any]:
+        self.ensure_daemon()
+        with self._connect() as sock:
+            sock.sendall(rpc.encode({"op": op, "args": args}))
+            with sock.makefile("rb") as stream:
+                for line in stream:
+                    reply = json.loads(line)
+                    if "item" in reply:
+                        yield reply["item"]
+                    else:
+                        result = rpc.raise_for(reply)
+                        if isinstance(result, list):
+                            yield from result
+                        return

@@ -1,0 +1,313 @@
+"""One asyncio task per bot instance: start it in its sandbox, watch it, restart or stop it.
+
+The task walks the explicit state machine of :mod:`clawpen.supervisor.states`; every change is
+stored as an event with its reason. Restart decisions come from
+:class:`clawpen.supervisor.backoff.RestartTracker`. The bot's stdout and stderr are pipes read
+by the event loop and appended to its log by :class:`clawpen.logs.writer.LogWriter`: a chunk
+is read, written, then the next is read, so a flooding bot meets the pipe's backpressure and
+the daemon's memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from clawpen.errors import ClawpenError
+from clawpen.logs.writer import LogWriter
+from clawpen.plan.build import HostFacts, build_plan
+from clawpen.plan.model import Plan, SeccompPolicy
+from clawpen.sandbox.namespace import NamespaceTier, Sandbox
+from clawpen.sandbox.tier import RunResult, Stdio
+from clawpen.sandbox.users import identity_for
+from clawpen.spec.models import Bot
+from clawpen.supervisor.backoff import RestartPolicy, RestartTracker
+from clawpen.supervisor.states import BotState, BotStateMachine, Transition
+
+S = BotState
+READ_CHUNK = 1 << 16
+
+
+class Services(NamedTuple):
+    """What every instance needs from the daemon (built once in :mod:`clawpen.daemon.app`)."""
+
+    tier: NamespaceTier
+    state_dir: Path
+    logs_dir: Path
+    host: HostFacts
+    seccomp: SeccompPolicy
+    clock: Callable[[], float]
+    record: Callable[[Transition], None]
+    note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
+
+
+class Outcome(enum.Enum):
+    EXITED = "exited"
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class Instance:
+    """One replica of one bot, supervised by :meth:`run` until it is stopped for good."""
+
+    def __init__(self, services: Services, name: str, replica: int, bot: Bot, base_dir: str) -> None:
+        self.svc = services
+        self.name = name
+        self.replica = replica
+        self.bot = bot
+        self.base_dir = base_dir
+        self.machine = BotStateMachine(name, replica)
+        self.tracker = RestartTracker(RestartPolicy.from_spec(bot.restart))
+        self.sandbox: Sandbox | None = None
+        self.restarts = 0
+        self.last: RunResult | None = None
+        self.started_at: float | None = None
+        self._wake = asyncio.Event()
+        self._request: Outcome | None = None
+        self._manual_start = True
+        self.task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- commands
+    def start(self) -> None:
+        """Start supervising (or start again after a stop, a crashloop or a failure)."""
+        self._manual_start = True
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.run(), name=f"bot {self.label}")
+
+    def stop(self) -> None:
+        self._request = Outcome.STOP
+        self._wake.set()
+
+    def restart(self) -> None:
+        if self.task is None or self.task.done():
+            self.start()
+            return
+        self._request = Outcome.RESTART
+        self._wake.set()
+
+    async def stopped(self) -> None:
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervising task is alive (the bot runs, starts, or waits to restart)."""
+        return self.task is not None and not self.task.done()
+
+    @property
+    def label(self) -> str:
+        return self.name if self.replica == 0 else f"{self.name}[{self.replica}]"
+
+    @property
+    def log_name(self) -> str:
+        return self.name if self.replica == 0 else f"{self.name}-r{self.replica}"
+
+    # ---------------------------------------------------------------- the loop
+    def _to(self, state: BotState, reason: str) -> None:
+        if self.machine.state != state:
+            self.svc.record(self.machine.transition(state, reason, self.svc.clock()))
+
+    async def run(self) -> None:
+        try:
+            await self._loop()
+        except Exception as err:  # the task must never die silently
+            self.svc.note("error", f"supervisor error: {err!r}", self.name, self.replica)
+            raise
+
+    async def _loop(self) -> None:
+        while True:
+            if self._request is Outcome.STOP:
+                self._request = None
+                self.tracker.record_manual_stop(self.svc.clock())
+                self._to(S.STOPPED, "stopped by request")
+                return
+            self._request = None
+            self._to(S.STARTING, "start requested" if self._manual_start else "restarting")
+            try:
+                self.sandbox = await self._start_sandbox()
+            except ClawpenError as err:
+                self._to(S.FAILED, f"{err.what} ({err.where})" if err.where else err.what)
+                return
+            now = self.svc.clock()
+            self.started_at = now
+            self.tracker.record_started(now, manual=self._manual_start)
+            self._manual_start = False
+            self._to(S.RUNNING, f"pid {self.sandbox.pid}")
+            outcome = await self._watch(self.sandbox)
+            result = await self._finish(self.sandbox, outcome)
+            self.sandbox = None
+            self.last = result
+            if outcome is Outcome.STOP:
+                self.tracker.record_manual_stop(self.svc.clock())
+                self._to(S.STOPPED, f"stopped by request ({_describe(result)})")
+                return
+            self._to(S.OOM if result.reason == "oom" else S.EXITED, _describe(result))
+            if outcome is Outcome.RESTART:
+                self._manual_start = True
+                continue
+            decision = self.tracker.record_exit(result.exit_code, result.reason, self.svc.clock())
+            if not decision.restart:
+                self._to(decision.next_state, decision.why)
+                return
+            self.restarts += 1
+            if decision.delay > 0:
+                self._to(S.BACKOFF, decision.why)
+                if await self._sleep(decision.delay):
+                    continue  # woken by a command: the loop handles it
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, or return True early when a command arrives."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+            return True
+        return False
+
+    # ---------------------------------------------------------------- the sandbox
+    def plan(self) -> Plan:
+        policy = self.bot.to_policy(self.name, self.base_dir)
+        env = (*policy.env, ("CLAWPEN_REPLICA", str(self.replica)))
+        policy = policy._replace(env=env)
+        ident = identity_for(self.name, self.svc.state_dir)
+        return build_plan(policy, ident, self.svc.host, self.svc.seccomp, die_with_parent=False)
+
+    async def _start_sandbox(self) -> Sandbox:
+        plan = self.plan()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        loop = asyncio.get_running_loop()
+        try:
+            sandbox = await loop.run_in_executor(
+                None,
+                lambda: self.svc.tier.start(
+                    plan,
+                    cgroup_name=f"{self.name}.{self.replica}",
+                    stdio=Stdio(stdin=None, stdout=out_w, stderr=err_w),
+                ),
+            )
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._pipes = {"out": out_r, "err": err_r}
+        return sandbox
+
+    async def _watch(self, sandbox: Sandbox) -> Outcome:
+        loop = asyncio.get_running_loop()
+        writer = LogWriter(self.svc.logs_dir, self.log_name, self.svc.clock)
+        self._writer = writer
+        self._eof: dict[str, asyncio.Future[None]] = {}
+        for stream, fd in self._pipes.items():
+            os.set_blocking(fd, False)
+            self._eof[stream] = loop.create_future()
+            loop.add_reader(fd, self._drain, stream, fd)
+        exited: asyncio.Future[None] = loop.create_future()
+        pidfd = os.pidfd_open(sandbox.pid)
+        loop.add_reader(pidfd, _settle, exited)
+        self._wake.clear()
+        try:
+            while True:
+                if self._request is not None:
+                    return self._request
+                waker = loop.create_task(self._wake.wait())
+                pending: set[asyncio.Future[Any]] = {exited, waker}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                self._wake.clear()
+                if exited.done():
+                    return Outcome.EXITED
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    def _drain(self, stream: str, fd: int) -> None:
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._writer.write(stream, chunk)  # type: ignore[arg-type]
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(fd)
+        self._writer.finish(stream)  # type: ignore[arg-type]
+        fut = self._eof[stream]
+        if not fut.done():
+            fut.set_result(None)
+
+    async def _finish(self, sandbox: Sandbox, outcome: Outcome) -> RunResult:
+        if outcome is not Outcome.EXITED:
+            self._to(S.STOPPING, "stop requested" if outcome is Outcome.STOP else "restart requested")
+            await self._terminate(sandbox)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._eof.values()), 2.0)
+        for stream, fd in self._pipes.items():
+            if not self._eof[stream].done():
+                loop.remove_reader(fd)
+            os.close(fd)
+        result = await loop.run_in_executor(None, sandbox.collect)
+        await loop.run_in_executor(None, sandbox.teardown)
+        self._writer.close()
+        return result
+
+    async def _terminate(self, sandbox: Sandbox) -> None:
+        """SIGTERM every process of the bot, then SIGKILL the cgroup after the grace period."""
+        grace = self.bot.restart.stop_grace
+        with contextlib.suppress(ClawpenError, ProcessLookupError):
+            sandbox.cg.signal(signal.SIGTERM)
+        pidfd = os.pidfd_open(sandbox.pid)
+        try:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(pidfd, _settle, done)
+            try:
+                await asyncio.wait_for(done, grace)
+            except TimeoutError:
+                self.svc.note("kill", f"no exit {grace:g}s after SIGTERM: SIGKILL", self.name, self.replica)
+                with contextlib.suppress(ClawpenError):
+                    sandbox.cg.kill()
+                await asyncio.wait_for(done, 5.0)
+            finally:
+                loop.remove_reader(pidfd)
+        finally:
+            os.close(pidfd)
+
+    # ---------------------------------------------------------------- views
+    def status(self) -> dict[str, Any]:
+        sb = self.sandbox
+        return {
+            "bot": self.name,
+            "replica": self.replica,
+            "state": str(self.machine.state),
+            "since": self.machine.since,
+            "pid": sb.pid if sb else None,
+            "restarts": self.restarts,
+            "started_at": self.started_at,
+            "last_exit": None if self.last is None else self.last.exit_code,
+            "last_reason": None if self.last is None else self.last.reason,
+        }
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _describe(result: RunResult) -> str:
+    if result.reason == "signaled":
+        return f"killed by signal {result.signal} (exit {result.exit_code})"
+    if result.reason == "exited":
+        return f"exited with code {result.exit_code}"
+    return f"{result.message or result.reason} (exit {result.exit_code})"

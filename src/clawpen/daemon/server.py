@@ -1,0 +1,273 @@
+"""The daemon's operations and the Unix-socket server that exposes them to the CLI.
+
+Every command of the CLI that talks to the daemon is one operation here (``op_<name>``);
+the socket is ``<state>/clawpen.sock``, mode 0600, so only root may use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from clawpen.daemon import rpc
+from clawpen.daemon.runtime import Instance, Services
+from clawpen.daemon.store import Event, Store, policy_hash
+from clawpen.errors import ClawpenError, UsageError
+from clawpen.spec.loader import load_spec
+from clawpen.spec.models import Bot
+from clawpen.supervisor.states import Transition
+
+Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[Any]]
+
+
+class Daemon:
+    """Holds the supervised instances and answers the CLI."""
+
+    def __init__(self, store: Store, services_factory: Callable[[Daemon], Services]) -> None:
+        self.store = store
+        self.services = services_factory(self)
+        self.instances: dict[str, list[Instance]] = {}
+        self.up_lock = asyncio.Lock()
+        self.subscribers: set[asyncio.Queue[Event]] = set()
+
+    # ---------------------------------------------------------------- events
+    def record(self, change: Transition) -> None:
+        event = self.store.add_event(
+            "state",
+            change.reason,
+            bot=change.bot,
+            replica=change.replica,
+            from_state=str(change.from_state),
+            to_state=str(change.to_state),
+            at=change.at,
+        )
+        self._publish(event)
+
+    def note(self, kind: str, reason: str, bot: str | None = None, replica: int | None = None) -> None:
+        self._publish(self.store.add_event(kind, reason, bot=bot, replica=replica))
+
+    def _publish(self, event: Event) -> None:
+        for queue in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    # ---------------------------------------------------------------- bots
+    def _bot_from_row(self, policy: dict[str, Any]) -> tuple[Bot, str]:
+        base_dir = str(policy["base_dir"])
+        bot = Bot.model_validate(policy["spec"], context={"base_dir": base_dir})
+        return bot, base_dir
+
+    def _launch(self, name: str, bot: Bot, base_dir: str) -> None:
+        replicas = [Instance(self.services, name, i, bot, base_dir) for i in range(bot.replicas)]
+        self.instances[name] = replicas
+        for inst in replicas:
+            inst.start()
+
+    async def _halt(self, name: str) -> None:
+        await self._stop_instances(self.instances.pop(name, []))
+
+    def _all(self, name: str) -> list[Instance]:
+        return self.instances.get(name, [])
+
+    async def _stop_instances(self, insts: list[Instance]) -> None:
+        for inst in insts:
+            inst.stop()
+        await asyncio.gather(*(i.stopped() for i in insts), return_exceptions=True)
+
+    def restore(self) -> None:
+        """After a (re)start of the daemon: bring up the bots that should run."""
+        for name, row in self.store.bots().items():
+            if row.desired == "running":
+                bot, base_dir = self._bot_from_row(row.policy)
+                self._launch(name, bot, base_dir)
+                self.note("restore", "started again after a daemon start", name)
+
+    def _names(self, args: dict[str, Any]) -> list[str]:
+        names = list(args.get("bots") or [])
+        known = self.store.bots()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(
+                f"no bot named {', '.join(unknown)}",
+                where="clawpen",
+                hint=f"known bots: {', '.join(sorted(known)) or 'none (run `clawpen up`)'}",
+            )
+        return names or sorted(known)
+
+    # ---------------------------------------------------------------- operations
+    async def op_ping(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        return {"pid": os.getpid()}
+
+    async def op_up(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        path = Path(str(args["file"]))
+        loaded = load_spec(path)  # raises ConfigError: nothing applied
+        wanted = set(args.get("bots") or loaded.spec.bots)
+        missing = wanted - set(loaded.spec.bots)
+        if missing:
+            raise UsageError(
+                f"no bot named {', '.join(sorted(missing))} in {path}",
+                where=str(path),
+                hint=f"bots in the file: {', '.join(sorted(loaded.spec.bots)) or 'none'}",
+            )
+        for name in wanted:  # every bot's policy must be buildable before anything changes
+            loaded.spec.bots[name].to_policy(name, str(loaded.base_dir))
+        async with self.up_lock:
+            current = self.store.bots()
+            plan: dict[str, list[str]] = {
+                "create": [],
+                "recreate": [],
+                "start": [],
+                "unchanged": [],
+                "remove": [],
+            }
+            policies: dict[str, dict[str, Any]] = {}
+            for name in sorted(wanted):
+                spec = loaded.spec.bots[name].model_dump(mode="json")
+                policy = {"spec": spec, "base_dir": str(loaded.base_dir)}
+                policies[name] = policy
+                if name not in current:
+                    plan["create"].append(name)
+                elif current[name].spec_hash != policy_hash(policy):
+                    plan["recreate"].append(name)
+                elif not any(i.supervised for i in self._all(name)):
+                    plan["start"].append(name)
+                else:
+                    plan["unchanged"].append(name)
+            if not args.get("bots"):
+                plan["remove"] = sorted(set(current) - wanted)
+            if args.get("dry_run"):
+                return {"dry_run": True, **plan}
+            summary = "; ".join(f"{k} {', '.join(v)}" for k, v in plan.items() if v and k != "unchanged")
+            release = self.store.add_release(
+                str(args.get("who", "root")), str(path.resolve()), loaded.text, summary or "no change"
+            )
+            for name in plan["remove"]:
+                await self._halt(name)
+                self.store.remove_bot(name)
+                self.note("remove", f"removed by release {release}", name)
+            for name in plan["recreate"]:
+                await self._halt(name)
+            for name in plan["create"] + plan["recreate"] + plan["start"]:
+                self.store.put_bot(name, policies[name], "running", release)
+                bot = loaded.spec.bots[name]
+                self._launch(name, bot, str(loaded.base_dir))
+            self.note("release", f"release {release}: {summary or 'no change'}")
+            return {"release": release, **plan}
+
+    async def op_down(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        names = self._names(args)
+        async with self.up_lock:
+            for name in names:
+                await self._halt(name)
+                self.store.remove_bot(name)
+                self.note("remove", "removed by `clawpen down`", name)
+        return {"removed": names}
+
+    async def op_stop(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        names = self._names(args)
+        for name in names:
+            self.store.set_desired(name, "stopped", manual_stop=True)
+        await self._stop_instances([i for n in names for i in self._all(n)])
+        return {"stopped": names}
+
+    async def op_start(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        names = self._names(args)
+        rows = self.store.bots()
+        for name in names:
+            self.store.set_desired(name, "running", manual_stop=False)
+            if name not in self.instances:
+                bot, base_dir = self._bot_from_row(rows[name].policy)
+                self._launch(name, bot, base_dir)
+            else:
+                for inst in self._all(name):
+                    inst.start()
+        return {"started": names}
+
+    async def op_restart(self, args: dict[str, Any], w: asyncio.StreamWriter) -> Any:
+        names = self._names(args)
+        for name in names:
+            if name not in self.instances:
+                await self.op_start({"bots": [name]}, w)
+            for inst in self._all(name):
+                inst.restart()
+        return {"restarted": names}
+
+    async def op_ps(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        rows = self.store.bots()
+        out = []
+        for name in sorted(rows):
+            insts = self._all(name)
+            if not insts:
+                out.append({"bot": name, "replica": 0, "state": "stopped", "pid": None, "restarts": 0})
+            out += [i.status() for i in insts]
+        return out
+
+    async def op_status(self, args: dict[str, Any], w: asyncio.StreamWriter) -> Any:
+        name = self._names(args)[0] if args.get("bots") else None
+        if name is None:
+            raise UsageError("name a bot", where="clawpen status", hint="write: clawpen status BOT")
+        row = self.store.bots()[name]
+        events = [e._asdict() for e in self.store.events(bot=name, limit=10)]
+        return {
+            "bot": name,
+            "desired": row.desired,
+            "release": row.release_id,
+            "instances": [i.status() for i in self._all(name)],
+            "spec": row.policy["spec"],
+            "events": events,
+        }
+
+    async def op_releases(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        return self.store.releases(int(args.get("limit", 50)))
+
+    async def op_events(self, args: dict[str, Any], w: asyncio.StreamWriter) -> Any:
+        bot = args.get("bot")
+        past = self.store.events(bot=bot, limit=int(args.get("limit", 100)))
+        if not args.get("follow"):
+            return [e._asdict() for e in past]
+        for event in past:
+            w.write(rpc.item(event._asdict()))
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+        self.subscribers.add(queue)
+        try:
+            while True:
+                event = await queue.get()
+                if bot is None or event.bot == bot:
+                    w.write(rpc.item(event._asdict()))
+                    await w.drain()
+        finally:
+            self.subscribers.discard(queue)
+
+    # ---------------------------------------------------------------- serving
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                request = json.loads(line)
+                op = getattr(self, f"op_{request['op']}", None)
+                if op is None:
+                    raise UsageError(f"unknown operation {request['op']!r}", where="daemon")
+                result = await op(request.get("args") or {}, writer)
+                writer.write(rpc.ok(result))
+            except ClawpenError as err:
+                writer.write(rpc.error(err))
+            except (ValueError, KeyError, TypeError) as err:
+                writer.write(rpc.error(UsageError(f"bad request: {err}", where="daemon")))
+            await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def shutdown(self) -> None:
+        """Stop supervising: bots keep running only if the daemon is killed; a clean shutdown
+        stops them (SIGTERM, grace, SIGKILL)."""
+        await asyncio.gather(*(self._halt(n) for n in list(self.instances)), return_exceptions=True)
