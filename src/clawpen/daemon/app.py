@@ -33,8 +33,10 @@ def build(state: Path) -> Daemon:
     def services(daemon: Daemon) -> Services:
         return Services(
             tier=tier,
+            store=store,
             state_dir=state,
             logs_dir=state / "logs",
+            run_dir=state / "run",
             host=HostFacts.probe(),
             seccomp=default_policy(),
             clock=time.time,

@@ -1,5 +1,11 @@
 """One asyncio task per bot instance: start it in its sandbox, watch it, restart or stop it.
 
+Crash safety: a bot outlives its daemon. Its stdout and stderr are named pipes in
+``<state>/run`` that the bot's side opens read-write (so a write never fails for want of a
+reader: with the daemon gone, the pipe fills to 1 MiB and then the bot waits), bubblewrap's
+exit status goes to a file, and the instance (pids, cgroup) is saved in the store. A new
+daemon adopts it (:meth:`Instance.adopt`) and carries on reading the same pipes: no line is lost.
+
 The task walks the explicit state machine of :mod:`clawpen.supervisor.states`; every change is
 stored as an event with its reason. Restart decisions come from
 :class:`clawpen.supervisor.backoff.RestartTracker`. The bot's stdout and stderr are pipes read
@@ -13,16 +19,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import fcntl
 import os
 import signal
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from clawpen.daemon.store import Instance as InstanceRow
+from clawpen.daemon.store import Store
 from clawpen.errors import ClawpenError
 from clawpen.logs.writer import LogWriter
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Plan, SeccompPolicy
+from clawpen.sandbox.adopt import AdoptedSandbox, pid_start_time
 from clawpen.sandbox.namespace import NamespaceTier, Sandbox
 from clawpen.sandbox.tier import RunResult, Stdio
 from clawpen.sandbox.users import identity_for
@@ -32,14 +43,17 @@ from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 
 S = BotState
 READ_CHUNK = 1 << 16
+PIPE_SIZE = 1 << 20
 
 
 class Services(NamedTuple):
     """What every instance needs from the daemon (built once in :mod:`clawpen.daemon.app`)."""
 
     tier: NamespaceTier
+    store: Store
     state_dir: Path
     logs_dir: Path
+    run_dir: Path
     host: HostFacts
     seccomp: SeccompPolicy
     clock: Callable[[], float]
@@ -64,7 +78,7 @@ class Instance:
         self.base_dir = base_dir
         self.machine = BotStateMachine(name, replica)
         self.tracker = RestartTracker(RestartPolicy.from_spec(bot.restart))
-        self.sandbox: Sandbox | None = None
+        self.sandbox: Sandbox | AdoptedSandbox | None = None
         self.restarts = 0
         self.last: RunResult | None = None
         self.started_at: float | None = None
@@ -79,6 +93,23 @@ class Instance:
         self._manual_start = True
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run(), name=f"bot {self.label}")
+
+    def adopt(self, row: InstanceRow) -> None:
+        """Take over a sandbox that an earlier daemon started and that still runs."""
+        if row.pid is None or row.cgroup is None:
+            raise ValueError("an instance without pid or cgroup cannot be adopted")
+        host = self.svc.tier.cgroup_host()
+        sandbox = AdoptedSandbox(
+            row.pid, row.sandbox_pid, host.attach(row.cgroup), self._paths()["status"], row.started_at or 0.0
+        )
+        self._pipes = {s: os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) for s, p in self._fifos()}
+        self.machine = BotStateMachine(self.name, self.replica, BotState.RUNNING, self.svc.clock())
+        self.restarts = row.restarts
+        self.started_at = row.started_at
+        self.tracker.record_started(row.started_at or self.svc.clock())
+        self._manual_start = False
+        self.svc.note("adopt", f"adopted the running sandbox (pid {row.pid})", self.name, self.replica)
+        self.task = asyncio.get_running_loop().create_task(self.run(sandbox), name=f"bot {self.label}")
 
     def stop(self) -> None:
         self._request = Outcome.STOP
@@ -112,35 +143,62 @@ class Instance:
     def _to(self, state: BotState, reason: str) -> None:
         if self.machine.state != state:
             self.svc.record(self.machine.transition(state, reason, self.svc.clock()))
+            self._persist()
 
-    async def run(self) -> None:
+    def _persist(self) -> None:
+        sb = self.sandbox
+        self.svc.store.save_instance(
+            InstanceRow(
+                self.name,
+                self.replica,
+                str(self.machine.state),
+                sb.pid if sb else None,
+                sb.sandbox_pid if sb else None,
+                pid_start_time(sb.pid) if sb else None,
+                f"{self.name}.{self.replica}" if sb else None,
+                self.started_at,
+                self.restarts,
+                None if self.last is None else self.last.exit_code,
+                None if self.last is None else self.last.reason,
+                None,
+            )
+        )
+
+    async def run(self, adopted: AdoptedSandbox | None = None) -> None:
         try:
-            await self._loop()
+            await self._loop(adopted)
         except Exception as err:  # the task must never die silently
             self.svc.note("error", f"supervisor error: {err!r}", self.name, self.replica)
             raise
 
-    async def _loop(self) -> None:
+    async def _loop(self, adopted: AdoptedSandbox | None) -> None:
         while True:
-            if self._request is Outcome.STOP:
+            sandbox: Sandbox | AdoptedSandbox
+            if adopted is not None:
+                sandbox, adopted = adopted, None
+                self.sandbox = sandbox
+                self._persist()
+            else:
+                if self._request is Outcome.STOP:
+                    self._request = None
+                    self.tracker.record_manual_stop(self.svc.clock())
+                    self._to(S.STOPPED, "stopped by request")
+                    return
                 self._request = None
-                self.tracker.record_manual_stop(self.svc.clock())
-                self._to(S.STOPPED, "stopped by request")
-                return
-            self._request = None
-            self._to(S.STARTING, "start requested" if self._manual_start else "restarting")
-            try:
-                self.sandbox = await self._start_sandbox()
-            except ClawpenError as err:
-                self._to(S.FAILED, f"{err.what} ({err.where})" if err.where else err.what)
-                return
-            now = self.svc.clock()
-            self.started_at = now
-            self.tracker.record_started(now, manual=self._manual_start)
-            self._manual_start = False
-            self._to(S.RUNNING, f"pid {self.sandbox.pid}")
-            outcome = await self._watch(self.sandbox)
-            result = await self._finish(self.sandbox, outcome)
+                self._to(S.STARTING, "start requested" if self._manual_start else "restarting")
+                try:
+                    sandbox = await self._start_sandbox()
+                except ClawpenError as err:
+                    self._to(S.FAILED, f"{err.what} ({err.where})" if err.where else err.what)
+                    return
+                self.sandbox = sandbox
+                now = self.svc.clock()
+                self.started_at = now
+                self.tracker.record_started(now, manual=self._manual_start)
+                self._manual_start = False
+                self._to(S.RUNNING, f"pid {sandbox.pid}")
+            outcome = await self._watch(sandbox)
+            result = await self._finish(sandbox, outcome)
             self.sandbox = None
             self.last = result
             if outcome is Outcome.STOP:
@@ -177,31 +235,60 @@ class Instance:
         ident = identity_for(self.name, self.svc.state_dir)
         return build_plan(policy, ident, self.svc.host, self.svc.seccomp, die_with_parent=False)
 
+    def _paths(self) -> dict[str, Path]:
+        base = self.svc.run_dir / f"{self.name}.{self.replica}"
+        return {
+            "out": base.with_suffix(".out"),
+            "err": base.with_suffix(".err"),
+            "status": base.with_suffix(".status"),
+        }
+
+    def _fifos(self) -> list[tuple[str, Path]]:
+        paths = self._paths()
+        return [("out", paths["out"]), ("err", paths["err"])]
+
     async def _start_sandbox(self) -> Sandbox:
         plan = self.plan()
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        loop = asyncio.get_running_loop()
+        self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        bot_ends: dict[str, int] = {}
+        pipes: dict[str, int] = {}
+        status_fd = -1
         try:
+            for stream, path in self._fifos():
+                with contextlib.suppress(FileNotFoundError):
+                    if not stat.S_ISFIFO(path.lstat().st_mode):
+                        path.unlink()
+                if not path.exists():
+                    os.mkfifo(path, 0o600)
+                # the bot's end is read-write: its writes never fail for want of a reader
+                bot_ends[stream] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(bot_ends[stream], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+                pipes[stream] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            status_path = self._paths()["status"]
+            status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            loop = asyncio.get_running_loop()
             sandbox = await loop.run_in_executor(
                 None,
                 lambda: self.svc.tier.start(
                     plan,
                     cgroup_name=f"{self.name}.{self.replica}",
-                    stdio=Stdio(stdin=None, stdout=out_w, stderr=err_w),
+                    stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
+                    status_fd=status_fd,
                 ),
             )
         except BaseException:
-            for fd in (out_r, err_r):
+            for fd in pipes.values():
                 os.close(fd)
             raise
         finally:
-            os.close(out_w)
-            os.close(err_w)
-        self._pipes = {"out": out_r, "err": err_r}
+            for fd in (*bot_ends.values(), status_fd):
+                if fd >= 0:
+                    os.close(fd)
+        self._pipes = pipes
         return sandbox
 
-    async def _watch(self, sandbox: Sandbox) -> Outcome:
+    async def _watch(self, sandbox: Sandbox | AdoptedSandbox) -> Outcome:
         loop = asyncio.get_running_loop()
         writer = LogWriter(self.svc.logs_dir, self.log_name, self.svc.clock)
         self._writer = writer
@@ -246,7 +333,7 @@ class Instance:
         if not fut.done():
             fut.set_result(None)
 
-    async def _finish(self, sandbox: Sandbox, outcome: Outcome) -> RunResult:
+    async def _finish(self, sandbox: Sandbox | AdoptedSandbox, outcome: Outcome) -> RunResult:
         if outcome is not Outcome.EXITED:
             self._to(S.STOPPING, "stop requested" if outcome is Outcome.STOP else "restart requested")
             await self._terminate(sandbox)
@@ -262,7 +349,7 @@ class Instance:
         self._writer.close()
         return result
 
-    async def _terminate(self, sandbox: Sandbox) -> None:
+    async def _terminate(self, sandbox: Sandbox | AdoptedSandbox) -> None:
         """SIGTERM every process of the bot, then SIGKILL the cgroup after the grace period."""
         grace = self.bot.restart.stop_grace
         with contextlib.suppress(ClawpenError, ProcessLookupError):

@@ -18,6 +18,7 @@ from clawpen.daemon import rpc
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Event, Store, policy_hash
 from clawpen.errors import ClawpenError, UsageError
+from clawpen.sandbox.adopt import same_process
 from clawpen.spec.loader import load_spec
 from clawpen.spec.models import Bot
 from clawpen.supervisor.states import Transition
@@ -80,12 +81,22 @@ class Daemon:
         await asyncio.gather(*(i.stopped() for i in insts), return_exceptions=True)
 
     def restore(self) -> None:
-        """After a (re)start of the daemon: bring up the bots that should run."""
+        """After a (re)start of the daemon: adopt the sandboxes that still run, start the bots
+        that should run but do not (after a host restart, for one)."""
+        rows = {(i.bot, i.replica): i for i in self.store.instances()}
         for name, row in self.store.bots().items():
-            if row.desired == "running":
-                bot, base_dir = self._bot_from_row(row.policy)
-                self._launch(name, bot, base_dir)
-                self.note("restore", "started again after a daemon start", name)
+            if row.desired != "running":
+                continue
+            bot, base_dir = self._bot_from_row(row.policy)
+            insts = [Instance(self.services, name, i, bot, base_dir) for i in range(bot.replicas)]
+            self.instances[name] = insts
+            for inst in insts:
+                saved = rows.get((name, inst.replica))
+                if saved is not None and same_process(saved.pid, saved.pid_start) and saved.cgroup:
+                    inst.adopt(saved)
+                else:
+                    inst.start()
+                    self.note("restore", "started again after a daemon start", name, inst.replica)
 
     def _names(self, args: dict[str, Any]) -> list[str]:
         names = list(args.get("bots") or [])

@@ -34,12 +34,12 @@ from clawpen.sandbox import cgroups, seccomp
 from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
 from clawpen.sandbox.tier import (
     EXIT_DISK,
-    EXIT_OOM,
     EXIT_SETUP,
     EXIT_TIMEOUT,
     Reason,
     RunResult,
     Stdio,
+    result_from_status,
 )
 
 _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info-fd JSON
@@ -427,13 +427,10 @@ class Sandbox:
             return result(EXIT_TIMEOUT, "timeout", message="killed: timeout reached")
         if self.stop_reason == "disk":
             return result(EXIT_DISK, "disk", message="killed: workspace disk cap exceeded")
-        if cg.oom_killed():
-            return result(EXIT_OOM, "oom", message="killed by the OOM killer: memory limit reached")
-        if status < 0:
-            return result(128 - status, "signaled", -status)
-        if status > 128 and status - 128 < signal.NSIG:
-            return result(status, "signaled", status - 128)
-        return result(status, "exited")
+        cpu = None if stats.cpu_usage_ns is None else stats.cpu_usage_ns / 1e9
+        return result_from_status(
+            status, oom=cg.oom_killed(), duration_s=duration, cpu_s=cpu, memory_peak=stats.memory_peak_bytes
+        )
 
     def teardown(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -32,6 +32,33 @@ class RunResult(NamedTuple):
     message: str = ""
 
 
+def result_from_status(
+    status: int,
+    *,
+    oom: bool,
+    duration_s: float,
+    cpu_s: float | None = None,
+    memory_peak: int | None = None,
+) -> RunResult:
+    """Classify an exit status (``subprocess`` style: negative for a signal, or 128+N as
+    bubblewrap reports a signalled bot) into a :class:`RunResult`."""
+    if oom:
+        return RunResult(
+            EXIT_OOM,
+            "oom",
+            None,
+            duration_s,
+            cpu_s,
+            memory_peak,
+            "killed by the OOM killer: memory limit reached",
+        )
+    if status < 0:
+        return RunResult(128 - status, "signaled", -status, duration_s, cpu_s, memory_peak)
+    if 128 < status < 128 + 65:
+        return RunResult(status, "signaled", status - 128, duration_s, cpu_s, memory_peak)
+    return RunResult(status, "exited", None, duration_s, cpu_s, memory_peak)
+
+
 class Stdio(NamedTuple):
     """File descriptors for the bot's standard streams; ``None`` inherits clawpen's own."""
 

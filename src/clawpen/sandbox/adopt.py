@@ -1,0 +1,99 @@
+"""Finding a running sandbox again after the daemon itself was restarted.
+
+A daemon-managed sandbox outlives the daemon: bubblewrap runs without ``--die-with-parent``,
+the bot writes to named pipes (see :mod:`clawpen.daemon.runtime`), and bubblewrap writes its
+JSON status, with the bot's exit code, to a file. A new daemon re-adopts the sandbox from the
+pid (checked against its start time, so a reused pid is not mistaken for it), the cgroup name
+and that file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from clawpen.sandbox.cgroups import Cgroup
+from clawpen.sandbox.tier import RunResult, result_from_status
+
+EXIT_UNKNOWN = 255
+
+
+def pid_start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def same_process(pid: int | None, start: int | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``start`` (and not a zombie)."""
+    if not pid or start is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[0] != b"Z" and int(fields[19]) == start
+
+
+def exit_code_from_status(path: Path) -> int | None:
+    """The ``exit-code`` bubblewrap wrote to its ``--json-status-fd`` file, if it did."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    decoder = json.JSONDecoder()
+    code = None
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return code
+        try:
+            obj, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return code
+        if isinstance(obj, dict) and "exit-code" in obj:
+            code = int(obj["exit-code"])
+
+
+class AdoptedSandbox:
+    """A sandbox started by an earlier daemon; offers what the runtime needs of a ``Sandbox``."""
+
+    def __init__(
+        self, pid: int, sandbox_pid: int | None, cgroup: Cgroup, status_path: Path, started_at: float
+    ) -> None:
+        self.pid = pid
+        self.sandbox_pid = sandbox_pid
+        self.cgroup = cgroup
+        self.status_path = status_path
+        self.started_at = started_at
+
+    @property
+    def cg(self) -> Cgroup:
+        return self.cgroup
+
+    def collect(self) -> RunResult:
+        """How it ended, from bubblewrap's status file (it is not our child: no wait status)."""
+        code = exit_code_from_status(self.status_path)
+        stats = self.cgroup.stats()
+        cpu = None if stats.cpu_usage_ns is None else stats.cpu_usage_ns / 1e9
+        result = result_from_status(
+            EXIT_UNKNOWN if code is None else code,
+            oom=self.cgroup.oom_killed(),
+            duration_s=time.time() - self.started_at,
+            cpu_s=cpu,
+            memory_peak=stats.memory_peak_bytes,
+        )
+        if code is None:
+            return result._replace(message="exit status lost: bubblewrap wrote none")
+        return result
+
+    def teardown(self) -> None:
+        self.cgroup.remove()
