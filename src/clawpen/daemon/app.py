@@ -58,6 +58,8 @@ async def serve(state: Path) -> None:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
+    pid_file = state / "daemon.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
     daemon.note("daemon", f"daemon started (pid {os.getpid()})")
     daemon.restore()
     stop = asyncio.Event()
@@ -70,8 +72,9 @@ async def serve(state: Path) -> None:
         server.close()
         daemon.note("daemon", "daemon stopping: stopping every bot")
         await daemon.shutdown()
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    for leftover in (path, pid_file):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
     daemon.store.close()
 
 

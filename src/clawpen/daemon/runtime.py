@@ -91,6 +91,7 @@ class Instance:
     def start(self) -> None:
         """Start supervising (or start again after a stop, a crashloop or a failure)."""
         self._manual_start = True
+        self._request = None
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run(), name=f"bot {self.label}")
 
@@ -304,7 +305,8 @@ class Instance:
         try:
             while True:
                 if self._request is not None:
-                    return self._request
+                    request, self._request = self._request, None
+                    return request
                 waker = loop.create_task(self._wake.wait())
                 pending: set[asyncio.Future[Any]] = {exited, waker}
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,33 @@
+"""Bots' stdout/stderr logs: the daemon writes them, ``clawpen logs`` reads them back.
+
+- :mod:`~clawpen.logs.writer`: :class:`LineFramer` and :class:`LogWriter` (one per bot), which
+  turn pipe chunks into timestamped records in ``<dir>/<bot>.log``, fast and in bounded memory.
+- :mod:`~clawpen.logs.store`: rotation by size and by UTC day, gzip (in the caller's thread or a
+  shared :class:`Compressor`), and :func:`retention_sweep` by age and total size.
+- :mod:`~clawpen.logs.query`: :func:`read_logs` (since/until/grep/tail over rotated and current
+  files), :func:`follow`, :func:`parse_since`.
+
+Nothing here holds global state; every function that needs the time takes it (a clock callable
+or a ``now``).
+"""
+
+from __future__ import annotations
+
+from clawpen.logs.query import LogRecord, follow, parse_since, read_logs
+from clawpen.logs.store import Compressor, SweepReport, retention_sweep
+from clawpen.logs.writer import MARKER, STREAMS, LineFramer, LogWriter, Stream
+
+__all__ = [
+    "MARKER",
+    "STREAMS",
+    "Compressor",
+    "LineFramer",
+    "LogRecord",
+    "LogWriter",
+    "Stream",
+    "SweepReport",
+    "follow",
+    "parse_since",
+    "read_logs",
+    "retention_sweep",
+]

@@ -1,0 +1,335 @@
+"""A bot's log files on disk: naming, rotation, gzip compression and retention.
+
+Files of bot ``web`` in the log directory::
+
+    web.log                         current file; the writer appends to it (O_APPEND)
+    web.20261124T000003.log         rotated, not compressed yet (or left for the sweep)
+    web.20261124T000003.log.gz      rotated and compressed
+    web.20261124T000003-1.log.gz    a second rotation within the same second
+
+The stamp is the UTC time the file was *closed* (the rotation), so every record in it is at or
+before the stamp (with a clock that does not step back) and the file after it starts after it.
+Retention and ``read_logs(since=...)`` rely on that: a file whose stamp is older than the limit
+holds nothing newer.
+
+Rotation is a rename after an fsync, so a reader holding the current file keeps a complete file
+and a reader that lists the folder sees each record in exactly one file. Compression writes a
+hidden temporary file, fsyncs it, renames it to ``.log.gz`` and only then removes the ``.log``:
+for a moment both exist, and readers take the ``.gz`` (the two hold the same records).
+
+Compression either happens at rotation, in the caller's thread, or in a :class:`Compressor`'s
+background thread (one per daemon, shared by every bot's writer): zlib releases the GIL while it
+deflates, so the daemon's loop keeps reading pipes while a 50 MiB file is compressed on the
+other core. Its queue is bounded; when it is full the rotated file stays ``.log`` and the next
+:func:`retention_sweep` hands it over again.
+"""
+
+from __future__ import annotations
+
+import calendar
+import collections
+import contextlib
+import gzip
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+DEFAULT_MAX_AGE = 30 * 86400.0
+DEFAULT_MAX_TOTAL = 1 << 30
+DEFAULT_LEVEL = 6
+TS_LEN = 27  # len("2026-11-24T10:00:00.123456Z")
+
+_STAMP = "%Y%m%dT%H%M%S"
+_ROTATED = re.compile(
+    r"^(?P<bot>[a-z][a-z0-9-]{0,30})\.(?P<stamp>\d{8}T\d{6})(?:-(?P<seq>\d+))?\.log(?P<gz>\.gz)?$"
+)
+_CURRENT = re.compile(r"^(?P<bot>[a-z][a-z0-9-]{0,30})\.log$")
+_COPY_BLOCK = 1 << 20
+
+
+class RotatedFile(NamedTuple):
+    """One rotated file of a bot (the ``.gz`` when both forms exist)."""
+
+    path: Path
+    closed_at: float  # epoch seconds of the stamp (whole seconds, UTC)
+    seq: int
+    compressed: bool
+
+
+class SweepReport(NamedTuple):
+    """What :func:`retention_sweep` did."""
+
+    deleted: tuple[Path, ...]
+    compressed: tuple[Path, ...]  # compressed now, or handed to the compressor
+    freed: int  # bytes
+
+
+def current_path(directory: Path, bot: str) -> Path:
+    """The file the writer appends to."""
+    return directory / f"{bot}.log"
+
+
+def stamp_of(now: float) -> str:
+    """``20261124T000003`` for an epoch time (UTC, whole seconds)."""
+    return time.strftime(_STAMP, time.gmtime(int(now)))
+
+
+def parse_record_ts(line: bytes) -> float | None:
+    """The epoch time at the start of a record line, or None when it does not start with one."""
+    if len(line) < TS_LEN or line[19:20] != b"." or line[26:27] != b"Z":
+        return None
+    try:
+        base = calendar.timegm(time.strptime(line[:19].decode("ascii"), "%Y-%m-%dT%H:%M:%S"))
+        return base + int(line[20:26]) / 1_000_000
+    except ValueError:
+        return None
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames and unlinks in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_rotated(directory: Path, bot: str) -> list[RotatedFile]:
+    """The bot's rotated files, oldest first (by stamp, then sequence number)."""
+    found: dict[tuple[str, int], RotatedFile] = {}
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        match = _ROTATED.match(name)
+        if match is None or match["bot"] != bot:
+            continue
+        key = (match["stamp"], int(match["seq"] or 0))
+        gz = match["gz"] is not None
+        if key in found and found[key].compressed:
+            continue
+        closed = float(calendar.timegm(time.strptime(key[0], _STAMP)))
+        found[key] = RotatedFile(directory / name, closed, key[1], gz)
+    return [found[key] for key in sorted(found)]
+
+
+def list_bots(directory: Path) -> list[str]:
+    """Every bot with a current or rotated file in ``directory``."""
+    bots: set[str] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            match = _ROTATED.match(name) or _CURRENT.match(name)
+            if match is not None:
+                bots.add(match["bot"])
+    return sorted(bots)
+
+
+def twin(path: Path) -> Path:
+    """The other form of a rotated file: ``x.log`` <-> ``x.log.gz``."""
+    name = path.name
+    return path.with_name(name[:-3] if name.endswith(".gz") else name + ".gz")
+
+
+def rotate(directory: Path, bot: str, now: float) -> Path:
+    """Rename the bot's current file to a rotated name stamped ``now`` and return that name.
+
+    The caller fsyncs and closes its descriptor first. A name already used in that second (as
+    ``.log`` or ``.log.gz``) gets a ``-1``, ``-2``... suffix, so nothing is overwritten.
+    """
+    base = f"{bot}.{stamp_of(now)}"
+    seq = 0
+    while True:
+        target = directory / (f"{base}.log" if seq == 0 else f"{base}-{seq}.log")
+        if not target.exists() and not twin(target).exists():
+            break
+        seq += 1
+    os.rename(current_path(directory, bot), target)
+    fsync_dir(directory)
+    return target
+
+
+def compress_file(path: Path, *, level: int = DEFAULT_LEVEL) -> Path | None:
+    """Gzip a rotated ``.log`` into ``.log.gz`` (fsynced, renamed in, then the ``.log`` removed).
+
+    Returns the ``.gz`` path, or None when ``path`` is gone (compressed or deleted meanwhile).
+    Safe to run twice at once on one file: each run has its own temporary name.
+    """
+    target = twin(path)
+    tmp = path.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        with open(fd, "rb") as src, open(tmp, "wb") as raw:
+            with gzip.GzipFile(
+                filename=path.name, mode="wb", fileobj=raw, compresslevel=level, mtime=0
+            ) as gz:
+                shutil.copyfileobj(src, gz, _COPY_BLOCK)
+            raw.flush()
+            os.fsync(raw.fileno())
+        if not path.exists():  # deleted by retention while we compressed: do not bring it back
+            os.unlink(tmp)
+            return None
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fsync_dir(path.parent)
+    return target
+
+
+class Compressor:
+    """Gzips rotated files in one background thread, fed through a bounded queue.
+
+    One per daemon, shared by every :class:`~clawpen.logs.writer.LogWriter`. ``submit`` never
+    blocks: when the queue is full it returns False and the file stays ``.log`` until the next
+    :func:`retention_sweep` submits it again. Failures are kept in ``errors`` (the last 32) and
+    passed to ``on_error``; the thread never dies of one.
+    """
+
+    def __init__(
+        self,
+        *,
+        level: int = DEFAULT_LEVEL,
+        max_queued: int = 16,
+        on_error: Callable[[Path, OSError], None] | None = None,
+    ) -> None:
+        self._level = level
+        self._on_error = on_error
+        self._queue: queue.Queue[Path | None] = queue.Queue(max_queued)
+        self._lock = threading.Condition()
+        self._busy: set[Path] = set()
+        self._closed = False
+        self.errors: collections.deque[tuple[Path, OSError]] = collections.deque(maxlen=32)
+        self.done = 0
+        self._thread = threading.Thread(target=self._run, name="clawpen-log-gzip", daemon=True)
+        self._thread.start()
+
+    def submit(self, path: Path) -> bool:
+        """Queue ``path`` for compression; False when closed, already queued, or the queue is full."""
+        with self._lock:
+            if self._closed or path in self._busy:
+                return False
+            try:
+                self._queue.put_nowait(path)
+            except queue.Full:
+                return False
+            self._busy.add(path)
+            return True
+
+    def busy(self, path: Path) -> bool:
+        """Whether ``path`` is queued or being compressed."""
+        with self._lock:
+            return path in self._busy
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until nothing is queued or being compressed; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._busy, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> Compressor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while True:
+            path = self._queue.get()
+            if path is None:
+                return
+            try:
+                compress_file(path, level=self._level)
+            except OSError as err:
+                self.errors.append((path, err))
+                if self._on_error is not None:
+                    self._on_error(path, err)
+            finally:
+                with self._lock:
+                    self._busy.discard(path)
+                    self.done += 1
+                    self._lock.notify_all()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _delete(entry: RotatedFile) -> int:
+    freed = 0
+    for path in (entry.path, twin(entry.path)):
+        size = _size(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        freed += size
+    return freed
+
+
+def retention_sweep(
+    directory: Path,
+    now: float,
+    *,
+    bots: Iterable[str] | None = None,
+    max_age: float = DEFAULT_MAX_AGE,
+    max_total: int = DEFAULT_MAX_TOTAL,
+    compressor: Compressor | None = None,
+    level: int = DEFAULT_LEVEL,
+) -> SweepReport:
+    """Apply retention to every bot in ``directory`` (or to ``bots``); the daemon calls it periodically.
+
+    Per bot: rotated files closed more than ``max_age`` seconds before ``now`` are deleted; then,
+    while the bot's files (current included) add up to more than ``max_total`` bytes, the oldest
+    rotated file is deleted. The current file is never deleted. Rotated files left uncompressed
+    (a full compressor queue, a crash) are compressed: handed to ``compressor``, or here and now
+    when there is none. Files the compressor is working on are left alone.
+    """
+    deleted: list[Path] = []
+    compressed: list[Path] = []
+    freed = 0
+    for bot in list_bots(directory) if bots is None else bots:
+        rotated = list_rotated(directory, bot)
+        total = _size(current_path(directory, bot)) + sum(_size(r.path) for r in rotated)
+        keep: list[RotatedFile] = []
+        for entry in rotated:
+            busy = compressor is not None and compressor.busy(entry.path)
+            if not busy and (entry.closed_at < now - max_age or total > max_total):
+                gone = _delete(entry)
+                total -= gone
+                freed += gone
+                deleted.append(entry.path)
+            else:
+                keep.append(entry)
+        for entry in keep:
+            if entry.compressed or (compressor is not None and compressor.busy(entry.path)):
+                continue
+            if compressor is not None:
+                if compressor.submit(entry.path):
+                    compressed.append(entry.path)
+            elif compress_file(entry.path, level=level) is not None:
+                compressed.append(entry.path)
+    return SweepReport(tuple(deleted), tuple(compressed), freed)

@@ -1,0 +1,271 @@
+"""The supervisor daemon with real bots: `clawpen up`, restarts, crashloop, diffs, crash safety."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import CLAWPEN, alive, wait_for
+
+from conftest import UID_BASE
+
+pytestmark = [pytest.mark.root, pytest.mark.bwrap]
+
+COUNTER = "import time\\ni=0\\nwhile True:\\n    i+=1; print(i, flush=True); time.sleep(0.01)"
+
+
+class Daemon:
+    """`clawpen` commands against a private state directory; stops its daemon at the end."""
+
+    def __init__(self, home: Path, spec_dir: Path) -> None:
+        self.home = home
+        self.spec = spec_dir / "clawpen.toml"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
+        self.env.update(CLAWPEN_HOME=str(home), CLAWPEN_UID_BASE=str(UID_BASE))
+
+    def write(self, text: str) -> None:
+        self.spec.write_text(textwrap.dedent(text))
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [CLAWPEN, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            cwd=self.spec.parent,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"clawpen {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def ps(self) -> dict[str, dict]:
+        return {r["bot"] if not r["replica"] else f"{r['bot']}[{r['replica']}]": r for r in self.json("ps")}
+
+    def events(self, bot: str) -> list[dict]:
+        out = self.cli("events", bot, "--json").stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.home / "daemon.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait_state(self, bot: str, state: str, timeout: float = 15) -> dict:
+        found = wait_for(lambda: self.ps().get(bot, {}).get("state") == state, timeout, interval=0.1)
+        assert found, f"{bot} never became {state}: {self.ps().get(bot)}"
+        return self.ps()[bot]
+
+    def shutdown(self) -> None:
+        pid = self.pid()
+        with contextlib.suppress(Exception):
+            self.cli("down", check=False, timeout=30)
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not alive(pid), 15)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    spec_dir = Path(tempfile.mkdtemp(prefix="clawpen-d-", dir="/tmp"))
+    spec_dir.chmod(0o755)
+    d = Daemon(tmp_path / "state", spec_dir)
+    try:
+        yield d
+    finally:
+        d.shutdown()
+        subprocess.run(["rm", "-rf", str(spec_dir)], check=False)
+
+
+def test_up_runs_bots_captures_logs_and_records_a_release(daemon: Daemon) -> None:
+    daemon.write(f"""
+        [bots.counter]
+        command = ["python3", "-c", "{COUNTER}"]
+    """)
+    out = daemon.cli("up").stdout
+    assert "start counter" in out
+    row = daemon.wait_state("counter", "running")
+    uid = int(Path(f"/proc/{row['pid']}/status").read_text().split("Uid:")[1].split()[0])
+    assert uid >= 1_900_000_000
+    assert wait_for(lambda: len(daemon.cli("logs", "counter").stdout.splitlines()) > 20, 10)
+    lines = daemon.cli("logs", "counter", "--tail", "3").stdout.splitlines()
+    assert len(lines) == 3 and all(" out " in line for line in lines)
+    releases = daemon.json("releases")
+    assert len(releases) == 1 and "counter" in releases[0]["summary"]
+    # idempotent: a second `up` changes nothing and keeps the same process
+    assert "nothing changed" in daemon.cli("up").stdout
+    assert daemon.ps()["counter"]["pid"] == row["pid"]
+
+
+def test_crash_is_restarted_at_once_then_with_growing_backoff_then_crashloop(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.crasher]
+        command = ["sh", "-c", "echo up; exit 3"]
+        [bots.crasher.restart]
+        policy = "on-failure"
+        backoff_initial = "0.4s"
+        backoff_max = "5s"
+        max_restarts = 4
+        window = "60s"
+    """)
+    daemon.cli("up")
+    daemon.wait_state("crasher", "crashloop", timeout=30)
+    starts = [e["at"] for e in daemon.events("crasher") if e.get("to_state") == "starting"]
+    exits = [e["at"] for e in daemon.events("crasher") if e.get("to_state") == "exited"]
+    assert len(starts) == 5, starts  # the first start and 4 restarts
+    gaps = [s - e for e, s in zip(exits, starts[1:], strict=False)]
+    assert gaps[0] < 0.2, f"the first restart must be immediate: {gaps}"
+    assert gaps[1] < gaps[2] < gaps[3], f"backoff must grow: {gaps}"
+    assert "crashloop" in daemon.cli("status", "crasher").stdout
+    # a person's start leaves the crashloop
+    daemon.cli("start", "crasher")
+    assert wait_for(lambda: daemon.ps()["crasher"]["state"] != "crashloop", 5, interval=0.05)
+
+
+def test_up_applies_only_what_changed(daemon: Daemon) -> None:
+    spec = """
+        [bots.a]
+        command = ["sleep", "300"]
+        [bots.b]
+        command = ["sleep", "{b}"]
+        [bots.c]
+        command = ["sleep", "302"]
+    """
+    daemon.write(spec.format(b=301))
+    daemon.cli("up")
+    before = {n: daemon.wait_state(n, "running")["pid"] for n in "abc"}
+    daemon.write(spec.format(b=303).replace('[bots.c]\n        command = ["sleep", "302"]', ""))
+    out = daemon.cli("up").stdout
+    assert "restart (changed) b" in out and "stop and remove c" in out
+    after = daemon.ps()
+    assert after["a"]["pid"] == before["a"]
+    new_b = daemon.wait_state("b", "running")["pid"]
+    assert new_b != before["b"]
+    assert "c" not in daemon.ps()
+    assert not alive(before["c"]) and not alive(before["b"])
+
+
+def test_invalid_spec_applies_nothing(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sleep", "300"]
+    """)
+    daemon.cli("up")
+    pid = daemon.wait_state("a", "running")["pid"]
+    daemon.write("""
+        [bots.a]
+        command = ["sleep", "301"]
+        [bots.b]
+        command = ["true"]
+        filesystem = { rw = ["/etc"] }
+    """)
+    result = daemon.cli("up", check=False)
+    assert result.returncode == 2
+    assert "refusing a writable mount of /etc" in result.stderr and "clawpen.toml:6" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert daemon.ps()["a"]["pid"] == pid and "b" not in daemon.ps()
+    assert len(daemon.json("releases")) == 1
+
+
+def test_daemon_sigkill_leaves_bots_running_and_readopts_them_without_losing_lines(daemon: Daemon) -> None:
+    daemon.write(f"""
+        [bots.counter]
+        command = ["python3", "-c", "{COUNTER}"]
+    """)
+    daemon.cli("up")
+    pid = daemon.wait_state("counter", "running")["pid"]
+    old = daemon.pid()
+    assert old
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), 5)
+    time.sleep(1.0)  # the bot keeps writing while no daemon reads
+    assert alive(pid)
+    start = time.monotonic()
+    row = daemon.ps()  # starts a new daemon, which adopts the sandbox
+    assert time.monotonic() - start < 5
+    assert row["counter"]["pid"] == pid and row["counter"]["state"] == "running"
+    assert any(e["kind"] == "adopt" for e in daemon.events("counter"))
+    time.sleep(0.5)
+    numbers = [int(line.split()[2]) for line in daemon.cli("logs", "counter").stdout.splitlines()]
+    assert numbers == list(range(1, len(numbers) + 1)), "a line was lost or reordered"
+    assert len(numbers) > 100
+
+
+def test_bots_come_back_after_a_host_restart(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sleep", "300"]
+    """)
+    daemon.cli("up")
+    pid = daemon.wait_state("a", "running")["pid"]
+    old = daemon.pid()
+    assert old
+    os.kill(old, signal.SIGKILL)  # the host "restarts": every process is gone
+    subprocess.run(["pkill", "-KILL", "-P", str(pid)], check=False)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(pid), 5)
+    new = daemon.wait_state("a", "running")
+    assert new["pid"] != pid
+
+
+def test_stop_start_restart_down(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sh", "-c", "trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"]
+    """)
+    daemon.cli("up")
+    first = daemon.wait_state("a", "running")["pid"]
+    daemon.cli("stop", "a")
+    assert daemon.ps()["a"]["state"] == "stopped" and not alive(first)
+    assert "bye" in daemon.cli("logs", "a").stdout  # SIGTERM first, so the bot could say goodbye
+    daemon.cli("start", "a")
+    second = daemon.wait_state("a", "running")["pid"]
+    daemon.cli("restart", "a")
+    assert wait_for(lambda: daemon.ps()["a"]["pid"] not in (None, second), 10, interval=0.05)
+    daemon.cli("down")
+    assert daemon.ps() == {}
+
+
+def test_two_ups_at_once_both_apply_in_turn(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sleep", "300"]
+    """)
+    daemon.cli("ps")  # start the daemon first
+    procs = [
+        subprocess.Popen(
+            [CLAWPEN, "up"], env=daemon.env, cwd=daemon.spec.parent, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum("start a" in o for o in outs) == 1 and sum("nothing changed" in o for o in outs) == 1
+
+
+def test_a_million_line_burst_arrives_complete_and_in_order(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.burst]
+        command = ["sh", "-c", "seq 1 1000000; sleep 300"]
+        resources = { memory = "256M" }
+    """)
+    daemon.cli("up")
+    logs = daemon.home / "logs" / "burst.log"
+    assert wait_for(lambda: logs.exists() and logs.stat().st_size > 1_000_000 * 30, 60, interval=0.2)
+    numbers = [line.split(b" ", 2)[2] for line in logs.read_bytes().splitlines()]
+    assert numbers == [str(i).encode() for i in range(1, 1_000_001)]
