@@ -213,12 +213,13 @@ def test_write_error_is_a_host_error_and_next_record_starts_a_line(tmp_path, mon
         writer.write("out", b"lost\n")
     assert "No space left" in err.value.what
     monkeypatch.setattr(writer_mod.os, "writev", real)
-    writer.write("out", b"kept\n")
+    writer.write("out", b"kept\nand this\n")
     writer.close()
     lines = lines_of(tmp_path / "bot.log")
-    assert len(lines) == 2
-    assert RECORD.match(lines[1])
-    assert lines[1].endswith(b"kept")
+    assert len(lines) == 3
+    assert lines[0] == b"2026-11-24"  # the 10 bytes written before the failure
+    assert [line[28:] for line in lines[1:]] == [b"out kept", b"out and this"]
+    assert all(RECORD.match(line) for line in lines[1:])
 
 
 def test_short_writev_is_completed(tmp_path, monkeypatch):

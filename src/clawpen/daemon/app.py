@@ -8,27 +8,30 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import HostError
+from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts
 from clawpen.sandbox.namespace import NamespaceTier
-from clawpen.sandbox.seccomp import default_policy
+from clawpen.sandbox.seccomp import bpf_for, default_policy
 
 
 def socket_path(state: Path) -> Path:
     return state / "clawpen.sock"
 
 
-def build(state: Path) -> Daemon:
-    """Create every object the daemon needs, once."""
+def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
+    """Create every object the daemon needs, once. Tests pass their own ``clock``."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
     store = Store(state / "clawpen.db")
     tier = NamespaceTier(state)
+    policy = default_policy()
 
     def services(daemon: Daemon) -> Services:
         return Services(
@@ -38,9 +41,10 @@ def build(state: Path) -> Daemon:
             logs_dir=state / "logs",
             run_dir=state / "run",
             host=HostFacts.probe(),
-            seccomp=default_policy(),
-            clock=time.time,
+            seccomp=policy,
+            clock=clock,
             record=daemon.record,
+            bpf=lambda: bpf_for(policy, cache_dir(state)),
             note=daemon.note,
         )
 

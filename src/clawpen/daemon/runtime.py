@@ -23,7 +23,8 @@ import fcntl
 import os
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,9 +40,11 @@ from clawpen.sandbox.tier import RunResult, Stdio
 from clawpen.sandbox.users import identity_for
 from clawpen.spec.models import Bot
 from clawpen.supervisor.backoff import RestartPolicy, RestartTracker
+from clawpen.supervisor.schedule import ActiveWindow, CronSpec
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 
 S = BotState
+Verdict = tuple["Outcome", str] | None
 READ_CHUNK = 1 << 16
 PIPE_SIZE = 1 << 20
 
@@ -58,13 +61,24 @@ class Services(NamedTuple):
     seccomp: SeccompPolicy
     clock: Callable[[], float]
     record: Callable[[Transition], None]
+    bpf: Callable[[], bytes]
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
 
 
 class Outcome(enum.Enum):
-    EXITED = "exited"
-    STOP = "stop"
-    RESTART = "restart"
+    """Why the watch over a running sandbox ended."""
+
+    EXITED = "exited"  # the bot ended by itself
+    STOP = "stop"  # a person asked
+    RESTART = "restart"  # a person asked
+    SCHEDULE_OFF = "schedule-off"  # its active window closed
+    CRON = "cron"  # schedule.restart came due
+    UNHEALTHY = "unhealthy"  # the health check failed `retries` times
+    MEMORY = "memory-pressure"  # memory stayed above the share of its limit
+
+
+REQUESTED = {Outcome.STOP: "stop requested", Outcome.RESTART: "restart requested"}
+MEMORY_CHECK_INTERVAL = 5.0
 
 
 class Instance:
@@ -84,6 +98,8 @@ class Instance:
         self.started_at: float | None = None
         self._wake = asyncio.Event()
         self._request: Outcome | None = None
+        self._why = ""
+        self.health: str | None = None
         self._manual_start = True
         self.task: asyncio.Task[None] | None = None
 
@@ -186,6 +202,8 @@ class Instance:
                     self._to(S.STOPPED, "stopped by request")
                     return
                 self._request = None
+                if await self._outside_window():
+                    continue
                 self._to(S.STARTING, "start requested" if self._manual_start else "restarting")
                 try:
                     sandbox = await self._start_sandbox()
@@ -206,11 +224,22 @@ class Instance:
                 self.tracker.record_manual_stop(self.svc.clock())
                 self._to(S.STOPPED, f"stopped by request ({_describe(result)})")
                 return
-            self._to(S.OOM if result.reason == "oom" else S.EXITED, _describe(result))
-            if outcome is Outcome.RESTART:
-                self._manual_start = True
+            if outcome is Outcome.SCHEDULE_OFF:
+                self.tracker.record_exit(
+                    result.exit_code, result.reason, self.svc.clock(), scheduled_stop=True
+                )
+                self._to(S.SCHEDULED_OFF, self._why)
                 continue
-            decision = self.tracker.record_exit(result.exit_code, result.reason, self.svc.clock())
+            self._to(S.OOM if result.reason == "oom" else S.EXITED, _describe(result))
+            if outcome in (Outcome.RESTART, Outcome.CRON):
+                self._manual_start = outcome is Outcome.RESTART
+                continue
+            failure = outcome in (Outcome.UNHEALTHY, Outcome.MEMORY)
+            decision = self.tracker.record_exit(
+                result.exit_code if not failure or result.exit_code else 1,
+                outcome.value if failure else result.reason,
+                self.svc.clock(),
+            )
             if not decision.restart:
                 self._to(decision.next_state, decision.why)
                 return
@@ -219,6 +248,26 @@ class Instance:
                 self._to(S.BACKOFF, decision.why)
                 if await self._sleep(decision.delay):
                     continue  # woken by a command: the loop handles it
+
+    async def _outside_window(self) -> bool:
+        """If the bot's active window is closed: rest in scheduled_off until it opens (or a
+        command arrives) and return True so the loop looks again."""
+        sched = self.bot.schedule
+        if not sched or not sched.active:
+            return False
+        window = ActiveWindow.parse(sched.active, sched.timezone)
+        now = self._now()
+        if window.is_active(now):
+            return False
+        opens = window.next_change(now)
+        self._to(
+            S.SCHEDULED_OFF,
+            f"outside its active window ({sched.active}); opens {opens:%a %H:%M %Z}"
+            if opens
+            else f"outside its active window ({sched.active})",
+        )
+        await self._sleep(3600.0 if opens is None else max(0.0, opens.timestamp() - self.svc.clock()))
+        return True
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep, or return True early when a command arrives."""
@@ -302,21 +351,112 @@ class Instance:
         pidfd = os.pidfd_open(sandbox.pid)
         loop.add_reader(pidfd, _settle, exited)
         self._wake.clear()
+        watchers = {loop.create_task(w) for w in self._watchers(sandbox)}
         try:
             while True:
                 if self._request is not None:
                     request, self._request = self._request, None
+                    self._why = REQUESTED.get(request, str(request.value))
                     return request
                 waker = loop.create_task(self._wake.wait())
-                pending: set[asyncio.Future[Any]] = {exited, waker}
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending: set[asyncio.Future[Any]] = {exited, waker, *watchers}
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 waker.cancel()
                 self._wake.clear()
                 if exited.done():
                     return Outcome.EXITED
+                for task in done & watchers:
+                    verdict: Verdict = task.result()
+                    if verdict is not None:
+                        self._why = verdict[1]
+                        return verdict[0]
+                    watchers.discard(task)
         finally:
+            for task in watchers:
+                task.cancel()
             loop.remove_reader(pidfd)
             os.close(pidfd)
+
+    # ---------------------------------------------------------------- watchers
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.svc.clock(), tz=UTC)
+
+    def _watchers(self, sandbox: Sandbox | AdoptedSandbox) -> list[Coroutine[Any, Any, Verdict]]:
+        found: list[Coroutine[Any, Any, Verdict]] = []
+        sched = self.bot.schedule
+        if sched and sched.active:
+            found.append(self._window_closes(sched.active, sched.timezone))
+        if sched and sched.restart:
+            found.append(self._cron_due(sched.restart, sched.timezone))
+        if self.bot.memory_pressure and self.bot.resources.memory:
+            found.append(self._memory_pressure(sandbox))
+        if self.bot.health:
+            found.append(self._health(sandbox))
+        return found
+
+    async def _sleep_until(self, when: datetime) -> None:
+        await asyncio.sleep(max(0.0, when.timestamp() - self.svc.clock()))
+
+    async def _window_closes(self, active: str, tz: str | None) -> Verdict:
+        window = ActiveWindow.parse(active, tz)
+        change = window.next_change(self._now())
+        if change is None:
+            return None
+        await self._sleep_until(change)
+        return Outcome.SCHEDULE_OFF, f"outside its active window ({active})"
+
+    async def _cron_due(self, spec: str, tz: str | None) -> Verdict:
+        cron = CronSpec.parse(spec, tz)
+        await self._sleep_until(cron.next_after(self._now()))
+        return Outcome.CRON, f"scheduled restart ({spec})"
+
+    async def _memory_pressure(self, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
+        mp, limit = self.bot.memory_pressure, self.bot.resources.memory
+        if mp is None:
+            return None
+        interval = min(MEMORY_CHECK_INTERVAL, max(0.2, mp.for_ / 4))
+        above_since: float | None = None
+        while True:
+            await asyncio.sleep(interval)
+            current = sandbox.cg.stats().memory_current
+            now = self.svc.clock()
+            if current is not None and current > mp.share * limit:
+                above_since = above_since or now
+                if now - above_since >= mp.for_:
+                    share = current / limit
+                    return Outcome.MEMORY, (
+                        f"memory at {share:.0%} of its limit for {now - above_since:.0f}s "
+                        f"(memory_pressure: {mp.share:.0%} for {mp.for_:g}s)"
+                    )
+            else:
+                above_since = None
+
+    async def _health(self, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
+        from clawpen.daemon.health import HealthTracker, check_once
+        from clawpen.daemon.health import Verdict as HV
+
+        spec = self.bot.health
+        if spec is None:
+            return None
+        tracker = HealthTracker(spec, started_at=self.started_at or self.svc.clock())
+        plan = self.plan()
+        bpf = self.svc.bpf()
+        while True:
+            await asyncio.sleep(spec.interval)
+            if sandbox.sandbox_pid is None:
+                continue
+            result = await check_once(spec, sandbox.sandbox_pid, plan=plan, cgroup=sandbox.cg, bpf=bpf)
+            verdict = tracker.record(result, self.svc.clock())
+            self.health = "healthy" if result.ok else f"failing: {result.detail}"
+            if verdict is HV.BECAME_UNHEALTHY:
+                self._to(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
+                self.tracker.record_unhealthy(self.svc.clock())
+                if spec.on_unhealthy == "restart":
+                    return Outcome.UNHEALTHY, f"unhealthy: {result.detail}"
+            elif verdict is HV.RECOVERED:
+                self._to(S.RUNNING, f"health check passes again ({result.latency_s * 1000:.0f} ms)")
+            if result.ok:
+                self.tracker.record_healthy(self.svc.clock())
 
     def _drain(self, stream: str, fd: int) -> None:
         try:
@@ -337,7 +477,7 @@ class Instance:
 
     async def _finish(self, sandbox: Sandbox | AdoptedSandbox, outcome: Outcome) -> RunResult:
         if outcome is not Outcome.EXITED:
-            self._to(S.STOPPING, "stop requested" if outcome is Outcome.STOP else "restart requested")
+            self._to(S.STOPPING, self._why)
             await self._terminate(sandbox)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
@@ -386,6 +526,7 @@ class Instance:
             "started_at": self.started_at,
             "last_exit": None if self.last is None else self.last.exit_code,
             "last_reason": None if self.last is None else self.last.reason,
+            "health": self.health,
         }
 
 

@@ -138,7 +138,7 @@ class Daemon:
             }
             policies: dict[str, dict[str, Any]] = {}
             for name in sorted(wanted):
-                spec = loaded.spec.bots[name].model_dump(mode="json")
+                spec = loaded.spec.bots[name].model_dump(mode="json", by_alias=True)
                 policy = {"spec": spec, "base_dir": str(loaded.base_dir)}
                 policies[name] = policy
                 if name not in current:

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 DEFAULT_MAX_AGE = 30 * 86400.0
 DEFAULT_MAX_TOTAL = 1 << 30
-DEFAULT_LEVEL = 6
+DEFAULT_LEVEL = 1  # 50 MiB of varied records: level 1 0.5 s, 32 %; level 6 2.2 s, 26 %
 TS_LEN = 27  # len("2026-11-24T10:00:00.123456Z")
 
 _STAMP = "%Y%m%dT%H%M%S"

@@ -250,12 +250,12 @@ class LogWriter:
             self._sec = sec
             self._head = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)).encode()
         prefix = b"%b%06d%b" % (self._head, micros, tag)
-        if self._torn:
-            prefix = b"\n" + prefix
-            self._torn = False
         # Every "\n" gets the next record's prefix after it; the last one's is cut off the view.
         body = block.replace(b"\n", b"\n" + prefix)
         view = memoryview(body)[: len(body) - len(prefix)]
+        if self._torn:  # an earlier write failed half-way: start on a new line
+            prefix = b"\n" + prefix
+            self._torn = False
         size = len(prefix) + len(view)
         day = sec // 86400
         if self._size == 0:

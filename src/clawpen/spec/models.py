@@ -123,6 +123,7 @@ class Health(_Model):
     timeout: Duration = 5.0
     retries: int = Field(3, ge=1)
     start_period: Duration = 0.0
+    on_unhealthy: Literal["restart", "none"] = Field("restart", description="what to do once unhealthy")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Health:
@@ -133,6 +134,39 @@ class Health(_Model):
                 'write e.g. health = { http = "http://127.0.0.1:8000/healthz" }',
             )
         return self
+
+
+class Schedule(_Model):
+    """Cost control: run only inside ``active`` windows; restart periodically (cron)."""
+
+    active: str | None = Field(None, description='windows, e.g. "Mon-Fri 08:00-20:00; Sat 10:00-14:00"')
+    timezone: str | None = Field(None, description="IANA zone for the windows and cron (default: the host's)")
+    restart: str | None = Field(None, description='cron expression for periodic restarts, e.g. "0 4 * * *"')
+
+    @model_validator(mode="after")
+    def _parse(self) -> Schedule:
+        from clawpen.errors import ConfigError
+        from clawpen.supervisor.schedule import ActiveWindow, CronSpec, zone
+
+        try:
+            if self.timezone:
+                zone(self.timezone)
+            if self.active:
+                ActiveWindow.parse(self.active, self.timezone)
+            if self.restart:
+                CronSpec.parse(self.restart, self.timezone)
+        except ConfigError as err:
+            raise rules.RuleViolation(err.what, err.hint or "") from None
+        return self
+
+
+class MemoryPressure(_Model):
+    """Restart the bot when its memory stays above ``share`` of its limit for ``for``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    share: float = Field(0.9, gt=0.0, le=1.0, description="share of the memory limit, e.g. 0.9")
+    for_: Duration = Field(300.0, alias="for", description='how long it must stay above, e.g. "5m"')
 
 
 class Bot(_Model):
@@ -149,6 +183,8 @@ class Bot(_Model):
     health: Health | None = None
     timeout: Duration | None = Field(None, description="kill the bot after this long (one-off jobs)")
     replicas: int = Field(1, ge=1, le=64, description="instances to run; each gets CLAWPEN_REPLICA")
+    schedule: Schedule | None = None
+    memory_pressure: MemoryPressure | None = None
 
     @field_validator("command")
     @classmethod
