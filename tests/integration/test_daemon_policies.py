@@ -44,6 +44,7 @@ def run_daemon(
         finally:
             await daemon.shutdown()
             daemon.store.close()
+            daemon.services.compressor.close(timeout=10)
 
     old = os.environ.get("CLAWPEN_UID_BASE")
     os.environ["CLAWPEN_UID_BASE"] = str(UID_BASE)

@@ -304,22 +304,24 @@ def _append(directory, data):
 
 def test_follow_in_a_thread_with_real_sleeps(tmp_path):
     writer = LogWriter(tmp_path, "bot", time.time, max_bytes=4000)
-    stop = threading.Event()
     got: list[LogRecord] = []
+    deadline = time.monotonic() + 30
+
+    def stop():
+        return len(got) >= 300 or time.monotonic() > deadline
 
     def consume():
-        got.extend(follow(tmp_path, "bot", stop=stop.is_set, poll_interval=0.1))
+        for record in follow(tmp_path, "bot", stop=stop, poll_interval=0.1):
+            got.append(record)
 
     thread = threading.Thread(target=consume)
     thread.start()
     time.sleep(0.2)
-    for i in range(300):  # several rotations
+    for i in range(300):  # several rotations while it follows
         writer.write("out", b"n %d\n" % i)
         if i % 50 == 0:
             time.sleep(0.02)
     writer.close()
-    time.sleep(0.5)
-    stop.set()
-    thread.join(5)
+    thread.join(35)
     assert texts(got) == [f"n {i}" for i in range(300)]
     assert writer.rotations >= 2

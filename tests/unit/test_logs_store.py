@@ -156,6 +156,31 @@ def test_rotation_fsyncs_the_file_and_the_folder(tmp_path, monkeypatch):
     assert str(tmp_path) in synced
 
 
+def test_failed_rotation_on_write_keeps_the_chunk_and_reports(tmp_path, monkeypatch):
+    writer = LogWriter(tmp_path, "bot", Clock(MIDNIGHT), max_bytes=60)
+    writer.write("out", b"first\n")
+
+    def refuse(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.os, "rename", refuse)
+    with pytest.raises(HostError) as err:
+        writer.write("out", b"second\n")
+    assert "rotate" in err.value.what
+    monkeypatch.undo()
+    writer.write("out", b"third\n")  # rotates now
+    writer.close()
+    assert len(list_rotated(tmp_path, "bot")) == 1
+    assert all_texts(tmp_path) == [b"first", b"second", b"third"]
+
+
+def test_torn_end_does_not_leave_an_empty_line_after_rotation(tmp_path):
+    (tmp_path / "bot.log").write_bytes(b"2026-11-24T23:00:00.000000Z out cut sho")
+    with LogWriter(tmp_path, "bot", Clock(MIDNIGHT + 5)) as writer:  # next day: rotates first
+        writer.write("out", b"new day\n")
+    assert (tmp_path / "bot.log").read_bytes() == b"2026-11-25T00:00:05.000000Z out new day\n"
+
+
 def test_rotation_failure_is_a_host_error_and_the_writer_goes_on(tmp_path, monkeypatch):
     writer = LogWriter(tmp_path, "bot", Clock(MIDNIGHT))
     writer.write("out", b"a\n")

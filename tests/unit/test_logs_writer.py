@@ -182,6 +182,9 @@ def test_finish_writes_the_unfinished_line(tmp_path):
 def test_misuse_is_refused(tmp_path):
     with pytest.raises(UsageError):
         LogWriter(tmp_path, "Bad.Name", Clock())
+    with pytest.raises(UsageError):
+        LogWriter(tmp_path, "a" * 65, Clock())
+    LogWriter(tmp_path, "a" * 31 + "-r12", Clock()).close()  # a replica of a long-named bot
     writer = LogWriter(tmp_path, "bot", Clock())
     with pytest.raises(UsageError):
         writer.write("stdout", b"x\n")  # type: ignore[arg-type]

@@ -15,10 +15,13 @@ from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import HostError
+from clawpen.logs.store import Compressor, retention_sweep
 from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts
 from clawpen.sandbox.namespace import NamespaceTier
 from clawpen.sandbox.seccomp import bpf_for, default_policy
+
+SWEEP_INTERVAL = 3600.0
 
 
 def socket_path(state: Path) -> Path:
@@ -32,6 +35,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     store = Store(state / "clawpen.db")
     tier = NamespaceTier(state)
     policy = default_policy()
+    compressor = Compressor()
 
     def services(daemon: Daemon) -> Services:
         return Services(
@@ -45,6 +49,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
             clock=clock,
             record=daemon.record,
             bpf=lambda: bpf_for(policy, cache_dir(state)),
+            compressor=compressor,
             note=daemon.note,
         )
 
@@ -71,8 +76,10 @@ async def serve(state: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"clawpen daemon: listening on {path}", file=sys.stderr, flush=True)
+    sweeper = loop.create_task(_sweep_logs(daemon))
     async with server:
         await stop.wait()
+        sweeper.cancel()
         server.close()
         daemon.note("daemon", "daemon stopping: stopping every bot")
         await daemon.shutdown()
@@ -80,6 +87,20 @@ async def serve(state: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
     daemon.store.close()
+    daemon.services.compressor.close(timeout=30)
+
+
+async def _sweep_logs(daemon: Daemon) -> None:
+    """Log retention (age and size caps) now and then every hour; rotation itself happens on write."""
+    svc = daemon.services
+    loop = asyncio.get_running_loop()
+    while True:
+        report = await loop.run_in_executor(
+            None, lambda: retention_sweep(svc.logs_dir, svc.clock(), compressor=svc.compressor)
+        )
+        if report.deleted:
+            daemon.note("logs", f"retention removed {len(report.deleted)} old log files")
+        await asyncio.sleep(SWEEP_INTERVAL)
 
 
 def run_daemon(state: Path) -> int:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
 from clawpen.errors import ClawpenError
+from clawpen.logs.store import Compressor
 from clawpen.logs.writer import LogWriter
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Plan, SeccompPolicy
@@ -62,6 +63,7 @@ class Services(NamedTuple):
     clock: Callable[[], float]
     record: Callable[[Transition], None]
     bpf: Callable[[], bytes]
+    compressor: Compressor
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
 
 
@@ -340,7 +342,7 @@ class Instance:
 
     async def _watch(self, sandbox: Sandbox | AdoptedSandbox) -> Outcome:
         loop = asyncio.get_running_loop()
-        writer = LogWriter(self.svc.logs_dir, self.log_name, self.svc.clock)
+        writer = LogWriter(self.svc.logs_dir, self.log_name, self.svc.clock, compressor=self.svc.compressor)
         self._writer = writer
         self._eof: dict[str, asyncio.Future[None]] = {}
         for stream, fd in self._pipes.items():

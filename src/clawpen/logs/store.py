@@ -46,10 +46,10 @@ DEFAULT_LEVEL = 1  # 50 MiB of varied records: level 1 0.5 s, 32 %; level 6 2.2 
 TS_LEN = 27  # len("2026-11-24T10:00:00.123456Z")
 
 _STAMP = "%Y%m%dT%H%M%S"
-_ROTATED = re.compile(
-    r"^(?P<bot>[a-z][a-z0-9-]{0,30})\.(?P<stamp>\d{8}T\d{6})(?:-(?P<seq>\d+))?\.log(?P<gz>\.gz)?$"
-)
-_CURRENT = re.compile(r"^(?P<bot>[a-z][a-z0-9-]{0,30})\.log$")
+_NAME = r"[a-z][a-z0-9-]{0,63}"  # a bot name, or "name-r2" for a replica: never a dot
+LOG_NAME = re.compile(rf"^{_NAME}$")
+_ROTATED = re.compile(rf"^(?P<bot>{_NAME})\.(?P<stamp>\d{{8}}T\d{{6}})(?:-(?P<seq>\d+))?\.log(?P<gz>\.gz)?$")
+_CURRENT = re.compile(rf"^(?P<bot>{_NAME})\.log$")
 _COPY_BLOCK = 1 << 20
 
 

@@ -1,0 +1,391 @@
+"""Health checks of a running bot, made from inside its sandbox, and the rules that count them.
+
+A bot's loopback lives in its own network namespace (the host's 127.0.0.1 is another one), so
+``http`` and ``tcp`` checks connect from *inside* it: a short-lived thread joins the bot's
+network namespace (``setns(pidfd, CLONE_NEWNET)`` affects only the calling thread), creates the
+socket there and ends; a socket keeps the namespace it was created in, so the event loop then
+connects and talks over it as usual. ``cmd`` checks run through :func:`clawpen.sandbox.enter.enter`,
+confined exactly like the bot (its uid, namespaces, cgroup, seccomp filter, cwd, environment).
+
+Outcomes of one check (:func:`check_once`, bounded by the spec's ``timeout``):
+
+* ``http``: a minimal ``GET`` (HTTP/1.1, ``Host``, ``Connection: close``); only the status line
+  is read. 2xx and 3xx are healthy (a redirect means the server answers; it is not followed),
+  anything else is not: ``"HTTP 503"``.
+* ``tcp``: healthy once the connection is accepted.
+* ``cmd``: healthy when it exits 0; otherwise ``"exit 1: <last line of its output>"``. On
+  timeout it is killed (its whole process group).
+* any kind: ``"connection refused"``, ``"timed out after 5s"``, ``"the sandbox ... is gone"``.
+
+Host names are looked up in the sandbox's own ``/etc/hosts`` (``localhost``, the bot's host
+name); with network ``none`` nothing else is reachable anyway.
+
+:class:`HealthTracker` holds the counting rules; it is pure, and the daemon feeds it results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import functools
+import ipaddress
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from typing import TYPE_CHECKING, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+from clawpen.errors import SandboxError
+from clawpen.sandbox.enter import enter, stop
+
+if TYPE_CHECKING:
+    from clawpen.plan.model import Plan
+    from clawpen.sandbox.cgroups import Cgroup
+    from clawpen.spec.models import Health
+
+CLONE_NEWNET = 0x40000000
+_STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: |\r?\n|$)")
+_DETAIL_MAX = 200
+_TAIL_MAX = 4096
+
+
+class HealthResult(NamedTuple):
+    """One check: healthy or not, a short reason, and how long it took."""
+
+    ok: bool
+    detail: str
+    latency_s: float
+
+
+class HttpTarget(NamedTuple):
+    """A parsed ``http`` check URL."""
+
+    host: str
+    port: int
+    path: str
+    host_header: str
+
+
+class Verdict(enum.Enum):
+    """What one recorded result means for the instance (see :meth:`HealthTracker.record`)."""
+
+    HEALTHY = "healthy"
+    """The check passed and the instance was not unhealthy."""
+    STILL_OK = "still-ok"
+    """The check failed, but there is nothing new to act on: the failure fell in the start
+    period, the count is still below ``retries``, or the instance was already reported unhealthy."""
+    BECAME_UNHEALTHY = "became-unhealthy"
+    """``retries`` consecutive counted failures: reported once, until a success."""
+    RECOVERED = "recovered"
+    """The check passed after the instance had been reported unhealthy."""
+
+
+class HealthTracker:
+    """Counting rules for one instance's checks (pure; times are the caller's monotonic seconds).
+
+    Failures less than ``start_period`` after ``started_at`` do not count. After ``retries``
+    consecutive counted failures the instance is unhealthy (:attr:`Verdict.BECAME_UNHEALTHY`,
+    once); any success resets the count. ``status`` is ``starting`` until the first success.
+    """
+
+    def __init__(self, *, retries: int = 3, start_period: float = 0.0, started_at: float = 0.0) -> None:
+        if retries < 1:
+            raise ValueError("retries must be at least 1")
+        self.retries = retries
+        self.start_period = start_period
+        self.started_at = started_at
+        self.failures = 0
+        self.status: Literal["starting", "healthy", "unhealthy"] = "starting"
+        self.last: HealthResult | None = None
+
+    @classmethod
+    def for_spec(cls, spec: Health, started_at: float) -> HealthTracker:
+        """A tracker with the spec's ``retries`` and ``start_period``."""
+        return cls(retries=spec.retries, start_period=spec.start_period, started_at=started_at)
+
+    def restart(self, started_at: float) -> None:
+        """Start over for a new run of the instance (a new start period, no failures)."""
+        self.started_at = started_at
+        self.failures = 0
+        self.status = "starting"
+        self.last = None
+
+    def record(self, result: HealthResult, now: float) -> Verdict:
+        """Count ``result`` (made at ``now``) and say what it means."""
+        self.last = result
+        if result.ok:
+            self.failures = 0
+            was_unhealthy = self.status == "unhealthy"
+            self.status = "healthy"
+            return Verdict.RECOVERED if was_unhealthy else Verdict.HEALTHY
+        if now - self.started_at < self.start_period:
+            return Verdict.STILL_OK
+        self.failures += 1
+        if self.status != "unhealthy" and self.failures >= self.retries:
+            self.status = "unhealthy"
+            return Verdict.BECAME_UNHEALTHY
+        return Verdict.STILL_OK
+
+
+def parse_http(url: str) -> HttpTarget:
+    """Split an ``http://host[:port]/path`` check URL; ``ValueError`` with a reason otherwise."""
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValueError(f"health URL {url!r} holds a space or a control character")
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise ValueError(f"health URL {url!r} must start with http:// (https is not supported)")
+    if not parts.hostname:
+        raise ValueError(f"health URL {url!r} names no host")
+    port = parts.port or 80  # .port raises ValueError for a bad one
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return HttpTarget(parts.hostname, port, path, parts.netloc.rpartition("@")[2])
+
+
+def parse_tcp(addr: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:port`` for IPv6); ``ValueError`` with a reason otherwise."""
+    host, sep, port_text = addr.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"health address {addr!r} must be host:port, e.g. 127.0.0.1:5000")
+    return host, int(port_text)
+
+
+def sandbox_address(host: str, sandbox_pid: int) -> tuple[socket.AddressFamily, str]:
+    """``host`` as an address: an IP literal, or a name from the sandbox's own /etc/hosts."""
+    with contextlib.suppress(ValueError):
+        ip = ipaddress.ip_address(host)
+        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
+    try:
+        with open(f"/proc/{sandbox_pid}/root/etc/hosts", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) > 1 and host.lower() in (name.lower() for name in fields[1:]):
+            with contextlib.suppress(ValueError):
+                return sandbox_address(str(ipaddress.ip_address(fields[0])), sandbox_pid)
+    raise ValueError(f"{host} is not in the sandbox's /etc/hosts; use 127.0.0.1")
+
+
+def _socket_in_netns(sandbox_pid: int, uid: int | None, family: socket.AddressFamily) -> socket.socket:
+    """A TCP socket created in the network namespace of ``sandbox_pid`` (by a throw-away thread)."""
+    box: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        try:
+            box.append(_make_socket(sandbox_pid, uid, family))
+        except BaseException as err:  # handed to the calling thread
+            box.append(err)
+
+    thread = threading.Thread(target=work, name=f"clawpen-netns-{sandbox_pid}")
+    thread.start()
+    thread.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def _make_socket(sandbox_pid: int, uid: int | None, family: socket.AddressFamily) -> socket.socket:
+    gone = SandboxError(f"the sandbox (pid {sandbox_pid}) is gone", where="health")
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        pidfd = os.pidfd_open(sandbox_pid)
+    except ProcessLookupError:
+        raise gone from None
+    try:
+        if uid is not None and os.stat(f"/proc/{sandbox_pid}").st_uid != uid:
+            raise gone
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(pidfd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise SandboxError(f"cannot join the sandbox's network: {os.strerror(err)}", where="health")
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            finally:  # the thread ends right away; going back is belt and braces
+                libc.setns(own, CLONE_NEWNET)
+        finally:
+            os.close(own)
+    except FileNotFoundError:
+        raise gone from None
+    finally:
+        os.close(pidfd)
+    sock.setblocking(False)
+    return sock
+
+
+async def _connect(host: str, port: int, sandbox_pid: int, uid: int | None) -> socket.socket:
+    family, address = sandbox_address(host, sandbox_pid)
+    sock = _socket_in_netns(sandbox_pid, uid, family)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _http(url: str, sandbox_pid: int, uid: int | None) -> tuple[bool, str]:
+    target = parse_http(url)
+    sock = await _connect(target.host, target.port, sandbox_pid, uid)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        request = (
+            f"GET {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
+            "User-Agent: clawpen-health\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(request.encode("ascii", "replace"))
+        await writer.drain()
+        line = await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    if not line:
+        return False, "connection closed before a response"
+    found = _STATUS_LINE.match(line)
+    if found is None:
+        return False, f"not an HTTP response: {line[:60].decode(errors='replace').strip()!r}"
+    status = int(found.group(1))
+    return 200 <= status < 400, f"HTTP {status}"
+
+
+async def _tcp(addr: str, sandbox_pid: int, uid: int | None) -> tuple[bool, str]:
+    host, port = parse_tcp(addr)
+    (await _connect(host, port, sandbox_pid, uid)).close()
+    return True, "connected"
+
+
+async def _exited(proc: subprocess.Popen[bytes]) -> None:
+    """Wait until ``proc`` has exited without reaping it (its pidfd becomes readable)."""
+    loop = asyncio.get_running_loop()
+    pidfd = os.pidfd_open(proc.pid)
+    done: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, wake)
+    try:
+        await done
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _drain(fd: int, tail: bytearray) -> bool:
+    """Read what ``fd`` holds into ``tail`` (keeping its end); ``False`` at EOF."""
+    for _ in range(64):
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        tail += chunk
+        del tail[:-_TAIL_MAX]
+    return True
+
+
+async def _cmd(
+    spec: Health, sandbox_pid: int, plan: Plan, cgroup: Cgroup | None, bpf: bytes
+) -> tuple[bool, str]:
+    """Run the check command in the sandbox; the caller's timeout cancels (and so kills) it.
+
+    Whatever it leaves running in its process group is killed once it has exited, so checks
+    cannot pile up processes in the bot's cgroup."""
+    assert spec.cmd is not None
+    loop = asyncio.get_running_loop()
+    out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    tail = bytearray()
+    try:
+        start = functools.partial(
+            enter,
+            sandbox_pid,
+            plan,
+            cgroup,
+            spec.cmd,
+            bpf=bpf,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=out_w,
+            start_timeout=spec.timeout,
+        )
+        starting = loop.run_in_executor(None, start)
+        try:
+            proc = await asyncio.shield(starting)
+        except asyncio.CancelledError:  # enter() goes on in its thread: stop what it starts
+            starting.add_done_callback(lambda f: f.cancelled() or f.exception() or stop(f.result()))
+            raise
+        except SandboxError as err:
+            return False, err.what
+        finally:
+            os.close(out_w)
+            out_w = -1
+        loop.add_reader(out_r, lambda: _drain(out_r, tail) or loop.remove_reader(out_r))
+        try:
+            await _exited(proc)
+        finally:
+            loop.remove_reader(out_r)
+            code = stop(proc)
+        _drain(out_r, tail)
+    finally:
+        for fd in (out_r, out_w):
+            if fd >= 0:
+                os.close(fd)
+    if code == 0:
+        return True, "exit 0"
+    lines = [line.strip() for line in tail.decode(errors="replace").splitlines() if line.strip()]
+    reason = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+    return False, f"{reason}: {lines[-1]}" if lines else reason
+
+
+async def check_once(
+    spec: Health,
+    sandbox_pid: int,
+    *,
+    plan: Plan | None = None,
+    cgroup: Cgroup | None = None,
+    bpf: bytes | None = None,
+) -> HealthResult:
+    """Run ``spec``'s check once against the sandbox whose pid 1 is host pid ``sandbox_pid``.
+
+    ``plan`` (the bot's) is needed for ``cmd`` checks, with ``bpf`` (its seccomp program) and
+    ``cgroup`` (its cgroup); for ``http``/``tcp`` it only lets the pid be checked to still be the
+    bot's. Never raises for an unhealthy bot: the reason is in :attr:`HealthResult.detail`.
+    """
+    if spec.cmd and (plan is None or bpf is None):
+        raise TypeError("a cmd health check needs the bot's plan and seccomp program (plan=, bpf=)")
+    started = time.monotonic()
+    uid = plan.identity.uid if plan is not None else None
+    try:
+        async with asyncio.timeout(spec.timeout):
+            if spec.http:
+                ok, detail = await _http(spec.http, sandbox_pid, uid)
+            elif spec.tcp:
+                ok, detail = await _tcp(spec.tcp, sandbox_pid, uid)
+            elif spec.cmd and plan is not None and bpf is not None:
+                ok, detail = await _cmd(spec, sandbox_pid, plan, cgroup, bpf)
+            else:
+                ok, detail = False, "no check given (http, tcp or cmd)"
+    except TimeoutError:
+        ok, detail = False, f"timed out after {spec.timeout:g}s"
+    except ConnectionRefusedError:
+        ok, detail = False, "connection refused"
+    except ConnectionResetError:
+        ok, detail = False, "connection reset"
+    except SandboxError as err:
+        ok, detail = False, err.what
+    except OSError as err:
+        ok, detail = False, err.strerror or str(err)
+    except ValueError as err:
+        ok, detail = False, str(err)
+    return HealthResult(ok, detail[:_DETAIL_MAX], time.monotonic() - started)
