@@ -12,13 +12,11 @@ Outcomes of one check (:func:`check_once`, bounded by the spec's ``timeout``):
 * ``http``: a minimal ``GET`` (HTTP/1.1, ``Host``, ``Connection: close``); only the status line
   is read. 2xx and 3xx are healthy (a redirect means the server answers; it is not followed),
   anything else is not: ``"HTTP 503"``.
-* ``tcp``: healthy once the connection is accepted.
+* ``tcp``: healthy once the connection is accepted. Host names (both kinds) are looked up in
+  the sandbox's own ``/etc/hosts`` (``localhost``, the bot's name); nothing else is reachable.
 * ``cmd``: healthy when it exits 0; otherwise ``"exit 1: <last line of its output>"``. On
   timeout it is killed (its whole process group).
 * any kind: ``"connection refused"``, ``"timed out after 5s"``, ``"the sandbox ... is gone"``.
-
-Host names are looked up in the sandbox's own ``/etc/hosts`` (``localhost``, the bot's host
-name); with network ``none`` nothing else is reachable anyway.
 
 :class:`HealthTracker` holds the counting rules; it is pure, and the daemon feeds it results.
 """
@@ -35,8 +33,8 @@ import os
 import re
 import socket
 import subprocess
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import urlsplit
 
@@ -93,20 +91,25 @@ class HealthTracker:
     once); any success resets the count. ``status`` is ``starting`` until the first success.
     """
 
-    def __init__(self, *, retries: int = 3, start_period: float = 0.0, started_at: float = 0.0) -> None:
-        if retries < 1:
+    def __init__(
+        self,
+        spec: Health | None = None,
+        *,
+        retries: int | None = None,
+        start_period: float | None = None,
+        started_at: float = 0.0,
+    ) -> None:
+        """Rules from ``spec`` (its ``retries`` and ``start_period``), or given one by one."""
+        self.retries = retries if retries is not None else spec.retries if spec is not None else 3
+        self.start_period = (
+            start_period if start_period is not None else spec.start_period if spec is not None else 0.0
+        )
+        if self.retries < 1:
             raise ValueError("retries must be at least 1")
-        self.retries = retries
-        self.start_period = start_period
         self.started_at = started_at
         self.failures = 0
         self.status: Literal["starting", "healthy", "unhealthy"] = "starting"
         self.last: HealthResult | None = None
-
-    @classmethod
-    def for_spec(cls, spec: Health, started_at: float) -> HealthTracker:
-        """A tracker with the spec's ``retries`` and ``start_period``."""
-        return cls(retries=spec.retries, start_period=spec.start_period, started_at=started_at)
 
     def restart(self, started_at: float) -> None:
         """Start over for a new run of the instance (a new start period, no failures)."""
@@ -164,6 +167,8 @@ def sandbox_address(host: str, sandbox_pid: int) -> tuple[socket.AddressFamily, 
     try:
         with open(f"/proc/{sandbox_pid}/root/etc/hosts", encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        raise SandboxError(f"the sandbox (pid {sandbox_pid}) is gone", where="health") from None
     except OSError:
         lines = []
     for line in lines:
@@ -175,21 +180,10 @@ def sandbox_address(host: str, sandbox_pid: int) -> tuple[socket.AddressFamily, 
 
 
 def _socket_in_netns(sandbox_pid: int, uid: int | None, family: socket.AddressFamily) -> socket.socket:
-    """A TCP socket created in the network namespace of ``sandbox_pid`` (by a throw-away thread)."""
-    box: list[socket.socket | BaseException] = []
-
-    def work() -> None:
-        try:
-            box.append(_make_socket(sandbox_pid, uid, family))
-        except BaseException as err:  # handed to the calling thread
-            box.append(err)
-
-    thread = threading.Thread(target=work, name=f"clawpen-netns-{sandbox_pid}")
-    thread.start()
-    thread.join()
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
+    """A TCP socket created in the network namespace of ``sandbox_pid`` by a fresh thread, which
+    ends with the ``with`` (never a pooled thread: it could be reused in the wrong namespace)."""
+    with ThreadPoolExecutor(1, thread_name_prefix=f"clawpen-netns-{sandbox_pid}") as one:
+        return one.submit(_make_socket, sandbox_pid, uid, family).result()
 
 
 def _make_socket(sandbox_pid: int, uid: int | None, family: socket.AddressFamily) -> socket.socket:
@@ -235,7 +229,11 @@ async def _connect(host: str, port: int, sandbox_pid: int, uid: int | None) -> s
 async def _http(url: str, sandbox_pid: int, uid: int | None) -> tuple[bool, str]:
     target = parse_http(url)
     sock = await _connect(target.host, target.port, sandbox_pid, uid)
-    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         request = (
             f"GET {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"
@@ -295,41 +293,40 @@ def _drain(fd: int, tail: bytearray) -> bool:
     return True
 
 
+def _abandon(starting: asyncio.Future[subprocess.Popen[bytes]], fds: tuple[int, int]) -> None:
+    """Clean up after an :func:`enter` whose check was cancelled (it finished in its thread)."""
+    for fd in fds:
+        os.close(fd)
+    if not starting.cancelled() and starting.exception() is None:
+        stop(starting.result())
+
+
 async def _cmd(
     spec: Health, sandbox_pid: int, plan: Plan, cgroup: Cgroup | None, bpf: bytes
 ) -> tuple[bool, str]:
     """Run the check command in the sandbox; the caller's timeout cancels (and so kills) it.
 
-    Whatever it leaves running in its process group is killed once it has exited, so checks
-    cannot pile up processes in the bot's cgroup."""
+    What it leaves running in its process group is killed once it has exited, so checks cannot
+    pile up processes in the bot's cgroup."""
     assert spec.cmd is not None
     loop = asyncio.get_running_loop()
     out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    start = functools.partial(enter, sandbox_pid, plan, cgroup, spec.cmd, bpf=bpf, start_timeout=spec.timeout)
+    starting = loop.run_in_executor(None, lambda: start(stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w))
+    try:
+        proc = await asyncio.shield(starting)
+    except asyncio.CancelledError:  # enter() goes on in its thread and still uses the pipe
+        starting.add_done_callback(functools.partial(_abandon, fds=(out_r, out_w)))
+        raise
+    except BaseException as err:
+        os.close(out_r)
+        os.close(out_w)
+        if isinstance(err, SandboxError):
+            return False, err.what
+        raise
+    os.close(out_w)
     tail = bytearray()
     try:
-        start = functools.partial(
-            enter,
-            sandbox_pid,
-            plan,
-            cgroup,
-            spec.cmd,
-            bpf=bpf,
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=out_w,
-            start_timeout=spec.timeout,
-        )
-        starting = loop.run_in_executor(None, start)
-        try:
-            proc = await asyncio.shield(starting)
-        except asyncio.CancelledError:  # enter() goes on in its thread: stop what it starts
-            starting.add_done_callback(lambda f: f.cancelled() or f.exception() or stop(f.result()))
-            raise
-        except SandboxError as err:
-            return False, err.what
-        finally:
-            os.close(out_w)
-            out_w = -1
         loop.add_reader(out_r, lambda: _drain(out_r, tail) or loop.remove_reader(out_r))
         try:
             await _exited(proc)
@@ -338,9 +335,7 @@ async def _cmd(
             code = stop(proc)
         _drain(out_r, tail)
     finally:
-        for fd in (out_r, out_w):
-            if fd >= 0:
-                os.close(fd)
+        os.close(out_r)
     if code == 0:
         return True, "exit 0"
     lines = [line.strip() for line in tail.decode(errors="replace").splitlines() if line.strip()]
@@ -378,14 +373,10 @@ async def check_once(
                 ok, detail = False, "no check given (http, tcp or cmd)"
     except TimeoutError:
         ok, detail = False, f"timed out after {spec.timeout:g}s"
-    except ConnectionRefusedError:
-        ok, detail = False, "connection refused"
-    except ConnectionResetError:
-        ok, detail = False, "connection reset"
     except SandboxError as err:
         ok, detail = False, err.what
-    except OSError as err:
-        ok, detail = False, err.strerror or str(err)
+    except OSError as err:  # "connection refused", "connection reset by peer"; asyncio rewrites strerror
+        ok, detail = False, (os.strerror(err.errno) if err.errno else str(err)).lower()
     except ValueError as err:
         ok, detail = False, str(err)
     return HealthResult(ok, detail[:_DETAIL_MAX], time.monotonic() - started)

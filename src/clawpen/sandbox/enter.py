@@ -16,9 +16,10 @@ bot's environment travels in the config pipe, never on the helper's own environm
 4. sets umask 022 and the plan's rlimits (as ``prlimit`` does for the bot), no_new_privs, then
    loads the bot's seccomp BPF with ``prctl(PR_SET_SECCOMP)``;
 5. forks, since a pid namespace is entered by children only. The child takes ``PDEATHSIG``,
-   changes to the plan's cwd and execs the command with exactly the plan's environment. The
-   parent, now the bot's uid without capabilities under the filter, waits, forwards
-   SIGTERM/SIGINT/SIGHUP/SIGQUIT and exits like the child (a signal death is re-raised).
+   changes to the plan's cwd and execs the command with the bot's environment (the plan's, and
+   ``PWD`` as bubblewrap sets it). The parent, now the bot's uid without capabilities under the
+   filter, waits, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT and exits like the child (a signal
+   death is re-raised).
 
 A failure before the command runs is written to the close-on-exec report pipe; :func:`enter`
 reads it to its end, so it returns a process that runs the command or raises
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import resource
@@ -151,23 +153,31 @@ def enter(
             os.close(rep_w)
         try:
             if cgroup is not None:
-                cgroup.add(proc.pid)
+                try:
+                    cgroup.add(proc.pid)
+                except SandboxError:
+                    if os.path.exists(f"/proc/{sandbox_pid}"):
+                        raise
+                    raise SandboxError(
+                        f"the sandbox of {plan.bot} (pid {sandbox_pid}) is gone", where="exec", hint=hint
+                    ) from None
             view = memoryview(config)
             while view:
                 view = view[os.write(cfg_w, view) :]
             os.close(cfg_w)
             cfg_w = -1
             report = _read_report(rep_r, start_timeout)
-        except BaseException:
-            stop(proc, group=new_group)
+        except BaseException as err:
+            _discard(proc, new_group)
+            if isinstance(err, OSError):  # e.g. EPIPE: the helper died before it read its config
+                raise SandboxError(f"the exec helper failed: {err}", where="exec") from None
             raise
         if report is None:
-            stop(proc, group=new_group)
-            raise SandboxError(
-                f"the command did not start within {start_timeout:g}s", where="exec", hint=hint
-            )
+            _discard(proc, new_group)
+            what = f"the command did not start within {start_timeout:g}s"
+            raise SandboxError(what, where="exec", hint=hint)
         if report:
-            proc.wait()
+            _discard(proc, new_group)
             message = report.decode(errors="replace").strip()
             what = f"cannot run {command[0]} in the sandbox of {plan.bot}: {message}"
             if "gone" not in message:
@@ -191,7 +201,34 @@ def stop(proc: subprocess.Popen[bytes], *, group: bool = True) -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
             else:
                 proc.kill()
-    return proc.wait()
+    code = proc.wait()
+    if group:
+        _reap_group(proc.pid)
+    return code
+
+
+def _reap_group(pgid: int, timeout: float = 2.0) -> None:
+    """Reap members of the helper's group that became our children: when the helper dies before
+    the command, the command is re-parented to the nearest child subreaper, which the daemon is
+    (see :mod:`clawpen.sandbox.namespace`), and it would stay a zombie there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.001)
+
+
+def _discard(proc: subprocess.Popen[bytes], group: bool) -> None:
+    """Stop a helper that failed and close the pipes the caller would have read."""
+    stop(proc, group=group)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _read_report(fd: int, timeout: float) -> bytes | None:
@@ -234,6 +271,8 @@ def _join(config: dict[str, Any], libc: Any) -> None:
             raise _StepError(f"pid {pid} is not the bot's sandbox any more (its uid changed)")
         if libc.setns(pidfd, config["flags"]) != 0:
             err = ctypes.get_errno()
+            if err == errno.ESRCH:  # it exited and is a zombie
+                raise _StepError(f"the sandbox (pid {pid}) is gone")
             raise _StepError(f"cannot join the sandbox's namespaces: {os.strerror(err)}")
     except FileNotFoundError:
         raise _StepError(f"the sandbox (pid {pid}) is gone") from None
@@ -241,7 +280,7 @@ def _join(config: dict[str, Any], libc: Any) -> None:
         os.close(pidfd)
     for cap in range(64):
         if libc.prctl(ctypes.c_int(_PR_CAPBSET_DROP), ctypes.c_ulong(cap), ctypes.c_ulong(0), 0, 0) != 0:
-            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+            if ctypes.get_errno() == errno.EINVAL:  # past the last capability
                 break
             raise _StepError(f"cannot drop capability {cap}: {os.strerror(ctypes.get_errno())}")
     _prctl(libc, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, "clear ambient capabilities")
@@ -255,15 +294,13 @@ def _join(config: dict[str, Any], libc: Any) -> None:
 def _confine(config: dict[str, Any], libc: Any) -> None:
     """Step 4: umask, rlimits, no_new_privs and the seccomp filter."""
     os.umask(0o022)
-    limits = config["rlimits"]
-    wanted = [(resource.RLIMIT_NOFILE, limits["nofile"]), (resource.RLIMIT_CORE, limits["core"])]
-    if limits["fsize"] is not None:
-        wanted.append((resource.RLIMIT_FSIZE, limits["fsize"]))
-    for which, value in wanted:
+    which = {"nofile": resource.RLIMIT_NOFILE, "core": resource.RLIMIT_CORE, "fsize": resource.RLIMIT_FSIZE}
+    for name, value in config["rlimits"].items():
         try:
-            resource.setrlimit(which, (value, value))
+            if value is not None:  # None (fsize): inherited, as prlimit leaves it for the bot
+                resource.setrlimit(which[name], (value, value))
         except (OSError, ValueError) as err:
-            raise _StepError(f"cannot set rlimit {which} to {value}: {err}") from None
+            raise _StepError(f"cannot set the {name} limit to {value}: {err}") from None
     _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1, "no_new_privs")
     program = bytes.fromhex(config["bpf"])
     if not program or len(program) % 8:
@@ -289,6 +326,7 @@ def _exec_child(config: dict[str, Any], libc: Any, report_fd: int) -> None:
         except OSError as err:
             raise _StepError(f"cannot change to {config['cwd']}: {err.strerror}") from None
         argv, env = config["argv"], dict(config["env"])
+        env["PWD"] = config["cwd"]  # as bubblewrap's --chdir sets it for the bot
         try:
             os.execvpe(argv[0], argv, env)  # noqa: S606 - an argv list, searched in the bot's PATH
         except FileNotFoundError:
