@@ -48,6 +48,10 @@ def add_commands(sub: Any) -> None:
     events.add_argument("bot", nargs="?", metavar="BOT")
     releases = sub.add_parser("releases", help="every applied `clawpen up`")
     releases.add_argument("--json", action="store_true", help="machine-readable output")
+    ex = sub.add_parser("exec", help="run a command inside a running bot's sandbox, as the bot")
+    ex.add_argument("--replica", type=int, default=0, help="which replica (default 0)")
+    ex.add_argument("bot", metavar="BOT")
+    ex.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     logs = sub.add_parser("logs", help="a bot's captured stdout and stderr")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument("--since", metavar="WHEN", help='e.g. "1h", "30m", "2026-11-24T10:00:00Z"')
@@ -211,7 +215,38 @@ def cmd_logs(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exec(ns: argparse.Namespace) -> int:
+    from clawpen.daemon.runtime import instance_plan
+    from clawpen.plan.build import HostFacts
+    from clawpen.sandbox.cgroups import detect
+    from clawpen.sandbox.enter import enter
+    from clawpen.sandbox.seccomp import bpf_for, default_policy
+    from clawpen.spec.models import Bot
+
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    if not command:
+        raise UsageError("no command to run", where="clawpen exec", hint="write: clawpen exec BOT -- sh")
+    target = _client().call("exec_target", bot=ns.bot, replica=ns.replica)
+    state = state_dir()
+    bot = Bot.model_validate(target["spec"], context={"base_dir": target["base_dir"]})
+    policy = default_policy()
+    plan = instance_plan(
+        bot, ns.bot, ns.replica, target["base_dir"], state_dir=state, host=HostFacts.probe(), seccomp=policy
+    )
+    proc = enter(
+        int(target["sandbox_pid"]),
+        plan,
+        detect().attach(target["cgroup"]),
+        command,
+        bpf=bpf_for(policy, state / "cache"),
+        new_group=False,
+    )
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
 COMMANDS = {
+    "exec": cmd_exec,
     "daemon": cmd_daemon,
     "up": cmd_up,
     "down": _simple("down"),

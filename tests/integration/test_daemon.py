@@ -269,3 +269,64 @@ def test_a_million_line_burst_arrives_complete_and_in_order(daemon: Daemon) -> N
     assert wait_for(lambda: logs.exists() and logs.stat().st_size > 1_000_000 * 30, 60, interval=0.2)
     numbers = [line.split(b" ", 2)[2] for line in logs.read_bytes().splitlines()]
     assert numbers == [str(i).encode() for i in range(1, 1_000_001)]
+
+
+def _bot_processes(uid_floor: int, name: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                uid = int((entry / "status").read_text().split("Uid:")[1].split()[0])
+                comm = (entry / "comm").read_text().strip()
+                if uid >= uid_floor and comm != "bwrap" and any(name.encode() in a for a in argv):
+                    out.append(int(entry.name))
+    return out
+
+
+def test_failing_health_check_restarts_the_bot(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.web]
+        command = ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1"]
+        health = { http = "http://127.0.0.1:8000/", interval = "0.5s", timeout = "0.5s", retries = 2 }
+        restart = { stop_grace = "1s" }
+    """)
+    daemon.cli("up")
+    first = daemon.wait_state("web", "running")["pid"]
+    assert wait_for(lambda: daemon.ps()["web"].get("health") == "healthy", 10, interval=0.1)
+    servers = _bot_processes(UID_BASE, "http.server")
+    assert servers
+    for pid in servers:  # wedge the server: alive, but no longer answering
+        os.kill(pid, signal.SIGSTOP)
+    assert wait_for(
+        lambda: any(e.get("to_state") == "unhealthy" for e in daemon.events("web")), 15, interval=0.2
+    )
+    assert wait_for(lambda: daemon.ps()["web"]["pid"] not in (None, first), 20, interval=0.2)
+    assert daemon.wait_state("web", "running")["restarts"] >= 1
+
+
+def test_health_failures_during_start_period_do_not_count(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.slow]
+        command = ["sh", "-c", "sleep 3; exec python3 -m http.server 8000 --bind 127.0.0.1"]
+        health = { http = "http://127.0.0.1:8000/", interval = "0.5s", timeout = "0.5s", retries = 2, start_period = "6s" }
+    """)
+    daemon.cli("up")
+    daemon.wait_state("slow", "running")
+    assert wait_for(lambda: daemon.ps()["slow"].get("health") == "healthy", 15, interval=0.2)
+    assert not any(e.get("to_state") == "unhealthy" for e in daemon.events("slow"))
+    assert daemon.ps()["slow"]["restarts"] == 0
+
+
+def test_exec_runs_inside_the_bot_as_the_bot(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sleep", "300"]
+    """)
+    daemon.cli("up")
+    daemon.wait_state("a", "running")
+    out = daemon.cli(
+        "exec", "a", "--", "sh", "-c", "id -u; hostname; grep Seccomp: /proc/self/status"
+    ).stdout.split()
+    assert int(out[0]) >= UID_BASE and out[1] == "a" and out[-1] == "2"
+    assert daemon.cli("exec", "a", "--", "sh", "-c", "exit 7", check=False).returncode == 7

@@ -281,11 +281,15 @@ class Instance:
 
     # ---------------------------------------------------------------- the sandbox
     def plan(self) -> Plan:
-        policy = self.bot.to_policy(self.name, self.base_dir)
-        env = (*policy.env, ("CLAWPEN_REPLICA", str(self.replica)))
-        policy = policy._replace(env=env)
-        ident = identity_for(self.name, self.svc.state_dir)
-        return build_plan(policy, ident, self.svc.host, self.svc.seccomp, die_with_parent=False)
+        return instance_plan(
+            self.bot,
+            self.name,
+            self.replica,
+            self.base_dir,
+            state_dir=self.svc.state_dir,
+            host=self.svc.host,
+            seccomp=self.svc.seccomp,
+        )
 
     def _paths(self) -> dict[str, Path]:
         base = self.svc.run_dir / f"{self.name}.{self.replica}"
@@ -499,20 +503,21 @@ class Instance:
         with contextlib.suppress(ClawpenError, ProcessLookupError):
             sandbox.cg.signal(signal.SIGTERM)
         pidfd = os.pidfd_open(sandbox.pid)
-        try:
-            loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(pidfd, _settle, done)
-            try:
-                await asyncio.wait_for(done, grace)
-            except TimeoutError:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(pidfd, _settle, done)
+        try:  # asyncio.wait, unlike wait_for, leaves the future alone on a timeout
+            if not (await asyncio.wait({done}, timeout=grace))[0]:
                 self.svc.note("kill", f"no exit {grace:g}s after SIGTERM: SIGKILL", self.name, self.replica)
                 with contextlib.suppress(ClawpenError):
                     sandbox.cg.kill()
-                await asyncio.wait_for(done, 5.0)
-            finally:
-                loop.remove_reader(pidfd)
+                if not (await asyncio.wait({done}, timeout=5.0))[0]:
+                    # bubblewrap's own monitor is stuck (stopped?): end it too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(sandbox.pid, signal.SIGKILL)
+                    await asyncio.wait({done}, timeout=5.0)
         finally:
+            loop.remove_reader(pidfd)
             os.close(pidfd)
 
     # ---------------------------------------------------------------- views
@@ -530,6 +535,23 @@ class Instance:
             "last_reason": None if self.last is None else self.last.reason,
             "health": self.health,
         }
+
+
+def instance_plan(
+    bot: Bot,
+    name: str,
+    replica: int,
+    base_dir: str,
+    *,
+    state_dir: Path,
+    host: HostFacts,
+    seccomp: SeccompPolicy,
+) -> Plan:
+    """The plan of one replica of a daemon-managed bot (also what `clawpen exec` enters)."""
+    policy = bot.to_policy(name, base_dir)
+    policy = policy._replace(env=(*policy.env, ("CLAWPEN_REPLICA", str(replica))))
+    ident = identity_for(name, state_dir)
+    return build_plan(policy, ident, host, seccomp, die_with_parent=False)
 
 
 def _settle(fut: asyncio.Future[None]) -> None:

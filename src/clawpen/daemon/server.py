@@ -233,6 +233,28 @@ class Daemon:
             "events": events,
         }
 
+    async def op_exec_target(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        """Where `clawpen exec` should enter: the running sandbox of a bot replica."""
+        name = self._names({"bots": [args.get("bot")]})[0]
+        replica = int(args.get("replica", 0))
+        insts = self._all(name)
+        sandbox = insts[replica].sandbox if replica < len(insts) else None
+        if sandbox is None or sandbox.sandbox_pid is None:
+            raise UsageError(
+                f"bot {name} (replica {replica}) is not running",
+                where="clawpen exec",
+                hint=f"clawpen start {name}",
+            )
+        row = self.store.bots()[name]
+        return {
+            "bot": name,
+            "replica": replica,
+            "sandbox_pid": sandbox.sandbox_pid,
+            "cgroup": f"{name}.{replica}",
+            "spec": row.policy["spec"],
+            "base_dir": row.policy["base_dir"],
+        }
+
     async def op_releases(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
         return self.store.releases(int(args.get("limit", 50)))
 
