@@ -18,7 +18,10 @@ from clawpen.paths import state_dir
 
 
 def add_commands(sub: Any) -> None:
-    sub.add_parser("daemon", help="run the supervisor daemon in the foreground")
+    daemon = sub.add_parser("daemon", help="run the supervisor daemon in the foreground (or: daemon install)")
+    daemon.add_argument("action", nargs="?", choices=["run", "install"], default="run")
+    daemon.add_argument("--dry-run", action="store_true", help="install: print the unit, write nothing")
+    daemon.add_argument("--unit-dir", metavar="DIR", help="install: where to write clawpen.service")
     up = sub.add_parser(
         "up", help="apply clawpen.toml: start new bots, restart changed ones, stop removed ones"
     )
@@ -78,10 +81,27 @@ def _ago(ts: float | None) -> str:
     return f"{secs}s"
 
 
-def cmd_daemon(_ns: argparse.Namespace) -> int:
+def cmd_daemon(ns: argparse.Namespace) -> int:
+    if ns.action == "install":
+        return _install_unit(ns)
     from clawpen.daemon.app import run_daemon
 
     return run_daemon(state_dir())
+
+
+def _install_unit(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clawpen.daemon import systemd
+
+    exe = os.path.join(os.path.dirname(sys.executable), "clawpen")
+    text = systemd.render_unit(exe, state_dir(), python=None)
+    if ns.dry_run:
+        print(text, end="")
+        return 0
+    path = systemd.install_unit(text, Path(ns.unit_dir or systemd.UNIT_DIR), reload=True)
+    print(systemd.next_steps(path, reloaded=systemd.systemd_running()))
+    return 0
 
 
 def cmd_up(ns: argparse.Namespace) -> int:

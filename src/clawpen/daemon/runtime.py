@@ -18,18 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import fcntl
 import os
 import signal
 import stat
-from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from clawpen.daemon import watchers as watch
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
+from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.errors import ClawpenError
 from clawpen.logs.store import Compressor
 from clawpen.logs.writer import LogWriter
@@ -41,11 +41,10 @@ from clawpen.sandbox.tier import RunResult, Stdio
 from clawpen.sandbox.users import identity_for
 from clawpen.spec.models import Bot
 from clawpen.supervisor.backoff import RestartPolicy, RestartTracker
-from clawpen.supervisor.schedule import ActiveWindow, CronSpec
+from clawpen.supervisor.schedule import ActiveWindow
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 
 S = BotState
-Verdict = tuple["Outcome", str] | None
 READ_CHUNK = 1 << 16
 PIPE_SIZE = 1 << 20
 
@@ -67,20 +66,7 @@ class Services(NamedTuple):
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
 
 
-class Outcome(enum.Enum):
-    """Why the watch over a running sandbox ended."""
-
-    EXITED = "exited"  # the bot ended by itself
-    STOP = "stop"  # a person asked
-    RESTART = "restart"  # a person asked
-    SCHEDULE_OFF = "schedule-off"  # its active window closed
-    CRON = "cron"  # schedule.restart came due
-    UNHEALTHY = "unhealthy"  # the health check failed `retries` times
-    MEMORY = "memory-pressure"  # memory stayed above the share of its limit
-
-
 REQUESTED = {Outcome.STOP: "stop requested", Outcome.RESTART: "restart requested"}
-MEMORY_CHECK_INTERVAL = 5.0
 
 
 class Instance:
@@ -258,7 +244,7 @@ class Instance:
         if not sched or not sched.active:
             return False
         window = ActiveWindow.parse(sched.active, sched.timezone)
-        now = self._now()
+        now = watch.now(self)
         if window.is_active(now):
             return False
         opens = window.next_change(now)
@@ -357,7 +343,7 @@ class Instance:
         pidfd = os.pidfd_open(sandbox.pid)
         loop.add_reader(pidfd, _settle, exited)
         self._wake.clear()
-        watchers = {loop.create_task(w) for w in self._watchers(sandbox)}
+        watchers = {loop.create_task(w) for w in watch.for_instance(self, sandbox)}
         try:
             while True:
                 if self._request is not None:
@@ -382,87 +368,6 @@ class Instance:
                 task.cancel()
             loop.remove_reader(pidfd)
             os.close(pidfd)
-
-    # ---------------------------------------------------------------- watchers
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.svc.clock(), tz=UTC)
-
-    def _watchers(self, sandbox: Sandbox | AdoptedSandbox) -> list[Coroutine[Any, Any, Verdict]]:
-        found: list[Coroutine[Any, Any, Verdict]] = []
-        sched = self.bot.schedule
-        if sched and sched.active:
-            found.append(self._window_closes(sched.active, sched.timezone))
-        if sched and sched.restart:
-            found.append(self._cron_due(sched.restart, sched.timezone))
-        if self.bot.memory_pressure and self.bot.resources.memory:
-            found.append(self._memory_pressure(sandbox))
-        if self.bot.health:
-            found.append(self._health(sandbox))
-        return found
-
-    async def _sleep_until(self, when: datetime) -> None:
-        await asyncio.sleep(max(0.0, when.timestamp() - self.svc.clock()))
-
-    async def _window_closes(self, active: str, tz: str | None) -> Verdict:
-        window = ActiveWindow.parse(active, tz)
-        change = window.next_change(self._now())
-        if change is None:
-            return None
-        await self._sleep_until(change)
-        return Outcome.SCHEDULE_OFF, f"outside its active window ({active})"
-
-    async def _cron_due(self, spec: str, tz: str | None) -> Verdict:
-        cron = CronSpec.parse(spec, tz)
-        await self._sleep_until(cron.next_after(self._now()))
-        return Outcome.CRON, f"scheduled restart ({spec})"
-
-    async def _memory_pressure(self, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
-        mp, limit = self.bot.memory_pressure, self.bot.resources.memory
-        if mp is None:
-            return None
-        interval = min(MEMORY_CHECK_INTERVAL, max(0.2, mp.for_ / 4))
-        above_since: float | None = None
-        while True:
-            await asyncio.sleep(interval)
-            current = sandbox.cg.stats().memory_current
-            now = self.svc.clock()
-            if current is not None and current > mp.share * limit:
-                above_since = above_since or now
-                if now - above_since >= mp.for_:
-                    share = current / limit
-                    return Outcome.MEMORY, (
-                        f"memory at {share:.0%} of its limit for {now - above_since:.0f}s "
-                        f"(memory_pressure: {mp.share:.0%} for {mp.for_:g}s)"
-                    )
-            else:
-                above_since = None
-
-    async def _health(self, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
-        from clawpen.daemon.health import HealthTracker, check_once
-        from clawpen.daemon.health import Verdict as HV
-
-        spec = self.bot.health
-        if spec is None:
-            return None
-        tracker = HealthTracker(spec, started_at=self.started_at or self.svc.clock())
-        plan = self.plan()
-        bpf = self.svc.bpf()
-        while True:
-            await asyncio.sleep(spec.interval)
-            if sandbox.sandbox_pid is None:
-                continue
-            result = await check_once(spec, sandbox.sandbox_pid, plan=plan, cgroup=sandbox.cg, bpf=bpf)
-            verdict = tracker.record(result, self.svc.clock())
-            self.health = "healthy" if result.ok else f"failing: {result.detail}"
-            if verdict is HV.BECAME_UNHEALTHY:
-                self._to(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
-                self.tracker.record_unhealthy(self.svc.clock())
-                if spec.on_unhealthy == "restart":
-                    return Outcome.UNHEALTHY, f"unhealthy: {result.detail}"
-            elif verdict is HV.RECOVERED:
-                self._to(S.RUNNING, f"health check passes again ({result.latency_s * 1000:.0f} ms)")
-            if result.ok:
-                self.tracker.record_healthy(self.svc.clock())
 
     def _drain(self, stream: str, fd: int) -> None:
         try:

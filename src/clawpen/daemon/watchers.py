@@ -1,0 +1,123 @@
+"""What watches a running bot besides its exit: the schedule window, cron restarts, memory
+pressure and the health check. Each watcher is a coroutine that returns ``(Outcome, reason)``
+when the bot must be stopped or restarted (the instance then acts on it), or ``None``."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from clawpen.supervisor.schedule import ActiveWindow, CronSpec
+from clawpen.supervisor.states import BotState as S
+
+if TYPE_CHECKING:
+    from clawpen.daemon.runtime import Instance
+    from clawpen.sandbox.adopt import AdoptedSandbox
+    from clawpen.sandbox.namespace import Sandbox
+
+MEMORY_CHECK_INTERVAL = 5.0
+
+
+class Outcome(enum.Enum):
+    """Why the watch over a running sandbox ended."""
+
+    EXITED = "exited"  # the bot ended by itself
+    STOP = "stop"  # a person asked
+    RESTART = "restart"  # a person asked
+    SCHEDULE_OFF = "schedule-off"  # its active window closed
+    CRON = "cron"  # schedule.restart came due
+    UNHEALTHY = "unhealthy"  # the health check failed `retries` times
+    MEMORY = "memory-pressure"  # memory stayed above the share of its limit
+
+
+Verdict = tuple[Outcome, str] | None
+
+
+def now(inst: Instance) -> datetime:
+    return datetime.fromtimestamp(inst.svc.clock(), tz=UTC)
+
+
+def for_instance(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> list[Coroutine[Any, Any, Verdict]]:
+    found: list[Coroutine[Any, Any, Verdict]] = []
+    sched = inst.bot.schedule
+    if sched and sched.active:
+        found.append(window_closes(inst, sched.active, sched.timezone))
+    if sched and sched.restart:
+        found.append(cron_due(inst, sched.restart, sched.timezone))
+    if inst.bot.memory_pressure and inst.bot.resources.memory:
+        found.append(memory_pressure(inst, sandbox))
+    if inst.bot.health:
+        found.append(health(inst, sandbox))
+    return found
+
+
+async def sleep_until(inst: Instance, when: datetime) -> None:
+    await asyncio.sleep(max(0.0, when.timestamp() - inst.svc.clock()))
+
+
+async def window_closes(inst: Instance, active: str, tz: str | None) -> Verdict:
+    window = ActiveWindow.parse(active, tz)
+    change = window.next_change(now(inst))
+    if change is None:
+        return None
+    await sleep_until(inst, change)
+    return Outcome.SCHEDULE_OFF, f"outside its active window ({active})"
+
+
+async def cron_due(inst: Instance, spec: str, tz: str | None) -> Verdict:
+    cron = CronSpec.parse(spec, tz)
+    await sleep_until(inst, cron.next_after(now(inst)))
+    return Outcome.CRON, f"scheduled restart ({spec})"
+
+
+async def memory_pressure(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
+    mp, limit = inst.bot.memory_pressure, inst.bot.resources.memory
+    if mp is None:
+        return None
+    interval = min(MEMORY_CHECK_INTERVAL, max(0.2, mp.for_ / 4))
+    above_since: float | None = None
+    while True:
+        await asyncio.sleep(interval)
+        current = sandbox.cg.stats().memory_current
+        now = inst.svc.clock()
+        if current is not None and current > mp.share * limit:
+            above_since = above_since or now
+            if now - above_since >= mp.for_:
+                share = current / limit
+                return Outcome.MEMORY, (
+                    f"memory at {share:.0%} of its limit for {now - above_since:.0f}s "
+                    f"(memory_pressure: {mp.share:.0%} for {mp.for_:g}s)"
+                )
+        else:
+            above_since = None
+
+
+async def health(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
+    from clawpen.daemon.health import HealthTracker, check_once
+    from clawpen.daemon.health import Verdict as HV
+
+    spec = inst.bot.health
+    if spec is None:
+        return None
+    tracker = HealthTracker(spec, started_at=inst.started_at or inst.svc.clock())
+    plan = inst.plan()
+    bpf = inst.svc.bpf()
+    while True:
+        await asyncio.sleep(spec.interval)
+        if sandbox.sandbox_pid is None:
+            continue
+        result = await check_once(spec, sandbox.sandbox_pid, plan=plan, cgroup=sandbox.cg, bpf=bpf)
+        verdict = tracker.record(result, inst.svc.clock())
+        inst.health = "healthy" if result.ok else f"failing: {result.detail}"
+        if verdict is HV.BECAME_UNHEALTHY:
+            inst._to(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
+            inst.tracker.record_unhealthy(inst.svc.clock())
+            if spec.on_unhealthy == "restart":
+                return Outcome.UNHEALTHY, f"unhealthy: {result.detail}"
+        elif verdict is HV.RECOVERED:
+            inst._to(S.RUNNING, f"health check passes again ({result.latency_s * 1000:.0f} ms)")
+        if result.ok:
+            inst.tracker.record_healthy(inst.svc.clock())
