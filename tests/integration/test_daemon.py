@@ -309,7 +309,12 @@ def test_health_failures_during_start_period_do_not_count(daemon: Daemon) -> Non
     daemon.write("""
         [bots.slow]
         command = ["sh", "-c", "sleep 3; exec python3 -m http.server 8000 --bind 127.0.0.1"]
-        health = { http = "http://127.0.0.1:8000/", interval = "0.5s", timeout = "0.5s", retries = 2, start_period = "6s" }
+        [bots.slow.health]
+        http = "http://127.0.0.1:8000/"
+        interval = "0.5s"
+        timeout = "0.5s"
+        retries = 2
+        start_period = "6s"
     """)
     daemon.cli("up")
     daemon.wait_state("slow", "running")
@@ -330,3 +335,35 @@ def test_exec_runs_inside_the_bot_as_the_bot(daemon: Daemon) -> None:
     ).stdout.split()
     assert int(out[0]) >= UID_BASE and out[1] == "a" and out[-1] == "2"
     assert daemon.cli("exec", "a", "--", "sh", "-c", "exit 7", check=False).returncode == 7
+
+
+def test_follow_streams_new_events_and_log_lines(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sh", "-c", "sleep 1; echo hello-from-a; sleep 300"]
+    """)
+    daemon.cli("ps")  # the daemon is up
+    events = subprocess.Popen(
+        [CLAWPEN, "events", "-f", "--json"], env=daemon.env, stdout=subprocess.PIPE, text=True
+    )
+    logs = None
+    try:
+        daemon.cli("up")
+        assert events.stdout is not None
+        seen: list[dict] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(e.get("to_state") == "running" for e in seen):
+            seen.append(json.loads(events.stdout.readline()))
+        assert any(e.get("to_state") == "running" and e.get("bot") == "a" for e in seen)
+        logs = subprocess.Popen(
+            [CLAWPEN, "logs", "-f", "a"], env=daemon.env, stdout=subprocess.PIPE, text=True
+        )
+        assert logs.stdout is not None
+        assert "hello-from-a" in logs.stdout.readline()
+    finally:
+        for proc in (events, logs):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
