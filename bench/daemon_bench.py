@@ -31,7 +31,8 @@ the ratio to the anchor and PASS or FAIL against each target:
    Target: request -> the bot's first instruction p50 <= 15 ms. Then a second daemon (the same
    ``run_daemon``, started with timing wrappers around ``Instance._start_sandbox``, ``plan``,
    ``NamespaceTier.start``, ``Sandbox.setup``/``spawn``/``_read_child_pid`` and ``Cgroup.add``)
-   starts the probe bot again, to show where the time goes inside the daemon.
+   starts the probe bot again, interleaved with starts where ``Cgroup.add`` does nothing (a
+   what-if: the start if joining the cgroup cost nothing), to show where the time goes.
 
 Everything started is stopped at the end (``clawpen down`` and SIGTERM for the daemon,
 SIGTERM for supervisord, ``pm2 kill``) and the temporary folder is removed. Exits 0 when every
@@ -1118,9 +1119,11 @@ def bench_start(
 
 # ------------------------------------------------------------------------------------ 3b. split
 # The real daemon (`clawpen daemon`'s run_daemon), with monotonic marks around the steps of
-# Instance._start_sandbox; one JSON line per start goes to the file named by argv[1].
+# Instance._start_sandbox; one JSON line per start goes to the file named by argv[1]. While
+# "<argv[1]>.skip-join" exists, Cgroup.add does nothing (what-if runs: the bot then runs outside
+# its cgroup, for the few microseconds the probe lives).
 DAEMON_SPLIT = """
-import json, sys, time
+import json, os, sys, time
 from clawpen.daemon import runtime
 from clawpen.daemon.app import run_daemon
 from clawpen.paths import state_dir
@@ -1148,6 +1151,11 @@ def timed_write(path, data, step, **kw):
         if step == "add" and "w0" not in marks:
             marks["w0"], marks["w1"] = t, time.monotonic()
 cgroups._write = timed_write
+add = cgroups.Cgroup.add
+def maybe_add(self, pid):  # what-if runs: the bench creates this file to skip the join
+    if not os.path.exists(sys.argv[1] + ".skip-join"):
+        add(self, pid)
+cgroups.Cgroup.add = maybe_add
 start_sandbox = runtime.Instance._start_sandbox
 async def timed_start(self):
     marks.clear()
@@ -1198,8 +1206,11 @@ def bench_split(
         cwd="/",
     )
     out.close()
+    skip = Path(f"{marks_path}.skip-join")
     stats = {name: Stat(name) for name, _, _ in SPLIT_STEPS}
+    whatif = {name: Stat(name) for name, _, _ in SPLIT_STEPS}
     request = Stat("request on the socket -> first instruction")
+    request_whatif = Stat(request.name)
     try:
 
         def up() -> bool:
@@ -1212,22 +1223,33 @@ def bench_split(
         wait_until(up, 20, "the instrumented daemon")
         cp.cli("up", "-f", str(spec), bot)
         wait_until(lambda: cp.states().get(bot) == "stopped", 30, f"{bot}'s first run", 0.1)
-        for i in range(warmup + n):
-            run = start_socket(cp, bot)
+        for i in range(2 * (warmup + n)):
+            skipping = i % 2 == 1  # interleaved: A B A B ...
+            if skipping:
+                skip.touch()
+            try:
+                run = start_socket(cp, bot)
+            finally:
+                skip.unlink(missing_ok=True)
             marks = json.loads(marks_path.read_text().splitlines()[-1])
-            if i < warmup:
+            if i < 2 * warmup:
                 continue
-            request.values.append(run.request)
+            (request_whatif if skipping else request).values.append(run.request)
             off = marks["off"]
             marks["starting"] = run.raw["starting"] - off
             marks["first"] = run.raw["first"] - off
             for name, a, b in SPLIT_STEPS:
-                stats[name].values.append((marks[b] - marks[a]) * 1000)
+                if a in marks and b in marks:
+                    (whatif if skipping else stats)[name].values.append((marks[b] - marks[a]) * 1000)
     finally:
+        skip.unlink(missing_ok=True)
         cp.close()
         terminate(proc.pid)
         proc.wait()
     rep.table("split", [request, *stats.values()])
+    print("  what-if, interleaved with the above: the same with the cgroup join skipped (the bot then")
+    print("  runs outside its cgroup; for scale only: the start if the join cost nothing)")
+    rep.table("split_without_join", [request_whatif, *(s for s in whatif.values() if s.values)])
 
 
 # ------------------------------------------------------------------------------------ main
