@@ -107,3 +107,14 @@ def test_run_as_non_root_says_why(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", "--", "true"]) == 1
     err = capsys.readouterr().err
     assert "needs root" in err and "hint: run clawpen as root" in err
+
+
+def test_daemon_commands_as_non_root_say_why(tmp_path, monkeypatch, capsys):
+    from clawpen import cli
+
+    monkeypatch.setenv("CLAWPEN_HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert cli.main(["ps"]) == 1
+    err = capsys.readouterr().err
+    assert "need root" in err and "hint:" in err
+    assert not (tmp_path / "daemon.log").exists()

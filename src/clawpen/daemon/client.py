@@ -34,6 +34,12 @@ class Client:
 
     def ensure_daemon(self, *, quiet: bool = False) -> None:
         """Start the daemon in the background if nothing answers on the socket."""
+        if os.geteuid() != 0:
+            raise HostError(
+                "the daemon's commands need root: its socket is root's alone",
+                where=str(self.path),
+                hint="run clawpen as root (sudo clawpen ...)",
+            )
         try:
             self.call("ping", autostart=False)
             return
