@@ -367,3 +367,25 @@ def test_follow_streams_new_events_and_log_lines(daemon: Daemon) -> None:
                 proc.wait()
                 if proc.stdout is not None:
                     proc.stdout.close()
+
+
+def test_a_bot_that_ended_for_good_stays_down_after_a_daemon_restart(daemon: Daemon) -> None:
+    daemon.write("""
+        [bots.once]
+        command = ["sh", "-c", "echo done"]
+        restart = { policy = "no" }
+        [bots.steady]
+        command = ["sleep", "300"]
+    """)
+    daemon.cli("up")
+    daemon.wait_state("once", "stopped")
+    daemon.wait_state("steady", "running")
+    old = daemon.pid()
+    assert old
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), 5)
+    rows = daemon.ps()  # a new daemon
+    assert rows["once"]["state"] == "stopped" and rows["steady"]["state"] == "running"
+    time.sleep(0.5)
+    starts = [e for e in daemon.events("once") if e.get("to_state") == "starting"]
+    assert len(starts) == 1, "a bot whose policy said no restart was started again"

@@ -116,6 +116,12 @@ class Instance:
         self.svc.note("adopt", f"adopted the running sandbox (pid {row.pid})", self.name, self.replica)
         self.task = asyncio.get_running_loop().create_task(self.run(sandbox), name=f"bot {self.label}")
 
+    def rest(self, state: BotState, row: InstanceRow) -> None:
+        """Restore an instance that had come to rest (stopped, crashloop, failed) without starting it."""
+        self.machine = BotStateMachine(self.name, self.replica, state, self.svc.clock())
+        self.restarts = row.restarts
+        self.started_at = row.started_at
+
     def stop(self) -> None:
         self._request = Outcome.STOP
         self._wake.set()

@@ -21,7 +21,7 @@ from clawpen.errors import ClawpenError, UsageError
 from clawpen.sandbox.adopt import same_process
 from clawpen.spec.loader import load_spec
 from clawpen.spec.models import Bot
-from clawpen.supervisor.states import Transition
+from clawpen.supervisor.states import BotState, Transition, is_terminal_for_policy
 
 Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[Any]]
 
@@ -94,6 +94,8 @@ class Daemon:
                 saved = rows.get((name, inst.replica))
                 if saved is not None and same_process(saved.pid, saved.pid_start) and saved.cgroup:
                     inst.adopt(saved)
+                elif saved is not None and is_terminal_for_policy(BotState(saved.state)):
+                    inst.rest(BotState(saved.state), saved)  # it had ended for good: leave it so
                 else:
                     inst.start()
                     self.note("restore", "started again after a daemon start", name, inst.replica)
