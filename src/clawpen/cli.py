@@ -46,6 +46,12 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ro", action="append", default=[], metavar="PATH", help="extra host path, read-only")
     g.add_argument("--rw", action="append", default=[], metavar="PATH", help="extra host path, read-write")
     g.add_argument("--net", choices=["none"], default="none", help="network: none (loopback only)")
+    g.add_argument(
+        "--secret", action="append", default=[], metavar="NAME", help="vault secret at /run/secrets/NAME"
+    )
+    g.add_argument(
+        "--secret-env", action="append", default=[], metavar="NAME", help="vault secret as env var too"
+    )
     p.add_argument("-f", "--file", metavar="FILE", help="take the bot from a spec file (clawpen.toml)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -72,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     from clawpen import cli_daemon
 
     cli_daemon.add_commands(sub)
+    from clawpen import cli_secrets
+
+    cli_secrets.add_commands(sub)
     return parser
 
 
@@ -104,6 +113,8 @@ def _plan_from_args(ns: argparse.Namespace) -> Plan:
             env=ns.env,
             ro=ns.ro,
             rw=ns.rw,
+            secrets=ns.secret,
+            secret_env=ns.secret_env,
         )
     ident = identity_for(policy.name, state_dir())
     return build_plan(policy, ident, HostFacts.probe(), default_policy())
@@ -151,9 +162,20 @@ def cmd_run(ns: argparse.Namespace) -> int:
             hint="check the name, or mount its folder with --ro",
         )
         return EXIT_NOT_FOUND
-    result = NamespaceTier(state_dir()).run(plan, timeout=ns.timeout)
+    secrets = _secret_values(plan)
+    result = NamespaceTier(state_dir()).run(plan, timeout=ns.timeout, secrets=secrets)
     _report(result, ns.json)
     return result.exit_code
+
+
+def _secret_values(plan: Plan) -> dict[str, bytes]:
+    names = [m.source for m in plan.mounts if m.kind == "secret" and m.source]
+    if not names:
+        return {}
+    from clawpen.paths import state_dir
+    from clawpen.vault.store import Vault
+
+    return Vault(state_dir()).values_for(names)
 
 
 def _missing_command(plan: Plan) -> str | None:
@@ -264,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if ns.cmd in COMMANDS:
             return COMMANDS[ns.cmd](ns)
+        from clawpen import cli_secrets
+
+        if ns.cmd in cli_secrets.COMMANDS:
+            return int(cli_secrets.COMMANDS[ns.cmd](ns))
         from clawpen import cli_daemon
 
         return int(cli_daemon.COMMANDS[ns.cmd](ns))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Clawpen, session_uid_base
+from helpers import Clawpen, DaemonCli, session_uid_base
 
 UID_BASE = session_uid_base()
 
@@ -34,3 +35,15 @@ def pub() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
+    spec_dir = Path(tempfile.mkdtemp(prefix="clawpen-d-", dir="/tmp"))
+    spec_dir.chmod(0o755)
+    d = DaemonCli(tmp_path / "state", spec_dir, UID_BASE)
+    try:
+        yield d
+    finally:
+        d.shutdown()
+        subprocess.run(["rm", "-rf", str(spec_dir)], check=False)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -255,3 +256,60 @@ def remove_stale_cgroups(clawpen_pid: int) -> None:
         for cg in hierarchy.glob(f"clawpen/*-{clawpen_pid}"):
             with contextlib.suppress(OSError):
                 cg.rmdir()
+
+
+class DaemonCli:
+    """`clawpen` commands against a private state directory; stops its daemon at the end."""
+
+    def __init__(self, home: Path, spec_dir: Path, uid_base: int) -> None:
+        self.home = home
+        self.spec = spec_dir / "clawpen.toml"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
+        self.env.update(CLAWPEN_HOME=str(home), CLAWPEN_UID_BASE=str(uid_base))
+
+    def write(self, text: str) -> None:
+        self.spec.write_text(textwrap.dedent(text))
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [CLAWPEN, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            cwd=self.spec.parent,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"clawpen {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def ps(self) -> dict[str, dict]:
+        return {r["bot"] if not r["replica"] else f"{r['bot']}[{r['replica']}]": r for r in self.json("ps")}
+
+    def events(self, bot: str) -> list[dict]:
+        out = self.cli("events", bot, "--json").stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.home / "daemon.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def wait_state(self, bot: str, state: str, timeout: float = 15) -> dict:
+        found = wait_for(lambda: self.ps().get(bot, {}).get("state") == state, timeout, interval=0.1)
+        assert found, f"{bot} never became {state}: {self.ps().get(bot)}"
+        return self.ps()[bot]
+
+    def shutdown(self) -> None:
+        pid = self.pid()
+        with contextlib.suppress(Exception):
+            self.cli("down", check=False, timeout=30)
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not alive(pid), 15)

@@ -20,6 +20,7 @@ from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts
 from clawpen.sandbox.namespace import NamespaceTier
 from clawpen.sandbox.seccomp import bpf_for, default_policy
+from clawpen.vault.store import Vault
 
 SWEEP_INTERVAL = 3600.0
 
@@ -50,6 +51,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
             record=daemon.record,
             bpf=lambda: bpf_for(policy, cache_dir(state)),
             compressor=compressor,
+            secrets=lambda names: Vault(state).values_for(names) if names else {},
             note=daemon.note,
         )
 

@@ -43,6 +43,7 @@ from clawpen.spec.models import Bot
 from clawpen.supervisor.backoff import RestartPolicy, RestartTracker
 from clawpen.supervisor.schedule import ActiveWindow
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
+from clawpen.vault.redact import Redactor
 
 S = BotState
 READ_CHUNK = 1 << 16
@@ -63,6 +64,7 @@ class Services(NamedTuple):
     record: Callable[[Transition], None]
     bpf: Callable[[], bytes]
     compressor: Compressor
+    secrets: Callable[[list[str]], dict[str, bytes]]  # vault values by name
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
 
 
@@ -87,6 +89,7 @@ class Instance:
         self._wake = asyncio.Event()
         self._request: Outcome | None = None
         self._why = ""
+        self._secrets: dict[str, bytes] = {}
         self.health: str | None = None
         self._manual_start = True
         self.task: asyncio.Task[None] | None = None
@@ -297,6 +300,7 @@ class Instance:
 
     async def _start_sandbox(self) -> Sandbox:
         plan = self.plan()
+        self._secrets = self.svc.secrets(list(self.bot.secrets))
         self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         bot_ends: dict[str, int] = {}
         pipes: dict[str, int] = {}
@@ -323,6 +327,7 @@ class Instance:
                     cgroup_name=f"{self.name}.{self.replica}",
                     stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
                     status_fd=status_fd,
+                    secrets=self._secrets,
                 ),
             )
         except BaseException:
@@ -338,7 +343,14 @@ class Instance:
 
     async def _watch(self, sandbox: Sandbox | AdoptedSandbox) -> Outcome:
         loop = asyncio.get_running_loop()
-        writer = LogWriter(self.svc.logs_dir, self.log_name, self.svc.clock, compressor=self.svc.compressor)
+        redactor = Redactor(self._secrets) if self._secrets else None
+        writer = LogWriter(
+            self.svc.logs_dir,
+            self.log_name,
+            self.svc.clock,
+            compressor=self.svc.compressor,
+            redact=redactor.redact if redactor else None,
+        )
         self._writer = writer
         self._eof: dict[str, asyncio.Future[None]] = {}
         for stream, fd in self._pipes.items():

@@ -174,6 +174,7 @@ class LogWriter:
         compressor: store.Compressor | None = None,
         compress_level: int = store.DEFAULT_LEVEL,
         file_mode: int = 0o640,
+        redact: Callable[[bytes], bytes] | None = None,
     ) -> None:
         if not store.LOG_NAME.match(bot):
             raise UsageError(
@@ -190,6 +191,7 @@ class LogWriter:
         self._compressor = compressor
         self._level = compress_level
         self._mode = file_mode
+        self._redact = redact  # applied to complete lines, so a secret is never split
         self._framers = {"out": LineFramer(max_line), "err": LineFramer(max_line)}
         self._sec = -1
         self._head = b""
@@ -249,6 +251,8 @@ class LogWriter:
     def _emit(self, block: bytes, tag: bytes) -> None:
         if self._fd < 0:
             raise UsageError(f"the log writer of {self.bot} is closed")
+        if self._redact is not None:
+            block = self._redact(block)
         now = self._clock()
         sec, micros = divmod(round(now * 1_000_000), 1_000_000)
         if sec != self._sec:

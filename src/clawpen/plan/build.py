@@ -23,6 +23,7 @@ ETC_ALLOWED = (
     "ssl/certs", "ssl/openssl.cnf", "timezone", "debian_version", "lsb-release", "xdg",
 )  # fmt: skip
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SECRETS_DIR = "/run/secrets"
 NAMESPACES = ("user", "pid", "mount", "ipc", "uts", "cgroup", "net")
 SHM_SIZE = 16 << 20
 RUN_SIZE = 1 << 20
@@ -123,6 +124,7 @@ def build_plan(
         mounts.append(Mount("rw", WORKSPACE, source=policy.workspace, pin=True))
     mounts += [Mount("ro", dest, source=src, pin=True) for src, dest in policy.ro]
     mounts += [Mount("rw", dest, source=src, pin=True) for src, dest in policy.rw]
+    mounts += [Mount("secret", f"{SECRETS_DIR}/{name}", source=name, mode=0o400) for name in policy.secrets]
     mounts.append(Mount("remount-ro", "/"))
     quota = None if policy.cpus is None else max(1000, round(policy.cpus * 100_000))
     return Plan(
@@ -146,6 +148,7 @@ def build_plan(
         workspace=policy.workspace,
         disk_max=policy.disk,
         die_with_parent=die_with_parent,
+        secret_env=policy.secret_env,
     )
 
 

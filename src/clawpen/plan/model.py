@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-MountKind = Literal["ro", "rw", "tmpfs", "proc", "dev", "dir", "symlink", "data", "remount-ro"]
+MountKind = Literal["ro", "rw", "tmpfs", "proc", "dev", "dir", "symlink", "data", "secret", "remount-ro"]
 
 
 class Mount(NamedTuple):
@@ -22,6 +22,8 @@ class Mount(NamedTuple):
     ``ro``/``rw``: bind ``source`` (a host path) at ``dest``; ``tmpfs``: a fresh tmpfs of
     ``size`` bytes; ``proc``/``dev``: fresh procfs / minimal /dev; ``dir``: an empty directory;
     ``symlink``: ``dest`` points at ``source``; ``data``: a read-only file holding ``data``;
+    ``secret``: a read-only file holding the vault secret named ``source`` (the value is never
+    in the plan: the tier reads it from the vault when it builds the sandbox);
     ``remount-ro``: make ``dest`` read-only once everything below it is in place.
     ``pin``: the host path is opened by the root parent and handed to bubblewrap as a file
     descriptor, so the bot's uid needs no access to the path's parent folders and a path swapped
@@ -101,6 +103,7 @@ class Plan(NamedTuple):
     workspace: str | None = None
     disk_max: int | None = None
     die_with_parent: bool = True
+    secret_env: tuple[str, ...] = ()  # vault secrets also given as environment variables
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as printed by ``clawpen plan --json``."""

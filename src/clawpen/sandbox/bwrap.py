@@ -33,10 +33,16 @@ class BwrapFds(NamedTuple):
     status: int | None = None
     data: Mapping[str, int] = MappingProxyType({})
     pinned: Mapping[str, int] = MappingProxyType({})
+    # Secret environment values: they travel only inside the --args memfd, never on an argv.
+    secret_env: Mapping[str, str] = MappingProxyType({})
 
 
 def _mount_args(m: Mount, fds: BwrapFds) -> list[str]:
-    perms = ["--perms", f"{m.mode:04o}"] if m.mode is not None and m.kind in ("tmpfs", "dir", "data") else []
+    perms = (
+        ["--perms", f"{m.mode:04o}"]
+        if m.mode is not None and m.kind in ("tmpfs", "dir", "data", "secret")
+        else []
+    )
     match m.kind:
         case "ro" | "rw":
             if m.pin:
@@ -54,7 +60,7 @@ def _mount_args(m: Mount, fds: BwrapFds) -> list[str]:
             return [*perms, "--dir", m.dest]
         case "symlink":
             return ["--symlink", str(m.source), m.dest]
-        case "data":
+        case "data" | "secret":
             return [*perms, "--ro-bind-data", str(fds.data[m.dest]), m.dest]
         case "remount-ro":
             return ["--remount-ro", m.dest]
@@ -73,7 +79,7 @@ def bwrap_argv(plan: Plan, fds: BwrapFds, bwrap: str = "bwrap") -> list[str]:
     for m in plan.mounts:
         argv += _mount_args(m, fds)
     argv += ["--chdir", plan.cwd, "--clearenv"]
-    for name, value in plan.env:
+    for name, value in (*plan.env, *fds.secret_env.items()):
         argv += ["--setenv", name, value]
     if fds.seccomp is not None:
         argv += ["--seccomp", str(fds.seccomp)]

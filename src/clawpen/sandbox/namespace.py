@@ -24,8 +24,9 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
+from types import FrameType, MappingProxyType
 
 from clawpen.errors import HostError, SandboxError
 from clawpen.paths import cache_dir
@@ -152,9 +153,11 @@ class NamespaceTier:
         self._cgroups = cgroup_host
         self._kill_grace = kill_grace
 
-    def run(self, plan: Plan, *, timeout: float | None = None) -> RunResult:
+    def run(
+        self, plan: Plan, *, timeout: float | None = None, secrets: Mapping[str, bytes] = MappingProxyType({})
+    ) -> RunResult:
         """Run ``plan`` in the foreground (``clawpen run``): stdio inherited, signals forwarded."""
-        sandbox = self.start(plan)
+        sandbox = self.start(plan, secrets=secrets)
         try:
             return sandbox.wait(timeout)
         finally:
@@ -167,12 +170,15 @@ class NamespaceTier:
         cgroup_name: str | None = None,
         stdio: Stdio = INHERIT,
         status_fd: int | None = None,
+        secrets: Mapping[str, bytes] = MappingProxyType({}),
     ) -> Sandbox:
         """Build the sandbox and start the bot; the caller waits (``sandbox.pidfd``), then calls
         :meth:`Sandbox.collect` and :meth:`Sandbox.teardown`. ``status_fd`` receives
         bubblewrap's JSON status, including the exit code, even if the caller is gone by then."""
         _become_subreaper()
-        sandbox = Sandbox(self, plan, cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}", stdio=stdio)
+        sandbox = Sandbox(
+            self, plan, cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}", stdio=stdio, secrets=secrets
+        )
         try:
             sandbox.setup(status_fd)
             sandbox.spawn()
@@ -190,7 +196,16 @@ class NamespaceTier:
 class Sandbox:
     """One started sandbox; every resource it opens is released by :meth:`teardown`."""
 
-    def __init__(self, tier: NamespaceTier, plan: Plan, *, cgroup_name: str, stdio: Stdio) -> None:
+    def __init__(
+        self,
+        tier: NamespaceTier,
+        plan: Plan,
+        *,
+        cgroup_name: str,
+        stdio: Stdio,
+        secrets: Mapping[str, bytes] = MappingProxyType({}),
+    ) -> None:
+        self.secrets = secrets
         self.tier = tier
         self.plan = plan
         self.cgroup_name = cgroup_name
@@ -232,6 +247,16 @@ class Sandbox:
         """The host pid of the sandbox's pid 1 (in the bot's namespaces and cgroup)."""
         return None if self.sandbox is None else self.sandbox[0]
 
+    def _secret(self, name: str) -> bytes:
+        try:
+            return self.secrets[name]
+        except KeyError:
+            raise SandboxError(
+                f"secret {name} was not handed to the sandbox",
+                where="files",
+                hint=f"clawpen secrets set {name}",
+            ) from None
+
     def setup(self, status_fd: int | None = None) -> None:
         plan = self.plan
         if os.geteuid() != 0:
@@ -261,6 +286,8 @@ class Sandbox:
         for m in plan.mounts:
             if m.kind == "data" and m.data is not None:
                 data[m.dest] = self._keep(_memfd("clawpen-file", m.data.encode()))
+            elif m.kind == "secret" and m.source is not None:
+                data[m.dest] = self._keep(_memfd("clawpen-secret", self._secret(m.source)))
             elif m.pin and m.source:
                 try:
                     pinned[m.dest] = self._keep(os.open(m.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
@@ -274,7 +301,13 @@ class Sandbox:
         self.info_r, info_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         self.info_w = info_w
         self.bwrap_fds = BwrapFds(
-            block=self.block_r, info=info_w, seccomp=seccomp_fd, status=status_fd, data=data, pinned=pinned
+            block=self.block_r,
+            info=info_w,
+            seccomp=seccomp_fd,
+            status=status_fd,
+            data=data,
+            pinned=pinned,
+            secret_env={n: self._secret(n).decode(errors="replace") for n in plan.secret_env},
         )
         argv = bwrap_argv(plan, self.bwrap_fds, self.tier._bwrap)
         split = argv.index("--")

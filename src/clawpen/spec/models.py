@@ -185,6 +185,22 @@ class Bot(_Model):
     replicas: int = Field(1, ge=1, le=64, description="instances to run; each gets CLAWPEN_REPLICA")
     schedule: Schedule | None = None
     memory_pressure: MemoryPressure | None = None
+    secrets: list[str] = Field(default_factory=list, description="vault secrets, as /run/secrets/NAME (0400)")
+    secret_env: list[str] = Field(
+        default_factory=list, description="of `secrets`, those also set as env vars"
+    )
+
+    @model_validator(mode="after")
+    def _secret_names(self) -> Bot:
+        for name in self.secrets:
+            rules.check_secret_name(name)
+        stray = [n for n in self.secret_env if n not in self.secrets]
+        if stray:
+            raise rules.RuleViolation(
+                f"secret_env names {', '.join(stray)}, which is not in secrets",
+                "list every secret in `secrets` first; secret_env picks which also become env vars",
+            )
+        return self
 
     @field_validator("command")
     @classmethod
@@ -246,6 +262,8 @@ class Bot(_Model):
             ro=tuple(mount(p, False) for p in self.filesystem.ro),
             rw=tuple(mount(p, True) for p in self.filesystem.rw),
             network=self.network.mode,
+            secrets=tuple(self.secrets),
+            secret_env=tuple(self.secret_env),
         )
 
 

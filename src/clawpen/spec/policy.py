@@ -41,6 +41,8 @@ class BotPolicy(NamedTuple):
     ro: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path)
     rw: tuple[tuple[str, str], ...] = ()
     network: str = "none"
+    secrets: tuple[str, ...] = ()  # vault names, delivered as /run/secrets/NAME (mode 0400)
+    secret_env: tuple[str, ...] = ()  # of those, the ones also set as environment variables
 
 
 def check_memory(value: int) -> int:
@@ -107,6 +109,8 @@ def policy_from_flags(
     env: Sequence[str] = (),
     ro: Sequence[str] = (),
     rw: Sequence[str] = (),
+    secrets: Sequence[str] = (),
+    secret_env: Sequence[str] = (),
 ) -> BotPolicy:
     """Build a policy from ``clawpen run`` flags, with the same rules as a spec file."""
     if not command:
@@ -143,6 +147,10 @@ def policy_from_flags(
         tmp=DEFAULT_TMP if tmp_size is None else tmp_size,
         ro=tuple(mount(p, False, "--ro") for p in ro),
         rw=tuple(mount(p, True, "--rw") for p in rw),
+        secrets=tuple(
+            _flag("--secret", rules.check_secret_name, n) for n in dict.fromkeys((*secrets, *secret_env))
+        ),
+        secret_env=tuple(_flag("--secret-env", rules.check_secret_name, n) for n in secret_env),
     )
 
 

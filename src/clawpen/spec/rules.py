@@ -174,6 +174,18 @@ def check_env_name(name: str) -> str:
     return name
 
 
+SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+
+
+def check_secret_name(name: str) -> str:
+    if not SECRET_NAME.match(name):
+        raise RuleViolation(
+            f"secret name {name!r} is not allowed",
+            "use upper-case letters, digits and '_', e.g. OPENAI_API_KEY",
+        )
+    return name
+
+
 def check_env_value(name: str, value: str) -> str:
     if "\0" in value:
         raise RuleViolation(f"environment variable {name} contains a NUL byte", "remove the NUL byte")

@@ -1,0 +1,144 @@
+"""``clawpen secrets ...`` and ``clawpen audit-log`` on the command line: parse, call, render.
+
+A secret's value is read from a file (``--from-file``), from stdin when it is not a terminal, or
+from a prompt that does not echo; it is never printed. Every ``secrets`` command appends a record
+(the secret's name only) to the audit log, which ``clawpen audit-log --verify`` checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clawpen.errors import UsageError
+from clawpen.paths import state_dir
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``secrets`` and ``audit-log`` to the main parser's subcommands."""
+    secrets = sub.add_parser("secrets", help="store, list and remove encrypted secrets for bots")
+    actions = secrets.add_subparsers(dest="secrets_cmd", metavar="ACTION", required=True)
+    put = actions.add_parser("set", help="store a secret (value from --from-file, stdin, or a prompt)")
+    put.add_argument("name", metavar="NAME", help="e.g. API_TOKEN")
+    put.add_argument("--from-file", metavar="FILE", help="read the value from FILE, byte for byte")
+    ls = actions.add_parser("ls", help="list secret names and when each was set (never values)")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    rm = actions.add_parser("rm", help="remove a secret")
+    rm.add_argument("name", metavar="NAME")
+    actions.add_parser("rotate-key", help="re-encrypt every secret under a new master key")
+    audit = sub.add_parser("audit-log", help="show the audit log of secret changes (or --verify it)")
+    audit.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 if tampered")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _who() -> str:
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
+
+
+def _strip_newline(value: bytes) -> bytes:
+    """Drop one trailing newline (``\\n`` or ``\\r\\n``), as ``echo`` and a prompt add one."""
+    if value.endswith(b"\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith(b"\n") else value
+
+
+def _read_value(ns: argparse.Namespace) -> bytes:
+    if ns.from_file:
+        try:
+            return Path(ns.from_file).read_bytes()
+        except OSError as err:
+            raise UsageError(
+                f"cannot read {ns.from_file}: {err.strerror}",
+                where="clawpen secrets set --from-file",
+                hint="give a readable file",
+            ) from None
+    if not sys.stdin.isatty():
+        return _strip_newline(sys.stdin.buffer.read())
+    import getpass
+
+    first = getpass.getpass(f"value for {ns.name}: ")
+    if getpass.getpass(f"again, to confirm {ns.name}: ") != first:
+        raise UsageError("the two values differ", where="clawpen secrets set", hint="try again")
+    return _strip_newline(first.encode())
+
+
+def _vault(state: Path) -> Any:
+    from clawpen.vault.store import Vault
+
+    return Vault(state)
+
+
+def cmd_secrets(ns: argparse.Namespace) -> int:
+    """Run one ``clawpen secrets ACTION``."""
+    from clawpen import audit
+    from clawpen.vault.store import check_name
+
+    state = state_dir()
+    vault = _vault(state)
+    action = ns.secrets_cmd
+    if action == "set":
+        check_name(ns.name)
+        value = _read_value(ns)
+        if not value:
+            raise UsageError(
+                f"empty value for {ns.name}", where="clawpen secrets set", hint="give a value, or use rm"
+            )
+        vault.set(ns.name, value)
+        audit.append(state, _who(), "secrets.set", {"name": ns.name})
+        print(f"secret {ns.name} set", file=sys.stderr)
+    elif action == "ls":
+        entries = vault.entries()
+        audit.append(state, _who(), "secrets.ls", {"count": len(entries)})
+        if ns.json:
+            print(json.dumps([{"name": e.name, "set_at": e.set_at} for e in entries], indent=2))
+        else:
+            for e in entries:
+                print(f"{e.name:<32} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.set_at))}")
+    elif action == "rm":
+        vault.remove(ns.name)
+        audit.append(state, _who(), "secrets.rm", {"name": ns.name})
+        print(f"secret {ns.name} removed", file=sys.stderr)
+    else:  # rotate-key
+        count = vault.rotate_key()
+        audit.append(state, _who(), "secrets.rotate-key", {"count": count})
+        print(f"master key rotated; {count} secret{'s' if count != 1 else ''} re-encrypted", file=sys.stderr)
+    return 0
+
+
+def cmd_audit_log(ns: argparse.Namespace) -> int:
+    """``clawpen audit-log [--verify] [--json]``: 0 when intact, 1 when tampered with."""
+    from clawpen import audit
+
+    state = state_dir()
+    if not ns.verify:
+        for rec in audit.read(state):
+            if ns.json:
+                print(json.dumps(rec))
+            else:
+                detail = " ".join(f"{k}={v}" for k, v in sorted(rec.get("detail", {}).items()))
+                print(
+                    f"{rec.get('seq', '?'):>5}  {rec.get('ts', '?')}  {rec.get('who', '?'):<12} "
+                    f"{rec.get('action', '?'):<20} {detail}"
+                )
+        return 0
+    problems = audit.verify(state)
+    count = len(audit.read(state))
+    if ns.json:
+        print(json.dumps({"ok": not problems, "records": count, "problems": problems}, indent=2))
+    elif not problems:
+        print(f"audit log intact: {count} record{'s' if count != 1 else ''}")
+    else:
+        path = state / audit.AUDIT_FILE
+        print(f"error: the audit log has been tampered with ({path})", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        print("hint: restore it from a backup and find out who changed it", file=sys.stderr)
+    return 1 if problems else 0
+
+
+COMMANDS = {"secrets": cmd_secrets, "audit-log": cmd_audit_log}
