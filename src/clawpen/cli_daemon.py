@@ -51,6 +51,17 @@ def add_commands(sub: Any) -> None:
     events.add_argument("bot", nargs="?", metavar="BOT")
     releases = sub.add_parser("releases", help="every applied `clawpen up`")
     releases.add_argument("--json", action="store_true", help="machine-readable output")
+    tok = sub.add_parser("token", help="API tokens with a role: viewer, operator, admin")
+    tok_sub = tok.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    create = tok_sub.add_parser("create", help="make a token (shown once)")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    create.add_argument("--name", default="", help="what the token is for")
+    create.add_argument("--expires", metavar="DURATION", help='e.g. "30d"; default: never')
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    tok_ls = tok_sub.add_parser("ls", help="list tokens (ids and roles, never the secrets)")
+    tok_ls.add_argument("--json", action="store_true", help="machine-readable output")
+    revoke = tok_sub.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("id", metavar="ID")
     ex = sub.add_parser("exec", help="run a command inside a running bot's sandbox, as the bot")
     ex.add_argument("--replica", type=int, default=0, help="which replica (default 0)")
     ex.add_argument("bot", metavar="BOT")
@@ -265,7 +276,37 @@ def cmd_exec(ns: argparse.Namespace) -> int:
     return 128 - code if code < 0 else code
 
 
+def cmd_token(ns: argparse.Namespace) -> int:
+    client = _client()
+    action = ns.token_action
+    if action == "create":
+        from clawpen.spec.units import UnitError, parse_duration
+
+        try:
+            expires = parse_duration(ns.expires) if ns.expires else None
+        except UnitError as err:
+            raise UsageError(str(err), where="--expires", hint=err.hint) from None
+        made = client.call("token_create", role=ns.role, name=ns.name, expires_in=expires)
+        if ns.json:
+            print(json.dumps(made))
+        else:
+            print(made["token"])
+            print(f"token {made['id']} ({made['role']}): keep it now, it is not shown again", file=sys.stderr)
+    elif action == "ls":
+        rows = client.call("token_ls")
+        if ns.json:
+            print(json.dumps(rows, indent=2))
+        for r in [] if ns.json else rows:
+            until = _ts(r["expires"]) if r.get("expires") else "never"
+            print(f"{r['id']}  {r['role']:<8}  expires {until}  {r.get('name', '')}")
+    else:
+        client.call("token_revoke", id=ns.id)
+        print(f"token {ns.id} revoked", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
+    "token": cmd_token,
     "exec": cmd_exec,
     "daemon": cmd_daemon,
     "up": cmd_up,

@@ -73,14 +73,35 @@ def _vault(state: Path) -> Any:
     return Vault(state)
 
 
+def _through_daemon(ns: argparse.Namespace, action: str) -> int:
+    """With a token, go through the daemon, which checks the token's role and audits."""
+    import base64
+
+    from clawpen.daemon.client import Client
+
+    client = Client(state_dir())
+    if action == "set":
+        client.call("secrets_set", name=ns.name, value_b64=base64.b64encode(_read_value(ns)).decode())
+        print(f"secret {ns.name} set", file=sys.stderr)
+    elif action == "rm":
+        client.call("secrets_rm", name=ns.name)
+        print(f"secret {ns.name} removed", file=sys.stderr)
+    else:
+        entries = client.call("secrets_ls")
+        print(json.dumps(entries, indent=2) if ns.json else "\n".join(e["name"] for e in entries))
+    return 0
+
+
 def cmd_secrets(ns: argparse.Namespace) -> int:
     """Run one ``clawpen secrets ACTION``."""
     from clawpen import audit
     from clawpen.vault.store import check_name
 
     state = state_dir()
-    vault = _vault(state)
     action = ns.secrets_cmd
+    if os.environ.get("CLAWPEN_TOKEN") and action in ("set", "ls", "rm"):
+        return _through_daemon(ns, action)
+    vault = _vault(state)
     if action == "set":
         check_name(ns.name)
         value = _read_value(ns)

@@ -5,6 +5,7 @@
     ├── ConfigError              a spec that does not load or validate     (exit 2)
     │   └── PolicyError          a spec that breaks a security rule        (exit 2)
     ├── HostError                the host lacks something a tier needs     (exit 1)
+    ├── AccessError              a token or role does not allow the action  (exit 1)
     └── SandboxError             a sandbox step failed; names the step     (exit 125)
 
 Every error carries ``what`` (one sentence), ``where`` (a file:line, a field path or a step name)
@@ -53,6 +54,10 @@ class PolicyError(ConfigError):
 
 class HostError(ClawpenError):
     """The host lacks a feature or tool that the chosen tier needs."""
+
+
+class AccessError(ClawpenError):
+    """The caller's token is missing, unknown, expired, or its role does not allow the action."""
 
 
 class SandboxError(ClawpenError):

@@ -72,11 +72,19 @@ class Client:
             hint=f"read {log}, or run `clawpen daemon` in the foreground to see why",
         )
 
+    @staticmethod
+    def _request(op: str, args: dict[str, Any]) -> dict[str, Any]:
+        request: dict[str, Any] = {"op": op, "args": args}
+        token = os.environ.get("CLAWPEN_TOKEN")
+        if token:
+            request["token"] = token
+        return request
+
     def call(self, op: str, autostart: bool = True, **args: Any) -> Any:
         if autostart:
             self.ensure_daemon()
         with self._connect() as sock:
-            sock.sendall(rpc.encode({"op": op, "args": args}))
+            sock.sendall(rpc.encode(self._request(op, args)))
             with sock.makefile("rb") as stream:
                 line = stream.readline(rpc.MAX_LINE)
         if not line:
@@ -86,7 +94,7 @@ class Client:
     def stream(self, op: str, **args: Any) -> Iterator[Any]:
         self.ensure_daemon()
         with self._connect() as sock:
-            sock.sendall(rpc.encode({"op": op, "args": args}))
+            sock.sendall(rpc.encode(self._request(op, args)))
             with sock.makefile("rb") as stream:
                 for line in stream:
                     reply = json.loads(line)

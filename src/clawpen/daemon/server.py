@@ -7,21 +7,63 @@ the socket is ``<state>/clawpen.sock``, mode 0600, so only root may use it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from clawpen import audit
 from clawpen.daemon import rpc
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Event, Store, policy_hash
-from clawpen.errors import ClawpenError, UsageError
+from clawpen.errors import AccessError, ClawpenError, UsageError
 from clawpen.sandbox.adopt import same_process
 from clawpen.spec.loader import load_spec
 from clawpen.spec.models import Bot
 from clawpen.supervisor.states import BotState, Transition, is_terminal_for_policy
+from clawpen.tokens import TokenStore, role_allows
+from clawpen.vault.store import Vault
+
+# The least role each operation needs (tokens.ROLES: viewer < operator < admin).
+OP_ROLES = {
+    "ping": "viewer",
+    "ps": "viewer",
+    "status": "viewer",
+    "events": "viewer",
+    "releases": "viewer",
+    "start": "operator",
+    "stop": "operator",
+    "restart": "operator",
+    "up": "admin",
+    "down": "admin",
+    "exec_target": "admin",
+    "secrets_set": "admin",
+    "secrets_ls": "admin",
+    "secrets_rm": "admin",
+    "token_create": "admin",
+    "token_ls": "admin",
+    "token_revoke": "admin",
+}
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
+
+
+def _audit_detail(op: str, args: dict[str, Any], result: Any) -> dict[str, Any]:
+    """What the audit log keeps of an action: never a secret value or a token."""
+    detail = {k: v for k, v in args.items() if k not in ("value_b64", "token")}
+    if op == "up" and isinstance(result, dict):
+        detail.update(release=result.get("release"), before=result.get("before"), after=result.get("after"))
+    if op == "token_create" and isinstance(result, dict):
+        detail["id"] = result.get("id")
+    return detail
+
 
 Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[Any]]
 
@@ -155,6 +197,8 @@ class Daemon:
                 plan["remove"] = sorted(set(current) - wanted)
             if args.get("dry_run"):
                 return {"dry_run": True, **plan}
+            previous = self.store.releases(1)
+            before = previous[0]["spec_hash"] if previous else None
             summary = "; ".join(f"{k} {', '.join(v)}" for k, v in plan.items() if v and k != "unchanged")
             release = self.store.add_release(
                 str(args.get("who", "root")), str(path.resolve()), loaded.text, summary or "no change"
@@ -170,7 +214,8 @@ class Daemon:
                 bot = loaded.spec.bots[name]
                 self._launch(name, bot, str(loaded.base_dir))
             self.note("release", f"release {release}: {summary or 'no change'}")
-            return {"release": release, **plan}
+            after = self.store.releases(1)[0]["spec_hash"]
+            return {"release": release, "before": before, "after": after, **plan}
 
     async def op_down(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
         names = self._names(args)
@@ -286,10 +331,15 @@ class Daemon:
                 return
             try:
                 request = json.loads(line)
-                op = getattr(self, f"op_{request['op']}", None)
-                if op is None:
-                    raise UsageError(f"unknown operation {request['op']!r}", where="daemon")
-                result = await op(request.get("args") or {}, writer)
+                name = str(request["op"])
+                op = getattr(self, f"op_{name}", None)
+                if op is None or name not in OP_ROLES:
+                    raise UsageError(f"unknown operation {name!r}", where="daemon")
+                args = request.get("args") or {}
+                who = self._authorize(name, request.get("token"), writer)
+                result = await op(args, writer)
+                if OP_ROLES[name] != "viewer":
+                    audit.append(self.services.state_dir, who, name, _audit_detail(name, args, result))
                 writer.write(rpc.ok(result))
             except ClawpenError as err:
                 writer.write(rpc.error(err))
@@ -301,6 +351,54 @@ class Daemon:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def _authorize(self, op: str, token: str | None, writer: asyncio.StreamWriter) -> str:
+        """Who is calling, if their role allows ``op``: root on the socket is admin; a token has
+        its own role (root included, so an operator's view can be tried)."""
+        needed = OP_ROLES[op]
+        if token:
+            found = TokenStore(self.services.state_dir).check(str(token))
+            if not role_allows(found.role, needed):
+                raise AccessError(
+                    f"{_article(found.role)} {found.role} token may not {op.replace('_', ' ')}",
+                    where=f"token {found.id}",
+                    hint=f"this needs the {needed} role",
+                )
+            return f"token {found.id} ({found.role})"
+        sock = writer.get_extra_info("socket")
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != 0:
+            raise AccessError(
+                "only root may use the daemon without a token", where="daemon", hint="set CLAWPEN_TOKEN"
+            )
+        return "root"
+
+    # ---------------------------------------------------------------- secrets and tokens
+    async def op_secrets_set(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        name = str(args["name"])
+        Vault(self.services.state_dir).set(name, base64.b64decode(str(args["value_b64"])))
+        return {"set": name}
+
+    async def op_secrets_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        return [e._asdict() for e in Vault(self.services.state_dir).entries()]
+
+    async def op_secrets_rm(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        Vault(self.services.state_dir).remove(str(args["name"]))
+        return {"removed": args["name"]}
+
+    async def op_token_create(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        token, secret = TokenStore(self.services.state_dir).create(
+            str(args["role"]), name=str(args.get("name", "")), expires_in=args.get("expires_in")
+        )
+        return {**token._asdict(), "token": secret}
+
+    async def op_token_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        return [t._asdict() for t in TokenStore(self.services.state_dir).list()]
+
+    async def op_token_revoke(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+        TokenStore(self.services.state_dir).revoke(str(args["id"]))
+        return {"revoked": args["id"]}
 
     async def shutdown(self) -> None:
         """Stop supervising: bots keep running only if the daemon is killed; a clean shutdown
