@@ -152,3 +152,8 @@ def verify(state_dir: Path) -> list[str]:
         prev_line = line
         prev_seq = seq if isinstance(seq, int) else prev_seq + 1
     return problems
+
+
+def caller() -> str:
+    """Who is acting, for the audit log: the sudo user, else the login user, else the uid."""
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"

@@ -142,7 +142,9 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def _who() -> str:
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or f"uid {os.getuid()}"
+    from clawpen.audit import caller
+
+    return caller()
 
 
 def _simple(op: str) -> Any:
