@@ -31,7 +31,7 @@ def add_commands(sub: Any) -> None:
     rm = actions.add_parser("rm", help="remove a secret")
     rm.add_argument("name", metavar="NAME")
     actions.add_parser("rotate-key", help="re-encrypt every secret under a new master key")
-    audit = sub.add_parser("audit-log", help="show the audit log of operator and admin actions (or --verify it)")
+    audit = sub.add_parser("audit-log", help="the audit log of operator and admin actions")
     audit.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 if tampered")
     audit.add_argument("--json", action="store_true", help="machine-readable output")
 
