@@ -51,7 +51,9 @@ def test_operator_restarts_but_may_not_change_spec_or_secrets(daemon: DaemonCli)
 
     assert as_token(daemon, viewer, "ps").returncode == 0
     assert as_token(daemon, viewer, "stop", "a").returncode == 1
+    pid = daemon.pid()
     assert as_token(daemon, "cpt_00000000_forged", "ps").returncode == 1
+    assert daemon.pid() == pid, "a refused token must not make the CLI start a second daemon"
 
     records = [json.loads(line) for line in daemon.cli("audit-log", "--json").stdout.splitlines()]
     actions = [(r["who"], r["action"]) for r in records]

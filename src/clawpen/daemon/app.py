@@ -58,7 +58,24 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     return Daemon(store, services)
 
 
+def _running_daemon(state: Path) -> int | None:
+    """The pid of a daemon already serving ``state``, if there is one."""
+    try:
+        pid = int((state / "daemon.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and b"clawpen" in cmdline and b"daemon" in cmdline else None
+
+
 async def serve(state: Path) -> None:
+    other = _running_daemon(state)
+    if other is not None:
+        raise HostError(
+            f"a clawpen daemon (pid {other}) already serves {state}",
+            where=str(state / "daemon.pid"),
+            hint=f"stop it first (kill -TERM {other}), or use another CLAWPEN_HOME",
+        )
     daemon = build(state)
     path = socket_path(state)
     with contextlib.suppress(FileNotFoundError):

@@ -43,7 +43,9 @@ class Client:
         try:
             self.call("ping", autostart=False)
             return
-        except (OSError, rpc.RemoteError):
+        except rpc.RemoteError:
+            return  # it answered (perhaps refusing our token): it runs
+        except OSError:
             pass
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = self.state / "daemon.log"
