@@ -123,9 +123,10 @@ def cmd_up(ns: argparse.Namespace) -> int:
             where="clawpen up -f",
             hint="run `clawpen init`, or pass -f FILE",
         )
-    result = _client().call("up", file=path, bots=ns.bots, dry_run=ns.dry_run, who=_who())
-    if ns.json:
-        print(json.dumps(result, indent=2))
+    from clawpen.audit import caller
+
+    result = _fetch(ns, "up", file=path, bots=ns.bots, dry_run=ns.dry_run, who=caller())
+    if result is None:
         return 0
     head = "would" if ns.dry_run else f"release {result.get('release')}:"
     for key, verb in (
@@ -141,12 +142,6 @@ def cmd_up(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _who() -> str:
-    from clawpen.audit import caller
-
-    return caller()
-
-
 def _simple(op: str) -> Any:
     def run(ns: argparse.Namespace) -> int:
         result = _client().call(op, bots=ns.bots)
@@ -160,14 +155,27 @@ def _simple(op: str) -> Any:
     return run
 
 
-def cmd_ps(ns: argparse.Namespace) -> int:
-    rows = _client().call("ps")
+def _fetch(ns: argparse.Namespace, op: str, **args: Any) -> Any:
+    """Call ``op``; with ``--json`` print the reply as it is and return None (nothing to render)."""
+    data = _client().call(op, **args)
     if ns.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(data, indent=2))
+        return None
+    return data
+
+
+def _label(row: dict[str, Any]) -> str:
+    """``bot`` for replica 0, ``bot[N]`` for the others (as :attr:`Instance.label`)."""
+    return f"{row['bot']}[{row['replica']}]" if row.get("replica") else str(row.get("bot") or "daemon")
+
+
+def cmd_ps(ns: argparse.Namespace) -> int:
+    rows = _fetch(ns, "ps")
+    if rows is None:
         return 0
     print(f"{'BOT':<20} {'STATE':<14} {'PID':>8} {'UPTIME':>7} {'RESTARTS':>8}  LAST EXIT")
     for r in rows:
-        label = r["bot"] if not r.get("replica") else f"{r['bot']}[{r['replica']}]"
+        label = _label(r)
         up = _ago(r.get("started_at")) if r.get("pid") else "-"
         last = "-" if r.get("last_exit") is None else f"{r['last_exit']} ({r.get('last_reason')})"
         print(
@@ -177,9 +185,8 @@ def cmd_ps(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
-    data = _client().call("status", bots=ns.bots)
-    if ns.json:
-        print(json.dumps(data, indent=2))
+    data = _fetch(ns, "status", bots=ns.bots)
+    if data is None:
         return 0
     print(f"bot      {data['bot']} (desired: {data['desired']}, release {data['release']})")
     for inst in data["instances"]:
@@ -204,18 +211,15 @@ def cmd_events(ns: argparse.Namespace) -> int:
         if ns.json:
             print(json.dumps(e), flush=True)
         else:
-            who = e.get("bot") or "daemon"
-            if e.get("replica"):
-                who += f"[{e['replica']}]"
+            who = _label(e)
             change = f"{e.get('from_state')} -> {e.get('to_state')}" if e.get("to_state") else e["kind"]
             print(f"{_ts(e['at'])}  {who:<16} {change:<26} {e['reason']}", flush=True)
     return 0
 
 
 def cmd_releases(ns: argparse.Namespace) -> int:
-    rows = _client().call("releases")
-    if ns.json:
-        print(json.dumps(rows, indent=2))
+    rows = _fetch(ns, "releases")
+    if rows is None:
         return 0
     print(f"{'ID':>4}  {'WHEN':<19}  {'WHO':<10} {'HASH':<16}  SUMMARY")
     for r in rows:

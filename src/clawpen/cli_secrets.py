@@ -36,12 +36,6 @@ def add_commands(sub: Any) -> None:
     audit.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _who() -> str:
-    from clawpen.audit import caller
-
-    return caller()
-
-
 def _strip_newline(value: bytes) -> bytes:
     """Drop one trailing newline (``\\n`` or ``\\r\\n``), as ``echo`` and a prompt add one."""
     if value.endswith(b"\r\n"):
@@ -112,11 +106,11 @@ def cmd_secrets(ns: argparse.Namespace) -> int:
                 f"empty value for {ns.name}", where="clawpen secrets set", hint="give a value, or use rm"
             )
         vault.set(ns.name, value)
-        audit.append(state, _who(), "secrets.set", {"name": ns.name})
+        audit.append(state, audit.caller(), "secrets.set", {"name": ns.name})
         print(f"secret {ns.name} set", file=sys.stderr)
     elif action == "ls":
         entries = vault.entries()
-        audit.append(state, _who(), "secrets.ls", {"count": len(entries)})
+        audit.append(state, audit.caller(), "secrets.ls", {"count": len(entries)})
         if ns.json:
             print(json.dumps([{"name": e.name, "set_at": e.set_at} for e in entries], indent=2))
         else:
@@ -124,11 +118,11 @@ def cmd_secrets(ns: argparse.Namespace) -> int:
                 print(f"{e.name:<32} {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e.set_at))}")
     elif action == "rm":
         vault.remove(ns.name)
-        audit.append(state, _who(), "secrets.rm", {"name": ns.name})
+        audit.append(state, audit.caller(), "secrets.rm", {"name": ns.name})
         print(f"secret {ns.name} removed", file=sys.stderr)
     else:  # rotate-key
         count = vault.rotate_key()
-        audit.append(state, _who(), "secrets.rotate-key", {"count": count})
+        audit.append(state, audit.caller(), "secrets.rotate-key", {"count": count})
         print(f"master key rotated; {count} secret{'s' if count != 1 else ''} re-encrypted", file=sys.stderr)
     return 0
 

@@ -270,12 +270,21 @@ class DaemonCli:
     def write(self, text: str) -> None:
         self.spec.write_text(textwrap.dedent(text))
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 60,
+        token: str | None = None,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """``clawpen ARGS`` in the spec's folder; with ``token``, as that token (CLAWPEN_TOKEN)."""
         result = subprocess.run(
             [CLAWPEN, *args],
             capture_output=True,
             text=True,
-            env=self.env,
+            input=stdin,
+            env={**self.env, "CLAWPEN_TOKEN": token} if token else self.env,
             timeout=timeout,
             cwd=self.spec.parent,
         )

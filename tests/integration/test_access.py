@@ -7,7 +7,7 @@ import json
 import subprocess
 
 import pytest
-from helpers import CLAWPEN, DaemonCli
+from helpers import DaemonCli
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
@@ -15,16 +15,7 @@ pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 def as_token(
     daemon: DaemonCli, token: str, *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**daemon.env, "CLAWPEN_TOKEN": token}
-    return subprocess.run(
-        [CLAWPEN, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        input=stdin,
-        cwd=daemon.spec.parent,
-        timeout=60,
-    )
+    return daemon.cli(*args, check=False, token=token, stdin=stdin)
 
 
 def test_operator_restarts_but_may_not_change_spec_or_secrets(daemon: DaemonCli) -> None:

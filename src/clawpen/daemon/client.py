@@ -82,10 +82,18 @@ class Client:
             request["token"] = token
         return request
 
+    def _open(self, autostart: bool) -> socket.socket:
+        """A connection to the daemon; when none answers and ``autostart``, start it first."""
+        try:
+            return self._connect()
+        except OSError:
+            if not autostart:
+                raise
+        self.ensure_daemon()
+        return self._connect()
+
     def call(self, op: str, autostart: bool = True, **args: Any) -> Any:
-        if autostart:
-            self.ensure_daemon()
-        with self._connect() as sock:
+        with self._open(autostart) as sock:
             sock.sendall(rpc.encode(self._request(op, args)))
             with sock.makefile("rb") as stream:
                 line = stream.readline(rpc.MAX_LINE)
@@ -94,8 +102,7 @@ class Client:
         return rpc.raise_for(json.loads(line))
 
     def stream(self, op: str, **args: Any) -> Iterator[Any]:
-        self.ensure_daemon()
-        with self._connect() as sock:
+        with self._open(autostart=True) as sock:
             sock.sendall(rpc.encode(self._request(op, args)))
             with sock.makefile("rb") as stream:
                 for line in stream:
