@@ -56,6 +56,16 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+# Modules with more commands: each has ``add_commands(subparsers)`` and ``COMMANDS`` (name -> fn).
+COMMAND_MODULES = ("clawpen.cli_daemon", "clawpen.cli_secrets")
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(name) for name in COMMAND_MODULES]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clawpen", description="Run automation bots in isolated, limited sandboxes.")
     parser.add_argument("--version", action="version", version=f"clawpen {__version__}")
@@ -75,12 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of clawpen.toml")
     doctor = sub.add_parser("doctor", help="check this host for what clawpen needs, with fixes")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    from clawpen import cli_daemon
-
-    cli_daemon.add_commands(sub)
-    from clawpen import cli_secrets
-
-    cli_secrets.add_commands(sub)
+    for module in _command_modules():
+        module.add_commands(sub)
     return parser
 
 
@@ -286,13 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if ns.cmd in COMMANDS:
             return COMMANDS[ns.cmd](ns)
-        from clawpen import cli_secrets
-
-        if ns.cmd in cli_secrets.COMMANDS:
-            return int(cli_secrets.COMMANDS[ns.cmd](ns))
-        from clawpen import cli_daemon
-
-        return int(cli_daemon.COMMANDS[ns.cmd](ns))
+        for module in _command_modules():
+            if ns.cmd in module.COMMANDS:
+                return int(module.COMMANDS[ns.cmd](ns))
+        raise UsageError(f"unknown command {ns.cmd!r}", where="clawpen", hint="see `clawpen --help`")
     except ClawpenError as err:
         if debug:
             raise

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
@@ -23,6 +24,23 @@ from clawpen.sandbox.seccomp import bpf_for, default_policy
 from clawpen.vault.store import Vault
 
 SWEEP_INTERVAL = 3600.0
+
+
+class Component(Protocol):
+    """A long-lived part of the daemon (gateway, metrics collector, HTTP API...): started after
+    the bots are restored, stopped before they are."""
+
+    name: str
+
+    async def start(self, daemon: Daemon) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def components(state: Path) -> list[Component]:
+    """Every component, in start order (each module adds its own line here)."""
+    found: list[Component] = []
+    return found
 
 
 def socket_path(state: Path) -> Path:
@@ -90,6 +108,10 @@ async def serve(state: Path) -> None:
     pid_file.write_text(f"{os.getpid()}\n")
     daemon.note("daemon", f"daemon started (pid {os.getpid()})")
     daemon.restore()
+    started: list[Component] = []
+    for part in components(state):
+        await part.start(daemon)
+        started.append(part)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +122,11 @@ async def serve(state: Path) -> None:
         await stop.wait()
         sweeper.cancel()
         server.close()
+        for part in reversed(started):
+            try:
+                await part.stop()
+            except Exception as err:  # one component must not keep the others up
+                daemon.note("daemon", f"{part.name} did not stop cleanly: {err}")
         daemon.note("daemon", "daemon stopping: stopping every bot")
         await daemon.shutdown()
     for leftover in (path, pid_file):

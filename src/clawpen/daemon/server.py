@@ -15,7 +15,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clawpen import audit
 from clawpen.daemon import rpc
@@ -65,7 +65,15 @@ def _audit_detail(op: str, args: dict[str, Any], result: Any) -> dict[str, Any]:
     return detail
 
 
-Handler = Callable[[dict[str, Any], asyncio.StreamWriter], Awaitable[Any]]
+Handler = Callable[[dict[str, Any], asyncio.StreamWriter | None], Awaitable[Any]]
+
+
+class Op(NamedTuple):
+    """An operation contributed by another part of clawpen (metrics, network, ...): the least
+    role it needs and its handler. ``writer`` is None when the caller is the HTTP API."""
+
+    role: str
+    handler: Handler
 
 
 class Daemon:
@@ -77,6 +85,36 @@ class Daemon:
         self.instances: dict[str, list[Instance]] = {}
         self.up_lock = asyncio.Lock()
         self.subscribers: set[asyncio.Queue[Event]] = set()
+        self.extra_ops: dict[str, Op] = {}
+
+    def add_ops(self, ops: dict[str, Op]) -> None:
+        """Register operations of another module (see :mod:`clawpen.daemon.app`)."""
+        clash = set(ops) & (set(self.extra_ops) | set(OP_ROLES))
+        if clash:
+            raise ValueError(f"operations registered twice: {sorted(clash)}")
+        self.extra_ops.update(ops)
+
+    def role_for(self, name: str) -> str | None:
+        """The least role operation ``name`` needs, or None if there is no such operation."""
+        if name in OP_ROLES:
+            return OP_ROLES[name]
+        extra = self.extra_ops.get(name)
+        return extra.role if extra else None
+
+    async def dispatch(
+        self, name: str, args: dict[str, Any], who: str, writer: asyncio.StreamWriter | None = None
+    ) -> Any:
+        """Run operation ``name`` for an already authorized caller ``who``; audit what changes
+        things. The Unix socket and the HTTP API both come through here."""
+        role = self.role_for(name)
+        if role is None:
+            raise UsageError(f"unknown operation {name!r}", where="daemon")
+        extra = self.extra_ops.get(name)
+        handler: Handler = extra.handler if extra else getattr(self, f"op_{name}")
+        result = await handler(args, writer)
+        if role != "viewer":
+            audit.append(self.services.state_dir, who, name, _audit_detail(name, args, result))
+        return result
 
     # ---------------------------------------------------------------- events
     def record(self, change: Transition) -> None:
@@ -155,10 +193,10 @@ class Daemon:
         return names or sorted(known)
 
     # ---------------------------------------------------------------- operations
-    async def op_ping(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_ping(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         return {"pid": os.getpid()}
 
-    async def op_up(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_up(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         path = Path(str(args["file"]))
         loaded = load_spec(path)  # raises ConfigError: nothing applied
         wanted = set(args.get("bots") or loaded.spec.bots)
@@ -217,7 +255,7 @@ class Daemon:
             after = self.store.releases(1)[0]["spec_hash"]
             return {"release": release, "before": before, "after": after, **plan}
 
-    async def op_down(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_down(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         names = self._names(args)
         async with self.up_lock:
             for name in names:
@@ -226,14 +264,14 @@ class Daemon:
                 self.note("remove", "removed by `clawpen down`", name)
         return {"removed": names}
 
-    async def op_stop(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_stop(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         names = self._names(args)
         for name in names:
             self.store.set_desired(name, "stopped", manual_stop=True)
         await self._stop_instances([i for n in names for i in self._all(n)])
         return {"stopped": names}
 
-    async def op_start(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_start(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         names = self._names(args)
         rows = self.store.bots()
         for name in names:
@@ -246,7 +284,7 @@ class Daemon:
                     inst.start()
         return {"started": names}
 
-    async def op_restart(self, args: dict[str, Any], w: asyncio.StreamWriter) -> Any:
+    async def op_restart(self, args: dict[str, Any], w: asyncio.StreamWriter | None) -> Any:
         names = self._names(args)
         for name in names:
             if name not in self.instances:
@@ -255,7 +293,7 @@ class Daemon:
                 inst.restart()
         return {"restarted": names}
 
-    async def op_ps(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_ps(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         rows = self.store.bots()
         out = []
         for name in sorted(rows):
@@ -265,7 +303,7 @@ class Daemon:
             out += [i.status() for i in insts]
         return out
 
-    async def op_status(self, args: dict[str, Any], w: asyncio.StreamWriter) -> Any:
+    async def op_status(self, args: dict[str, Any], w: asyncio.StreamWriter | None) -> Any:
         name = self._names(args)[0] if args.get("bots") else None
         if name is None:
             raise UsageError("name a bot", where="clawpen status", hint="write: clawpen status BOT")
@@ -280,7 +318,7 @@ class Daemon:
             "events": events,
         }
 
-    async def op_exec_target(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_exec_target(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         """Where `clawpen exec` should enter: the running sandbox of a bot replica."""
         name = self._names({"bots": [args.get("bot")]})[0]
         replica = int(args.get("replica", 0))
@@ -302,13 +340,13 @@ class Daemon:
             "base_dir": row.policy["base_dir"],
         }
 
-    async def op_releases(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_releases(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         return self.store.releases(int(args.get("limit", 50)))
 
-    async def op_events(self, args: dict[str, Any], w: asyncio.StreamWriter) -> Any:
+    async def op_events(self, args: dict[str, Any], w: asyncio.StreamWriter | None) -> Any:
         bot = args.get("bot")
         past = self.store.events(bot=bot, limit=int(args.get("limit", 100)))
-        if not args.get("follow"):
+        if not args.get("follow") or w is None:
             return [e._asdict() for e in past]
         for event in past:
             w.write(rpc.item(event._asdict()))
@@ -332,14 +370,11 @@ class Daemon:
             try:
                 request = json.loads(line)
                 name = str(request["op"])
-                op = getattr(self, f"op_{name}", None)
-                if op is None or name not in OP_ROLES:
+                if self.role_for(name) is None:
                     raise UsageError(f"unknown operation {name!r}", where="daemon")
                 args = request.get("args") or {}
                 who = self._authorize(name, request.get("token"), writer)
-                result = await op(args, writer)
-                if OP_ROLES[name] != "viewer":
-                    audit.append(self.services.state_dir, who, name, _audit_detail(name, args, result))
+                result = await self.dispatch(name, args, who, writer)
                 writer.write(rpc.ok(result))
             except ClawpenError as err:
                 writer.write(rpc.error(err))
@@ -355,16 +390,8 @@ class Daemon:
     def _authorize(self, op: str, token: str | None, writer: asyncio.StreamWriter) -> str:
         """Who is calling, if their role allows ``op``: root on the socket is admin; a token has
         its own role (root included, so an operator's view can be tried)."""
-        needed = OP_ROLES[op]
         if token:
-            found = TokenStore(self.services.state_dir).check(str(token))
-            if not role_allows(found.role, needed):
-                raise AccessError(
-                    f"{_article(found.role)} {found.role} token may not {op.replace('_', ' ')}",
-                    where=f"token {found.id}",
-                    hint=f"this needs the {needed} role",
-                )
-            return f"token {found.id} ({found.role})"
+            return self.authorize_token(op, str(token))
         sock = writer.get_extra_info("socket")
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         _pid, uid, _gid = struct.unpack("3i", creds)
@@ -374,29 +401,41 @@ class Daemon:
             )
         return "root"
 
+    def authorize_token(self, op: str, token: str) -> str:
+        """Who holds ``token``, if its role allows ``op`` (raises AccessError otherwise)."""
+        needed = self.role_for(op) or "admin"
+        found = TokenStore(self.services.state_dir).check(token)
+        if not role_allows(found.role, needed):
+            raise AccessError(
+                f"{_article(found.role)} {found.role} token may not {op.replace('_', ' ')}",
+                where=f"token {found.id}",
+                hint=f"this needs the {needed} role",
+            )
+        return f"token {found.id} ({found.role})"
+
     # ---------------------------------------------------------------- secrets and tokens
-    async def op_secrets_set(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_secrets_set(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         name = str(args["name"])
         Vault(self.services.state_dir).set(name, base64.b64decode(str(args["value_b64"])))
         return {"set": name}
 
-    async def op_secrets_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_secrets_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         return [e._asdict() for e in Vault(self.services.state_dir).entries()]
 
-    async def op_secrets_rm(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_secrets_rm(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         Vault(self.services.state_dir).remove(str(args["name"]))
         return {"removed": args["name"]}
 
-    async def op_token_create(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_token_create(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         token, secret = TokenStore(self.services.state_dir).create(
             str(args["role"]), name=str(args.get("name", "")), expires_in=args.get("expires_in")
         )
         return {**token._asdict(), "token": secret}
 
-    async def op_token_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_token_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         return [t._asdict() for t in TokenStore(self.services.state_dir).list()]
 
-    async def op_token_revoke(self, args: dict[str, Any], _w: asyncio.StreamWriter) -> Any:
+    async def op_token_revoke(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         TokenStore(self.services.state_dir).revoke(str(args["id"]))
         return {"revoked": args["id"]}
 

@@ -96,10 +96,98 @@ class Filesystem(_Model):
         return paths
 
 
-class Network(_Model):
-    """Network policy. This version offers only ``none``: a private loopback and nothing else."""
+Rate = Annotated[
+    int,
+    BeforeValidator(units.parse_rate),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "integer"}],
+            "description": 'bits per second, or a rate: "8mbit", "512kbit", "1gbit"',
+        }
+    ),
+]
 
-    mode: Literal["none"] = "none"
+
+class Network(_Model):
+    """Network policy. By default a bot has a private loopback and nothing else.
+
+    ``egress`` lists the ``host:port`` patterns a bot may reach through the clawpen gateway
+    (``"open"``: anything public); ``publish`` maps host ports to the bot's ports.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    egress: list[str] | Literal["open"] = Field(
+        default_factory=list,
+        description='allowed destinations, e.g. ["api.openai.com:443", "*.telegram.org:443"], or "open"',
+    )
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="CIDRs egress may reach although loopback, private, link-local or metadata",
+    )
+    publish: list[str] = Field(
+        default_factory=list,
+        description='"[HOST_IP:]HOST_PORT:BOT_PORT", e.g. "127.0.0.1:18789:18789" (host IP: 127.0.0.1)',
+    )
+    expose: bool = Field(False, description="allow publishing on a non-loopback host address")
+    from_: list[str] = Field(
+        default_factory=list, alias="from", description="source CIDRs allowed to reach exposed ports"
+    )
+    bandwidth: Rate | None = Field(None, description="rate limit each way, e.g. 8mbit")
+    burst: Size | None = Field(None, description='burst size for the rate limit, e.g. "256kb"')
+    ipv6: bool = Field(False, description="give the bot IPv6 through the gateway (off by default)")
+
+    @field_validator("egress")
+    @classmethod
+    def _egress(cls, v: list[str] | str) -> list[str] | str:
+        if v == "open" or not v:
+            return v
+        from clawpen.net.egress import parse_rules
+
+        parse_rules(list(v))  # raises RuleViolation with the reason and a fix
+        return v
+
+    @field_validator("allow_private", "from_")
+    @classmethod
+    def _cidrs(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        for raw in v:
+            rules.check_cidr(raw, field=str(info.field_name).rstrip("_"))
+        return v
+
+    @field_validator("publish")
+    @classmethod
+    def _publish(cls, v: list[str]) -> list[str]:
+        if v:
+            from clawpen.net.publish import parse_publish
+
+            for raw in v:
+                parse_publish(raw)  # raises RuleViolation
+        return v
+
+    @model_validator(mode="after")
+    def _exposure(self) -> Network:
+        if self.publish:
+            from clawpen.net.publish import parse_publish
+
+            public = [p for p in self.publish if not parse_publish(p).loopback]
+            if public and not self.expose:
+                raise rules.RuleViolation(
+                    f"publish {public[0]!r} binds a non-loopback address, which exposes the bot",
+                    "bind 127.0.0.1 (the default), or set expose = true (and maybe from = [CIDRs])",
+                )
+        if self.from_ and not self.expose:
+            raise rules.RuleViolation(
+                "from = [...] limits who reaches exposed ports, but expose is not set",
+                "set expose = true, or remove from",
+            )
+        if self.burst is not None and self.bandwidth is None:
+            raise rules.RuleViolation("burst is set without bandwidth", 'add bandwidth = "8mbit"')
+        return self
+
+    @property
+    def isolated(self) -> bool:
+        """True when the bot needs no link to the gateway (no egress)."""
+        return not self.egress
 
 
 class Restart(_Model):
@@ -261,7 +349,16 @@ class Bot(_Model):
             io_weight=r.io_weight,
             ro=tuple(mount(p, False) for p in self.filesystem.ro),
             rw=tuple(mount(p, True) for p in self.filesystem.rw),
-            network=self.network.mode,
+            egress=self.network.egress
+            if isinstance(self.network.egress, str)
+            else tuple(self.network.egress),
+            allow_private=tuple(self.network.allow_private),
+            publish=tuple(self.network.publish),
+            expose=self.network.expose,
+            expose_from=tuple(self.network.from_),
+            bandwidth=self.network.bandwidth,
+            burst=self.network.burst,
+            ipv6=self.network.ipv6,
             secrets=tuple(self.secrets),
             secret_env=tuple(self.secret_env),
         )

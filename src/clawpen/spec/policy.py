@@ -40,7 +40,14 @@ class BotPolicy(NamedTuple):
     io_weight: int | None = None
     ro: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path)
     rw: tuple[tuple[str, str], ...] = ()
-    network: str = "none"
+    egress: tuple[str, ...] | str = ()  # allowlist rules ("host:port"), or "open"
+    allow_private: tuple[str, ...] = ()  # CIDRs egress may reach although private
+    publish: tuple[str, ...] = ()  # "[HOST_IP:]HOST_PORT:BOT_PORT"
+    expose: bool = False
+    expose_from: tuple[str, ...] = ()  # source CIDRs for exposed ports
+    bandwidth: int | None = None  # bits per second, each way
+    burst: int | None = None  # bytes
+    ipv6: bool = False
     secrets: tuple[str, ...] = ()  # vault names, delivered as /run/secrets/NAME (mode 0400)
     secret_env: tuple[str, ...] = ()  # of those, the ones also set as environment variables
 

@@ -190,3 +190,17 @@ def check_env_value(name: str, value: str) -> str:
     if "\0" in value:
         raise RuleViolation(f"environment variable {name} contains a NUL byte", "remove the NUL byte")
     return value
+
+
+def check_cidr(raw: str, *, field: str) -> str:
+    """An IPv4 or IPv6 network such as ``203.0.113.7/32`` (a bare address means /32 or /128)."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(raw, strict=True)
+    except ValueError as err:
+        raise RuleViolation(
+            f"{field} entry {raw!r} is not a network: {err}",
+            'write an address or a network with its prefix, e.g. "203.0.113.7/32" or "10.0.0.0/8"',
+        ) from None
+    return raw

@@ -58,6 +58,28 @@ def parse_duration(value: str | float | int) -> float:
     return sum(float(n) * _DURATION_FACTORS[u] for n, u in parts)
 
 
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(bit|bps)?\s*$", re.IGNORECASE)
+_RATE_FACTORS = {"": 1, "k": 1000, "m": 1000_000, "g": 1000_000_000}
+
+
+def parse_rate(value: str | int) -> int:
+    """Bits per second from ``8mbit``, ``512kbit``, ``1gbit`` or a plain integer (tc's units:
+    decimal, bits; ``bps`` is bytes per second as in tc)."""
+    if isinstance(value, bool):
+        raise UnitError(f"{value!r} is not a rate", 'write a rate such as "8mbit"')
+    if isinstance(value, int):
+        bits = value
+    else:
+        match = _RATE.match(value)
+        if not match:
+            raise UnitError(f"{value!r} is not a rate", 'write "8mbit", "512kbit" or "1gbit"')
+        factor = _RATE_FACTORS[match.group(2).lower()] * (8 if (match.group(3) or "").lower() == "bps" else 1)
+        bits = int(float(match.group(1)) * factor)
+    if not 8000 <= bits <= 100_000_000_000:
+        raise UnitError(f"rate {value!r} is out of range", "use 8kbit to 100gbit")
+    return bits
+
+
 def parse_cpus(value: str | float | int) -> float:
     """A CPU share such as ``0.5`` (half a core) or ``2``; must be above zero."""
     try:
