@@ -23,8 +23,8 @@ from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Event, Store, policy_hash
 from clawpen.errors import AccessError, ClawpenError, UsageError
 from clawpen.sandbox.adopt import same_process
-from clawpen.spec.loader import load_spec
-from clawpen.spec.models import Bot
+from clawpen.spec.loader import load_spec, parse_spec_text
+from clawpen.spec.models import Bot, Spec
 from clawpen.supervisor.states import BotState, Transition, is_terminal_for_policy
 from clawpen.tokens import TokenStore, role_allows
 from clawpen.vault.store import Vault
@@ -86,6 +86,19 @@ class Daemon:
         self.up_lock = asyncio.Lock()
         self.subscribers: set[asyncio.Queue[Event]] = set()
         self.extra_ops: dict[str, Op] = {}
+        # Called with the whole spec after every applied `up` (gateway, alert rules, ...).
+        self.spec_listeners: list[Callable[[Spec], None]] = []
+
+    def current_spec(self) -> Spec | None:
+        """The spec of the newest release (what `up` applied last), parsed again; None if none."""
+        latest = self.store.latest_spec()
+        if latest is None:
+            return None
+        path, text = latest
+        try:
+            return parse_spec_text(text, Path(path)).spec
+        except ClawpenError:
+            return None
 
     def add_ops(self, ops: dict[str, Op]) -> None:
         """Register operations of another module (see :mod:`clawpen.daemon.app`)."""
@@ -252,6 +265,8 @@ class Daemon:
                 bot = loaded.spec.bots[name]
                 self._launch(name, bot, str(loaded.base_dir))
             self.note("release", f"release {release}: {summary or 'no change'}")
+            for listener in self.spec_listeners:
+                listener(loaded.spec)
             after = self.store.releases(1)[0]["spec_hash"]
             return {"release": release, "before": before, "after": after, **plan}
 

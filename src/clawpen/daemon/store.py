@@ -134,6 +134,11 @@ class Store:
         keys = ("id", "created", "who", "spec_path", "spec_hash", "summary")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def latest_spec(self) -> tuple[str, str] | None:
+        """(path, text) of the spec of the newest release, if any."""
+        row = self.db.execute("SELECT spec_path, spec_text FROM releases ORDER BY id DESC LIMIT 1").fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
     # bots -----------------------------------------------------------------------------------
     def bots(self) -> dict[str, BotRow]:
         rows = self.db.execute("SELECT name, policy, spec_hash, desired, manual_stop, release_id FROM bots")

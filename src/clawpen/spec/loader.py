@@ -76,10 +76,6 @@ def locate(text: str, loc: tuple[str | int, ...]) -> int | None:
 
 def load_spec(path: str | Path) -> LoadedSpec:
     """Read, parse and validate a spec file, or raise a ConfigError saying where and how to fix."""
-    from pydantic import ValidationError
-
-    from clawpen.spec.models import Spec
-
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -91,6 +87,16 @@ def load_spec(path: str | Path) -> LoadedSpec:
         ) from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read spec file {file}: {err}", where=str(file)) from None
+    return parse_spec_text(text, file)
+
+
+def parse_spec_text(text: str, file: Path) -> LoadedSpec:
+    """Parse and validate ``text`` as if read from ``file`` (relative paths resolve against its
+    folder); raises ConfigError saying where and how to fix."""
+    from pydantic import ValidationError
+
+    from clawpen.spec.models import Spec
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

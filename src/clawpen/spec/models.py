@@ -23,6 +23,10 @@ from pydantic import (
 
 from clawpen.spec import policy as pol
 from clawpen.spec import rules, units
+from clawpen.spec.alerts import MonitoringConfig
+from clawpen.spec.build import BuildSpec
+from clawpen.spec.gateway import GatewayConfig
+from clawpen.spec.host import HostConfig
 
 Size = Annotated[
     int,
@@ -277,6 +281,7 @@ class Bot(_Model):
     secret_env: list[str] = Field(
         default_factory=list, description="of `secrets`, those also set as env vars"
     )
+    build: BuildSpec | None = Field(None, description="steps run once per release before the bot starts")
 
     @model_validator(mode="after")
     def _secret_names(self) -> Bot:
@@ -369,6 +374,9 @@ class Spec(_Model):
 
     version: Literal[1] = 1
     bots: dict[str, Bot] = Field(default_factory=dict)
+    gateway: GatewayConfig = GatewayConfig()
+    host: HostConfig = HostConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @field_validator("bots")
     @classmethod
