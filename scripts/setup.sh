@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certificates procps util-linux iproute2)
-# For the test suite: systemd-analyze checks the daemon's hardened unit offline.
-[ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd)
+APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certificates procps util-linux iproute2
+  nftables)
+# For the test suite: systemd-analyze checks the daemon's hardened unit offline; iperf3 measures
+# shaping; Prometheus (and promtool) scrapes /metrics and checks exported rules; Chromium is driven
+# by Playwright for the dashboard.
+[ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

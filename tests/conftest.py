@@ -19,11 +19,17 @@ def _requirement_missing(marker: str) -> str | None:
         return "needs bubblewrap (apt-get install bubblewrap)"
     if marker == "docker" and not os.path.exists("/var/run/docker.sock"):
         return "needs a running Docker engine"
+    if marker == "netns" and (os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft")):
+        return "needs root, iproute2 and nftables (apt-get install iproute2 nftables)"
+    if marker == "browser" and not shutil.which("chromium"):
+        return "needs Debian's chromium (apt-get install chromium)"
+    if marker == "prometheus" and not shutil.which("prometheus"):
+        return "needs Prometheus (apt-get install prometheus)"
     return None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker in ("root", "bwrap", "docker"):
+    for marker in ("root", "bwrap", "docker", "netns", "browser", "prometheus"):
         if item.get_closest_marker(marker):
             missing = _requirement_missing(marker)
             if missing:
