@@ -57,7 +57,15 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
 
 
 # Modules with more commands: each has ``add_commands(subparsers)`` and ``COMMANDS`` (name -> fn).
-COMMAND_MODULES = ("clawpen.cli_daemon", "clawpen.cli_secrets")
+COMMAND_MODULES = (
+    "clawpen.cli_daemon",
+    "clawpen.cli_secrets",
+    "clawpen.cli_firewall",
+    "clawpen.cli_metrics",
+    "clawpen.cli_net",
+    "clawpen.cli_bots",
+    "clawpen.api.cli",
+)
 
 
 def _command_modules() -> list[Any]:
@@ -200,7 +208,7 @@ def _report(result: RunResult, as_json: bool) -> None:
 
 
 def cmd_plan(ns: argparse.Namespace) -> int:
-    from clawpen.plan.build import describe_limits
+    from clawpen.plan.build import describe_limits, describe_network
 
     plan = _plan_from_args(ns)
     data = plan.to_dict()
@@ -214,7 +222,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     print(f"bot       {plan.bot}  (uid {plan.identity.uid}, hostname {plan.hostname})")
     print(f"command   {' '.join(plan.command)}")
     print(f"limits    {describe_limits(plan)}")
-    print(f"network   {plan.network} (loopback only)")
+    print(f"network   {describe_network(plan)}")
     print(f"namespaces {', '.join(plan.namespaces)}")
     print("mounts")
     for m in plan.mounts:
@@ -308,7 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     """The console script: like ``sys.exit(main())`` but skips the interpreter's teardown (about
     14 ms of freeing objects), which ``clawpen run`` would otherwise add to every bot's start."""
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `clawpen logs | head`: the reader left; say nothing more
+        code = 141
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

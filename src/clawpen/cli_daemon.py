@@ -22,6 +22,14 @@ def add_commands(sub: Any) -> None:
     daemon.add_argument("action", nargs="?", choices=["run", "install"], default="run")
     daemon.add_argument("--dry-run", action="store_true", help="install: print the unit, write nothing")
     daemon.add_argument("--unit-dir", metavar="DIR", help="install: where to write clawpen.service")
+    daemon.add_argument(
+        "--listen", metavar="HOST:PORT", help="API and dashboard address (default 127.0.0.1:8080; off: none)"
+    )
+    daemon.add_argument("--tls-cert", metavar="FILE", help="serve the API over TLS with this PEM certificate")
+    daemon.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    daemon.add_argument(
+        "--insecure-bind", action="store_true", help="allow a non-loopback --listen without TLS"
+    )
     up = sub.add_parser(
         "up", help="apply clawpen.toml: start new bots, restart changed ones, stop removed ones"
     )
@@ -95,8 +103,10 @@ def _ago(ts: float | None) -> str:
 def cmd_daemon(ns: argparse.Namespace) -> int:
     if ns.action == "install":
         return _install_unit(ns)
+    from clawpen.api.config import apply_daemon_flags
     from clawpen.daemon.app import run_daemon
 
+    apply_daemon_flags(ns.listen, ns.tls_cert, ns.tls_key, ns.insecure_bind)  # UsageError before anything
     return run_daemon(state_dir())
 
 
@@ -267,8 +277,20 @@ def cmd_exec(ns: argparse.Namespace) -> int:
     state = state_dir()
     bot = Bot.model_validate(target["spec"], context={"base_dir": target["base_dir"]})
     policy = default_policy()
+    link = None
+    if target.get("link"):
+        from clawpen.net.links import Link
+
+        link = Link(**target["link"])
     plan = instance_plan(
-        bot, ns.bot, ns.replica, target["base_dir"], state_dir=state, host=HostFacts.probe(), seccomp=policy
+        bot,
+        ns.bot,
+        ns.replica,
+        target["base_dir"],
+        state_dir=state,
+        host=HostFacts.probe(),
+        seccomp=policy,
+        link=link,
     )
     proc = enter(
         int(target["sandbox_pid"]),

@@ -28,7 +28,7 @@ def test_valid_spec_loads_with_defaults(tmp_path):
     bot = loaded.spec.bots["scraper"]
     assert bot.resources.memory == 256 << 20
     assert bot.resources.pids == 256
-    assert bot.network.mode == "none"
+    assert bot.network.egress == [] and bot.network.publish == [] and bot.network.isolated
     policy = bot.to_policy("scraper", str(loaded.base_dir))
     assert policy.workspace == str(tmp_path / "scraper")
     assert policy.cpus == 0.5

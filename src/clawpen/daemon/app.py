@@ -40,6 +40,9 @@ class Component(Protocol):
 def components(state: Path) -> list[Component]:
     """Every component, in start order (each module adds its own line here)."""
     found: list[Component] = []
+    found.append(__import__("clawpen.metrics.service", fromlist=["Monitor"]).Monitor(state))
+    found.append(__import__("clawpen.api.component", fromlist=["ApiComponent"]).ApiComponent(state))
+    found.append(__import__("clawpen.net.component", fromlist=["GatewayComponent"]).GatewayComponent(state))
     return found
 
 
@@ -71,6 +74,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
             compressor=compressor,
             secrets=lambda names: Vault(state).values_for(names) if names else {},
             note=daemon.note,
+            network=__import__("clawpen.net.links", fromlist=["for_daemon"]).for_daemon(state, daemon),
         )
 
     return Daemon(store, services)
@@ -129,6 +133,8 @@ async def serve(state: Path) -> None:
                 daemon.note("daemon", f"{part.name} did not stop cleanly: {err}")
         daemon.note("daemon", "daemon stopping: stopping every bot")
         await daemon.shutdown()
+        if daemon.services.network is not None:  # every bot has stopped: drop the gateway namespace
+            daemon.services.network.shutdown()
     for leftover in (path, pid_file):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()

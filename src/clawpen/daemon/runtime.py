@@ -24,7 +24,7 @@ import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from clawpen.daemon import watchers as watch
 from clawpen.daemon.store import Instance as InstanceRow
@@ -33,6 +33,7 @@ from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.errors import ClawpenError
 from clawpen.logs.store import Compressor
 from clawpen.logs.writer import LogWriter
+from clawpen.net.instance import InstanceNetwork
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Plan, SeccompPolicy
 from clawpen.sandbox.adopt import AdoptedSandbox, pid_start_time
@@ -44,6 +45,9 @@ from clawpen.supervisor.backoff import RestartPolicy, RestartTracker
 from clawpen.supervisor.schedule import ActiveWindow
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 from clawpen.vault.redact import Redactor
+
+if TYPE_CHECKING:
+    from clawpen.net.links import Link, LinkManager
 
 S = BotState
 READ_CHUNK = 1 << 16
@@ -66,6 +70,7 @@ class Services(NamedTuple):
     compressor: Compressor
     secrets: Callable[[list[str]], dict[str, bytes]]  # vault values by name
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
+    network: LinkManager | None = None  # per-bot namespaces and links (bots with egress)
 
 
 REQUESTED = {Outcome.STOP: "stop requested", Outcome.RESTART: "restart requested"}
@@ -93,6 +98,8 @@ class Instance:
         self.health: str | None = None
         self._manual_start = True
         self.task: asyncio.Task[None] | None = None
+        self.net = InstanceNetwork(self)  # link (bots with egress) and published ports
+        self._adopting = False
 
     # ---------------------------------------------------------------- commands
     def start(self) -> None:
@@ -116,6 +123,7 @@ class Instance:
         self.started_at = row.started_at
         self.tracker.record_started(row.started_at or self.svc.clock())
         self._manual_start = False
+        self._adopting = True
         self.svc.note("adopt", f"adopted the running sandbox (pid {row.pid})", self.name, self.replica)
         self.task = asyncio.get_running_loop().create_task(self.run(sandbox), name=f"bot {self.label}")
 
@@ -180,10 +188,18 @@ class Instance:
 
     async def run(self, adopted: AdoptedSandbox | None = None) -> None:
         try:
+            if self._adopting:
+                self._adopting = False
+                await self.net.adopt()
+            await self.net.publish()
             await self._loop(adopted)
         except Exception as err:  # the task must never die silently
             self.svc.note("error", f"supervisor error: {err!r}", self.name, self.replica)
             raise
+        finally:
+            await self.net.unpublish()
+            if self.sandbox is None:  # stopped for good (a daemon exit leaves running bots linked)
+                await self.net.detach()
 
     async def _loop(self, adopted: AdoptedSandbox | None) -> None:
         while True:
@@ -284,6 +300,7 @@ class Instance:
             state_dir=self.svc.state_dir,
             host=self.svc.host,
             seccomp=self.svc.seccomp,
+            link=self.net.link,
         )
 
     def _paths(self) -> dict[str, Path]:
@@ -299,6 +316,7 @@ class Instance:
         return [("out", paths["out"]), ("err", paths["err"])]
 
     async def _start_sandbox(self) -> Sandbox:
+        await self.net.attach()
         plan = self.plan()
         self._secrets = self.svc.secrets(list(self.bot.secrets))
         self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -469,12 +487,14 @@ def instance_plan(
     state_dir: Path,
     host: HostFacts,
     seccomp: SeccompPolicy,
+    link: Link | None = None,
 ) -> Plan:
     """The plan of one replica of a daemon-managed bot (also what `clawpen exec` enters)."""
     policy = bot.to_policy(name, base_dir)
     policy = policy._replace(env=(*policy.env, ("CLAWPEN_REPLICA", str(replica))))
     ident = identity_for(name, state_dir)
-    return build_plan(policy, ident, host, seccomp, die_with_parent=False)
+    net = None if link is None else link.for_plan(policy.egress)
+    return build_plan(policy, ident, host, seccomp, die_with_parent=False, link=net)
 
 
 def _settle(fut: asyncio.Future[None]) -> None:

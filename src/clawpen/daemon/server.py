@@ -223,6 +223,9 @@ class Daemon:
         for name in wanted:  # every bot's policy must be buildable before anything changes
             loaded.spec.bots[name].to_policy(name, str(loaded.base_dir))
         async with self.up_lock:
+            from clawpen.daemon.build_steps import run_builds  # build steps first: a failure changes nothing
+
+            loaded = await run_builds(self, loaded, wanted, _w, args)
             current = self.store.bots()
             plan: dict[str, list[str]] = {
                 "create": [],
@@ -346,9 +349,12 @@ class Daemon:
                 hint=f"clawpen start {name}",
             )
         row = self.store.bots()[name]
+        net = getattr(insts[replica], "net", None)
+        link = getattr(net, "link", None)
         return {
             "bot": name,
             "replica": replica,
+            "link": None if link is None else link._asdict(),
             "sandbox_pid": sandbox.sandbox_pid,
             "cgroup": f"{name}.{replica}",
             "spec": row.policy["spec"],

@@ -10,7 +10,7 @@ import os
 from typing import NamedTuple
 
 from clawpen.errors import PolicyError
-from clawpen.plan.model import CgroupLimits, Identity, Mount, Plan, Rlimits, SeccompPolicy
+from clawpen.plan.model import CgroupLimits, Identity, Mount, NetLink, Plan, Rlimits, SeccompPolicy
 from clawpen.spec.policy import BotPolicy
 from clawpen.spec.units import format_size
 
@@ -27,6 +27,9 @@ SECRETS_DIR = "/run/secrets"
 NAMESPACES = ("user", "pid", "mount", "ipc", "uts", "cgroup", "net")
 SHM_SIZE = 16 << 20
 RUN_SIZE = 1 << 20
+PROXY_PORT = 3128  # clawpen.net.types.PROXY_PORT (not imported: the run path stays lean)
+NO_PROXY = "localhost,127.0.0.1"
+PREVIEW_LINK = NetLink("", "10.213.0.2", "10.213.0.1")  # `clawpen plan` outside the daemon
 
 
 class HostFacts(NamedTuple):
@@ -48,7 +51,7 @@ class HostFacts(NamedTuple):
         return cls(cpu_count=os.cpu_count() or 1, system_dirs=tuple(dirs), etc_entries=etc)
 
 
-def _etc_files(policy: BotPolicy, ident: Identity) -> tuple[Mount, ...]:
+def _etc_files(policy: BotPolicy, ident: Identity, link: NetLink | None) -> tuple[Mount, ...]:
     home = WORKSPACE if policy.workspace else "/tmp"
     passwd = (
         "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
@@ -57,7 +60,11 @@ def _etc_files(policy: BotPolicy, ident: Identity) -> tuple[Mount, ...]:
     )
     group = f"root:x:0:\n{ident.name}:x:{ident.gid}:\nnogroup:x:65534:\n"
     hosts = f"127.0.0.1\tlocalhost\n127.0.1.1\t{policy.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    resolv = "# clawpen: this bot has no network (network.mode = none)\n"
+    resolv = (
+        f"# clawpen: the clawpen gateway resolves names (egress allowlist)\nnameserver {link.gw_addr}\n"
+        if link is not None
+        else "# clawpen: this bot has no network (network.mode = none)\n"
+    )
     nsswitch = (
         "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nservices: files\n"
     )
@@ -72,7 +79,7 @@ def _etc_files(policy: BotPolicy, ident: Identity) -> tuple[Mount, ...]:
     return tuple(Mount("data", dest, data=text, mode=0o444) for dest, text in files.items())
 
 
-def _env(policy: BotPolicy, ident: Identity) -> tuple[tuple[str, str], ...]:
+def _env(policy: BotPolicy, ident: Identity, link: NetLink | None) -> tuple[tuple[str, str], ...]:
     env = {
         "PATH": DEFAULT_PATH,
         "HOME": WORKSPACE if policy.workspace else "/tmp",
@@ -82,6 +89,11 @@ def _env(policy: BotPolicy, ident: Identity) -> tuple[tuple[str, str], ...]:
         "TMPDIR": "/tmp",
         "CLAWPEN_BOT": policy.name,
     }
+    if link is not None:
+        proxy = f"http://{link.gw_addr}:{PROXY_PORT}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            env[name] = proxy
+        env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
     env.update(policy.env)
     return tuple(env.items())
 
@@ -93,8 +105,17 @@ def build_plan(
     seccomp: SeccompPolicy,
     *,
     die_with_parent: bool = True,
+    link: NetLink | None = None,
 ) -> Plan:
-    """Decide everything about running ``policy``; raises PolicyError for what the host cannot give."""
+    """Decide everything about running ``policy``; raises PolicyError for what the host cannot give.
+
+    ``link``: the bot's gateway link allocated by the daemon (a bot with egress); without it, a
+    bot with egress gets :data:`PREVIEW_LINK`, which shows the shape but cannot be run.
+    """
+    if policy.egress and link is None:
+        link = PREVIEW_LINK
+    if link is not None and link.egress != policy.egress:
+        link = link._replace(egress=policy.egress)
     if policy.cpus is not None and policy.cpus > host.cpu_count:
         raise PolicyError(
             f"cpus = {policy.cpus:g} asks for more CPUs than this host has ({host.cpu_count})",
@@ -105,7 +126,7 @@ def build_plan(
     for path, target in host.system_dirs:
         mounts.append(Mount("symlink", path, source=target) if target else Mount("ro", path, source=path))
     mounts += [Mount("ro", f"/etc/{e}", source=f"/etc/{e}") for e in host.etc_entries]
-    mounts += _etc_files(policy, ident)
+    mounts += _etc_files(policy, ident, link)
     mounts += [
         Mount("proc", "/proc"),
         Mount("dev", "/dev"),
@@ -134,7 +155,7 @@ def build_plan(
         hostname=policy.name,
         namespaces=NAMESPACES,
         mounts=tuple(mounts),
-        env=_env(policy, ident),
+        env=_env(policy, ident, link),
         cwd=WORKSPACE if policy.workspace else "/tmp",
         cgroup=CgroupLimits(
             memory_max=policy.memory,
@@ -144,11 +165,25 @@ def build_plan(
         ),
         rlimits=Rlimits(nofile=policy.nofile, core=0, fsize=policy.disk),
         seccomp=seccomp,
-        network="none",
+        network="none" if link is None else "link",
         workspace=policy.workspace,
         disk_max=policy.disk,
         die_with_parent=die_with_parent,
         secret_env=policy.secret_env,
+        link=link,
+    )
+
+
+def describe_network(plan: Plan) -> str:
+    """One line for humans: ``none (loopback only)`` or the link and where egress goes."""
+    link = plan.link
+    if link is None:
+        return "none (loopback only)"
+    egress = link.egress if isinstance(link.egress, str) else ", ".join(link.egress)
+    where = " (example addresses: the daemon allocates them)" if link.preview else ""
+    return (
+        f"link {link.interface} {link.bot_addr}/{link.prefixlen} via gateway {link.gw_addr}{where}; "
+        f"egress {egress} through the gateway"
     )
 
 

@@ -85,6 +85,28 @@ class SeccompPolicy(NamedTuple):
     socket_families: tuple[int, ...] = ()
 
 
+class NetLink(NamedTuple):
+    """A bot's link to the clawpen gateway (bots with egress; see :mod:`clawpen.net.links`).
+
+    The daemon creates the network namespace at ``netns`` (a bind mount) with ``eth0`` =
+    ``bot_addr/prefixlen`` and a default route via ``gw_addr`` *before* the sandbox starts;
+    bubblewrap then runs inside it instead of creating an empty one. ``netns == ""`` marks a
+    preview (``clawpen plan`` outside the daemon): the addresses are examples and the tier
+    refuses to run it.
+    """
+
+    netns: str
+    bot_addr: str
+    gw_addr: str
+    prefixlen: int = 30
+    interface: str = "eth0"
+    egress: tuple[str, ...] | str = ()
+
+    @property
+    def preview(self) -> bool:
+        return not self.netns
+
+
 class Plan(NamedTuple):
     """Everything needed to run one bot in a sandbox; pure data."""
 
@@ -99,11 +121,12 @@ class Plan(NamedTuple):
     cgroup: CgroupLimits
     rlimits: Rlimits
     seccomp: SeccompPolicy
-    network: Literal["none"] = "none"
+    network: Literal["none", "link"] = "none"
     workspace: str | None = None
     disk_max: int | None = None
     die_with_parent: bool = True
     secret_env: tuple[str, ...] = ()  # vault secrets also given as environment variables
+    link: NetLink | None = None  # set when network == "link"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as printed by ``clawpen plan --json``."""

@@ -70,7 +70,10 @@ def _mount_args(m: Mount, fds: BwrapFds) -> list[str]:
 def bwrap_argv(plan: Plan, fds: BwrapFds, bwrap: str = "bwrap") -> list[str]:
     """The full argv that runs ``plan.command`` in the sandbox the plan describes."""
     argv = [bwrap]
-    argv += [_UNSHARE[ns] for ns in plan.namespaces if ns in _UNSHARE]
+    # A bot with a gateway link runs in the network namespace the daemon made for it: bwrap is
+    # started inside it (see clawpen.sandbox.namespace) and must not create another one.
+    joined = ("net",) if plan.link is not None else ()
+    argv += [_UNSHARE[ns] for ns in plan.namespaces if ns in _UNSHARE and ns not in joined]
     if "user" in plan.namespaces:
         argv.append("--disable-userns")
     argv += ["--hostname", plan.hostname, "--new-session"]

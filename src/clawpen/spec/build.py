@@ -1,11 +1,131 @@
-"""A bot's ``build`` steps: commands run once per release, in the bot's sandbox."""
+"""A bot's ``build`` steps: commands run once per release, in the bot's sandbox.
+
+``[bots.NAME.build]`` lists argv steps run one after the other inside a sandbox with the bot's
+policy (its uid, limits, read-only mounts) but the build's own egress allowlist. They write
+into ``/opt/bot`` (``mount``), a folder of the daemon's state that the running bot then sees
+read-only at the same path. The result is cached by a hash of the steps, env, egress and the
+content of the files listed in ``inputs``; ``/build-cache`` is a persistent writable folder for
+package-manager caches (npm, pip) shared by the bot's builds.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import os
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from clawpen.spec import rules, units
+
+DEFAULT_MOUNT = "/opt/bot"
+CACHE_MOUNT = "/build-cache"
+RESERVED = ("/workspace", "/tmp", "/run", "/proc", "/dev", "/usr", "/etc", CACHE_MOUNT)
+
+
+def _base_dir(info: ValidationInfo) -> str:
+    ctx = info.context if isinstance(info.context, dict) else {}
+    return str(ctx.get("base_dir", os.getcwd()))
+
+
+def _size(v: object) -> int | None:
+    return None if v is None else units.parse_size(v)  # type: ignore[arg-type]
 
 
 class BuildSpec(BaseModel):
     """What a bot builds before it runs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: list[list[str]] = Field(
+        min_length=1, description='argv lists, e.g. [["npm", "install", "openclaw"]]'
+    )
+    egress: list[str] = Field(
+        default_factory=list, description='what the build may reach, e.g. ["registry.npmjs.org:443"]'
+    )
+    allow_private: list[str] = Field(
+        default_factory=list, description="CIDRs the build's egress may reach although private or reserved"
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for the steps")
+    timeout: Annotated[float, BeforeValidator(units.parse_duration)] = Field(
+        1800.0, description='kill the build after this long, e.g. "20m"'
+    )
+    inputs: list[str] = Field(
+        default_factory=list, description="host files or folders whose content is part of the cache key"
+    )
+    memory: Annotated[int | None, BeforeValidator(lambda v: None if v is None else units.parse_size(v))] = (
+        Field(None, description="memory limit of the build (default: the bot's)")
+    )
+    mount: str = Field(DEFAULT_MOUNT, description="where the output is, for the build (rw) and the bot (ro)")
+    cache: str | None = Field(
+        None, description="host folder for /build-cache (default: one per bot in clawpen's state)"
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[list[str]]) -> list[list[str]]:
+        for i, step in enumerate(v):
+            if not step or not step[0].strip() or any("\0" in a for a in step):
+                raise rules.RuleViolation(
+                    f"build step {i + 1} is empty or holds a NUL byte",
+                    'write each step as an argv list, e.g. ["npm", "install", "openclaw"]',
+                )
+        return v
+
+    @field_validator("egress")
+    @classmethod
+    def _egress(cls, v: list[str]) -> list[str]:
+        if v:
+            from clawpen.net.egress import parse_rules
+
+            parse_rules(list(v))
+        return v
+
+    @field_validator("allow_private")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for raw in v:
+            rules.check_cidr(raw, field="allow_private")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            rules.check_env_name(name)
+            rules.check_env_value(name, value)
+        return v
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        base = _base_dir(info)
+        for raw in v:
+            path = os.path.join(base, os.path.expanduser(raw))
+            if not os.path.exists(path):
+                raise rules.RuleViolation(
+                    f"build input {raw!r} does not exist (looked at {path})",
+                    'list files or folders next to clawpen.toml, e.g. inputs = ["./bot/requirements.txt"]',
+                )
+        return v
+
+    @field_validator("mount")
+    @classmethod
+    def _mount(cls, v: str) -> str:
+        norm = os.path.normpath(v)
+        if (
+            not v.startswith("/")
+            or norm == "/"
+            or any(norm == r or norm.startswith(r + "/") for r in RESERVED)
+        ):
+            raise rules.RuleViolation(
+                f"build mount {v!r} is not allowed",
+                f"use an absolute path of its own, e.g. {DEFAULT_MOUNT!r} (not under {', '.join(RESERVED)})",
+            )
+        return norm
+
+    @field_validator("cache")
+    @classmethod
+    def _cache(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            rules.check_host_path(v, writable=True, base_dir=_base_dir(info))
+        return v

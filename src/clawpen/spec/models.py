@@ -383,6 +383,12 @@ class Spec(_Model):
     def _names(cls, v: dict[str, Bot]) -> dict[str, Bot]:
         for name in v:
             rules.check_bot_name(name)
+        if any(bot.network.publish for bot in v.values()):
+            from clawpen.net.publish import duplicate_ports
+
+            clash = duplicate_ports((n, raw) for n, bot in v.items() for raw in bot.network.publish)
+            if clash:
+                raise rules.RuleViolation(clash, "give each published port its own host port")
         return v
 
 

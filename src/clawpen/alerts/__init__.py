@@ -1,0 +1,1 @@
+"""Alert rules: Prometheus-style evaluation (pending, firing, resolved), silences, acks."""

@@ -1,0 +1,311 @@
+"""Build steps: a bot's ``[bots.NAME.build]`` commands, run by the daemon during ``clawpen up``.
+
+Called from :meth:`clawpen.daemon.server.Daemon.op_up` before anything changes. For each bot
+with a ``build`` section:
+
+1. the cache key is the hash of the steps, env, egress, memory, mount and the content of the
+   ``inputs`` files; ``<state>-build/<bot>/<key>`` exists -> cached, nothing runs;
+2. otherwise every step runs, one after the other, in its own sandbox built from the bot's
+   policy (its uid, limits, read-only mounts; no workspace, no secrets) with the build's own
+   egress allowlist (a gateway link of its own, replica ``BUILD_REPLICA``), writing into a
+   staging folder mounted read-write at ``mount`` (``/opt/bot``) and a persistent cache folder
+   at ``/build-cache``; each output line is shown (``clawpen up`` progress, ``build.log``);
+3. on success the staging folder is renamed to ``<key>`` (atomic) and the bot is launched with
+   it mounted read-only at ``mount`` (an extra ``filesystem.ro`` entry, so it is part of the
+   stored policy and survives a daemon restart); on failure the staging folder is removed and
+   ``clawpen up`` fails with the step, its exit and the last output lines: no bot is touched.
+
+The build root sits next to the state folder (``<state>-build``, mode 0711), because the
+bot's uid must be able to reach what it mounts and the state folder is closed (0700).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from clawpen.errors import ConfigError, HostError
+from clawpen.spec.build import CACHE_MOUNT, BuildSpec
+from clawpen.spec.models import Bot, Filesystem
+from clawpen.spec.policy import BotPolicy
+
+BUILD_REPLICA = 999  # the link key of a bot's build sandbox (replicas are 0..63)
+KEEP_BUILDS = 3  # per bot, the newest ones (the running bot's is among them)
+TAIL_LINES = 20
+
+Progress = Callable[[str], None]
+
+
+class BuildResult(NamedTuple):
+    bot: str
+    key: str
+    path: Path
+    cached: bool
+    seconds: float
+
+
+def build_root(state: Path) -> Path:
+    return Path(f"{state}-build")
+
+
+def _digest_path(path: Path, h: Any) -> None:
+    if path.is_dir():
+        for child in sorted(path.iterdir()):
+            h.update(child.name.encode() + b"\0")
+            _digest_path(child, h)
+    elif path.exists():
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+
+
+def cache_key(build: BuildSpec, base_dir: str) -> str:
+    """The hash of everything a build's output depends on."""
+    h = hashlib.sha256()
+    fields = build.model_dump(mode="json", exclude={"inputs", "timeout", "cache"})
+    h.update(json.dumps(fields, sort_keys=True).encode())
+    for raw in build.inputs:
+        h.update(raw.encode() + b"\0")
+        _digest_path(Path(base_dir, os.path.expanduser(raw)), h)
+    return h.hexdigest()[:20]
+
+
+def _mkdir(path: Path, mode: int, uid: int = 0, gid: int = 0) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+    return path
+
+
+def step_policy(name: str, bot: Bot, base_dir: str, staging: Path, cache: Path) -> BotPolicy:
+    """The bot's policy turned into its build's: build egress, rw output and cache, no workspace,
+    no secrets, no published ports."""
+    build = bot.build
+    if build is None:
+        raise ConfigError(f"bot {name} has no build section", where=f"bots.{name}.build")
+    pol = bot.to_policy(name, base_dir)
+    env = {**dict(pol.env), "HOME": f"{CACHE_MOUNT}/home", **build.env}
+    return pol._replace(
+        workspace=None,
+        env=tuple(env.items()),
+        memory=build.memory or pol.memory,
+        tmp=max(pol.tmp, 512 << 20),
+        disk=None,
+        rw=(*pol.rw, (str(staging), build.mount), (str(cache), CACHE_MOUNT)),
+        egress=tuple(build.egress),
+        allow_private=tuple(build.allow_private),
+        publish=(),
+        expose=False,
+        expose_from=(),
+        secrets=(),
+        secret_env=(),
+    )
+
+
+@dataclasses.dataclass
+class _StepRun:
+    code: int = 0
+    reason: str = ""
+    tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+
+
+def _run_step(  # noqa: PLR0917
+    svc: Any, policy: BotPolicy, argv: list[str], log: Any, progress: Progress, timeout: float, link: Any
+) -> _StepRun:
+    """One step in its own sandbox (blocking: run it in a worker thread)."""
+    from clawpen.plan.build import build_plan
+    from clawpen.sandbox.tier import Stdio
+    from clawpen.sandbox.users import identity_for
+
+    ident = identity_for(policy.name, svc.state_dir)
+    net = None if link is None else link.for_plan(policy.egress)
+    plan = build_plan(
+        policy._replace(command=tuple(argv)), ident, svc.host, svc.seccomp, die_with_parent=False, link=net
+    )
+    r, w = os.pipe2(os.O_CLOEXEC)
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    run = _StepRun()
+
+    def pump() -> None:
+        with os.fdopen(r, "rb") as out:
+            for raw in out:
+                line = raw.decode(errors="replace").rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                run.tail.append(line)
+                progress(line)
+
+    reader = threading.Thread(target=pump, daemon=True, name=f"build-{policy.name}")
+    try:
+        sandbox = svc.tier.start(
+            plan, cgroup_name=f"{policy.name}-build{os.getpid()}", stdio=Stdio(null, w, w), secrets={}
+        )
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+        os.close(null)
+    reader.start()
+    try:
+        try:
+            sandbox.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            sandbox.cg.kill()
+            sandbox.process.wait()
+            run.reason = f"timed out after {timeout:g} s"
+        result = sandbox.collect()
+    finally:
+        sandbox.teardown()
+        reader.join(5)
+    run.code = result.exit_code
+    if not run.reason and result.exit_code != 0:
+        run.reason = result.message or f"{result.reason}, exit {result.exit_code}"
+    return run
+
+
+def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) -> BuildResult:
+    """Build ``bot`` (blocking), or find it in the cache."""
+    from clawpen.sandbox.namespace import prepare_workspace
+    from clawpen.sandbox.users import identity_for
+
+    build = bot.build
+    if build is None:
+        raise ConfigError(f"bot {name} has no build section", where=f"bots.{name}.build")
+    key = cache_key(build, base_dir)
+    root = _mkdir(build_root(svc.state_dir), 0o711)
+    bot_dir = _mkdir(root / name, 0o711)
+    final = bot_dir / key
+    if final.is_dir():
+        progress(f"build {name}: cached ({key})")
+        return BuildResult(name, key, final, True, 0.0)
+    ident = identity_for(name, svc.state_dir)
+    cache = bot_dir / "cache"
+    if build.cache:
+        cache = Path(os.path.realpath(os.path.join(base_dir, os.path.expanduser(build.cache))))
+    prepare_workspace(str(cache), ident.uid, ident.gid)  # handed to the bot's uid (recursively, once)
+    _mkdir(cache / "home", 0o700, ident.uid, ident.gid)
+    staging = _mkdir(bot_dir / f".{key}.{os.getpid()}.tmp", 0o755, ident.uid, ident.gid)
+    policy = step_policy(name, bot, base_dir, staging, cache)
+    network = svc.network
+    if policy.egress and network is None:
+        raise HostError(
+            f"the build of {name} needs egress ({', '.join(build.egress)}), but the daemon has no network",
+            where=f"bots.{name}.build.egress",
+            hint="clawpen doctor (network); or remove egress if the steps need no network",
+        )
+    started = time.monotonic()
+    link = network.attach(name, BUILD_REPLICA, policy) if policy.egress and network else None
+    try:
+        with open(bot_dir / f"{key}.log", "w") as log:
+            for i, argv in enumerate(build.steps, 1):
+                progress(f"build {name}: step {i}/{len(build.steps)}: {' '.join(argv)}")
+                log.write(f"$ {' '.join(argv)}\n")
+                left = build.timeout - (time.monotonic() - started)
+                run = _run_step(svc, policy, argv, log, progress, max(1.0, left), link)
+                if run.code != 0 or run.reason:
+                    tail = "\n".join(run.tail)
+                    raise ConfigError(
+                        f"build step {i} of {name} failed ({run.reason}): {' '.join(argv)}"
+                        + (f"\n{tail}" if tail else ""),
+                        where=f"bots.{name}.build.steps[{i - 1}]",
+                        hint=f"the whole output is in {bot_dir / f'{key}.log'}; fix the step and run "
+                        "`clawpen up` again (nothing was changed)",
+                    )
+        (staging / ".clawpen-build").write_text(json.dumps({"key": key, "built_at": time.time()}) + "\n")
+        os.rename(staging, final)
+    finally:
+        if link is not None:
+            with contextlib.suppress(Exception):
+                network.detach(name, BUILD_REPLICA)
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune(bot_dir)
+    seconds = time.monotonic() - started
+    progress(f"build {name}: done in {seconds:.1f} s ({key})")
+    return BuildResult(name, key, final, False, seconds)
+
+
+def _prune(bot_dir: Path) -> None:
+    builds = sorted(
+        (p for p in bot_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "cache"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in builds[KEEP_BUILDS:]:
+        shutil.rmtree(old, ignore_errors=True)
+        (bot_dir / f"{old.name}.log").unlink(missing_ok=True)
+
+
+def with_build(bot: Bot, result: BuildResult) -> Bot:
+    """``bot`` with its build output mounted read-only at the build's mount."""
+    if bot.build is None:
+        return bot
+    entry = f"{result.path}:{bot.build.mount}"
+    fs = Filesystem(ro=[*bot.filesystem.ro, entry], rw=list(bot.filesystem.rw))
+    return bot.model_copy(update={"filesystem": fs})
+
+
+def _ensure_gateway(daemon: Any) -> None:
+    """Start the egress gateway before a build needs it (it starts by itself only once an
+    applied spec gives a bot egress, which comes after the build)."""
+    for listener in daemon.spec_listeners:
+        owner = getattr(listener, "__self__", None)
+        if owner is None or not hasattr(owner, "gateway") or owner.gateway is not None:
+            continue
+        start = getattr(owner, "ensure_gateway", None) or getattr(owner, "_start_gateway", None)
+        if callable(start):
+            start()
+
+
+async def run_builds(daemon: Any, loaded: Any, names: set[str], writer: Any, args: dict[str, Any]) -> Any:
+    """Build every bot in ``names`` that has a build section; returns ``loaded`` with those bots
+    mounting their output. Raises (and changes nothing) when a build fails. With ``dry_run``
+    nothing is built: bots whose build is cached get their mount, so the plan compares right.
+    With ``progress``, each output line also goes to the client as an ``item``."""
+    built = [n for n in sorted(names) if loaded.spec.bots[n].build is not None]
+    if not built:
+        return loaded
+    from clawpen.daemon import rpc
+
+    loop = asyncio.get_running_loop()
+    stream = bool(args.get("progress")) and writer is not None
+
+    def progress(line: str) -> None:
+        if stream:
+            loop.call_soon_threadsafe(writer.write, rpc.item({"build": line}))
+
+    bots = dict(loaded.spec.bots)
+    if not args.get("dry_run") and any(bots[n].build and bots[n].build.egress for n in built):
+        _ensure_gateway(daemon)
+    for name in built:
+        build = bots[name].build
+        if args.get("dry_run"):
+            if build is not None:
+                key = cache_key(build, str(loaded.base_dir))
+                path = build_root(daemon.services.state_dir) / name / key
+                if path.is_dir():
+                    bots[name] = with_build(bots[name], BuildResult(name, key, path, True, 0.0))
+            continue
+        daemon.note("build", f"build of {name} started", name)
+        try:
+            result = await loop.run_in_executor(
+                None, run_build, daemon.services, name, bots[name], str(loaded.base_dir), progress
+            )
+        except Exception as err:
+            daemon.note("build", f"build of {name} failed: {str(err).splitlines()[0]}", name)
+            raise
+        how = "cached" if result.cached else f"built in {result.seconds:.1f} s"
+        daemon.note("build", f"build of {name}: {how} ({result.key})", name)
+        bots[name] = with_build(bots[name], result)
+    spec = loaded.spec.model_copy(update={"bots": bots})
+    return dataclasses.replace(loaded, spec=spec)

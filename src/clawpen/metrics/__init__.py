@@ -1,0 +1,1 @@
+"""Metrics: collection (cgroups, /proc, psutil), storage with downsampling, Prometheus."""

@@ -1,0 +1,371 @@
+"""The daemon component that runs monitoring: collects every ``interval``, stores, evaluates the
+alert rules, notifies, and serves ``/metrics``. Its operations (``metrics``, ``metrics_latest``,
+``alerts``, ``alerts_ack``, ``alerts_silence``, ``alerts_test``) are registered on the daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawpen.alerts.engine import Alert, Change, Engine, Notice
+from clawpen.alerts.messages import fmt_value, message, test_message
+from clawpen.alerts.rules import Rule, bot_of, rules_from
+from clawpen.errors import ClawpenError, UsageError
+from clawpen.metrics.collector import Collector, InstanceView
+from clawpen.metrics.logwatch import LogWatch
+from clawpen.metrics.probes import Prober
+from clawpen.metrics.prom import MetricsServer, Snapshot, latest_json, registry_for
+from clawpen.metrics.storage import Storage
+from clawpen.notify.apprise_notifier import notifiers_for
+from clawpen.notify.base import Delivery, Dispatcher, Notifier
+from clawpen.spec.alerts import MonitoringConfig, split_hostport
+from clawpen.spec.units import UnitError, parse_duration
+
+if TYPE_CHECKING:
+    from clawpen.daemon.server import Daemon
+    from clawpen.spec.models import Spec
+
+FLUSH_EVERY = 60.0
+PRUNE_EVERY = 3600.0
+MAX_POINTS = 1500
+
+
+def _seconds(value: Any, what: str) -> float:
+    try:
+        return parse_duration(value)
+    except (UnitError, TypeError) as err:
+        raise UsageError(
+            f"{what} {value!r} is not a duration", where="clawpen", hint='e.g. "1h", "30m"'
+        ) from err
+
+
+class Monitor:
+    name = "metrics"
+
+    def __init__(self, state: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.state = state
+        self.clock = clock
+        self.cfg = MonitoringConfig()
+        self.rules: list[Rule] = []
+        self.engine = Engine([])
+        self.snapshot = Snapshot()
+        self.latest_at: float | None = None
+        self.server: MetricsServer | None = None
+        self.listen_error: str | None = None
+        self._listen = ""
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._last_flush = self._last_prune = 0.0
+        self._notifiers: list[Notifier] = []
+        # Apprise logs URLs (with their tokens) on failures: keep that out of the daemon's stderr.
+        apprise_log = logging.getLogger("apprise")
+        apprise_log.addHandler(logging.NullHandler())
+        apprise_log.propagate = False
+
+    # ---------------------------------------------------------------- component
+    async def start(self, daemon: Daemon) -> None:
+        from clawpen.daemon.server import Op
+
+        self.daemon = daemon
+        self.storage = Storage(self.state / "metrics.db", clock=self.clock)
+        self.collector = Collector(daemon.services.tier.cgroup_host)
+        self.logwatch = LogWatch(daemon.services.logs_dir, [])
+        self.prober = Prober([])
+        self.engine.restore(Alert.from_dict(a) for a in self.storage.alerts(("firing",)))
+        self.engine.next_id = max(self.engine.next_id, self.storage.max_alert_id() + 1)
+        for rule, silence in self.storage.silences().items():
+            self.engine.silence(rule, silence["until"])
+        self.dispatcher = Dispatcher([], self._record_delivery, clock=self.clock)
+        self.registry = registry_for(lambda: self.snapshot)
+        daemon.add_ops(
+            {
+                "metrics": Op("viewer", self.op_metrics),
+                "metrics_latest": Op("viewer", self.op_metrics_latest),
+                "alerts": Op("viewer", self.op_alerts),
+                "alerts_ack": Op("operator", self.op_alerts_ack),
+                "alerts_silence": Op("operator", self.op_alerts_silence),
+                "alerts_test": Op("operator", self.op_alerts_test),
+            }
+        )
+        daemon.spec_listeners.append(self.apply)
+        self.apply(daemon.current_spec())
+        await self._serve_prometheus()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="metrics")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.server is not None:
+            await self.server.stop()
+        await self.dispatcher.drain(10.0)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.storage.close)
+        self.collector.close()
+
+    def apply(self, spec: Spec | None) -> None:
+        """Take the ``[monitoring]`` section of a newly applied spec."""
+        cfg = spec.monitoring if spec is not None else MonitoringConfig()
+        self.cfg = cfg
+        self.rules = rules_from(cfg)
+        gone = self.engine.set_rules(self.rules)
+        if gone:
+            self.storage.delete_alerts(a.id for a in gone)
+        self.engine.repeat_interval = cfg.notify.repeat_interval
+        self.engine.send_resolved = cfg.notify.send_resolved
+        self.logwatch = LogWatch(self.daemon.services.logs_dir, self.rules)
+        self.prober = Prober([split_hostport(p, "probe") for p in cfg.probes])
+        urls = list(cfg.notify.urls)
+        if cfg.notify.url_secrets:
+            from clawpen.vault.store import Vault
+
+            try:
+                urls += [v.decode() for v in Vault(self.state).values_for(cfg.notify.url_secrets).values()]
+            except ClawpenError as err:
+                self.daemon.note("alert", f"notify: {err.what} ({err.hint})")
+        notifiers, bad = notifiers_for(urls)
+        for problem in bad:
+            self.daemon.note("alert", f"notify: {problem}")
+        self._notifiers = list(notifiers)
+        self.dispatcher.notifiers = self._notifiers
+        self.dispatcher.retries = cfg.notify.retries
+        self.dispatcher.backoff = cfg.notify.retry_backoff
+        if self._task is not None and cfg.prometheus_listen != self._listen:
+            asyncio.get_running_loop().create_task(self._serve_prometheus())
+        self._wake.set()
+
+    async def _serve_prometheus(self) -> None:
+        listen = self.cfg.prometheus_listen
+        if listen == self._listen:
+            return
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        self._listen = listen
+        self.listen_error = None
+        if listen == "off":
+            return
+        host, port = split_hostport(listen, "prometheus_listen", any_port=True)
+        server = MetricsServer(self.registry, host, port)
+        try:
+            await server.start()
+        except OSError as err:
+            self.listen_error = f"cannot listen on {listen}: {err.strerror or err}"
+            self.daemon.note("metrics", f"/metrics not served: {self.listen_error}")
+            return
+        self.server = server
+
+    # ---------------------------------------------------------------- the loop
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.tick()
+            except Exception as err:  # one bad pass must not end monitoring
+                self.daemon.note("metrics", f"collection pass failed: {err!r}")
+            next_at = max(next_at + self.cfg.interval, loop.time())
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), next_at - loop.time())
+                next_at = loop.time()
+
+    def _views(self) -> list[InstanceView]:
+        views = []
+        for name, insts in self.daemon.instances.items():
+            for inst in insts:
+                sb = inst.sandbox
+                latency = getattr(inst, "health_latency_s", None)
+                views.append(
+                    InstanceView(
+                        inst.label, name, f"{name}.{inst.replica}" if sb is not None else None,
+                        sb.sandbox_pid if sb is not None else None, str(inst.machine.state), inst.restarts,
+                        inst.health, latency if isinstance(latency, float) else None,
+                        inst.bot.health is not None,
+                    )
+                )  # fmt: skip
+        return views
+
+    def _denied(self) -> dict[str, int] | None:
+        gateway = getattr(self.daemon, "gateway", None)
+        for part in getattr(self.daemon, "components", []) or []:
+            if getattr(part, "name", None) == "gateway":
+                gateway = part
+        stats = getattr(gateway, "stats", None)
+        if not callable(stats):
+            return None
+        try:
+            return {bot: int(s.get("denied", 0)) for bot, s in stats().items()}
+        except Exception:
+            return None
+
+    async def tick(self) -> None:
+        """One pass: collect, store, evaluate, notify."""
+        loop = asyncio.get_running_loop()
+        now = self.clock()
+        views = self._views()
+        denied = self._denied()
+        probes = loop.create_task(self.prober.run_once()) if self.prober.targets else None
+        values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
+        if probes is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(probes, self.cfg.interval)
+            values.setdefault("host", {}).update(self.prober.values())
+        for target, counts in self.logwatch.scan([v.target for v in views], now).items():
+            values.setdefault(target, {}).update(counts)
+        self.storage.add(now, values)
+        changes, notices = self.engine.evaluate(now, values)
+        self._after_evaluation(changes, notices)
+        snap = Snapshot()
+        snap.values = values
+        snap.log_totals = dict(self.logwatch.totals)
+        snap.alerts = [(a.rule, a.severity, a.state) for a in self.engine.active.values()]
+        self.snapshot, self.latest_at = snap, now
+        if now - self._last_flush >= FLUSH_EVERY:
+            self._last_flush = now
+            await loop.run_in_executor(None, self.storage.flush)
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            await loop.run_in_executor(None, self.storage.prune)
+
+    def _after_evaluation(self, changes: list[Change], notices: list[Notice]) -> None:
+        save: dict[int, Alert] = {}
+        for change in changes:
+            alert = change.alert
+            if change.kind in ("firing", "resolved"):
+                save[alert.id] = alert
+                value = fmt_value("host" if alert.target == "host" else "bot", alert.series, alert.value)
+                self.daemon.note(
+                    "alert",
+                    f"{alert.rule} {change.kind} on {alert.target}: {alert.summary} "
+                    f"(value {value}, id {alert.id})",
+                    bot=None if alert.target == "host" else bot_of(alert.target),
+                )
+        for notice in notices:
+            save[notice.alert.id] = notice.alert
+            if self._notifiers:
+                self.dispatcher.submit(message(notice.kind, notice.alert))
+        if save:
+            self.storage.save_alerts(a.as_dict() for a in save.values())
+
+    def _record_delivery(self, d: Delivery) -> None:
+        self.storage.add_delivery(d)
+        if not d.ok:
+            what = f"alert {d.alert_id}" if d.alert_id else d.kind
+            self.daemon.note(
+                "alert", f"notify: {what} not delivered to {d.notifier} after {d.attempts} tries: {d.error}"
+            )
+
+    # ---------------------------------------------------------------- operations
+    def _target(self, raw: Any) -> str:
+        target = str(raw or "")
+        known = set(self.daemon.store.bots()) | {v.target for v in self._views()}
+        if target == "host" or target in known or target in self.storage.targets():
+            return target
+        raise UsageError(
+            f"no bot named {target!r}",
+            where="clawpen metrics",
+            hint=f"name a bot ({', '.join(sorted(known)) or 'none yet'}) or host",
+        )
+
+    async def op_metrics(self, args: dict[str, Any], _w: Any) -> Any:
+        target = self._target(args.get("target"))
+        since = _seconds(args.get("since", 3600), "--since")
+        now = self.clock()
+        loop = asyncio.get_running_loop()
+        points = await loop.run_in_executor(None, self.storage.query, target, now - since)
+        series: dict[str, list[list[float]]] = {}
+        for t, values in points.items():
+            for name, value in values.items():
+                series.setdefault(name, []).append([round(t, 3), value])
+        step = 1
+        longest = max((len(v) for v in series.values()), default=0)
+        if longest > MAX_POINTS:
+            step = -(-longest // MAX_POINTS)
+            series = {k: _thin(v, step) for k, v in series.items()}
+        return {"target": target, "since": since, "step": step, "series": series}
+
+    async def op_metrics_latest(self, args: dict[str, Any], _w: Any) -> Any:
+        out = latest_json(self.snapshot.values, self.latest_at)
+        out["interval"] = self.cfg.interval
+        out["states"] = {v.target: v.state for v in self._views()}
+        out["alerts"] = sum(1 for a in self.engine.active.values() if a.state == "firing")
+        return out
+
+    async def op_alerts(self, args: dict[str, Any], _w: Any) -> Any:
+        now = self.clock()
+        active = sorted((a.as_dict() for a in self.engine.active.values()), key=lambda a: a["id"])
+        recent = [
+            a for a in self.storage.alerts(("resolved",), 50) if (a.get("resolved_at") or 0) > now - 86400
+        ]
+        silences = {r: s for r, s in self.storage.silences().items() if s["until"] > now}
+        return {
+            "alerts": active,
+            "resolved": recent,
+            "silences": silences,
+            "rules": [r._asdict() for r in self.rules],
+            "deliveries": self.storage.deliveries(20),
+            "notifiers": [n.name for n in self._notifiers],
+            "prometheus": {"listen": self._listen, "port": self.server.port if self.server else None,
+                           "error": self.listen_error},
+        }  # fmt: skip
+
+    async def op_alerts_ack(self, args: dict[str, Any], _w: Any) -> Any:
+        raw = str(args.get("id", ""))
+        if not raw.isdigit():
+            raise UsageError(
+                f"alert id {raw!r} is not a number", where="clawpen alerts ack", hint="see clawpen alerts"
+            )
+        who = str(args.get("who") or "root")
+        alert = self.engine.ack(int(raw), who, self.clock())
+        if alert is None:
+            raise UsageError(
+                f"no active alert with id {raw}",
+                where="clawpen alerts ack",
+                hint="`clawpen alerts` lists them",
+            )
+        self.storage.save_alerts([alert.as_dict()])
+        self.daemon.note("alert", f"alert {alert.id} ({alert.rule} on {alert.target}) acknowledged by {who}")
+        return alert.as_dict()
+
+    async def op_alerts_silence(self, args: dict[str, Any], _w: Any) -> Any:
+        rule = str(args.get("rule", ""))
+        names = {r.name for r in self.rules}
+        if rule not in names:
+            raise UsageError(
+                f"no alert rule named {rule!r}",
+                where="clawpen alerts silence",
+                hint=f"rules: {', '.join(sorted(names)) or 'none'}",
+            )
+        seconds = _seconds(args.get("for", "2h"), "--for")
+        until = self.clock() + seconds
+        who = str(args.get("who") or "root")
+        self.engine.silence(rule, until)
+        self.storage.set_silence(rule, until, who)
+        self.daemon.note("alert", f"rule {rule} silenced for {seconds:g}s by {who}")
+        return {"rule": rule, "until": until}
+
+    async def op_alerts_test(self, args: dict[str, Any], _w: Any) -> Any:
+        if not self._notifiers:
+            raise UsageError(
+                "no notification URL is configured",
+                where="clawpen alerts test",
+                hint="add [monitoring.notify] urls = [...] to clawpen.toml and run clawpen up",
+            )
+        sent = await self.dispatcher.deliver(test_message())
+        return {"deliveries": [d._asdict() for d in sent]}
+
+
+def _thin(points: list[list[float]], step: int) -> list[list[float]]:
+    """Average every ``step`` points into one (long ranges stay readable)."""
+    out = []
+    for i in range(0, len(points), step):
+        chunk = points[i : i + step]
+        out.append([chunk[0][0], round(sum(p[1] for p in chunk) / len(chunk), 4)])
+    return out

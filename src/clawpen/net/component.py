@@ -1,0 +1,122 @@
+"""The gateway as a daemon component: started when a spec gives some bot egress.
+
+* listens in the gateway namespace of ``daemon.services.network`` (the link manager), which
+  also answers ``by_source``; upstream sockets are the daemon's own namespace;
+* follows ``[gateway] dns_upstream`` after every ``up``;
+* denied connections become ``egress-denied`` events (rate-limited per bot by the log);
+* operations: ``net_log`` (viewer) for ``clawpen net log``, ``net_stats`` (viewer) for the
+  per-bot counters (also :meth:`GatewayComponent.stats` for an in-process collector).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawpen.errors import ClawpenError
+from clawpen.net.connlog import ConnLog, ConnRecord, query
+from clawpen.net.gateway import Gateway
+from clawpen.net.resolve import Resolver
+
+if TYPE_CHECKING:
+    from clawpen.daemon.server import Daemon
+    from clawpen.spec.models import Spec
+
+MAX_ROWS = 5000
+
+
+def log_path(state: Path) -> Path:
+    return state / "net" / "connlog.db"
+
+
+class GatewayComponent:
+    name = "gateway"
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.daemon: Daemon | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.resolver = Resolver()
+        self.log = ConnLog(log_path(state), on_denied=self._denied)
+        self.gateway: Gateway | None = None
+        self._log_started = False
+
+    async def start(self, daemon: Daemon) -> None:
+        from clawpen.daemon.server import Op
+
+        self.daemon = daemon
+        self.loop = asyncio.get_running_loop()
+        daemon.add_ops(
+            {"net_log": Op("viewer", self.op_net_log), "net_stats": Op("viewer", self.op_net_stats)}
+        )
+        daemon.spec_listeners.append(self.apply)
+        self.apply(daemon.current_spec())
+
+    async def stop(self) -> None:
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.stop)
+            self.gateway = None
+        if self._log_started:
+            await asyncio.to_thread(self.log.close)
+            self._log_started = False
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return self.log.stats()
+
+    # ------------------------------------------------------------ spec
+    def apply(self, spec: Spec | None) -> None:
+        """Follow the newest spec: upstream resolvers; start the gateway once a bot has egress.
+
+        Runs on the event loop right after ``up`` launched the bots and before they run, so the
+        gateway listens before a bot's first connection."""
+        if spec is None:
+            return
+        self.resolver.set_upstream(list(spec.gateway.dns_upstream))
+        if self.gateway is None and any(bot.network.egress for bot in spec.bots.values()):
+            self._start_gateway()
+
+    def _start_gateway(self) -> None:
+        daemon = self.daemon
+        network = getattr(daemon.services, "network", None) if daemon is not None else None
+        if daemon is None or network is None:
+            return
+        try:
+            if not self._log_started:
+                self.log.start()
+                self._log_started = True
+            gateway = Gateway(network, self.log, self.resolver, netns_fd=network.gateway_netns_fd)
+            gateway.start()
+        except (ClawpenError, OSError) as err:
+            daemon.note("network", f"the egress gateway did not start: {err}")
+            return
+        self.gateway = gateway
+        daemon.note("network", "egress gateway listening (proxy 3128, transparent 3129, DNS 53)")
+
+    def _denied(self, rec: ConnRecord, folded: int) -> None:
+        """From a gateway thread: hand the event to the loop (``note`` is not thread-safe)."""
+        more = f" (+{folded} more denied since the last event)" if folded else ""
+        text = f"{rec.kind} {rec.host}:{rec.port} denied: {rec.reason}{more}"
+        if self.loop is not None and self.daemon is not None:
+            note = self.daemon.note
+            with contextlib.suppress(RuntimeError):  # loop closed while stopping
+                self.loop.call_soon_threadsafe(lambda: note("egress-denied", text, rec.bot, rec.replica))
+
+    # ------------------------------------------------------------ operations
+    async def op_net_log(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+        if self._log_started:
+            await asyncio.to_thread(self.log.flush, 2.0)
+        since = args.get("since")
+        return await asyncio.to_thread(
+            query,
+            self.log.path,
+            bot=str(args["bot"]) if args.get("bot") else None,
+            since=float(since) if since is not None else None,
+            denied=bool(args.get("denied")),
+            after_id=int(args.get("after_id") or 0),
+            limit=min(int(args.get("limit") or 200), MAX_ROWS),
+        )
+
+    async def op_net_stats(self, _args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+        return self.stats()

@@ -1,0 +1,500 @@
+"""The egress gateway: explicit proxy and transparent interception for every bot link.
+
+Listening sockets live in the gateway network namespace (``0.0.0.0:PROXY_PORT`` and
+``0.0.0.0:TRANSPARENT_PORT``, plus DNS); each accepted connection gets a thread that joins the
+*upstream* namespace (the daemon's own by default) before it opens anything, so upstream sockets
+and DNS queries are made there. Per connection:
+
+1. who: the bot link behind the source address (``registry.by_source``), else close;
+2. where: CONNECT target / absolute URL (proxy), or the original destination and then TLS SNI
+   (port 443), HTTP Host (port 80), or the name the gateway's DNS gave that bot for that
+   address (other ports) (transparent);
+3. check the allowlist, resolve the name upstream, refuse if any address is not public
+   (unless in ``allow_private``), connect, and relay (zero-copy, :mod:`clawpen.net.relay`).
+   On CONNECT the first bytes must be a ClientHello whose SNI is the CONNECT host (port 443),
+   and any ClientHello must name that host.
+
+Denied: ``403`` with a one-line reason (proxy), a reset (transparent). Every connection ends up
+in the :class:`clawpen.net.connlog.ConnLog`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+from clawpen.net import egress, sniff
+from clawpen.net.connlog import ConnLog, ConnRecord
+from clawpen.net.dns import DnsServer
+from clawpen.net.netns import setns, socket_in
+from clawpen.net.relay import Refused, Workers, close_quietly, relay, tune
+from clawpen.net.resolve import NameMap, Resolver, UpstreamError
+from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
+
+SO_ORIGINAL_DST = 80
+HEAD_TIMEOUT = 30.0  # for the bot's first bytes (request head / ClientHello)
+CONNECT_TIMEOUT = 10.0
+LEADERS = 4  # threads waiting in accept() per listener
+FIRST_BYTES_WAIT = 0.05  # a bot slower than this to send its first bytes frees its accept place
+
+
+class Denied(Exception):
+    """A connection the policy refuses; the text is the one-line reason."""
+
+
+class Gateway:
+    """The gateway process side: proxy, transparent listener, DNS server, connection log."""
+
+    def __init__(
+        self,
+        registry: LinkRegistry,
+        log: ConnLog,
+        resolver: Resolver,
+        *,
+        netns_fd: int | None = None,
+        upstream_netns_fd: int | None = None,
+        host: str = "0.0.0.0",  # noqa: S104 - inside the gateway namespace only
+        proxy_port: int = PROXY_PORT,
+        transparent_port: int = TRANSPARENT_PORT,
+        dns_port: int | None = DNS_PORT,
+        head_timeout: float = HEAD_TIMEOUT,
+    ) -> None:
+        self.registry = registry
+        self.log = log
+        self.resolver = resolver
+        self.names = NameMap()
+        self.netns_fd = netns_fd
+        self.upstream_netns_fd = upstream_netns_fd
+        self.host = host
+        self.proxy_port = proxy_port
+        self.transparent_port = transparent_port
+        self.head_timeout = head_timeout
+        self.dns = (
+            DnsServer(
+                registry,
+                resolver,
+                self.names,
+                log,
+                netns_fd=netns_fd,
+                upstream_netns_fd=upstream_netns_fd,
+                host=host,
+                port=dns_port,
+            )
+            if dns_port is not None
+            else None
+        )
+        self._listeners: list[socket.socket] = []
+        self._serving: list[tuple[socket.socket, Any]] = []
+        self._tl = threading.local()
+        self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
+        fd = upstream_netns_fd
+        # Connection threads live in the upstream namespace, so what they open is made there.
+        self.workers = Workers((lambda: setns(fd)) if fd is not None else None, name="clawpen-gw")
+
+    # ------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        try:
+            for port, serve in (
+                (self.proxy_port, self._serve_proxy),
+                (self.transparent_port, self._serve_transparent),
+            ):
+                sock = socket_in(self.netns_fd, socket.AF_INET, socket.SOCK_STREAM)
+                self._listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((self.host, port))
+                sock.listen(1024)
+                self.ports[serve.__name__.removeprefix("_serve_")] = sock.getsockname()[1]
+                self._serving.append((sock, serve))
+            if self.dns is not None:
+                self.dns.start()
+        except BaseException:
+            self.stop()
+            raise
+        for sock, serve in self._serving:
+            for _ in range(LEADERS):
+                self.workers.submit(functools.partial(self._accept, sock, serve))
+
+    def stop(self) -> None:
+        for sock in self._listeners:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            close_quietly(sock)
+        self._listeners.clear()  # the leader in accept() wakes up with an error and ends
+        self._serving.clear()
+        if self.dns is not None:
+            self.dns.stop()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector)."""
+        return self.log.stats()
+
+    def _accept(self, sock: socket.socket, serve: Any) -> None:
+        """Leader/follower: a few threads wait in ``accept()``; the one that gets a connection
+        serves it in place (no thread hop before the first byte) and hands its place to another
+        worker once the connection's first round trip is done (:meth:`_promote`), or at once
+        if the bot is slow to send its first bytes, so slow clients never hold up accepting."""
+        try:
+            conn, addr = sock.accept()
+        except OSError:
+            return
+        self._tl.promote = functools.partial(
+            self.workers.submit, functools.partial(self._accept, sock, serve)
+        )
+        try:
+            self._handle(serve, conn, addr[0])
+        finally:
+            self._promote()
+
+    def _promote(self) -> None:
+        """Put a new leader in this thread's place (once per connection)."""
+        fn = getattr(self._tl, "promote", None)
+        if fn is not None:
+            self._tl.promote = None
+            fn()
+
+    def _wait_first_bytes(self, conn: socket.socket) -> None:
+        if not select.select([conn], [], [], FIRST_BYTES_WAIT)[0]:
+            self._promote()
+
+    def _handle(self, serve: Any, conn: socket.socket, source: str) -> None:
+        try:
+            link = self.registry.by_source(source)
+            if link is None:
+                _reset(conn)
+                return
+            tune(conn)
+            serve(conn, link)
+        except Exception:  # noqa: S110 - a broken connection must not take the gateway down
+            pass
+        finally:
+            close_quietly(conn)
+
+    # ------------------------------------------------------------ checks
+    def _check(self, link: BotLink, host: str, port: int) -> tuple[str, list[str]]:
+        """Allowlist + resolution + address classes: (reason it is allowed, addresses)."""
+        try:
+            name = egress.normalize_host(host)
+        except ValueError as err:
+            raise Denied(str(err)) from None
+        policy = egress.policy_for(link.egress)
+        rule = policy.match(name, port)
+        if rule is None and not policy.open:
+            what = "address" if _is_ip(name) else "host"
+            raise Denied(f"{what} {name}:{port} is not in the egress allowlist")
+        allowed_by = rule.raw if rule is not None else "open"
+        allow = egress.private_networks(link.allow_private)
+        if _is_ip(name):
+            addresses = [name]
+        else:
+            try:
+                addresses = self.resolver.addresses(name)
+            except UpstreamError as err:
+                raise Denied(f"cannot resolve {name}: {err}") from None
+            if not addresses:
+                raise Denied(f"{name} does not resolve")
+        for addr in addresses:
+            problem = egress.address_problem(addr, allow)
+            if problem is not None:
+                raise Denied(f"{name} resolves to a refused address: {problem}")
+        return allowed_by, addresses
+
+    def _connect(self, addresses: list[str], port: int) -> socket.socket:
+        last: OSError | None = None
+        for addr in addresses:
+            up = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                _timeout(up, socket.SO_SNDTIMEO, CONNECT_TIMEOUT)  # a blocking connect honours it
+                up.connect((addr, port))
+                _timeout(up, socket.SO_SNDTIMEO, 0)
+                tune(up)
+                return up
+            except OSError as err:
+                close_quietly(up)
+                last = err
+        raise OSError(f"cannot connect to {port}: {last}")
+
+    def _record(  # noqa: PLR0917
+        self,
+        link: BotLink,
+        kind: str,
+        host: str,
+        port: int,
+        verdict: str,
+        reason: str,
+        t0: float,
+        up: int = 0,
+        down: int = 0,
+    ) -> None:
+        self.log.add(
+            ConnRecord(
+                t0, link.bot, link.replica, kind, host, port, verdict, reason, up, down, time.time() - t0
+            )
+        )
+
+    # ------------------------------------------------------------ explicit proxy
+    def _serve_proxy(self, conn: socket.socket, link: BotLink) -> None:
+        t0 = time.time()
+        _timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
+        self._wait_first_bytes(conn)
+        data = b""
+        req: sniff.Request | None = None
+        try:
+            while req is None:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+                got = sniff.http_request(data)
+                if got is not sniff.MORE:
+                    req = got
+        except (sniff.BadRequest, OSError):
+            _respond(conn, 400, "clawpen gateway: not an HTTP proxy request")
+            return
+        if req is None:
+            return
+        if req.method == "CONNECT":
+            self._proxy_connect(conn, link, req, data[req.size :], t0)
+        else:
+            self._proxy_http(conn, link, req, data[req.size :], t0)
+
+    def _proxy_connect(
+        self, conn: socket.socket, link: BotLink, req: sniff.Request, rest: bytes, t0: float
+    ) -> None:
+        try:
+            host, port = sniff.split_host_port(req.target, 0)
+            if port == 0:
+                raise Denied("CONNECT needs host:port")
+            name = _safe_normal(host)
+            allowed_by, addresses = self._check(link, host, port)
+        except (Denied, ValueError) as err:
+            self._record(link, "connect", req.target, 0, "denied", str(err), t0)
+            _respond(conn, 403, f"clawpen gateway: {err}")
+            return
+        try:
+            up = self._connect(addresses, port)
+        except OSError as err:
+            self._record(link, "connect", name, port, "denied", f"upstream: {err}", t0)
+            _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
+            return
+        try:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self._promote()  # while the bot answers the 200 (its ClientHello)
+
+            def gate() -> bytes:
+                return self._hello_gate(conn, rest, name, port)
+
+            counts = relay(conn, up, a_gate=gate, gate_first=port == 443, spawn=self.workers.submit)
+        finally:
+            close_quietly(up)
+        if counts.refused:
+            self._record(
+                link, "connect", name, port, "denied", counts.refused, t0, counts.a_to_b, counts.b_to_a
+            )
+        else:
+            self._record(link, "connect", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
+
+    def _hello_gate(self, conn: socket.socket, data: bytes, name: str, port: int) -> bytes:
+        """After CONNECT: a ClientHello must name the CONNECT host (and must come on 443).
+
+        On other ports a protocol where the server speaks first (or a client that only reads)
+        is fine: the server's bytes already flow, and the gate waits without a time limit."""
+        _timeout(conn, socket.SO_RCVTIMEO, self.head_timeout if port == 443 else 0)
+        try:
+            while True:
+                if len(data) >= 3 and not sniff.looks_like_tls(data):
+                    if port == 443:
+                        raise Refused("CONNECT to port 443 without a TLS ClientHello")
+                    return data
+                if len(data) >= 3:
+                    sni = sniff.client_hello_sni(data)
+                    if sni is not sniff.MORE:
+                        break
+                chunk = conn.recv(65536)
+                if not chunk:
+                    if port == 443:
+                        raise Refused("closed before the TLS ClientHello")
+                    return data
+                data += chunk
+        except sniff.NotTLS as err:
+            raise Refused(f"bad TLS ClientHello: {err}") from None
+        except (TimeoutError, BlockingIOError):
+            raise Refused("no TLS ClientHello in time") from None
+        finally:
+            _timeout(conn, socket.SO_RCVTIMEO, 0)
+        if sni is None:
+            if _is_ip(name):
+                return data
+            raise Refused(f"TLS ClientHello without SNI for CONNECT {name}")
+        if _safe_normal(str(sni)) != name:
+            raise Refused(f"TLS SNI {sni!r} does not match CONNECT host {name}")
+        return data
+
+    def _proxy_http(
+        self, conn: socket.socket, link: BotLink, req: sniff.Request, rest: bytes, t0: float
+    ) -> None:
+        try:
+            host, port, path = sniff.absolute_url(req.target)
+            name = _safe_normal(host)
+            allowed_by, addresses = self._check(link, host, port)
+        except (Denied, ValueError) as err:
+            self._record(link, "proxy", req.target[:200], 0, "denied", str(err), t0)
+            _respond(conn, 403, f"clawpen gateway: {err}")
+            return
+        try:
+            up = self._connect(addresses, port)
+        except OSError:
+            self._record(link, "proxy", name, port, "denied", "upstream connect failed", t0)
+            _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
+            return
+        drop = {"proxy-connection", "proxy-authorization", "connection", "keep-alive", "host"}
+        authority = name if port == 80 else f"{name}:{port}"
+        if ":" in name:
+            authority = f"[{name}]" if port == 80 else f"[{name}]:{port}"
+        lines = [f"{req.method} {path} {req.version}", f"Host: {authority}"]
+        lines += [f"{k}: {v}" for k, v in req.headers if k.lower() not in drop]
+        lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            _timeout(conn, socket.SO_RCVTIMEO, 0)
+            self._promote()
+            counts = relay(conn, up, a_prefix=head + rest, spawn=self.workers.submit)
+        finally:
+            close_quietly(up)
+        self._record(link, "proxy", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
+
+    # ------------------------------------------------------------ transparent
+    def _serve_transparent(self, conn: socket.socket, link: BotLink) -> None:
+        t0 = time.time()
+        dst_ip, dst_port = original_dst(conn)
+        host = dst_ip
+        data = b""
+        try:
+            policy = egress.policy_for(link.egress)
+            if dst_port in (self.proxy_port, self.transparent_port) and dst_ip == link.gw_addr:
+                raise Denied("connection to the gateway's own port")
+            if policy.match(dst_ip, dst_port) is None:
+                if dst_port == 443:
+                    data, host = self._sniff(conn, _sni_of, "no TLS SNI (raw IP connection)")
+                elif dst_port == 80:
+                    data, host = self._sniff(conn, _host_of, "no HTTP Host header")
+                else:
+                    known = self.names.get(link.bot_addr, dst_ip)
+                    if known is None and not policy.open:
+                        raise Denied(f"{dst_ip}:{dst_port} was not resolved through the gateway's DNS")
+                    host = known or dst_ip
+                named = _safe_normal(host)
+                if _is_ip(named) and not policy.open and policy.match(named, dst_port) is None:
+                    raise Denied(f"raw IP connection to {host}:{dst_port} (not in the allowlist)")
+            allowed_by, addresses = self._check(link, host, dst_port)
+        except (Denied, ValueError) as err:
+            self._record(link, "transparent", host, dst_port, "denied", str(err), t0)
+            _reset(conn)
+            return
+        if dst_ip in addresses:
+            addresses = [dst_ip] + [a for a in addresses if a != dst_ip]
+        try:
+            up = self._connect(addresses, dst_port)
+        except OSError:
+            self._record(link, "transparent", host, dst_port, "denied", "upstream connect failed", t0)
+            _reset(conn)
+            return
+        try:
+            _timeout(conn, socket.SO_RCVTIMEO, 0)
+            self._promote()
+            counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit)
+        finally:
+            close_quietly(up)
+        name = _safe_normal(host)
+        self._record(
+            link, "transparent", name, dst_port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a
+        )
+
+    def _sniff(self, conn: socket.socket, parse: Any, missing: str) -> tuple[bytes, str]:
+        _timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
+        self._wait_first_bytes(conn)
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                raise Denied(f"{missing}: nothing sent in time") from None
+            if not chunk:
+                raise Denied(f"{missing}: closed")
+            data += chunk
+            try:
+                host = parse(data)
+            except (sniff.NotTLS, sniff.BadRequest, ValueError) as err:
+                raise Denied(f"{missing}: {err}") from None
+            if host is sniff.MORE:
+                continue
+            if not host:
+                raise Denied(missing)
+            return data, str(host)
+
+
+def _sni_of(data: bytes) -> str | object | None:
+    return sniff.client_hello_sni(data)
+
+
+def _host_of(data: bytes) -> str | object | None:
+    req = sniff.http_request(data)
+    if req is sniff.MORE:
+        return req
+    host = req.header("Host")
+    if not host:
+        return None
+    return sniff.split_host_port(host, 80)[0]
+
+
+def original_dst(conn: socket.socket) -> tuple[str, int]:
+    """Where the bot meant to go before nftables redirected it here (SO_ORIGINAL_DST)."""
+    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        return egress.parse_ip_literal(host) is not None
+    except ValueError:
+        return True
+
+
+def _safe_normal(host: str) -> str:
+    try:
+        return egress.normalize_host(host)
+    except ValueError:
+        return host.lower()
+
+
+def _timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """A kernel-side timeout (SO_RCVTIMEO / SO_SNDTIMEO; 0: none) on a blocking socket: cheaper
+    than ``settimeout``, which switches the socket's mode with two fcntl calls each time. A
+    timed-out call raises ``BlockingIOError``."""
+    whole = int(seconds)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
+def _respond(conn: socket.socket, status: int, text: str) -> None:
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}.get(status, "Error")
+    body = (text.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with contextlib.suppress(OSError):
+        conn.sendall(head + body)
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0) so the bot sees a refused connection, not a clean EOF."""
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    close_quietly(conn)

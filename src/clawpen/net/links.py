@@ -1,0 +1,384 @@
+"""Per-bot network namespaces and their veth links to the gateway namespace.
+
+:class:`LinkManager` (one per daemon, ``Services.network``) owns:
+
+* the **gateway namespace**, a network namespace of clawpen's own kept alive by a bind mount
+  at ``<state>/netns/gw`` (so it outlives a daemon restart while bots keep running). It has
+  only ``lo`` and the ``cb<N>`` link ends, IPv6 off, ``ip_forward`` 0, and the nftables table
+  of :mod:`clawpen.net.nft`. The host namespace's interfaces, routes and rules are never touched.
+* one namespace per attached bot instance at ``<state>/netns/<bot>.<replica>``: ``lo`` up,
+  ``eth0`` = ``bot_addr/30`` with the only route (default) via ``gw_addr``, IPv6 off unless the
+  bot's ``network.ipv6``. ``cb<N>`` = ``gw_addr/30`` sits in the gateway namespace.
+* the address allocation: block ``N`` (a /30) of ``[gateway] subnet``; ``gw_addr`` is its
+  first host address, ``bot_addr`` the second. Kept in ``<state>/net-links.json`` (written
+  atomically), so a restarted daemon adopts running bots with the addresses they have.
+
+API (used by the runtime, the gateway and the build steps):
+
+* ``attach(bot, replica, policy) -> Link``: create (or return the existing) link; shapes it
+  when ``policy.bandwidth`` is set. Blocking (~10 ms): call it from an executor thread.
+* ``detach(bot, replica)``: delete the link and the bot's namespace (no error if absent).
+* ``adopt(bot, replica, policy) -> Link | None``: after a daemon restart, take over the link of
+  a bot that still runs (``None`` when its namespace is gone).
+* ``link(bot, replica) -> Link | None``; ``by_source(addr) -> BotLink | None`` (the gateway's
+  :class:`~clawpen.net.types.LinkRegistry`); ``gateway_netns_fd`` (created on first use).
+
+All netlink work goes through pyroute2 over a netlink socket *created inside* the target
+namespace (:func:`clawpen.net.netns.socket_in`), never a socket of the daemon's own namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from clawpen.errors import ConfigError, HostError
+from clawpen.fsutil import write_atomic
+from clawpen.net import netns, nft, shape
+from clawpen.net.types import LINK_PREFIX, BotLink
+from clawpen.plan.model import NetLink
+from clawpen.spec.policy import BotPolicy
+
+DEFAULT_SUBNET = "10.213.0.0/16"
+BOT_IF = "eth0"
+NETLINK_ROUTE = 0
+
+
+class Link(NamedTuple):
+    """One bot instance's link: addresses, interface names and its namespace's path."""
+
+    bot: str
+    replica: int
+    block: int  # the /30 block number in the subnet
+    ifname: str  # gateway end, cb<block>
+    bot_addr: str
+    gw_addr: str
+    prefixlen: int
+    netns: str
+
+    def for_plan(self, egress: tuple[str, ...] | str = ()) -> NetLink:
+        """The record the planner takes (:class:`clawpen.plan.model.NetLink`)."""
+        return NetLink(self.netns, self.bot_addr, self.gw_addr, self.prefixlen, BOT_IF, egress)
+
+
+def _ipr(fd: int) -> Any:
+    """A pyroute2 IPRoute whose netlink socket lives in the namespace ``fd``."""
+    from pyroute2 import IPRoute
+
+    sock = netns.socket_in(fd, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    return IPRoute(use_socket=sock)
+
+
+def _sysctls(ipv6: bool) -> None:
+    netns.write_sysctl("net/ipv4/ip_forward", "0")
+    if not ipv6:
+        for scope in ("all", "default"):
+            with contextlib.suppress(FileNotFoundError):  # kernel without IPv6
+                netns.write_sysctl(f"net/ipv6/conf/{scope}/disable_ipv6", "1")
+
+
+class LinkManager:
+    """The gateway namespace and every bot link of one daemon (see the module docstring)."""
+
+    def __init__(self, state_dir: Path, subnet: str = DEFAULT_SUBNET) -> None:
+        self.dir = state_dir / "netns"
+        self.gw_path = str(self.dir / "gw")
+        self.alloc_path = state_dir / "net-links.json"
+        self.subnet = self._check_subnet(subnet)
+        self._lock = threading.RLock()
+        self._gw_fd: int | None = None
+        self._links: dict[tuple[str, int], Link] = {}
+        self._by_addr: dict[str, BotLink] = {}
+        self._alloc: dict[str, int] = self._load()
+        self.first_use: Callable[[], None] | None = None  # run once, before the first link
+
+    # ------------------------------------------------------------- configuration
+    @staticmethod
+    def _check_subnet(subnet: str) -> ipaddress.IPv4Network:
+        try:
+            net = ipaddress.ip_network(subnet)
+        except ValueError:
+            raise ConfigError(
+                f"gateway subnet {subnet!r} is not a network",
+                where="gateway.subnet",
+                hint="e.g. 10.213.0.0/16",
+            ) from None
+        if not isinstance(net, ipaddress.IPv4Network) or not net.is_private or net.prefixlen > 29:
+            raise ConfigError(
+                f"gateway subnet {subnet} must be a private IPv4 range of at least 8 addresses",
+                where="gateway.subnet",
+                hint="e.g. 10.213.0.0/16 (each bot instance takes a /30)",
+            )
+        return net
+
+    def set_subnet(self, subnet: str) -> None:
+        """Use ``subnet`` for new links (from ``[gateway] subnet``); live links keep theirs."""
+        with self._lock:
+            self.subnet = self._check_subnet(subnet)
+
+    def _load(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.alloc_path.read_text())
+            return {str(k): int(v) for k, v in data.get("links", {}).items()}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
+    def _save(self) -> None:
+        body = {"subnet": str(self.subnet), "links": self._alloc}
+        write_atomic(self.alloc_path, json.dumps(body, indent=1).encode(), mode=0o600)
+
+    # ------------------------------------------------------------- the gateway
+    @property
+    def gateway_netns_fd(self) -> int:
+        """An fd of the gateway namespace (set up on first use; owned by the manager)."""
+        with self._lock:
+            if self._gw_fd is None:
+                self._gw_fd = self._gateway()
+            return self._gw_fd
+
+    def _gateway(self) -> int:
+        def setup() -> None:
+            _sysctls(ipv6=False)
+            netns.loopback_up()
+
+        # No netlink here (pyroute2 cannot run inside a running event loop, and the gateway may
+        # ask for the fd from one): lo goes up by ioctl, the rules by `nft -f -`.
+        fd = netns.create_persistent(self.gw_path, setup=setup)
+        try:
+            nft.apply(fd, nft.ruleset())  # always: a restarted daemon reloads the current rules
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    # ------------------------------------------------------------- links
+    def _block(self, index: int) -> tuple[str, str]:
+        base = self.subnet.network_address + 4 * index
+        return str(base + 1), str(base + 2)
+
+    def _allocate(self, key: str) -> int:
+        if key in self._alloc and 4 * (self._alloc[key] + 1) <= self.subnet.num_addresses:
+            return self._alloc[key]
+        used = set(self._alloc.values())
+        for index in range(self.subnet.num_addresses // 4):
+            if index not in used:
+                return index
+        raise HostError(
+            f"no free link address left in {self.subnet}",
+            where="gateway.subnet",
+            hint="use a larger [gateway] subnet (a /30 per bot instance)",
+        )
+
+    def _register(self, link: Link, policy: BotPolicy) -> None:
+        self._links[(link.bot, link.replica)] = link
+        self._by_addr[link.bot_addr] = BotLink(
+            link.bot, link.replica, link.bot_addr, link.gw_addr, policy.egress, policy.allow_private
+        )
+
+    def ready(self) -> None:
+        """Run the one-time hook (:func:`for_daemon`); call it on the daemon's event loop thread."""
+        if self.first_use is not None:
+            hook, self.first_use = self.first_use, None
+            hook()
+
+    def link(self, bot: str, replica: int) -> Link | None:
+        return self._links.get((bot, replica))
+
+    def links(self) -> list[Link]:
+        return list(self._links.values())
+
+    def by_source(self, addr: str) -> BotLink | None:
+        """The bot instance whose link has ``addr`` (the gateway asks on every connection)."""
+        return self._by_addr.get(addr)
+
+    def attach(self, bot: str, replica: int, policy: BotPolicy) -> Link:
+        """Create the bot instance's namespace and link (or return the live one)."""
+        with self._lock:
+            live = self._links.get((bot, replica))
+            if live is not None:
+                self._register(live, policy)  # the policy may have changed
+                self._shape(live, policy)
+                return live
+            gw_fd = self.gateway_netns_fd
+            key = f"{bot}.{replica}"
+            index = self._allocate(key)
+            gw_addr, bot_addr = self._block(index)
+            link = Link(
+                bot, replica, index, f"{LINK_PREFIX}{index}", bot_addr, gw_addr, 30, str(self.dir / key)
+            )
+            self._remove(link, gw_fd)  # leftovers of an earlier daemon
+            try:
+                self._create(link, gw_fd, policy)
+            except BaseException as exc:
+                self._remove(link, gw_fd)
+                if isinstance(exc, HostError | KeyboardInterrupt):
+                    raise
+                raise HostError(
+                    f"cannot set up the network link of {key}: {exc}",
+                    where=f"link {link.ifname}",
+                    hint="clawpen doctor; the host needs veth and nf_tables support",
+                ) from exc
+            self._alloc[key] = index
+            self._save()
+            self._register(link, policy)
+            return link
+
+    def _create(self, link: Link, gw_fd: int, policy: BotPolicy) -> None:
+        bot_fd = netns.create_persistent(link.netns, setup=lambda: _sysctls(policy.ipv6))
+        ipg = ipb = None
+        try:
+            ipg, ipb = _ipr(gw_fd), _ipr(bot_fd)
+            ipg.link("add", ifname=link.ifname, kind="veth", peer={"ifname": BOT_IF, "net_ns_fd": bot_fd})
+            gw_if = ipg.link_lookup(ifname=link.ifname)[0]
+            ipg.addr("add", index=gw_if, address=link.gw_addr, prefixlen=link.prefixlen)
+            ipg.link("set", index=gw_if, state="up")
+            bot_if = ipb.link_lookup(ifname=BOT_IF)[0]
+            ipb.link("set", index=1, state="up")
+            ipb.addr("add", index=bot_if, address=link.bot_addr, prefixlen=link.prefixlen)
+            ipb.link("set", index=bot_if, state="up")
+            ipb.route("add", dst="default", gateway=link.gw_addr)
+            if policy.bandwidth:
+                shape.set_rate(ipg, gw_if, policy.bandwidth, policy.burst)
+                shape.set_rate(ipb, bot_if, policy.bandwidth, policy.burst)
+        finally:
+            for ipr in (ipg, ipb):
+                if ipr is not None:
+                    ipr.close()
+            os.close(bot_fd)
+
+    def _shape(self, link: Link, policy: BotPolicy) -> None:
+        """Apply (or lift) the policy's bandwidth on both ends of a live link."""
+        bot_fd = netns.open_netns(link.netns)
+        ipg = ipb = None
+        try:
+            ipg, ipb = _ipr(self.gateway_netns_fd), _ipr(bot_fd)
+            ends = ((ipg, ipg.link_lookup(ifname=link.ifname)), (ipb, ipb.link_lookup(ifname=BOT_IF)))
+            for ipr, found in ends:
+                if not found:
+                    continue
+                if policy.bandwidth:
+                    shape.set_rate(ipr, found[0], policy.bandwidth, policy.burst)
+                else:
+                    shape.clear(ipr, found[0])
+        finally:
+            for ipr in (ipg, ipb):
+                if ipr is not None:
+                    ipr.close()
+            os.close(bot_fd)
+
+    def _remove(self, link: Link, gw_fd: int) -> None:
+        ipg = _ipr(gw_fd)
+        try:
+            for index in ipg.link_lookup(ifname=link.ifname):
+                with contextlib.suppress(Exception):
+                    ipg.link("del", index=index)
+        finally:
+            ipg.close()
+        netns.remove_persistent(link.netns)
+
+    def detach(self, bot: str, replica: int) -> None:
+        """Delete the instance's link and namespace and free its addresses (absent: no error)."""
+        with self._lock:
+            key = f"{bot}.{replica}"
+            link = self._links.pop((bot, replica), None)
+            if link is None and key not in self._alloc and not os.path.exists(self.dir / key):
+                return
+            if link is None:
+                index = self._alloc.get(key, -1)
+                gw_addr, bot_addr = self._block(max(index, 0))
+                link = Link(
+                    bot, replica, index, f"{LINK_PREFIX}{index}", bot_addr, gw_addr, 30, str(self.dir / key)
+                )
+            self._by_addr.pop(link.bot_addr, None)
+            self._remove(link, self.gateway_netns_fd)
+            if self._alloc.pop(key, None) is not None:
+                self._save()
+
+    def adopt(self, bot: str, replica: int, policy: BotPolicy) -> Link | None:
+        """Take over the link of an instance that kept running across a daemon restart."""
+        with self._lock:
+            key = f"{bot}.{replica}"
+            index = self._alloc.get(key)
+            path = str(self.dir / key)
+            if index is None or not netns.is_mounted_netns(path):
+                return None
+            gw_fd = self.gateway_netns_fd
+            ipg = _ipr(gw_fd)
+            try:
+                found = ipg.link_lookup(ifname=f"{LINK_PREFIX}{index}")
+            finally:
+                ipg.close()
+            if not found:
+                return None
+            base = ipaddress.ip_address(self._addr_of(index))
+            link = Link(bot, replica, index, f"{LINK_PREFIX}{index}", str(base + 1), str(base), 30, path)
+            self._register(link, policy)
+            return link
+
+    def _addr_of(self, index: int) -> str:
+        """The gateway address of block ``index`` as configured on its ``cb`` end (the subnet
+        may have changed since the link was made)."""
+        ipg = _ipr(self.gateway_netns_fd)
+        try:
+            for msg in ipg.get_addr(label=f"{LINK_PREFIX}{index}"):
+                return str(msg.get_attr("IFA_ADDRESS"))
+        finally:
+            ipg.close()
+        return self._block(index)[0]
+
+    def shutdown(self) -> None:
+        """At a clean daemon exit: with no link left, remove the gateway namespace (a bot that
+        still runs keeps it, for the next daemon to adopt). Makes no netlink call."""
+        with self._lock:
+            if self._links or self._alloc:
+                self.close()
+                return
+            self.close()
+            netns.remove_persistent(self.gw_path)
+
+    def close(self) -> None:
+        """Forget the fds; namespaces and links stay (bots may keep running)."""
+        with self._lock:
+            if self._gw_fd is not None:
+                os.close(self._gw_fd)
+                self._gw_fd = None
+
+    def destroy(self) -> None:
+        """Remove every link and the gateway namespace (tests, and ``clawpen down`` of everything)."""
+        with self._lock:
+            for bot, replica in list(self._links):
+                self.detach(bot, replica)
+            for key in list(self._alloc):
+                name, _, number = key.rpartition(".")
+                self.detach(name, int(number))
+            self.close()
+            netns.remove_persistent(self.gw_path)
+
+
+def for_daemon(state_dir: Path, daemon: Any) -> LinkManager:
+    """The daemon's manager. ``[gateway] subnet`` comes from the newest applied spec, read on
+    first use and followed after each ``up`` (a bad subnet is an event; live links keep their
+    addresses). Called while the daemon is being built, so the hook-up is deferred."""
+    manager = LinkManager(state_dir)
+
+    def follow(spec: Any) -> None:
+        try:
+            manager.set_subnet(spec.gateway.subnet)
+        except ConfigError as err:
+            daemon.note("network", f"gateway subnet not changed: {err.what}")
+
+    def hook_up() -> None:
+        current = daemon.current_spec()
+        if current is not None:
+            follow(current)
+        daemon.spec_listeners.append(follow)
+
+    manager.first_use = hook_up
+    return manager

@@ -1,0 +1,247 @@
+"""Move bytes both ways between two connected TCP sockets, zero-copy where the kernel allows.
+
+:func:`relay` blocks until both directions end. Each direction runs ``splice(2)`` from the
+source socket into a pipe and from the pipe into the destination socket, so the data never
+enters Python; one direction runs in a helper thread, the other in the caller's thread. When a
+side closes its writing half, the other side's writing half is shut down (half-close is kept:
+a client can send EOF and still read the answer). A reset or error on either side tears both
+down. Byte counts come back as ``(a_to_b, b_to_a)``.
+
+Helper A's published ports use the same call: ``relay(client_sock, bot_sock)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+CHUNK = 1 << 20  # bytes per splice call
+PIPE_SIZE = 1 << 20  # asked for; the kernel caps it at /proc/sys/fs/pipe-max-size for non-root
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1)  # not SPLICE_F_MORE: it corks small replies ~200 ms
+_BENIGN = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.EBADF, errno.ESHUTDOWN, errno.ETIMEDOUT)
+
+
+class Counts(NamedTuple):
+    a_to_b: int
+    b_to_a: int
+    refused: str | None = None  # the reason a gate refused the connection
+
+
+class Refused(Exception):
+    """Raised by a gate (see :func:`relay`) to tear the connection down; the text is the reason."""
+
+
+def tune(sock: socket.socket) -> None:
+    """No Nagle delay for a relayed socket (buffers are left to the kernel's autotuning, which
+    grows them for bulk transfers and keeps idle connections small)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        sent = sock.send(view)
+        view = view[sent:]
+
+
+def _pump(
+    src: socket.socket,
+    dst: socket.socket,
+    prefix: bytes,
+    errors: list[BaseException],
+    gate: Callable[[], bytes] | None = None,
+) -> int:
+    """One direction until EOF: ``gate()`` and ``prefix`` first, then splice. Returns bytes moved."""
+    moved = [0]
+    try:
+        if gate is not None:
+            prefix += gate()
+        if prefix:
+            _send_all(dst, prefix)
+            moved[0] += len(prefix)
+        _splice_loop(src.fileno(), dst.fileno(), moved)
+    except (OSError, Refused) as err:
+        if not isinstance(err, OSError) or err.errno not in _BENIGN:
+            errors.append(err)
+        # Wake the other direction: nothing more can flow.
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        return moved[0]
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+    return moved[0]
+
+
+_local = threading.local()
+
+
+def _pipe() -> tuple[int, int]:
+    """This thread's spare pipe (kept between connections: two syscalls fewer each), or a new one."""
+    spare: tuple[int, int] | None = getattr(_local, "pipe", None)
+    if spare is not None:
+        _local.pipe = None
+        return spare
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(wr, _F_SETPIPE_SZ, PIPE_SIZE)
+    return rd, wr
+
+
+def _splice_loop(src: int, dst: int, moved: list[int]) -> None:
+    rd, wr = _pipe()
+    clean = False
+    try:
+        while True:
+            try:
+                got = os.splice(src, wr, CHUNK, flags=_SPLICE_FLAGS)
+            except OSError as err:
+                if err.errno in (errno.EINVAL, errno.ENOSYS) and moved[0] == 0:
+                    _copy_loop(src, dst, moved)
+                    return
+                raise
+            if got == 0:
+                clean = True  # the pipe is empty: keep it for this thread's next connection
+                return
+            left = got
+            while left:
+                left -= os.splice(rd, dst, left, flags=_SPLICE_FLAGS)
+            moved[0] += got
+    finally:
+        if clean and getattr(_local, "pipe", None) is None:
+            _local.pipe = (rd, wr)
+        else:
+            os.close(rd)
+            os.close(wr)
+
+
+def _copy_loop(src: int, dst: int, moved: list[int]) -> None:
+    """Fallback when splice is not available for these descriptors."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        got = os.readv(src, [buf])
+        if got == 0:
+            return
+        out = view[:got]
+        while out:
+            out = out[os.write(dst, out) :]
+        moved[0] += got
+
+
+def relay(
+    a: socket.socket,
+    b: socket.socket,
+    *,
+    a_prefix: bytes = b"",
+    b_prefix: bytes = b"",
+    a_gate: Callable[[], bytes] | None = None,
+    gate_first: bool = False,
+    spawn: Callable[[Callable[[], None]], None] | None = None,
+) -> Counts:
+    """Relay between ``a`` and ``b`` until both directions end; close neither (the caller does).
+
+    ``a_prefix`` is sent to ``b`` before anything else read from ``a`` (bytes the caller already
+    read to sniff the destination); ``b_prefix`` likewise to ``a``. ``a_gate`` (optional) runs
+    first in the ``a`` -> ``b`` direction while ``b`` -> ``a`` already flows: it reads what it
+    needs from ``a`` and returns those bytes (sent on to ``b``), or raises :class:`Refused`,
+    which tears both sides down and comes back in ``Counts.refused``. ``spawn`` runs the
+    second direction (default: a new thread; the gateway passes its :class:`Workers`).
+    With ``gate_first`` the gate runs before ``b`` -> ``a`` starts (for protocols where ``a``
+    speaks first, such as TLS): then handing off the second direction overlaps with ``b``'s
+    answer instead of delaying the first bytes. Both sockets must be blocking; tune them
+    first (:func:`tune`) if they are TCP.
+    """
+    for s in (a, b):
+        if s.gettimeout() is not None:
+            s.setblocking(True)
+    errors: list[BaseException] = []
+    back = [0]
+    done = threading.Event()
+    if gate_first and a_gate is not None:
+        try:
+            a_prefix += a_gate()
+            if a_prefix:
+                _send_all(b, a_prefix)
+        except (OSError, Refused) as err:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+            refused = str(err) if isinstance(err, Refused) else None
+            return Counts(0, 0, refused)
+        sent, a_prefix, a_gate = len(a_prefix), b"", None
+    else:
+        sent = 0
+
+    def other() -> None:
+        try:
+            back[0] = _pump(b, a, b_prefix, errors)
+        finally:
+            done.set()
+
+    if spawn is None:
+        threading.Thread(target=other, name="clawpen-relay", daemon=True).start()
+    else:
+        spawn(other)
+    forward = sent + _pump(a, b, a_prefix, errors, a_gate)
+    done.wait()
+    refused = next((str(e) for e in errors if isinstance(e, Refused)), None)
+    return Counts(forward, back[0], refused)
+
+
+class Workers:
+    """Reusable threads without an upper bound (a relay holds its thread for the connection's
+    life): a task goes to an idle thread if there is one, else to a new thread. Threads idle for
+    ``idle_exit`` seconds end. ``init`` runs once in each new thread (e.g. join a namespace)."""
+
+    def __init__(
+        self, init: Callable[[], None] | None = None, idle_exit: float = 60.0, name: str = "clawpen"
+    ) -> None:
+        self.init = init
+        self.idle_exit = idle_exit
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                self._queue.put(task)
+                return
+        threading.Thread(target=self._run, args=(task,), name=self.name, daemon=True).start()
+
+    def _run(self, task: Callable[[], None]) -> None:
+        if self.init is not None:
+            self.init()
+        while True:
+            with contextlib.suppress(Exception):
+                task()
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    task = self._queue.get(timeout=self.idle_exit)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        if self._queue.empty():
+                            self._idle -= 1
+                            return
+
+
+def close_quietly(*socks: socket.socket | None) -> None:
+    for s in socks:
+        if s is not None:
+            with contextlib.suppress(OSError):
+                s.close()

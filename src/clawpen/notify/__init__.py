@@ -1,0 +1,1 @@
+"""Notifications: a Notifier protocol, the Apprise notifier, retries and a delivery record."""

@@ -1,0 +1,256 @@
+"""Alerts end to end: real Apprise deliveries to a webhook sink and an SMTP server on loopback,
+and the real daemon tripping a CPU rule (a CPU-hog bot) and a log rule (a bot's own output)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from helpers import DaemonCli, wait_for
+
+from clawpen.notify.apprise_notifier import AppriseNotifier
+from clawpen.notify.base import Delivery, Dispatcher, Message
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Sink:
+    """A webhook receiver on loopback; answers 500 to the first ``fail`` requests."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.fail = fail
+        self.hits = 0
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.hits += 1
+                if sink.fail > 0:
+                    sink.fail -= 1
+                    self.send_response(500)
+                else:
+                    sink.got.append(json.loads(body))
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.port}/hook"
+
+    def titles(self) -> list[str]:
+        return [str(m.get("title")) for m in self.got]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Mailbox:
+    def __init__(self) -> None:
+        self.mails: list[str] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.mails.append(envelope.content.decode(errors="replace"))
+        return "250 OK"
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    box = Mailbox()
+    port = free_port()
+    ctl = Controller(box, hostname="127.0.0.1", port=port)
+    ctl.start()
+    try:
+        yield box, port
+    finally:
+        ctl.stop()
+
+
+def mailto(port: int) -> str:
+    return f"mailto://127.0.0.1:{port}?from=clawpen@example.com&to=ops@example.com&mode=insecure"
+
+
+# ---------------------------------------------------------------- Apprise against real servers
+def test_apprise_reaches_a_webhook_and_an_smtp_server(sink: Sink, smtp: tuple[Mailbox, int]) -> None:
+    box, port = smtp
+    records: list[Delivery] = []
+    notifiers = [AppriseNotifier(sink.url, 1), AppriseNotifier(mailto(port), 2)]
+    disp = Dispatcher(notifiers, records.append, retries=0)
+    msg = Message("[FIRING] cpu on web (warning)", "CPU above 85%\nvalue: 97.0%", "warning", "firing", 3)
+    result = asyncio.run(disp.deliver(msg))
+    assert [d.ok for d in result] == [True, True]
+    assert sink.got and sink.got[0]["title"] == msg.title and "value: 97.0%" in sink.got[0]["message"]
+    assert sink.got[0]["type"] == "warning"
+    assert box.mails and "Subject: [FIRING] cpu on web (warning)" in box.mails[0]
+    assert [d.notifier for d in records] == ["json:// #1", "mailto:// #2"]  # never the URL itself
+
+
+def test_failed_delivery_is_retried_then_recorded() -> None:
+    flaky = Sink(fail=2)
+    try:
+        records: list[Delivery] = []
+        disp = Dispatcher([AppriseNotifier(flaky.url)], records.append, retries=3, backoff=0.05)
+        (ok,) = asyncio.run(disp.deliver(Message("t", "b", "info", "test")))
+        assert (ok.ok, ok.attempts, flaky.hits, len(flaky.got)) == (True, 3, 3, 1)
+        dead = f"json://127.0.0.1:{free_port()}/nobody"  # nothing listens there
+        disp = Dispatcher([AppriseNotifier(dead)], records.append, retries=2, backoff=0.05)
+        (bad,) = asyncio.run(disp.deliver(Message("t", "b", "info", "test")))
+        assert (bad.ok, bad.attempts) == (False, 3)
+        assert "delivery failed" in bad.error and "nobody" not in bad.error and str(dead) not in bad.error
+        assert records == [ok, bad]
+    finally:
+        flaky.close()
+
+
+# ---------------------------------------------------------------- the daemon, end to end
+HOG = "while True: pass"
+TALKER = (
+    "import time\\nfor i in range(100000):\\n    print('FATAL: disk on fire', i, flush=True); time.sleep(0.2)"
+)
+
+
+@pytest.mark.root
+@pytest.mark.bwrap
+def test_cpu_hog_and_log_rule_fire_notify_ack_silence_and_resolve(
+    daemon: DaemonCli, sink: Sink, smtp: tuple[Mailbox, int]
+) -> None:
+    box, smtp_port = smtp
+    daemon.write(f"""
+        [bots.hog]
+        command = ["python3", "-c", "{HOG}"]
+        resources = {{ cpus = 1 }}
+
+        [bots.talker]
+        command = ["python3", "-c", "{TALKER}"]
+
+        [monitoring]
+        interval = "1s"
+        prometheus_listen = "off"
+
+        [monitoring.builtin]
+        host_defaults = false      # the test host is shared: keep its load out of this test
+
+        [[monitoring.alerts]]
+        name = "hog_cpu"
+        metric = "bot.cpu_percent"
+        threshold = 15
+        for = "2s"
+        severity = "critical"
+
+        [[monitoring.log_alerts]]
+        name = "fatal"
+        pattern = "^FATAL"
+        count = 3
+        window = "10s"
+        bots = ["talker"]
+
+        [monitoring.notify]
+        urls = ["{sink.url}", "{mailto(smtp_port)}"]
+        retry_backoff = "0.2s"
+        repeat_interval = "1h"
+    """)
+    started = time.monotonic()
+    daemon.cli("up")
+    daemon.wait_state("hog", "running")
+
+    def fired(rule: str, target: str) -> bool:
+        return any(t.startswith(f"[FIRING] {rule} on {target}") for t in sink.titles())
+
+    assert wait_for(lambda: fired("hog_cpu", "hog") and fired("fatal", "talker"), 30, 0.2), sink.titles()
+    elapsed = time.monotonic() - started
+    hog_msg = next(m for m in sink.got if m["title"].startswith("[FIRING] hog_cpu"))
+    assert "bot hog on" in hog_msg["message"] and "value:" in hog_msg["message"]
+    assert hog_msg["type"] == "failure"  # critical
+    assert not fired("hog_cpu", "talker")  # the talker sleeps: below 15% CPU
+    assert wait_for(lambda: any("hog_cpu" in m for m in box.mails), 10), "no mail arrived"
+    print(f"cpu rule notified {elapsed:.1f}s after `up` (for 2s, interval 1s)")
+
+    alerts = daemon.json("alerts")
+    firing = {(a["rule"], a["target"]): a for a in alerts["alerts"] if a["state"] == "firing"}
+    print("resolved", alerts["resolved"], daemon.cli("metrics", "hog", "--since", "1m").stdout)
+    assert ("hog_cpu", "hog") in firing and ("fatal", "talker") in firing
+    assert firing[("hog_cpu", "hog")]["value"] > 15
+    assert alerts["notifiers"] == ["json:// #1", "mailto:// #2"]
+    events = [e["reason"] for e in daemon.events("hog") if e["kind"] == "alert"]
+    assert any(r.startswith("hog_cpu firing on hog") for r in events), events
+
+    series = json.loads(daemon.cli("metrics", "hog", "--since", "5m", "--json").stdout)["series"]
+    assert max(v for _, v in series["cpu_percent"]) > 15 and series["up"][-1][1] == 1.0
+    assert series["memory_limit_bytes"][-1][1] > 0 and series["pids"][-1][1] >= 1
+    host = json.loads(daemon.cli("metrics", "host", "--since", "5m", "--json").stdout)["series"]
+    assert "memory_available_bytes" in host and "load1" in host
+    top = daemon.cli("top", "--once").stdout
+    assert "hog" in top and "talker" in top and "running" in top
+
+    # ack stops reminders; silence needs a known rule; test sends to every URL
+    ack = daemon.cli("alerts", "ack", str(firing[("hog_cpu", "hog")]["id"]))
+    assert "acknowledged alert" in ack.stdout
+    bad = daemon.cli("alerts", "ack", "99999", check=False)
+    assert (
+        bad.returncode == 2
+        and "no active alert with id 99999" in bad.stderr
+        and "Traceback" not in bad.stderr
+    )
+    assert "silenced fatal until" in daemon.cli("alerts", "silence", "fatal", "--for", "1h").stdout
+    nope = daemon.cli("alerts", "silence", "nope", check=False)
+    assert nope.returncode == 2 and "no alert rule named 'nope'" in nope.stderr and "hint:" in nope.stderr
+    test = daemon.cli("alerts", "test")
+    assert "json:// #1: sent" in test.stdout and "mailto:// #2: sent" in test.stdout
+    assert any(t.startswith("[TEST]") for t in sink.titles())
+
+    # stopping the hog resolves its alert; the silenced log rule's resolve is not sent
+    daemon.cli("stop", "hog")
+    assert wait_for(lambda: any(t.startswith("[RESOLVED] hog_cpu on hog") for t in sink.titles()), 15, 0.2)
+    listed = daemon.cli("alerts").stdout
+    assert "fatal" in listed and "silenced: fatal" in listed
+    assert sum(t.startswith("[FIRING] hog_cpu") for t in sink.titles()) == 1  # deduped, never repeated
+
+
+@pytest.mark.root
+@pytest.mark.bwrap
+def test_bad_monitoring_section_is_refused_and_nothing_applied(daemon: DaemonCli) -> None:
+    daemon.write("""
+        [bots.a]
+        command = ["sleep", "60"]
+        [[monitoring.alerts]]
+        metric = "bot.cpu_percentage"
+        threshold = 1
+    """)
+    result = daemon.cli("up", check=False)
+    assert result.returncode == 2 and "no bot metric 'cpu_percentage'" in result.stderr
+    assert "monitoring.alerts" in result.stderr and "Traceback" not in result.stderr
+    with contextlib.suppress(Exception):
+        assert daemon.json("ps") == []
