@@ -111,9 +111,7 @@ def cmd_alerts(ns: argparse.Namespace) -> int:
         print(f"acknowledged alert {data['id']} ({data['rule']} on {data['target']})")
         return 0
     if action == "silence":
-        data = client.call(
-            "alerts_silence", rule=ns.rule, who=caller(), **{"for": ns.duration}
-        )
+        data = client.call("alerts_silence", rule=ns.rule, who=caller(), **{"for": ns.duration})
         print(f"silenced {data['rule']} until {_when(data['until'])}")
         return 0
     if action == "test":

@@ -120,7 +120,7 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class HttpHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
@@ -144,7 +144,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     tls: ssl.SSLContext | None = None
@@ -162,8 +162,9 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 class FakeDNS:
     """An authoritative-ish UDP resolver for ZONE that records every name it was asked."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, zone: dict[str, list[str]] | None = None) -> None:
         self.sock = sock
+        self.zone = ZONE if zone is None else zone
         self.asked: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -180,10 +181,10 @@ class FakeDNS:
             name = q.question[0].name.to_text(omit_final_dot=True).lower()
             self.asked.append(name)
             reply = dns.message.make_response(q)
-            if name not in ZONE:
+            if name not in self.zone:
                 reply.set_rcode(dns.rcode.NXDOMAIN)
             elif q.question[0].rdtype == dns.rdatatype.A:
-                reply.answer.append(dns.rrset.from_text(name + ".", 30, "IN", "A", *ZONE[name]))
+                reply.answer.append(dns.rrset.from_text(name + ".", 30, "IN", "A", *self.zone[name]))
             self.sock.sendto(reply.to_wire(), addr)
 
     def close(self) -> None:
@@ -200,7 +201,7 @@ class Env:
         self.up, self.inet = f"clawpen-t-{tag}-up", f"clawpen-t-{tag}-inet"
         self.tmp = tmp
         self.fds: dict[str, int] = {}
-        self.servers: list[_Server] = []
+        self.servers: list[HttpServer] = []
         self.dns: FakeDNS | None = None
         self.gateway: Gateway | None = None
         self.log: ConnLog | None = None
@@ -282,7 +283,7 @@ class Env:
         self.dns = FakeDNS(sock)
 
     def _serve(self, fd: int, addr: str, port: int, tls: ssl.SSLContext | None) -> None:
-        server = netns_thread_call(fd, lambda: _Server((addr, port), _Handler))
+        server = netns_thread_call(fd, lambda: HttpServer((addr, port), HttpHandler))
         server.tls = tls
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         self.servers.append(server)
@@ -336,6 +337,8 @@ class Env:
         for ns in (self.bot, self.gw, self.up, self.inet):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         shutil.rmtree(self.etc, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.etc.parent.rmdir()  # /etc/netns, if this test made it and nothing else is in it
 
 
 @contextlib.contextmanager

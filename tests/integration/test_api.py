@@ -4,6 +4,7 @@ live, errors as 4xx with what/where/hint, the listen address and TLS rules."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -286,3 +287,52 @@ def test_dashboard_command_prints_the_url_and_a_working_token(api: Api) -> None:
         assert c.post("/api/v1/bots/demo/stop").status_code == 403
     plain = api.daemon.cli("dashboard")
     assert plain.stdout.strip() == f"{api.url}/" and "--token-create" in plain.stderr
+
+
+def test_alerts_and_metrics_of_the_monitor_through_the_api(api: Api) -> None:
+    """The operations the monitoring part adds, called by name: silence needs an operator."""
+    alerts = api.get("/api/v1/alerts")
+    if alerts.status_code == 404:  # this daemon has no monitor: the answer says so
+        assert "no 'alerts' operation" in alerts.json()["error"]
+        return
+    rules = [r["name"] for r in alerts.json()["rules"]]
+    assert rules
+    body = {"rule": rules[0], "for": "1h"}
+    assert api.post("/api/v1/alerts/silence", "viewer", json=body).status_code == 403
+    silenced = api.post("/api/v1/alerts/silence", "operator", json=body)
+    assert silenced.status_code == 200 and silenced.json()["rule"] == rules[0]
+    silence = api.get("/api/v1/alerts").json()["silences"][rules[0]]
+    assert silence["by"].startswith("token ") and "(operator)" in silence["by"]  # who acted, not "root"
+    unknown = api.post("/api/v1/alerts/silence", "operator", json={"rule": "nope", "for": "1h"})
+    assert unknown.status_code == 400 and "nope" in unknown.json()["error"]
+    assert api.post("/api/v1/alerts/999999/ack", "operator").status_code == 400
+    assert api.post("/api/v1/alerts/silence", "operator", json={"rule": "x"}).status_code == 422
+    latest = api.get("/api/v1/metrics/latest").json()
+    assert "host" in latest
+    series = api.get("/api/v1/metrics/host", params={"since": 600}).json()
+    assert series["target"] == "host" and isinstance(series["series"], dict)
+    assert api.get("/api/v1/metrics/nope").status_code == 404
+
+
+def test_live_log_streams_are_capped_and_freed_when_clients_leave(api: Api) -> None:
+    from clawpen.api.streams import MAX_LOG_STREAMS
+
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(api.client(limits=httpx.Limits(max_connections=MAX_LOG_STREAMS + 2)))
+        opened = []
+        for _ in range(MAX_LOG_STREAMS):
+            r = stack.enter_context(client.stream("GET", "/api/v1/bots/demo/logs/stream", params={"tail": 0}))
+            assert r.status_code == 200
+            lines = r.iter_lines()  # kept: dropping a started iterator closes the connection
+            assert next(lines) == ": live"  # its thread follows the file now
+            opened.append((r, lines))
+        with client.stream("GET", "/api/v1/bots/demo/logs/stream") as refused:
+            assert refused.status_code == 429  # (a 200 would stream: do not read it)
+            assert "too many live log streams" in json.loads(refused.read())["error"]
+        opened[0][0].close()  # noticed at the next line the bot writes (every 0.2 s)
+
+        def admitted() -> bool:
+            with client.stream("GET", "/api/v1/bots/demo/logs/stream", params={"tail": 0}) as again:
+                return again.status_code == 200
+
+        assert wait_for(admitted, 10, interval=0.3)

@@ -147,6 +147,15 @@ def test_restore_keeps_firing_alerts_without_sending_again() -> None:
     assert again.next_id == saved[0].id + 1
 
 
+def test_held_target_keeps_its_alerts_while_its_values_are_unknown() -> None:
+    eng = Engine([CPU._replace(for_s=0.0)])
+    eng.evaluate(0.0, bot(99))
+    changes, notices = eng.evaluate(1.0, {"scraper": {"up": 1.0}}, hold={"scraper"})  # no rate yet
+    assert changes == [] and notices == [] and eng.active
+    changes, _ = eng.evaluate(2.0, {"scraper": {"up": 1.0}})  # known and missing: resolved
+    assert [c.kind for c in changes] == ["resolved"]
+
+
 def test_removed_rule_forgets_its_alerts() -> None:
     eng = Engine([CPU._replace(for_s=0.0)])
     eng.evaluate(0.0, bot(99))

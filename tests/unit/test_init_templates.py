@@ -54,8 +54,11 @@ def test_openclaw_template_follows_the_issue(tmp_path: Path) -> None:
     for host in ("api.anthropic.com:443", "api.openai.com:443", "api.telegram.org:443", "discord.com:443"):
         assert f'# "{host}"' in text or f'"{host}"' in text.split("# Chat channels")[1], host
     assert bot.build is not None
-    step = bot.build.steps[0]
-    assert step[:2] == ["npm", "install"] and "node@24" in step and "openclaw@latest" in step
+    node, claw = bot.build.steps
+    assert node[:2] == ["npm", "install"] and node[-1] == "node@24"
+    assert claw[:2] == ["npm", "install"] and claw[-1] == "openclaw@latest"
+    # openclaw's install scripts must find Node 24 first
+    assert bot.build.env["PATH"].startswith("/opt/bot/node_modules/.bin:")
     assert bot.build.egress == ["registry.npmjs.org:443"]
     assert bot.build.mount == "/opt/bot"
     start = (tmp_path / "openclaw" / "start.sh").read_text()
@@ -94,7 +97,9 @@ def _spec(tmp_path: Path, build: str) -> Path:
     (tmp_path / "bot").mkdir(exist_ok=True)
     (tmp_path / "bot" / "req.txt").write_text("a\n")
     path = tmp_path / "clawpen.toml"
-    path.write_text(f'[bots.b]\ncommand = ["true"]\nfilesystem = {{ ro = ["./bot:/app"] }}\n[bots.b.build]\n{build}\n')
+    path.write_text(
+        f'[bots.b]\ncommand = ["true"]\nfilesystem = {{ ro = ["./bot:/app"] }}\n[bots.b.build]\n{build}\n'
+    )
     return path
 
 
@@ -120,7 +125,9 @@ def test_bad_build_sections_do_not_load(tmp_path: Path, build: str, message: str
 
 
 def test_cache_key_follows_inputs_and_steps(tmp_path: Path) -> None:
-    loaded = load_spec(_spec(tmp_path, 'steps = [["sh", "-c", "x"]]\ninputs = ["./bot/req.txt"]\ntimeout = "5m"'))
+    loaded = load_spec(
+        _spec(tmp_path, 'steps = [["sh", "-c", "x"]]\ninputs = ["./bot/req.txt"]\ntimeout = "5m"')
+    )
     build = loaded.spec.bots["b"].build
     assert isinstance(build, BuildSpec) and build.timeout == parse_duration("5m")
     key = cache_key(build, str(tmp_path))
@@ -130,7 +137,9 @@ def test_cache_key_follows_inputs_and_steps(tmp_path: Path) -> None:
     other = build.model_copy(update={"steps": [["sh", "-c", "y"]]})
     assert cache_key(other, str(tmp_path)) != cache_key(build, str(tmp_path))
     # the timeout is not part of the output
-    assert cache_key(build.model_copy(update={"timeout": 1.0}), str(tmp_path)) == cache_key(build, str(tmp_path))
+    assert cache_key(build.model_copy(update={"timeout": 1.0}), str(tmp_path)) == cache_key(
+        build, str(tmp_path)
+    )
 
 
 def test_build_policy_and_runtime_mount(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,35 @@ def test_grafana_dashboard_uses_only_known_series() -> None:
     assert len(found) >= 15
     for scope, name in found:
         assert name in (names.BOT_METRICS if scope == "bot" else names.HOST_METRICS), name
+
+
+def test_egress_denials_per_minute_from_gateway_counters(tmp_path: Path) -> None:
+    host = _fake_v1(tmp_path, "b.0")
+    col = Collector(lambda: host, with_host=False)
+    views = [
+        InstanceView("b", "b", "b.0", None, "running", 0, None, None, False),
+        InstanceView("b[1]", "b", None, None, "starting", 0, None, None, False),
+    ]
+    assert "egress_denied_per_min" not in col.collect(100.0, views, {"b": 10})["b"]
+    out = col.collect(160.0, views, {"b": 40})
+    assert out["b"]["egress_denied_per_min"] == 30.0
+    assert "egress_denied_per_min" not in out["b[1]"]  # the gateway counts per bot: shown on replica 0
+    assert "egress_denied_per_min" not in col.collect(220.0, views, None)["b"]  # no gateway
+    col.close()
+
+
+def test_log_watch_backfills_recent_matches_from_the_log_on_first_sight(tmp_path: Path) -> None:
+    rule = Rule("errs", "bot", log_metric("errs"), ">", 2.0, 0.0, "warning", kind="log", pattern="ERROR",
+                window=60.0)  # fmt: skip
+    now = 1_800_000_000.0
+
+    def line(age: float, text: str) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - age))
+        return f"{stamp}.000000Z out {text}\n"
+
+    (tmp_path / "b.log").write_text(
+        line(300, "ERROR too old") + line(30, "ERROR recent") + line(20, "fine") + line(5, "ERROR recent too")
+    )
+    watch = LogWatch(tmp_path, [rule])
+    assert watch.scan(["b"], now) == {"b": {log_metric("errs"): 2.0}}
+    assert watch.scan(["b"], now + 40) == {"b": {log_metric("errs"): 1.0}}  # the 30 s old one left

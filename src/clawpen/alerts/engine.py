@@ -15,7 +15,7 @@ A silenced rule sends nothing (its state is still tracked and shown).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -105,9 +105,11 @@ class Engine:
         return None
 
     def evaluate(
-        self, now: float, values: Mapping[str, Mapping[str, float]]
+        self, now: float, values: Mapping[str, Mapping[str, float]], hold: Collection[str] = ()
     ) -> tuple[list[Change], list[Notice]]:
-        """One evaluation of every rule over ``values`` (target -> series -> value)."""
+        """One evaluation of every rule over ``values`` (target -> series -> value). Alerts of
+        the targets in ``hold`` (whose values are not all known yet, e.g. the first pass after a
+        restart has no rates) keep their state when their series is missing."""
         changes: list[Change] = []
         seen: set[tuple[str, str, str]] = set()
         for target, series_values in values.items():
@@ -142,6 +144,8 @@ class Engine:
                         alert.state, alert.fired_at = "firing", now
                         changes.append(Change("firing", alert))
         for key in [k for k in self.active if k not in seen]:
+            if key[1] in hold and key[2] not in values.get(key[1], {}):
+                continue
             alert = self.active.pop(key)
             if alert.state == "firing":
                 alert.state, alert.resolved_at = "resolved", now

@@ -245,7 +245,7 @@ def create_app(daemon: Daemon) -> FastAPI:
     async def alerts_ack(
         alert_id: Annotated[str, PathParam(max_length=200)], who: str = auth("alerts_ack")
     ) -> JSONResponse:
-        return await run("alerts_ack", {"id": alert_id}, who)
+        return await run("alerts_ack", {"id": alert_id, "who": who}, who)
 
     @app.post(f"{PREFIX}/alerts/silence", tags=["alerts"], summary="silence an alert rule for a while")
     async def alerts_silence(
@@ -253,7 +253,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         duration: Annotated[str, Body(alias="for", max_length=32, description='e.g. "1h"')],
         who: str = auth("alerts_silence"),
     ) -> JSONResponse:
-        return await run("alerts_silence", {"rule": rule, "for": duration}, who)
+        return await run("alerts_silence", {"rule": rule, "for": duration, "who": who}, who)
 
     @app.get(f"{PREFIX}/bots/{{bot}}/egress", tags=["network"], summary="a bot's egress log")
     async def egress(

@@ -50,10 +50,18 @@ async def events(daemon: Daemon, bot: str | None, limit: int) -> AsyncIterator[b
 
 
 class LogFollowers:
-    """Counts the log streams so that a flood of them cannot start a thread each."""
+    """The threads following logs, so that a flood of streams cannot start a thread each.
+
+    Only a stream that started holds a slot (its thread, until it ends): a response the client
+    left before it began costs nothing."""
 
     def __init__(self) -> None:
-        self.active = 0
+        self.threads: set[threading.Thread] = set()
+
+    @property
+    def active(self) -> int:
+        self.threads = {t for t in self.threads if t.is_alive()}
+        return len(self.threads)
 
     def reserve(self) -> None:
         if self.active >= MAX_LOG_STREAMS:
@@ -65,10 +73,6 @@ class LogFollowers:
                     hint="close other dashboard tabs or `logs/stream` clients",
                 ),
             )
-        self.active += 1
-
-    def release(self) -> None:
-        self.active -= 1
 
 
 def _record(rec: LogRecord) -> dict[str, Any]:
@@ -103,6 +107,7 @@ async def logs(
                 loop.call_soon_threadsafe(push, None)
 
     thread = threading.Thread(target=run, name=f"api-logs-{bot}", daemon=True)
+    followers.threads.add(thread)
     thread.start()
     try:
         yield b": live\n\n"
@@ -120,4 +125,3 @@ async def logs(
             yield sse("log", _record(rec))
     finally:
         stop.set()
-        followers.release()

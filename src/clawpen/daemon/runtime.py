@@ -96,6 +96,7 @@ class Instance:
         self._why = ""
         self._secrets: dict[str, bytes] = {}
         self.health: str | None = None
+        self.health_latency_s: float | None = None
         self._manual_start = True
         self.task: asyncio.Task[None] | None = None
         self.net = InstanceNetwork(self)  # link (bots with egress) and published ports

@@ -112,6 +112,7 @@ async def health(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
         result = await check_once(spec, sandbox.sandbox_pid, plan=plan, cgroup=sandbox.cg, bpf=bpf)
         verdict = tracker.record(result, inst.svc.clock())
         inst.health = "healthy" if result.ok else f"failing: {result.detail}"
+        inst.health_latency_s = result.latency_s
         if verdict is HV.BECAME_UNHEALTHY:
             inst._to(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
             inst.tracker.record_unhealthy(inst.svc.clock())

@@ -40,11 +40,18 @@ class Collector:
         self._restarts: dict[str, deque[float]] = {}
         self._restart_count: dict[str, int] = {}
         self._ooms: dict[str, deque[float]] = {}
-        self._last_state: dict[str, str] = {}
         self._last_oom_count: dict[str, float] = {}
+        self._first = True
+        self.fresh: set[str] = set()  # targets read for the first time in the last pass (no rates yet)
+
+    def _host_layout(self) -> CgroupHost | None:
+        try:
+            return self._cgroup_host()
+        except Exception:  # no cgroups here: bots are measured by what the runtime knows
+            return None
 
     def _reader(self, view: InstanceView) -> BotReader | None:
-        host = self._cgroup_host()
+        host = self._host_layout()
         if host is None or view.cgroup is None:
             self._drop(view.target)
             return None
@@ -54,6 +61,7 @@ class Collector:
             reader = None
         if reader is None:
             reader = self._readers[view.target] = BotReader(host, view.cgroup, view.sandbox_pid)
+            self.fresh.add(view.target)
         return reader
 
     def _drop(self, target: str) -> None:
@@ -67,6 +75,10 @@ class Collector:
         self, now: float, views: list[InstanceView], denied: Mapping[str, int] | None = None
     ) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
+        self.fresh = set()
+        if self._first and self._host is not None:
+            self.fresh.add("host")
+        self._first = False
         live = {v.target for v in views}
         for target in [t for t in self._readers if t not in live]:
             self._drop(target)
@@ -114,13 +126,17 @@ class Collector:
             if count > before:
                 ooms.extend([now] * int(count - before))
             self._last_oom_count[view.target] = count
-        if view.state == "oom" and self._last_state.get(view.target) != "oom" and not ooms:
-            ooms.append(now)
-        self._last_state[view.target] = view.state
         while ooms and ooms[0] < now - OOM_WINDOW:
             ooms.popleft()
         out["oom_kills_recent"] = float(len(ooms))
         return out
+
+    def note_oom(self, target: str, at: float) -> None:
+        """The runtime saw ``target`` end by an OOM kill (its ``oom`` state). Counted unless the
+        cgroup's own counter already showed a kill in the 5 s before."""
+        ooms = self._ooms.setdefault(target, deque())
+        if not ooms or ooms[-1] < at - 5.0:
+            ooms.append(at)
 
     def close(self) -> None:
         for target in list(self._readers):

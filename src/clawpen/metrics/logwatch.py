@@ -11,11 +11,13 @@ import contextlib
 import os
 import re
 from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 
 from clawpen.alerts.rules import Rule, log_metric
 
 MAX_READ = 4 << 20  # per bot and pass; a bot writing faster has the excess skipped
+BACKFILL = 1 << 20  # read back this much of a log seen for the first time
 
 
 def log_name(target: str) -> str:
@@ -24,6 +26,15 @@ def log_name(target: str) -> str:
         bot, replica = target[:-1].split("[", 1)
         return f"{bot}-r{replica}"
     return target
+
+
+def _stamp(line: bytes) -> float | None:
+    """The time of a log record (``2026-11-24T10:00:00.123456Z out ...``), or None."""
+    try:
+        head = line[: line.index(b"Z ")].decode()
+        return datetime.fromisoformat(head).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def _text(line: bytes) -> str:
@@ -41,7 +52,7 @@ class LogWatch:
         self._hits: dict[tuple[str, str], deque[float]] = {}
         self.totals: dict[tuple[str, str], int] = {}  # (rule, target) -> matches since start
 
-    def _new_bytes(self, target: str) -> bytes:
+    def _new_bytes(self, target: str, now: float) -> bytes:
         path = self.logs_dir / f"{log_name(target)}.log"
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -50,8 +61,11 @@ class LogWatch:
         try:
             st = os.fstat(fd)
             known = self._pos.get(target)
-            if known is None:
+            if known is None:  # first sight: only lines within the windows (by their own time)
                 self._pos[target] = (st.st_ino, st.st_size)
+                self._backfill(
+                    target, now, os.pread(fd, min(st.st_size, BACKFILL), max(0, st.st_size - BACKFILL))
+                )
                 return b""
             inode, offset = known
             if inode != st.st_ino or st.st_size < offset:
@@ -66,6 +80,19 @@ class LogWatch:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def _backfill(self, target: str, now: float, data: bytes) -> None:
+        """Count the matches already in the log that are recent enough for each rule's window,
+        so a restarted daemon does not see a firing log rule drop to zero."""
+        widest = max((r.window for r, _ in self.rules), default=0.0)
+        for line in data.split(b"\n")[1:]:  # the first piece may be a partial line
+            at = _stamp(line)
+            if at is None or at < now - widest:
+                continue
+            text = _text(line)
+            for rule, rx in self.rules:
+                if rule.matches_target(target) and at >= now - rule.window and rx.search(text):
+                    self._hits.setdefault((rule.name, target), deque()).append(at)
+
     def scan(self, targets: list[str], now: float) -> dict[str, dict[str, float]]:
         """Read new output of ``targets``; per target the match count of each rule in its window."""
         out: dict[str, dict[str, float]] = {}
@@ -75,7 +102,7 @@ class LogWatch:
             wanted = [(r, rx) for r, rx in self.rules if r.matches_target(target)]
             if not wanted:
                 continue
-            data = self._partial.pop(target, b"") + self._new_bytes(target)
+            data = self._partial.pop(target, b"") + self._new_bytes(target, now)
             cut = data.rfind(b"\n") + 1
             if cut < len(data):
                 self._partial[target] = data[cut:][-65536:]

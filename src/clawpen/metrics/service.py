@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from clawpen.spec.units import UnitError, parse_duration
 
 if TYPE_CHECKING:
     from clawpen.daemon.server import Daemon
+    from clawpen.daemon.store import Event
     from clawpen.spec.models import Spec
 
 FLUSH_EVERY = 60.0
@@ -62,6 +64,7 @@ class Monitor:
         self._wake = asyncio.Event()
         self._last_flush = self._last_prune = 0.0
         self._notifiers: list[Notifier] = []
+        self._last_error = ""
         # Apprise logs URLs (with their tokens) on failures: keep that out of the daemon's stderr.
         apprise_log = logging.getLogger("apprise")
         apprise_log.addHandler(logging.NullHandler())
@@ -92,12 +95,16 @@ class Monitor:
                 "alerts_test": Op("operator", self.op_alerts_test),
             }
         )
+        # state changes (an OOM kill between two passes is seen here even if no pass saw it)
+        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+        daemon.subscribers.add(self._events)
         daemon.spec_listeners.append(self.apply)
         self.apply(daemon.current_spec())
         await self._serve_prometheus()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="metrics")
 
     async def stop(self) -> None:
+        self.daemon.subscribers.discard(self._events)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -163,18 +170,29 @@ class Monitor:
 
     # ---------------------------------------------------------------- the loop
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        """Passes on a fixed grid of wall-clock times (multiples of the interval), each stamped
+        with its scheduled time, so that ``for`` is counted in whole intervals as Prometheus
+        does (a pass started a few ms late does not push a firing alert to the next pass)."""
+        interval = self.cfg.interval
+        slot = math.floor(self.clock() / interval) * interval + interval
         while True:
-            try:
-                await self.tick()
-            except Exception as err:  # one bad pass must not end monitoring
-                self.daemon.note("metrics", f"collection pass failed: {err!r}")
-            next_at = max(next_at + self.cfg.interval, loop.time())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), next_at - loop.time())
-                next_at = loop.time()
+                await asyncio.wait_for(self._wake.wait(), max(0.0, slot - self.clock()))
+                if self.cfg.interval != interval:  # a new spec changed the interval
+                    interval = self.cfg.interval
+                    slot = math.floor(self.clock() / interval) * interval + interval
+                continue
+            try:
+                await self.tick(slot)
+                self._last_error = ""
+            except Exception as err:  # one bad pass must not end monitoring
+                if repr(err) != self._last_error:  # said once, not every interval
+                    self._last_error = repr(err)
+                    self.daemon.note("metrics", f"collection pass failed: {err!r}")
+            slot += interval
+            if slot < self.clock():  # the host stalled: skip the passes that were missed
+                slot = math.floor(self.clock() / interval) * interval + interval
 
     def _views(self) -> list[InstanceView]:
         views = []
@@ -192,26 +210,30 @@ class Monitor:
                 )  # fmt: skip
         return views
 
-    def _denied(self) -> dict[str, int] | None:
-        gateway = getattr(self.daemon, "gateway", None)
-        for part in getattr(self.daemon, "components", []) or []:
-            if getattr(part, "name", None) == "gateway":
-                gateway = part
-        stats = getattr(gateway, "stats", None)
-        if not callable(stats):
+    async def _denied(self) -> dict[str, int] | None:
+        """Egress denials per bot so far, from the gateway component's ``net_stats`` operation
+        (None when there is no gateway)."""
+        op = self.daemon.extra_ops.get("net_stats")
+        if op is None:
             return None
         try:
-            return {bot: int(s.get("denied", 0)) for bot, s in stats().items()}
+            stats = await op.handler({}, None)
+            return {str(bot): int(s.get("denied", 0)) for bot, s in stats.items()}
         except Exception:
             return None
 
-    async def tick(self) -> None:
-        """One pass: collect, store, evaluate, notify."""
+    async def tick(self, now: float | None = None) -> None:
+        """One pass stamped ``now`` (default: the clock): collect, store, evaluate, notify."""
         loop = asyncio.get_running_loop()
-        now = self.clock()
+        now = self.clock() if now is None else now
         views = self._views()
-        denied = self._denied()
+        denied = await self._denied()
         probes = loop.create_task(self.prober.run_once()) if self.prober.targets else None
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event.to_state == "oom" and event.bot:
+                target = event.bot if not event.replica else f"{event.bot}[{event.replica}]"
+                self.collector.note_oom(target, event.at)
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         if probes is not None:
             with contextlib.suppress(Exception):
@@ -220,7 +242,7 @@ class Monitor:
         for target, counts in self.logwatch.scan([v.target for v in views], now).items():
             values.setdefault(target, {}).update(counts)
         self.storage.add(now, values)
-        changes, notices = self.engine.evaluate(now, values)
+        changes, notices = self.engine.evaluate(now, values, hold=self.collector.fresh)
         self._after_evaluation(changes, notices)
         snap = Snapshot()
         snap.values = values

@@ -10,6 +10,7 @@ name answer is remembered for the transparent path; denials go to the connection
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import struct
 import threading
@@ -26,6 +27,7 @@ import dns.rrset
 from clawpen.net import egress
 from clawpen.net.connlog import ConnLog, ConnRecord
 from clawpen.net.netns import setns, socket_in
+from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, LinkRegistry
 
@@ -59,7 +61,8 @@ class DnsServer:
         self.workers = workers
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # UDP answers: bounded
+        self._tcp_workers: Workers | None = None  # one thread per TCP connection (reused)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -76,9 +79,9 @@ class DnsServer:
             raise
         self._udp, self._tcp = udp, tcp
         fd = self.upstream_netns_fd
-        self._pool = ThreadPoolExecutor(
-            self.workers, "clawpen-dns", initializer=(lambda: setns(fd)) if fd is not None else None
-        )
+        enter = (lambda: setns(fd)) if fd is not None else None
+        self._pool = ThreadPoolExecutor(self.workers, "clawpen-dns", initializer=enter)
+        self._tcp_workers = Workers(enter, name="clawpen-dns-tcp")
         for target in (self._udp_loop, self._tcp_loop):
             t = threading.Thread(target=target, name="clawpen-dns-listen", daemon=True)
             t.start()
@@ -124,19 +127,15 @@ class DnsServer:
                 sock.sendto(reply, addr)
 
     def _tcp_loop(self) -> None:
-        sock, pool = self._tcp, self._pool
-        if sock is None or pool is None:
+        sock, workers = self._tcp, self._tcp_workers
+        if sock is None or workers is None:
             return
         while True:
             try:
                 conn, addr = sock.accept()
             except OSError:
                 return
-            try:
-                pool.submit(self._serve_tcp, conn, addr[0])
-            except RuntimeError:
-                conn.close()
-                return
+            workers.submit(functools.partial(self._serve_tcp, conn, addr[0]))
 
     def _serve_tcp(self, conn: socket.socket, source: str) -> None:
         conn.settimeout(10)

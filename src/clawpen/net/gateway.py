@@ -33,13 +33,14 @@ from clawpen.net import egress, sniff
 from clawpen.net.connlog import ConnLog, ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.netns import setns, socket_in
-from clawpen.net.relay import Refused, Workers, close_quietly, relay, tune
+from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 
 SO_ORIGINAL_DST = 80
 HEAD_TIMEOUT = 30.0  # for the bot's first bytes (request head / ClientHello)
 CONNECT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 1024  # open connections per bot instance (each holds a thread)
 LEADERS = 4  # threads waiting in accept() per listener
 FIRST_BYTES_WAIT = 0.05  # a bot slower than this to send its first bytes frees its accept place
 
@@ -92,6 +93,8 @@ class Gateway:
         self._listeners: list[socket.socket] = []
         self._serving: list[tuple[socket.socket, Any]] = []
         self._tl = threading.local()
+        self._count_lock = threading.Lock()
+        self._active: dict[tuple[str, int], int] = {}  # open connections per bot instance
         self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
         fd = upstream_netns_fd
         # Connection threads live in the upstream namespace, so what they open is made there.
@@ -166,11 +169,34 @@ class Gateway:
         try:
             link = self.registry.by_source(source)
             if link is None:
-                _reset(conn)
+                reset(conn)
+                return
+            key = (link.bot, link.replica)
+            with self._count_lock:
+                busy = self._active.get(key, 0) >= MAX_CONNECTIONS
+                if not busy:
+                    self._active[key] = self._active.get(key, 0) + 1
+            if busy:
+                self._record(
+                    link,
+                    "error",
+                    "-",
+                    0,
+                    "denied",
+                    f"more than {MAX_CONNECTIONS} open connections",
+                    time.time(),
+                )
+                reset(conn)
                 return
             tune(conn)
-            serve(conn, link)
-        except Exception:  # noqa: S110 - a broken connection must not take the gateway down
+            try:
+                serve(conn, link)
+            except Exception as err:  # a broken connection must not take the gateway down
+                self._record(link, "error", "-", 0, "denied", f"gateway error: {err!r}"[:300], time.time())
+            finally:
+                with self._count_lock:
+                    self._active[key] -= 1
+        except Exception:  # noqa: S110 - by_source failed: nothing to log it under
             pass
         finally:
             close_quietly(conn)
@@ -209,9 +235,9 @@ class Gateway:
         for addr in addresses:
             up = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
             try:
-                _timeout(up, socket.SO_SNDTIMEO, CONNECT_TIMEOUT)  # a blocking connect honours it
+                kernel_timeout(up, socket.SO_SNDTIMEO, CONNECT_TIMEOUT)  # a blocking connect honours it
                 up.connect((addr, port))
-                _timeout(up, socket.SO_SNDTIMEO, 0)
+                kernel_timeout(up, socket.SO_SNDTIMEO, 0)
                 tune(up)
                 return up
             except OSError as err:
@@ -240,7 +266,7 @@ class Gateway:
     # ------------------------------------------------------------ explicit proxy
     def _serve_proxy(self, conn: socket.socket, link: BotLink) -> None:
         t0 = time.time()
-        _timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
+        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
         self._wait_first_bytes(conn)
         data = b""
         req: sniff.Request | None = None
@@ -266,14 +292,15 @@ class Gateway:
     def _proxy_connect(
         self, conn: socket.socket, link: BotLink, req: sniff.Request, rest: bytes, t0: float
     ) -> None:
+        name, port = req.target[:200], 0
         try:
             host, port = sniff.split_host_port(req.target, 0)
+            name = _safe_normal(host)
             if port == 0:
                 raise Denied("CONNECT needs host:port")
-            name = _safe_normal(host)
             allowed_by, addresses = self._check(link, host, port)
         except (Denied, ValueError) as err:
-            self._record(link, "connect", req.target, 0, "denied", str(err), t0)
+            self._record(link, "connect", name, port, "denied", str(err), t0)
             _respond(conn, 403, f"clawpen gateway: {err}")
             return
         try:
@@ -304,7 +331,7 @@ class Gateway:
 
         On other ports a protocol where the server speaks first (or a client that only reads)
         is fine: the server's bytes already flow, and the gate waits without a time limit."""
-        _timeout(conn, socket.SO_RCVTIMEO, self.head_timeout if port == 443 else 0)
+        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout if port == 443 else 0)
         try:
             while True:
                 if len(data) >= 3 and not sniff.looks_like_tls(data):
@@ -326,7 +353,7 @@ class Gateway:
         except (TimeoutError, BlockingIOError):
             raise Refused("no TLS ClientHello in time") from None
         finally:
-            _timeout(conn, socket.SO_RCVTIMEO, 0)
+            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
         if sni is None:
             if _is_ip(name):
                 return data
@@ -338,12 +365,13 @@ class Gateway:
     def _proxy_http(
         self, conn: socket.socket, link: BotLink, req: sniff.Request, rest: bytes, t0: float
     ) -> None:
+        name, port = req.target[:200], 0
         try:
             host, port, path = sniff.absolute_url(req.target)
             name = _safe_normal(host)
             allowed_by, addresses = self._check(link, host, port)
         except (Denied, ValueError) as err:
-            self._record(link, "proxy", req.target[:200], 0, "denied", str(err), t0)
+            self._record(link, "proxy", name, port, "denied", str(err), t0)
             _respond(conn, 403, f"clawpen gateway: {err}")
             return
         try:
@@ -361,7 +389,7 @@ class Gateway:
         lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            _timeout(conn, socket.SO_RCVTIMEO, 0)
+            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
             self._promote()
             counts = relay(conn, up, a_prefix=head + rest, spawn=self.workers.submit)
         finally:
@@ -380,9 +408,9 @@ class Gateway:
                 raise Denied("connection to the gateway's own port")
             if policy.match(dst_ip, dst_port) is None:
                 if dst_port == 443:
-                    data, host = self._sniff(conn, _sni_of, "no TLS SNI (raw IP connection)")
+                    data, host = self._sniff(conn, sniff.sni_of, "no TLS SNI (raw IP connection)")
                 elif dst_port == 80:
-                    data, host = self._sniff(conn, _host_of, "no HTTP Host header")
+                    data, host = self._sniff(conn, sniff.host_of, "no HTTP Host header")
                 else:
                     known = self.names.get(link.bot_addr, dst_ip)
                     if known is None and not policy.open:
@@ -394,7 +422,7 @@ class Gateway:
             allowed_by, addresses = self._check(link, host, dst_port)
         except (Denied, ValueError) as err:
             self._record(link, "transparent", host, dst_port, "denied", str(err), t0)
-            _reset(conn)
+            reset(conn)
             return
         if dst_ip in addresses:
             addresses = [dst_ip] + [a for a in addresses if a != dst_ip]
@@ -402,10 +430,10 @@ class Gateway:
             up = self._connect(addresses, dst_port)
         except OSError:
             self._record(link, "transparent", host, dst_port, "denied", "upstream connect failed", t0)
-            _reset(conn)
+            reset(conn)
             return
         try:
-            _timeout(conn, socket.SO_RCVTIMEO, 0)
+            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
             self._promote()
             counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit)
         finally:
@@ -416,7 +444,7 @@ class Gateway:
         )
 
     def _sniff(self, conn: socket.socket, parse: Any, missing: str) -> tuple[bytes, str]:
-        _timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
+        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
         self._wait_first_bytes(conn)
         data = b""
         while True:
@@ -436,20 +464,6 @@ class Gateway:
             if not host:
                 raise Denied(missing)
             return data, str(host)
-
-
-def _sni_of(data: bytes) -> str | object | None:
-    return sniff.client_hello_sni(data)
-
-
-def _host_of(data: bytes) -> str | object | None:
-    req = sniff.http_request(data)
-    if req is sniff.MORE:
-        return req
-    host = req.header("Host")
-    if not host:
-        return None
-    return sniff.split_host_port(host, 80)[0]
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -473,15 +487,6 @@ def _safe_normal(host: str) -> str:
         return host.lower()
 
 
-def _timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """A kernel-side timeout (SO_RCVTIMEO / SO_SNDTIMEO; 0: none) on a blocking socket: cheaper
-    than ``settimeout``, which switches the socket's mode with two fcntl calls each time. A
-    timed-out call raises ``BlockingIOError``."""
-    whole = int(seconds)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
-
-
 def _respond(conn: socket.socket, status: int, text: str) -> None:
     reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}.get(status, "Error")
     body = (text.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
@@ -491,10 +496,3 @@ def _respond(conn: socket.socket, status: int, text: str) -> None:
     ).encode()
     with contextlib.suppress(OSError):
         conn.sendall(head + body)
-
-
-def _reset(conn: socket.socket) -> None:
-    """Close with RST (SO_LINGER 0) so the bot sees a refused connection, not a clean EOF."""
-    with contextlib.suppress(OSError):
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    close_quietly(conn)

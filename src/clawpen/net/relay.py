@@ -2,12 +2,14 @@
 
 :func:`relay` blocks until both directions end. Each direction runs ``splice(2)`` from the
 source socket into a pipe and from the pipe into the destination socket, so the data never
-enters Python; one direction runs in a helper thread, the other in the caller's thread. When a
-side closes its writing half, the other side's writing half is shut down (half-close is kept:
+enters Python. Normally the caller's thread does both directions (``poll`` + non-blocking
+splice); with a gate that must wait for ``a``'s first bytes while ``b`` may already talk, the
+``b`` -> ``a`` direction gets a thread of its own (blocking splice). When a side closes its
+writing half, the other side's writing half is shut down (half-close is kept:
 a client can send EOF and still read the answer). A reset or error on either side tears both
 down. Byte counts come back as ``(a_to_b, b_to_a)``.
 
-Helper A's published ports use the same call: ``relay(client_sock, bot_sock)``.
+Published ports can use the same call: ``relay(client_sock, bot_sock)``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import errno
 import fcntl
 import os
 import queue
+import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
@@ -86,15 +90,24 @@ _local = threading.local()
 
 
 def _pipe() -> tuple[int, int]:
-    """This thread's spare pipe (kept between connections: two syscalls fewer each), or a new one."""
-    spare: tuple[int, int] | None = getattr(_local, "pipe", None)
-    if spare is not None:
-        _local.pipe = None
-        return spare
+    """One of this thread's spare pipes (kept between connections: fewer syscalls), or a new one."""
+    spares: list[tuple[int, int]] = getattr(_local, "pipes", [])
+    if spares:
+        return spares.pop()
     rd, wr = os.pipe2(os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         fcntl.fcntl(wr, _F_SETPIPE_SZ, PIPE_SIZE)
     return rd, wr
+
+
+def _keep(rd: int, wr: int, empty: bool) -> None:
+    """Keep an empty pipe for this thread's next connection (two at most), else close it."""
+    spares: list[tuple[int, int]] = _local.__dict__.setdefault("pipes", [])
+    if empty and len(spares) < 2:
+        spares.append((rd, wr))
+    else:
+        os.close(rd)
+        os.close(wr)
 
 
 def _splice_loop(src: int, dst: int, moved: list[int]) -> None:
@@ -117,11 +130,7 @@ def _splice_loop(src: int, dst: int, moved: list[int]) -> None:
                 left -= os.splice(rd, dst, left, flags=_SPLICE_FLAGS)
             moved[0] += got
     finally:
-        if clean and getattr(_local, "pipe", None) is None:
-            _local.pipe = (rd, wr)
-        else:
-            os.close(rd)
-            os.close(wr)
+        _keep(rd, wr, clean)
 
 
 def _copy_loop(src: int, dst: int, moved: list[int]) -> None:
@@ -182,6 +191,10 @@ def relay(
     else:
         sent = 0
 
+    if a_gate is None:  # nothing to wait for: one thread moves both directions
+        forward, backward = _poll_relay(a, b, a_prefix, b_prefix)
+        return Counts(sent + forward, backward, None)
+
     def other() -> None:
         try:
             back[0] = _pump(b, a, b_prefix, errors)
@@ -196,6 +209,105 @@ def relay(
     done.wait()
     refused = next((str(e) for e in errors if isinstance(e, Refused)), None)
     return Counts(forward, back[0], refused)
+
+
+_NONBLOCK = _SPLICE_FLAGS | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_STALL_LIMIT = 1000  # poll said ready this many times in a row and nothing moved: give up
+
+
+class _Way:
+    """One direction of :func:`_poll_relay`: src -> pipe -> dst, non-blocking."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src, self.dst = src, dst
+        self.rd, self.wr = _pipe()
+        self.pending = 0  # bytes in the pipe
+        self.moved = 0
+        self.done = False
+
+    def step(self) -> bool:
+        """Move what can move now; True if anything did. Raises OSError on a broken side."""
+        progress = False
+        while not self.done:
+            if not self.pending:
+                try:
+                    got = os.splice(self.src.fileno(), self.wr, CHUNK, flags=_NONBLOCK)
+                except BlockingIOError:
+                    return progress
+                if got == 0:
+                    self.done = True
+                    with contextlib.suppress(OSError):
+                        self.dst.shutdown(socket.SHUT_WR)
+                    return True
+                self.pending = got
+            try:
+                out = os.splice(self.rd, self.dst.fileno(), self.pending, flags=_NONBLOCK)
+            except BlockingIOError:
+                return progress
+            self.pending -= out
+            self.moved += out
+            progress = True
+        return progress
+
+    def release(self, clean: bool) -> None:
+        _keep(self.rd, self.wr, clean and not self.pending)
+
+
+def _poll_relay(a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: bytes) -> tuple[int, int]:
+    """Both directions in the calling thread: poll, then splice without blocking."""
+    sent_ab = sent_ba = 0
+    ways: list[_Way] = []
+    clean = False
+    try:
+        if a_prefix:
+            _send_all(b, a_prefix)
+            sent_ab = len(a_prefix)
+        if b_prefix:
+            _send_all(a, b_prefix)
+            sent_ba = len(b_prefix)
+        a.setblocking(False)
+        b.setblocking(False)
+        ways = [_Way(a, b), _Way(b, a)]
+        poller = select.poll()
+        registered: dict[int, int] = {}
+        stalls = 0
+        while not all(w.done for w in ways):
+            if any([w.step() for w in ways]):  # a list: step every way, never just the first
+                stalls = 0
+                continue
+            stalls += 1
+            if stalls > _STALL_LIMIT:
+                raise OSError(errno.EIO, "relay stalled")
+            masks: dict[int, int] = {}
+            for w in ways:
+                if not w.done:
+                    fd, bit = (
+                        (w.dst.fileno(), select.POLLOUT) if w.pending else (w.src.fileno(), select.POLLIN)
+                    )
+                    masks[fd] = masks.get(fd, 0) | bit
+            for fd in [fd for fd in registered if fd not in masks]:
+                poller.unregister(fd)
+                del registered[fd]
+            for fd, mask in masks.items():
+                if fd not in registered:
+                    poller.register(fd, mask)
+                elif registered[fd] != mask:
+                    poller.modify(fd, mask)
+                registered[fd] = mask
+            poller.poll()
+        clean = True
+    except OSError:
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+    finally:
+        for w in ways:
+            w.release(clean)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.setblocking(True)
+    moved = [w.moved for w in ways] or [0, 0]
+    return sent_ab + moved[0], sent_ba + moved[1]
 
 
 class Workers:
@@ -245,3 +357,20 @@ def close_quietly(*socks: socket.socket | None) -> None:
         if s is not None:
             with contextlib.suppress(OSError):
                 s.close()
+
+
+def kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """A kernel-side timeout (SO_RCVTIMEO / SO_SNDTIMEO; 0: none) on a blocking socket: cheaper
+    than ``settimeout``, which switches the socket's mode with two fcntl calls each time. A
+    timed-out call raises ``BlockingIOError``. Clear SO_RCVTIMEO before :func:`relay` (splice
+    honours it)."""
+    whole = int(seconds)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0): the peer sees a refused connection, not a clean EOF."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    close_quietly(sock)

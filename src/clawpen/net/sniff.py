@@ -196,3 +196,19 @@ def absolute_url(target: str) -> tuple[str, int, str]:
     if not host:
         raise ValueError("the URL has no host")
     return host, port, path
+
+
+def sni_of(data: bytes) -> str | _More | None:
+    """:func:`client_hello_sni` (the transparent path's parser for port 443)."""
+    return client_hello_sni(data)
+
+
+def host_of(data: bytes) -> str | _More | None:
+    """The ``Host`` header's host of the request head in ``data`` (port 80), or :data:`MORE`."""
+    req = http_request(data)
+    if isinstance(req, _More):
+        return req
+    host = req.header("Host")
+    if not host:
+        return None
+    return split_host_port(host, 80)[0]

@@ -89,9 +89,11 @@ class AlertRule(BaseModel):
     name: str | None = Field(None, description="unique rule name (default: made from metric, op, threshold)")
     metric: str = Field(description='"bot.NAME" or "host.NAME" (optionally "host.disk_iops{sda}")')
     op: Op = Field(">", description="comparison: value OP threshold means trouble")
-    threshold: Annotated[float, BeforeValidator(_threshold)] = Field(
-        description='a number, or a size such as "500M"'
-    )
+    threshold: Annotated[
+        float,
+        BeforeValidator(_threshold),
+        WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]}),
+    ] = Field(description='a number, or a size such as "500M"')
     for_: Seconds = Field(0.0, alias="for", description="how long the condition must hold before it fires")
     severity: Severity = "warning"
     bots: list[str] = Field(default_factory=list, description="bot rules: only these bots (default all)")

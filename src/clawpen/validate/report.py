@@ -118,6 +118,11 @@ def _functional(d: _Daemon, bot: str, status: dict[str, Any]) -> list[Check]:
         )
     )
     if spec.get("health"):
+        health = spec["health"]
+        if any(i.get("health") is None for i in insts):  # not checked yet: wait for a first verdict
+            wait = float(health.get("start_period", 0)) + float(health.get("interval", 30)) + 10
+            d.wait(bot, lambda i: i.get("health") is not None, min(wait, 600.0))
+            insts = d.call("status", bots=[bot])["instances"]
         healthy = [i for i in insts if i.get("health") == "healthy"]
         detail = "; ".join(f"replica {i['replica']}: {i.get('health') or 'not checked yet'}" for i in insts)
         checks.append(_check("functional", "healthy", bool(insts) and len(healthy) == len(insts), detail))

@@ -11,6 +11,9 @@ if [ ! -f "$HOME/.openclaw/.clawpen-configured" ]; then
     node "$OPENCLAW" config set update.checkOnStart false
     node "$OPENCLAW" config set models.catalogRefresh.enabled false
     node "$OPENCLAW" config set gateway.mode local
+    # its own log file: in the workspace, rotated at 10 MB (5 archives are kept)
+    node "$OPENCLAW" config set logging.file "$HOME/.openclaw/logs/openclaw.log"
+    node "$OPENCLAW" config set logging.maxFileBytes 10485760
     mkdir -p "$HOME/.openclaw" && touch "$HOME/.openclaw/.clawpen-configured"
 fi
 # The token comes from the vault as OPENCLAW_GATEWAY_TOKEN (environment), never on the argv.

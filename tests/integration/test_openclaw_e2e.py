@@ -1,0 +1,117 @@
+"""End to end: `clawpen init --template openclaw`, then `clawpen up` installs Node 24 and the
+real OpenClaw gateway through the egress gateway (npm registry only) and starts it.
+
+Checked for real: it becomes healthy; it answers on the host's 127.0.0.1:18789 and not from
+another network namespace; a connection outside its allowlist is denied and logged; its memory
+stays within the 2 GiB limit; `clawpen validate --quick` passes on it and
+`clawpen validate --hostile` reports every action contained. npm downloads are kept in
+/var/cache/clawpen-test/openclaw, so a re-run installs from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+from helpers import wait_for
+from template_env import fit_build, template_daemon
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.bwrap,
+    pytest.mark.netns,
+    pytest.mark.slow,
+    pytest.mark.timeout(1500),
+]
+
+PORT = 18789
+TOKEN = "e2e-" + "7" * 40
+
+
+def _port_free() -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", PORT)) != 0
+
+
+def _readyz() -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def test_openclaw_end_to_end() -> None:
+    assert _port_free(), f"something already listens on 127.0.0.1:{PORT}; stop it first"
+    with template_daemon() as (d, spec_dir):
+        d.cli("init", "--template", "openclaw", str(spec_dir))
+        toml = spec_dir / "clawpen.toml"
+        fit_build(toml, "openclaw", ("registry.npmjs.org",))
+        # enable one model provider, so the bot has a gateway link and an allowlist to break
+        text = toml.read_text()
+        assert '# "api.anthropic.com:443",' in text
+        toml.write_text(text.replace('# "api.anthropic.com:443",', '"api.anthropic.com:443",'))
+        d.spec = toml
+        d.cli("secrets", "set", "OPENCLAW_GATEWAY_TOKEN", stdin=TOKEN)
+        up = d.cli("up", "-f", str(toml), timeout=1200)
+        assert "start openclaw" in up.stdout, up.stdout
+        builds = [e["reason"] for e in d.events("openclaw") if e["kind"] == "build"]
+        assert any("built in" in r or "cached" in r for r in builds), builds
+
+        def healthy() -> bool:
+            inst = d.json("status", "openclaw")["instances"][0]
+            return inst["state"] == "running" and inst["health"] == "healthy"
+
+        assert wait_for(healthy, 300, interval=1), (
+            d.json("status", "openclaw"),
+            d.cli("logs", "openclaw").stdout[-3000:],
+        )
+        # the real gateway, Node 24, on the host's loopback
+        assert _readyz()["ready"] is True
+        ver = d.cli("exec", "openclaw", "--", "node", "--version").stdout.strip()
+        assert ver.startswith("v24."), ver
+        # not from another network namespace (a fresh one has its own loopback)
+        other = subprocess.run(
+            [
+                "unshare",
+                "--net",
+                "sh",
+                "-c",
+                f"ip link set lo up; curl -sS -m 5 http://127.0.0.1:{PORT}/readyz",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert other.returncode != 0 and "ready" not in other.stdout, other
+        # outside the allowlist: denied by the gateway and logged; the allowlisted name resolves
+        denied = d.cli(
+            "exec", "openclaw", "--", "node", "-e",
+            "fetch('https://example.com/').then(r => console.log('reached', r.status))"
+            ".catch(e => { console.log('blocked', e.cause && e.cause.code); process.exit(3) })",
+            check=False,
+        )  # fmt: skip
+        assert denied.returncode != 0 and "reached" not in denied.stdout, denied
+        log = wait_for(lambda: "example.com" in d.cli("net", "log", "openclaw").stdout, 10)
+        assert log, d.cli("net", "log", "openclaw").stdout
+        net_log = d.cli("net", "log", "openclaw").stdout
+        assert any("example.com" in line and "DENY" in line for line in net_log.splitlines()), net_log
+        assert any(e["kind"] == "egress-denied" for e in d.events("openclaw"))
+        # memory within the limit; the failure scenarios (kill, freeze) are left to
+        # test_validate_report.py on a bot with a 1 s health interval: with OpenClaw's 30 s
+        # interval and 180 s start period they take about five minutes
+        report = json.loads(d.cli("validate", "openclaw", "--quick", "--json", timeout=600).stdout)
+        checks = {c["name"]: c for c in report["bots"]["openclaw"]}
+        assert report["ok"], json.dumps(report, indent=2)
+        assert checks["resource headroom"]["memory_bytes"] < 2 << 30
+        for name in ("running", "healthy", f"published 127.0.0.1:{PORT}", "resource headroom"):
+            assert checks[name]["ok"], checks[name]
+        assert (d.home / "validate" / f"{report['release']}.json").exists()
+        hostile = d.cli(
+            "validate", "--hostile", "openclaw", "-f", str(toml), "--json", check=False, timeout=600
+        )
+        result = json.loads(hostile.stdout)
+        actions = result["bots"]["openclaw"]["actions"]
+        assert hostile.returncode == 0 and len(actions) >= 30, hostile.stdout[-3000:]
+        assert {a["verdict"] for a in actions} == {"contained"}
+    assert _port_free()
