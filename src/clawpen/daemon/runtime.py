@@ -247,6 +247,7 @@ class Instance:
             self._to(S.OOM if result.reason == "oom" else S.EXITED, _describe(result))
             if outcome in (Outcome.RESTART, Outcome.CRON):
                 self._manual_start = outcome is Outcome.RESTART
+                self.restarts += 1  # like pm2's restart count, asked-for restarts count too
                 continue
             failure = outcome in (Outcome.UNHEALTHY, Outcome.MEMORY)
             decision = self.tracker.record_exit(

@@ -82,10 +82,12 @@ async function overview(scope) {
     }).join("") || `<tr><td colspan="7" class="muted">no bots: run <code>clawpen up</code></td></tr>`;
   };
   let rows = [];
+  let sparksAt = 0;
   scope.every(3000, async () => {
-    try { rows = await get("/bots"); drawBots(rows); } catch (e) { view.querySelector("#bots tbody").innerHTML = `<tr><td colspan="7">${fail(e)}</td></tr>`; }
+    try { rows = await get("/bots"); drawBots(rows); } catch (e) { view.querySelector("#bots tbody").innerHTML = `<tr><td colspan="7">${fail(e)}</td></tr>`; return; }
+    if (Date.now() - sparksAt > 15000) { sparksAt = Date.now(); refreshSparks(); }
   });
-  scope.every(15000, async () => {
+  const refreshSparks = async () => {
     if (!withMetrics) return;
     for (const name of [...new Set(rows.map((r) => r.bot))].slice(0, 50)) {
       const m = await optional(`/metrics/${encodeURIComponent(name)}?since=900`).catch(() => null);
@@ -94,7 +96,7 @@ async function overview(scope) {
       sparks[name] = { cpu: cpu ? sparkline(cpu.points) : "", mem: mem ? sparkline(mem.points) : "" };
     }
     drawBots(rows);
-  });
+  };
   scope.every(10000, async () => {
     const host = document.getElementById("host");
     const latest = await optional("/metrics/latest").catch((e) => ({ error: e }));
@@ -103,7 +105,7 @@ async function overview(scope) {
     const values = latest.host || {};
     const shown = Object.entries(values).filter(([k, v]) => typeof v === "number" && /percent|^load1$|available/.test(k));
     host.innerHTML = shown.map(([k, v]) => {
-      const unit = unitOf(k), label = k.replace(/_percent|_bytes/g, "").replace(/_/g, " ");
+      const unit = unitOf(k), label = k.replace(/_percent|_bytes/g, "").replace(/_/g, " ").replace(/\{(.*)\}/, " $1");
       return unit === "%" ? gauge(label, v, 100, unit) : `<div><div>${esc(label)}</div><strong>${human(v, unit)}</strong></div>`;
     }).join("") || `<span class="muted">no host samples yet</span>`;
     sizeGauges(host);

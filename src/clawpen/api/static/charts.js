@@ -45,7 +45,7 @@ export function unitOf(name) {
 
 // series: [{name, points: [[ts, v], ...]}] sharing one unit.
 export function lineChart(series, unit) {
-  const w = 600, h = 160, left = 56, bottom = 18;
+  const w = 380, h = 130, left = 50, bottom = 16;
   const all = series.flatMap((s) => s.points);
   if (all.length < 2) return `<p class="muted">no samples in this range</p>`;
   const [t0, t1] = bounds(all.map((p) => p[0]));
@@ -55,12 +55,12 @@ export function lineChart(series, unit) {
   const y = (v) => h - bottom - (v / top) * (h - bottom - 6);
   const time = (t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   const lines = series.map((s, i) => `<path class="${i ? "line2" : "line"}" d="${path(s.points, x, y)}"><title>${esc(s.name)}</title></path>`);
-  return `<svg class="chart" viewBox="0 0 ${w} ${h}" preserveAspectRatio="none">
+  return `<svg class="chart" viewBox="0 0 ${w} ${h}">
     <line class="axis" x1="${left}" y1="${y(0)}" x2="${w}" y2="${y(0)}"/>
     <line class="axis" x1="${left}" y1="${y(top / 2)}" x2="${w}" y2="${y(top / 2)}"/>
     <text x="2" y="12">${human(top, unit)}</text><text x="2" y="${y(top / 2) + 4}">${human(top / 2, unit)}</text>
     <text x="2" y="${y(0)}">0</text>
-    <text x="${left}" y="${h - 2}">${time(t0)}</text><text x="${w - 40}" y="${h - 2}">${time(t1)}</text>
+    <text x="${left}" y="${h - 2}">${time(t0)}</text><text x="${w - 2}" y="${h - 2}" text-anchor="end">${time(t1)}</text>
     ${lines.join("")}</svg>`;
 }
 
