@@ -195,18 +195,20 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
         cache = Path(os.path.realpath(os.path.join(base_dir, os.path.expanduser(build.cache))))
     prepare_workspace(str(cache), ident.uid, ident.gid)  # handed to the bot's uid (recursively, once)
     _mkdir(cache / "home", 0o700, ident.uid, ident.gid)
-    staging = _mkdir(bot_dir / f".{key}.{os.getpid()}.tmp", 0o755, ident.uid, ident.gid)
-    policy = step_policy(name, bot, base_dir, staging, cache)
     network = svc.network
-    if policy.egress and network is None:
+    if build.egress and network is None:
         raise HostError(
             f"the build of {name} needs egress ({', '.join(build.egress)}), but the daemon has no network",
             where=f"bots.{name}.build.egress",
             hint="clawpen doctor (network); or remove egress if the steps need no network",
         )
+    staging = _mkdir(bot_dir / f".{key}.{os.getpid()}.tmp", 0o755, ident.uid, ident.gid)
+    policy = step_policy(name, bot, base_dir, staging, cache)
     started = time.monotonic()
-    link = network.attach(name, BUILD_REPLICA, policy) if policy.egress and network else None
+    link = None
     try:
+        if policy.egress and network is not None:
+            link = network.attach(name, BUILD_REPLICA, policy)
         with open(bot_dir / f"{key}.log", "w") as log:
             for i, argv in enumerate(build.steps, 1):
                 progress(f"build {name}: step {i}/{len(build.steps)}: {' '.join(argv)}")

@@ -71,10 +71,19 @@ def _publish_targets(spec: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def _connect_ms(host: str, port: int) -> float | None:
+    """Connect latency, or None when nothing answers. A relay that accepts and then closes at
+    once (nothing listening behind it) does not count as answering."""
     t0 = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=3):
-            return (time.monotonic() - t0) * 1000
+        with socket.create_connection((host, port), timeout=3) as conn:
+            took = (time.monotonic() - t0) * 1000
+            conn.settimeout(0.5)
+            try:
+                if conn.recv(1) == b"":
+                    return None
+            except TimeoutError:
+                pass  # open and waiting for a request: a live service
+            return took
     except OSError:
         return None
 
@@ -119,9 +128,11 @@ def _functional(d: _Daemon, bot: str, status: dict[str, Any]) -> list[Check]:
     )
     if spec.get("health"):
         health = spec["health"]
-        if any(i.get("health") is None for i in insts):  # not checked yet: wait for a first verdict
-            wait = float(health.get("start_period", 0)) + float(health.get("interval", 30)) + 10
-            d.wait(bot, lambda i: i.get("health") is not None, min(wait, 600.0))
+        # not checked yet, or failing while it may still be starting: wait for it (bounded)
+        grace = float(health.get("start_period", 0)) + float(health.get("interval", 30)) + 10
+        young = [i for i in insts if time.time() - float(i.get("started_at") or 0) < grace]
+        if any(i.get("health") is None for i in insts) or any(i.get("health") != "healthy" for i in young):
+            d.wait(bot, lambda i: i.get("health") == "healthy", min(grace, 600.0))
             insts = d.call("status", bots=[bot])["instances"]
         healthy = [i for i in insts if i.get("health") == "healthy"]
         detail = "; ".join(f"replica {i['replica']}: {i.get('health') or 'not checked yet'}" for i in insts)
