@@ -130,12 +130,9 @@ class Context:
         self.policy, self.state = policy, state
         self.ident = identity_for(policy.name, state)
         self.token = f"clawpen-hostile-{secrets.token_hex(6)}"
-        self.base = Path(tempfile.mkdtemp(prefix="clawpen-hostile-"))
-        self.base.chmod(0o755)
+        self.base = Path(tempfile.gettempdir()) / self.token  # created by open(), removed by close()
         self.workspace = self.base / "ws"
         self.control_dir = self.base / "control"
-        self.control_dir.mkdir(mode=0o1777)
-        self.control_dir.chmod(0o1777)
         self.root_marker = Path("/root") / f".{self.token}"
         self.usr_target = f"/usr/.{self.token}"
         self.etc_target = f"/etc/.{self.token}"
@@ -176,6 +173,10 @@ class Context:
     def open(self, tier: Any) -> None:
         from clawpen.sandbox.namespace import prepare_workspace
 
+        self.base.mkdir(mode=0o755)
+        self.base.chmod(0o755)
+        self.control_dir.mkdir(mode=0o1777)
+        self.control_dir.chmod(0o1777)
         self.root_marker.write_text(f"{self.token}\n")
         self.root_marker.chmod(0o600)
         prepare_workspace(str(self.workspace), self.ident.uid, self.ident.gid)
@@ -349,7 +350,7 @@ def run_hostile(
             hint="run it as root (sudo clawpen validate --hostile)",
         )
     tier = NamespaceTier(state, kill_grace=2.0)
-    ctx = Context(policy, state)
+    ctx = Context(policy, state)  # no host change yet
     outcomes: list[Outcome] = []
     try:
         ctx.open(tier)
