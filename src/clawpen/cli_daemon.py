@@ -135,8 +135,15 @@ def cmd_up(ns: argparse.Namespace) -> int:
         )
     from clawpen.audit import caller
 
-    result = _fetch(ns, "up", file=path, bots=ns.bots, dry_run=ns.dry_run, who=caller())
-    if result is None:
+    def show(item: Any) -> None:  # build output, as it happens
+        if isinstance(item, dict) and "build" in item:
+            print(f"  {item['build']}", file=sys.stderr, flush=True)
+
+    result = _client().call_with_progress(
+        "up", show, file=path, bots=ns.bots, dry_run=ns.dry_run, who=caller(), progress=not ns.json
+    )
+    if ns.json:
+        print(json.dumps(result, indent=2))
         return 0
     head = "would" if ns.dry_run else f"release {result.get('release')}:"
     for key, verb in (

@@ -116,6 +116,7 @@ async def serve(state: Path) -> None:
     for part in components(state):
         await part.start(daemon)
         started.append(part)
+        daemon.components[part.name] = part
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

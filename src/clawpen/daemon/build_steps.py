@@ -260,13 +260,9 @@ def with_build(bot: Bot, result: BuildResult) -> Bot:
 def _ensure_gateway(daemon: Any) -> None:
     """Start the egress gateway before a build needs it (it starts by itself only once an
     applied spec gives a bot egress, which comes after the build)."""
-    for listener in daemon.spec_listeners:
-        owner = getattr(listener, "__self__", None)
-        if owner is None or not hasattr(owner, "gateway") or owner.gateway is not None:
-            continue
-        start = getattr(owner, "ensure_gateway", None) or getattr(owner, "_start_gateway", None)
-        if callable(start):
-            start()
+    gateway = daemon.components.get("gateway")
+    if gateway is not None:
+        gateway.ensure_gateway()
 
 
 async def run_builds(daemon: Any, loaded: Any, names: set[str], writer: Any, args: dict[str, Any]) -> Any:

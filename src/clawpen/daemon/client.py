@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,19 @@ class Client:
         if not line:
             raise HostError("the daemon closed the connection", where=str(self.path))
         return rpc.raise_for(json.loads(line))
+
+    def call_with_progress(self, op: str, on_item: Callable[[Any], None], **args: Any) -> Any:
+        """Like :meth:`call`, handing each ``item`` the daemon sends before its reply to ``on_item``."""
+        with self._open(autostart=True) as sock:
+            sock.sendall(rpc.encode(self._request(op, args)))
+            with sock.makefile("rb") as stream:
+                for line in stream:
+                    reply = json.loads(line)
+                    if "item" in reply:
+                        on_item(reply["item"])
+                        continue
+                    return rpc.raise_for(reply)
+        raise HostError("the daemon closed the connection without a reply", where=f"daemon op {op}")
 
     def stream(self, op: str, **args: Any) -> Iterator[Any]:
         with self._open(autostart=True) as sock:

@@ -319,6 +319,7 @@ class Instance:
 
     async def _start_sandbox(self) -> Sandbox:
         await self.net.attach()
+        self.health = self.health_latency_s = None  # a new process: nothing known until checked
         plan = self.plan()
         self._secrets = self.svc.secrets(list(self.bot.secrets))
         self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -86,6 +86,7 @@ class Daemon:
         self.up_lock = asyncio.Lock()
         self.subscribers: set[asyncio.Queue[Event]] = set()
         self.extra_ops: dict[str, Op] = {}
+        self.components: dict[str, Any] = {}  # the started components by name (daemon/app.py)
         # Called with the whole spec after every applied `up` (gateway, alert rules, ...).
         self.spec_listeners: list[Callable[[Spec], None]] = []
 

@@ -107,8 +107,12 @@ class Collector:
         elif view.state in DOWN_STATES:
             out["up"] = 0.0
         out["crashloop"] = 1.0 if view.state == "crashloop" else 0.0
-        if view.has_health and (view.health is not None or view.state == "unhealthy"):
-            out["healthy"] = 1.0 if view.health == "healthy" and view.state != "unhealthy" else 0.0
+        # Unhealthy is the supervisor's verdict (retries used up, start period over); a check
+        # failing while the bot starts is not a sample of 0.
+        if view.has_health and view.state == "unhealthy":
+            out["healthy"] = 0.0
+        elif view.has_health and view.health == "healthy":
+            out["healthy"] = 1.0
         if view.health_latency_s is not None:
             out["health_latency_ms"] = round(view.health_latency_s * 1000, 2)
         hist = self._restarts.setdefault(view.target, deque())  # one entry per restart seen

@@ -75,10 +75,13 @@ class GatewayComponent:
             return
         self.resolver.set_upstream(list(spec.gateway.dns_upstream))
         if self.gateway is None and any(bot.network.egress for bot in spec.bots.values()):
-            self._start_gateway()
+            self.ensure_gateway()
 
-    def _start_gateway(self) -> None:
+    def ensure_gateway(self) -> None:
+        """Start the gateway if it does not run yet (also called before a build needs egress)."""
         daemon = self.daemon
+        if self.gateway is not None:
+            return
         network = getattr(daemon.services, "network", None) if daemon is not None else None
         if daemon is None or network is None:
             return
