@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,3 +53,29 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home.mkdir()
     monkeypatch.setenv("CLAWPEN_HOME", str(home))
     yield home
+
+
+@pytest.fixture(autouse=True)
+def _reap_adopted_sandboxes() -> Iterator[None]:
+    """Reap bubblewrap zombies that were re-parented to this pytest process.
+
+    Tests that run the namespace tier in-process make pytest a child subreaper (as the tier
+    makes every clawpen process). From then on, a sandbox whose daemon a test SIGKILLs (crash
+    safety) becomes pytest's child when the daemon dies, and pytest, unlike clawpen, never
+    waits for it: its exit would leave a zombie that later tests count as a leak of their own.
+    Only exited bwrap children are reaped; nothing a test still holds a Popen for is touched.
+    """
+    yield
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+        state, ppid = stat[stat.rfind(")") + 2 :].split()[:2]
+        if state == "Z" and int(ppid) == me and comm == "bwrap":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(entry), os.WNOHANG)

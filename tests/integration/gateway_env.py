@@ -16,9 +16,7 @@ made inside the inet ns. Nothing touches the root namespace but ``ip netns add``
 from __future__ import annotations
 
 import contextlib
-import datetime
 import http.server
-import ipaddress
 import os
 import secrets
 import shutil
@@ -36,10 +34,6 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from clawpen.net import nft
 from clawpen.net.connlog import ConnLog, query
@@ -47,6 +41,7 @@ from clawpen.net.gateway import Gateway
 from clawpen.net.netns import netns_thread_call, socket_in
 from clawpen.net.resolve import Resolver
 from clawpen.net.types import BotLink
+from selfsigned import self_signed
 
 BOT_ADDR, GW_ADDR = "10.213.0.2", "10.213.0.1"
 UP_ADDR, INET_ADDR = "45.79.0.1", "45.79.0.2"
@@ -90,34 +85,8 @@ class Registry:
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clawpen test")])
-    now = datetime.datetime.now(datetime.UTC)
-    sans = [x509.DNSName(n) for n in ZONE] + [x509.DNSName("*.wild.test")]
-    sans += [
-        x509.IPAddress(ipaddress.ip_address(WWW_ADDR)),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+    names = [*ZONE, "*.wild.test"]
+    return self_signed(directory, dns=names, ips=[WWW_ADDR, "127.0.0.1"], ca=True)
 
 
 class HttpHandler(http.server.BaseHTTPRequestHandler):

@@ -317,8 +317,47 @@ class DaemonCli:
 
     def shutdown(self) -> None:
         pid = self.pid()
+        if not pid or not alive(pid):
+            return  # no daemon: `clawpen down` would start one just to stop nothing
         with contextlib.suppress(Exception):
             self.cli("down", check=False, timeout=30)
-        if pid and alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGTERM)
             wait_for(lambda: not alive(pid), 15)
+
+
+class NetnsDaemon(DaemonCli):
+    """A DaemonCli whose daemon runs inside the test's network namespace ``ns`` (one the test
+    made with `ip netns add`), which plays the host: nothing the daemon binds or creates touches
+    the machine's own namespace."""
+
+    def __init__(self, home: Path, spec_dir: Path, ns: str, uid_base: int) -> None:
+        super().__init__(home, spec_dir, uid_base)
+        self.ns = ns
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home.parent / "daemon.err", "ab") as err:
+            self.proc = subprocess.Popen(
+                ["nsenter", f"--net=/run/netns/{self.ns}", "--", CLAWPEN, "daemon"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        # wait for the socket (a CLI call now would start a daemon of its own outside the namespace)
+        sock = self.home / "clawpen.sock"
+        proc = self.proc
+        assert wait_for(lambda: sock.exists() or proc.poll() is not None, 20, interval=0.05)
+        assert proc.poll() is None, (self.home.parent / "daemon.err").read_text()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        if self.proc is not None:
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -18,6 +18,8 @@ import pytest
 from api_fixtures import Api, free_port, start_api
 from helpers import CLAWPEN, DaemonCli, wait_for
 
+from selfsigned import self_signed
+
 pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
 FILL = {"bot": "demo", "target": "host", "alert_id": "x"}
@@ -210,38 +212,7 @@ def test_bad_listen_addresses_are_refused_before_anything_starts(daemon: DaemonC
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clawpen test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "api.crt", directory / "api.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
+    return self_signed(directory, ips=["127.0.0.1"])
 
 
 def test_tls_serves_https_and_a_taken_port_does_not_stop_the_daemon(

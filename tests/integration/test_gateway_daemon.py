@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from gateway_env import FakeDNS, HttpHandler, HttpServer
-from helpers import CLAWPEN, DaemonCli, session_uid_base, wait_for
+from helpers import NetnsDaemon, session_uid_base, wait_for
 
 from clawpen.net.netns import netns_thread_call, socket_in
 
@@ -54,35 +54,9 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-class Daemon(DaemonCli):
+class Daemon(NetnsDaemon):
     def __init__(self, home: Path, spec_dir: Path, ns: str) -> None:
-        super().__init__(home, spec_dir, session_uid_base())
-        self.ns = ns
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home.parent / "daemon.err", "ab") as err:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.ns}", "--", CLAWPEN, "daemon"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,
-            )
-        sock = self.home / "clawpen.sock"
-        assert wait_for(lambda: sock.exists() or self.proc.poll() is not None, 20, interval=0.05)
-        assert self.proc.poll() is None, (self.home.parent / "daemon.err").read_text()
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        if self.proc is not None:
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(home, spec_dir, ns, session_uid_base())
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CLAWPEN, DaemonCli, alive, wait_for
+from helpers import NetnsDaemon, alive, wait_for
 
 from clawpen.net import netns
 from conftest import UID_BASE
@@ -44,38 +44,9 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
-class NetDaemon(DaemonCli):
-    """A DaemonCli whose daemon runs in the test's ``host`` namespace (started with nsenter)."""
-
-    def __init__(self, home: Path, spec_dir: Path, host_ns: str) -> None:
-        super().__init__(home, spec_dir, UID_BASE)
-        self.host_ns = host_ns
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.home.parent / "daemon.err", "ab") as err:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.host_ns}", "--", CLAWPEN, "daemon"],
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,
-            )
-        # wait for the socket (a CLI call now would start a daemon of its own outside the namespace)
-        sock = self.home / "clawpen.sock"
-        assert wait_for(lambda: sock.exists() or self.proc.poll() is not None, 20, interval=0.05)
-        assert self.proc.poll() is None, (self.home.parent / "daemon.err").read_text()
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        if self.proc is not None:
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+class NetDaemon(NetnsDaemon):
+    def __init__(self, home: Path, spec_dir: Path, ns: str) -> None:
+        super().__init__(home, spec_dir, ns, UID_BASE)
 
     def kill(self) -> None:
         """SIGKILL the daemon (a crash): its bots keep running."""

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from clawpen.api.config import (
     ENV_CERT,
@@ -21,6 +16,7 @@ from clawpen.api.config import (
     parse_listen,
 )
 from clawpen.errors import UsageError
+from selfsigned import self_signed
 
 
 def test_listen_forms() -> None:
@@ -64,26 +60,7 @@ def test_non_loopback_needs_tls_or_insecure_bind() -> None:
 
 
 def _pair(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return folder / "c.pem", folder / "k.pem"
+    return self_signed(folder)
 
 
 def test_tls_pair_is_loaded_and_checked(tmp_path: Path) -> None:

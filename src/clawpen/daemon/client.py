@@ -101,29 +101,32 @@ class Client:
             raise HostError("the daemon closed the connection", where=str(self.path))
         return rpc.raise_for(json.loads(line))
 
-    def call_with_progress(self, op: str, on_item: Callable[[Any], None], **args: Any) -> Any:
-        """Like :meth:`call`, handing each ``item`` the daemon sends before its reply to ``on_item``."""
+    def _exchange(self, op: str, args: dict[str, Any]) -> Iterator[tuple[bool, Any]]:
+        """Send one request; yield ``(True, item)`` for each item the daemon streams, then
+        ``(False, result)`` for its final reply (raising a RemoteError it carries)."""
         with self._open(autostart=True) as sock:
             sock.sendall(rpc.encode(self._request(op, args)))
             with sock.makefile("rb") as stream:
                 for line in stream:
                     reply = json.loads(line)
                     if "item" in reply:
-                        on_item(reply["item"])
-                        continue
-                    return rpc.raise_for(reply)
+                        yield True, reply["item"]
+                    else:
+                        yield False, rpc.raise_for(reply)
+                        return
+
+    def call_with_progress(self, op: str, on_item: Callable[[Any], None], **args: Any) -> Any:
+        """Like :meth:`call`, handing each ``item`` the daemon sends before its reply to ``on_item``."""
+        for is_item, value in self._exchange(op, args):
+            if not is_item:
+                return value
+            on_item(value)
         raise HostError("the daemon closed the connection without a reply", where=f"daemon op {op}")
 
     def stream(self, op: str, **args: Any) -> Iterator[Any]:
-        with self._open(autostart=True) as sock:
-            sock.sendall(rpc.encode(self._request(op, args)))
-            with sock.makefile("rb") as stream:
-                for line in stream:
-                    reply = json.loads(line)
-                    if "item" in reply:
-                        yield reply["item"]
-                    else:
-                        result = rpc.raise_for(reply)
-                        if isinstance(result, list):
-                            yield from result
-                        return
+        """Items as the daemon sends them (``-f`` commands); a final list reply is yielded too."""
+        for is_item, value in self._exchange(op, args):
+            if is_item:
+                yield value
+            elif isinstance(value, list):
+                yield from value

@@ -90,10 +90,7 @@ class BuildSpec(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
-            rules.check_env_name(name)
-            rules.check_env_value(name, value)
-        return v
+        return rules.check_env(v)
 
     @field_validator("inputs")
     @classmethod

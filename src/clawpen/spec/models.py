@@ -324,10 +324,7 @@ class Bot(_Model):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
-            rules.check_env_name(name)
-            rules.check_env_value(name, value)
-        return v
+        return rules.check_env(v)
 
     def to_policy(self, name: str, base_dir: str) -> pol.BotPolicy:
         """The normalized policy the planner consumes (paths resolved against ``base_dir``)."""

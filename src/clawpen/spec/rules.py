@@ -186,6 +186,14 @@ def check_secret_name(name: str) -> str:
     return name
 
 
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    """Every name and value of an ``env`` table (a bot's or a build's)."""
+    for name, value in env.items():
+        check_env_name(name)
+        check_env_value(name, value)
+    return env
+
+
 def check_env_value(name: str, value: str) -> str:
     if "\0" in value:
         raise RuleViolation(f"environment variable {name} contains a NUL byte", "remove the NUL byte")
