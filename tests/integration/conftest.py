@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Clawpen, DaemonCli, session_uid_base
+from helpers import Clawpen, DaemonCli, daemons_of, session_uid_base
 
 UID_BASE = session_uid_base()
 
@@ -47,3 +49,7 @@ def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
     finally:
         d.shutdown()
         subprocess.run(["rm", "-rf", str(spec_dir)], check=False)
+        leaked = daemons_of(d.home)
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+        assert not leaked, f"the test left daemons running: {leaked}"

@@ -326,6 +326,21 @@ class DaemonCli:
             wait_for(lambda: not alive(pid), 15)
 
 
+def daemons_of(home: Path) -> list[int]:
+    """Pids of `clawpen daemon` processes serving the state directory ``home``."""
+    found = []
+    for proc in processes():
+        if "daemon" not in proc.argv or not any("clawpen" in a for a in proc.argv):
+            continue
+        try:
+            env = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"CLAWPEN_HOME={home}".encode() in env:
+            found.append(proc.pid)
+    return found
+
+
 class NetnsDaemon(DaemonCli):
     """A DaemonCli whose daemon runs inside the test's network namespace ``ns`` (one the test
     made with `ip netns add`), which plays the host: nothing the daemon binds or creates touches
