@@ -23,6 +23,11 @@ def add_commands(sub: Any) -> None:
     daemon.add_argument("--dry-run", action="store_true", help="install: print the unit, write nothing")
     daemon.add_argument("--unit-dir", metavar="DIR", help="install: where to write clawpen.service")
     daemon.add_argument(
+        "--no-network",
+        action="store_true",
+        help="install: a unit without the host's network (bots with no egress and no published ports)",
+    )
+    daemon.add_argument(
         "--listen", metavar="HOST:PORT", help="API and dashboard address (default 127.0.0.1:8080; off: none)"
     )
     daemon.add_argument("--tls-cert", metavar="FILE", help="serve the API over TLS with this PEM certificate")
@@ -116,7 +121,7 @@ def _install_unit(ns: argparse.Namespace) -> int:
     from clawpen.daemon import systemd
 
     exe = os.path.join(os.path.dirname(sys.executable), "clawpen")
-    text = systemd.render_unit(exe, state_dir(), python=None)
+    text = systemd.render_unit(exe, state_dir(), python=None, host_network=not ns.no_network)
     if ns.dry_run:
         print(text, end="")
         return 0

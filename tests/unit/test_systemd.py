@@ -55,7 +55,6 @@ def test_default_unit_has_the_hardening_and_the_supervision_settings() -> None:
         "PrivateTmp": "yes",
         "PrivateDevices": "yes",
         "PrivateMounts": "yes",
-        "PrivateNetwork": "yes",
         "NoNewPrivileges": "yes",
         "ProtectKernelModules": "yes",
         "ProtectClock": "yes",
@@ -78,6 +77,8 @@ def test_default_unit_has_the_hardening_and_the_supervision_settings() -> None:
         "CAP_SYS_ADMIN",
         "CAP_SYS_CHROOT",
         "CAP_SYS_PTRACE",
+        "CAP_NET_ADMIN",
+        "CAP_NET_BIND_SERVICE",
     }
     assert set(single["RestrictNamespaces"].split()) == {"user", "pid", "net", "mnt", "ipc", "uts", "cgroup"}
     allowed, denied = d["SystemCallFilter"]
@@ -132,11 +133,14 @@ def test_writable_paths_are_optional_and_bound_into_a_hidden_home() -> None:
     assert d["ProtectHome"] == ["yes"]
 
 
-def test_host_network_drops_the_network_lockdown() -> None:
-    d = directives(render_unit(EXE, STATE, python=None, host_network=True))
-    assert not {"PrivateNetwork", "IPAddressDeny", "IPAddressAllow"} & d.keys()
+def test_host_network_by_default_and_a_locked_down_unit_without() -> None:
     d = directives(render_unit(EXE, STATE, python=None))
+    assert not {"PrivateNetwork", "IPAddressDeny", "IPAddressAllow"} & d.keys()
+    assert {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"} <= set(d["CapabilityBoundingSet"][0].split())
+    d = directives(render_unit(EXE, STATE, python=None, host_network=False))
+    assert d["PrivateNetwork"] == ["yes"]
     assert d["IPAddressDeny"] == ["any"] and d["IPAddressAllow"] == ["localhost"]
+    assert "CAP_NET_ADMIN" not in d["CapabilityBoundingSet"][0]
 
 
 @pytest.mark.parametrize(

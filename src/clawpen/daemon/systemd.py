@@ -25,8 +25,12 @@ Everything is read-only (``ProtectSystem=strict``) but the state folder, /sys/fs
 ``writable`` paths: each bot workspace must lie below one of them, and not in /tmp (``PrivateTmp``).
 Homes are read-only by default (``protect_home``): the daemon must see workspaces there (bubblewrap
 binds them as the bot's uid) and may create them; ``"tmpfs"`` shows only the ``writable`` paths in
-them, ``"yes"`` hides them all. ``PrivateNetwork`` fits bots without network, the only mode today
-(health checks enter each bot's own namespace): pass ``host_network=True`` once bots get one.
+them, ``"yes"`` hides them all. The daemon keeps the host's network by default: the egress
+gateway connects out for bots and published ports listen on the host (``CAP_NET_ADMIN`` for
+the bots' veth links, nftables and tc; ``CAP_NET_BIND_SERVICE`` for the gateway's DNS port and
+low published ports).
+``host_network=False`` (``clawpen daemon install --no-network``) adds ``PrivateNetwork`` for
+hosts whose bots have neither egress nor published ports.
 ``KillMode=process``: stopping the service stops the daemon, which stops its bots; a crash leaves
 them running for the next daemon to adopt. ``Delegate=yes`` is for bot cgroups below the daemon's
 own (today they are in /sys/fs/cgroup/clawpen).
@@ -53,6 +57,7 @@ PRIVATE_TMP = ("/tmp", "/var/tmp")
 CAPABILITIES = (
     "CAP_CHOWN CAP_DAC_OVERRIDE CAP_KILL CAP_SETGID CAP_SETUID CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_SYS_PTRACE"
 )
+NET_CAPABILITIES = "CAP_NET_ADMIN CAP_NET_BIND_SERVICE"
 NAMESPACES = "user pid net mnt ipc uts cgroup"
 SYSCALLS_ALLOWED = (
     "@system-service @mount @pkey sethostname seccomp landlock_create_ruleset landlock_add_rule "
@@ -103,7 +108,7 @@ def render_unit(
     python: str | None,
     protect_home: ProtectHome = "read-only",
     writable: Sequence[Path] = (),
-    host_network: bool = False,
+    host_network: bool = True,
 ) -> str:
     """The text of ``clawpen.service``.
 
@@ -168,7 +173,7 @@ def render_unit(
         "ProtectKernelModules=yes",
         "ProtectClock=yes",
         "NoNewPrivileges=yes",
-        f"CapabilityBoundingSet={CAPABILITIES}",
+        f"CapabilityBoundingSet={CAPABILITIES}" + (f" {NET_CAPABILITIES}" if host_network else ""),
         "AmbientCapabilities=",
         "# bubblewrap and the bots inherit everything below.",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
