@@ -99,6 +99,17 @@ async def serve(state: Path) -> None:
             hint=f"stop it first (kill -TERM {other}), or use another CLAWPEN_HOME",
         )
     daemon = build(state)
+    pid_file = state / "daemon.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
+    daemon.note("daemon", f"daemon started (pid {os.getpid()})")
+    # Components first (the gateway must listen before a bot with egress starts), then the bots,
+    # then the socket: no request is served by a half-started daemon.
+    started: list[Component] = []
+    for part in components(state):
+        await part.start(daemon)
+        started.append(part)
+        daemon.components[part.name] = part
+    daemon.restore()
     path = socket_path(state)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
@@ -108,15 +119,6 @@ async def serve(state: Path) -> None:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    pid_file = state / "daemon.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
-    daemon.note("daemon", f"daemon started (pid {os.getpid()})")
-    daemon.restore()
-    started: list[Component] = []
-    for part in components(state):
-        await part.start(daemon)
-        started.append(part)
-        daemon.components[part.name] = part
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
