@@ -118,16 +118,7 @@ def main() -> int:
             return body
 
         def http_fresh(path: str) -> bytes:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            try:
-                conn.request("GET", path, headers=auth)
-                r = conn.getresponse()
-                body = r.read()
-                if r.status != 200:
-                    raise RuntimeError(f"{path}: {r.status}")
-                return body
-            finally:
-                conn.close()
+            return _get(port, path, auth)
 
         cases = {
             "list http keep-alive": lambda: http_keep("/api/v1/bots"),
@@ -206,10 +197,11 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _get(port: int, path: str) -> bytes:
+def _get(port: int, path: str, headers: dict[str, str] | None = None) -> bytes:
+    """One GET on a new connection; raises unless the answer is 200."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         r = conn.getresponse()
         body = r.read()
         if r.status != 200:
