@@ -28,7 +28,7 @@ SWEEP_INTERVAL = 3600.0
 
 class Component(Protocol):
     """A long-lived part of the daemon (gateway, metrics collector, HTTP API...): started after
-    the bots are restored, stopped before they are."""
+    the bots are restored (or before, with ``before_bots = True``), stopped before they are."""
 
     name: str
 
@@ -102,14 +102,22 @@ async def serve(state: Path) -> None:
     pid_file = state / "daemon.pid"
     pid_file.write_text(f"{os.getpid()}\n")
     daemon.note("daemon", f"daemon started (pid {os.getpid()})")
-    # Components first (the gateway must listen before a bot with egress starts), then the bots,
-    # then the socket: no request is served by a half-started daemon.
+    # The gateway first (it must listen before a bot with egress starts), then the bots, then the
+    # other components (the monitor must see the restored bots on its first pass), then the
+    # socket: no request is served by a half-started daemon.
     started: list[Component] = []
-    for part in components(state):
-        await part.start(daemon)
-        started.append(part)
-        daemon.components[part.name] = part
+    parts = components(state)
+    early = [p for p in parts if getattr(p, "before_bots", False)]
+
+    async def start(group: list[Component]) -> None:
+        for part in group:
+            await part.start(daemon)
+            started.append(part)
+            daemon.components[part.name] = part
+
+    await start(early)
     daemon.restore()
+    await start([p for p in parts if p not in early])
     path = socket_path(state)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

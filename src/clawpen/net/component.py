@@ -33,6 +33,7 @@ def log_path(state: Path) -> Path:
 
 class GatewayComponent:
     name = "gateway"
+    before_bots = True  # the daemon starts it before restoring bots (see daemon/app.py)
 
     def __init__(self, state: Path) -> None:
         self.state = state
