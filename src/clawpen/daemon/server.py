@@ -350,8 +350,7 @@ class Daemon:
                 hint=f"clawpen start {name}",
             )
         row = self.store.bots()[name]
-        net = getattr(insts[replica], "net", None)
-        link = getattr(net, "link", None)
+        link = insts[replica].net.link
         return {
             "bot": name,
             "replica": replica,
