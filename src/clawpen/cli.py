@@ -53,7 +53,22 @@ def _policy_flags(p: argparse.ArgumentParser) -> None:
         "--secret-env", action="append", default=[], metavar="NAME", help="vault secret as env var too"
     )
     p.add_argument("-f", "--file", metavar="FILE", help="take the bot from a spec file (clawpen.toml)")
+    p.add_argument(
+        "--adopt-workspace",
+        action="store_true",
+        help="hand an existing workspace that holds files of other owners to the bot's uid (chown)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _seconds(raw: str) -> float:
+    """``--timeout``: a finite duration above zero; argparse turns the error into a usage error."""
+    from clawpen.spec.units import UnitError, parse_positive_duration
+
+    try:
+        return parse_positive_duration(raw)
+    except UnitError as err:
+        raise argparse.ArgumentTypeError(f"{err} ({err.hint})") from None
 
 
 # Modules with more commands: each has ``add_commands(subparsers)`` and ``COMMANDS`` (name -> fn).
@@ -82,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one command or bot in a sandbox, in the foreground")
     _policy_flags(run)
-    run.add_argument("--timeout", type=float, metavar="S", help="kill the bot after S seconds (exit 124)")
+    run.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="S",
+        help="kill the bot after S seconds, or a duration: 5m (exit 124)",
+    )
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="-- CMD ARGS... | BOT")
 
     plan = sub.add_parser("plan", help="print what running a bot would do, without running it")
@@ -130,6 +150,8 @@ def _plan_from_args(ns: argparse.Namespace) -> Plan:
             secrets=ns.secret,
             secret_env=ns.secret_env,
         )
+    if ns.adopt_workspace:
+        policy = policy._replace(workspace_adopt=True)
     ident = identity_for(policy.name, state_dir())
     return build_plan(policy, ident, HostFacts.probe(), default_policy())
 
@@ -280,9 +302,12 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "schema": cmd_schema, "doctor": cm
 
 
 def _err(what: str, *, where: str | None = None, hint: str | None = None) -> None:
-    print(f"error: {what}" + (f" ({where})" if where else ""), file=sys.stderr)
+    from clawpen.termsafe import for_stream  # a daemon's error can quote a bot's text
+
+    safe = for_stream(sys.stderr)
+    print(f"error: {safe(what)}" + (f" ({safe(where)})" if where else ""), file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"hint: {safe(hint)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

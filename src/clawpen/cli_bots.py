@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from clawpen import termsafe
 from clawpen.errors import UsageError
 from clawpen.paths import state_dir
 
@@ -110,6 +111,7 @@ def _hostile(ns: argparse.Namespace) -> int:
             hint=f"groups: {', '.join(sorted({a.group for a in ACTIONS}))}; ids: see docs/validate.md",
         )
     marks = {"contained": "ok", "escaped": "ESCAPED", "control-failed": "no-control", "error": "ERROR"}
+    safe = termsafe.for_stream(sys.stdout)  # what a hostile action printed is the bot's text
     report: dict[str, Any] = {}
     ok = True
     for given in _policies(ns):
@@ -122,7 +124,8 @@ def _hostile(ns: argparse.Namespace) -> int:
 
         def show(o: Outcome, bot: str = policy.name) -> None:
             if not ns.json:
-                print(f"{bot:<14} {marks[o.verdict]:<10} {o.id:<24} {o.inside[:60]}   [{o.control[:50]}]")
+                inside, control = safe(o.inside[:60]), safe(o.control[:50])
+                print(f"{bot:<14} {marks[o.verdict]:<10} {o.id:<24} {inside}   [{control}]")
 
         if not ns.json:
             print(f"{'BOT':<14} {'RESULT':<10} {'ACTION':<24} INSIDE   [CONTROL OUTSIDE]")
@@ -153,7 +156,7 @@ def cmd_validate(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(result, indent=2))
     else:
-        render(result)
+        render(termsafe.clean_for(sys.stdout, result))  # probes' output: shown, not obeyed
     return 0 if result["ok"] else 1
 
 

@@ -13,8 +13,11 @@ import sys
 import time
 from typing import Any
 
+from clawpen import termsafe
 from clawpen.errors import UsageError
 from clawpen.paths import state_dir
+
+RAW_HELP = "the exact text even on a terminal (there, control characters are escaped by default)"
 
 
 def add_commands(sub: Any) -> None:
@@ -41,8 +44,24 @@ def add_commands(sub: Any) -> None:
     up.add_argument(
         "-f", "--file", default="clawpen.toml", metavar="FILE", help="spec file (default clawpen.toml)"
     )
-    up.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    up.add_argument(
+        "--dry-run", action="store_true", help="check the spec against the host, show what would change"
+    )
     up.add_argument("--json", action="store_true", help="machine-readable output")
+    up.add_argument(
+        "-d", "--detach", action="store_true", help="return once applied; do not wait for the bots to run"
+    )
+    up.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for each changed bot to run, or to pass its health check (default 60; "
+        "longer for a health check's start_period); exit 1 naming each bot that did not come up",
+    )
+    up.add_argument(
+        "--allow-empty", action="store_true", help="apply a spec with no bots (removes every bot)"
+    )
     up.add_argument("bots", nargs="*", metavar="BOT", help="only these bots (nothing is removed then)")
     for name, text in (
         ("down", "stop and forget bots (all when none is named)"),
@@ -61,6 +80,7 @@ def add_commands(sub: Any) -> None:
     events = sub.add_parser("events", help="state changes and daemon events")
     events.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--raw", action="store_true", help=RAW_HELP)
     events.add_argument("bot", nargs="?", metavar="BOT")
     releases = sub.add_parser("releases", help="every applied `clawpen up`")
     releases.add_argument("--json", action="store_true", help="machine-readable output")
@@ -86,6 +106,7 @@ def add_commands(sub: Any) -> None:
     logs.add_argument("--grep", metavar="RE", help="only lines matching this regular expression")
     logs.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
+    logs.add_argument("--raw", action="store_true", help=RAW_HELP)
     logs.add_argument("bot", metavar="BOT")
 
 
@@ -131,6 +152,8 @@ def _install_unit(ns: argparse.Namespace) -> int:
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
+    """Exit 0 when applied and every changed bot came up; 1 when one did not (each is named,
+    with why); 2 for a spec or a host check that fails (then nothing was applied)."""
     path = os.path.abspath(ns.file)
     if not os.path.exists(path):
         raise UsageError(
@@ -140,16 +163,36 @@ def cmd_up(ns: argparse.Namespace) -> int:
         )
     from clawpen.audit import caller
 
-    def show(item: Any) -> None:  # build output, as it happens
-        if isinstance(item, dict) and "build" in item:
-            print(f"  {item['build']}", file=sys.stderr, flush=True)
+    safe = termsafe.for_stream(sys.stderr)
+
+    def show(item: Any) -> None:  # build output and the wait, as it happens
+        if not isinstance(item, dict):
+            return
+        if "build" in item:
+            print(f"  {safe(str(item['build']))}", file=sys.stderr, flush=True)
+        elif "wait" in item:
+            print(f"  {safe(str(item['wait']))}", file=sys.stderr, flush=True)
+        elif isinstance(item.get("waiting"), dict):
+            states = ", ".join(f"{k} ({v})" for k, v in item["waiting"].items())
+            print(f"  waiting for {safe(states)}", file=sys.stderr, flush=True)
 
     result = _client().call_with_progress(
-        "up", show, file=path, bots=ns.bots, dry_run=ns.dry_run, who=caller(), progress=not ns.json
+        "up",
+        show,
+        file=path,
+        bots=ns.bots,
+        dry_run=ns.dry_run,
+        who=caller(),
+        progress=not ns.json,
+        wait=not ns.detach,
+        wait_timeout=ns.wait_timeout,
+        allow_empty=ns.allow_empty,
     )
+    waited = result.get("wait") or {"ok": True, "bots": []}
+    code = 0 if waited.get("ok", True) else 1
     if ns.json:
         print(json.dumps(result, indent=2))
-        return 0
+        return code
     head = "would" if ns.dry_run else f"release {result.get('release')}:"
     for key, verb in (
         ("create", "start"),
@@ -161,7 +204,26 @@ def cmd_up(ns: argparse.Namespace) -> int:
             print(f"{head} {verb} {name}")
     if not any(result.get(k) for k in ("create", "recreate", "start", "remove")):
         print(f"{'nothing would change' if ns.dry_run else 'nothing changed'}: every bot is up to date")
-    return 0
+    failed = [r for r in waited.get("bots", []) if not r.get("ok")]
+    for r in failed:
+        _err_not_up(r)
+    if failed:
+        names = ", ".join(str(r["bot"]) for r in failed)
+        print(f"hint: see `clawpen status BOT` and `clawpen logs BOT` ({names})", file=sys.stderr)
+    return code
+
+
+def _err_not_up(row: dict[str, Any]) -> None:
+    """One bot that `up` waited for in vain: its state, why, exit code, last event, stderr."""
+    safe = termsafe.for_stream(sys.stderr)  # the reasons and the stderr lines are the bot's text
+    parts = [f"error: bot {row['bot']} is not up: {safe(str(row.get('why')))}"]
+    if row.get("exit_code") is not None:
+        parts.append(f"last exit {row['exit_code']}")
+    if row.get("last_event"):
+        parts.append(f"last event: {safe(str(row['last_event']))}")
+    print("; ".join(parts), file=sys.stderr)
+    for line in row.get("stderr") or []:
+        print(f"  stderr: {safe(str(line))}", file=sys.stderr)
 
 
 def _simple(op: str) -> Any:
@@ -170,7 +232,7 @@ def _simple(op: str) -> Any:
         if ns.json:
             print(json.dumps(result))
         else:
-            for key, names in result.items():
+            for key, names in termsafe.clean_for(sys.stdout, result).items():
                 print(f"{key}: {', '.join(names) or 'nothing'}")
         return 0
 
@@ -178,12 +240,13 @@ def _simple(op: str) -> Any:
 
 
 def _fetch(ns: argparse.Namespace, op: str, **args: Any) -> Any:
-    """Call ``op``; with ``--json`` print the reply as it is and return None (nothing to render)."""
+    """Call ``op``; with ``--json`` print the reply as it is and return None (nothing to render);
+    else return it with every string escaped when stdout is a terminal (see :mod:`clawpen.termsafe`)."""
     data = _client().call(op, **args)
     if ns.json:
         print(json.dumps(data, indent=2))
         return None
-    return data
+    return termsafe.clean_for(sys.stdout, data)
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -229,10 +292,12 @@ def _ts(at: float) -> str:
 def cmd_events(ns: argparse.Namespace) -> int:
     client = _client()
     items = client.stream("events", bot=ns.bot, follow=ns.follow)
-    for e in items:
+    safe = termsafe.for_stream(sys.stdout, raw=ns.raw)
+    for item in items:
         if ns.json:
-            print(json.dumps(e), flush=True)
+            print(json.dumps(item), flush=True)
         else:
+            e = termsafe.clean(item, safe)
             who = _label(e)
             change = f"{e.get('from_state')} -> {e.get('to_state')}" if e.get("to_state") else e["kind"]
             print(f"{_ts(e['at'])}  {who:<16} {change:<26} {e['reason']}", flush=True)
@@ -261,6 +326,7 @@ def cmd_logs(ns: argparse.Namespace) -> int:
     else:
         records = read_logs(logs_dir, ns.bot, since=since, until=until, grep=ns.grep, tail=ns.tail)
     out = sys.stdout
+    safe = termsafe.for_stream(out, raw=ns.raw)  # a bot's escape sequences: shown, not obeyed
     for rec in records:
         if ns.json:
             out.write(json.dumps({"ts": rec.ts, "stream": rec.stream, "text": rec.text}) + "\n")
@@ -268,7 +334,7 @@ def cmd_logs(ns: argparse.Namespace) -> int:
             stamp = (
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.ts)) + f".{int(rec.ts % 1 * 1000):03d}Z"
             )
-            out.write(f"{stamp} {rec.stream} {rec.text}\n")
+            out.write(f"{stamp} {rec.stream} {safe(rec.text)}\n")
         if ns.follow:
             out.flush()
     return 0
@@ -336,7 +402,7 @@ def cmd_token(ns: argparse.Namespace) -> int:
         rows = client.call("token_ls")
         if ns.json:
             print(json.dumps(rows, indent=2))
-        for r in [] if ns.json else rows:
+        for r in [] if ns.json else termsafe.clean_for(sys.stdout, rows):
             until = _ts(r["expires"]) if r.get("expires") else "never"
             print(f"{r['id']}  {r['role']:<8}  expires {until}  {r.get('name', '')}")
     else:

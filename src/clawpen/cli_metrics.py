@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from clawpen import termsafe
 from clawpen.errors import HostError, UsageError
 from clawpen.paths import state_dir
 
@@ -82,6 +83,7 @@ def cmd_metrics(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(data))
         return 0
+    data = termsafe.clean_for(sys.stdout, data)
     series = data["series"]
     if not series:
         print(f"no samples of {data['target']} in the last {ns.since}")
@@ -107,15 +109,16 @@ def cmd_alerts(ns: argparse.Namespace) -> int:
     client = _client()
     action = ns.alerts_action
     if action == "ack":
-        data = client.call("alerts_ack", id=ns.id, who=caller())
+        data = termsafe.clean_for(sys.stdout, client.call("alerts_ack", id=ns.id, who=caller()))
         print(f"acknowledged alert {data['id']} ({data['rule']} on {data['target']})")
         return 0
     if action == "silence":
         data = client.call("alerts_silence", rule=ns.rule, who=caller(), **{"for": ns.duration})
+        data = termsafe.clean_for(sys.stdout, data)
         print(f"silenced {data['rule']} until {_when(data['until'])}")
         return 0
     if action == "test":
-        data = client.call("alerts_test")
+        data = termsafe.clean_for(sys.stdout, client.call("alerts_test"))
         failed = [d for d in data["deliveries"] if not d["ok"]]
         for d in data["deliveries"]:
             status = "sent" if d["ok"] else f"FAILED after {d['attempts']} tries: {d['error']}"
@@ -125,6 +128,7 @@ def cmd_alerts(ns: argparse.Namespace) -> int:
     if ns.json:
         print(json.dumps(data, indent=2))
         return 0
+    data = termsafe.clean_for(sys.stdout, data)  # notifiers' errors and labels: shown, not obeyed
     if not data["alerts"]:
         print("no alert is pending or firing")
     else:
@@ -218,9 +222,9 @@ def render_top(data: dict[str, Any], sort: str) -> Any:
         table.add_column(col, justify="left" if col in ("BOT", "STATE") else "right")
     for target, v, state in _rows(data, sort):
         health = v.get("healthy")
-        table.add_row(
-            target,
-            state,
+        table.add_row(  # Text: a bracket in a name is no rich markup; escape: no control is obeyed
+            Text(termsafe.escape(target)),
+            Text(termsafe.escape(state)),
             f"{v['cpu_percent']:.1f}" if "cpu_percent" in v else "-",
             _size(v.get("memory_bytes")),
             f"{v['memory_percent']:.0f}" if "memory_percent" in v else "-",
@@ -256,24 +260,32 @@ def cmd_top(ns: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
+    if not 0.2 <= ns.interval <= 3600:  # (also refuses nan)
+        raise UsageError(
+            f"--interval {ns.interval} is out of range",
+            where="clawpen top --interval",
+            hint="0.2 to 3600 seconds",
+        )
     client = _client()
     sort = ns.sort
     console = Console()
     if ns.once:
         console.print(render_top(client.call("metrics_latest"), sort))
         return 0
+    poller = select.poll()  # not select(): it fails on descriptors >= 1024
     with _keys() as keys, Live(console=console, auto_refresh=False, screen=False) as live:
+        if keys:
+            poller.register(sys.stdin.fileno(), select.POLLIN)
         while True:
             live.update(render_top(client.call("metrics_latest"), sort), refresh=True)
-            deadline = time.monotonic() + max(0.2, ns.interval)
+            deadline = time.monotonic() + ns.interval
             while (left := deadline - time.monotonic()) > 0:
                 if not keys:
                     time.sleep(left)
                     break
-                ready, _, _ = select.select([sys.stdin], [], [], left)
-                if ready:
+                if poller.poll(max(1, int(left * 1000))):
                     key = os.read(sys.stdin.fileno(), 1).decode(errors="replace").lower()
-                    if key == "q":
+                    if key in ("q", ""):  # q, or the terminal is gone
                         return 0
                     if key in SORT_KEYS:
                         sort = SORT_KEYS[key]

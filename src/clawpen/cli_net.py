@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from clawpen.termsafe import clean, escape, for_stream
 
 POLL = 0.5  # seconds between asks while following
 
@@ -17,6 +21,9 @@ def add_commands(sub: Any) -> None:
     log.add_argument("bot", metavar="BOT")
     log.add_argument("-f", "--follow", action="store_true", help="keep printing new connections")
     log.add_argument("--json", action="store_true", help="one JSON object per line")
+    log.add_argument(
+        "--raw", action="store_true", help="the exact names even on a terminal (default there: escaped)"
+    )
     log.add_argument("--since", metavar="WHEN", help='e.g. "1h", "30m", "2026-11-24T10:00:00Z"')
     log.add_argument("--denied", action="store_true", help="only denied connections and DNS queries")
     log.add_argument("-n", "--tail", type=int, default=50, metavar="N", help="last N rows (default 50)")
@@ -33,7 +40,10 @@ def _size(n: int) -> str:
     return f"{value:.1f}{unit}"
 
 
-def render(row: dict[str, Any]) -> str:
+def render(row: dict[str, Any], safe: Callable[[str], str] = escape) -> str:
+    """One connection as a line; ``safe`` filters the bot-controlled parts (a DNS name the bot
+    asked for can hold any byte, an escape sequence included)."""
+    row = clean(row, safe)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["at"]))
     who = row["bot"] if not row.get("replica") else f"{row['bot']}[{row['replica']}]"
     dest = f"{row['host']}:{row['port']}" if row["port"] else row["host"]
@@ -53,10 +63,11 @@ def cmd_net(ns: argparse.Namespace) -> int:
     client = _client()
     args = {"bot": ns.bot, "since": since, "denied": ns.denied}
     rows = client.call("net_log", limit=ns.tail, **args)
+    safe = for_stream(sys.stdout, raw=ns.raw)
     last = 0
     while True:
         for row in rows:
-            print(json.dumps(row) if ns.json else render(row), flush=True)
+            print(json.dumps(row) if ns.json else render(row, safe), flush=True)
             last = max(last, int(row["id"]))
         if not ns.follow:
             return 0

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clawpen import termsafe
 from clawpen.errors import UsageError
 from clawpen.paths import state_dir
 
@@ -84,7 +85,10 @@ def _through_daemon(ns: argparse.Namespace, action: str) -> int:
         print(f"secret {ns.name} removed", file=sys.stderr)
     else:
         entries = client.call("secrets_ls")
-        print(json.dumps(entries, indent=2) if ns.json else "\n".join(e["name"] for e in entries))
+        if ns.json:
+            print(json.dumps(entries, indent=2))
+        else:
+            print("\n".join(e["name"] for e in termsafe.clean_for(sys.stdout, entries)))
     return 0
 
 
@@ -133,10 +137,12 @@ def cmd_audit_log(ns: argparse.Namespace) -> int:
 
     state = state_dir()
     if not ns.verify:
-        for rec in audit.read(state):
+        safe = termsafe.for_stream(sys.stdout)  # records quote names and paths people chose
+        for record in audit.read(state):
             if ns.json:
-                print(json.dumps(rec))
+                print(json.dumps(record))
             else:
+                rec = termsafe.clean(record, safe)
                 detail = " ".join(f"{k}={v}" for k, v in sorted(rec.get("detail", {}).items()))
                 print(
                     f"{rec.get('seq', '?'):>5}  {rec.get('ts', '?')}  {rec.get('who', '?'):<12} "
@@ -153,7 +159,7 @@ def cmd_audit_log(ns: argparse.Namespace) -> int:
         path = state / audit.AUDIT_FILE
         print(f"error: the audit log has been tampered with ({path})", file=sys.stderr)
         for p in problems:
-            print(f"  {p}", file=sys.stderr)
+            print(f"  {termsafe.for_stream(sys.stderr)(str(p))}", file=sys.stderr)
         print("hint: restore it from a backup and find out who changed it", file=sys.stderr)
     return 1 if problems else 0
 

@@ -294,7 +294,7 @@ def test_builtin_rules_oom_killed_crashloop_and_down_fire_from_a_real_bot(
         [monitoring.notify]
         urls = ["{sink.url}"]
     """)
-    daemon.cli("up")
+    daemon.cli("up", "--detach")  # the bot is meant to crashloop: a waiting `up` would fail
     want = (
         "[FIRING] bot_oom_killed on hungry",
         "[FIRING] bot_crashloop on hungry",

@@ -54,7 +54,7 @@ def test_crash_is_restarted_at_once_then_with_growing_backoff_then_crashloop(dae
         max_restarts = 4
         window = "60s"
     """)
-    daemon.cli("up")
+    daemon.cli("up", "--detach")  # `up` without it waits, and fails: the bot never stays up
     daemon.wait_state("crasher", "crashloop", timeout=30)
     starts = [e["at"] for e in daemon.events("crasher") if e.get("to_state") == "starting"]
     exits = [e["at"] for e in daemon.events("crasher") if e.get("to_state") == "exited"]

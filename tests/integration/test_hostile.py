@@ -2,8 +2,8 @@
 
 Positive: a sane policy contains every action (each with a working control on this host), the
 host keeps no trace (no files in /usr, /etc, /; no fixture left behind), exit 0. Negative: a
-policy without a disk cap lets the file-size action through; the validator says "escaped" and
-exits 1, so it can fail.
+policy with `disk = "unlimited"` lets the file-size action through; the validator says "escaped" and
+exits 1, so it can fail; without `disk` in the spec the default cap contains it.
 """
 
 from __future__ import annotations
@@ -86,9 +86,20 @@ def test_a_sane_policy_contains_every_action(tmp_path: Path, spec_dir: Path) -> 
     assert not (spec_dir / "ws").exists()
 
 
+def test_the_default_disk_cap_contains_the_file_size_action(tmp_path: Path, spec_dir: Path) -> None:
+    """No `disk` in the spec: the default cap (10G) still stops a file from growing past it."""
+    (spec_dir / "clawpen.toml").write_text(
+        '[bots.plain]\ncommand = ["true"]\nresources = { memory = "64M", pids = 32, tmp = "16M" }\n'
+    )
+    proc = _hostile(tmp_path / "state", spec_dir, "plain", "--only", "resources")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split()[2]: line for line in proc.stdout.splitlines() if line.startswith("plain ")}
+    assert "ESCAPED" not in lines["res.file-size"] and "ok" in lines["res.file-size"].split()[1], proc.stdout
+
+
 def test_a_missing_disk_cap_is_reported_as_an_escape(tmp_path: Path, spec_dir: Path) -> None:
     (spec_dir / "clawpen.toml").write_text(
-        '[bots.loose]\ncommand = ["true"]\nresources = { memory = "64M", pids = 32 }\n'
+        '[bots.loose]\ncommand = ["true"]\nresources = { memory = "64M", pids = 32, disk = "unlimited" }\n'
     )
     proc = _hostile(tmp_path / "state", spec_dir, "loose", "--only", "resources")
     assert proc.returncode == 1, proc.stdout + proc.stderr

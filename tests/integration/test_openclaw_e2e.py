@@ -53,7 +53,7 @@ def test_openclaw_end_to_end() -> None:
         toml.write_text(text.replace('# "api.anthropic.com:443",', '"api.anthropic.com:443",'))
         d.spec = toml
         d.cli("secrets", "set", "OPENCLAW_GATEWAY_TOKEN", stdin=TOKEN)
-        up = d.cli("up", "-f", str(toml), timeout=1200)
+        up = d.cli("up", "-f", str(toml), "--wait-timeout", "300", timeout=1200)  # waits until healthy
         assert "start openclaw" in up.stdout, up.stdout
         builds = [e["reason"] for e in d.events("openclaw") if e["kind"] == "build"]
         assert any("built in" in r or "cached" in r for r in builds), builds

@@ -52,7 +52,7 @@ def test_validate_passes_with_failure_scenarios(daemon: DaemonCli) -> None:
 
 def test_validate_fails_for_an_unhealthy_bot(daemon: DaemonCli) -> None:
     daemon.write(SPEC.replace("http://127.0.0.1:8000/", "http://127.0.0.1:8001/").replace("always", "no"))
-    daemon.cli("up")
+    daemon.cli("up", "--detach")  # the bot never becomes healthy: a waiting `up` would fail
     daemon.wait_state("web", "running")
     proc = daemon.cli("validate", "web", "--quick", check=False, timeout=60)
     assert proc.returncode == 1, proc.stdout + proc.stderr

@@ -102,6 +102,21 @@ def host_defaults() -> list[Rule]:
     ]
 
 
+def state_disk_rule() -> Rule:
+    """Built-in: the state dir's filesystem is below the low-space watermark (bot logs paused)."""
+    return Rule(
+        "host_state_disk_low",
+        "host",
+        "state_disk_low",
+        ">",
+        0.0,
+        0.0,
+        "critical",
+        kind="builtin",
+        summary="free space of clawpen's state dir is below min(5%, 1 GiB): bot logs are paused",
+    )
+
+
 def builtin_bot_rules(cfg: MonitoringConfig) -> list[Rule]:
     b = cfg.builtin
     return [
@@ -125,7 +140,7 @@ def rules_from(cfg: MonitoringConfig) -> list[Rule]:
     """Every rule of a spec's ``[monitoring]`` section, built-ins first; names are unique."""
     found: list[Rule] = []
     if cfg.builtin.enabled:
-        found += builtin_bot_rules(cfg)
+        found += [*builtin_bot_rules(cfg), state_disk_rule()]
     if cfg.builtin.host_defaults:
         found += host_defaults()
     for spec in cfg.alerts:

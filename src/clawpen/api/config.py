@@ -6,13 +6,14 @@ API off. A non-loopback address needs TLS (certificate and key) or an explicit
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from clawpen.errors import UsageError
+from clawpen.spec import listen as listen_rule
+from clawpen.spec.rules import RuleViolation
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 ENV_LISTEN = "CLAWPEN_API_LISTEN"
@@ -48,26 +49,14 @@ class ApiConfig(NamedTuple):
 
 def parse_listen(value: str, *, flag: str = "--listen") -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPV6]:PORT`` -> (host, port); the host is an IP address or localhost."""
-    text = value.strip()
-    hint = 'write HOST:PORT, e.g. "127.0.0.1:8080" or "[::1]:8080", or "off"'
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-    else:
-        host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise UsageError(f"{flag} {value!r} is not HOST:PORT", where=flag, hint=hint)
-    if host != "localhost":
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise UsageError(
-                f"{flag} {value!r}: {host!r} is not an IP address", where=flag, hint=hint
-            ) from None
-    return host, int(port_text)
+    try:
+        return listen_rule.split_listen(value, flag, any_port=True)
+    except RuleViolation as err:
+        raise UsageError(str(err), where=flag, hint=f'{err.hint}, or "off"') from None
 
 
 def is_loopback(host: str) -> bool:
-    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    return listen_rule.is_loopback(host)
 
 
 def make_config(
@@ -101,13 +90,18 @@ def make_config(
                 where=f"{tls_cert}, {tls_key}",
                 hint="give a PEM certificate (chain) and its unencrypted PEM private key",
             ) from None
-    elif not is_loopback(host) and not insecure_bind:
-        raise UsageError(
-            f"refusing to serve the API on {host}, which is not a loopback address, without TLS",
-            where=flag,
-            hint="add --tls-cert FILE --tls-key FILE, or --insecure-bind if something else encrypts "
+    try:
+        listen_rule.check_listener(
+            f"the API ({flag})",
+            host,
+            opted_in=bool(tls_cert) or insecure_bind,
+            opt_in="add --tls-cert FILE --tls-key FILE, or --insecure-bind if something else encrypts "
             "the traffic (a reverse proxy, a VPN)",
         )
+    except listen_rule.PublicListener as err:
+        raise UsageError(
+            f"refusing to serve the API on {host} without TLS: {err}", where=flag, hint=err.hint
+        ) from None
     return ApiConfig(host, port, tls_cert or None, tls_key or None, insecure_bind)
 
 

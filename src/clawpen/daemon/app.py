@@ -24,6 +24,7 @@ from clawpen.sandbox.seccomp import bpf_for, default_policy
 from clawpen.vault.store import Vault
 
 SWEEP_INTERVAL = 3600.0
+FLUSH_INTERVAL = 5.0  # how often changes kept in memory (a full disk) are written again
 
 
 class Component(Protocol):
@@ -40,6 +41,7 @@ class Component(Protocol):
 def components(state: Path) -> list[Component]:
     """Every component, in start order (each module adds its own line here)."""
     found: list[Component] = []
+    found.append(__import__("clawpen.logs.component", fromlist=["_"]).LogSpaceComponent(state))
     found.append(__import__("clawpen.metrics.service", fromlist=["Monitor"]).Monitor(state))
     found.append(__import__("clawpen.api.component", fromlist=["ApiComponent"]).ApiComponent(state))
     found.append(__import__("clawpen.net.component", fromlist=["GatewayComponent"]).GatewayComponent(state))
@@ -54,7 +56,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     """Create every object the daemon needs, once. Tests pass their own ``clock``."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
-    store = Store(state / "clawpen.db")
+    store = Store(state / "clawpen.db", records=state / "run")
     tier = NamespaceTier(state)
     policy = default_policy()
     compressor = Compressor()
@@ -77,7 +79,9 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
             network=__import__("clawpen.net.links", fromlist=["for_daemon"]).for_daemon(state, daemon),
         )
 
-    return Daemon(store, services)
+    daemon = Daemon(store, services)
+    store.warn = lambda text: daemon.note("store", text)  # a full disk: an event, kept in memory
+    return daemon
 
 
 def _running_daemon(state: Path) -> int | None:
@@ -100,8 +104,11 @@ async def serve(state: Path) -> None:
         )
     daemon = build(state)
     pid_file = state / "daemon.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
+    _write_pid(daemon, pid_file)
     daemon.note("daemon", f"daemon started (pid {os.getpid()})")
+    if daemon.store.recovered:
+        print(f"clawpen daemon: {daemon.store.recovered}", file=sys.stderr, flush=True)
+        daemon.note("state-db", daemon.store.recovered)
     # The gateway first (it must listen before a bot with egress starts), then the bots, then the
     # other components (the monitor must see the restored bots on its first pass), then the
     # socket: no request is served by a half-started daemon.
@@ -117,6 +124,7 @@ async def serve(state: Path) -> None:
 
     await start(early)
     daemon.restore()
+    __import__("clawpen.net.instance", fromlist=["sweep"]).sweep_orphan_relays(daemon)
     await start([p for p in parts if p not in early])
     path = socket_path(state)
     with contextlib.suppress(FileNotFoundError):
@@ -133,9 +141,11 @@ async def serve(state: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"clawpen daemon: listening on {path}", file=sys.stderr, flush=True)
     sweeper = loop.create_task(_sweep_logs(daemon))
+    flusher = loop.create_task(_flush_store(daemon.store))
     async with server:
         await stop.wait()
         sweeper.cancel()
+        flusher.cancel()
         server.close()
         for part in reversed(started):
             try:
@@ -151,6 +161,29 @@ async def serve(state: Path) -> None:
             leftover.unlink()
     daemon.store.close()
     daemon.services.compressor.close(timeout=30)
+
+
+def _write_pid(daemon: Daemon, pid_file: Path) -> None:
+    """Write our pid over the old file's bytes (a full disk has no block for a new file); a
+    daemon that cannot write it still serves (the socket needs no space)."""
+    data = f"{os.getpid()}\n".encode()
+    try:
+        fd = os.open(pid_file, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+    except OSError as err:
+        daemon.note("daemon", f"cannot write {pid_file}: {err}")
+
+
+async def _flush_store(store: Store) -> None:
+    """Write what the store keeps in memory once the disk has room again (a full disk)."""
+    while True:
+        await asyncio.sleep(FLUSH_INTERVAL)
+        if not store.behind or store.flush():
+            store.keep_reserve()
 
 
 async def _sweep_logs(daemon: Daemon) -> None:

@@ -20,36 +20,36 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from clawpen.daemon import watchers as watch
+from clawpen.daemon.lifecycle import describe, instance_plan, settle, terminate
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
 from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.errors import ClawpenError
 from clawpen.logs.store import Compressor
-from clawpen.logs.writer import LogWriter
+from clawpen.logs.writer import daemon_writer
 from clawpen.net.instance import InstanceNetwork
-from clawpen.plan.build import HostFacts, build_plan
+from clawpen.plan.build import HostFacts
 from clawpen.plan.model import Plan, SeccompPolicy
 from clawpen.sandbox.adopt import AdoptedSandbox, pid_start_time
 from clawpen.sandbox.namespace import NamespaceTier, Sandbox
 from clawpen.sandbox.tier import RunResult, Stdio
-from clawpen.sandbox.users import identity_for
 from clawpen.spec.models import Bot
-from clawpen.supervisor.backoff import RestartPolicy, RestartTracker
+from clawpen.supervisor.backoff import RestartPolicy, RestartTracker, TrackerState
 from clawpen.supervisor.schedule import ActiveWindow
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 from clawpen.vault.redact import Redactor
 
 if TYPE_CHECKING:
-    from clawpen.net.links import Link, LinkManager
+    from clawpen.net.links import LinkManager
 
 S = BotState
+__all__ = ["Instance", "Services", "instance_plan"]
 READ_CHUNK = 1 << 16
 PIPE_SIZE = 1 << 20
 
@@ -90,6 +90,7 @@ class Instance:
         self.sandbox: Sandbox | AdoptedSandbox | None = None
         self.restarts = 0
         self.last: RunResult | None = None
+        self._saved_exit: tuple[int | None, str | None] = (None, None)  # the row's, until a run ends
         self.started_at: float | None = None
         self._wake = asyncio.Event()
         self._request: Outcome | None = None
@@ -103,9 +104,10 @@ class Instance:
         self._adopting = False
 
     # ---------------------------------------------------------------- commands
-    def start(self) -> None:
-        """Start supervising (or start again after a stop, a crashloop or a failure)."""
-        self._manual_start = True
+    def start(self, *, manual: bool = True) -> None:
+        """Start supervising (or start again after a stop, a crashloop or a failure); a
+        ``manual`` start (a person's) also ends a restart streak and a crashloop."""
+        self._manual_start = manual
         self._request = None
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run(), name=f"bot {self.label}")
@@ -120,9 +122,8 @@ class Instance:
         )
         self._pipes = {s: os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) for s, p in self._fifos()}
         self.machine = BotStateMachine(self.name, self.replica, BotState.RUNNING, self.svc.clock())
-        self.restarts = row.restarts
-        self.started_at = row.started_at
-        self.tracker.record_started(row.started_at or self.svc.clock())
+        if not self._restore(row):  # saved by an older clawpen: no tracker state
+            self.tracker.record_started(row.started_at or self.svc.clock())
         self._manual_start = False
         self._adopting = True
         self.svc.note("adopt", f"adopted the running sandbox (pid {row.pid})", self.name, self.replica)
@@ -131,8 +132,33 @@ class Instance:
     def rest(self, state: BotState, row: InstanceRow) -> None:
         """Restore an instance that had come to rest (stopped, crashloop, failed) without starting it."""
         self.machine = BotStateMachine(self.name, self.replica, state, self.svc.clock())
+        self._restore(row)
+
+    def resume(self, row: InstanceRow | None) -> None:
+        """Start again after a daemon start found its process gone (a host restart): the restart
+        count, the last exit and the crashloop window carry on from ``row``."""
+        if row is None:
+            self.start()
+            return
+        self._restore(row)
+        self.start(manual=False)
+
+    def _restore(self, row: InstanceRow) -> bool:
+        """Carry on from a saved row; True if it held the restart tracker's state."""
         self.restarts = row.restarts
         self.started_at = row.started_at
+        self._saved_exit = (row.last_exit, row.last_reason)
+        saved = TrackerState.from_json(row.tracker)
+        if saved is not None:
+            self.tracker = RestartTracker(self.tracker.policy, state=saved)
+        return saved is not None
+
+    @property
+    def last_exit(self) -> tuple[int | None, str | None]:
+        """(exit code, reason) of the last run, also when it ended under an earlier daemon."""
+        if self.last is not None:
+            return self.last.exit_code, self.last.reason
+        return self._saved_exit
 
     def stop(self) -> None:
         self._request = Outcome.STOP
@@ -181,9 +207,9 @@ class Instance:
                 f"{self.name}.{self.replica}" if sb else None,
                 self.started_at,
                 self.restarts,
-                None if self.last is None else self.last.exit_code,
-                None if self.last is None else self.last.reason,
+                *self.last_exit,
                 None,
+                self.tracker.snapshot().to_json(),
             )
         )
 
@@ -236,7 +262,7 @@ class Instance:
             self.last = result
             if outcome is Outcome.STOP:
                 self.tracker.record_manual_stop(self.svc.clock())
-                self._to(S.STOPPED, f"stopped by request ({_describe(result)})")
+                self._to(S.STOPPED, f"stopped by request ({describe(result)})")
                 return
             if outcome is Outcome.SCHEDULE_OFF:
                 self.tracker.record_exit(
@@ -244,7 +270,7 @@ class Instance:
                 )
                 self._to(S.SCHEDULED_OFF, self._why)
                 continue
-            self._to(S.OOM if result.reason == "oom" else S.EXITED, _describe(result))
+            self._to(S.OOM if result.reason == "oom" else S.EXITED, describe(result))
             if outcome in (Outcome.RESTART, Outcome.CRON):
                 self._manual_start = outcome is Outcome.RESTART
                 self.restarts += 1  # like pm2's restart count, asked-for restarts count too
@@ -365,12 +391,13 @@ class Instance:
     async def _watch(self, sandbox: Sandbox | AdoptedSandbox) -> Outcome:
         loop = asyncio.get_running_loop()
         redactor = Redactor(self._secrets) if self._secrets else None
-        writer = LogWriter(
+        writer = daemon_writer(  # caps on write, rate limit, pauses (never raises) on a full disk
             self.svc.logs_dir,
             self.log_name,
             self.svc.clock,
-            compressor=self.svc.compressor,
+            self.svc.compressor,
             redact=redactor.redact if redactor else None,
+            notify=lambda kind, text: self.svc.note(kind, text, self.name, self.replica),
         )
         self._writer = writer
         self._eof: dict[str, asyncio.Future[None]] = {}
@@ -380,7 +407,7 @@ class Instance:
             loop.add_reader(fd, self._drain, stream, fd)
         exited: asyncio.Future[None] = loop.create_future()
         pidfd = os.pidfd_open(sandbox.pid)
-        loop.add_reader(pidfd, _settle, exited)
+        loop.add_reader(pidfd, settle, exited)
         self._wake.clear()
         watchers = {loop.create_task(w) for w in watch.for_instance(self, sandbox)}
         try:
@@ -415,12 +442,17 @@ class Instance:
             return
         except OSError:
             chunk = b""
+        try:  # whatever the log does, the pipe is drained: a bot blocked on a full pipe is worse
+            if chunk:
+                self._writer.write(stream, chunk)  # type: ignore[arg-type]
+            else:
+                self._writer.finish(stream)  # type: ignore[arg-type]
+        except Exception as err:
+            self._writer.report("log-error", f"log write failed: {err}")
         if chunk:
-            self._writer.write(stream, chunk)  # type: ignore[arg-type]
             return
         loop = asyncio.get_running_loop()
         loop.remove_reader(fd)
-        self._writer.finish(stream)  # type: ignore[arg-type]
         fut = self._eof[stream]
         if not fut.done():
             fut.set_result(None)
@@ -444,25 +476,7 @@ class Instance:
     async def _terminate(self, sandbox: Sandbox | AdoptedSandbox) -> None:
         """SIGTERM every process of the bot, then SIGKILL the cgroup after the grace period."""
         grace = self.bot.restart.stop_grace
-        with contextlib.suppress(ClawpenError, ProcessLookupError):
-            sandbox.cg.signal(signal.SIGTERM)
-        pidfd = os.pidfd_open(sandbox.pid)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(pidfd, _settle, done)
-        try:  # asyncio.wait, unlike wait_for, leaves the future alone on a timeout
-            if not (await asyncio.wait({done}, timeout=grace))[0]:
-                self.svc.note("kill", f"no exit {grace:g}s after SIGTERM: SIGKILL", self.name, self.replica)
-                with contextlib.suppress(ClawpenError):
-                    sandbox.cg.kill()
-                if not (await asyncio.wait({done}, timeout=5.0))[0]:
-                    # bubblewrap's own monitor is stuck (stopped?): end it too
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(sandbox.pid, signal.SIGKILL)
-                    await asyncio.wait({done}, timeout=5.0)
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
+        await terminate(sandbox, grace, lambda kind, why: self.svc.note(kind, why, self.name, self.replica))
 
     # ---------------------------------------------------------------- views
     def status(self) -> dict[str, Any]:
@@ -475,39 +489,7 @@ class Instance:
             "pid": sb.pid if sb else None,
             "restarts": self.restarts,
             "started_at": self.started_at,
-            "last_exit": None if self.last is None else self.last.exit_code,
-            "last_reason": None if self.last is None else self.last.reason,
+            "last_exit": self.last_exit[0],
+            "last_reason": self.last_exit[1],
             "health": self.health,
         }
-
-
-def instance_plan(
-    bot: Bot,
-    name: str,
-    replica: int,
-    base_dir: str,
-    *,
-    state_dir: Path,
-    host: HostFacts,
-    seccomp: SeccompPolicy,
-    link: Link | None = None,
-) -> Plan:
-    """The plan of one replica of a daemon-managed bot (also what `clawpen exec` enters)."""
-    policy = bot.to_policy(name, base_dir)
-    policy = policy._replace(env=(*policy.env, ("CLAWPEN_REPLICA", str(replica))))
-    ident = identity_for(name, state_dir)
-    net = None if link is None else link.for_plan(policy.egress)
-    return build_plan(policy, ident, host, seccomp, die_with_parent=False, link=net)
-
-
-def _settle(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _describe(result: RunResult) -> str:
-    if result.reason == "signaled":
-        return f"killed by signal {result.signal} (exit {result.exit_code})"
-    if result.reason == "exited":
-        return f"exited with code {result.exit_code}"
-    return f"{result.message or result.reason} (exit {result.exit_code})"

@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 from clawpen import audit
 from clawpen.daemon import rpc
 from clawpen.daemon.runtime import Instance, Services
-from clawpen.daemon.store import Event, Store, policy_hash
+from clawpen.daemon.store import Event, Store
 from clawpen.errors import AccessError, ClawpenError, UsageError
 from clawpen.sandbox.adopt import same_process
-from clawpen.spec.loader import load_spec, parse_spec_text
+from clawpen.spec.loader import parse_spec_text
 from clawpen.spec.models import Bot, Spec
 from clawpen.supervisor.states import BotState, Transition, is_terminal_for_policy
 from clawpen.tokens import TokenStore, role_allows
@@ -127,7 +127,10 @@ class Daemon:
         handler: Handler = extra.handler if extra else getattr(self, f"op_{name}")
         result = await handler(args, writer)
         if role != "viewer":
-            audit.append(self.services.state_dir, who, name, _audit_detail(name, args, result))
+            try:
+                audit.append(self.services.state_dir, who, name, _audit_detail(name, args, result))
+            except OSError as err:  # a full disk: the action happened, so say so instead of failing
+                self.note("audit", f"the audit log could not be written ({err}): {who} did {name}")
         return result
 
     # ---------------------------------------------------------------- events
@@ -190,8 +193,8 @@ class Daemon:
                     inst.adopt(saved)
                 elif saved is not None and is_terminal_for_policy(BotState(saved.state)):
                     inst.rest(BotState(saved.state), saved)  # it had ended for good: leave it so
-                else:
-                    inst.start()
+                else:  # its process is gone: start it, carrying on its restart count and window
+                    inst.resume(saved)
                     self.note("restore", "started again after a daemon start", name, inst.replica)
 
     def _names(self, args: dict[str, Any]) -> list[str]:
@@ -211,68 +214,11 @@ class Daemon:
         return {"pid": os.getpid()}
 
     async def op_up(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        path = Path(str(args["file"]))
-        loaded = load_spec(path)  # raises ConfigError: nothing applied
-        wanted = set(args.get("bots") or loaded.spec.bots)
-        missing = wanted - set(loaded.spec.bots)
-        if missing:
-            raise UsageError(
-                f"no bot named {', '.join(sorted(missing))} in {path}",
-                where=str(path),
-                hint=f"bots in the file: {', '.join(sorted(loaded.spec.bots)) or 'none'}",
-            )
-        for name in wanted:  # every bot's policy must be buildable before anything changes
-            loaded.spec.bots[name].to_policy(name, str(loaded.base_dir))
-        async with self.up_lock:
-            from clawpen.daemon.build_steps import run_builds  # build steps first: a failure changes nothing
+        """Check, build, apply all or nothing, and with ``wait`` wait for the changed bots
+        (:mod:`clawpen.daemon.up`)."""
+        from clawpen.daemon.up import op_up
 
-            loaded = await run_builds(self, loaded, wanted, _w, args)
-            current = self.store.bots()
-            plan: dict[str, list[str]] = {
-                "create": [],
-                "recreate": [],
-                "start": [],
-                "unchanged": [],
-                "remove": [],
-            }
-            policies: dict[str, dict[str, Any]] = {}
-            for name in sorted(wanted):
-                spec = loaded.spec.bots[name].model_dump(mode="json", by_alias=True)
-                policy = {"spec": spec, "base_dir": str(loaded.base_dir)}
-                policies[name] = policy
-                if name not in current:
-                    plan["create"].append(name)
-                elif current[name].spec_hash != policy_hash(policy):
-                    plan["recreate"].append(name)
-                elif not any(i.supervised for i in self._all(name)):
-                    plan["start"].append(name)
-                else:
-                    plan["unchanged"].append(name)
-            if not args.get("bots"):
-                plan["remove"] = sorted(set(current) - wanted)
-            if args.get("dry_run"):
-                return {"dry_run": True, **plan}
-            previous = self.store.releases(1)
-            before = previous[0]["spec_hash"] if previous else None
-            summary = "; ".join(f"{k} {', '.join(v)}" for k, v in plan.items() if v and k != "unchanged")
-            release = self.store.add_release(
-                str(args.get("who", "root")), str(path.resolve()), loaded.text, summary or "no change"
-            )
-            for name in plan["remove"]:
-                await self._halt(name)
-                self.store.remove_bot(name)
-                self.note("remove", f"removed by release {release}", name)
-            for name in plan["recreate"]:
-                await self._halt(name)
-            for name in plan["create"] + plan["recreate"] + plan["start"]:
-                self.store.put_bot(name, policies[name], "running", release)
-                bot = loaded.spec.bots[name]
-                self._launch(name, bot, str(loaded.base_dir))
-            self.note("release", f"release {release}: {summary or 'no change'}")
-            for listener in self.spec_listeners:
-                listener(loaded.spec)
-            after = self.store.releases(1)[0]["spec_hash"]
-            return {"release": release, "before": before, "after": after, **plan}
+        return await op_up(self, args, _w)
 
     async def op_down(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
         names = self._names(args)
@@ -395,7 +341,8 @@ class Daemon:
                     raise UsageError(f"unknown operation {name!r}", where="daemon")
                 args = request.get("args") or {}
                 who = self._authorize(name, request.get("token"), writer)
-                result = await self.dispatch(name, args, who, writer)
+                work = self.dispatch(name, args, who, writer)
+                result = await rpc.with_heartbeat(work, writer, rpc.heartbeat_interval(request))
                 writer.write(rpc.ok(result))
             except ClawpenError as err:
                 writer.write(rpc.error(err))

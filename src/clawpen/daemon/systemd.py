@@ -32,8 +32,11 @@ low published ports).
 ``host_network=False`` (``clawpen daemon install --no-network``) adds ``PrivateNetwork`` for
 hosts whose bots have neither egress nor published ports.
 ``KillMode=process``: stopping the service stops the daemon, which stops its bots; a crash leaves
-them running for the next daemon to adopt. ``Delegate=yes`` is for bot cgroups below the daemon's
-own (today they are in /sys/fs/cgroup/clawpen).
+them running for the next daemon to adopt, and so are the published-port relays
+(:mod:`clawpen.net.portrelay`, processes of their own in the service's cgroup): with
+``control-group`` or ``mixed`` a crash-restart of the unit would kill them and published ports
+would stop answering until the new daemon starts them again. ``Delegate=yes`` is for bot
+cgroups below the daemon's own (today they are in /sys/fs/cgroup/clawpen).
 """
 
 from __future__ import annotations

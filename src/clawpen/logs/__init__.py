@@ -6,6 +6,11 @@
   shared :class:`Compressor`), and :func:`retention_sweep` by age and total size.
 - :mod:`~clawpen.logs.query`: :func:`read_logs` (since/until/grep/tail over rotated and current
   files), :func:`follow`, :func:`parse_since`.
+- :mod:`~clawpen.logs.budget`: the caps held on every write (per bot, every bot together, rotated
+  files waiting for gzip) from in-memory byte counts, and the write-rate token bucket.
+- :mod:`~clawpen.logs.space`: the low-space watermark of the state dir's filesystem;
+  :mod:`~clawpen.logs.component`: the daemon component that watches it (``disk-low`` events).
+- :mod:`~clawpen.logs.framer`: :class:`LineFramer` (lines in bounded memory).
 
 Nothing here holds global state; every function that needs the time takes it (a clock callable
 or a ``now``).
@@ -13,19 +18,24 @@ or a ``now``).
 
 from __future__ import annotations
 
+from clawpen.logs.budget import LogBudget
 from clawpen.logs.query import LogRecord, follow, parse_since, read_logs
+from clawpen.logs.space import SpaceGuard
 from clawpen.logs.store import Compressor, SweepReport, retention_sweep
-from clawpen.logs.writer import MARKER, STREAMS, LineFramer, LogWriter, Stream
+from clawpen.logs.writer import MARKER, STREAMS, LineFramer, LogWriter, Stream, daemon_writer
 
 __all__ = [
     "MARKER",
     "STREAMS",
     "Compressor",
     "LineFramer",
+    "LogBudget",
     "LogRecord",
     "LogWriter",
+    "SpaceGuard",
     "Stream",
     "SweepReport",
+    "daemon_writer",
     "follow",
     "parse_since",
     "read_logs",

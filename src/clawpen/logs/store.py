@@ -21,7 +21,11 @@ Compression either happens at rotation, in the caller's thread, or in a :class:`
 background thread (one per daemon, shared by every bot's writer): zlib releases the GIL while it
 deflates, so the daemon's loop keeps reading pipes while a 50 MiB file is compressed on the
 other core. Its queue is bounded; when it is full the rotated file stays ``.log`` and the next
-:func:`retention_sweep` hands it over again.
+:func:`retention_sweep` hands it over again (unless the writer deletes it first: a bot may have
+only a few rotated files waiting for compression, see :mod:`clawpen.logs.budget`).
+
+The compressor also carries the daemon's :class:`~clawpen.logs.budget.LogBudget` (the byte
+counts behind the caps enforced on write), since it is the one log object every writer shares.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from clawpen.logs.budget import LogBudget
 
 DEFAULT_MAX_AGE = 30 * 86400.0
 DEFAULT_MAX_TOTAL = 1 << 30
@@ -137,14 +144,19 @@ def twin(path: Path) -> Path:
     return path.with_name(name[:-3] if name.endswith(".gz") else name + ".gz")
 
 
-def rotate(directory: Path, bot: str, now: float) -> Path:
+def rotate(directory: Path, bot: str, now: float, *, after: Path | None = None) -> Path:
     """Rename the bot's current file to a rotated name stamped ``now`` and return that name.
 
     The caller fsyncs and closes its descriptor first. A name already used in that second (as
-    ``.log`` or ``.log.gz``) gets a ``-1``, ``-2``... suffix, so nothing is overwritten.
+    ``.log`` or ``.log.gz``) gets a ``-1``, ``-2``... suffix, so nothing is overwritten; and a
+    name after ``after`` (the previous rotation), so that a file deleted meanwhile (a cap) does
+    not free an earlier name for a newer file.
     """
     base = f"{bot}.{stamp_of(now)}"
     seq = 0
+    previous = None if after is None else _ROTATED.match(after.name)
+    if previous is not None and previous["stamp"] == stamp_of(now):
+        seq = int(previous["seq"] or 0) + 1
     while True:
         target = directory / (f"{base}.log" if seq == 0 else f"{base}-{seq}.log")
         if not target.exists() and not twin(target).exists():
@@ -204,7 +216,12 @@ class Compressor:
         level: int = DEFAULT_LEVEL,
         max_queued: int = 16,
         on_error: Callable[[Path, OSError], None] | None = None,
+        budget: LogBudget | None = None,
     ) -> None:
+        from clawpen.logs.budget import LogBudget  # it imports this module
+
+        self.budget = LogBudget() if budget is None else budget
+        self.budget.compressor = self
         self._level = level
         self._on_error = on_error
         self._queue: queue.Queue[Path | None] = queue.Queue(max_queued)
@@ -258,13 +275,19 @@ class Compressor:
             path = self._queue.get()
             if path is None:
                 return
+            self.budget.compressing(path)
+            target: Path | None = None
             try:
-                compress_file(path, level=self._level)
+                target = compress_file(path, level=self._level)
             except OSError as err:
                 self.errors.append((path, err))
                 if self._on_error is not None:
                     self._on_error(path, err)
             finally:
+                if target is not None:
+                    self.budget.compressed(path, target)
+                else:
+                    self.budget.not_compressed(path)
                 with self._lock:
                     self._busy.discard(path)
                     self.done += 1
@@ -307,6 +330,9 @@ def retention_sweep(
     rotated file is deleted. The current file is never deleted. Rotated files left uncompressed
     (a full compressor queue, a crash) are compressed: handed to ``compressor``, or here and now
     when there is none. Files the compressor is working on are left alone.
+
+    A file that cannot be deleted or compressed (a full disk, an I/O error) is skipped: the
+    sweep never raises for one file. Deletions are reported to the compressor's budget.
     """
     deleted: list[Path] = []
     compressed: list[Path] = []
@@ -318,7 +344,13 @@ def retention_sweep(
         for entry in rotated:
             busy = compressor is not None and compressor.busy(entry.path)
             if not busy and (entry.closed_at < now - max_age or total > max_total):
-                gone = _delete(entry)
+                try:
+                    gone = _delete(entry)
+                except OSError:
+                    keep.append(entry)
+                    continue
+                if compressor is not None:
+                    compressor.budget.forget(entry.path)
                 total -= gone
                 freed += gone
                 deleted.append(entry.path)
@@ -330,6 +362,8 @@ def retention_sweep(
             if compressor is not None:
                 if compressor.submit(entry.path):
                     compressed.append(entry.path)
-            elif compress_file(entry.path, level=level) is not None:
-                compressed.append(entry.path)
+                continue
+            with contextlib.suppress(OSError):  # no room for the .gz now: the next sweep tries again
+                if compress_file(entry.path, level=level) is not None:
+                    compressed.append(entry.path)
     return SweepReport(tuple(deleted), tuple(compressed), freed)

@@ -64,6 +64,9 @@ _HOST = (
     Metric("net_drops_per_s", "host", "packets/s", "dropped packets per second (rx + tx)"),
     Metric("probe_loss_percent", "host", "%", "failed TCP connect probes in the last 20 tries", "target"),
     Metric("probe_latency_ms", "host", "ms", "TCP connect time of the last probe", "target"),
+    Metric("state_disk_free_bytes", "host", "bytes", "free space on the filesystem of clawpen's state dir"),
+    Metric("state_disk_watermark_bytes", "host", "bytes", "below this much free space bot logs pause"),
+    Metric("state_disk_low", "host", "bool", "1 while the state dir's free space is below the watermark"),
 )
 BOT_METRICS: dict[str, Metric] = {m.name: m for m in _BOT}
 HOST_METRICS: dict[str, Metric] = {m.name: m for m in _HOST}

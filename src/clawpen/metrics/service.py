@@ -17,6 +17,7 @@ from clawpen.alerts.engine import Alert, Change, Engine, Notice
 from clawpen.alerts.messages import fmt_value, message, test_message
 from clawpen.alerts.rules import Rule, bot_of, rules_from
 from clawpen.errors import ClawpenError, UsageError
+from clawpen.logs.space import state_disk_values
 from clawpen.metrics.collector import Collector, InstanceView
 from clawpen.metrics.logwatch import LogWatch
 from clawpen.metrics.probes import Prober
@@ -235,6 +236,7 @@ class Monitor:
                 target = event.bot if not event.replica else f"{event.bot}[{event.replica}]"
                 self.collector.note_oom(target, event.at)
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
+        values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         if probes is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(probes, self.cfg.interval)

@@ -162,7 +162,9 @@ class Gateway:
             fn()
 
     def _wait_first_bytes(self, conn: socket.socket) -> None:
-        if not select.select([conn], [], [], FIRST_BYTES_WAIT)[0]:
+        poller = select.poll()  # not select(): the daemon may hold descriptors above 1024
+        poller.register(conn, select.POLLIN)
+        if not poller.poll(int(FIRST_BYTES_WAIT * 1000)):
             self._promote()
 
     def _handle(self, serve: Any, conn: socket.socket, source: str) -> None:

@@ -5,9 +5,14 @@
   restarts (the new sandbox runs in the same namespace, with the same address) and removed
   when the instance stops for good. After a daemon restart, an adopted instance takes its link
   back (:meth:`LinkManager.adopt`).
-* **published ports**: replica 0 listens on each ``publish`` entry for as long as the instance
-  is supervised (:class:`clawpen.net.publish.PortRelay`), and relays into whatever namespace
-  the bot has at the time of each connection; refused sources become events.
+* **published ports**: replica 0 binds each ``publish`` entry and hands the listeners to a
+  relay *process* of its own (:mod:`clawpen.net.portrelay`, started and adopted through
+  :class:`clawpen.net.relayctl.RelayControl`), so published ports keep answering while the
+  daemon is down. A small task follows the instance: it rewrites the relay's target file when
+  the bot gets a new namespace (a restart of a bot without a link), turns the relay's reports
+  (refused sources) into events, and starts the relay again if it died. The relay is stopped
+  when the instance stops for good; a daemon that exits while the bot runs leaves it running
+  for the next daemon, which adopts it (same pid, same listener).
 
 Netlink work blocks (pyroute2 runs its own event loop), so it runs in an executor thread.
 """
@@ -15,14 +20,21 @@ Netlink work blocks (pyroute2 runs its own event loop), so it runs in an executo
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import ClawpenError
+from clawpen.net import relayctl
+from clawpen.sandbox.adopt import pid_start_time
 
 if TYPE_CHECKING:
     from clawpen.daemon.runtime import Instance
+    from clawpen.daemon.server import Daemon
     from clawpen.net.links import Link
-    from clawpen.net.publish import PortRelay
+
+FOLLOW_EVERY = 0.2  # seconds: how soon a restarted bot's new namespace reaches the relay
+CHECK_TICKS = 5  # relay reports and liveness: every CHECK_TICKS * FOLLOW_EVERY seconds
+RESPAWN_GAP = 5.0
 
 
 class InstanceNetwork:
@@ -31,7 +43,10 @@ class InstanceNetwork:
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         self.link: Link | None = None
-        self.relays: list[PortRelay] = []
+        self.relay: relayctl.RelayControl | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+        self._target: dict[str, Any] | None = None  # what the relay's target file says
+        self._target_failed = False
 
     def _note(self, why: str) -> None:
         self.inst.svc.note("network", why, self.inst.name, self.inst.replica)
@@ -76,39 +91,121 @@ class InstanceNetwork:
         except ClawpenError as err:
             self._note(f"cannot remove the network link: {err.what}")
 
-    def netns_path(self) -> str | None:
-        """The bot's network namespace right now (``None``: not running)."""
+    def target(self) -> dict[str, Any] | None:
+        """The bot's network namespace right now, for the relay (``None``: not running). A bot
+        without a link is named by its sandbox pid and that process's start time, so the relay
+        never follows a reused pid."""
         if self.link is not None:
-            return self.link.netns
+            return {"netns": self.link.netns, "pid": None, "start": None}
         sandbox = self.inst.sandbox
         pid = sandbox.sandbox_pid if sandbox is not None else None
-        return None if pid is None else f"/proc/{pid}/ns/net"
+        if pid is None:
+            return None
+        return {"netns": f"/proc/{pid}/ns/net", "pid": pid, "start": pid_start_time(pid)}
+
+    @property
+    def _key(self) -> str:
+        return f"{self.inst.name}.{self.inst.replica}"
 
     async def publish(self) -> None:
-        """Listen on the bot's published ports (replica 0 only; the spec forbids clashes)."""
+        """Serve the bot's published ports through a relay process (replica 0 only; the spec
+        forbids clashes): adopt the one an earlier daemon left, or bind and start one."""
         inst = self.inst
         net = inst.bot.network
-        if not net.publish or inst.replica != 0 or self.relays:
+        if not net.publish or inst.replica != 0 or self.relay is not None:
             return
-        from clawpen.net.publish import PortRelay, parse_publish
-
-        def refused(why: str) -> None:
-            inst.svc.note("publish", why, inst.name, inst.replica)
-
-        for raw in net.publish:
-            relay = PortRelay(
-                parse_publish(raw), self.netns_path, allowed_from=tuple(net.from_), on_refused=refused
+        ctl = relayctl.RelayControl(
+            inst.svc.run_dir / "publish", self._key, list(net.publish), tuple(net.from_)
+        )
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, ctl.adopt):
+            inst.svc.note(
+                "publish", f"adopted the running port relay (pid {ctl.pid})", inst.name, inst.replica
             )
-            try:
-                await relay.start()
-            except OSError as err:
-                inst.svc.note(
-                    "publish", f"cannot listen for {raw!r}: {err.strerror}", inst.name, inst.replica
+        elif not await self._spawn(ctl):
+            return
+        self.relay = ctl
+        self._follow_task = loop.create_task(self._follow(ctl), name=f"publish {inst.label}")
+
+    async def _spawn(self, ctl: relayctl.RelayControl) -> bool:
+        """Bind and start the relay; False (with an event) when nothing could be served. Never
+        raises: a published port that cannot be served must not keep the bot from running."""
+        inst = self.inst
+        loop = asyncio.get_running_loop()
+        await self._write_target(ctl)
+        listeners, problems = ctl.bind()
+        for why in problems:
+            inst.svc.note("publish", why, inst.name, inst.replica)
+        if not listeners:
+            return False
+        try:
+            await loop.run_in_executor(None, ctl.spawn, listeners)
+        except OSError as err:
+            inst.svc.note("publish", f"cannot start the port relay: {err}", inst.name, inst.replica)
+            await loop.run_in_executor(None, ctl.stop)
+            return False
+        return True
+
+    async def _write_target(self, ctl: relayctl.RelayControl) -> None:
+        target = self.target()
+        if target is None or target == self._target:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, ctl.write_target, target)
+        except OSError as err:  # a full disk, say: tried again on the next round
+            if not self._target_failed:  # one event per run of failures
+                self.inst.svc.note(
+                    "publish",
+                    f"cannot update the port relay's target: {err}",
+                    self.inst.name,
+                    self.inst.replica,
                 )
-                continue
-            self.relays.append(relay)
+            self._target_failed = True
+            return
+        self._target, self._target_failed = target, False
+
+    async def _follow(self, ctl: relayctl.RelayControl) -> None:
+        """Keep the relay's target current, pass its reports on, start it again if it died
+        (waiting 5 s, then twice as long after each failed start, up to a minute)."""
+        inst = self.inst
+        loop = asyncio.get_running_loop()
+        tick = 0
+        gap, next_spawn = RESPAWN_GAP, 0.0
+        while True:
+            await self._write_target(ctl)
+            tick += 1
+            if tick % CHECK_TICKS == 0:
+                with contextlib.suppress(OSError):
+                    for why in await loop.run_in_executor(None, ctl.take_events):
+                        inst.svc.note("publish", why, inst.name, inst.replica)
+                if not ctl.alive() and loop.time() >= next_spawn:
+                    gone = f"the port relay (pid {ctl.pid}) ended" if ctl.pid else "no port relay runs"
+                    inst.svc.note("publish", f"{gone}; starting it again", inst.name, inst.replica)
+                    await loop.run_in_executor(None, ctl.stop)
+                    self._target = None
+                    started = await self._spawn(ctl)
+                    gap = RESPAWN_GAP if started else min(gap * 2, 60.0)
+                    next_spawn = loop.time() + gap
+            await asyncio.sleep(FOLLOW_EVERY)
 
     async def unpublish(self) -> None:
-        relays, self.relays = self.relays, []
-        for relay in relays:
-            await relay.stop()
+        """Stop the relay when the instance has stopped for good. A daemon that exits while the
+        bot still runs leaves the relay serving, for the next daemon to adopt."""
+        task, self._follow_task = self._follow_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        ctl, self.relay = self.relay, None
+        self._target = None
+        if ctl is None or self.inst.sandbox is not None:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, ctl.stop)
+
+
+def sweep_orphan_relays(daemon: Daemon) -> None:
+    """After :meth:`Daemon.restore`: stop port relays whose instance is not supervised any more
+    (an earlier daemon was killed while it stopped them)."""
+    keep = {f"{n}.{i.replica}" for n, insts in daemon.instances.items() for i in insts if i.supervised}
+    for key in relayctl.sweep(daemon.services.run_dir / "publish", keep):
+        daemon.note("publish", f"stopped the port relay of {key}, left by an earlier daemon")

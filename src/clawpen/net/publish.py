@@ -1,38 +1,24 @@
-"""Published ports: ``publish = ["[HOST_IP:]HOST_PORT:BOT_PORT"]``.
+"""Published ports: ``publish = ["[HOST_IP:]HOST_PORT:BOT_PORT"]`` (the parsing and checks).
 
-The daemon listens on ``HOST_IP:HOST_PORT`` in its own network namespace (the host's) and
-relays each accepted connection to ``127.0.0.1:BOT_PORT`` *inside the bot's network namespace*:
-the upstream socket is created by a short-lived thread that joined that namespace
-(:func:`clawpen.net.netns.socket_in`), so a bot that binds only its loopback (OpenClaw does) is
-reachable, and nothing is routed between the namespaces. This works for bots with a gateway
-link (their namespace is a bind mount) and for bots without one (``/proc/PID/ns/net`` of the
-sandbox's first process); the namespace is looked up again for each connection, so the relay
-survives restarts of the bot.
+Connections to ``HOST_IP:HOST_PORT`` are relayed to ``127.0.0.1:BOT_PORT`` *inside the bot's
+network namespace* by a relay process of the instance's own (:mod:`clawpen.net.portrelay`,
+driven by :mod:`clawpen.net.relayctl`), not by the daemon, so a published port keeps answering
+while the daemon is down. The upstream socket is created by a thread that joined the bot's
+namespace for that moment (a socket keeps the namespace it was made in), so a bot that binds
+only its loopback (OpenClaw does) is reachable, and nothing is routed between the namespaces.
 
 ``expose``: a non-loopback ``HOST_IP`` is refused by the spec unless ``expose = true``;
-``from = [CIDRs]`` then limits who may connect: other sources are closed at once and reported
-through ``on_refused`` (the daemon records an event).
-
-Relaying: one task per direction, ``recv_into`` a 256 KiB buffer and ``sendall``; half-closes
-are forwarded (``shutdown(SHUT_WR)``), so request/response protocols that close their write side
-work.
+``from = [CIDRs]`` then limits who may connect (:func:`source_allowed`): other sources are
+closed at once and reported as ``publish`` events.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
-import os
-import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import NamedTuple
 
-from clawpen.net import netns
 from clawpen.spec.rules import RuleViolation
-
-BUFFER = 256 << 10
-CONNECT_TIMEOUT = 5.0
 
 
 class Publish(NamedTuple):
@@ -113,133 +99,3 @@ def source_allowed(addr: str, allowed: tuple[str, ...]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in ipaddress.ip_network(c, strict=False) for c in allowed)
-
-
-async def _pump(loop: asyncio.AbstractEventLoop, src: socket.socket, dst: socket.socket) -> int:
-    buf = bytearray(BUFFER)
-    view = memoryview(buf)
-    total = 0
-    try:
-        while True:
-            n = await loop.sock_recv_into(src, buf)
-            if not n:
-                break
-            await loop.sock_sendall(dst, view[:n])
-            total += n
-    except OSError:
-        pass
-    with contextlib.suppress(OSError):
-        dst.shutdown(socket.SHUT_WR)
-    return total
-
-
-class PortRelay:
-    """One published port: listens on the host side and relays into a bot's namespace.
-
-    ``netns_path()`` names the bot's network namespace at the time of a connection (``None``:
-    the bot is not running; the connection is closed).
-    """
-
-    def __init__(
-        self,
-        entry: Publish,
-        netns_path: Callable[[], str | None],
-        *,
-        allowed_from: tuple[str, ...] = (),
-        on_refused: Callable[[str], None] = lambda _why: None,
-    ) -> None:
-        self.entry = entry
-        self.netns_path = netns_path
-        self.allowed_from = allowed_from
-        self.on_refused = on_refused
-        self._listener: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
-        self._conns: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        """Bind and listen (raises OSError if the port is taken)."""
-        family = socket.AF_INET6 if ":" in self.entry.host_ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.entry.host_ip, self.entry.host_port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._listener = sock
-        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
-
-    @property
-    def port(self) -> int:
-        """The bound host port (useful when HOST_PORT was 0 in tests)."""
-        return 0 if self._listener is None else int(self._listener.getsockname()[1])
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if self._listener is None:
-                return
-            try:
-                conn, peer = await loop.sock_accept(self._listener)
-            except OSError:
-                await asyncio.sleep(0.1)  # EMFILE and friends: back off, keep serving
-                continue
-            source = str(peer[0])
-            if not source_allowed(source, self.allowed_from):
-                conn.close()
-                self.on_refused(
-                    f"published port {self.entry.host_port}: refused a connection from {source} (not in from)"
-                )
-                continue
-            task = loop.create_task(self._serve(conn))
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
-
-    async def _serve(self, conn: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        upstream: socket.socket | None = None
-        try:
-            conn.setblocking(False)
-            path = self.netns_path()
-            if path is None:
-                return
-            upstream = await loop.run_in_executor(None, _socket_for, path)
-            await asyncio.wait_for(
-                loop.sock_connect(upstream, ("127.0.0.1", self.entry.bot_port)), CONNECT_TIMEOUT
-            )
-            for s in (conn, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.gather(_pump(loop, conn, upstream), _pump(loop, upstream, conn))
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            conn.close()
-            if upstream is not None:
-                upstream.close()
-
-    async def stop(self) -> None:
-        """Stop listening and end the relayed connections."""
-        task, self._accept_task = self._accept_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        for conn in list(self._conns):
-            conn.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
-
-
-def _socket_for(path: str) -> socket.socket:
-    fd = netns.open_netns(path)
-    try:
-        sock = netns.socket_in(fd, socket.AF_INET, socket.SOCK_STREAM)
-    finally:
-        os.close(fd)
-    sock.setblocking(False)
-    return sock

@@ -110,6 +110,15 @@ def _keep(rd: int, wr: int, empty: bool) -> None:
         os.close(wr)
 
 
+def release_pipes() -> None:
+    """Close the calling thread's spare pipes (a thread that ends must call it, or they leak)."""
+    spares: list[tuple[int, int]] = _local.__dict__.setdefault("pipes", [])
+    while spares:
+        rd, wr = spares.pop()
+        os.close(rd)
+        os.close(wr)
+
+
 def _splice_loop(src: int, dst: int, moved: list[int]) -> None:
     rd, wr = _pipe()
     clean = False
@@ -156,6 +165,7 @@ def relay(
     a_gate: Callable[[], bytes] | None = None,
     gate_first: bool = False,
     spawn: Callable[[Callable[[], None]], None] | None = None,
+    idle: float | None = None,
 ) -> Counts:
     """Relay between ``a`` and ``b`` until both directions end; close neither (the caller does).
 
@@ -168,7 +178,9 @@ def relay(
     With ``gate_first`` the gate runs before ``b`` -> ``a`` starts (for protocols where ``a``
     speaks first, such as TLS): then handing off the second direction overlaps with ``b``'s
     answer instead of delaying the first bytes. Both sockets must be blocking; tune them
-    first (:func:`tune`) if they are TCP.
+    first (:func:`tune`) if they are TCP. ``idle`` (seconds, only without a gate): when no byte
+    has moved either way for that long, both sides are torn down (the published-port relay
+    bounds its connections this way).
     """
     for s in (a, b):
         if s.gettimeout() is not None:
@@ -192,7 +204,7 @@ def relay(
         sent = 0
 
     if a_gate is None:  # nothing to wait for: one thread moves both directions
-        forward, backward = _poll_relay(a, b, a_prefix, b_prefix)
+        forward, backward = _poll_relay(a, b, a_prefix, b_prefix, idle)
         return Counts(sent + forward, backward, None)
 
     def other() -> None:
@@ -202,7 +214,14 @@ def relay(
             done.set()
 
     if spawn is None:
-        threading.Thread(target=other, name="clawpen-relay", daemon=True).start()
+
+        def own_thread() -> None:
+            try:
+                other()
+            finally:
+                release_pipes()  # a thread of its own: nobody reuses its spare pipes
+
+        threading.Thread(target=own_thread, name="clawpen-relay", daemon=True).start()
     else:
         spawn(other)
     forward = sent + _pump(a, b, a_prefix, errors, a_gate)
@@ -253,8 +272,11 @@ class _Way:
         _keep(self.rd, self.wr, clean and not self.pending)
 
 
-def _poll_relay(a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: bytes) -> tuple[int, int]:
-    """Both directions in the calling thread: poll, then splice without blocking."""
+def _poll_relay(
+    a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: bytes, idle: float | None = None
+) -> tuple[int, int]:
+    """Both directions in the calling thread: poll, then splice without blocking. With ``idle``,
+    a connection on which nothing moved for that many seconds is torn down."""
     sent_ab = sent_ba = 0
     ways: list[_Way] = []
     clean = False
@@ -271,6 +293,7 @@ def _poll_relay(a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: b
         poller = select.poll()
         registered: dict[int, int] = {}
         stalls = 0
+        wait_ms = None if idle is None else max(1, int(idle * 1000))
         while not all(w.done for w in ways):
             if any([w.step() for w in ways]):  # a list: step every way, never just the first
                 stalls = 0
@@ -294,7 +317,8 @@ def _poll_relay(a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: b
                 elif registered[fd] != mask:
                     poller.modify(fd, mask)
                 registered[fd] = mask
-            poller.poll()
+            if not poller.poll(wait_ms) and idle is not None:
+                raise OSError(errno.ETIMEDOUT, "relay idle")
         clean = True
     except OSError:
         for s in (a, b):
@@ -334,6 +358,12 @@ class Workers:
         threading.Thread(target=self._run, args=(task,), name=self.name, daemon=True).start()
 
     def _run(self, task: Callable[[], None]) -> None:
+        try:
+            self._serve(task)
+        finally:
+            release_pipes()  # the thread ends: its spare pipes would leak otherwise
+
+    def _serve(self, task: Callable[[], None]) -> None:
         if self.init is not None:
             self.init()
         while True:

@@ -167,6 +167,7 @@ def build_plan(
         seccomp=seccomp,
         network="none" if link is None else "link",
         workspace=policy.workspace,
+        workspace_adopt=policy.workspace_adopt,
         disk_max=policy.disk,
         die_with_parent=die_with_parent,
         secret_env=policy.secret_env,

@@ -127,6 +127,7 @@ class Plan(NamedTuple):
     die_with_parent: bool = True
     secret_env: tuple[str, ...] = ()  # vault secrets also given as environment variables
     link: NetLink | None = None  # set when network == "link"
+    workspace_adopt: bool = False  # an existing workspace with other owners may be chowned to the bot
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as printed by ``clawpen plan --json``."""

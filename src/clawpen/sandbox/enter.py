@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import math
 import os
 import resource
 import select
@@ -235,9 +236,11 @@ def _read_report(fd: int, timeout: float) -> bytes | None:
     """The helper's report up to EOF: ``b""`` once the command is exec'd, ``None`` on timeout."""
     deadline = time.monotonic() + timeout
     data = b""
+    poller = select.poll()  # not select(): the daemon may hold descriptors above 1024
+    poller.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
+        if left <= 0 or not poller.poll(max(1, math.ceil(left * 1000))):
             return None
         chunk = os.read(fd, 4096)
         if not chunk:

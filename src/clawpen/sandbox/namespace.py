@@ -3,7 +3,8 @@
 Running a plan is an ordered list of named steps; a failing step raises
 :class:`~clawpen.errors.SandboxError` naming itself:
 
-1. ``workspace``  create the workspace and give it to the bot's uid
+1. ``workspace``  check where the workspace is, create it or check who owns it
+                  (:mod:`clawpen.sandbox.workspace`)
 2. ``seccomp``    compile (or load from cache) the BPF filter into a memfd
 3. ``files``      generated /etc files and the bwrap arguments into memfds; pin host paths as fds
 4. ``cgroups``    create the bot's cgroup with its limits
@@ -42,6 +43,9 @@ from clawpen.sandbox.tier import (
     Stdio,
     result_from_status,
 )
+from clawpen.sandbox.workspace import prepare_workspace as prepare_workspace  # noqa: PLC0414 (re-export)
+from clawpen.sandbox.workspace import unreachable_parent
+from clawpen.spec.rules import check_workspace_location
 
 _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info-fd JSON
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -54,52 +58,6 @@ def _memfd(name: str, data: bytes) -> int:
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-def prepare_workspace(path: str, uid: int, gid: int) -> None:
-    """Create the workspace if needed and hand it (recursively, once) to the bot's uid."""
-    try:
-        os.makedirs(path, mode=0o750, exist_ok=True)
-        st = os.lstat(path)
-        if st.st_uid == uid and st.st_gid == gid:
-            return
-        for root, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                os.lchown(os.path.join(root, name), uid, gid)
-        os.chown(path, uid, gid)
-    except OSError as err:
-        raise SandboxError(
-            f"cannot prepare workspace {path}: {err.strerror}",
-            where="workspace",
-            hint="check the folder exists on a local filesystem that supports ownership (not vfat)",
-        ) from None
-
-
-def unreachable_parent(path: str, uid: int, gid: int) -> str | None:
-    """The first folder above ``path`` that ``uid`` may not traverse, or None.
-
-    bubblewrap runs as the bot's uid and resolves every bind source by path (even one passed
-    as a file descriptor), so each parent folder must let that uid through."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while True:
-        try:
-            st = os.stat(parent)
-        except FileNotFoundError:  # created later with the default, traversable mode
-            parent = os.path.dirname(parent)
-            continue
-        except OSError:
-            return parent
-        if st.st_uid == uid:
-            bit = 0o100
-        elif st.st_gid == gid:
-            bit = 0o010
-        else:
-            bit = 0o001
-        if not st.st_mode & bit:
-            return parent
-        if parent == "/":
-            return None
-        parent = os.path.dirname(parent)
 
 
 def disk_usage(path: str) -> int:
@@ -128,9 +86,17 @@ def _become_subreaper() -> None:
     libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` becomes readable within ``timeout`` seconds. ``poll``, never ``select``:
+    the daemon holds more than 1,024 descriptors with many bots, and select() cannot see those."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(int(timeout * 1000)))
+
+
 def _reap(pid: int, pidfd: int, timeout: float = 2.0) -> None:
     """Reap ``pid`` once it has exited (bounded); a pid that is not our child is left alone."""
-    select.select([pidfd], [], [], timeout)
+    _readable(pidfd, timeout)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
@@ -273,6 +239,10 @@ class Sandbox:
                 hint="run it under the daemon: clawpen up",
             )
         uid, gid = plan.identity.uid, plan.identity.gid
+        if plan.workspace:  # the last word on where it is, before anything is made or handed over
+            check_workspace_location(
+                plan.workspace, state_dir=self.tier._state, spec_file=None, what="workspace"
+            )
         for m in plan.mounts:
             blocked = unreachable_parent(m.source, uid, gid) if m.pin and m.source else None
             if blocked:
@@ -283,7 +253,7 @@ class Sandbox:
                     hint=f"move it below a folder others may enter, or `chmod o+x {blocked}`",
                 )
         if plan.workspace:
-            prepare_workspace(plan.workspace, plan.identity.uid, plan.identity.gid)
+            prepare_workspace(plan.workspace, uid, gid, adopt=plan.workspace_adopt)
         self._sweep_stale_cgroups()
         bpf = seccomp.bpf_for(plan.seccomp, cache_dir(self.tier._state))
         seccomp_fd = self._keep(_memfd("clawpen-seccomp", bpf))
@@ -480,7 +450,7 @@ class Sandbox:
 
     def _result(self, status: int, duration: float) -> RunResult:
         cg = self.cg
-        setup_failed = not self.unblocked or bool(select.select([self.block_r], [], [], 0)[0])
+        setup_failed = not self.unblocked or _readable(self.block_r, 0)
         stats = cg.stats()
 
         def result(code: int, reason: Reason, sig: int | None = None, message: str = "") -> RunResult:

@@ -4,7 +4,9 @@
 container (the mount family, namespaces, ptrace, kernel modules, kexec, keyrings, bpf, perf,
 io_uring, userfaultfd, clock setting, swap, ...), makes clone3 fail with ENOSYS so libc falls
 back to clone(2), whose namespace flags can be checked, and blocks the TIOCSTI / TIOCLINUX
-ioctls. Everything else is allowed.
+ioctls. ``mknod``/``mknodat`` of a device node (character or block) fail with EPERM in the
+filter, before the kernel's own check (no bot needs device nodes); FIFOs, sockets and regular
+files made with mknod still work. Everything else is allowed.
 
 :func:`compile_bpf` turns a :class:`SeccompPolicy` into a classic BPF program with libseccomp
 (the ``pyseccomp`` binding, imported lazily because the import alone costs tens of ms). Every
@@ -48,6 +50,10 @@ NAMESPACE_CLONE_FLAGS = (
 ) | CLONE_NEWTIME
 TIOCSTI = 0x5412  # push a byte into a terminal's input: types commands into the parent's shell
 TIOCLINUX = 0x541C  # virtual-console tricks, including selection paste (same attack)
+# mknod(path, mode, dev) and mknodat(dirfd, path, mode, dev): which argument is the mode
+MKNOD_MODE_ARG = {"mknod": 1, "mknodat": 2}
+DEVICE_NODE_TYPES = (stat.S_IFCHR, stat.S_IFBLK)
+S_IFMT = 0o170000  # the file type bits of a mode
 
 _EPERM_DEFAULTS: tuple[str, ...] = (
     # mounts and filesystem views
@@ -72,7 +78,7 @@ _EPERM_DEFAULTS: tuple[str, ...] = (
     *("iopl", "ioperm", "vm86", "vm86old", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl"),
 )
 
-_CACHE_MAGIC = b"clawpen-seccomp-bpf v1"  # bump when compile_bpf's output changes for a same policy
+_CACHE_MAGIC = b"clawpen-seccomp-bpf v2"  # bump when compile_bpf's output changes for a same policy
 _CACHE_MAX = 1 << 20
 _MASK32 = 0xFFFFFFFF
 _HINT = "this is a bug in the seccomp policy; run `clawpen plan BOT --json` to see it"
@@ -130,7 +136,7 @@ def program_fd(program: bytes) -> int:
 def cache_key(policy: SeccompPolicy) -> str:
     """Everything the compiled program depends on, as one line of text."""
     fields = (policy.arches, policy.errno_syscalls, policy.enosys_syscalls, policy.clone_ns_flags)
-    return repr((*fields, policy.ioctls, _libseccomp_id()))
+    return repr((*fields, policy.ioctls, policy.socket_families, _libseccomp_id()))
 
 
 def bpf_for(policy: SeccompPolicy, cache_dir: Path | None) -> bytes:
@@ -221,6 +227,10 @@ def _build_filter(policy: SeccompPolicy) -> Any:
             add(sc.ERRNO(errno.EPERM), "socket", sc.Arg(0, sc.MASKED_EQ, _MASK32, family))
         if "socketcall" not in eperm and sc.Arch.X86 in arches:  # its arguments sit in memory
             add(sc.ERRNO(errno.EPERM), "socketcall")
+    for name, index in MKNOD_MODE_ARG.items():  # device nodes: the file type bits of the mode
+        if name not in eperm:
+            for kind in DEVICE_NODE_TYPES:
+                add(sc.ERRNO(errno.EPERM), name, sc.Arg(index, sc.MASKED_EQ, S_IFMT, kind))
     return flt
 
 

@@ -4,7 +4,7 @@
 [monitoring]
 interval = "5s"                       # 1s .. 1h
 probes = ["1.1.1.1:443"]              # TCP connect probes for host packet loss
-prometheus_listen = "127.0.0.1:9464"  # or "off"
+prometheus_listen = "127.0.0.1:9464"  # or "off"; another address needs prometheus_expose = true
 
 [[monitoring.alerts]]
 metric = "bot.cpu_percent"            # host.NAME or bot.NAME; see clawpen.metrics.names
@@ -26,13 +26,22 @@ urls = ["ntfy://ntfy.sh/my-topic"]    # Apprise URLs; secret ones: url_secrets =
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from clawpen.metrics import names
-from clawpen.spec import units
+from clawpen.spec import listen, units
 from clawpen.spec.rules import RuleViolation
 
 Seconds = Annotated[
@@ -42,26 +51,37 @@ Seconds = Annotated[
         {"anyOf": [{"type": "string"}, {"type": "number"}], "description": 'seconds, or "30s", "5m", "1h"'}
     ),
 ]
+PositiveSeconds = Annotated[
+    float,
+    BeforeValidator(units.parse_positive_duration),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "number"}], "description": 'seconds above 0, or "30s", "5m"'}
+    ),
+]
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_METRIC = re.compile(r"^(bot|host)\.([a-z0-9_]+)(\{([^{}]+)\})?$")
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_METRIC = re.compile(r"(bot|host)\.([a-z0-9_]+)(\{([^{}]+)\})?")
 _OP_WORD = {">": "gt", ">=": "ge", "<": "lt", "<=": "le", "==": "eq", "!=": "ne"}
 
 
 def _threshold(value: object) -> float:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return float(units.parse_size(value))
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RuleViolation(f"{value!r} is not a threshold", 'write a number, or a size such as "500M"')
-    return float(value)
+    hint = 'write a finite number, or a size such as "500M"'
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise RuleViolation(f"{value!r} is not a threshold", hint)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    except ValueError:
+        number = float(units.parse_size(value))
+    if not math.isfinite(number) or abs(number) > 1e18:
+        raise RuleViolation(f"threshold {str(value)[:40]!r} is not a finite number up to 1e18", hint)
+    return number
 
 
 def _check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise RuleViolation(
             f"alert name {name!r} is not allowed",
             "use lower-case letters, digits, '_' and '-', starting with a letter (at most 63)",
@@ -71,7 +91,7 @@ def _check_name(name: str) -> str:
 
 def split_metric(metric: str) -> tuple[names.Scope, str]:
     """``"host.disk_iops{sda}"`` -> ``("host", "disk_iops{sda}")``."""
-    match = _METRIC.match(metric)
+    match = _METRIC.fullmatch(metric) if len(metric) <= 200 else None
     if not match:
         raise RuleViolation(
             f"metric {metric!r} is not host.NAME or bot.NAME",
@@ -135,7 +155,9 @@ class LogAlert(BaseModel):
 
     name: str | None = Field(None, description="unique rule name (default log_<n>)")
     pattern: str = Field(description="Python regular expression, searched in every output line")
-    count: int = Field(0, ge=0, description="fires when matches within the window are more than this")
+    count: int = Field(
+        0, ge=0, le=1_000_000, description="fires when matches within the window are more than this"
+    )
     window: Seconds = Field(60.0, description="sliding window")
     severity: Severity = "warning"
     bots: list[str] = Field(default_factory=list, description="only these bots (default all)")
@@ -175,12 +197,12 @@ class NotifyConfig(BaseModel):
     url_secrets: list[str] = Field(
         default_factory=list, description="vault entries (clawpen secrets set) that hold Apprise URLs"
     )
-    repeat_interval: Seconds = Field(
+    repeat_interval: PositiveSeconds = Field(
         4 * 3600.0, description="re-send a firing, unacknowledged alert this often"
     )
     send_resolved: bool = Field(True, description="also tell when an alert resolves")
     retries: int = Field(3, ge=0, le=10, description="more tries for a failed delivery (with backoff)")
-    retry_backoff: Seconds = Field(2.0, description="wait before the first retry; doubles each time")
+    retry_backoff: PositiveSeconds = Field(2.0, description="wait before the first retry; doubles each time")
 
     @field_validator("urls")
     @classmethod
@@ -202,8 +224,10 @@ class BuiltinRules(BaseModel):
     enabled: bool = True
     host_defaults: bool = Field(True, description="CPU > 85% 5m, memory < 500M, IOPS > 1000, loss > 1%")
     down_for: Seconds = Field(30.0, description="bot_down fires after the bot is down this long")
-    restarts_per_hour: int = Field(5, ge=1, description="bot_restarts fires above this")
-    egress_denied_per_min: int = Field(30, ge=1, description="bot_egress_denied fires above this")
+    restarts_per_hour: int = Field(5, ge=1, le=1_000_000, description="bot_restarts fires above this")
+    egress_denied_per_min: int = Field(
+        30, ge=1, le=1_000_000_000, description="bot_egress_denied fires above this"
+    )
 
 
 class MonitoringConfig(BaseModel):
@@ -213,7 +237,12 @@ class MonitoringConfig(BaseModel):
 
     interval: Seconds = Field(5.0, description="collection interval, 1s to 1h")
     probes: list[str] = Field(default_factory=list, description="HOST:PORT targets of TCP connect probes")
-    prometheus_listen: str = Field("127.0.0.1:9464", description='ADDRESS:PORT of /metrics, or "off"')
+    prometheus_listen: str = Field(
+        "127.0.0.1:9464", description='ADDRESS:PORT of /metrics (loopback unless prometheus_expose), or "off"'
+    )
+    prometheus_expose: bool = Field(
+        False, description="allow prometheus_listen on a non-loopback address (metrics name every bot)"
+    )
     alerts: list[AlertRule] = Field(default_factory=list)
     log_alerts: list[LogAlert] = Field(default_factory=list)
     builtin: BuiltinRules = BuiltinRules()
@@ -238,7 +267,20 @@ class MonitoringConfig(BaseModel):
     def _listen(cls, v: str) -> str:
         if v != "off":
             split_hostport(v, "prometheus_listen", any_port=True)
+            listen.split_listen(v, "prometheus_listen", any_port=True)
         return v
+
+    @model_validator(mode="after")
+    def _exposure(self) -> MonitoringConfig:
+        if self.prometheus_listen != "off":
+            host, _ = listen.split_listen(self.prometheus_listen, "prometheus_listen", any_port=True)
+            listen.check_listener(
+                f"prometheus_listen {self.prometheus_listen!r}",
+                host,
+                opted_in=self.prometheus_expose,
+                opt_in="set prometheus_expose = true in [monitoring] (and firewall the port)",
+            )
+        return self
 
     @field_validator("alerts")
     @classmethod
@@ -257,6 +299,13 @@ def split_hostport(value: str, what: str, *, any_port: bool = False) -> tuple[st
     """``"1.1.1.1:443"`` -> ``("1.1.1.1", 443)``; port 0 (any free port) only with ``any_port``."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
+    if (
+        not sep
+        or not host
+        or len(value) > 300
+        or not (port.isascii() and port.isdigit())
+        or len(port) > 5
+        or not (0 if any_port else 1) <= int(port) < 65536
+    ):
         raise RuleViolation(f"{what} {value!r} is not HOST:PORT", 'write e.g. "1.1.1.1:443" or "[::1]:9464"')
     return host, int(port)

@@ -15,10 +15,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from clawpen.spec import rules, units
+from clawpen.spec import bounds, rules, units
 
 DEFAULT_MOUNT = "/opt/bot"
 CACHE_MOUNT = "/build-cache"
+MAX_STEPS = 100
 RESERVED = ("/workspace", "/tmp", "/run", "/proc", "/dev", "/usr", "/etc", CACHE_MOUNT)
 
 
@@ -27,8 +28,12 @@ def _base_dir(info: ValidationInfo) -> str:
     return str(ctx.get("base_dir", os.getcwd()))
 
 
-def _size(v: object) -> int | None:
-    return None if v is None else units.parse_size(v)  # type: ignore[arg-type]
+def _memory(v: object) -> int | None:
+    if v is None:
+        return None
+    from clawpen.spec.policy import check_memory
+
+    return check_memory(units.parse_size(v))
 
 
 class BuildSpec(BaseModel):
@@ -46,14 +51,14 @@ class BuildSpec(BaseModel):
         default_factory=list, description="CIDRs the build's egress may reach although private or reserved"
     )
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the steps")
-    timeout: Annotated[float, BeforeValidator(units.parse_duration)] = Field(
+    timeout: Annotated[float, BeforeValidator(units.parse_positive_duration)] = Field(
         1800.0, description='kill the build after this long, e.g. "20m"'
     )
     inputs: list[str] = Field(
         default_factory=list, description="host files or folders whose content is part of the cache key"
     )
-    memory: Annotated[int | None, BeforeValidator(lambda v: None if v is None else units.parse_size(v))] = (
-        Field(None, description="memory limit of the build (default: the bot's)")
+    memory: Annotated[int | None, BeforeValidator(_memory)] = Field(
+        None, description="memory limit of the build (default: the bot's)"
     )
     mount: str = Field(DEFAULT_MOUNT, description="where the output is, for the build (rw) and the bot (ro)")
     cache: str | None = Field(
@@ -63,12 +68,13 @@ class BuildSpec(BaseModel):
     @field_validator("steps")
     @classmethod
     def _steps(cls, v: list[list[str]]) -> list[list[str]]:
+        if len(v) > MAX_STEPS:
+            raise rules.RuleViolation(
+                f"the build has {len(v)} steps; at most {MAX_STEPS} are allowed",
+                "join steps into a script in the build's inputs",
+            )
         for i, step in enumerate(v):
-            if not step or not step[0].strip() or any("\0" in a for a in step):
-                raise rules.RuleViolation(
-                    f"build step {i + 1} is empty or holds a NUL byte",
-                    'write each step as an argv list, e.g. ["npm", "install", "openclaw"]',
-                )
+            bounds.check_argv(step, f"build step {i + 1}")
         return v
 
     @field_validator("egress")
@@ -90,13 +96,14 @@ class BuildSpec(BaseModel):
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return rules.check_env(v)
+        return bounds.check_env(v)
 
     @field_validator("inputs")
     @classmethod
     def _inputs(cls, v: list[str], info: ValidationInfo) -> list[str]:
         base = _base_dir(info)
         for raw in v:
+            bounds.check_source(raw, base, "build input")
             path = os.path.join(base, os.path.expanduser(raw))
             if not os.path.exists(path):
                 raise rules.RuleViolation(
@@ -108,6 +115,7 @@ class BuildSpec(BaseModel):
     @field_validator("mount")
     @classmethod
     def _mount(cls, v: str) -> str:
+        bounds.check_path_text(v, "build mount")
         norm = os.path.normpath(v)
         if (
             not v.startswith("/")
@@ -124,5 +132,6 @@ class BuildSpec(BaseModel):
     @classmethod
     def _cache(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
+            bounds.check_source(v, _base_dir(info), "build cache")
             rules.check_host_path(v, writable=True, base_dir=_base_dir(info))
         return v

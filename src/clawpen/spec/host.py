@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from clawpen.spec.rules import RuleViolation
 
-_PORT_RANGE = re.compile(r"^(\d{1,5})-(\d{1,5})$")
+_PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 _NAME = re.compile(r"^[A-Za-z0-9 _.:/+-]{1,64}$")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -64,8 +64,8 @@ def parse_ports(value: int | str, *, field: str) -> tuple[int, int]:
         first = last = value
     else:
         text = value.strip()
-        match = _PORT_RANGE.match(text)
-        if text.isdigit():
+        match = _PORT_RANGE.fullmatch(text)
+        if text.isascii() and text.isdigit():
             first = last = int(text)
         elif match:
             first, last = int(match.group(1)), int(match.group(2))
@@ -110,7 +110,7 @@ class AllowRule(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME.match(v):
+        if v is not None and not _NAME.fullmatch(v):
             raise RuleViolation(
                 f"name {v!r} is not a short label",
                 "use up to 64 letters, digits, spaces and _ . : / + -",

@@ -1,5 +1,10 @@
 """Loading ``clawpen.toml``: TOML syntax errors and validation errors become one
-:class:`~clawpen.errors.ConfigError` that names the file, the line and the key path."""
+:class:`~clawpen.errors.ConfigError` that names the file, the line and the key path.
+
+Whatever the file holds, loading ends in a valid spec or a ConfigError: a file above
+:data:`MAX_SPEC_BYTES`, bytes that are not UTF-8, TOML nested deeper than :data:`MAX_DEPTH`
+(which would otherwise exhaust Python's recursion limit in the parser) are refused with the
+place and the fix."""
 
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ _KEY = re.compile(
 _INLINE_KEY = re.compile(r"""[{,]\s*([A-Za-z0-9_-]+|"[^"]*")\s*=""")
 _TOML_POS = re.compile(r"\(at line (\d+), column (\d+)\)")
 _TOML_END = re.compile(r"\(at end of document\)")
+MAX_SPEC_BYTES = 1 << 20  # a spec of a thousand bots is ~100 KiB
+MAX_DEPTH = 32  # the schema's deepest key is 6 levels down
 
 
 @dataclass(frozen=True)
@@ -37,9 +44,22 @@ class LoadedSpec:
 
 
 def _dotted(key: str) -> list[str]:
-    return [
-        part.strip().strip("\"'") for part in re.split(r"\.(?=(?:[^\"']*[\"'][^\"']*[\"'])*[^\"']*$)", key)
-    ]
+    """``a."b.c".d`` -> ``["a", "b.c", "d"]`` (dots inside quotes do not split; linear time)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quote = ""
+    for char in key:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == ".":
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return [part.strip().strip("\"'") for part in parts]
 
 
 def key_lines(text: str) -> dict[tuple[str, ...], int]:
@@ -78,16 +98,63 @@ def load_spec(path: str | Path) -> LoadedSpec:
     """Read, parse and validate a spec file, or raise a ConfigError saying where and how to fix."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        with file.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"spec file {file} does not exist",
             where=str(file),
             hint="run `clawpen init` to write one, or pass -f PATH",
         ) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read spec file {file}: {err}", where=str(file)) from None
-    return parse_spec_text(text, file)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read spec file {file}: {err.strerror or err}",
+            where=str(file),
+            hint="check the path and its permissions",
+        ) from None
+    return parse_spec_text(_decode(data, file), file)
+
+
+def _decode(data: bytes, file: Path) -> str:
+    if len(data) > MAX_SPEC_BYTES:
+        raise ConfigError(
+            f"spec file {file} is larger than {MAX_SPEC_BYTES >> 20} MiB",
+            where=str(file),
+            hint="a spec describes bots, not data: keep data in files the bots mount",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ConfigError(
+            f"{file.name} is not valid UTF-8: byte 0x{data[err.start]:02x} does not fit in a character",
+            where=f"{file}:{line}:{column}",
+            hint="save the file as UTF-8 (TOML files are UTF-8)",
+        ) from None
+
+
+def _depth(data: object) -> int:
+    """How deeply tables and arrays nest in ``data`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_DEPTH:
+            break
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return deepest
+
+
+def _too_deep(file: Path) -> ConfigError:
+    return ConfigError(
+        f"{file.name} nests tables or arrays more than {MAX_DEPTH} levels deep",
+        where=str(file),
+        hint="the spec's deepest key is a few levels down: check for a runaway [ or {",
+    )
 
 
 def parse_spec_text(text: str, file: Path) -> LoadedSpec:
@@ -97,8 +164,16 @@ def parse_spec_text(text: str, file: Path) -> LoadedSpec:
 
     from clawpen.spec.models import Spec
 
+    if len(text) > MAX_SPEC_BYTES:
+        raise ConfigError(
+            f"spec text for {file} is larger than {MAX_SPEC_BYTES >> 20} MiB",
+            where=str(file),
+            hint="a spec describes bots, not data: keep data in files the bots mount",
+        )
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise _too_deep(file) from None
     except tomllib.TOMLDecodeError as err:
         pos = _TOML_POS.search(str(err))
         if pos:
@@ -111,11 +186,15 @@ def parse_spec_text(text: str, file: Path) -> LoadedSpec:
         raise ConfigError(
             f"{file.name} is not valid TOML: {message}", where=where, hint="fix the TOML syntax at that line"
         ) from None
+    if _depth(data) > MAX_DEPTH:
+        raise _too_deep(file)
     base_dir = file.resolve().parent
     try:
         spec = Spec.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as err:
         raise _from_validation(err, file, text) from None
+    except RecursionError:
+        raise _too_deep(file) from None
     return LoadedSpec(spec=spec, path=file, base_dir=base_dir, text=text)
 
 

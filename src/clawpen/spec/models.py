@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from clawpen.spec import bounds, listen, rules, units
 from clawpen.spec import policy as pol
-from clawpen.spec import rules, units
 from clawpen.spec.alerts import MonitoringConfig
 from clawpen.spec.build import BuildSpec
 from clawpen.spec.gateway import GatewayConfig
@@ -34,10 +34,23 @@ Size = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*[kKmMgGtT]?(i?[bB])?$"},
-                {"type": "integer"},
+                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*[kKmMgGtTpP]?(i?[bB])?$"},
+                {"type": "integer", "minimum": 1, "maximum": units.MAX_SIZE},
             ],
-            "description": 'bytes, or a size with a binary unit: "512M", "2G", "64k"',
+            "description": 'bytes, or a size with a binary unit: "512M", "2G", "64k" (above 0, at most 1P)',
+        }
+    ),
+]
+DiskSize = Annotated[
+    int | None,
+    BeforeValidator(units.parse_disk),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?\s*[kKmMgGtTpP]?(i?[bB])?|unlimited)$"},
+                {"type": "integer", "minimum": 1, "maximum": units.MAX_SIZE},
+            ],
+            "description": 'a size such as "10G", or "unlimited" (no cap: not advised)',
         }
     ),
 ]
@@ -46,8 +59,21 @@ Duration = Annotated[
     BeforeValidator(units.parse_duration),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "string"}, {"type": "number"}],
-            "description": 'seconds, or a duration: "30s", "5m", "1h30m", "250ms"',
+            "anyOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": units.MAX_DURATION}],
+            "description": 'seconds, or a duration: "30s", "5m", "1h30m", "250ms" (at most a year)',
+        }
+    ),
+]
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(units.parse_positive_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number", "exclusiveMinimum": 0, "maximum": units.MAX_DURATION},
+            ],
+            "description": 'seconds above zero, or a duration: "30s", "5m", "1h30m" (at most a year)',
         }
     ),
 ]
@@ -70,11 +96,14 @@ class Resources(_Model):
     memory: Size = Field(pol.DEFAULT_MEMORY, description="memory limit; swap is off")
     pids: int = Field(pol.DEFAULT_PIDS, description="most processes and threads at once")
     nofile: int = Field(pol.DEFAULT_NOFILE, description="most open files per process")
-    disk: Size | None = Field(None, description="cap on workspace use and on any one file")
+    disk: DiskSize = Field(
+        pol.DEFAULT_DISK,
+        description='cap on workspace use, on any one file and on /tmp (default 10G; "unlimited": none)',
+    )
     tmp: Size = Field(pol.DEFAULT_TMP, description="size of the private /tmp")
     io_weight: int | None = Field(None, description="relative disk IO weight, 1-10000")
 
-    @field_validator("memory", "pids", "nofile", "io_weight")
+    @field_validator("memory", "pids", "nofile", "io_weight", "disk", "tmp")
     @classmethod
     def _ranges(cls, v: int | None, info: ValidationInfo) -> int | None:
         checks = {
@@ -82,6 +111,8 @@ class Resources(_Model):
             "pids": pol.check_pids,
             "nofile": pol.check_nofile,
             "io_weight": pol.check_io_weight,
+            "disk": pol.check_disk,
+            "tmp": pol.check_tmp,
         }
         return None if v is None else checks[str(info.field_name)](v)
 
@@ -96,6 +127,7 @@ class Filesystem(_Model):
     @classmethod
     def _paths(cls, paths: list[str], info: ValidationInfo) -> list[str]:
         for raw in paths:
+            bounds.check_mount_source(raw, _base_dir(info), f"filesystem.{info.field_name} entry")
             rules.check_mount(raw, writable=info.field_name == "rw", base_dir=_base_dir(info))
         return paths
 
@@ -173,11 +205,12 @@ class Network(_Model):
         if self.publish:
             from clawpen.net.publish import parse_publish
 
-            public = [p for p in self.publish if not parse_publish(p).loopback]
-            if public and not self.expose:
-                raise rules.RuleViolation(
-                    f"publish {public[0]!r} binds a non-loopback address, which exposes the bot",
-                    "bind 127.0.0.1 (the default), or set expose = true (and maybe from = [CIDRs])",
+            for raw in self.publish:
+                listen.check_listener(
+                    f"publish {raw!r}",
+                    parse_publish(raw).host_ip,
+                    opted_in=self.expose,
+                    opt_in="set expose = true (and maybe from = [CIDRs]) to expose the bot",
                 )
         if self.from_ and not self.expose:
             raise rules.RuleViolation(
@@ -198,11 +231,21 @@ class Restart(_Model):
     """What the supervisor does when a bot exits."""
 
     policy: Literal["no", "on-failure", "always", "unless-stopped"] = "on-failure"
-    backoff_initial: Duration = 1.0
-    backoff_max: Duration = 60.0
-    max_restarts: int = Field(5, ge=0, description="restarts within `window` before crashloop")
-    window: Duration = 300.0
+    backoff_initial: PositiveDuration = 1.0
+    backoff_max: PositiveDuration = 60.0
+    max_restarts: int = Field(5, ge=0, le=10_000, description="restarts within `window` before crashloop")
+    window: PositiveDuration = 300.0
     stop_grace: Duration = 10.0
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Restart:
+        if self.backoff_initial > self.backoff_max:
+            raise rules.RuleViolation(
+                f"backoff_initial ({self.backoff_initial:g}s) is longer than "
+                f"backoff_max ({self.backoff_max:g}s)",
+                "make backoff_initial at most backoff_max, e.g. 1s and 60s",
+            )
+        return self
 
 
 class Health(_Model):
@@ -211,9 +254,9 @@ class Health(_Model):
     http: str | None = None
     tcp: str | None = None
     cmd: list[str] | None = None
-    interval: Duration = 30.0
-    timeout: Duration = 5.0
-    retries: int = Field(3, ge=1)
+    interval: PositiveDuration = 30.0
+    timeout: PositiveDuration = 5.0
+    retries: int = Field(3, ge=1, le=1000)
     start_period: Duration = 0.0
     on_unhealthy: Literal["restart", "none"] = Field("restart", description="what to do once unhealthy")
 
@@ -225,6 +268,17 @@ class Health(_Model):
                 f"a health check needs exactly one of http, tcp or cmd (got {kinds or 'none'})",
                 'write e.g. health = { http = "http://127.0.0.1:8000/healthz" }',
             )
+        from clawpen.daemon.health import parse_http, parse_tcp
+
+        try:
+            if self.http:
+                parse_http(self.http)
+            if self.tcp:
+                parse_tcp(self.tcp)
+        except ValueError as err:
+            raise rules.RuleViolation(str(err), 'e.g. http = "http://127.0.0.1:8000/healthz"') from None
+        if self.cmd:
+            bounds.check_argv(self.cmd, "health cmd")
         return self
 
 
@@ -266,6 +320,9 @@ class Bot(_Model):
 
     command: list[str] = Field(min_length=1, description="argv of the bot's main process")
     workspace: str | None = Field(None, description="host folder, the only writable host path, at /workspace")
+    workspace_adopt: bool = Field(
+        False, description="hand an existing workspace holding files of other owners to the bot's uid (chown)"
+    )
     tier: Literal["sandbox", "container", "vm"] = "sandbox"
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Resources()
@@ -273,7 +330,7 @@ class Bot(_Model):
     network: Network = Network()
     restart: Restart = Restart()
     health: Health | None = None
-    timeout: Duration | None = Field(None, description="kill the bot after this long (one-off jobs)")
+    timeout: PositiveDuration | None = Field(None, description="kill the bot after this long (one-off jobs)")
     replicas: int = Field(1, ge=1, le=64, description="instances to run; each gets CLAWPEN_REPLICA")
     schedule: Schedule | None = None
     memory_pressure: MemoryPressure | None = None
@@ -286,7 +343,7 @@ class Bot(_Model):
     @model_validator(mode="after")
     def _secret_names(self) -> Bot:
         for name in self.secrets:
-            rules.check_secret_name(name)
+            bounds.check_secret_name(name)
         stray = [n for n in self.secret_env if n not in self.secrets]
         if stray:
             raise rules.RuleViolation(
@@ -298,11 +355,7 @@ class Bot(_Model):
     @field_validator("command")
     @classmethod
     def _command(cls, v: list[str]) -> list[str]:
-        if not v[0].strip() or any("\0" in a for a in v):
-            raise rules.RuleViolation(
-                "command is empty or holds a NUL byte", 'write command = ["python3", "bot.py"]'
-            )
-        return v
+        return bounds.check_argv(v, "command")
 
     @field_validator("tier")
     @classmethod
@@ -318,13 +371,14 @@ class Bot(_Model):
     @classmethod
     def _workspace(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is not None:
+            bounds.check_source(v, _base_dir(info), "workspace")
             rules.check_host_path(v, writable=True, base_dir=_base_dir(info))
         return v
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        return rules.check_env(v)
+        return bounds.check_env(v)
 
     def to_policy(self, name: str, base_dir: str) -> pol.BotPolicy:
         """The normalized policy the planner consumes (paths resolved against ``base_dir``)."""
@@ -341,6 +395,7 @@ class Bot(_Model):
                 if self.workspace
                 else None
             ),
+            workspace_adopt=self.workspace_adopt,
             env=tuple(self.env.items()),
             cpus=r.cpus,
             memory=r.memory,
@@ -375,11 +430,19 @@ class Spec(_Model):
     host: HostConfig = HostConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
+    @field_validator("bots", mode="before")
+    @classmethod
+    def _count(cls, v: object) -> object:
+        if isinstance(v, dict):
+            bounds.check_bot_count(len(v))  # before validating a thousand bots one by one
+        return v
+
     @field_validator("bots")
     @classmethod
     def _names(cls, v: dict[str, Bot]) -> dict[str, Bot]:
+        bounds.check_bot_count(len(v))
         for name in v:
-            rules.check_bot_name(name)
+            bounds.check_bot_name(name)
         if any(bot.network.publish for bot in v.values()):
             from clawpen.net.publish import duplicate_ports
 

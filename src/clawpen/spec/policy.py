@@ -12,13 +12,20 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from clawpen.errors import ConfigError, PolicyError, UsageError
-from clawpen.spec import rules, units
+from clawpen.spec import bounds, rules, units
 
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY = 512 << 20
 DEFAULT_PIDS = 256
 DEFAULT_NOFILE = 1024
 DEFAULT_TMP = 64 << 20
+# Every bot gets a disk cap unless it opts out with "unlimited": RLIMIT_FSIZE on any one file, the
+# size of /tmp (min(tmp, disk)) and, for `clawpen run`, the workspace's use. 10 GiB holds what bots
+# keep (a browser profile, a model cache, a SQLite database, node_modules) while one runaway bot
+# cannot fill a typical 25-100 GB VPS disk on its own.
+DEFAULT_DISK = 10 << 30
+MIN_DISK = 1 << 20
+MIN_TMP = 1 << 20
 MIN_MEMORY = 8 << 20
 MAX_PIDS = 4_194_304
 MAX_NOFILE = 1_048_576
@@ -35,7 +42,7 @@ class BotPolicy(NamedTuple):
     memory: int | None = DEFAULT_MEMORY
     pids: int | None = DEFAULT_PIDS
     nofile: int = DEFAULT_NOFILE
-    disk: int | None = None
+    disk: int | None = DEFAULT_DISK  # None: "unlimited"
     tmp: int = DEFAULT_TMP
     io_weight: int | None = None
     ro: tuple[tuple[str, str], ...] = ()  # (host path, sandbox path)
@@ -50,6 +57,7 @@ class BotPolicy(NamedTuple):
     ipv6: bool = False
     secrets: tuple[str, ...] = ()  # vault names, delivered as /run/secrets/NAME (mode 0400)
     secret_env: tuple[str, ...] = ()  # of those, the ones also set as environment variables
+    workspace_adopt: bool = False  # hand an existing folder with files of other owners to the bot
 
 
 def check_memory(value: int) -> int:
@@ -79,6 +87,22 @@ def check_io_weight(value: int) -> int:
     return value
 
 
+def check_disk(value: int) -> int:
+    if value < MIN_DISK:
+        raise rules.RuleViolation(
+            f"disk = {value} bytes is too small for any file", 'give at least 1M, e.g. disk = "10G"'
+        )
+    return value
+
+
+def check_tmp(value: int) -> int:
+    if value < MIN_TMP:
+        raise rules.RuleViolation(
+            f"tmp = {value} bytes is too small for /tmp", 'give at least 1M, e.g. tmp = "64M"'
+        )
+    return value
+
+
 T = TypeVar("T")
 
 
@@ -96,8 +120,9 @@ def parse_env_pairs(pairs: Iterable[str], where: str) -> tuple[tuple[str, str], 
         name, sep, value = pair.partition("=")
         if not sep:
             raise UsageError(f"{pair!r} is not NAME=VALUE", where=where, hint="write --env NAME=VALUE")
-        _flag(where, rules.check_env_name, name)
-        env[name] = _flag(where, rules.check_env_value, name, value)
+        _flag(where, bounds.check_env_entry, name, value)
+        env[name] = value
+    _flag(where, bounds.check_env, env)
     return tuple(env.items())
 
 
@@ -122,13 +147,19 @@ def policy_from_flags(
     """Build a policy from ``clawpen run`` flags, with the same rules as a spec file."""
     if not command:
         raise UsageError("no command to run", where="clawpen run", hint="write: clawpen run -- CMD ARGS...")
-    _flag("--name", rules.check_bot_name, name)
+    _flag("clawpen run", bounds.check_argv, list(command), "the command")
+    _flag("--name", bounds.check_bot_name, name)
 
     def path(raw: str, writable: bool, where: str) -> str:
-        return _flag(where, lambda: rules.check_host_path(raw, writable=writable, base_dir=base_dir))
+        _flag(where, bounds.check_source, raw, base_dir, where)
+        check = rules.check_host_path
+        return _flag(where, lambda: check(raw, writable=writable, base_dir=base_dir, base_is_spec=False))
 
     def mount(raw: str, writable: bool, where: str) -> tuple[str, str]:
-        return _flag(where, lambda: rules.check_mount(raw, writable=writable, base_dir=base_dir))
+        _flag(where, bounds.check_mount_source, raw, base_dir, where)
+        return _flag(
+            where, lambda: rules.check_mount(raw, writable=writable, base_dir=base_dir, base_is_spec=False)
+        )
 
     def size(raw: str | None, where: str, default: int | None) -> int | None:
         return default if raw is None else _flag(where, units.parse_size, raw)
@@ -141,6 +172,11 @@ def policy_from_flags(
     if nofile is not None:
         _flag("--nofile", check_nofile, nofile)
     tmp_size = size(tmp, "--tmp", DEFAULT_TMP)
+    if tmp_size is not None:
+        _flag("--tmp", check_tmp, tmp_size)
+    disk_cap = DEFAULT_DISK if disk is None else _flag("--disk", units.parse_disk, disk)
+    if disk_cap is not None:
+        _flag("--disk", check_disk, disk_cap)
     return BotPolicy(
         name=name,
         command=tuple(command),
@@ -150,14 +186,14 @@ def policy_from_flags(
         memory=mem,
         pids=DEFAULT_PIDS if pids is None else pids,
         nofile=DEFAULT_NOFILE if nofile is None else nofile,
-        disk=size(disk, "--disk", None),
+        disk=disk_cap,
         tmp=DEFAULT_TMP if tmp_size is None else tmp_size,
         ro=tuple(mount(p, False, "--ro") for p in ro),
         rw=tuple(mount(p, True, "--rw") for p in rw),
         secrets=tuple(
-            _flag("--secret", rules.check_secret_name, n) for n in dict.fromkeys((*secrets, *secret_env))
+            _flag("--secret", bounds.check_secret_name, n) for n in dict.fromkeys((*secrets, *secret_env))
         ),
-        secret_env=tuple(_flag("--secret-env", rules.check_secret_name, n) for n in secret_env),
+        secret_env=tuple(_flag("--secret-env", bounds.check_secret_name, n) for n in secret_env),
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import stat
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+
+from clawpen.errors import PolicyError
 
 BOT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -36,6 +38,25 @@ _SECRETS = (
 )  # fmt: skip
 # Per-user secret folders, refused wherever they are.
 _SECRET_DIRNAMES = (".ssh", ".gnupg", ".aws", ".kube", ".docker", ".password-store", ".netrc", ".pki")
+# Never a workspace or a mount themselves, read-only or not: the root, the top-level folders and
+# the shared folders below /usr and /var (every parent of one is listed too, so a path that
+# contains one is itself one). Any top-level /lib* counts as well.
+SYSTEM_FOLDERS = frozenset(
+    (
+        "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+        "/lost+found", "/media", "/mnt", "/nix", "/opt", "/proc", "/root", "/run", "/sbin", "/snap",
+        "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/include", "/usr/lib", "/usr/lib32",
+        "/usr/lib64", "/usr/libexec", "/usr/local", "/usr/local/bin", "/usr/local/lib",
+        "/usr/local/sbin", "/usr/local/share", "/usr/sbin", "/usr/share", "/usr/src", "/var",
+        "/var/backups", "/var/cache", "/var/lib", "/var/local", "/var/lock", "/var/log", "/var/mail",
+        "/var/opt", "/var/run", "/var/spool", "/var/tmp", "/var/www",
+    )
+)  # fmt: skip
+# Of those, the ones a read-only mount may still show: public code and data, the same for every
+# user, that the sandbox's /usr holds anyway.
+_READ_ONLY_OK = frozenset(
+    f for f in SYSTEM_FOLDERS if f.startswith("/usr/") and f not in ("/usr/local", "/usr/src")
+)
 
 
 class RuleViolation(ValueError):
@@ -59,10 +80,95 @@ def _homes() -> tuple[str, ...]:
     return tuple(h for h in (home, "/root") if h and h != "/")
 
 
-def check_host_path(raw: str, *, writable: bool, base_dir: str, state_dir: str | None = None) -> str:
+def is_system_folder(path: str) -> bool:
+    """``/``, a top-level folder such as /etc or /lib64, or a shared one such as /var/www."""
+    p = PurePosixPath(path)
+    return str(p) in SYSTEM_FOLDERS or (len(p.parts) == 2 and p.parts[1].startswith("lib"))
+
+
+def _real(path: str | os.PathLike[str]) -> str:
+    return os.path.realpath(os.path.expanduser(os.fspath(path)))
+
+
+def check_location(
+    real: str, *, shown: str, what: str, writable: bool, state_dir: str | None, spec_dir: str | None
+) -> None:
+    """The location rules for one resolved path (``real``: absolute, symlinks and ``..`` resolved).
+
+    * never ``/`` or a system folder (:data:`SYSTEM_FOLDERS`; read-only, a public one below /usr
+      such as /usr/share may be shown);
+    * never the state folder ``state_dir`` (resolved here), a folder inside it or one that
+      contains it: it holds the vault's key, the database and the control socket;
+    * never a folder that contains the spec file's folder ``spec_dir`` (resolved here), nor, for
+      a writable path, that folder itself: the bot could rewrite its own spec.
+
+    Raises :class:`RuleViolation` naming ``what`` (e.g. ``workspace``)."""
+    path = PurePosixPath(real)
+    if is_system_folder(real) and (writable or real not in _READ_ONLY_OK):
+        raise RuleViolation(
+            f"refusing {what} {shown}: it is {'the root folder' if real == '/' else 'a system folder'}",
+            "give the bot a folder of its own, e.g. ./data next to clawpen.toml (created for it if missing)",
+        )
+    if state_dir:
+        state = _real(state_dir)
+        if _above(path, state) or _within(path, state):
+            where = "is" if str(path) == state else ("contains" if _above(path, state) else "lies inside")
+            raise RuleViolation(
+                f"refusing {what} {shown}: it {where} clawpen's state folder {state}, which holds the "
+                "vault's key, the database and the control socket",
+                f"use a folder outside {state}, e.g. ./data next to clawpen.toml",
+            )
+    if spec_dir:
+        spec = _real(spec_dir)
+        if path in PurePosixPath(spec).parents or (writable and str(path) == spec):
+            where = "is" if str(path) == spec else "contains"
+            raise RuleViolation(
+                f"refusing {what} {shown}: it {where} the folder of the spec file ({spec}), so the "
+                "bot could change its own spec",
+                "use a subfolder of its own, e.g. ./data next to clawpen.toml",
+            )
+
+
+def check_workspace_location(path: str, *, state_dir: Path, spec_file: Path | None, what: str) -> None:
+    """Refuse a workspace (or writable mount) at ``path`` that is ``/``, a system folder, clawpen's
+    state folder or near it (inside, containing), or the spec file's folder or one above it.
+
+    ``path`` is resolved first (``~``, ``..``, symlinks; relative to the spec file's folder, else
+    the current folder). ``what`` names the field or flag in the error (``bots.x.workspace``,
+    ``--workspace``). Raises :class:`~clawpen.errors.PolicyError`."""
+    if "\0" in path or not path.strip():
+        raise PolicyError(f"{path!r} is not a path", where=what, hint="give a folder path such as ./data")
+    spec_dir = os.path.dirname(_real(spec_file)) if spec_file is not None else None
+    real = os.path.realpath(os.path.join(spec_dir or os.getcwd(), os.path.expanduser(path)))
+    shown = path if path == real else f"{path} (= {real})"
+    try:
+        check_location(
+            real,
+            shown=shown,
+            what="the workspace" if what.endswith("workspace") else what,
+            writable=True,
+            state_dir=str(state_dir),
+            spec_dir=spec_dir,
+        )
+    except RuleViolation as err:
+        raise PolicyError(str(err), where=what, hint=err.hint) from None
+
+
+def check_host_path(
+    raw: str,
+    *,
+    writable: bool,
+    base_dir: str,
+    state_dir: str | None = None,
+    base_is_spec: bool = True,
+) -> str:
     """Resolve ``raw`` (relative to ``base_dir``, symlinks followed) and apply the mount rules.
 
-    Returns the absolute real path. Raises :class:`RuleViolation` for a refused mount.
+    ``state_dir``: clawpen's state folder (default: this process's, :func:`clawpen.paths.state_dir`).
+    ``base_is_spec``: ``base_dir`` is the spec file's folder (not so for ``clawpen run`` flags,
+    which resolve against the current folder), so neither it nor a folder above it may be mounted
+    (see :func:`check_location`). Returns the absolute real path. Raises :class:`RuleViolation`
+    for a refused mount.
     """
     if "\0" in raw or not raw.strip():
         raise RuleViolation(f"{raw!r} is not a path", "give a folder path such as ./data")
@@ -107,6 +213,18 @@ def check_host_path(raw: str, *, writable: bool, base_dir: str, state_dir: str |
                 f"refusing to mount {shown}: it is or contains the home folder {home}",
                 "mount a subfolder that holds only the bot's files, e.g. ~/bots/mybot",
             )
+    if state_dir is None:
+        from clawpen.paths import state_dir as default_state_dir
+
+        state_dir = str(default_state_dir())
+    check_location(
+        real,
+        shown=shown,
+        what="a writable mount of" if writable else "to mount",
+        writable=writable,
+        state_dir=state_dir,
+        spec_dir=base_dir if base_is_spec else None,
+    )
     try:
         if stat.S_ISSOCK(os.stat(real).st_mode):
             raise RuleViolation(
@@ -135,10 +253,14 @@ _NO_DEST = (
 )
 
 
-def check_mount(raw: str, *, writable: bool, base_dir: str, state_dir: str | None = None) -> tuple[str, str]:
+def check_mount(
+    raw: str, *, writable: bool, base_dir: str, state_dir: str | None = None, base_is_spec: bool = True
+) -> tuple[str, str]:
     """``HOST[:SANDBOX]`` -> (real host path, path inside the sandbox; the host path by default)."""
     host, sep, dest = raw.partition(":")
-    real = check_host_path(host, writable=writable, base_dir=base_dir, state_dir=state_dir)
+    real = check_host_path(
+        host, writable=writable, base_dir=base_dir, state_dir=state_dir, base_is_spec=base_is_spec
+    )
     if not sep:
         dest = real
     elif not dest.startswith("/") or ".." in dest.split("/"):

@@ -27,11 +27,14 @@ Crashloop: every automatic restart is counted at the moment it is decided; when 
 restarts already happened within the last ``window`` seconds, the next exit gives up (state
 ``crashloop``) instead of restarting. ``max_restarts = 0`` therefore never restarts automatically.
 
-All times are epoch seconds from the caller (they survive a daemon restart in :meth:`snapshot`).
+All times are epoch seconds from the caller, so they survive a daemon restart: the daemon saves
+:meth:`RestartTracker.snapshot` (``TrackerState.to_json``) with the instance and passes it back
+as ``state=``, and the crashloop window and backoff streak carry on where they were.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Protocol
@@ -43,6 +46,7 @@ PolicyName = Literal["no", "on-failure", "always", "unless-stopped"]
 Jitter = Literal["equal", "full", "none"]
 POLICIES: tuple[PolicyName, ...] = ("no", "on-failure", "always", "unless-stopped")
 _MAX_DOUBLINGS = 60
+TRACKER_FORMAT = 1  # the version of TrackerState.to_json's format
 
 
 class RestartSpec(Protocol):
@@ -144,6 +148,34 @@ class TrackerState(NamedTuple):
     manually_stopped: bool = False
     started_at: float | None = None
     stable_since: float | None = None
+
+    def to_json(self) -> str:
+        """The state as JSON (with a format version), for the instance row and its record."""
+        return json.dumps({"v": TRACKER_FORMAT, **self._asdict(), "restarts": list(self.restarts)})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> TrackerState | None:
+        """The state saved by :meth:`to_json`; None for nothing saved, a newer format or garbage
+        (the tracker then starts afresh, as it did before the state was saved)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("v") != TRACKER_FORMAT:
+                return None
+            return cls(
+                int(data["attempt"]),
+                tuple(float(t) for t in data["restarts"]),
+                bool(data["manually_stopped"]),
+                _opt_float(data.get("started_at")),
+                _opt_float(data.get("stable_since")),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def _opt_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 def _describe(exit_code: int, reason: str) -> str:

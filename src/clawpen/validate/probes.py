@@ -422,9 +422,13 @@ unix.bind("\0" + sys.argv[3])
 unix.listen(8)
 print("ready", flush=True)
 import select
+poller = select.poll()
+socks = {tcp.fileno(): tcp, unix.fileno(): unix}
+for fd in socks:
+    poller.register(fd, select.POLLIN)
 while True:
-    for s in select.select([tcp, unix], [], [])[0]:
-        c, _ = s.accept()
+    for fd, _ in poller.poll():
+        c, _ = socks[fd].accept()
         c.sendall(banner)
         c.close()
 """

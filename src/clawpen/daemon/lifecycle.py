@@ -1,0 +1,83 @@
+"""Pieces of an instance's life that need no instance: its plan, ending its sandbox, wording.
+
+Split out of :mod:`clawpen.daemon.runtime` (which re-exports :func:`instance_plan`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clawpen.errors import ClawpenError
+from clawpen.plan.build import HostFacts, build_plan
+from clawpen.plan.model import Plan, SeccompPolicy
+from clawpen.sandbox.adopt import AdoptedSandbox
+from clawpen.sandbox.namespace import Sandbox
+from clawpen.sandbox.tier import RunResult
+from clawpen.sandbox.users import identity_for
+from clawpen.spec.models import Bot
+
+if TYPE_CHECKING:
+    from clawpen.net.links import Link
+
+
+async def terminate(
+    sandbox: Sandbox | AdoptedSandbox, grace: float, note: Callable[[str, str], None]
+) -> None:
+    """SIGTERM every process of the bot, then SIGKILL the cgroup after ``grace`` seconds."""
+    with contextlib.suppress(ClawpenError, ProcessLookupError):
+        sandbox.cg.signal(signal.SIGTERM)
+    pidfd = os.pidfd_open(sandbox.pid)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(pidfd, settle, done)
+    try:  # asyncio.wait, unlike wait_for, leaves the future alone on a timeout
+        if not (await asyncio.wait({done}, timeout=grace))[0]:
+            note("kill", f"no exit {grace:g}s after SIGTERM: SIGKILL")
+            with contextlib.suppress(ClawpenError):
+                sandbox.cg.kill()
+            if not (await asyncio.wait({done}, timeout=5.0))[0]:
+                # bubblewrap's own monitor is stuck (stopped?): end it too
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(sandbox.pid, signal.SIGKILL)
+                await asyncio.wait({done}, timeout=5.0)
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def instance_plan(
+    bot: Bot,
+    name: str,
+    replica: int,
+    base_dir: str,
+    *,
+    state_dir: Path,
+    host: HostFacts,
+    seccomp: SeccompPolicy,
+    link: Link | None = None,
+) -> Plan:
+    """The plan of one replica of a daemon-managed bot (also what `clawpen exec` enters)."""
+    policy = bot.to_policy(name, base_dir)
+    policy = policy._replace(env=(*policy.env, ("CLAWPEN_REPLICA", str(replica))))
+    ident = identity_for(name, state_dir)
+    net = None if link is None else link.for_plan(policy.egress)
+    return build_plan(policy, ident, host, seccomp, die_with_parent=False, link=net)
+
+
+def settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def describe(result: RunResult) -> str:
+    if result.reason == "signaled":
+        return f"killed by signal {result.signal} (exit {result.exit_code})"
+    if result.reason == "exited":
+        return f"exited with code {result.exit_code}"
+    return f"{result.message or result.reason} (exit {result.exit_code})"

@@ -1,0 +1,302 @@
+"""``clawpen up``: check everything, build, apply all or nothing, then wait for the changed bots.
+
+1. **Load and refuse early**: the spec loads and validates (``ConfigError``); an empty spec is
+   refused unless ``allow_empty`` (it would remove every bot; ``clawpen down`` does that).
+2. **Pre-check** (:mod:`clawpen.daemon.precheck`): every bot that ``up`` would start is checked
+   against the host (secrets, mount sources, CPUs, memory, free ports, restart policy, plan);
+   every problem is reported together and nothing changes. ``dry_run`` checks the same.
+3. **Build** (:func:`clawpen.daemon.build_steps.run_builds`): a failed build changes nothing.
+4. **Apply**: the new instances are built first (which can raise) and only then is a release
+   recorded, removed and changed bots halted, and the new instances started.
+5. **Wait** (``wait``, what the CLI asks for unless ``--detach``): until every created,
+   recreated or started bot runs (for :data:`SETTLE` seconds, or until its health check passes
+   when it has one), or has come to rest for good (``failed``, ``crashloop``, ``stopped`` with a
+   non-zero exit), or its time is up (``wait_timeout``, or longer for a health check's
+   ``start_period`` plus one ``interval``). The reply's ``wait`` says, per instance, whether it
+   came up and why not: its state, last exit, last event and the last lines of its stderr.
+   With ``progress``, the client gets items: ``{"wait": "BOT: why"}`` as each instance is
+   judged, and ``{"waiting": {BOT: state}}`` every :data:`HEARTBEAT` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawpen.daemon import precheck, rpc
+from clawpen.daemon.runtime import Instance
+from clawpen.daemon.store import policy_hash
+from clawpen.errors import ClawpenError, ConfigError, UsageError
+from clawpen.spec.loader import LoadedSpec, load_spec
+from clawpen.supervisor.states import BotState
+
+if TYPE_CHECKING:
+    from clawpen.daemon.server import Daemon
+
+S = BotState
+SETTLE = 0.5  # seconds a bot without a health check must stay running to count as up
+DEFAULT_WAIT_TIMEOUT = 60.0
+MAX_WAIT_TIMEOUT = 24 * 3600.0
+HEARTBEAT = 5.0
+POLL = 0.1
+STDERR_LINES = 3
+KINDS = ("create", "recreate", "start", "unchanged", "remove")
+
+
+def wait_timeout(args: dict[str, Any]) -> float:
+    """The ``wait_timeout`` argument, checked (a UsageError before anything changes)."""
+    raw = args.get("wait_timeout")
+    if raw is None:
+        return DEFAULT_WAIT_TIMEOUT
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= MAX_WAIT_TIMEOUT):
+        raise UsageError(
+            f"wait timeout {raw!r} is not a number of seconds from 0 to {MAX_WAIT_TIMEOUT:g}",
+            where="clawpen up --wait-timeout",
+            hint=f"e.g. --wait-timeout 120 (default {DEFAULT_WAIT_TIMEOUT:g})",
+        )
+    return value
+
+
+def _refuse_empty(daemon: Daemon, path: Path) -> None:
+    current = sorted(daemon.store.bots())
+    running = f" ({len(current)} now: {', '.join(current)})" if current else ""
+    raise ConfigError(
+        f"the spec names no bots; `up` would remove every bot{running}",
+        where=str(path),
+        hint="add a [bots.NAME] table; to remove every bot run `clawpen down`, or pass --allow-empty",
+    )
+
+
+def _policy(loaded: LoadedSpec, name: str) -> dict[str, Any]:
+    spec = loaded.spec.bots[name].model_dump(mode="json", by_alias=True)
+    return {"spec": spec, "base_dir": str(loaded.base_dir)}
+
+
+def classify(daemon: Daemon, loaded: LoadedSpec, wanted: set[str], partial: bool) -> dict[str, list[str]]:
+    """Which bots ``up`` creates, recreates (changed), starts, leaves, removes."""
+    current = daemon.store.bots()
+    plan: dict[str, list[str]] = {k: [] for k in KINDS}
+    for name in sorted(wanted):
+        if name not in current:
+            plan["create"].append(name)
+        elif current[name].spec_hash != policy_hash(_policy(loaded, name)):
+            plan["recreate"].append(name)
+        elif not any(i.supervised for i in daemon._all(name)):
+            plan["start"].append(name)
+        else:
+            plan["unchanged"].append(name)
+    if not partial:
+        plan["remove"] = sorted(set(current) - wanted)
+    return plan
+
+
+def released_ports(daemon: Daemon, names: set[str]) -> set[tuple[str, int]]:
+    """The published host ports that bots ``names`` hold now (they are kept by the same bot, or
+    let go of before anything starts: removed and changed bots are halted first)."""
+    from clawpen.net.publish import parse_publish
+
+    rows = daemon.store.bots()
+    held: set[tuple[str, int]] = set()
+    for name in names:
+        row = rows.get(name)
+        if row is None or not any(i.supervised for i in daemon._all(name)):
+            continue
+        try:
+            bot, _base = daemon._bot_from_row(row.policy)
+            entries = [parse_publish(raw) for raw in bot.network.publish]
+        except (ValueError, ClawpenError):
+            continue
+        held.update((e.host_ip, e.host_port) for e in entries)
+    return held
+
+
+def check(daemon: Daemon, loaded: LoadedSpec, plan: dict[str, list[str]]) -> None:
+    """Pre-check every bot ``up`` may start (raises one ConfigError naming every problem)."""
+    bots = loaded.spec.bots
+    # a bot with a build counts as changed: its stored spec has the build's mount, this one not yet
+    names = sorted(
+        {*plan["create"], *plan["recreate"], *plan["start"]}
+        | {n for n in plan["unchanged"] if bots[n].build is not None}
+    )
+    svc = daemon.services
+    needs_vault = any(bots[n].secrets for n in names)
+    problems = precheck.check_bots(
+        [(n, bots[n]) for n in names],
+        str(loaded.base_dir),
+        host=precheck.HostLimits(svc.host, precheck.host_memory()),
+        seccomp=svc.seccomp,
+        vault_names=precheck.vault_names(svc.state_dir) if needs_vault else (),
+        state_dir=svc.state_dir,
+        spec_file=loaded.path.resolve(),
+        released=released_ports(daemon, {n for k in KINDS for n in plan[k]}),  # wanted and removed
+    )
+    precheck.refuse(problems, loaded.path)
+
+
+async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, Any]:
+    path = Path(str(args["file"]))
+    timeout = wait_timeout(args)
+    loaded = load_spec(path)  # raises ConfigError: nothing applied
+    partial = bool(args.get("bots"))
+    wanted = set(args.get("bots") or loaded.spec.bots)
+    missing = wanted - set(loaded.spec.bots)
+    if missing:
+        raise UsageError(
+            f"no bot named {', '.join(sorted(missing))} in {path}",
+            where=str(path),
+            hint=f"bots in the file: {', '.join(sorted(loaded.spec.bots)) or 'none'}",
+        )
+    if not partial and not loaded.spec.bots and not args.get("allow_empty"):
+        _refuse_empty(daemon, path)
+    async with daemon.up_lock:
+        check(daemon, loaded, classify(daemon, loaded, wanted, partial))
+        from clawpen.daemon.build_steps import run_builds  # build steps next: a failure changes nothing
+
+        loaded = await run_builds(daemon, loaded, wanted, writer, args)
+        plan = classify(daemon, loaded, wanted, partial)
+        if args.get("dry_run"):
+            return {"dry_run": True, **plan}
+        result = await _apply(daemon, loaded, plan, path, str(args.get("who", "root")))
+    if args.get("wait"):
+        changed = plan["create"] + plan["recreate"] + plan["start"]
+        insts = [i for n in changed for i in daemon._all(n)]
+        stream = writer if bool(args.get("progress")) else None
+        result["wait"] = await wait_for(daemon, insts, timeout, stream)
+    return result
+
+
+async def _apply(
+    daemon: Daemon, loaded: LoadedSpec, plan: dict[str, list[str]], path: Path, who: str
+) -> dict[str, Any]:
+    """Build the new instances first (that can fail: then nothing has changed), then record the
+    release, halt the removed and changed bots and start the new instances."""
+    starting = plan["create"] + plan["recreate"] + plan["start"]
+    bots = loaded.spec.bots
+    base = str(loaded.base_dir)
+    fresh = {
+        n: [Instance(daemon.services, n, i, bots[n], base) for i in range(bots[n].replicas)] for n in starting
+    }
+    store = daemon.store
+    previous = store.releases(1)
+    before = previous[0]["spec_hash"] if previous else None
+    summary = "; ".join(f"{k} {', '.join(v)}" for k, v in plan.items() if v and k != "unchanged")
+    release = store.add_release(who, str(path.resolve()), loaded.text, summary or "no change")
+    for name in plan["remove"]:
+        await daemon._halt(name)
+        store.remove_bot(name)
+        daemon.note("remove", f"removed by release {release}", name)
+    for name in plan["recreate"]:
+        await daemon._halt(name)
+    for name in starting:
+        store.put_bot(name, _policy(loaded, name), "running", release)
+        daemon.instances[name] = fresh[name]
+        for inst in fresh[name]:
+            inst.start()
+    daemon.note("release", f"release {release}: {summary or 'no change'}")
+    for listener in daemon.spec_listeners:
+        listener(loaded.spec)
+    after = store.releases(1)[0]["spec_hash"]
+    return {"release": release, "before": before, "after": after, **plan}
+
+
+# ---------------------------------------------------------------------------------- waiting
+def judge(inst: Instance, now: float, settle: float = SETTLE) -> tuple[bool | None, str]:
+    """``(True, why)`` up, ``(False, why)`` will not come up by itself, ``(None, state)`` not yet."""
+    state = inst.machine.state
+    if state is S.RUNNING:
+        if not inst.supervised:
+            return False, "its supervisor ended (see `clawpen events`)"
+        if inst.bot.health is not None:
+            if inst.health == "healthy":
+                return True, "running, healthy"
+            return None, f"running, health {inst.health or 'not checked yet'}"
+        since = inst.machine.since
+        return (True, "running") if since is not None and now - since >= settle else (None, "running")
+    if state is S.SCHEDULED_OFF:
+        return True, "outside its active window"
+    last = inst.last
+    if state is S.STOPPED and last is not None and last.reason == "exited" and last.exit_code == 0:
+        return True, "completed (exit 0)"
+    if state in (S.STOPPED, S.CRASHLOOP, S.FAILED):
+        return False, str(state)
+    return None, str(state)
+
+
+def _report(daemon: Daemon, inst: Instance, ok: bool, why: str) -> dict[str, Any]:
+    """One instance's outcome; for one that did not come up: its last exit, event and stderr."""
+    row: dict[str, Any] = {
+        "bot": inst.label,
+        "replica": inst.replica,
+        "ok": ok,
+        "state": str(inst.machine.state),
+        "why": why,
+    }
+    if ok:
+        return row
+    if inst.last is not None:
+        row["exit_code"] = inst.last.exit_code
+    events = [e for e in daemon.store.events(bot=inst.name, limit=20) if e.replica in (None, inst.replica)]
+    if events:
+        row["last_event"] = events[-1].reason
+    try:
+        from clawpen.logs.query import read_logs
+
+        logs = read_logs(daemon.services.logs_dir, inst.log_name, tail=STDERR_LINES, streams=("err",))
+        row["stderr"] = [r.text for r in logs]
+    except (OSError, ValueError, ClawpenError):
+        row["stderr"] = []
+    return row
+
+
+async def _send(writer: Any, value: dict[str, Any]) -> bool:
+    """Send a progress item; False when the client has gone."""
+    try:
+        writer.write(rpc.item(value))
+        await writer.drain()
+    except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+async def wait_for(daemon: Daemon, insts: list[Instance], timeout: float, stream: Any) -> dict[str, Any]:
+    """Wait until each instance is up or will not come up (see the module's docs); progress
+    items go to ``stream`` (the client's connection, or None)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadlines: dict[Instance, float] = {}
+    for inst in insts:
+        health = inst.bot.health
+        own = health.start_period + health.interval + health.timeout if health is not None else 0.0
+        deadlines[inst] = start + max(timeout, own)
+    results: list[dict[str, Any]] = []
+    beat = start
+    while deadlines:
+        now = daemon.services.clock()
+        for inst in list(deadlines):
+            ok, why = judge(inst, now)
+            if daemon.instances.get(inst.name) is None or inst not in daemon.instances[inst.name]:
+                ok, why = False, "removed or replaced while `up` waited"
+            elif ok is None and loop.time() >= deadlines[inst]:
+                ok, why = False, f"not up after {deadlines[inst] - start:g} s ({why})"
+            if ok is None:
+                continue
+            del deadlines[inst]
+            results.append(_report(daemon, inst, ok, why))
+            if stream is not None and not await _send(stream, {"wait": f"{inst.label}: {why}"}):
+                stream = None
+        if not deadlines:
+            break
+        if stream is not None and loop.time() - beat >= HEARTBEAT:
+            beat = loop.time()
+            waiting = {i.label: judge(i, now)[1] for i in deadlines}
+            if not await _send(stream, {"waiting": waiting}):
+                stream = None
+        await asyncio.sleep(POLL)
+    results.sort(key=lambda r: (r["bot"], r["replica"]))
+    return {"ok": all(r["ok"] for r in results), "timeout": timeout, "bots": results}
