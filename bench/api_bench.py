@@ -94,7 +94,7 @@ def main() -> int:
         ).stdout
 
     try:
-        cli("up")
+        cli("up", "--detach")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             rows = json.loads(cli("ps", "--json"))

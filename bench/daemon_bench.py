@@ -685,7 +685,7 @@ def bench_idle(
     pid0 = cp.pid()
     rss0 = status_kb(pid0, "VmRSS") / 1024 if pid0 else float("nan")
     t0 = mono()
-    cp.cli("up", "-f", str(spec))
+    cp.cli("up", "--detach", "-f", str(spec))
     wait_until(lambda: all(cp.states().get(b) == "running" for b in names), 120, "clawpen's idle bots", 0.1)
     up_clawpen = mono() - t0
     sup = Supervisord(
@@ -801,7 +801,7 @@ def bench_idle(
 
 # ------------------------------------------------------------------------------------ 2. restart
 def clawpen_crash(cp: Clawpen, spec: Path, bot: str, n: int, count: Callable[[], int]) -> None:
-    cp.cli("up", "-f", str(spec), bot)
+    cp.cli("up", "--detach", "-f", str(spec), bot)
     wait_until(lambda: count() >= n + 1, 30 + n * 1.5, f"{n + 1} crashes of {bot}", 1.0)
     cp.cli("stop", bot)
 
@@ -1072,7 +1072,7 @@ def bench_start(
 ) -> dict[str, Stat]:
     rep.section("3. Bot start through the daemon (request -> the bot's first instruction)")
     bot = f"{PREFIX}-start"
-    cp.cli("up", "-f", str(spec), bot)
+    cp.cli("up", "--detach", "-f", str(spec), bot)
     wait_until(lambda: cp.states().get(bot) == "stopped", 30, f"{bot}'s first run", 0.1)
     modes: dict[str, Callable[[], StartRun]] = {
         "clawpen: request on the daemon's socket": lambda: start_socket(cp, bot),
@@ -1221,7 +1221,7 @@ def bench_split(
             return False
 
         wait_until(up, 20, "the instrumented daemon")
-        cp.cli("up", "-f", str(spec), bot)
+        cp.cli("up", "--detach", "-f", str(spec), bot)
         wait_until(lambda: cp.states().get(bot) == "stopped", 30, f"{bot}'s first run", 0.1)
         for i in range(2 * (warmup + n)):
             skipping = i % 2 == 1  # interleaved: A B A B ...

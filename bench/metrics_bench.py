@@ -291,7 +291,7 @@ def bench_latency(cycles: int, tmp: Path) -> dict[str, Any]:
 
     latencies = []
     try:
-        cli("up")
+        cli("up", "--detach")
         deadline = time.time() + 20
         while time.time() < deadline and '"running"' not in cli("ps", "--json"):
             time.sleep(0.1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+DEFAULT_STATE = Path("/var/lib/clawpen")
 
 
 def state_dir(environ: dict[str, str] | None = None) -> Path:
@@ -12,9 +15,19 @@ def state_dir(environ: dict[str, str] | None = None) -> Path:
     if home:
         return Path(home)
     if os.geteuid() == 0:
-        return Path("/var/lib/clawpen")
+        return DEFAULT_STATE
     return Path(env.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "clawpen"
 
 
 def cache_dir(state: Path) -> Path:
     return state / "cache"
+
+
+def cgroup_scope(state: Path) -> str:
+    """The prefix of the daemon's bot cgroups: none for the default state directory, else a short
+    id of the state directory, so two daemons on one host (other CLAWPEN_HOMEs) never share, or
+    kill, each other's bot cgroups (``clawpen/<bot>.<replica>`` is one path for the whole host)."""
+    real = os.path.realpath(state)
+    if real == str(DEFAULT_STATE):
+        return ""
+    return "s" + hashlib.sha256(real.encode()).hexdigest()[:8] + "-"

@@ -49,7 +49,8 @@ def reserved_addresses(*hosts: str) -> list[str]:
 def fit_build(toml: Path, cache_name: str, hosts: tuple[str, ...]) -> None:
     """Give the template's build a persistent cache folder and, where needed, allow_private."""
     text = toml.read_text()
-    extra = f'cache = "{CACHE_ROOT / cache_name}"\n'
+    # kept between runs (and daemons, whose bot uids differ): handed over to each run's build uid
+    extra = f'cache = "{CACHE_ROOT / cache_name}"\ncache_adopt = true\n'
     private = reserved_addresses(*hosts)
     if private:
         extra += "allow_private = [" + ", ".join(f'"{p}"' for p in private) + "]\n"

@@ -17,6 +17,7 @@ from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import HostError
 from clawpen.logs.store import Compressor, retention_sweep
+from clawpen.net.instance import sweep_orphan_relays
 from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts
 from clawpen.sandbox.namespace import NamespaceTier
@@ -124,7 +125,7 @@ async def serve(state: Path) -> None:
 
     await start(early)
     daemon.restore()
-    __import__("clawpen.net.instance", fromlist=["sweep"]).sweep_orphan_relays(daemon)
+    sweep_orphan_relays(daemon)  # relays a killed daemon was stopping
     await start([p for p in parts if p not in early])
     path = socket_path(state)
     with contextlib.suppress(FileNotFoundError):

@@ -193,7 +193,14 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
     cache = bot_dir / "cache"
     if build.cache:
         cache = Path(os.path.realpath(os.path.join(base_dir, os.path.expanduser(build.cache))))
-    prepare_workspace(str(cache), ident.uid, ident.gid)  # handed to the bot's uid (recursively, once)
+    prepare_workspace(  # created for the bot's uid, or an existing folder handed over when adopted
+        str(cache),
+        ident.uid,
+        ident.gid,
+        adopt=build.cache_adopt,
+        what="build cache",
+        opt_in="set cache_adopt = true in the bot's [build]",
+    )
     _mkdir(cache / "home", 0o700, ident.uid, ident.gid)
     network = svc.network
     if build.egress and network is None:

@@ -68,7 +68,7 @@ def host_memory() -> int:
 def port_in_use(host_ip: str, port: int) -> str | None:
     """Why ``host_ip:port`` cannot be listened on now, or None when it can.
 
-    Binds with the options of the port relay (:class:`clawpen.net.publish.PortRelay`:
+    Binds with the options of the port relay (:meth:`clawpen.net.relayctl.RelayControl.bind`:
     ``SO_REUSEADDR`` on), so the answer is the relay's: a listener on the port refuses it, a
     connection in TIME_WAIT does not."""
     family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET

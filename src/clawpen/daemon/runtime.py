@@ -34,6 +34,7 @@ from clawpen.errors import ClawpenError
 from clawpen.logs.store import Compressor
 from clawpen.logs.writer import daemon_writer
 from clawpen.net.instance import InstanceNetwork
+from clawpen.paths import cgroup_scope
 from clawpen.plan.build import HostFacts
 from clawpen.plan.model import Plan, SeccompPolicy
 from clawpen.sandbox.adopt import AdoptedSandbox, pid_start_time
@@ -185,6 +186,11 @@ class Instance:
         return self.name if self.replica == 0 else f"{self.name}[{self.replica}]"
 
     @property
+    def cgroup_name(self) -> str:
+        """``<bot>.<replica>``, prefixed for a daemon on another state dir (see paths.cgroup_scope)."""
+        return f"{cgroup_scope(self.svc.state_dir)}{self.name}.{self.replica}"
+
+    @property
     def log_name(self) -> str:
         return self.name if self.replica == 0 else f"{self.name}-r{self.replica}"
 
@@ -204,7 +210,7 @@ class Instance:
                 sb.pid if sb else None,
                 sb.sandbox_pid if sb else None,
                 pid_start_time(sb.pid) if sb else None,
-                f"{self.name}.{self.replica}" if sb else None,
+                sb.cg.name if sb else None,
                 self.started_at,
                 self.restarts,
                 *self.last_exit,
@@ -275,7 +281,7 @@ class Instance:
                 self._manual_start = outcome is Outcome.RESTART
                 self.restarts += 1  # like pm2's restart count, asked-for restarts count too
                 continue
-            failure = outcome in (Outcome.UNHEALTHY, Outcome.MEMORY)
+            failure = outcome in (Outcome.UNHEALTHY, Outcome.MEMORY, Outcome.DISK)
             decision = self.tracker.record_exit(
                 result.exit_code if not failure or result.exit_code else 1,
                 outcome.value if failure else result.reason,
@@ -371,7 +377,7 @@ class Instance:
                 None,
                 lambda: self.svc.tier.start(
                     plan,
-                    cgroup_name=f"{self.name}.{self.replica}",
+                    cgroup_name=self.cgroup_name,
                     stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
                     status_fd=status_fd,
                     secrets=self._secrets,

@@ -21,7 +21,8 @@ from clawpen import audit
 from clawpen.daemon import rpc
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Event, Store
-from clawpen.errors import AccessError, ClawpenError, UsageError
+from clawpen.daemon.store import Instance as InstanceRow
+from clawpen.errors import AccessError, ClawpenError, ConfigError, UsageError
 from clawpen.sandbox.adopt import same_process
 from clawpen.spec.loader import parse_spec_text
 from clawpen.spec.models import Bot, Spec
@@ -155,9 +156,22 @@ class Daemon:
                 queue.put_nowait(event)
 
     # ---------------------------------------------------------------- bots
-    def _bot_from_row(self, policy: dict[str, Any]) -> tuple[Bot, str]:
+    def _bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]:
+        """The stored bot, validated again by this clawpen's rules: a policy an older clawpen
+        accepted may be refused now (a workspace in the state directory, a bound that is new)."""
+        from pydantic import ValidationError
+
         base_dir = str(policy["base_dir"])
-        bot = Bot.model_validate(policy["spec"], context={"base_dir": base_dir})
+        try:
+            bot = Bot.model_validate(policy["spec"], context={"base_dir": base_dir})
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "bot"
+            raise ConfigError(
+                f"the stored policy of bot {name or '?'} is refused by this clawpen: {field}: {first['msg']}",
+                where=f"bots.{name}.{field}" if name else field,
+                hint="fix the spec and run `clawpen up` (the bot is not run until then)",
+            ) from None
         return bot, base_dir
 
     def _launch(self, name: str, bot: Bot, base_dir: str) -> None:
@@ -184,7 +198,11 @@ class Daemon:
         for name, row in self.store.bots().items():
             if row.desired != "running":
                 continue
-            bot, base_dir = self._bot_from_row(row.policy)
+            try:
+                bot, base_dir = self._bot_from_row(row.policy, name)
+            except ClawpenError as err:
+                self._refuse_stored(name, err, [r for (n, _), r in rows.items() if n == name])
+                continue
             insts = [Instance(self.services, name, i, bot, base_dir) for i in range(bot.replicas)]
             self.instances[name] = insts
             for inst in insts:
@@ -196,6 +214,21 @@ class Daemon:
                 else:  # its process is gone: start it, carrying on its restart count and window
                     inst.resume(saved)
                     self.note("restore", "started again after a daemon start", name, inst.replica)
+
+    def _refuse_stored(self, name: str, err: ClawpenError, saved: list[InstanceRow]) -> None:
+        """A stored bot this clawpen refuses (see :meth:`_bot_from_row`): its sandboxes are stopped
+        (it may hold what the new rules protect), it stays listed as stopped, and an event says
+        why; one bad row never keeps the daemon, or the other bots, from starting."""
+        host = self.services.tier.cgroup_host()
+        for row in saved:
+            if row.cgroup and row.pid is not None and same_process(row.pid, row.pid_start):
+                with contextlib.suppress(ClawpenError, OSError):
+                    cgroup = host.attach(row.cgroup)
+                    cgroup.kill()
+                    cgroup.remove()
+            self.store.drop_instance(name, row.replica)
+        self.store.set_desired(name, "stopped", manual_stop=False)
+        self.note("policy-refused", f"{err.what}; {err.hint}" if err.hint else err.what, name)
 
     def _names(self, args: dict[str, Any]) -> list[str]:
         names = list(args.get("bots") or [])
@@ -242,7 +275,7 @@ class Daemon:
         for name in names:
             self.store.set_desired(name, "running", manual_stop=False)
             if name not in self.instances:
-                bot, base_dir = self._bot_from_row(rows[name].policy)
+                bot, base_dir = self._bot_from_row(rows[name].policy, name)
                 self._launch(name, bot, base_dir)
             else:
                 for inst in self._all(name):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from clawpen.sandbox.namespace import Sandbox
 
 MEMORY_CHECK_INTERVAL = 5.0
+DISK_CHECK_INTERVAL = 5.0  # the workspace is walked (in a worker thread) this often
 
 
 class Outcome(enum.Enum):
@@ -31,6 +32,7 @@ class Outcome(enum.Enum):
     CRON = "cron"  # schedule.restart came due
     UNHEALTHY = "unhealthy"  # the health check failed `retries` times
     MEMORY = "memory-pressure"  # memory stayed above the share of its limit
+    DISK = "disk"  # the workspace grew past the bot's disk cap
 
 
 Verdict = tuple[Outcome, str] | None
@@ -51,7 +53,27 @@ def for_instance(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> list[Coro
         found.append(memory_pressure(inst, sandbox))
     if inst.bot.health:
         found.append(health(inst, sandbox))
+    plan = inst.plan()
+    if plan.disk_max and plan.workspace:
+        found.append(disk_cap(plan.workspace, plan.disk_max))
     return found
+
+
+async def disk_cap(workspace: str, limit: int, interval: float = DISK_CHECK_INTERVAL) -> Verdict:
+    """The workspace's total against the bot's disk cap (RLIMIT_FSIZE caps one file only, and
+    ext4 without project quotas has no per-folder limit): the same check `clawpen run` makes
+    every second, here every few seconds, one walk at a time, off the event loop."""
+    from clawpen.sandbox.namespace import disk_usage
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        used = await loop.run_in_executor(None, disk_usage, workspace)
+        if used > limit:
+            return (
+                Outcome.DISK,
+                f"workspace uses {used / 2**20:.0f} MiB, over its disk cap of {limit / 2**20:.0f} MiB",
+            )
 
 
 async def sleep_until(inst: Instance, when: datetime) -> None:

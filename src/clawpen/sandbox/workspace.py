@@ -32,7 +32,18 @@ def _fail(path: str, err: OSError) -> SandboxError:
     )
 
 
-def prepare_workspace(path: str, uid: int, gid: int, *, adopt: bool = False) -> None:
+WORKSPACE_OPT_IN = "set workspace_adopt = true on the bot (clawpen run: --adopt-workspace)"
+
+
+def prepare_workspace(
+    path: str,
+    uid: int,
+    gid: int,
+    *,
+    adopt: bool = False,
+    what: str = "workspace",
+    opt_in: str = WORKSPACE_OPT_IN,
+) -> None:
     """Create the workspace if needed and make sure the bot's uid owns it (see the module doc).
 
     Raises :class:`PolicyError` for an existing folder of other owners without ``adopt``, and
@@ -59,13 +70,12 @@ def prepare_workspace(path: str, uid: int, gid: int, *, adopt: bool = False) -> 
             empty = not os.listdir(fd)
             if not empty and not adopt:
                 raise PolicyError(
-                    f"workspace {path} already exists and holds files of other owners (it is owned by "
-                    f"uid {st.st_uid}); clawpen hands a workspace to the bot's uid {uid} and will not "
+                    f"{what} {path} already exists and holds files of other owners (it is owned by "
+                    f"uid {st.st_uid}); clawpen hands it to the bot's uid {uid} and will not "
                     "change the owner of files it did not create",
-                    where="workspace",
-                    hint="point the bot at a new folder (it is created for it), or, if the bot may take "
-                    "these files over, set workspace_adopt = true on the bot (clawpen run: "
-                    "--adopt-workspace)",
+                    where=what,
+                    hint=f"point the bot at a new folder (it is created for it), or, if the bot may take "
+                    f"these files over, {opt_in}",
                 )
             if empty:
                 os.fchown(fd, uid, gid)

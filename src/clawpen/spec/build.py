@@ -64,6 +64,11 @@ class BuildSpec(BaseModel):
     cache: str | None = Field(
         None, description="host folder for /build-cache (default: one per bot in clawpen's state)"
     )
+    cache_adopt: bool = Field(
+        False,
+        description="hand an existing cache folder with files of other owners to the build's uid "
+        "(no symlink followed, no mount crossed)",
+    )
 
     @field_validator("steps")
     @classmethod
