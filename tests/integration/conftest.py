@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Clawpen, DaemonCli, daemons_of, session_uid_base
+from helpers import Clawpen, DaemonCli, Sink, daemons_of, session_uid_base
 
 UID_BASE = session_uid_base()
 
@@ -39,11 +40,13 @@ def pub() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
+@contextlib.contextmanager
+def daemon_at(home: Path) -> Iterator[DaemonCli]:
+    """A DaemonCli on state dir ``home`` with a 0755 spec folder in /tmp; its daemon is stopped
+    after, and a daemon left running fails the test."""
     spec_dir = Path(tempfile.mkdtemp(prefix="clawpen-d-", dir="/tmp"))
     spec_dir.chmod(0o755)
-    d = DaemonCli(tmp_path / "state", spec_dir, UID_BASE)
+    d = DaemonCli(home, spec_dir, UID_BASE)
     try:
         yield d
     finally:
@@ -53,3 +56,19 @@ def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
         for pid in leaked:
             os.kill(pid, signal.SIGKILL)
         assert not leaked, f"the test left daemons running: {leaked}"
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
+    with daemon_at(tmp_path / "state") as d:
+        yield d
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A webhook receiver on loopback (json:// notification URLs)."""
+    s = Sink()
+    try:
+        yield s
+    finally:
+        s.close()

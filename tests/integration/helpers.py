@@ -9,16 +9,19 @@ means exactly that, even when other test sessions run clawpen on the same machin
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLAWPEN = str(Path(sys.executable).with_name("clawpen"))
 PY = "/usr/bin/python3"  # Debian's python: the one the sandbox sees (the host /usr)
@@ -323,7 +326,7 @@ class DaemonCli:
             self.cli("down", check=False, timeout=30)
         if alive(pid):
             os.kill(pid, signal.SIGTERM)
-            wait_for(lambda: not alive(pid), 15)
+            wait_for(lambda: not alive(pid), 20)
 
 
 def daemons_of(home: Path) -> list[int]:
@@ -376,3 +379,45 @@ class NetnsDaemon(DaemonCli):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class Sink:
+    """A webhook receiver on loopback; answers 500 to the first ``fail`` requests."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.fail = fail
+        self.hits = 0
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.hits += 1
+                if sink.fail > 0:
+                    sink.fail -= 1
+                    self.send_response(500)
+                else:
+                    sink.got.append(json.loads(body))
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"json://127.0.0.1:{self.port}/hook"
+
+    def titles(self) -> list[str]:
+        return [str(m.get("title")) for m in self.got]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from helpers import DaemonCli, alive, wait_for
+from helpers import DaemonCli, Sink, alive, wait_for
 
 from clawpen.notify.apprise_notifier import AppriseNotifier
 from clawpen.notify.base import Delivery, Dispatcher, Message
@@ -29,48 +27,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Sink:
-    """A webhook receiver on loopback; answers 500 to the first ``fail`` requests."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.got: list[dict[str, Any]] = []
-        self.fail = fail
-        self.hits = 0
-        sink = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                sink.hits += 1
-                if sink.fail > 0:
-                    sink.fail -= 1
-                    self.send_response(500)
-                else:
-                    sink.got.append(json.loads(body))
-                    self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"json://127.0.0.1:{self.port}/hook"
-
-    def titles(self) -> list[str]:
-        return [str(m.get("title")) for m in self.got]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class Mailbox:
     def __init__(self) -> None:
         self.mails: list[str] = []
@@ -78,15 +34,6 @@ class Mailbox:
     async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
         self.mails.append(envelope.content.decode(errors="replace"))
         return "250 OK"
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -19,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DaemonCli, daemons_of, wait_for
-from test_alerts_e2e import Sink
+from helpers import DaemonCli, Sink, wait_for
 
-from conftest import UID_BASE
+from conftest import daemon_at
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.slow]
 
@@ -52,27 +50,8 @@ def disk() -> Iterator[Path]:
 @pytest.fixture
 def small(disk: Path) -> Iterator[DaemonCli]:
     """A daemon whose state dir is on the small tmpfs (stopped before the tmpfs is unmounted)."""
-    spec_dir = Path(tempfile.mkdtemp(prefix="clawpen-d-", dir="/tmp"))
-    spec_dir.chmod(0o755)
-    d = DaemonCli(disk / "state", spec_dir, UID_BASE)
-    try:
+    with daemon_at(disk / "state") as d:
         yield d
-    finally:
-        d.shutdown()
-        subprocess.run(["rm", "-rf", str(spec_dir)], check=False)
-        leaked = daemons_of(d.home)
-        for pid in leaked:
-            os.kill(pid, signal.SIGKILL)
-        assert not leaked, f"the test left daemons running: {leaked}"
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def free(path: Path) -> int:

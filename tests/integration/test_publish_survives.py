@@ -62,7 +62,8 @@ def stream(n: Net, port: int, results: list[str]) -> None:
         time.sleep(GAP)
 
 
-def test_a_daemon_kill_interrupts_no_request(netd: NetDaemon, net: Net) -> None:
+def serve(netd: NetDaemon, net: Net) -> int:
+    """Bring up the published HTTP bot; its host port once it answers there."""
     port = free_port()
     netd.write(f"""
         [bots.{BOT}]
@@ -71,6 +72,11 @@ def test_a_daemon_kill_interrupts_no_request(netd: NetDaemon, net: Net) -> None:
         """)
     netd.cli("up")
     assert wait_body(net, net.host, "127.0.0.1", port, BOT) == ANSWER
+    return port
+
+
+def test_a_daemon_kill_interrupts_no_request(netd: NetDaemon, net: Net) -> None:
+    port = serve(netd, net)
     daemon_pid = netd.pid()
     relay = relay_record(netd)["pid"]
     assert alive(relay) and relay != daemon_pid
@@ -121,14 +127,7 @@ def test_a_daemon_kill_interrupts_no_request(netd: NetDaemon, net: Net) -> None:
 
 
 def test_a_stopped_bot_takes_its_relay_along(netd: NetDaemon, net: Net) -> None:
-    port = free_port()
-    netd.write(f"""
-        [bots.{BOT}]
-        command = ["python3", "-c", "{SERVER}"]
-        network.publish = ["127.0.0.1:{port}:8000"]
-        """)
-    netd.cli("up")
-    assert wait_body(net, net.host, "127.0.0.1", port, BOT) == ANSWER
+    port = serve(netd, net)
     first = relay_record(netd)["pid"]
     netd.cli("stop", BOT)
     assert wait_for(lambda: not alive(first), 10)

@@ -54,16 +54,14 @@ def held_port() -> Iterator[int]:
 
 def test_bad_restart_policy_applies_nothing(daemon: Daemon) -> None:
     pid = started(daemon)
-    daemon.write(
-        KEEPER.format(secs=301)
-        + """
+    pair = """
         [bots.u3good]
         command = ["sleep", "300"]
         [bots.u3bad]
         command = ["sleep", "300"]
-        restart = { backoff_initial = "10s", backoff_max = "5s" }
+        restart = {{ backoff_initial = "{initial}", backoff_max = "5s" }}
     """
-    )
+    daemon.write(KEEPER.format(secs=301) + pair.format(initial="10s"))
     done = daemon.cli("up", check=False)
     assert done.returncode == 2, done.stderr
     assert "backoff_initial" in done.stderr and "Traceback" not in done.stderr
@@ -71,16 +69,7 @@ def test_bad_restart_policy_applies_nothing(daemon: Daemon) -> None:
     dry = daemon.cli("up", "--dry-run", check=False)  # the dry run refuses it too
     assert dry.returncode == 2 and "backoff_initial" in dry.stderr
     # positive control: the same spec with the policy fixed applies
-    daemon.write(
-        KEEPER.format(secs=301)
-        + """
-        [bots.u3good]
-        command = ["sleep", "300"]
-        [bots.u3bad]
-        command = ["sleep", "300"]
-        restart = { backoff_initial = "1s", backoff_max = "5s" }
-    """
-    )
+    daemon.write(KEEPER.format(secs=301) + pair.format(initial="1s"))
     daemon.cli("up")
     ps = daemon.ps()
     assert {n: ps[n]["state"] for n in ("u3keep", "u3good", "u3bad")} == dict.fromkeys(

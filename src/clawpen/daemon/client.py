@@ -26,6 +26,7 @@ from typing import Any
 
 from clawpen.daemon import rpc
 from clawpen.errors import HostError, UsageError
+from clawpen.procfs import stat_fields
 
 START_TIMEOUT = 15.0
 DEFAULT_TIMEOUT = 30.0  # seconds to connect, and between two messages of the daemon
@@ -63,11 +64,7 @@ def timeout_from_env(environ: Mapping[str, str] = os.environ) -> float | None:
 
 def proc_state(pid: int) -> str | None:
     """The one-letter state of process ``pid`` (``/proc/PID/stat``), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    fields = stat_fields(pid)
     return fields[0].decode("ascii", "replace") if fields else None
 
 

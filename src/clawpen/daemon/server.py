@@ -335,7 +335,7 @@ class Daemon:
             "replica": replica,
             "link": None if link is None else link._asdict(),
             "sandbox_pid": sandbox.sandbox_pid,
-            "cgroup": f"{name}.{replica}",
+            "cgroup": sandbox.cg.name,
             "spec": row.policy["spec"],
             "base_dir": row.policy["base_dir"],
         }

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FLUSH_EVERY = 60.0
 PRUNE_EVERY = 3600.0
 MAX_POINTS = 1500
+DRAIN_ON_STOP = 5.0  # seconds a stopping daemon gives notifications still being sent
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -112,7 +113,7 @@ class Monitor:
                 await self._task
         if self.server is not None:
             await self.server.stop()
-        await self.dispatcher.drain(10.0)
+        await self.dispatcher.drain(DRAIN_ON_STOP)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.storage.close)
         self.collector.close()
@@ -203,7 +204,7 @@ class Monitor:
                 latency = getattr(inst, "health_latency_s", None)
                 views.append(
                     InstanceView(
-                        inst.label, name, f"{name}.{inst.replica}" if sb is not None else None,
+                        inst.label, name, sb.cg.name if sb is not None else None,
                         sb.sandbox_pid if sb is not None else None, str(inst.machine.state), inst.restarts,
                         inst.health, latency if isinstance(latency, float) else None,
                         inst.bot.health is not None,

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from clawpen.net import netns
 from clawpen.net.publish import source_allowed
 from clawpen.net.relay import Workers, close_quietly, relay, reset, tune
+from clawpen.procfs import stat_fields
 
 CONNECT_TIMEOUT = 5.0
 MAX_CONNS = 512
@@ -114,13 +115,8 @@ class Target:
 
 
 def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    fields = stat_fields(pid)
+    return None if fields is None or fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 class Events:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import warnings
 
 from clawpen.notify.base import Message, NotifyFailed
@@ -48,10 +50,35 @@ class AppriseNotifier:
             kind = apprise.NotifyType.SUCCESS
         return bool(self._apprise.notify(body=message.body, title=message.title, notify_type=kind))
 
-    async def send(self, message: Message) -> None:
+    async def _in_thread(self, message: Message) -> bool:
+        """:meth:`_send` in a daemon thread of its own, not the loop's executor: a send that
+        hangs (an SMTP server that never answers, Apprise's throttling) then holds none of the
+        workers that start sandboxes, and never keeps a stopping daemon from exiting."""
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def settle(ok: bool | None, err: BaseException | None) -> None:
+            if done.done():
+                return
+            if err is not None:
+                done.set_exception(err)
+            else:
+                done.set_result(bool(ok))
+
+        def work() -> None:
+            try:
+                ok, err = self._send(message), None
+            except Exception as exc:
+                ok, err = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                loop.call_soon_threadsafe(settle, ok, err)
+
+        threading.Thread(target=work, name="clawpen-notify", daemon=True).start()
+        return await done
+
+    async def send(self, message: Message) -> None:
         try:
-            ok = await asyncio.wait_for(loop.run_in_executor(None, self._send, message), self.timeout)
+            ok = await asyncio.wait_for(self._in_thread(message), self.timeout)
         except TimeoutError:
             raise NotifyFailed(f"{self._name}: no answer within {self.timeout:g}s") from None
         if not ok:

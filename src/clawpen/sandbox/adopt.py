@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from clawpen.procfs import stat_fields
 from clawpen.sandbox.cgroups import Cgroup
 from clawpen.sandbox.tier import RunResult, result_from_status
 
@@ -21,24 +22,16 @@ EXIT_UNKNOWN = 255
 
 def pid_start_time(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return int(fields[19])
+    fields = stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def same_process(pid: int | None, start: int | None) -> bool:
     """Whether ``pid`` is still the process that started at ``start`` (and not a zombie)."""
     if not pid or start is None:
         return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[0] != b"Z" and int(fields[19]) == start
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != b"Z" and int(fields[19]) == start
 
 
 def exit_code_from_status(path: Path) -> int | None:
