@@ -68,8 +68,10 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 
 
 # ---------------------------------------------------------------- child processes
-def serve_origin(tls_port: int, bulk_port: int, cert: str, key: str, size: int) -> None:
-    """TLS: one tiny reply per connection. Bulk: ``size`` bytes then close."""
+def serve_origin(
+    tls_port: int, bulk_port: int, cert: str, key: str, size: int, host: str = "127.0.0.1"
+) -> None:
+    """TLS: one tiny reply per connection. Bulk: ``size`` bytes then close. Both on ``host``."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
 
@@ -90,7 +92,7 @@ def serve_origin(tls_port: int, bulk_port: int, cert: str, key: str, size: int) 
     def loop(port: int, handler: object) -> None:
         ls = socket.socket()
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("127.0.0.1", port))
+        ls.bind((host, port))
         ls.listen(512)
         while True:
             conn, _ = ls.accept()
@@ -149,9 +151,12 @@ def serve_gateway(proxy_port: int, dns_port: int, tls_port: int, bulk_port: int,
 
 
 # ---------------------------------------------------------------- client side
-def https_once(ctx: ssl.SSLContext, port: int, proxy: int | None, target: str) -> float:
+def https_once(
+    ctx: ssl.SSLContext, port: int, proxy: int | None, target: str, host: str = "127.0.0.1"
+) -> float:
+    """One small HTTPS GET with a new handshake to ``host`` (the proxy's or the origin's), in ms."""
     t0 = time.perf_counter()
-    s = socket.create_connection(("127.0.0.1", proxy or port))
+    s = socket.create_connection((host, proxy or port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if proxy:
         s.sendall(f"CONNECT {target}:{port} HTTP/1.1\r\nHost: {target}:{port}\r\n\r\n".encode())

@@ -133,6 +133,12 @@ def cmd_daemon(ns: argparse.Namespace) -> int:
     from clawpen.daemon.app import run_daemon
 
     apply_daemon_flags(ns.listen, ns.tls_cert, ns.tls_key, ns.insecure_bind)  # UsageError before anything
+    import io
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # daemon.log keeps every line, even after a SIGKILL
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     return run_daemon(state_dir())
 
 

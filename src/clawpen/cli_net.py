@@ -29,6 +29,9 @@ def add_commands(sub: Any) -> None:
     log.add_argument("-n", "--tail", type=int, default=50, metavar="N", help="last N rows (default 50)")
 
 
+_VERDICTS = {"allowed": "ALLOW", "denied": "DENY ", "budget": "SKIP "}  # budget: rows left out
+
+
 def _size(n: int) -> str:
     if n < 1024:
         return f"{n}B"
@@ -47,7 +50,10 @@ def render(row: dict[str, Any], safe: Callable[[str], str] = escape) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["at"]))
     who = row["bot"] if not row.get("replica") else f"{row['bot']}[{row['replica']}]"
     dest = f"{row['host']}:{row['port']}" if row["port"] else row["host"]
-    verdict = "ALLOW" if row["verdict"] == "allowed" else "DENY "
+    verdict = _VERDICTS.get(row["verdict"], "DENY ")
+    times = int(row.get("count") or 1)
+    if times > 1:  # denials folded into one row per second, or a budget marker
+        dest = f"{dest} x{times}"
     traffic = f"up {_size(row['up'])} down {_size(row['down'])} {row['duration']:.2f}s"
     return f"{when}  {who:<14} {row['kind']:<11} {verdict} {dest:<40} {traffic}  {row['reason']}"
 

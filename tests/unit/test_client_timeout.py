@@ -21,7 +21,7 @@ import pytest
 
 from clawpen.daemon import rpc
 from clawpen.daemon.client import DEFAULT_TIMEOUT, Client, DaemonNotAnswering, proc_state, timeout_from_env
-from clawpen.errors import UsageError
+from clawpen.errors import HostError, UsageError
 
 
 @pytest.fixture
@@ -262,3 +262,52 @@ def test_a_bad_clawpen_timeout_is_a_usage_error_on_the_command_line(home: Path) 
     assert result.returncode == 2, result.stderr
     assert "CLAWPEN_TIMEOUT" in result.stderr and "Traceback" not in result.stderr
     assert not (home / "clawpen.sock").exists()  # no daemon was started
+
+
+def _resetting_server(path: Path, answer_on: int) -> tuple[socket.socket, list[str], threading.Thread]:
+    """A socket that resets (closes with the request unread) every connection but ``answer_on``,
+    and answers that one with an empty list; the ops it saw are collected."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+    seen: list[str] = []
+
+    def serve() -> None:
+        for n in range(1, 3):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                time.sleep(0.1)  # the whole request has arrived
+                head = conn.recv(1 << 16, socket.MSG_PEEK)  # read, but left unread in the socket
+                seen.append(json.loads(head.split(b"\n")[0])["op"])
+                if n == answer_on:
+                    conn.recv(1 << 16)
+                    conn.sendall(b'{"ok": true, "result": []}\n')
+                # else: closed with the request unread -> the client's recv gets ECONNRESET
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, seen, thread
+
+
+def test_a_dropped_connection_is_asked_again_for_a_read_and_a_clear_error_for_a_change(home: Path) -> None:
+    server, seen, thread = _resetting_server(home / "clawpen.sock", answer_on=2)
+    try:
+        assert Client(home, timeout=2.0).call("ps", autostart=False) == []  # reset once, then answered
+    finally:
+        thread.join(3)
+        server.close()
+    assert seen == ["ps", "ps"]
+    (home / "clawpen.sock").unlink()
+    server, seen, thread = _resetting_server(home / "clawpen.sock", answer_on=0)
+    try:
+        with pytest.raises(HostError) as caught:  # a change is never sent twice
+            Client(home, timeout=2.0).call("stop", autostart=False, bots=["x"])
+    finally:
+        server.close()
+        thread.join(3)
+    assert seen == ["stop"]
+    assert "the daemon dropped the connection during `stop`" in caught.value.what
+    assert caught.value.hint and "daemon.log" in caught.value.hint

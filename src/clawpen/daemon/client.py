@@ -33,6 +33,8 @@ DEFAULT_TIMEOUT = 30.0  # seconds to connect, and between two messages of the da
 STALL_CHECK = 1.0  # how often a silent wait looks at the daemon's state
 MAX_HEARTBEAT = 5.0
 _RETRY = 0.05
+# Operations that change nothing: asked again once when the daemon drops the connection.
+READ_ONLY_OPS = frozenset({"ping", "ps", "status", "events", "releases", "secrets_ls", "token_ls"})
 # States in /proc/PID/stat of a process that cannot answer until someone acts.
 _DEAD_STATES = {"T": "stopped", "t": "stopped by a debugger", "Z": "zombie", "X": "dead"}
 _STATE_NAMES = {
@@ -163,7 +165,7 @@ class Client:
                 hint="run clawpen as root (sudo clawpen ...)",
             )
         try:
-            self.call("ping", autostart=False)
+            self._call("ping", {}, autostart=False)
             return
         except rpc.RemoteError:
             return  # it answered (perhaps refusing our token): it runs
@@ -184,7 +186,7 @@ class Client:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             try:
-                self.call("ping", autostart=False)
+                self._call("ping", {}, autostart=False)
                 if not quiet:
                     print(f"clawpen: started the daemon (log: {log})", file=sys.stderr)
                 return
@@ -277,12 +279,34 @@ class Client:
                     yield False, rpc.raise_for(reply)
                     return
 
-    def call(self, op: str, autostart: bool = True, **args: Any) -> Any:
-        """The daemon's reply to ``op`` (items it streams first are dropped)."""
+    def _call(self, op: str, args: dict[str, Any], autostart: bool) -> Any:
         for is_item, value in self._exchange(op, args, autostart):
             if not is_item:
                 return value
         raise HostError("the daemon closed the connection without a reply", where=f"daemon op {op}")
+
+    def call(self, op: str, autostart: bool = True, **args: Any) -> Any:
+        """The daemon's reply to ``op`` (items it streams first are dropped). A connection the
+        daemon drops (a reset: it died or restarts) is asked again once for an operation that
+        changes nothing, and is otherwise a clear error, never a traceback."""
+        try:
+            return self._call(op, args, autostart)
+        except (ConnectionResetError, BrokenPipeError) as err:
+            if op not in READ_ONLY_OPS:
+                raise self._dropped(op, err) from None
+        time.sleep(_RETRY)
+        try:
+            return self._call(op, args, autostart)
+        except (ConnectionResetError, BrokenPipeError) as err:
+            raise self._dropped(op, err) from None
+
+    def _dropped(self, op: str, err: OSError) -> HostError:
+        log = self.state / "daemon.log"
+        return HostError(
+            f"the daemon dropped the connection during `{op}` ({err.strerror or err})",
+            where=str(self.path),
+            hint=f"it may have stopped or restarted: run the command again, and read {log} if it goes on",
+        )
 
     def call_with_progress(self, op: str, on_item: Callable[[Any], None], **args: Any) -> Any:
         """Like :meth:`call`, handing each ``item`` the daemon sends before its reply to ``on_item``."""

@@ -5,6 +5,14 @@ connection costs the gateway a ``queue.put``. Rows older than the retention are 
 Per-bot counters (allowed, denied, bytes each way) live in memory for the metrics collector.
 Denials also go to ``on_denied`` (the daemon turns them into ``egress-denied`` events), at most
 one per bot per ``event_interval`` seconds; the next one says how many were folded into it.
+
+Budgets (:mod:`clawpen.net.connbudget`): denials are folded per (bot, name, reason) and second
+into one row with a ``count``; every bot has a row and byte budget per day (past it: one marker
+row a minute, counted); the database as a whole is held under ``max_bytes`` by deleting the
+oldest rows. Allowed connections stay one row each (under the bot's daily budget).
+
+Schema versions (``PRAGMA user_version``): 0/1 had no ``count`` column; 2 adds it (existing rows
+count 1). An older database is migrated forward when the log starts.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from clawpen.net.connbudget import MAX_DB_BYTES, Aggregator, DailyBudget
+
 RETENTION_DAYS = 7.0
 EVENT_INTERVAL = 10.0
 SWEEP_INTERVAL = 3600.0
 _BATCH = 1000
 BATCH_DELAY = 0.2  # seconds the writer lets rows gather before a transaction
+SIZE_CHECK_INTERVAL = 10.0  # seconds between checks of the database size
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conn (
@@ -37,14 +49,18 @@ CREATE TABLE IF NOT EXISTS conn (
     reason TEXT NOT NULL,
     up INTEGER NOT NULL,
     down INTEGER NOT NULL,
-    duration REAL NOT NULL
+    duration REAL NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS conn_bot_at ON conn (bot, at);
 CREATE INDEX IF NOT EXISTS conn_at ON conn (at);
 """
-_COLUMNS = ("at", "bot", "replica", "kind", "host", "port", "verdict", "reason", "up", "down", "duration")
+_COLUMNS = (
+    "at", "bot", "replica", "kind", "host", "port", "verdict", "reason", "up", "down", "duration", "count"
+)  # fmt: skip
 _INSERT = f"INSERT INTO conn ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
 _SELECT = f"SELECT id, {', '.join(_COLUMNS)} FROM conn"  # noqa: S608 - constant column names
+_SELECT_V1 = _SELECT.replace(", count FROM", ", 1 AS count FROM")  # a database not migrated yet
 
 
 class ConnRecord(NamedTuple):
@@ -61,6 +77,7 @@ class ConnRecord(NamedTuple):
     up: int = 0  # bytes from the bot
     down: int = 0  # bytes to the bot
     duration: float = 0.0
+    times: int = 1  # how many connections or queries this row stands for (column "count")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -68,7 +85,28 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(_SCHEMA)
+    migrate(db)
     return db
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a database of an older schema forward (in one transaction)."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version >= SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "count" not in _columns(db):
+            db.execute("ALTER TABLE conn ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _columns(db: sqlite3.Connection) -> set[str]:
+    return {str(r[1]) for r in db.execute("PRAGMA table_info(conn)")}
 
 
 class ConnLog:
@@ -82,8 +120,16 @@ class ConnLog:
         on_denied: Callable[[ConnRecord, int], None] | None = None,
         event_interval: float = EVENT_INTERVAL,
         clock: Callable[[], float] = time.time,
+        aggregator: Aggregator | None = None,
+        budget: DailyBudget | None = None,
+        max_bytes: int = MAX_DB_BYTES,
+        size_check_interval: float = SIZE_CHECK_INTERVAL,
     ) -> None:
         self.path = path
+        self.aggregator = aggregator if aggregator is not None else Aggregator()
+        self.budget = budget if budget is not None else DailyBudget()
+        self.max_bytes = max_bytes
+        self.size_check_interval = size_check_interval
         self.retention = retention_days * 86400.0
         self.on_denied = on_denied
         self.event_interval = event_interval
@@ -113,24 +159,47 @@ class ConnLog:
             self._thread = None
 
     def add(self, rec: ConnRecord) -> None:
+        """Count and log ``rec``: a denial is folded into its interval's row, an allowed
+        connection is a row of its own; both within the bot's daily budget."""
         with self._lock:
             s = self._stats.setdefault(rec.bot, {"allowed": 0, "denied": 0, "bytes_up": 0, "bytes_down": 0})
-            s[rec.verdict if rec.verdict in ("allowed", "denied") else "denied"] += 1
+            s[rec.verdict if rec.verdict in ("allowed", "denied") else "denied"] += rec.times
             s["bytes_up"] += rec.up
             s["bytes_down"] += rec.down
-            self._queued += 1
-            event = rec.verdict == "denied" and self.on_denied is not None and self._due(rec.bot)
+            event = rec.verdict == "denied" and self.on_denied is not None and self._due(rec.bot, rec.times)
             folded = self._folded.pop(rec.bot, 0) if event else 0
-        self._queue.put(rec)
+            now = self.clock()
+            # The intervals that are over go first, so rows stay in order.
+            rows = [r for r in self.aggregator.due(now) if self.budget.admit(r, now)]
+            if rec.verdict == "denied":
+                self.aggregator.add(rec, now)
+            elif self.budget.admit(rec, now):
+                rows.append(rec)
+            self._put_locked(rows + self.budget.markers(now))
         if event and self.on_denied is not None:
             self.on_denied(rec, folded)
 
-    def _due(self, bot: str) -> bool:
+    def _drain(self, force: bool = False) -> None:
+        """Queue the folded denials of intervals that are over, and due budget markers."""
+        with self._lock:
+            self._drain_locked(self.clock(), force)
+
+    def _drain_locked(self, now: float, force: bool) -> None:
+        rows = [r for r in self.aggregator.due(now, force) if self.budget.admit(r, now)]
+        self._put_locked(rows + self.budget.markers(now, force))
+
+    def _put_locked(self, rows: list[ConnRecord]) -> None:
+        self._queued += len(rows)
+        for r in rows:
+            self._queue.put(r)
+
+    def _due(self, bot: str, count: int = 1) -> bool:
         now = self.clock()
         if now - self._last_event.get(bot, float("-inf")) >= self.event_interval:
             self._last_event[bot] = now
+            self._folded[bot] = self._folded.get(bot, 0) + count - 1
             return True
-        self._folded[bot] = self._folded.get(bot, 0) + 1
+        self._folded[bot] = self._folded.get(bot, 0) + count
         return False
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -139,7 +208,9 @@ class ConnLog:
             return {bot: dict(s) for bot, s in self._stats.items()}
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything added so far is in the database (tests, ``net_log``)."""
+        """Wait until everything added so far is in the database (tests, ``net_log``); folded
+        denials of the current interval are written now."""
+        self._drain(force=True)
         with self._lock:
             target = self._queued
         self._stop_wait.set()
@@ -153,10 +224,14 @@ class ConnLog:
         return True
 
     def _run(self, db: sqlite3.Connection) -> None:
-        next_sweep = 0.0
+        next_sweep = next_size = 0.0
         try:
             while True:
-                first = self._queue.get()
+                try:
+                    first = self._queue.get(timeout=self.aggregator.interval)
+                except queue.Empty:
+                    self._drain()
+                    continue
                 if first is not None and self._queue.qsize() < _BATCH:
                     self._stop_wait.wait(BATCH_DELAY)  # gather: one transaction for many rows
                 self._stop_wait.clear()
@@ -175,6 +250,11 @@ class ConnLog:
                 with self._flushed:
                     self._written += len(rows)
                     self._flushed.notify_all()
+                self._drain()
+                if time.monotonic() >= next_size:
+                    next_size = time.monotonic() + self.size_check_interval
+                    with contextlib.suppress(sqlite3.Error):
+                        hold_size(db, self.max_bytes)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + SWEEP_INTERVAL
                     with contextlib.suppress(sqlite3.Error):
@@ -183,6 +263,24 @@ class ConnLog:
                     return
         finally:
             db.close()
+
+
+def hold_size(db: sqlite3.Connection, max_bytes: int) -> int:
+    """Delete the oldest rows while the database's pages in use exceed ``max_bytes`` (down to
+    three quarters of it, so this runs seldom); freed pages are reused. The rows deleted."""
+    page = int(db.execute("PRAGMA page_size").fetchone()[0])
+    used = page * (
+        int(db.execute("PRAGMA page_count").fetchone()[0])
+        - int(db.execute("PRAGMA freelist_count").fetchone()[0])
+    )
+    if used <= max_bytes:
+        return 0
+    low, high = db.execute("SELECT min(id), max(id) FROM conn").fetchone()
+    if low is None:
+        return 0
+    share = 1.0 - 0.75 * max_bytes / used  # the share of rows to go
+    cut = low + max(1, int((high - low + 1) * share))
+    return db.execute("DELETE FROM conn WHERE id < ?", (cut,)).rowcount
 
 
 def query(
@@ -210,9 +308,10 @@ def query(
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         db.row_factory = sqlite3.Row
+        select = _SELECT if "count" in _columns(db) else _SELECT_V1
         order = "ASC" if after_id else "DESC"
         # Only constant clauses are joined; every value is a parameter.
-        sql = f"{_SELECT} WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
+        sql = f"{select} WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT ?"
         rows = [dict(r) for r in db.execute(sql, [*params, limit])]
     finally:
         db.close()

@@ -5,17 +5,23 @@ For the asking bot (found by source address) a name its egress allows is looked 
 other name gets NXDOMAIN *without* any upstream query, so a bot cannot smuggle data out in
 query names. AAAA questions get an empty answer (bot links are IPv4). Each (bot, address) ->
 name answer is remembered for the transparent path; denials go to the connection log.
+
+Fairness (:mod:`clawpen.net.dnsfair`): the UDP read loop only reads, finds the sender and queues
+the datagram in that bot's bounded queue, or drops it (over the bot's rate, or queue full) and
+counts it; workers serve the bots' queues in turn. The drops of each bot are logged as one
+aggregated denial per report interval, never one row per datagram.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import socket
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import dns.exception
 import dns.flags
@@ -26,12 +32,17 @@ import dns.rrset
 
 from clawpen.net import egress
 from clawpen.net.connlog import ConnLog, ConnRecord
+from clawpen.net.dnsfair import TCP_PER_SOURCE, FairQueue
+from clawpen.net.dnsudp import UdpFront
 from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, LinkRegistry
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+UNKNOWN = "?"  # the one queue of every sender that is not a bot link
+_log = logging.getLogger(__name__)
+_Job = tuple[socket.socket, bytes, tuple[str, int]]
 
 
 class DnsServer:
@@ -49,6 +60,7 @@ class DnsServer:
         host: str = "0.0.0.0",  # noqa: S104 - inside the gateway namespace only
         port: int = DNS_PORT,
         workers: int = 8,
+        fair: FairQueue[_Job] | None = None,
     ) -> None:
         self.registry = registry
         self.resolver = resolver
@@ -59,72 +71,101 @@ class DnsServer:
         self.host = host
         self.port = port
         self.workers = workers
-        self._udp: socket.socket | None = None
+        self._udp: UdpFront | None = None
         self._tcp: socket.socket | None = None
-        self._pool: ThreadPoolExecutor | None = None  # UDP answers: bounded
+        self.fair: FairQueue[_Job] = fair if fair is not None else FairQueue()
+        self._tcp_lock = threading.Lock()
+        self._tcp_open: dict[str, int] = {}  # open DNS-over-TCP connections per source
         self._tcp_workers: Workers | None = None  # one thread per TCP connection (reused)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        udp = socket_in(self.netns_fd, socket.AF_INET, socket.SOCK_DGRAM)
+        udp = UdpFront(
+            self.registry,
+            self._offer,
+            self._report_drops,
+            netns_fd=self.netns_fd,
+            host=self.host,
+            port=self.port,
+        )
+        udp.start()
         tcp = socket_in(self.netns_fd, socket.AF_INET, socket.SOCK_STREAM)
         try:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            udp.bind((self.host, self.port))
             tcp.bind((self.host, self.port))
             tcp.listen(64)
         except OSError:
-            udp.close()
+            udp.stop()
+            udp.run()  # returns at once (stopped): closes its sockets
             tcp.close()
             raise
         self._udp, self._tcp = udp, tcp
         fd = self.upstream_netns_fd
         enter = (lambda: setns(fd)) if fd is not None else None
-        self._pool = ThreadPoolExecutor(self.workers, "clawpen-dns", initializer=enter)
         self._tcp_workers = Workers(enter, name="clawpen-dns-tcp")
-        for target in (self._udp_loop, self._tcp_loop):
+        for target in (udp.run, self._tcp_loop):
             t = threading.Thread(target=target, name="clawpen-dns-listen", daemon=True)
+            t.start()
+            self._threads.append(t)
+        for _ in range(self.workers):
+            t = threading.Thread(target=self._udp_worker, args=(enter,), name="clawpen-dns", daemon=True)
             t.start()
             self._threads.append(t)
 
     def stop(self) -> None:
-        for s in (self._udp, self._tcp):
-            if s is not None:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                with contextlib.suppress(OSError):
-                    s.close()
+        self.fair.close()
+        if self._udp is not None:
+            self._udp.stop()
+        if self._tcp is not None:
+            with contextlib.suppress(OSError):
+                self._tcp.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                self._tcp.close()
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
 
     # ------------------------------------------------------------ transports
-    def _udp_loop(self) -> None:
-        sock, pool = self._udp, self._pool
-        if sock is None or pool is None:
-            return
-        while True:
-            try:
-                data, addr = sock.recvfrom(4096)
-            except OSError:
-                return
-            if not data:  # shutdown wakes recvfrom with an empty read
-                if sock.fileno() < 0:
-                    return
-                continue
-            try:
-                pool.submit(self._answer_udp, sock, data, addr)
-            except RuntimeError:
-                return
+    def _offer(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        """From the read loop: queue the query in its sender's queue, or drop (and count) it."""
+        source = addr[0] if self.registry.by_source(addr[0]) is not None else UNKNOWN
+        self.fair.offer(source, (sock, data, addr))
 
-    def _answer_udp(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
-        reply = self.answer(data, addr[0])
-        if reply is not None:
-            with contextlib.suppress(OSError):
-                sock.sendto(reply, addr)
+    def _report_drops(self) -> None:
+        """One aggregated denial per bot for the queries dropped since the last report."""
+        dropped = self.fair.take_dropped()
+        for source, counts in dropped.items():
+            link = self.registry.by_source(source) if source != UNKNOWN else None
+            if link is None:
+                continue
+            for why, n in counts.items():
+                if n:
+                    reason = (
+                        "query rate limit exceeded (dropped, not forwarded)"
+                        if why == "rate"
+                        else "query queue full (dropped, not forwarded)"
+                    )
+                    self._deny(link.bot, link.replica, "(any name)", reason, count=n)
+        self.fair.forget_idle(lambda s: s == UNKNOWN or self.registry.by_source(s) is not None)
+
+    def _udp_worker(self, enter: Callable[[], None] | None) -> None:
+        if enter is not None:
+            enter()
+        fair = self.fair
+        while True:
+            job = fair.take()
+            if job is None:
+                return
+            source, (sock, data, addr) = job
+            try:
+                reply = self.answer(data, addr[0])
+                if reply is not None:
+                    with contextlib.suppress(OSError):
+                        sock.sendto(reply, addr)
+            except Exception:  # one bad query must not end a worker
+                _log.exception("DNS answer failed")
+            finally:
+                fair.done(source)
 
     def _tcp_loop(self) -> None:
         sock, workers = self._tcp, self._tcp_workers
@@ -135,9 +176,17 @@ class DnsServer:
                 conn, addr = sock.accept()
             except OSError:
                 return
-            workers.submit(functools.partial(self._serve_tcp, conn, addr[0]))
+            source = addr[0] if self.registry.by_source(addr[0]) is not None else UNKNOWN
+            with self._tcp_lock:
+                busy = self._tcp_open.get(source, 0)
+                if busy < TCP_PER_SOURCE:
+                    self._tcp_open[source] = busy + 1
+            if busy >= TCP_PER_SOURCE:
+                conn.close()  # this bot has its share of TCP connections open already
+                continue
+            workers.submit(functools.partial(self._serve_tcp, conn, addr[0], source))
 
-    def _serve_tcp(self, conn: socket.socket, source: str) -> None:
+    def _serve_tcp(self, conn: socket.socket, addr: str, source: str) -> None:
         conn.settimeout(10)
         try:
             while True:
@@ -147,7 +196,8 @@ class DnsServer:
                 data = _recv_exact(conn, struct.unpack("!H", head)[0])
                 if data is None:
                     return
-                reply = self.answer(data, source, max_size=65535)
+                ok = self.fair.allow(source)
+                reply = self.answer(data, addr, max_size=65535) if ok else _refused(data)
                 if reply is None:
                     return
                 conn.sendall(struct.pack("!H", len(reply)) + reply)
@@ -155,6 +205,12 @@ class DnsServer:
             return
         finally:
             conn.close()
+            with self._tcp_lock:
+                left = self._tcp_open.get(source, 1) - 1
+                if left > 0:
+                    self._tcp_open[source] = left
+                else:
+                    self._tcp_open.pop(source, None)
 
     # ------------------------------------------------------------ policy
     def answer(self, data: bytes, source: str, max_size: int = 1232) -> bytes | None:
@@ -213,9 +269,21 @@ class DnsServer:
         reply.set_rcode(dns.rcode.Rcode.make(upstream.rcode))
         return reply.to_wire(max_size=max_size)
 
-    def _deny(self, bot: str, replica: int, name: str, reason: str) -> None:
+    def _deny(self, bot: str, replica: int, name: str, reason: str, count: int = 1) -> None:
         if self.log is not None:
-            self.log.add(ConnRecord(time.time(), bot, replica, "dns", name, self.port, "denied", reason))
+            rec = ConnRecord(time.time(), bot, replica, "dns", name, self.port, "denied", reason, times=count)
+            self.log.add(rec)
+
+
+def _refused(data: bytes) -> bytes | None:
+    """REFUSED for query ``data`` without asking anyone (over the bot's rate)."""
+    try:
+        query = dns.message.from_wire(data)
+    except dns.exception.DNSException:
+        return None
+    reply = dns.message.make_response(query)
+    reply.set_rcode(dns.rcode.REFUSED)
+    return reply.to_wire(max_size=65535)
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes | None:

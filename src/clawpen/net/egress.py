@@ -11,7 +11,10 @@ Rule syntax (``network.egress`` in ``clawpen.toml``)::
 
 Whatever the rules say, the address a connection finally goes to must be public: loopback,
 private, CGNAT, link-local, metadata, multicast, unspecified and reserved addresses are refused
-unless they fall inside the bot's ``allow_private`` networks (:func:`address_problem`).
+unless they fall inside the bot's ``allow_private`` networks (:func:`address_problem`), and so
+are IPv4-mapped, -compatible, NAT64, 6to4 and Teredo addresses that carry such an IPv4 address.
+Every address of the host itself (:mod:`clawpen.net.hostaddr`) is refused too, in every mode,
+unless ``allow_private`` lists it on its own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import NamedTuple
 
 from clawpen.spec.rules import RuleViolation
@@ -59,6 +62,10 @@ _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _ULA = ipaddress.ip_network("fc00::/7")
 _RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+# Always the host's own, whatever its interfaces say: the unspecified addresses and loopback.
+_HOST_RANGES = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/32", "127.0.0.0/8", "::/128", "::1/128"))
 
 
 class Rule(NamedTuple):
@@ -193,12 +200,86 @@ def unwrap(addr: IPAddress) -> IPAddress:
     return addr
 
 
-def address_problem(addr: IPAddress | str, allow_private: Sequence[IPNetwork] = ()) -> str | None:
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[tuple[str, ipaddress.IPv4Address], ...]:
+    """The IPv4 addresses a NAT64 (``64:ff9b::/96``), 6to4 (``2002::/16``) or Teredo
+    (``2001::/32``: server and client) address carries, each with what it is; () for others.
+    (IPv4-mapped and -compatible addresses are unwrapped by :func:`unwrap` instead.)"""
+    if ip in _NAT64:
+        return (("NAT64 (64:ff9b::/96)", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)),)
+    if ip.sixtofour is not None:
+        return (("6to4 (2002::/16)", ip.sixtofour),)
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        return (("Teredo (2001::/32) server", server), ("Teredo (2001::/32) client", client))
+    return ()
+
+
+HostSource = Collection[IPAddress] | Callable[[], Collection[IPAddress]]
+
+
+def address_problem(
+    addr: IPAddress | str, allow_private: Sequence[IPNetwork] = (), host: HostSource | None = None
+) -> str | None:
     """Why a connection to ``addr`` is refused, or None if it is a public address (or lies in
-    one of ``allow_private``)."""
-    ip = unwrap(ipaddress.ip_address(addr) if isinstance(addr, str) else addr)
-    if any(ip in net for net in allow_private if net.version == ip.version):
+    one of ``allow_private``).
+
+    ``host`` is the set of the host's own addresses (or a callable returning it, e.g. a
+    :class:`clawpen.net.hostaddr.HostAddresses`); None asks :func:`clawpen.net.hostaddr.current`
+    (the calling thread's namespace). A host address, the unspecified addresses and the loopback
+    ranges pass only when ``allow_private`` lists them on their own (a network made of nothing
+    but host addresses, e.g. ``203.0.113.5/32`` or ``127.0.0.0/8``): a wide entry such as
+    ``10.0.0.0/8`` opens the network, not the host in it. IPv4-mapped, -compatible, NAT64,
+    6to4 and Teredo addresses are refused when an IPv4 address they carry would be."""
+    ip = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
+    if host is None:
+        from clawpen.net import hostaddr
+
+        own: Collection[IPAddress] = hostaddr.current()
+    else:
+        own = host() if callable(host) else host
+    return _problem(ip, allow_private, own)
+
+
+def _problem(addr: IPAddress, allow: Sequence[IPNetwork], own: Collection[IPAddress]) -> str | None:
+    ip = unwrap(addr)
+    if _is_own(ip, own):
+        if any(ip in net and _only_own(net, own) for net in allow if net.version == ip.version):
+            return None
+        return _class_problem(ip) or f"{ip} is an address of this host"
+    inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else ()
+    for what, v4 in inner:  # the host behind an embedded address is refused even when allowed
+        if _is_own(v4, own) and _problem(v4, allow, own) is not None:
+            return f"{ip} is a {what} address that carries {v4}, an address of this host"
+    if _covered(ip, allow):
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64_LOCAL:
+        return f"{ip} is a local-use NAT64 (64:ff9b:1::/48) address, whose IPv4 part cannot be told"
+    if inner:
+        for what, v4 in inner:
+            problem = _problem(v4, allow, own)
+            if problem is not None:
+                return f"{ip} is a {what} address that carries {v4}: {problem}"
+        return None
+    return _class_problem(ip)
+
+
+def _covered(ip: IPAddress, allow: Sequence[IPNetwork]) -> bool:
+    return any(ip in net for net in allow if net.version == ip.version)
+
+
+def _is_own(ip: IPAddress, own: Collection[IPAddress]) -> bool:
+    return ip in own or any(ip in net for net in _HOST_RANGES if net.version == ip.version)
+
+
+def _only_own(net: IPNetwork, own: Collection[IPAddress]) -> bool:
+    """True if ``net`` holds nothing but host addresses (it names the host on purpose)."""
+    if net.num_addresses == 1:
+        return True  # its one address is the host's: the caller checked it is in ``net``
+    return any(net.subnet_of(r) for r in _HOST_RANGES if r.version == net.version)  # type: ignore[arg-type]
+
+
+def _class_problem(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public address by its class, or None."""
     if ip in METADATA:
         return f"{ip} is a cloud metadata address"
     if ip.is_loopback:

@@ -1,9 +1,11 @@
 """The egress gateway: explicit proxy and transparent interception for every bot link.
 
 Listening sockets live in the gateway network namespace (``0.0.0.0:PROXY_PORT`` and
-``0.0.0.0:TRANSPARENT_PORT``, plus DNS); each accepted connection gets a thread that joins the
-*upstream* namespace (the daemon's own by default) before it opens anything, so upstream sockets
-and DNS queries are made there. Per connection:
+``0.0.0.0:TRANSPARENT_PORT``, plus DNS). One thread accepts on both and reads every
+connection's first bytes without blocking (:mod:`clawpen.net.heads`, with per-bot quotas from
+:mod:`clawpen.net.fair`), so a slow bot holds no thread before the verdict; a connection whose
+head is complete goes to a worker thread that has joined the *upstream* namespace (the daemon's
+own by default), so upstream sockets and DNS queries are made there. Per connection:
 
 1. who: the bot link behind the source address (``registry.by_source``), else close;
 2. where: CONNECT target / absolute URL (proxy), or the original destination and then TLS SNI
@@ -22,27 +24,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import select
 import socket
 import struct
-import threading
 import time
-from typing import Any
 
 from clawpen.net import egress, sniff
 from clawpen.net.connlog import ConnLog, ConnRecord
 from clawpen.net.dns import DnsServer
+from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
+from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
 from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 
 SO_ORIGINAL_DST = 80
-HEAD_TIMEOUT = 30.0  # for the bot's first bytes (request head / ClientHello)
+HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (in a worker thread)
 CONNECT_TIMEOUT = 10.0
-MAX_CONNECTIONS = 1024  # open connections per bot instance (each holds a thread)
-LEADERS = 4  # threads waiting in accept() per listener
-FIRST_BYTES_WAIT = 0.05  # a bot slower than this to send its first bytes frees its accept place
+__all__ = ["MAX_CONNECTIONS", "Denied", "Gateway", "original_dst"]
 
 
 class Denied(Exception):
@@ -65,6 +64,9 @@ class Gateway:
         transparent_port: int = TRANSPARENT_PORT,
         dns_port: int | None = DNS_PORT,
         head_timeout: float = HEAD_TIMEOUT,
+        first_byte: float = FIRST_BYTE,
+        head_deadline: float = HEAD_DEADLINE,
+        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.log = log
@@ -91,10 +93,17 @@ class Gateway:
             else None
         )
         self._listeners: list[socket.socket] = []
-        self._serving: list[tuple[socket.socket, Any]] = []
-        self._tl = threading.local()
-        self._count_lock = threading.Lock()
-        self._active: dict[tuple[str, int], int] = {}  # open connections per bot instance
+        self.fair = Fairness(limits)
+        self.heads = HeadStage(
+            registry,
+            self.fair,
+            plan=self._plan,
+            ready=self._ready,
+            failed=self._head_failed,
+            refused=self._refused,
+            first_byte=first_byte,
+            deadline=head_deadline,
+        )
         self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
         fd = upstream_netns_fd
         # Connection threads live in the upstream namespace, so what they open is made there.
@@ -103,105 +112,95 @@ class Gateway:
     # ------------------------------------------------------------ life cycle
     def start(self) -> None:
         try:
-            for port, serve in (
-                (self.proxy_port, self._serve_proxy),
-                (self.transparent_port, self._serve_transparent),
-            ):
+            for port, kind in ((self.proxy_port, "proxy"), (self.transparent_port, "transparent")):
                 sock = socket_in(self.netns_fd, socket.AF_INET, socket.SOCK_STREAM)
                 self._listeners.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((self.host, port))
-                sock.listen(1024)
-                self.ports[serve.__name__.removeprefix("_serve_")] = sock.getsockname()[1]
-                self._serving.append((sock, serve))
+                sock.listen(4096)
+                self.ports[kind] = sock.getsockname()[1]
+                self.heads.add_listener(sock, kind)
             if self.dns is not None:
                 self.dns.start()
+            self.heads.start()
         except BaseException:
             self.stop()
             raise
-        for sock, serve in self._serving:
-            for _ in range(LEADERS):
-                self.workers.submit(functools.partial(self._accept, sock, serve))
 
     def stop(self) -> None:
+        self.heads.stop()  # closes the unfinished heads
         for sock in self._listeners:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
             close_quietly(sock)
-        self._listeners.clear()  # the leader in accept() wakes up with an error and ends
-        self._serving.clear()
+        self._listeners.clear()
         if self.dns is not None:
             self.dns.stop()
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector)."""
-        return self.log.stats()
+        """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector), and the
+        fairness counters (refused_rate, refused_busy, refused_heads, head_timeouts)."""
+        out = self.log.stats()
+        for bot, counts in self.fair.counts().items():
+            out.setdefault(bot, {}).update(counts)
+        return out
 
-    def _accept(self, sock: socket.socket, serve: Any) -> None:
-        """Leader/follower: a few threads wait in ``accept()``; the one that gets a connection
-        serves it in place (no thread hop before the first byte) and hands its place to another
-        worker once the connection's first round trip is done (:meth:`_promote`), or at once
-        if the bot is slow to send its first bytes, so slow clients never hold up accepting."""
+    # ------------------------------------------------------------ head stage callbacks
+    def _plan(self, head: Head) -> bool:
+        """In the head stage: does this connection need its first bytes parsed?"""
+        if head.kind == "proxy":
+            head.parse = sniff.http_request
+            return True
+        head.dst = dst_ip, dst_port = original_dst(head.sock)
+        link = head.link
+        if dst_port in (self.proxy_port, self.transparent_port) and dst_ip == link.gw_addr:
+            return False  # denied by the worker
+        if egress.policy_for(link.egress).match(dst_ip, dst_port) is not None:
+            return False
+        if dst_port == 443:
+            head.parse, head.missing = sniff.sni_of, "no TLS SNI (raw IP connection)"
+        elif dst_port == 80:
+            head.parse, head.missing = sniff.host_of, "no HTTP Host header"
+        return head.parse is not None
+
+    def _ready(self, head: Head) -> None:
+        head.sock.setblocking(True)
+        self.workers.submit(functools.partial(self._serve, head))
+
+    def _serve(self, head: Head) -> None:
+        conn, link = head.sock, head.link
         try:
-            conn, addr = sock.accept()
-        except OSError:
-            return
-        self._tl.promote = functools.partial(
-            self.workers.submit, functools.partial(self._accept, sock, serve)
-        )
-        try:
-            self._handle(serve, conn, addr[0])
-        finally:
-            self._promote()
-
-    def _promote(self) -> None:
-        """Put a new leader in this thread's place (once per connection)."""
-        fn = getattr(self._tl, "promote", None)
-        if fn is not None:
-            self._tl.promote = None
-            fn()
-
-    def _wait_first_bytes(self, conn: socket.socket) -> None:
-        poller = select.poll()  # not select(): the daemon may hold descriptors above 1024
-        poller.register(conn, select.POLLIN)
-        if not poller.poll(int(FIRST_BYTES_WAIT * 1000)):
-            self._promote()
-
-    def _handle(self, serve: Any, conn: socket.socket, source: str) -> None:
-        try:
-            link = self.registry.by_source(source)
-            if link is None:
-                reset(conn)
-                return
-            key = (link.bot, link.replica)
-            with self._count_lock:
-                busy = self._active.get(key, 0) >= MAX_CONNECTIONS
-                if not busy:
-                    self._active[key] = self._active.get(key, 0) + 1
-            if busy:
-                self._record(
-                    link,
-                    "error",
-                    "-",
-                    0,
-                    "denied",
-                    f"more than {MAX_CONNECTIONS} open connections",
-                    time.time(),
-                )
-                reset(conn)
-                return
             tune(conn)
-            try:
-                serve(conn, link)
-            except Exception as err:  # a broken connection must not take the gateway down
-                self._record(link, "error", "-", 0, "denied", f"gateway error: {err!r}"[:300], time.time())
-            finally:
-                with self._count_lock:
-                    self._active[key] -= 1
-        except Exception:  # noqa: S110 - by_source failed: nothing to log it under
-            pass
+            if head.kind == "proxy":
+                self._serve_proxy(conn, link, head)
+            else:
+                self._serve_transparent(conn, link, head)
+        except Exception as err:  # a broken connection must not take the gateway down
+            self._record(link, "error", "-", 0, "denied", f"gateway error: {err!r}"[:300], head.t0)
         finally:
+            self.fair.conn_done(head.key)
             close_quietly(conn)
+
+    def _head_failed(self, head: Head, why: str, detail: str) -> None:
+        """In the head stage: the head did not come (closed, bad, late); answer and log."""
+        link, conn = head.link, head.sock
+        if head.kind == "proxy":
+            if why == "timeout":
+                self._record(link, "proxy", "-", 0, "denied", f"request head: {detail}", head.t0)
+                _respond(conn, 408, "clawpen gateway: the request head did not come in time")
+            elif why == "bad":
+                _respond(conn, 400, "clawpen gateway: not an HTTP proxy request")
+            return
+        host, port = head.dst or ("-", 0)
+        self._record(link, "transparent", host, port, "denied", f"{head.missing}: {detail}", head.t0)
+        reset(conn)
+
+    def _refused(self, head: Head, why: str) -> None:
+        """In the head stage: over a per-bot limit; refused at once (429 on the proxy port)."""
+        self._record(head.link, "error", "-", 0, "denied", why, head.t0)
+        if head.kind == "proxy":
+            _respond(head.sock, 429, f"clawpen gateway: {why}")
+            close_quietly(head.sock)
+        else:
+            reset(head.sock)
 
     # ------------------------------------------------------------ checks
     def _check(self, link: BotLink, host: str, port: int) -> tuple[str, list[str]]:
@@ -266,26 +265,9 @@ class Gateway:
         )
 
     # ------------------------------------------------------------ explicit proxy
-    def _serve_proxy(self, conn: socket.socket, link: BotLink) -> None:
-        t0 = time.time()
-        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
-        self._wait_first_bytes(conn)
-        data = b""
-        req: sniff.Request | None = None
-        try:
-            while req is None:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-                got = sniff.http_request(data)
-                if got is not sniff.MORE:
-                    req = got
-        except (sniff.BadRequest, OSError):
-            _respond(conn, 400, "clawpen gateway: not an HTTP proxy request")
-            return
-        if req is None:
-            return
+    def _serve_proxy(self, conn: socket.socket, link: BotLink, head: Head) -> None:
+        t0, data, req = head.t0, head.data, head.result
+        assert isinstance(req, sniff.Request)
         if req.method == "CONNECT":
             self._proxy_connect(conn, link, req, data[req.size :], t0)
         else:
@@ -313,7 +295,6 @@ class Gateway:
             return
         try:
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self._promote()  # while the bot answers the 200 (its ClientHello)
 
             def gate() -> bytes:
                 return self._hello_gate(conn, rest, name, port)
@@ -391,28 +372,25 @@ class Gateway:
         lines.append("Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
-            self._promote()
             counts = relay(conn, up, a_prefix=head + rest, spawn=self.workers.submit)
         finally:
             close_quietly(up)
         self._record(link, "proxy", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
 
     # ------------------------------------------------------------ transparent
-    def _serve_transparent(self, conn: socket.socket, link: BotLink) -> None:
-        t0 = time.time()
-        dst_ip, dst_port = original_dst(conn)
+    def _serve_transparent(self, conn: socket.socket, link: BotLink, head: Head) -> None:
+        t0, data = head.t0, head.data
+        dst_ip, dst_port = head.dst or original_dst(conn)
         host = dst_ip
-        data = b""
         try:
             policy = egress.policy_for(link.egress)
             if dst_port in (self.proxy_port, self.transparent_port) and dst_ip == link.gw_addr:
                 raise Denied("connection to the gateway's own port")
             if policy.match(dst_ip, dst_port) is None:
-                if dst_port == 443:
-                    data, host = self._sniff(conn, sniff.sni_of, "no TLS SNI (raw IP connection)")
-                elif dst_port == 80:
-                    data, host = self._sniff(conn, sniff.host_of, "no HTTP Host header")
+                if head.parse is not None:  # 443 / 80: the head stage read the SNI / Host
+                    if not head.result:
+                        raise Denied(head.missing)
+                    host = str(head.result)
                 else:
                     known = self.names.get(link.bot_addr, dst_ip)
                     if known is None and not policy.open:
@@ -435,8 +413,6 @@ class Gateway:
             reset(conn)
             return
         try:
-            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
-            self._promote()
             counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit)
         finally:
             close_quietly(up)
@@ -444,28 +420,6 @@ class Gateway:
         self._record(
             link, "transparent", name, dst_port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a
         )
-
-    def _sniff(self, conn: socket.socket, parse: Any, missing: str) -> tuple[bytes, str]:
-        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout)
-        self._wait_first_bytes(conn)
-        data = b""
-        while True:
-            try:
-                chunk = conn.recv(65536)
-            except OSError:
-                raise Denied(f"{missing}: nothing sent in time") from None
-            if not chunk:
-                raise Denied(f"{missing}: closed")
-            data += chunk
-            try:
-                host = parse(data)
-            except (sniff.NotTLS, sniff.BadRequest, ValueError) as err:
-                raise Denied(f"{missing}: {err}") from None
-            if host is sniff.MORE:
-                continue
-            if not host:
-                raise Denied(missing)
-            return data, str(host)
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -490,7 +444,13 @@ def _safe_normal(host: str) -> str:
 
 
 def _respond(conn: socket.socket, status: int, text: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}.get(status, "Error")
+    reason = {
+        400: "Bad Request",
+        403: "Forbidden",
+        408: "Request Timeout",
+        429: "Too Many Requests",
+        502: "Bad Gateway",
+    }.get(status, "Error")
     body = (text.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"

@@ -1,0 +1,281 @@
+"""The gateway's head stage: one thread accepts and reads request heads without blocking.
+
+No thread is held by a slow client before the verdict. One thread runs an epoll loop
+(:class:`selectors.DefaultSelector`) over the gateway's listening sockets and every connection
+whose first bytes are not complete yet:
+
+1. accept (a batch per wake-up and listener; an ``accept()`` error never ends the loop, and on
+   ``EMFILE``/``ENFILE`` the listeners rest for :data:`ACCEPT_BACKOFF` seconds);
+2. who: ``registry.by_source`` (unknown source: reset); admission by
+   :class:`clawpen.net.fair.Fairness` (rate, open connections, unfinished heads per bot);
+3. ``plan(head)`` (the gateway) says whether this connection needs its first bytes parsed
+   (explicit proxy: the request head; transparent 443/80: ClientHello / HTTP head) and sets the
+   parser; if not, the connection goes on at once;
+4. read without blocking into the head's buffer and ask the parser (:mod:`clawpen.net.sniff`)
+   after each read, with two deadlines: the first byte within :data:`FIRST_BYTE` seconds, the
+   complete head within :data:`HEAD_DEADLINE` seconds of the accept;
+5. complete: ``ready(head)`` (the gateway hands it to a worker thread for the check, the
+   upstream connection and the relay). Closed, unparsable or late: ``failed(head, why, detail)``
+   (``why`` is ``"closed"``, ``"bad"`` or ``"timeout"``), and the gateway answers and closes.
+
+The caller owns a connection after ``ready``, ``refused`` or ``failed``; the stage does the
+fairness accounting up to that point (after ``ready`` the caller calls ``conn_done``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from clawpen.net import sniff
+from clawpen.net.fair import Fairness, Key
+from clawpen.net.relay import close_quietly, reset
+from clawpen.net.types import BotLink, LinkRegistry
+
+FIRST_BYTE = 5.0  # seconds from accept to the bot's first byte
+HEAD_DEADLINE = 10.0  # seconds from accept to a complete request head / ClientHello
+ACCEPT_BATCH = 64  # connections accepted per listener per wake-up (others get their turn)
+ACCEPT_BACKOFF = 0.1  # listeners rest this long when the process is out of descriptors
+RECV_SIZE = 65536
+MAX_READS = 256  # reads per head (real clients need a few): bounds the parsing work per head
+_OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class Head:
+    """One connection in the head stage (and, after ``ready``, what was read of it)."""
+
+    __slots__ = (
+        "data",
+        "deadline",
+        "dst",
+        "key",
+        "kind",
+        "link",
+        "live",
+        "missing",
+        "parse",
+        "reads",
+        "result",
+        "sock",
+        "start",
+        "t0",
+    )
+
+    def __init__(self, sock: socket.socket, kind: str, link: BotLink) -> None:
+        self.sock = sock
+        self.kind = kind  # the listener's name: "proxy" or "transparent"
+        self.link = link
+        self.key: Key = (link.bot, link.replica)
+        self.t0 = time.time()
+        self.start = time.monotonic()
+        self.deadline = self.start + FIRST_BYTE
+        self.data = b""
+        self.parse: Callable[[bytes], Any] | None = None  # returns sniff.MORE until complete
+        self.missing = ""  # what the head should have had (for denial reasons)
+        self.dst: tuple[str, int] | None = None  # transparent: the original destination
+        self.result: Any = None  # the parser's answer once complete
+        self.reads = 0
+        self.live = True
+
+
+class HeadStage:
+    """The accept + head-reading thread of the gateway (see the module text)."""
+
+    def __init__(
+        self,
+        registry: LinkRegistry,
+        fair: Fairness,
+        *,
+        plan: Callable[[Head], bool],
+        ready: Callable[[Head], None],
+        failed: Callable[[Head, str, str], None],
+        refused: Callable[[Head, str], None],
+        first_byte: float = FIRST_BYTE,
+        deadline: float = HEAD_DEADLINE,
+    ) -> None:
+        self.registry = registry
+        self.fair = fair
+        self.plan, self.ready, self.failed, self.refused = plan, ready, failed, refused
+        self.first_byte = first_byte
+        self.deadline = deadline
+        self._listeners: dict[socket.socket, str] = {}
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._heap: list[tuple[float, int, Head]] = []
+        self._seq = itertools.count()
+        self._paused_until = 0.0
+        self.accept_errors = 0
+
+    def add_listener(self, sock: socket.socket, kind: str) -> None:
+        sock.setblocking(False)
+        self._listeners[sock] = kind
+
+    def start(self) -> None:
+        self._wake_r.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        for sock in self._listeners:
+            self._sel.register(sock, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="clawpen-gw-heads", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the loop and close every unfinished head (the listeners stay the caller's)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        else:
+            self._close()
+
+    # ------------------------------------------------------------ loop
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                self._expire(now)
+                if self._paused_until and now >= self._paused_until:
+                    self._paused_until = 0.0
+                    for sock in self._listeners:
+                        self._sel.register(sock, selectors.EVENT_READ, None)
+                wait = 1.0
+                if self._heap:
+                    wait = min(wait, self._heap[0][0] - now)
+                if self._paused_until:
+                    wait = min(wait, self._paused_until - now)
+                for sel_key, _ in self._sel.select(max(0.0, wait)):
+                    obj = sel_key.fileobj
+                    if sel_key.data is not None:
+                        self._read(sel_key.data)
+                    elif obj is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    elif isinstance(obj, socket.socket) and obj in self._listeners and not self._paused_until:
+                        self._accept(obj, self._listeners[obj])
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for _, _, head in self._heap:
+            if head.live:
+                head.live = False
+                self.fair.head_done(head.key)
+                self.fair.conn_done(head.key)
+                reset(head.sock)
+        self._heap.clear()
+        with contextlib.suppress(Exception):
+            self._sel.close()
+        close_quietly(self._wake_r, self._wake_w)
+
+    def _accept(self, listener: socket.socket, kind: str) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:  # ECONNABORTED, EPROTO, EMFILE...: the loop goes on
+                self.accept_errors += 1
+                if err.errno in _OUT_OF_FDS:
+                    self._pause()
+                return
+            try:
+                self._admit(conn, kind, addr[0])
+            except Exception:  # a broken connection must never end the loop
+                reset(conn)
+
+    def _pause(self) -> None:
+        self._paused_until = time.monotonic() + ACCEPT_BACKOFF
+        for sock in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(sock)
+
+    def _admit(self, conn: socket.socket, kind: str, source: str) -> None:
+        conn.setblocking(False)
+        link = self.registry.by_source(source)
+        if link is None:
+            reset(conn)
+            return
+        head = Head(conn, kind, link)
+        head.deadline = head.start + self.first_byte
+        why = self.fair.admit(head.key)
+        if why is not None:
+            self.refused(head, why)
+            return
+        try:
+            need = self.plan(head)
+        except Exception:
+            self.fair.conn_done(head.key)
+            reset(conn)
+            return
+        if not need:
+            self.ready(head)
+            return
+        why = self.fair.take_head(head.key)
+        if why is not None:
+            self.fair.conn_done(head.key)
+            self.refused(head, why)
+            return
+        self._sel.register(conn, selectors.EVENT_READ, head)
+        heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
+
+    def _read(self, head: Head) -> None:
+        try:
+            chunk = head.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._end(head, "closed", "closed")
+            return
+        if not head.data:
+            head.deadline = head.start + self.deadline
+            heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
+        head.data += chunk
+        head.reads += 1
+        if head.reads > MAX_READS:
+            self._end(head, "bad", f"head sent in more than {MAX_READS} pieces")
+            return
+        assert head.parse is not None
+        try:
+            got = head.parse(head.data)
+        except (sniff.NotTLS, sniff.BadRequest, ValueError) as err:
+            self._end(head, "bad", str(err))
+            return
+        if got is sniff.MORE:
+            return
+        head.result = got
+        self._leave(head)
+        self.ready(head)
+
+    def _leave(self, head: Head, *, timed_out: bool = False) -> None:
+        head.live = False
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(head.sock)
+        self.fair.head_done(head.key, timed_out=timed_out)
+
+    def _end(self, head: Head, why: str, detail: str) -> None:
+        self._leave(head, timed_out=why == "timeout")
+        self.fair.conn_done(head.key)
+        try:
+            self.failed(head, why, detail)
+        finally:
+            close_quietly(head.sock)
+
+    def _expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and (heap[0][0] <= now or not heap[0][2].live):
+            deadline, _, head = heapq.heappop(heap)
+            if head.live and head.deadline == deadline:
+                self._end(head, "timeout", "nothing sent in time" if not head.data else "incomplete")
