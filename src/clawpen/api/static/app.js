@@ -12,6 +12,11 @@ const ago = (ts) => {
   for (const [u, n] of [["d", 86400], ["h", 3600], ["m", 60]]) if (s >= n) return `${Math.floor(s / n)}${u}`;
   return `${s}s`;
 };
+// Set an element's HTML if it is still on the page: an answer may arrive after the user moved on.
+function setHTML(id, html) {
+  const el = document.getElementById(id);
+  if (el) el.innerHTML = html;
+}
 const when = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : "-");
 const pill = (state) => `<span class="pill s-${esc(state)}">${esc(state)}</span>`;
 const fail = (e) => `<p class="error">${esc(e.message)}${e.hint ? ` <span class="muted">(${esc(e.hint)})</span>` : ""}</p>`;
@@ -72,7 +77,9 @@ async function overview(scope) {
   const sparks = {};
   let withMetrics = true;
   const drawBots = (rows) => {
-    document.querySelector("#bots tbody").innerHTML = rows.map((r) => {
+    const body = document.querySelector("#bots tbody");
+    if (!body) return; // the page was left while the answer was on its way
+    body.innerHTML = rows.map((r) => {
       const label = r.replica ? `${r.bot}[${r.replica}]` : r.bot;
       const m = sparks[r.bot] || {};
       return `<tr data-bot="${esc(label)}"><td><a href="#/bot/${encodeURIComponent(r.bot)}">${esc(label)}</a></td>
@@ -148,15 +155,15 @@ async function botPage(scope, name) {
     try {
       const s = await get(`/bots/${q}`);
       const inst = s.instances[0] || {};
-      document.getElementById("state").innerHTML = pill(inst.state || "stopped");
+      setHTML("state", pill(inst.state || "stopped"));
       const restarts = s.instances.reduce((n, i) => n + (i.restarts || 0), 0);
-      document.getElementById("facts").innerHTML = `
+      setHTML("facts", `
         <dt>Desired</dt><dd>${esc(s.desired)}</dd><dt>Replicas</dt><dd>${s.instances.length}</dd>
         <dt>PID</dt><dd>${esc(inst.pid ?? "-")}</dd><dt>Uptime</dt><dd>${inst.pid ? ago(inst.started_at) : "-"}</dd>
         <dt>Restarts</dt><dd id="restarts">${restarts}</dd><dt>Health</dt><dd>${esc(inst.health ?? "-")}</dd>
         <dt>Last exit</dt><dd>${inst.last_exit == null ? "-" : `${esc(inst.last_exit)} (${esc(inst.last_reason)})`}</dd>
-        <dt>Release</dt><dd>${esc(s.release ?? "-")}</dd><dt>Command</dt><dd><code>${esc((s.spec.command || []).join(" "))}</code></dd>`;
-    } catch (e) { document.getElementById("facts").innerHTML = fail(e); }
+        <dt>Release</dt><dd>${esc(s.release ?? "-")}</dd><dt>Command</dt><dd><code>${esc((s.spec.command || []).join(" "))}</code></dd>`);
+    } catch (e) { setHTML("facts", fail(e)); }
   };
   scope.every(3000, refresh);
 
@@ -255,12 +262,12 @@ async function alertsPage(scope) {
     if (data.error) { el.innerHTML = fail(data.error); return; }
     const active = data.alerts || [];
     el.innerHTML = active.length ? table(active, true) : `<p class="muted">no alert is pending or firing</p>`;
-    document.getElementById("resolved").innerHTML = (data.resolved || []).length ? table(data.resolved, false) : "none";
+    setHTML("resolved", (data.resolved || []).length ? table(data.resolved, false) : "none");
     const silences = Object.entries(data.silences || {});
-    document.getElementById("silences").innerHTML = silences.map(([rule, s]) => `${esc(rule)} silenced until ${esc(when(s.until))}`).join("<br>");
+    setHTML("silences", silences.map(([rule, s]) => `${esc(rule)} silenced until ${esc(when(s.until))}`).join("<br>"));
     if (!rulesShown) {
       rulesShown = true;
-      document.getElementById("rule").innerHTML = (data.rules || []).map((r) => `<option>${esc(r.name)}</option>`).join("");
+      setHTML("rule", (data.rules || []).map((r) => `<option>${esc(r.name)}</option>`).join(""));
     }
     for (const btn of el.querySelectorAll("button[data-ack]")) {
       btn.addEventListener("click", async () => {
