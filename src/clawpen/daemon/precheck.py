@@ -28,7 +28,7 @@ import os
 import socket
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from clawpen.errors import ClawpenError, ConfigError
 from clawpen.plan.build import HostFacts, build_plan
@@ -267,32 +267,9 @@ def check_bot(
     return problems
 
 
-def check_bots(
-    bots: Iterable[tuple[str, Bot]],
-    base_dir: str,
-    *,
-    host: HostLimits,
-    seccomp: SeccompPolicy,
-    vault_names: Collection[str],
-    state_dir: Path,
-    spec_file: Path | None = None,
-    released: Collection[tuple[str, int]] = (),
-) -> list[Problem]:
-    """:func:`check_bot` for each bot, in order."""
-    found: list[Problem] = []
-    for name, bot in bots:
-        found += check_bot(
-            name,
-            bot,
-            base_dir,
-            host=host,
-            seccomp=seccomp,
-            vault_names=vault_names,
-            state_dir=state_dir,
-            spec_file=spec_file,
-            released=released,
-        )
-    return found
+def check_bots(bots: Iterable[tuple[str, Bot]], base_dir: str, **facts: Any) -> list[Problem]:
+    """:func:`check_bot` for each bot, in order (``facts``: its keyword arguments)."""
+    return [problem for name, bot in bots for problem in check_bot(name, bot, base_dir, **facts)]
 
 
 def refuse(problems: list[Problem], spec_file: Path | str) -> None:
