@@ -34,6 +34,8 @@ from clawpen.net import egress
 from clawpen.net.connlog import ConnLog, ConnRecord
 from clawpen.net.dnsfair import TCP_PER_SOURCE, FairQueue
 from clawpen.net.dnsudp import UdpFront
+from clawpen.net.egress import HostSource
+from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
@@ -61,8 +63,12 @@ class DnsServer:
         port: int = DNS_PORT,
         workers: int = 8,
         fair: FairQueue[_Job] | None = None,
+        host_addrs: HostSource | None = None,
     ) -> None:
         self.registry = registry
+        # the host's own addresses, per namespace of the asking thread (answers never name them)
+        self._own_host_addrs = host_addrs is None
+        self.host_addrs: HostSource = host_addrs if host_addrs is not None else PerNamespace()
         self.resolver = resolver
         self.names = names
         self.log = log
@@ -124,6 +130,8 @@ class DnsServer:
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
+        if self._own_host_addrs and isinstance(self.host_addrs, PerNamespace):
+            self.host_addrs.close()
 
     # ------------------------------------------------------------ transports
     def _offer(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
@@ -254,7 +262,9 @@ class DnsServer:
         dropped: list[str] = []
         for rrset in upstream.answer:
             if rrset.rdtype in _ADDRESS_TYPES:
-                keep = [rd for rd in rrset if egress.address_problem(rd.address, allow) is None]
+                keep = [
+                    rd for rd in rrset if egress.address_problem(rd.address, allow, self.host_addrs) is None
+                ]
                 dropped += [rd.address for rd in rrset if rd not in keep]
                 if not keep or rrset.rdtype == dns.rdatatype.AAAA:
                     continue
@@ -265,7 +275,12 @@ class DnsServer:
             else:
                 reply.answer.append(rrset)
         if dropped:
-            self._deny(link.bot, link.replica, name, f"answer withheld: {egress.address_problem(dropped[0])}")
+            self._deny(
+                link.bot,
+                link.replica,
+                name,
+                f"answer withheld: {egress.address_problem(dropped[0], (), self.host_addrs)}",
+            )
         reply.set_rcode(dns.rcode.Rcode.make(upstream.rcode))
         return reply.to_wire(max_size=max_size)
 

@@ -224,8 +224,9 @@ def address_problem(
     one of ``allow_private``).
 
     ``host`` is the set of the host's own addresses (or a callable returning it, e.g. a
-    :class:`clawpen.net.hostaddr.HostAddresses`); None asks :func:`clawpen.net.hostaddr.current`
-    (the calling thread's namespace). A host address, the unspecified addresses and the loopback
+    :class:`clawpen.net.hostaddr.HostAddresses`); None reads the calling thread's namespace once
+    (:func:`clawpen.net.hostaddr.read_once`; the gateway and its DNS keep a cache instead).
+    A host address, the unspecified addresses and the loopback
     ranges pass only when ``allow_private`` lists them on their own (a network made of nothing
     but host addresses, e.g. ``203.0.113.5/32`` or ``127.0.0.0/8``): a wide entry such as
     ``10.0.0.0/8`` opens the network, not the host in it. IPv4-mapped, -compatible, NAT64,
@@ -234,7 +235,7 @@ def address_problem(
     if host is None:
         from clawpen.net import hostaddr
 
-        own: Collection[IPAddress] = hostaddr.current()
+        own: Collection[IPAddress] = hostaddr.read_once()
     else:
         own = host() if callable(host) else host
     return _problem(ip, allow_private, own)

@@ -33,6 +33,7 @@ from clawpen.net.connlog import ConnLog, ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
+from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
@@ -78,6 +79,7 @@ class Gateway:
         self.proxy_port = proxy_port
         self.transparent_port = transparent_port
         self.head_timeout = head_timeout
+        self.host_addrs = PerNamespace()  # the host's own addresses: never a destination
         self.dns = (
             DnsServer(
                 registry,
@@ -88,6 +90,7 @@ class Gateway:
                 upstream_netns_fd=upstream_netns_fd,
                 host=host,
                 port=dns_port,
+                host_addrs=self.host_addrs,
             )
             if dns_port is not None
             else None
@@ -134,6 +137,7 @@ class Gateway:
         self._listeners.clear()
         if self.dns is not None:
             self.dns.stop()
+        self.host_addrs.close()
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector), and the
@@ -226,7 +230,7 @@ class Gateway:
             if not addresses:
                 raise Denied(f"{name} does not resolve")
         for addr in addresses:
-            problem = egress.address_problem(addr, allow)
+            problem = egress.address_problem(addr, allow, self.host_addrs)
             if problem is not None:
                 raise Denied(f"{name} resolves to a refused address: {problem}")
         return allowed_by, addresses

@@ -276,10 +276,11 @@ class PerNamespace:
                 self._by_ns.popitem()[1].close()
 
 
-_DEFAULT = PerNamespace()
-
-
-def current() -> frozenset[IPAddress]:
-    """The addresses of the calling thread's network namespace (a process-wide cache of kernel
-    state, one per namespace; what ``address_problem`` asks when given no host set)."""
-    return _DEFAULT.get()
+def read_once() -> frozenset[IPAddress]:
+    """The addresses of the calling thread's network namespace, read now (no cache: for callers
+    that hold no :class:`HostAddresses` or :class:`PerNamespace` of their own)."""
+    reader = HostAddresses()
+    try:
+        return reader.get()
+    finally:
+        reader.close()
