@@ -178,31 +178,25 @@ class Env:
         self.etc = Path("/etc/netns") / self.bot
 
     # ------------------------------------------------------------ build
+    def add_netns(self, ns: str) -> None:
+        ip("netns", "add", ns)
+        ip("link", "set", "lo", "up", ns=ns)
+        self.fds[ns] = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def wire_bot(self, ns: str, link: str, gw_addr: str, bot_addr: str) -> None:
+        """A bot namespace's link to the gateway namespace: ``link`` there, ``eth0`` in ``ns``."""
+        ip("link", "add", link, "netns", self.gw, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        ip("addr", "add", f"{gw_addr}/30", "dev", link, ns=self.gw)
+        ip("link", "set", link, "up", ns=self.gw)
+        ip("addr", "add", f"{bot_addr}/30", "dev", "eth0", ns=ns)
+        ip("link", "set", "eth0", "up", ns=ns)
+        ip("route", "add", "default", "via", gw_addr, ns=ns)
+
     def build(self, egress: tuple[str, ...] | str = EGRESS, allow_private: tuple[str, ...] = ()) -> None:
         for ns in (self.bot, self.gw, self.up, self.inet):
-            ip("netns", "add", ns)
-            ip("link", "set", "lo", "up", ns=ns)
-            self.fds[ns] = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            self.add_netns(ns)
         t = self.tag
-        ip(
-            "link",
-            "add",
-            f"cb{t}",
-            "netns",
-            self.gw,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.bot,
-        )
-        ip("addr", "add", f"{GW_ADDR}/30", "dev", f"cb{t}", ns=self.gw)
-        ip("link", "set", f"cb{t}", "up", ns=self.gw)
-        ip("addr", "add", f"{BOT_ADDR}/30", "dev", "eth0", ns=self.bot)
-        ip("link", "set", "eth0", "up", ns=self.bot)
-        ip("route", "add", "default", "via", GW_ADDR, ns=self.bot)
+        self.wire_bot(self.bot, f"cb{t}", GW_ADDR, BOT_ADDR)
         ip(
             "link",
             "add",

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from gateway_env import EGRESS, GW_ADDR, WWW_ADDR, Env, Registry, ip
+from gateway_env import EGRESS, GW_ADDR, WWW_ADDR, Env, Registry
 
 from clawpen.net.fair import MAX_HEADS
 from clawpen.net.gateway import Gateway
@@ -40,29 +40,8 @@ class TwoBots(Env):
         assert self.gateway is not None
         self.gateway.stop()  # replaced by one that knows both bots and has short deadlines
         self.victim = f"clawpen-t-{self.tag}-vic"
-        ip("netns", "add", self.victim)
-        ip("link", "set", "lo", "up", ns=self.victim)
-        self.fds[self.victim] = os.open(f"/run/netns/{self.victim}", os.O_RDONLY | os.O_CLOEXEC)
-        link = f"cb{self.tag}v"
-        ip(
-            "link",
-            "add",
-            link,
-            "netns",
-            self.gw,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            self.victim,
-        )
-        ip("addr", "add", f"{VICTIM_GW}/30", "dev", link, ns=self.gw)
-        ip("link", "set", link, "up", ns=self.gw)
-        ip("addr", "add", f"{VICTIM_ADDR}/30", "dev", "eth0", ns=self.victim)
-        ip("link", "set", "eth0", "up", ns=self.victim)
-        ip("route", "add", "default", "via", VICTIM_GW, ns=self.victim)
+        self.add_netns(self.victim)
+        self.wire_bot(self.victim, f"cb{self.tag}v", VICTIM_GW, VICTIM_ADDR)
         links = [
             BotLink("alpha", 0, "10.213.0.2", GW_ADDR, EGRESS),
             BotLink("beta", 0, VICTIM_ADDR, VICTIM_GW, EGRESS),

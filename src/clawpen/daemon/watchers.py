@@ -53,9 +53,10 @@ def for_instance(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> list[Coro
         found.append(memory_pressure(inst, sandbox))
     if inst.bot.health:
         found.append(health(inst, sandbox))
-    plan = inst.plan()
-    if plan.disk_max and plan.workspace:
-        found.append(disk_cap(plan.workspace, plan.disk_max))
+    if inst.bot.workspace and inst.bot.resources.disk:  # (the plan holds the resolved path)
+        plan = inst.plan()
+        if plan.disk_max and plan.workspace:
+            found.append(disk_cap(plan.workspace, plan.disk_max))
     return found
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
 
@@ -32,13 +31,6 @@ MAX_ARGS = 4096
 MAX_ARGV_BYTES = 256 << 10
 MAX_PATH = 4096
 KERNEL_FOLDERS = ("/proc", "/sys", "/dev")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_BOT_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
-_SECRET_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-
-
-def _shown(text: str) -> str:
-    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
 def _size(text: str) -> int:
@@ -53,35 +45,9 @@ def check_bot_count(count: int) -> None:
         )
 
 
-def check_bot_name(name: str) -> str:
-    """The bot-name rule, matched whole."""
-    rules.check_bot_name(name)
-    if not _BOT_NAME.fullmatch(name):
-        raise rules.RuleViolation(
-            f"bot name {_shown(name)} is not allowed",
-            "use 1-31 characters: lowercase letters, digits and '-', starting with a letter",
-        )
-    return name
-
-
-def check_secret_name(name: str) -> str:
-    """The secret-name rule, matched whole (a secret name becomes a file name)."""
-    rules.check_secret_name(name)
-    if not _SECRET_NAME.fullmatch(name):
-        raise rules.RuleViolation(
-            f"secret name {_shown(name)} is not allowed",
-            "use upper-case letters, digits and '_', e.g. OPENAI_API_KEY",
-        )
-    return name
-
-
 def check_env_entry(name: str, value: str) -> None:
     """One variable: a valid name (no ``=``, no NUL), a value without NUL, at most 128 KiB."""
-    if not _ENV_NAME.fullmatch(name):
-        raise rules.RuleViolation(
-            f"environment variable name {_shown(name)} is not valid",
-            "use letters, digits and '_', not starting with a digit (no '=', spaces or NUL)",
-        )
+    rules.check_env_name(name)
     if "\0" in value:
         raise rules.RuleViolation(f"environment variable {name} contains a NUL byte", "remove the NUL byte")
     if _size(name) + _size(value) + 2 > MAX_ENV_ENTRY:
@@ -130,7 +96,7 @@ def check_argv(argv: Sequence[str], what: str = "command") -> list[str]:
 def check_path_text(raw: str, what: str) -> str:
     """A path as text: not blank, no NUL, at most 4096 bytes."""
     if "\0" in raw or not raw.strip():
-        raise rules.RuleViolation(f"{what} {_shown(raw)} is not a path", "give a path such as ./data")
+        raise rules.RuleViolation(f"{what} {rules.shown(raw)} is not a path", "give a path such as ./data")
     if _size(raw) > MAX_PATH:
         raise rules.RuleViolation(f"{what} is {_size(raw)} bytes long", f"paths are at most {MAX_PATH} bytes")
     return raw
@@ -159,14 +125,14 @@ def check_source(raw: str, base_dir: str, what: str = "mount source") -> str:
         if top is None:
             reason = getattr(err, "strerror", None) or str(err)
             raise rules.RuleViolation(
-                f"{what} {_shown(raw)} cannot be resolved: {reason}",
+                f"{what} {rules.shown(raw)} cannot be resolved: {reason}",
                 "give a path that this user can reach, without symlink loops",
             ) from None
         real = joined
     for path in (joined, real):
         top = _kernel_folder(path)
         if top is not None:
-            shown = _shown(raw) if path == joined else f"{_shown(raw)} (= {path})"
+            shown = rules.shown(raw) if path == joined else f"{rules.shown(raw)} (= {path})"
             raise rules.RuleViolation(
                 f"refusing {what} {shown}: it lies in {top}, the kernel's view of the host and its "
                 "processes, not a folder of files",

@@ -115,13 +115,17 @@ def load_spec(path: str | Path) -> LoadedSpec:
     return parse_spec_text(_decode(data, file), file)
 
 
-def _decode(data: bytes, file: Path) -> str:
-    if len(data) > MAX_SPEC_BYTES:
+def _check_size(size: int, file: Path) -> None:
+    if size > MAX_SPEC_BYTES:
         raise ConfigError(
             f"spec file {file} is larger than {MAX_SPEC_BYTES >> 20} MiB",
             where=str(file),
             hint="a spec describes bots, not data: keep data in files the bots mount",
         )
+
+
+def _decode(data: bytes, file: Path) -> str:
+    _check_size(len(data), file)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -164,12 +168,7 @@ def parse_spec_text(text: str, file: Path) -> LoadedSpec:
 
     from clawpen.spec.models import Spec
 
-    if len(text) > MAX_SPEC_BYTES:
-        raise ConfigError(
-            f"spec text for {file} is larger than {MAX_SPEC_BYTES >> 20} MiB",
-            where=str(file),
-            hint="a spec describes bots, not data: keep data in files the bots mount",
-        )
+    _check_size(len(text), file)  # also for a spec that comes as text (a stored release)
     try:
         data = tomllib.loads(text)
     except RecursionError:

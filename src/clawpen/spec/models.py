@@ -343,7 +343,7 @@ class Bot(_Model):
     @model_validator(mode="after")
     def _secret_names(self) -> Bot:
         for name in self.secrets:
-            bounds.check_secret_name(name)
+            rules.check_secret_name(name)
         stray = [n for n in self.secret_env if n not in self.secrets]
         if stray:
             raise rules.RuleViolation(
@@ -442,7 +442,7 @@ class Spec(_Model):
     def _names(cls, v: dict[str, Bot]) -> dict[str, Bot]:
         bounds.check_bot_count(len(v))
         for name in v:
-            bounds.check_bot_name(name)
+            rules.check_bot_name(name)
         if any(bot.network.publish for bot in v.values()):
             from clawpen.net.publish import duplicate_ports
 

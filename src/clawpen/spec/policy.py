@@ -148,7 +148,7 @@ def policy_from_flags(
     if not command:
         raise UsageError("no command to run", where="clawpen run", hint="write: clawpen run -- CMD ARGS...")
     _flag("clawpen run", bounds.check_argv, list(command), "the command")
-    _flag("--name", bounds.check_bot_name, name)
+    _flag("--name", rules.check_bot_name, name)
 
     def path(raw: str, writable: bool, where: str) -> str:
         _flag(where, bounds.check_source, raw, base_dir, where)
@@ -191,9 +191,9 @@ def policy_from_flags(
         ro=tuple(mount(p, False, "--ro") for p in ro),
         rw=tuple(mount(p, True, "--rw") for p in rw),
         secrets=tuple(
-            _flag("--secret", bounds.check_secret_name, n) for n in dict.fromkeys((*secrets, *secret_env))
+            _flag("--secret", rules.check_secret_name, n) for n in dict.fromkeys((*secrets, *secret_env))
         ),
-        secret_env=tuple(_flag("--secret-env", bounds.check_secret_name, n) for n in secret_env),
+        secret_env=tuple(_flag("--secret-env", rules.check_secret_name, n) for n in secret_env),
     )
 
 

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 
 from clawpen.errors import PolicyError
 
-BOT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BOT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}\Z")  # \Z: "bot\n" is no name
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # A writable mount may not be, or contain, any of these.
 _NO_WRITE_OF_OR_ABOVE = (
@@ -277,11 +277,16 @@ def check_mount(
     return real, clean
 
 
+def shown(text: str) -> str:
+    """``text`` quoted for a message, cut to 40 characters (a name may be anything a spec says)."""
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
 def check_bot_name(name: str) -> str:
     """Bot names become host user names, hostnames and cgroup names: keep them simple."""
     if not BOT_NAME.match(name):
         raise RuleViolation(
-            f"bot name {name!r} is not allowed",
+            f"bot name {shown(name)} is not allowed",
             "use 1-31 characters: lowercase letters, digits and '-', starting with a letter",
         )
     return name
@@ -290,19 +295,19 @@ def check_bot_name(name: str) -> str:
 def check_env_name(name: str) -> str:
     if not ENV_NAME.match(name):
         raise RuleViolation(
-            f"environment variable name {name!r} is not valid",
-            "use letters, digits and '_', not starting with a digit",
+            f"environment variable name {shown(name)} is not valid",
+            "use letters, digits and '_', not starting with a digit (no '=', spaces or NUL)",
         )
     return name
 
 
-SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
+SECRET_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}\Z")
 
 
 def check_secret_name(name: str) -> str:
     if not SECRET_NAME.match(name):
         raise RuleViolation(
-            f"secret name {name!r} is not allowed",
+            f"secret name {shown(name)} is not allowed",
             "use upper-case letters, digits and '_', e.g. OPENAI_API_KEY",
         )
     return name
