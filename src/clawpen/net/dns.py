@@ -40,6 +40,7 @@ from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, LinkRegistry
+from clawpen.plan.model import NetLimits
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 UNKNOWN = "?"  # the one queue of every sender that is not a bot link
@@ -136,8 +137,11 @@ class DnsServer:
     # ------------------------------------------------------------ transports
     def _offer(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
         """From the read loop: queue the query in its sender's queue, or drop (and count) it."""
-        source = addr[0] if self.registry.by_source(addr[0]) is not None else UNKNOWN
-        self.fair.offer(source, (sock, data, addr))
+        link = self.registry.by_source(addr[0])
+        if link is None:
+            self.fair.offer(UNKNOWN, (sock, data, addr))
+        else:
+            self.fair.offer(addr[0], (sock, data, addr), link.limits)
 
     def _report_drops(self) -> None:
         """One aggregated denial per bot for the queries dropped since the last report."""
@@ -184,17 +188,20 @@ class DnsServer:
                 conn, addr = sock.accept()
             except OSError:
                 return
-            source = addr[0] if self.registry.by_source(addr[0]) is not None else UNKNOWN
+            link = self.registry.by_source(addr[0])
+            source = addr[0] if link is not None else UNKNOWN
+            limits = link.limits if link is not None else None
+            cap = limits.dns_tcp_connections if limits is not None else TCP_PER_SOURCE
             with self._tcp_lock:
                 busy = self._tcp_open.get(source, 0)
-                if busy < TCP_PER_SOURCE:
+                if busy < cap:
                     self._tcp_open[source] = busy + 1
-            if busy >= TCP_PER_SOURCE:
+            if busy >= cap:
                 conn.close()  # this bot has its share of TCP connections open already
                 continue
-            workers.submit(functools.partial(self._serve_tcp, conn, addr[0], source))
+            workers.submit(functools.partial(self._serve_tcp, conn, addr[0], source, limits))
 
-    def _serve_tcp(self, conn: socket.socket, addr: str, source: str) -> None:
+    def _serve_tcp(self, conn: socket.socket, addr: str, source: str, limits: NetLimits | None) -> None:
         conn.settimeout(10)
         try:
             while True:
@@ -204,7 +211,7 @@ class DnsServer:
                 data = _recv_exact(conn, struct.unpack("!H", head)[0])
                 if data is None:
                     return
-                ok = self.fair.allow(source)
+                ok = self.fair.allow(source, limits)
                 reply = self.answer(data, addr, max_size=65535) if ok else _refused(data)
                 if reply is None:
                     return

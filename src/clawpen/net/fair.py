@@ -1,16 +1,20 @@
 """Per-bot connection quotas of the gateway: one bot at its limits never holds up another.
 
-Per bot instance (``(bot, replica)``):
+Per bot instance (``(bot, replica)``), with that bot's own limits (a
+:class:`~clawpen.plan.model.NetLimits`, from ``[bots.NAME.network.limits]``; defaults below):
 
-* new connections per second: a token bucket (:data:`RATE` per second, :data:`BURST` at once);
-* open connections (accepted, not yet closed): at most :data:`MAX_CONNECTIONS`;
+* new connections per second: a token bucket (``connections_per_s``, :data:`RATE`; at once
+  ``connection_burst``, :data:`BURST`);
+* open connections (accepted, not yet closed): at most ``connections`` (:data:`MAX_CONNECTIONS`);
+  each one holds a relay thread, so this also bounds the bot's threads in the gateway;
 * unfinished heads (accepted, request head / ClientHello not complete yet): at most
-  :data:`MAX_HEADS`.
+  ``pending_heads`` (:data:`MAX_HEADS`).
 
+:meth:`Fairness.admit` takes the limits of the connection's bot link; a bot whose link comes
+back with other limits (its spec changed) is held to the new ones from its next connection on.
 A connection over a limit is refused at once (the caller resets it, or answers ``429`` on the
 proxy port) and counted: :meth:`Fairness.counts` gives, per bot, ``refused_rate``,
-``refused_busy``, ``refused_heads`` and ``head_timeouts``. The limits are module constants for
-now (spec knobs are a later step of issue 13).
+``refused_busy``, ``refused_heads`` and ``head_timeouts``.
 """
 
 from __future__ import annotations
@@ -18,32 +22,34 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-MAX_CONNECTIONS = 1024  # open connections per bot instance
-MAX_HEADS = 16  # unfinished heads per bot instance
-RATE = 50.0  # new connections per second per bot instance (token bucket refill)
-BURST = 100.0  # bucket size
+from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
+
+MAX_CONNECTIONS = DEFAULT_NET_LIMITS.connections  # open connections per bot instance
+MAX_HEADS = DEFAULT_NET_LIMITS.pending_heads  # unfinished heads per bot instance
+RATE = DEFAULT_NET_LIMITS.connections_per_s  # new connections per second (token bucket refill)
+BURST = DEFAULT_NET_LIMITS.connection_burst  # bucket size
 
 Key = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int = MAX_CONNECTIONS
-    max_heads: int = MAX_HEADS
-    rate: float = RATE
-    burst: float = BURST
+Limits = NetLimits  # the gateway's ``limits=`` (the limits of a link that names none)
 
 
 class _Bot:
-    __slots__ = ("active", "heads", "last", "tokens")
+    __slots__ = ("active", "heads", "last", "limits", "tokens")
 
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
+    def __init__(self, limits: NetLimits, now: float) -> None:
+        self.limits = limits
+        self.tokens = float(limits.connection_burst)
         self.last = now
         self.active = 0
         self.heads = 0
+
+    def refill(self, now: float) -> None:
+        lim = self.limits
+        self.tokens = min(
+            float(lim.connection_burst), self.tokens + (now - self.last) * lim.connections_per_s
+        )
+        self.last = now
 
 
 COUNTERS = ("refused_rate", "refused_busy", "refused_heads", "head_timeouts")
@@ -51,10 +57,11 @@ COUNTERS = ("refused_rate", "refused_busy", "refused_heads", "head_timeouts")
 
 class Fairness:
     """Thread-safe per-bot admission: :meth:`admit` a connection, :meth:`take_head` while its
-    head is read, :meth:`head_done` / :meth:`conn_done` when each ends."""
+    head is read, :meth:`head_done` / :meth:`conn_done` when each ends. ``limits``: for
+    connections admitted without limits of their own."""
 
-    def __init__(self, limits: Limits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limits = limits or Limits()
+    def __init__(self, limits: NetLimits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits or DEFAULT_NET_LIMITS
         self.clock = clock
         self._lock = threading.Lock()
         self._bots: dict[Key, _Bot] = {}
@@ -64,22 +71,26 @@ class Fairness:
         per = self._counts.setdefault(key[0], dict.fromkeys(COUNTERS, 0))
         per[what] += 1
 
-    def admit(self, key: Key) -> str | None:
-        """Take a place for a new connection; None if admitted, else the refusal reason."""
-        lim = self.limits
+    def admit(self, key: Key, limits: NetLimits | None = None) -> str | None:
+        """Take a place for a new connection of ``key`` under ``limits`` (its link's; None: the
+        default ones); None if admitted, else the refusal reason."""
+        lim = limits or self.limits
         now = self.clock()
         with self._lock:
             bot = self._bots.get(key)
             if bot is None:
-                bot = self._bots[key] = _Bot(lim.burst, now)
-            bot.tokens = min(lim.burst, bot.tokens + (now - bot.last) * lim.rate)
-            bot.last = now
+                bot = self._bots[key] = _Bot(lim, now)
+            else:
+                bot.refill(now)
+                if bot.limits is not lim and bot.limits != lim:  # the link came back with new limits
+                    bot.limits = lim
+                    bot.tokens = min(bot.tokens, float(lim.connection_burst))
             if bot.tokens < 1.0:
                 self._count(key, "refused_rate")
-                return f"more than {lim.rate:g} new connections per second"
-            if bot.active >= lim.max_connections:
+                return f"more than {lim.connections_per_s:g} new connections per second"
+            if bot.active >= lim.connections:
                 self._count(key, "refused_busy")
-                return f"more than {lim.max_connections} open connections"
+                return f"more than {lim.connections} open connections"
             bot.tokens -= 1.0
             bot.active += 1
             return None
@@ -88,9 +99,9 @@ class Fairness:
         """Count an unfinished head of an admitted connection; None if within the limit."""
         with self._lock:
             bot = self._bots[key]
-            if bot.heads >= self.limits.max_heads:
+            if bot.heads >= bot.limits.pending_heads:
                 self._count(key, "refused_heads")
-                return f"more than {self.limits.max_heads} unfinished request heads"
+                return f"more than {bot.limits.pending_heads} unfinished request heads"
             bot.heads += 1
             return None
 
@@ -108,10 +119,8 @@ class Fairness:
             if bot is None:
                 return
             bot.active = max(0, bot.active - 1)
-            now = self.clock()
-            bot.tokens = min(self.limits.burst, bot.tokens + (now - bot.last) * self.limits.rate)
-            bot.last = now
-            if not bot.active and not bot.heads and bot.tokens >= self.limits.burst:
+            bot.refill(self.clock())
+            if not bot.active and not bot.heads and bot.tokens >= bot.limits.connection_burst:
                 del self._bots[key]  # nothing to remember: the bucket is full again
 
     def active(self, key: Key) -> tuple[int, int]:

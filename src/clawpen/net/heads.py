@@ -208,7 +208,7 @@ class HeadStage:
             return
         head = Head(conn, kind, link)
         head.deadline = head.start + self.first_byte
-        why = self.fair.admit(head.key)
+        why = self.fair.admit(head.key, head.link.limits)
         if why is not None:
             self.refused(head, why)
             return

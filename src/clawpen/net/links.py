@@ -179,7 +179,13 @@ class LinkManager:
     def _register(self, link: Link, policy: BotPolicy) -> None:
         self._links[(link.bot, link.replica)] = link
         self._by_addr[link.bot_addr] = BotLink(
-            link.bot, link.replica, link.bot_addr, link.gw_addr, policy.egress, policy.allow_private
+            link.bot,
+            link.replica,
+            link.bot_addr,
+            link.gw_addr,
+            policy.egress,
+            policy.allow_private,
+            policy.net_limits,
         )
 
     def ready(self) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
+from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
+
 # Ports of the gateway on ``gw_addr`` of every link (inside the gateway namespace).
 PROXY_PORT = 3128  # explicit HTTP proxy (CONNECT and plain HTTP); bots get HTTP(S)_PROXY
 TRANSPARENT_PORT = 3129  # every other TCP connection of a bot is redirected here by nftables
@@ -22,7 +24,8 @@ LINK_PREFIX = "cb"  # name prefix of the gateway-side veth ends
 
 
 class BotLink(NamedTuple):
-    """One bot instance's link to the gateway and the policy the gateway applies to it."""
+    """One bot instance's link to the gateway and the policy the gateway applies to it
+    (``limits``: its quotas; a link registered again with other limits gets the new ones)."""
 
     bot: str
     replica: int
@@ -30,6 +33,7 @@ class BotLink(NamedTuple):
     gw_addr: str
     egress: tuple[str, ...] | str  # allowlist rules ("host:port"), or "open"
     allow_private: tuple[str, ...] = ()
+    limits: NetLimits = DEFAULT_NET_LIMITS
 
 
 class LinkRegistry(Protocol):

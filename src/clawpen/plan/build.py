@@ -10,7 +10,16 @@ import os
 from typing import NamedTuple
 
 from clawpen.errors import PolicyError
-from clawpen.plan.model import CgroupLimits, Identity, Mount, NetLink, Plan, Rlimits, SeccompPolicy
+from clawpen.plan.model import (
+    DEFAULT_NET_LIMITS,
+    CgroupLimits,
+    Identity,
+    Mount,
+    NetLink,
+    Plan,
+    Rlimits,
+    SeccompPolicy,
+)
 from clawpen.spec.policy import BotPolicy
 from clawpen.spec.units import format_size
 
@@ -114,8 +123,8 @@ def build_plan(
     """
     if policy.egress and link is None:
         link = PREVIEW_LINK
-    if link is not None and link.egress != policy.egress:
-        link = link._replace(egress=policy.egress)
+    if link is not None and (link.egress, link.limits) != (policy.egress, policy.net_limits):
+        link = link._replace(egress=policy.egress, limits=policy.net_limits)
     if policy.cpus is not None and policy.cpus > host.cpu_count:
         raise PolicyError(
             f"cpus = {policy.cpus:g} asks for more CPUs than this host has ({host.cpu_count})",
@@ -182,9 +191,12 @@ def describe_network(plan: Plan) -> str:
         return "none (loopback only)"
     egress = link.egress if isinstance(link.egress, str) else ", ".join(link.egress)
     where = " (example addresses: the daemon allocates them)" if link.preview else ""
+    limits = ", ".join(
+        f"{k} {v:g}" for k, v in link.limits._asdict().items() if v != getattr(DEFAULT_NET_LIMITS, k)
+    )
     return (
         f"link {link.interface} {link.bot_addr}/{link.prefixlen} via gateway {link.gw_addr}{where}; "
-        f"egress {egress} through the gateway"
+        f"egress {egress} through the gateway" + (f"; limits: {limits}" if limits else "")
     )
 
 

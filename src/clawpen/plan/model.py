@@ -85,6 +85,23 @@ class SeccompPolicy(NamedTuple):
     socket_families: tuple[int, ...] = ()
 
 
+class NetLimits(NamedTuple):
+    """Per-bot-instance quotas of the gateway (``[bots.NAME.network.limits]``; see
+    :mod:`clawpen.net.fair` and :mod:`clawpen.net.dnsfair`). The defaults are the gateway's own."""
+
+    connections: int = 1024  # open connections through the gateway (each holds a relay thread)
+    connections_per_s: float = 50.0  # new connections per second, sustained (token bucket)
+    connection_burst: int = 100  # ... and at once
+    pending_heads: int = 16  # connections whose request head / ClientHello is not complete yet
+    dns_per_s: float = 50.0  # DNS queries per second, sustained (token bucket)
+    dns_burst: int = 200  # ... and at once
+    dns_queue: int = 64  # DNS queries waiting for a worker
+    dns_tcp_connections: int = 8  # open DNS-over-TCP connections
+
+
+DEFAULT_NET_LIMITS = NetLimits()
+
+
 class NetLink(NamedTuple):
     """A bot's link to the clawpen gateway (bots with egress; see :mod:`clawpen.net.links`).
 
@@ -92,7 +109,7 @@ class NetLink(NamedTuple):
     ``bot_addr/prefixlen`` and a default route via ``gw_addr`` *before* the sandbox starts;
     bubblewrap then runs inside it instead of creating an empty one. ``netns == ""`` marks a
     preview (``clawpen plan`` outside the daemon): the addresses are examples and the tier
-    refuses to run it.
+    refuses to run it. ``limits``: the gateway's quotas for this bot instance.
     """
 
     netns: str
@@ -101,6 +118,7 @@ class NetLink(NamedTuple):
     prefixlen: int = 30
     interface: str = "eth0"
     egress: tuple[str, ...] | str = ()
+    limits: NetLimits = DEFAULT_NET_LIMITS
 
     @property
     def preview(self) -> bool:

@@ -15,18 +15,22 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
+from clawpen.plan.model import DEFAULT_NET_LIMITS
 from clawpen.spec import bounds, listen, rules, units
 from clawpen.spec import policy as pol
 from clawpen.spec.alerts import MonitoringConfig
 from clawpen.spec.build import BuildSpec
 from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
+from clawpen.spec.netlimits import NetworkLimits
 
 Size = Annotated[
     int,
@@ -148,7 +152,8 @@ class Network(_Model):
     """Network policy. By default a bot has a private loopback and nothing else.
 
     ``egress`` lists the ``host:port`` patterns a bot may reach through the clawpen gateway
-    (``"open"``: anything public); ``publish`` maps host ports to the bot's ports.
+    (``"open"``: anything public); ``publish`` maps host ports to the bot's ports; ``limits``
+    are the bot's quotas at the gateway (:mod:`clawpen.spec.netlimits`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -172,6 +177,9 @@ class Network(_Model):
     bandwidth: Rate | None = Field(None, description="rate limit each way, e.g. 8mbit")
     burst: Size | None = Field(None, description='burst size for the rate limit, e.g. "256kb"')
     ipv6: bool = Field(False, description="give the bot IPv6 through the gateway (off by default)")
+    limits: NetworkLimits | None = Field(
+        None, description="quotas at the gateway per bot instance (connections, DNS queries); unset: defaults"
+    )
 
     @field_validator("egress")
     @classmethod
@@ -219,7 +227,22 @@ class Network(_Model):
             )
         if self.burst is not None and self.bandwidth is None:
             raise rules.RuleViolation("burst is set without bandwidth", 'add bandwidth = "8mbit"')
+        if self.limits is not None and not self.egress:
+            raise rules.RuleViolation(
+                "network.limits is set, but the bot has no egress (the limits are for its traffic "
+                "through the gateway)",
+                'add egress (e.g. egress = ["api.example.com:443"]), or remove the limits table',
+            )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``limits`` when it holds only defaults, so the stored policy (and its hash) of
+        a bot that sets none is what it was before the table existed."""
+        data: dict[str, Any] = handler(self)
+        if not data.get("limits"):
+            data.pop("limits", None)
+        return data
 
     @property
     def isolated(self) -> bool:
@@ -386,7 +409,7 @@ class Bot(_Model):
         def mount(raw: str, writable: bool) -> tuple[str, str]:
             return rules.check_mount(raw, writable=writable, base_dir=base_dir)
 
-        r = self.resources
+        r, n = self.resources, self.network
         return pol.BotPolicy(
             name=name,
             command=tuple(self.command),
@@ -416,6 +439,7 @@ class Bot(_Model):
             bandwidth=self.network.bandwidth,
             burst=self.network.burst,
             ipv6=self.network.ipv6,
+            net_limits=DEFAULT_NET_LIMITS if n.limits is None else n.limits.record(),
             secrets=tuple(self.secrets),
             secret_env=tuple(self.secret_env),
         )

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from clawpen.errors import ConfigError, PolicyError, UsageError
+from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
 from clawpen.spec import bounds, rules, units
 
 DEFAULT_CPUS = 1.0
@@ -58,6 +59,7 @@ class BotPolicy(NamedTuple):
     secrets: tuple[str, ...] = ()  # vault names, delivered as /run/secrets/NAME (mode 0400)
     secret_env: tuple[str, ...] = ()  # of those, the ones also set as environment variables
     workspace_adopt: bool = False  # hand an existing folder with files of other owners to the bot
+    net_limits: NetLimits = DEFAULT_NET_LIMITS  # quotas at the gateway (network.limits)
 
 
 def check_memory(value: int) -> int:
