@@ -12,7 +12,8 @@ Rule syntax (``network.egress`` in ``clawpen.toml``)::
 Whatever the rules say, the address a connection finally goes to must be public: loopback,
 private, CGNAT, link-local, metadata, multicast, unspecified and reserved addresses are refused
 unless they fall inside the bot's ``allow_private`` networks (:func:`address_problem`), and so
-are IPv4-mapped, -compatible, NAT64, 6to4 and Teredo addresses that carry such an IPv4 address.
+are IPv4-mapped, -compatible, NAT64, 6to4, Teredo and ISATAP addresses that carry such an IPv4
+address.
 Every address of the host itself (:mod:`clawpen.net.hostaddr`) is refused too, in every mode,
 unless ``allow_private`` lists it on its own.
 """
@@ -64,6 +65,9 @@ _ULA = ipaddress.ip_network("fc00::/7")
 _RFC1918 = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+# ISATAP (RFC 5214): an interface identifier 0000:5efe:a.b.c.d (0200:5efe with a global IPv4;
+# the u and g bits are ignored) under any prefix; the packets go to a.b.c.d, tunnelled in IPv4.
+_ISATAP_IID, _ISATAP_MASK = 0x0000_5EFE, 0xFCFF_FFFF
 # Always the host's own, whatever its interfaces say: the unspecified addresses and loopback.
 _HOST_RANGES = tuple(ipaddress.ip_network(n) for n in ("0.0.0.0/32", "127.0.0.0/8", "::/128", "::1/128"))
 
@@ -201,17 +205,38 @@ def unwrap(addr: IPAddress) -> IPAddress:
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[tuple[str, ipaddress.IPv4Address], ...]:
-    """The IPv4 addresses a NAT64 (``64:ff9b::/96``), 6to4 (``2002::/16``) or Teredo
-    (``2001::/32``: server and client) address carries, each with what it is; () for others.
-    (IPv4-mapped and -compatible addresses are unwrapped by :func:`unwrap` instead.)"""
+    """The IPv4 addresses a NAT64 (``64:ff9b::/96``), 6to4 (``2002::/16``), Teredo
+    (``2001::/32``: server and client) or ISATAP (``::5efe:a.b.c.d`` interface identifier, any
+    prefix) address carries, each with what it is; () for others. (IPv4-mapped and -compatible
+    addresses are unwrapped by :func:`unwrap` instead.)"""
+    found: tuple[tuple[str, ipaddress.IPv4Address], ...] = ()
     if ip in _NAT64:
-        return (("NAT64 (64:ff9b::/96)", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)),)
-    if ip.sixtofour is not None:
-        return (("6to4 (2002::/16)", ip.sixtofour),)
-    if ip.teredo is not None:
+        found = (("NAT64 (64:ff9b::/96)", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)),)
+    elif ip.sixtofour is not None:
+        found = (("6to4 (2002::/16)", ip.sixtofour),)
+    elif ip.teredo is not None:
         server, client = ip.teredo
-        return (("Teredo (2001::/32) server", server), ("Teredo (2001::/32) client", client))
-    return ()
+        found = (("Teredo (2001::/32) server", server), ("Teredo (2001::/32) client", client))
+    isatap = _isatap(ip)
+    return found if isatap is None else (*found, ("ISATAP (::5efe:a.b.c.d)", isatap))
+
+
+def _isatap(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    value = int(ip)
+    if (value >> 32) & _ISATAP_MASK == _ISATAP_IID:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    return None
+
+
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in ('A', 'E', 'I', 'O', 'U') else 'a'} {what}"
+
+
+def _translated(ip: IPAddress) -> bool:
+    """A NAT64, 6to4 or Teredo address: where it goes is the IPv4 address it carries."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return False
+    return ip in _NAT64 or ip.sixtofour is not None or ip.teredo is not None
 
 
 HostSource = Collection[IPAddress] | Callable[[], Collection[IPAddress]]
@@ -230,7 +255,7 @@ def address_problem(
     ranges pass only when ``allow_private`` lists them on their own (a network made of nothing
     but host addresses, e.g. ``203.0.113.5/32`` or ``127.0.0.0/8``): a wide entry such as
     ``10.0.0.0/8`` opens the network, not the host in it. IPv4-mapped, -compatible, NAT64,
-    6to4 and Teredo addresses are refused when an IPv4 address they carry would be."""
+    6to4, Teredo and ISATAP addresses are refused when an IPv4 address they carry would be."""
     ip = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
     if host is None:
         from clawpen.net import hostaddr
@@ -250,7 +275,7 @@ def _problem(addr: IPAddress, allow: Sequence[IPNetwork], own: Collection[IPAddr
     inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else ()
     for what, v4 in inner:  # the host behind an embedded address is refused even when allowed
         if _is_own(v4, own) and _problem(v4, allow, own) is not None:
-            return f"{ip} is a {what} address that carries {v4}, an address of this host"
+            return f"{ip} is {_a(what)} address that carries {v4}, an address of this host"
     if _covered(ip, allow):
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64_LOCAL:
@@ -259,8 +284,9 @@ def _problem(addr: IPAddress, allow: Sequence[IPNetwork], own: Collection[IPAddr
         for what, v4 in inner:
             problem = _problem(v4, allow, own)
             if problem is not None:
-                return f"{ip} is a {what} address that carries {v4}: {problem}"
-        return None
+                return f"{ip} is {_a(what)} address that carries {v4}: {problem}"
+        if _translated(ip):  # ISATAP alone: the IPv6 address itself must pass too
+            return None
     return _class_problem(ip)
 
 
