@@ -63,7 +63,12 @@ def test_isatap_under_a_6to4_prefix_is_refused_for_either_ipv4() -> None:
 
 @pytest.mark.parametrize(
     ("prefix", "said"),
-    [("fe80::", "link-local"), ("fd12:3456::", "unique-local"), ("2001:db8::", "reserved"), ("::", "reserved")],
+    [
+        ("fe80::", "link-local"),
+        ("fd12:3456::", "unique-local"),
+        ("2001:db8::", "reserved"),
+        ("::", "reserved"),
+    ],
 )
 def test_isatap_carrying_a_public_ipv4_follows_the_normal_rules(prefix: str, said: str) -> None:
     addr = isatap(PUBLIC_V4, prefix)
