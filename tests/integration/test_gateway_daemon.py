@@ -147,3 +147,54 @@ def test_bot_through_the_daemons_gateway(world: tuple[Daemon, FakeDNS]) -> None:
     assert "DENY" in text and "ALLOW" in text
     events = d.events("fetch")
     assert any(e["kind"] == "egress-denied" for e in events), events
+
+
+HOLD = r"""
+import json, os, socket, time
+gw = os.environ["HTTP_PROXY"].split("//")[1].split(":")[0]
+socks = [socket.create_connection((gw, 3128), timeout=5) for _ in range(4)]
+time.sleep(0.3)
+out = []
+for s in socks:
+    s.settimeout(0.5)
+    try:
+        out.append(s.recv(300).decode(errors="replace") or "closed")
+    except socket.timeout:
+        out.append("held")
+    except OSError as e:
+        out.append(f"error: {e}")
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_network_limits_of_the_spec_hold_at_the_daemons_gateway(world: tuple[Daemon, FakeDNS]) -> None:
+    """``network.limits = { connections = 2 }``: the bot's 3rd and 4th concurrent connections are
+    refused (429) by the daemon's gateway; a bot with the defaults keeps all 4 (the control)."""
+    d, _dns = world
+    bot = f'command = ["/usr/bin/python3", "-c", {json.dumps(HOLD)}]\nrestart = {{ policy = "no" }}'
+    d.write(
+        f"""
+        [gateway]
+        dns_upstream = ["45.79.1.53"]
+
+        [bots.small]
+        {bot}
+        network = {{ egress = ["www.allowed.test:80"], limits = {{ connections = 2 }} }}
+
+        [bots.plain]
+        {bot}
+        network = {{ egress = ["www.allowed.test:80"] }}
+        """
+    )
+    d.cli("up")
+    done = ("exited", "stopped")
+    assert wait_for(lambda: all(d.ps().get(b, {}).get("state") in done for b in ("small", "plain")), 30, 0.2)
+    got = {}
+    for name in ("small", "plain"):
+        lines = [ln[ln.index("[") :] for ln in d.cli("logs", name).stdout.splitlines() if "[" in ln]
+        assert lines, name
+        got[name] = json.loads(lines[-1])
+    assert got["plain"] == ["held"] * 4, got
+    assert got["small"][:2] == ["held"] * 2, got
+    for answer in got["small"][2:]:
+        assert answer.startswith("HTTP/1.1 429") and "more than 2 open connections" in answer, got
