@@ -212,7 +212,7 @@ class Script:
         self.sleeps = 0
 
     def __call__(self, seconds):
-        assert seconds == 0.1
+        assert seconds == 0.5  # follow's default longest wait
         self.sleeps += 1
         if self.actions:
             self.actions.pop(0)()

@@ -83,7 +83,8 @@ async def logs(
     logs_dir: Path, bot: str, grep: str | None, tail: int, followers: LogFollowers
 ) -> AsyncIterator[bytes]:
     """The last ``tail`` records, then each new one; :func:`clawpen.logs.query.follow` runs in a
-    thread of its own (it polls the file every 0.1 s) and hands records to the event loop."""
+    thread of its own (woken by inotify, and every 0.2 s to see whether the client left) and
+    hands records to the event loop."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[LogRecord | None] = asyncio.Queue()
     stop = threading.Event()
@@ -98,7 +99,7 @@ async def logs(
 
     def run() -> None:
         try:
-            for rec in follow(logs_dir, bot, grep=grep, tail=tail, stop=stop.is_set):
+            for rec in follow(logs_dir, bot, grep=grep, tail=tail, stop=stop.is_set, poll_interval=0.2):
                 if stop.is_set():
                     break
                 loop.call_soon_threadsafe(push, rec)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from clawpen.errors import UsageError
 from clawpen.logs import store
+from clawpen.logs.watch import FileWatch
 from clawpen.logs.writer import STREAMS
 from clawpen.spec.units import UnitError, parse_duration
 
@@ -290,19 +291,23 @@ def follow(
     grep: str | None = None,
     streams: Iterable[str] = STREAMS,
     tail: int = 0,
-    poll_interval: float = 0.1,
-    sleep: Callable[[float], None] = time.sleep,
+    poll_interval: float = 0.5,
+    sleep: Callable[[float], None] | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> Iterator[LogRecord]:
     """The last ``tail`` records, then each new record as it is appended, until ``stop()`` is
     true (checked when there is nothing new) or the caller stops iterating.
 
-    Polls: when there is nothing new it sleeps ``poll_interval`` (0.1 s: about ten ``pread`` and
-    two ``stat`` calls a second). When the current file is renamed by a rotation, it reads the
-    old file to its end (the writer closes it before the rename), then the new one from its start.
+    When there is nothing new it waits for the kernel to report a change to the bot's file
+    (inotify, :class:`clawpen.logs.watch.FileWatch`), at most ``poll_interval`` (then it looks
+    anyway and checks ``stop``); without inotify it sleeps ``poll_interval``. ``sleep`` replaces
+    the wait (tests drive it). When the current file is renamed by a rotation, it reads the old
+    file to its end (the writer closes it before the rename), then the new one from its start.
     """
     filt = _Filter(streams, grep)
     path = store.current_path(directory, bot)
+    watch = FileWatch(path) if sleep is None else None  # before the snapshot: no change is missed
+    wait = sleep if sleep is not None else watch.wait if watch is not None else time.sleep
     sources, fd = _snapshot(directory, bot)
     pos = 0 if fd is None else _last_line_end(fd)
     try:
@@ -330,10 +335,12 @@ def follow(
                     continue
             if stop is not None and stop():
                 return
-            sleep(poll_interval)
+            wait(poll_interval)
     finally:
         if fd is not None:
             os.close(fd)
+        if watch is not None:
+            watch.close()
 
 
 def _records(filt: _Filter, lines: bytes) -> Iterator[LogRecord]:
