@@ -83,13 +83,61 @@ COMMAND_MODULES = (
 )
 
 
-def _command_modules() -> list[Any]:
+# Which module has each command, so that a command builds (and imports) only its own parser.
+# A test checks this against each module's COMMANDS.
+COMMAND_INDEX = {
+    **dict.fromkeys(
+        [
+            "daemon",
+            "down",
+            "events",
+            "exec",
+            "logs",
+            "ps",
+            "releases",
+            "restart",
+            "start",
+            "status",
+            "stop",
+            "token",
+            "up",
+        ],
+        "clawpen.cli_daemon",
+    ),
+    **dict.fromkeys(("audit-log", "secrets"), "clawpen.cli_secrets"),
+    "firewall": "clawpen.cli_firewall",
+    **dict.fromkeys(("alerts", "export", "metrics", "top"), "clawpen.cli_metrics"),
+    "net": "clawpen.cli_net",
+    **dict.fromkeys(("init", "validate"), "clawpen.cli_bots"),
+    "dashboard": "clawpen.api.cli",
+}
+
+
+def _command_modules(command: str | None = None) -> list[Any]:
+    """The modules with more commands: only ``command``'s (none for this module's own), or all
+    (no command, or one nobody knows: the help and the error list every command)."""
     import importlib
 
+    if command in COMMANDS:
+        return []
+    if command in COMMAND_INDEX:
+        return [importlib.import_module(COMMAND_INDEX[command])]
     return [importlib.import_module(name) for name in COMMAND_MODULES]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(args: Sequence[str]) -> str | None:
+    """The command word of ``args``: the first one that is not an option of ``clawpen`` itself."""
+    for arg in args:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``clawpen``: with every command, or (given ``command``) with just the
+    module of that command (about 20 ms less for `clawpen run`)."""
     parser = _Parser(prog="clawpen", description="Run automation bots in isolated, limited sandboxes.")
     parser.add_argument("--version", action="version", version=f"clawpen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -113,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of clawpen.toml")
     doctor = sub.add_parser("doctor", help="check this host for what clawpen needs, with fixes")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
-    for module in _command_modules():
+    for module in _command_modules(command):
         module.add_commands(sub)
     return parser
 
@@ -314,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
     try:
-        ns, extra = build_parser().parse_known_args(args)
+        command = _command_of(args)
+        ns, extra = build_parser(command).parse_known_args(args)
         if extra:
             prog = f"clawpen {ns.cmd}" if ns.cmd else "clawpen"
             raise UsageError(
@@ -325,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if ns.cmd in COMMANDS:
             return COMMANDS[ns.cmd](ns)
-        for module in _command_modules():
+        for module in _command_modules(ns.cmd):
             if ns.cmd in module.COMMANDS:
                 return int(module.COMMANDS[ns.cmd](ns))
         raise UsageError(f"unknown command {ns.cmd!r}", where="clawpen", hint="see `clawpen --help`")
