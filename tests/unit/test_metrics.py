@@ -230,7 +230,7 @@ def test_grafana_dashboard_uses_only_known_series() -> None:
     import json
     import re
 
-    from clawpen.metrics import names
+    from clawpen.spec import metricnames as names
 
     path = Path(__file__).resolve().parents[2] / "contrib" / "grafana" / "clawpen.json"
     dash = json.loads(path.read_text())

@@ -6,8 +6,8 @@ import socket
 import time
 
 from clawpen.alerts.engine import Alert
-from clawpen.metrics import names
 from clawpen.notify.base import Message
+from clawpen.spec import metricnames as names
 
 
 def fmt_value(scope: names.Scope, series: str, value: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from clawpen.metrics import names
+from clawpen.spec import metricnames as names
 from clawpen.spec.alerts import MonitoringConfig, split_metric
 
 MiB = 1 << 20

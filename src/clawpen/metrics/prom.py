@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from clawpen.alerts.rules import Rule, bot_of
-from clawpen.metrics import names
+from clawpen.spec import metricnames as names
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

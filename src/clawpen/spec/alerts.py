@@ -7,7 +7,7 @@ probes = ["1.1.1.1:443"]              # TCP connect probes for host packet loss
 prometheus_listen = "127.0.0.1:9464"  # or "off"; another address needs prometheus_expose = true
 
 [[monitoring.alerts]]
-metric = "bot.cpu_percent"            # host.NAME or bot.NAME; see clawpen.metrics.names
+metric = "bot.cpu_percent"            # host.NAME or bot.NAME; see clawpen.spec.metricnames
 op = ">"
 threshold = 85
 for = "5m"
@@ -40,8 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from clawpen.metrics import names
 from clawpen.spec import listen, units
+from clawpen.spec import metricnames as names
 from clawpen.spec.rules import RuleViolation
 
 Seconds = Annotated[
