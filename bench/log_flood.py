@@ -43,7 +43,8 @@ from pathlib import Path
 from clawpen.logs.budget import LogBudget
 from clawpen.logs.query import read_logs
 from clawpen.logs.space import SpaceGuard
-from clawpen.logs.store import DEFAULT_MAX_TOTAL, Compressor
+from clawpen.logs.store import DEFAULT_MAX_TOTAL
+from clawpen.logs.upkeep import Compressor
 from clawpen.logs.writer import READ_SIZE, LogWriter, daemon_writer
 
 MiB = 1 << 20

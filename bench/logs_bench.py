@@ -39,7 +39,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from clawpen.logs.store import Compressor, compress_file, list_rotated
+from clawpen.logs.store import compress_file, list_rotated
+from clawpen.logs.upkeep import Compressor
 from clawpen.logs.writer import READ_SIZE, LogWriter
 
 TARGET = 1_000_000

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from clawpen.net.connlog import ConnLog, ConnRecord, query
+from clawpen.net.connlog import ConnLog, query
+from clawpen.net.connrecord import ConnRecord
 
 
 def rec(

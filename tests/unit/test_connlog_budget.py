@@ -9,7 +9,8 @@ from pathlib import Path
 
 from clawpen.cli_net import render
 from clawpen.net.connbudget import NAMES_PER_INTERVAL, OTHER_NAMES, OVER_BUDGET, Aggregator, DailyBudget
-from clawpen.net.connlog import SCHEMA_VERSION, ConnLog, ConnRecord, query
+from clawpen.net.connlog import SCHEMA_VERSION, ConnLog, query
+from clawpen.net.connrecord import ConnRecord
 
 # The schema before version 2 (git history of src/clawpen/net/connlog.py), kept here verbatim.
 _OLD_SCHEMA = """

@@ -14,7 +14,8 @@ from clawpen.alerts.rules import rules_from
 from clawpen.logs import writer as writer_mod
 from clawpen.logs.budget import LogBudget, TokenBucket
 from clawpen.logs.space import SpaceGuard, state_disk_values, watermark
-from clawpen.logs.store import Compressor, list_rotated, retention_sweep
+from clawpen.logs.store import list_rotated
+from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.logs.writer import LogWriter, daemon_writer
 from clawpen.spec.alerts import MonitoringConfig
 

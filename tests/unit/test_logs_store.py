@@ -8,9 +8,10 @@ import os
 import pytest
 
 from clawpen.errors import HostError
-from clawpen.logs import store
+from clawpen.logs import store, upkeep
 from clawpen.logs import writer as writer_mod
-from clawpen.logs.store import Compressor, compress_file, list_bots, list_rotated, retention_sweep
+from clawpen.logs.store import compress_file, list_bots, list_rotated
+from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.logs.writer import LogWriter
 
 DAY = 86400.0
@@ -332,12 +333,12 @@ def test_retention_leaves_files_the_compressor_is_on(tmp_path):
 
     with Busy() as compressor:
         report = retention_sweep(tmp_path, MIDNIGHT, compressor=compressor)
-    assert report == store.SweepReport((), (), 0)
+    assert report == upkeep.SweepReport((), (), 0)
     assert path.exists()
 
 
 def test_retention_on_a_missing_folder(tmp_path):
-    assert retention_sweep(tmp_path / "nope", MIDNIGHT) == store.SweepReport((), (), 0)
+    assert retention_sweep(tmp_path / "nope", MIDNIGHT) == upkeep.SweepReport((), (), 0)
 
 
 def test_writer_rotation_then_retention_end_to_end(tmp_path):

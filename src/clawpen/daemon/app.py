@@ -16,7 +16,7 @@ from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import HostError
-from clawpen.logs.store import Compressor, retention_sweep
+from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.net.instance import sweep_orphan_relays
 from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts

@@ -31,7 +31,7 @@ from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
 from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.errors import ClawpenError
-from clawpen.logs.store import Compressor
+from clawpen.logs.upkeep import Compressor
 from clawpen.logs.writer import daemon_writer
 from clawpen.net.instance import InstanceNetwork
 from clawpen.paths import cgroup_scope

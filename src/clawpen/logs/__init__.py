@@ -21,7 +21,7 @@ from __future__ import annotations
 from clawpen.logs.budget import LogBudget
 from clawpen.logs.query import LogRecord, follow, parse_since, read_logs
 from clawpen.logs.space import SpaceGuard
-from clawpen.logs.store import Compressor, SweepReport, retention_sweep
+from clawpen.logs.upkeep import Compressor, SweepReport, retention_sweep
 from clawpen.logs.writer import MARKER, STREAMS, LineFramer, LogWriter, Stream, daemon_writer
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 Each log name (a bot, or ``name-r2``) has a :class:`Ledger`: the size of its current file and
 its rotated files, oldest first, with their sizes. A :class:`LogBudget` holds every ledger of a
-daemon (one, shared through the :class:`~clawpen.logs.store.Compressor`) and the running total,
+daemon (one, shared through the :class:`~clawpen.logs.upkeep.Compressor`) and the running total,
 so checking the caps costs a comparison per write, never a directory scan:
 
 * **per bot**: before a write that would take the bot past its cap, its oldest rotated files
@@ -43,6 +43,12 @@ DEFAULT_MAX_WAITING = 2  # rotated files waiting for compression, per bot
 
 class Ticking(Protocol):
     def tick(self) -> None: ...
+
+
+class Queued(Protocol):
+    """The compressor, as the budget sees it (:class:`clawpen.logs.upkeep.Compressor`)."""
+
+    def busy(self, path: Path) -> bool: ...
 
 
 class _File:
@@ -91,7 +97,7 @@ class LogBudget:
     def __init__(self, *, max_all: int | None = DEFAULT_MAX_ALL) -> None:
         self.max_all = max_all
         self.space: SpaceGuard | None = None  # set by the daemon's log component
-        self.compressor: store.Compressor | None = None
+        self.compressor: Queued | None = None
         self.total = 0  # every byte counted, the compressor's output in progress included
         self.deleted = 0  # rotated files deleted to hold a cap
         self.dropped_waiting = 0  # of those, files deleted before they were compressed

@@ -1,7 +1,7 @@
 """The daemon component that watches the state dir's free space for the bots' logs.
 
 Started before the bots (``before_bots``): it gives the log writers' shared budget (on the
-daemon's :class:`~clawpen.logs.store.Compressor`) a :class:`~clawpen.logs.space.SpaceGuard`
+daemon's :class:`~clawpen.logs.upkeep.Compressor`) a :class:`~clawpen.logs.space.SpaceGuard`
 for the state dir and lowers the daemon-wide log cap to a quarter of that filesystem. Then,
 every second: it looks at the free space (so a pause is noticed, and ends, even when no bot
 writes), records a ``disk-low`` event when free space falls below the watermark or a log write

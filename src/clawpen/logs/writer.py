@@ -49,7 +49,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from clawpen.errors import HostError, UsageError
 from clawpen.logs import store
@@ -62,6 +62,9 @@ from clawpen.logs.budget import (
 )
 from clawpen.logs.framer import DEFAULT_MAX_LINE, MARKER, LineFramer
 from clawpen.logs.space import RETRY_AFTER_ERROR
+
+if TYPE_CHECKING:
+    from clawpen.logs.upkeep import Compressor
 
 __all__ = ["DEFAULT_MAX_LINE", "MARKER", "STREAMS", "LineFramer", "LogWriter", "Stream", "daemon_writer"]
 
@@ -112,7 +115,7 @@ class LogWriter:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_line: int = DEFAULT_MAX_LINE,
         daily: bool = True,
-        compressor: store.Compressor | None = None,
+        compressor: Compressor | None = None,
         compress_level: int = store.DEFAULT_LEVEL,
         file_mode: int = 0o640,
         redact: Callable[[bytes], bytes] | None = None,
@@ -450,7 +453,7 @@ def daemon_writer(
     directory: Path,
     bot: str,
     clock: Callable[[], float],
-    compressor: store.Compressor,
+    compressor: Compressor,
     *,
     redact: Callable[[bytes], bytes] | None,
     notify: Callable[[str, str], None],

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import ClawpenError
-from clawpen.net.connlog import ConnLog, ConnRecord, query
+from clawpen.net.connlog import ConnLog, query
+from clawpen.net.connrecord import ConnRecord
 from clawpen.net.gateway import Gateway
 from clawpen.net.resolve import Resolver
 

@@ -13,10 +13,7 @@ Both are used under the :class:`clawpen.net.connlog.ConnLog` lock; they hold no 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from clawpen.net.connlog import ConnRecord
+from clawpen.net.connrecord import ConnRecord
 
 AGG_INTERVAL = 1.0  # seconds of denials folded into one row
 NAMES_PER_INTERVAL = 16  # distinct denied names of a bot per interval; the rest fold into one row

@@ -24,9 +24,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from clawpen.net.connbudget import MAX_DB_BYTES, Aggregator, DailyBudget
+from clawpen.net.connrecord import ConnRecord
 
 RETENTION_DAYS = 7.0
 EVENT_INTERVAL = 10.0
@@ -61,23 +62,6 @@ _COLUMNS = (
 _INSERT = f"INSERT INTO conn ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"  # noqa: S608
 _SELECT = f"SELECT id, {', '.join(_COLUMNS)} FROM conn"  # noqa: S608 - constant column names
 _SELECT_V1 = _SELECT.replace(", count FROM", ", 1 AS count FROM")  # a database not migrated yet
-
-
-class ConnRecord(NamedTuple):
-    """One connection (or DNS query) as the gateway saw it."""
-
-    at: float  # when it started (epoch seconds)
-    bot: str
-    replica: int
-    kind: str  # "proxy" (plain HTTP), "connect", "transparent", "dns"
-    host: str
-    port: int
-    verdict: str  # "allowed" or "denied"
-    reason: str  # why denied, or the rule / "open" that allowed it
-    up: int = 0  # bytes from the bot
-    down: int = 0  # bytes to the bot
-    duration: float = 0.0
-    times: int = 1  # how many connections or queries this row stands for (column "count")
 
 
 def connect(path: Path) -> sqlite3.Connection:

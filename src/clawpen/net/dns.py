@@ -31,7 +31,8 @@ import dns.rdatatype
 import dns.rrset
 
 from clawpen.net import egress
-from clawpen.net.connlog import ConnLog, ConnRecord
+from clawpen.net.connlog import ConnLog
+from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dnsfair import TCP_PER_SOURCE, FairQueue
 from clawpen.net.dnsudp import UdpFront
 from clawpen.net.egress import HostSource

@@ -29,7 +29,8 @@ import struct
 import time
 
 from clawpen.net import egress, sniff
-from clawpen.net.connlog import ConnLog, ConnRecord
+from clawpen.net.connlog import ConnLog
+from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage

@@ -5,15 +5,11 @@ afterwards."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 from clawpen.validate import probes as p
+from clawpen.validate.context import Context, Side
 
-if TYPE_CHECKING:
-    from clawpen.validate.hostile import Context
-
-MiB = 1 << 20
-Side = Literal["in", "out"]
 # who runs the positive control on the host
 Control = Literal["root", "nobody", "bot", "root-mountns", "root-peer-netns"]
 
