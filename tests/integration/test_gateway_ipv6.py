@@ -12,11 +12,13 @@ destination answers when asked from the upstream namespace, or when allowed.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 
 import dns.exception
@@ -35,12 +37,18 @@ from gateway_env import (
     WWW_ADDR,
     Env,
 )
+from helpers import PY, session_uid_base
 
 from clawpen.net import netns, nft
 from clawpen.net.gateway import Gateway
 from clawpen.net.links import Link, LinkManager
 from clawpen.net.resolve import Resolver
 from clawpen.net.types import ipv6_of
+from clawpen.plan.build import HostFacts, build_plan
+from clawpen.sandbox.namespace import NamespaceTier
+from clawpen.sandbox.seccomp import default_policy
+from clawpen.sandbox.tier import Stdio
+from clawpen.sandbox.users import identity_for
 from clawpen.spec.policy import BotPolicy
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
@@ -48,6 +56,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.root]
 EGRESS6 = (
     "www.allowed.test:443",
     "www.allowed.test:8443",
+    "www.allowed.test:80",
     "ula.allowed.test:443",
     "nat64.allowed.test:443",
 )
@@ -335,3 +344,56 @@ def test_turning_ipv6_on_or_off_makes_the_link_again(env: V6Env) -> None:
         assert done.stdout.strip() == "1"
     finally:
         env.manager.detach("flip", 0)
+
+
+FETCH6 = r"""
+import json, socket
+out = {}
+for family, key in ((socket.AF_INET6, "v6"), (socket.AF_INET, "v4")):
+    try:
+        infos = socket.getaddrinfo("www.allowed.test", 80, family, socket.SOCK_STREAM)
+        addr = infos[0][4]
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(addr)
+        s.sendall(b"GET /sandboxed HTTP/1.1\r\nHost: www.allowed.test\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        out[key] = [addr[0], data.decode(errors="replace").splitlines()[-1]]
+    except OSError as e:
+        out[key] = ["error", str(e)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.bwrap
+def test_sandboxed_ipv6_bot_fetches_over_ipv6(env: V6Env) -> None:
+    """A real sandbox (bubblewrap, the bot's own uid) in the ``six`` link's namespace: its
+    resolver (the gateway's DNS) gives it the AAAA, and the IPv6 connection goes through."""
+    state = env.manager.dir.parent
+    os.environ["CLAWPEN_UID_BASE"] = str(session_uid_base())
+    policy = BotPolicy(name="six", command=(PY, "-c", FETCH6), egress=EGRESS6, ipv6=True)
+    link = env.manager.attach("six", 0, policy)
+    plan = build_plan(
+        policy, identity_for("six", state), HostFacts.probe(), default_policy(), link=link.for_plan(EGRESS6)
+    )
+    r, w = os.pipe()
+    sandbox = NamespaceTier(state).start(
+        plan, cgroup_name=f"six-t{uuid.uuid4().hex[:6]}", stdio=Stdio(stdout=w)
+    )
+    os.close(w)
+    try:
+        result = sandbox.wait(30)
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+    finally:
+        sandbox.teardown()
+        os.close(r)
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    assert result.exit_code == 0 and lines, f"bot failed: {result} {out!r}"
+    got = json.loads(lines[-1])
+    assert got["v6"] == [WWW6, f"hello from {WWW6}:80 host=www.allowed.test path=/sandboxed"], got
+    assert got["v4"] == [WWW_ADDR, f"hello from {WWW_ADDR}:80 host=www.allowed.test path=/sandboxed"], got
+    assert env.server(WWW6, 80).peers[-1] == UP6
