@@ -7,6 +7,13 @@
                                                              45.79.0.10  www.allowed.test :80 :443 :8443
                                                              45.79.0.11  other.test       :80 :443 :8443
 
+With :meth:`Env.add_ipv6` the fake internet also speaks IPv6 (the DNS answers AAAA from ZONE6):
+
+    upstream ns  2600:3c00:45::1/64 (default    inet ns  2600:3c00:45::2/64
+                 route via ::2), :8443 service           2600:3c00:45::10  www.allowed.test :80 :443 :8443
+                                                         2600:3c00:45::11  other.test       :80 :443 :8443
+                                                         fd00::5           (a ULA server)   :8443
+
 The gateway's listening sockets are made in the gateway ns, its upstream sockets (and its
 DNS lookups) in the upstream ns. The servers are threads of the test process whose sockets were
 made inside the inet ns. Nothing touches the root namespace but ``ip netns add`` itself and
@@ -55,6 +62,15 @@ ZONE = {
     "meta.allowed.test": ["169.254.169.254"],
     "mixed.allowed.test": ["45.79.0.10", "127.0.0.1"],
     "a.wild.test": ["45.79.0.10"],
+}
+UP6, INET6 = "2600:3c00:45::1", "2600:3c00:45::2"
+WWW6, OTHER6, ULA6 = "2600:3c00:45::10", "2600:3c00:45::11", "fd00::5"
+NAT64_PRIVATE = "64:ff9b::a00:5"  # NAT64 for 10.0.0.5
+ZONE6 = {
+    "www.allowed.test": [WWW6],
+    "other.test": [OTHER6],
+    "ula.allowed.test": [ULA6],
+    "nat64.allowed.test": [NAT64_PRIVATE],
 }
 EGRESS = (
     "www.allowed.test:443",
@@ -117,9 +133,11 @@ class HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     tls: ssl.SSLContext | None = None
+    peers: list[str]  # the client address of every connection (see get_request)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = self.socket.accept()
+        self.peers = [*getattr(self, "peers", []), addr[0]]
         if self.tls is not None:
             conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, addr
@@ -128,12 +146,27 @@ class HttpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         pass
 
 
-class FakeDNS:
-    """An authoritative-ish UDP resolver for ZONE that records every name it was asked."""
+class HttpServer6(HttpServer):
+    address_family = socket.AF_INET6
 
-    def __init__(self, sock: socket.socket, zone: dict[str, list[str]] | None = None) -> None:
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)  # not HTTPServer's: no reverse lookup (getfqdn)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+
+class FakeDNS:
+    """An authoritative-ish UDP resolver for ZONE (A) and ZONE6 (AAAA) that records every name
+    it was asked."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        zone: dict[str, list[str]] | None = None,
+        zone6: dict[str, list[str]] | None = None,
+    ) -> None:
         self.sock = sock
         self.zone = ZONE if zone is None else zone
+        self.zone6 = (ZONE6 if zone is None else {}) if zone6 is None else zone6
         self.asked: list[str] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -150,10 +183,13 @@ class FakeDNS:
             name = q.question[0].name.to_text(omit_final_dot=True).lower()
             self.asked.append(name)
             reply = dns.message.make_response(q)
-            if name not in self.zone:
+            rdtype = q.question[0].rdtype
+            if name not in self.zone and name not in self.zone6:
                 reply.set_rcode(dns.rcode.NXDOMAIN)
-            elif q.question[0].rdtype == dns.rdatatype.A:
+            elif rdtype == dns.rdatatype.A and name in self.zone:
                 reply.answer.append(dns.rrset.from_text(name + ".", 30, "IN", "A", *self.zone[name]))
+            elif rdtype == dns.rdatatype.AAAA and name in self.zone6:
+                reply.answer.append(dns.rrset.from_text(name + ".", 30, "IN", "AAAA", *self.zone6[name]))
             self.sock.sendto(reply.to_wire(), addr)
 
     def close(self) -> None:
@@ -245,8 +281,28 @@ class Env:
         sock.bind((DNS_ADDR, 53))
         self.dns = FakeDNS(sock)
 
-    def _serve(self, fd: int, addr: str, port: int, tls: ssl.SSLContext | None) -> None:
-        server = netns_thread_call(fd, lambda: HttpServer((addr, port), HttpHandler))
+    def add_ipv6(self) -> None:
+        """Give the fake internet IPv6 (see the module docstring); call after :meth:`build`."""
+        t = self.tag
+        ip("-6", "addr", "add", f"{UP6}/64", "dev", f"u{t}", "nodad", ns=self.up)
+        ip("-6", "route", "add", "default", "via", INET6, ns=self.up)
+        for addr in (INET6, WWW6, OTHER6, ULA6):
+            ip("-6", "addr", "add", f"{addr}/64", "dev", f"i{t}", "nodad", ns=self.inet)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(self.cert, self.key)
+        inet = self.fds[self.inet]
+        for addr, port in [(a, p) for a in (WWW6, OTHER6) for p in (80, 443, 8443)] + [(ULA6, 8443)]:
+            self._serve(inet, addr, port, tls if port != 80 else None, HttpServer6)
+        self._serve(self.fds[self.up], UP6, 8443, tls, HttpServer6)  # a service on the host's own address
+
+    def server(self, addr: str, port: int) -> HttpServer:
+        """The fake server listening on ``addr:port``."""
+        return next(s for s in self.servers if s.server_address[:2] == (addr, port))
+
+    def _serve(
+        self, fd: int, addr: str, port: int, tls: ssl.SSLContext | None, kind: type[HttpServer] = HttpServer
+    ) -> None:
+        server = netns_thread_call(fd, lambda: kind((addr, port), HttpHandler))
         server.tls = tls
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         self.servers.append(server)

@@ -3,8 +3,11 @@
 For the asking bot (found by source address) a name its egress allows is looked up upstream
 (:class:`clawpen.net.resolve.Resolver`) and answered with the public addresses only; every
 other name gets NXDOMAIN *without* any upstream query, so a bot cannot smuggle data out in
-query names. AAAA questions get an empty answer (bot links are IPv4). Each (bot, address) ->
-name answer is remembered for the transparent path; denials go to the connection log.
+query names. AAAA questions of a ``network.ipv6`` bot are answered like A questions (public
+addresses only); every other bot gets an empty AAAA answer (its link has no IPv6). Each
+(bot, address) -> name answer is remembered for the transparent path (IPv6 addresses in their
+compressed form, as :func:`clawpen.net.gateway.original_dst` reports them); denials go to the
+connection log. Queries come over IPv4 only (``resolv.conf`` names ``gw_addr``).
 
 Fairness (:mod:`clawpen.net.dnsfair`): the UDP read loop only reads, finds the sender and queues
 the datagram in that bot's bounded queue, or drops it (over the bot's rate, or queue full) and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 import socket
 import struct
@@ -259,8 +263,8 @@ class DnsServer:
             )
             reply.set_rcode(dns.rcode.NXDOMAIN)
             return reply.to_wire(max_size=max_size)
-        if question.rdtype == dns.rdatatype.AAAA:
-            return reply.to_wire(max_size=max_size)  # no IPv6 on bot links: empty answer
+        if question.rdtype == dns.rdatatype.AAAA and not link.bot_addr6:
+            return reply.to_wire(max_size=max_size)  # no IPv6 on this bot's link: empty answer
         try:
             upstream = self.resolver.lookup(normal, question.rdtype)
         except UpstreamError:
@@ -274,11 +278,12 @@ class DnsServer:
                     rd for rd in rrset if egress.address_problem(rd.address, allow, self.host_addrs) is None
                 ]
                 dropped += [rd.address for rd in rrset if rd not in keep]
-                if not keep or rrset.rdtype == dns.rdatatype.AAAA:
+                if not keep or (rrset.rdtype == dns.rdatatype.AAAA and not link.bot_addr6):
                     continue
                 clean = dns.rrset.from_rdata_list(rrset.name, rrset.ttl, keep)
                 for rd in keep:
-                    self.names.add(link.bot_addr, rd.address, normal, rrset.ttl)
+                    ip = str(ipaddress.ip_address(rd.address))
+                    self.names.add(link.bot_addr, ip, normal, rrset.ttl)
                 reply.answer.append(clean)
             else:
                 reply.answer.append(rrset)

@@ -1,18 +1,23 @@
 """The egress gateway: explicit proxy and transparent interception for every bot link.
 
 Listening sockets live in the gateway network namespace (``0.0.0.0:PROXY_PORT`` and
-``0.0.0.0:TRANSPARENT_PORT``, plus DNS). One thread accepts on both and reads every
+``0.0.0.0:TRANSPARENT_PORT``, the same ports on ``[::]`` in IPv6-only sockets for the links of
+``network.ipv6`` bots, plus DNS over IPv4). One thread accepts on all of them and reads every
 connection's first bytes without blocking (:mod:`clawpen.net.heads`, with per-bot quotas from
 :mod:`clawpen.net.fair`), so a slow bot holds no thread before the verdict; a connection whose
 head is complete goes to a worker thread that has joined the *upstream* namespace (the daemon's
 own by default), so upstream sockets and DNS queries are made there. Per connection:
 
-1. who: the bot link behind the source address (``registry.by_source``), else close;
-2. where: CONNECT target / absolute URL (proxy), or the original destination and then TLS SNI
-   (port 443), HTTP Host (port 80), or the name the gateway's DNS gave that bot for that
-   address (other ports) (transparent);
-3. check the allowlist, resolve the name upstream, refuse if any address is not public
-   (unless in ``allow_private``), connect, and relay (zero-copy, :mod:`clawpen.net.relay`).
+1. who: the bot link behind the source address, IPv4 or IPv6 (``registry.by_source``), else
+   close;
+2. where: CONNECT target / absolute URL (proxy), or the original destination
+   (``SO_ORIGINAL_DST`` / ``IP6T_SO_ORIGINAL_DST``) and then TLS SNI (port 443), HTTP Host
+   (port 80), or the name the gateway's DNS gave that bot for that address (other ports)
+   (transparent);
+3. check the allowlist, resolve the name upstream (A, and AAAA for a ``network.ipv6`` bot),
+   refuse if any address is not public (unless in ``allow_private``), connect (to the original
+   destination first when it is one of the name's addresses), and relay (zero-copy,
+   :mod:`clawpen.net.relay`).
    On CONNECT the first bytes must be a ClientHello whose SNI is the CONNECT host (port 443),
    and any ClientHello must name that host.
 
@@ -24,9 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import socket
-import struct
 import time
+
+import dns.rdatatype
 
 from clawpen.net import egress, sniff
 from clawpen.net.connlog import ConnLog
@@ -35,12 +42,12 @@ from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
 from clawpen.net.hostaddr import PerNamespace
-from clawpen.net.netns import setns, socket_in
+from clawpen.net.listen import listeners, original_dst
+from clawpen.net.netns import setns
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 
-SO_ORIGINAL_DST = 80
 HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (in a worker thread)
 CONNECT_TIMEOUT = 10.0
 __all__ = ["MAX_CONNECTIONS", "Denied", "Gateway", "original_dst"]
@@ -62,6 +69,7 @@ class Gateway:
         netns_fd: int | None = None,
         upstream_netns_fd: int | None = None,
         host: str = "0.0.0.0",  # noqa: S104 - inside the gateway namespace only
+        host6: str | None = None,
         proxy_port: int = PROXY_PORT,
         transparent_port: int = TRANSPARENT_PORT,
         dns_port: int | None = DNS_PORT,
@@ -77,6 +85,8 @@ class Gateway:
         self.netns_fd = netns_fd
         self.upstream_netns_fd = upstream_netns_fd
         self.host = host
+        # IPv6 listeners: ``host6``, or "::" next to the IPv4 wildcard (the gateway namespace)
+        self.host6 = host6 if host6 is not None else ("::" if host == "0.0.0.0" else None)  # noqa: S104
         self.proxy_port = proxy_port
         self.transparent_port = transparent_port
         self.head_timeout = head_timeout
@@ -117,13 +127,11 @@ class Gateway:
     def start(self) -> None:
         try:
             for port, kind in ((self.proxy_port, "proxy"), (self.transparent_port, "transparent")):
-                sock = socket_in(self.netns_fd, socket.AF_INET, socket.SOCK_STREAM)
-                self._listeners.append(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((self.host, port))
-                sock.listen(4096)
-                self.ports[kind] = sock.getsockname()[1]
-                self.heads.add_listener(sock, kind)
+                socks = listeners(self.netns_fd, self.host, self.host6, port)  # IPv4, IPv6
+                self._listeners += socks
+                self.ports[kind] = socks[0].getsockname()[1]
+                for sock in socks:
+                    self.heads.add_listener(sock, kind)
             if self.dns is not None:
                 self.dns.start()
             self.heads.start()
@@ -156,7 +164,7 @@ class Gateway:
             return True
         head.dst = dst_ip, dst_port = original_dst(head.sock)
         link = head.link
-        if dst_port in (self.proxy_port, self.transparent_port) and dst_ip == link.gw_addr:
+        if dst_port in (self.proxy_port, self.transparent_port) and link.is_gateway(dst_ip):
             return False  # denied by the worker
         if egress.policy_for(link.egress).match(dst_ip, dst_port) is not None:
             return False
@@ -228,6 +236,8 @@ class Gateway:
                 addresses = self.resolver.addresses(name)
             except UpstreamError as err:
                 raise Denied(f"cannot resolve {name}: {err}") from None
+            if link.bot_addr6:  # an IPv6 bot: the name's IPv6 addresses too, under the same checks
+                addresses += self._addresses6(name)
             if not addresses:
                 raise Denied(f"{name} does not resolve")
         for addr in addresses:
@@ -235,6 +245,17 @@ class Gateway:
             if problem is not None:
                 raise Denied(f"{name} resolves to a refused address: {problem}")
         return allowed_by, addresses
+
+    def _addresses6(self, name: str) -> list[str]:
+        """Every IPv6 address ``name`` resolves to (none when the AAAA lookup fails)."""
+        try:
+            answer = self.resolver.lookup(name, dns.rdatatype.AAAA)
+        except UpstreamError:
+            return []
+        aaaa = dns.rdatatype.AAAA
+        return [
+            str(ipaddress.ip_address(rd.address)) for rr in answer.answer if rr.rdtype == aaaa for rd in rr
+        ]
 
     def _connect(self, addresses: list[str], port: int) -> socket.socket:
         last: OSError | None = None
@@ -389,7 +410,7 @@ class Gateway:
         host = dst_ip
         try:
             policy = egress.policy_for(link.egress)
-            if dst_port in (self.proxy_port, self.transparent_port) and dst_ip == link.gw_addr:
+            if dst_port in (self.proxy_port, self.transparent_port) and link.is_gateway(dst_ip):
                 raise Denied("connection to the gateway's own port")
             if policy.match(dst_ip, dst_port) is None:
                 if head.parse is not None:  # 443 / 80: the head stage read the SNI / Host
@@ -425,13 +446,6 @@ class Gateway:
         self._record(
             link, "transparent", name, dst_port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a
         )
-
-
-def original_dst(conn: socket.socket) -> tuple[str, int]:
-    """Where the bot meant to go before nftables redirected it here (SO_ORIGINAL_DST)."""
-    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    port = struct.unpack_from("!H", raw, 2)[0]
-    return socket.inet_ntoa(raw[4:8]), port
 
 
 def _is_ip(host: str) -> bool:

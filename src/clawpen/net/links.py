@@ -4,14 +4,20 @@
 
 * the **gateway namespace**, a network namespace of clawpen's own kept alive by a bind mount
   at ``<state>/netns/gw`` (so it outlives a daemon restart while bots keep running). It has
-  only ``lo`` and the ``cb<N>`` link ends, IPv6 off, ``ip_forward`` 0, and the nftables table
-  of :mod:`clawpen.net.nft`. The host namespace's interfaces, routes and rules are never touched.
+  only ``lo`` and the ``cb<N>`` link ends, ``ip_forward`` 0 (IPv4 and IPv6), and the nftables
+  table of :mod:`clawpen.net.nft`. IPv6 is off on every interface there but the ``cb<N>`` ends
+  of ``network.ipv6`` bots. The host namespace's interfaces, routes and rules are never touched.
 * one namespace per attached bot instance at ``<state>/netns/<bot>.<replica>``: ``lo`` up,
-  ``eth0`` = ``bot_addr/30`` with the only route (default) via ``gw_addr``, IPv6 off unless the
-  bot's ``network.ipv6``. ``cb<N>`` = ``gw_addr/30`` sits in the gateway namespace.
+  ``eth0`` = ``bot_addr/30`` with the only route (default) via ``gw_addr``. ``cb<N>`` =
+  ``gw_addr/30`` sits in the gateway namespace. IPv6 is off in the bot's namespace (and on its
+  ``cb<N>``) unless the bot's ``network.ipv6``; then both ends also get ``bot_addr6/126`` and
+  ``gw_addr6/126`` (:func:`clawpen.net.types.ipv6_of` of the IPv4 pair, no DAD), the bot a
+  default IPv6 route via ``gw_addr6``, and neither end takes router advertisements or
+  autoconfigures an address (link-local addresses stay: neighbour discovery uses them).
 * the address allocation: block ``N`` (a /30) of ``[gateway] subnet``; ``gw_addr`` is its
   first host address, ``bot_addr`` the second. Kept in ``<state>/net-links.json`` (written
-  atomically), so a restarted daemon adopts running bots with the addresses they have.
+  atomically), so a restarted daemon adopts running bots with the addresses they have (the
+  IPv6 pair is derived from the IPv4 one; whether a link has it is read from its ``cb<N>``).
 
 API (used by the runtime, the gateway and the build steps):
 
@@ -21,7 +27,8 @@ API (used by the runtime, the gateway and the build steps):
 * ``adopt(bot, replica, policy) -> Link | None``: after a daemon restart, take over the link of
   a bot that still runs (``None`` when its namespace is gone).
 * ``link(bot, replica) -> Link | None``; ``by_source(addr) -> BotLink | None`` (the gateway's
-  :class:`~clawpen.net.types.LinkRegistry`); ``gateway_netns_fd`` (created on first use).
+  :class:`~clawpen.net.types.LinkRegistry`, by ``bot_addr`` or ``bot_addr6``);
+  ``gateway_netns_fd`` (created on first use).
 
 All netlink work goes through pyroute2 over a netlink socket *created inside* the target
 namespace (:func:`clawpen.net.netns.socket_in`), never a socket of the daemon's own namespace.
@@ -42,13 +49,24 @@ from typing import Any, NamedTuple
 from clawpen.errors import ConfigError, HostError
 from clawpen.fsutil import write_atomic
 from clawpen.net import netns, nft, shape
-from clawpen.net.types import LINK_PREFIX, BotLink
+from clawpen.net.types import LINK6_EXTRA_BITS, LINK_PREFIX, BotLink, canonical, ipv6_of
 from clawpen.plan.model import NetLink
 from clawpen.spec.policy import BotPolicy
 
 DEFAULT_SUBNET = "10.213.0.0/16"
 BOT_IF = "eth0"
 NETLINK_ROUTE = 0
+IFA_F_NODAD = 0x02
+# per-interface IPv6 settings of both ends of an IPv6 link: no DAD wait, no router
+# advertisements, no autoconfigured addresses, no router solicitations, no forwarding
+IPV6_QUIET = (
+    ("accept_dad", "0"),
+    ("dad_transmits", "0"),
+    ("accept_ra", "0"),
+    ("autoconf", "0"),
+    ("router_solicitations", "0"),
+    ("forwarding", "0"),
+)
 
 
 class Link(NamedTuple):
@@ -62,6 +80,21 @@ class Link(NamedTuple):
     gw_addr: str
     prefixlen: int
     netns: str
+    ipv6: bool = False  # the bot's ``network.ipv6``: the link also has bot_addr6 / gw_addr6
+
+    @property
+    def bot_addr6(self) -> str:
+        """The bot end's IPv6 address ("" on a link without IPv6)."""
+        return ipv6_of(self.bot_addr) if self.ipv6 else ""
+
+    @property
+    def gw_addr6(self) -> str:
+        """The gateway end's IPv6 address ("" on a link without IPv6)."""
+        return ipv6_of(self.gw_addr) if self.ipv6 else ""
+
+    @property
+    def prefixlen6(self) -> int:
+        return self.prefixlen + LINK6_EXTRA_BITS
 
     def for_plan(self, egress: tuple[str, ...] | str = ()) -> NetLink:
         """The record the planner takes (:class:`clawpen.plan.model.NetLink`)."""
@@ -77,11 +110,22 @@ def _ipr(fd: int) -> Any:
 
 
 def _sysctls(ipv6: bool) -> None:
+    """For the calling thread's (new) namespace: no forwarding; IPv6 off, or quiet (
+    :data:`IPV6_QUIET` for every interface made from now on, e.g. the bot's ``eth0``)."""
     netns.write_sysctl("net/ipv4/ip_forward", "0")
-    if not ipv6:
-        for scope in ("all", "default"):
-            with contextlib.suppress(FileNotFoundError):  # kernel without IPv6
+    for scope in ("all", "default"):
+        with contextlib.suppress(FileNotFoundError):  # kernel without IPv6
+            if not ipv6:
                 netns.write_sysctl(f"net/ipv6/conf/{scope}/disable_ipv6", "1")
+            for key, value in IPV6_QUIET if ipv6 else (("forwarding", "0"),):
+                netns.write_sysctl(f"net/ipv6/conf/{scope}/{key}", value)
+
+
+def _ipv6_on(ifname: str) -> None:
+    """Turn IPv6 on for ``ifname`` of the calling thread's namespace, quiet (see IPV6_QUIET)."""
+    for key, value in IPV6_QUIET:  # before IPv6 comes up: its link-local address skips DAD
+        netns.write_sysctl(f"net/ipv6/conf/{ifname}/{key}", value)
+    netns.write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
 
 
 class LinkManager:
@@ -178,7 +222,7 @@ class LinkManager:
 
     def _register(self, link: Link, policy: BotPolicy) -> None:
         self._links[(link.bot, link.replica)] = link
-        self._by_addr[link.bot_addr] = BotLink(
+        entry = BotLink(
             link.bot,
             link.replica,
             link.bot_addr,
@@ -186,7 +230,16 @@ class LinkManager:
             policy.egress,
             policy.allow_private,
             policy.net_limits,
+            link.bot_addr6,
+            link.gw_addr6,
         )
+        self._by_addr[link.bot_addr] = entry
+        if link.ipv6:
+            self._by_addr[link.bot_addr6] = entry
+
+    def _unregister(self, link: Link) -> None:
+        self._by_addr.pop(link.bot_addr, None)
+        self._by_addr.pop(ipv6_of(link.bot_addr), None)
 
     def ready(self) -> None:
         """Run the one-time hook (:func:`for_daemon`); call it on the daemon's event loop thread."""
@@ -202,24 +255,38 @@ class LinkManager:
 
     def by_source(self, addr: str) -> BotLink | None:
         """The bot instance whose link has ``addr`` (the gateway asks on every connection)."""
-        return self._by_addr.get(addr)
+        found = self._by_addr.get(addr)
+        if found is None and ":" in addr:  # an IPv6 address in another spelling
+            found = self._by_addr.get(canonical(addr))
+        return found
 
     def attach(self, bot: str, replica: int, policy: BotPolicy) -> Link:
         """Create the bot instance's namespace and link (or return the live one)."""
         with self._lock:
             live = self._links.get((bot, replica))
-            if live is not None:
+            if live is not None and live.ipv6 == policy.ipv6:
                 self._register(live, policy)  # the policy may have changed
                 self._shape(live, policy)
                 return live
+            if live is not None:  # network.ipv6 changed: the link is made again (same block)
+                self._unregister(live)
+                del self._links[(bot, replica)]
             gw_fd = self.gateway_netns_fd
             key = f"{bot}.{replica}"
             index = self._allocate(key)
             gw_addr, bot_addr = self._block(index)
             link = Link(
-                bot, replica, index, f"{LINK_PREFIX}{index}", bot_addr, gw_addr, 30, str(self.dir / key)
+                bot,
+                replica,
+                index,
+                f"{LINK_PREFIX}{index}",
+                bot_addr,
+                gw_addr,
+                30,
+                str(self.dir / key),
+                policy.ipv6,
             )
-            self._remove(link, gw_fd)  # leftovers of an earlier daemon
+            self._remove(link, gw_fd)  # leftovers of an earlier daemon (or the live link)
             try:
                 self._create(link, gw_fd, policy)
             except BaseException as exc:
@@ -244,12 +311,19 @@ class LinkManager:
             ipg.link("add", ifname=link.ifname, kind="veth", peer={"ifname": BOT_IF, "net_ns_fd": bot_fd})
             gw_if = ipg.link_lookup(ifname=link.ifname)[0]
             ipg.addr("add", index=gw_if, address=link.gw_addr, prefixlen=link.prefixlen)
+            if link.ipv6:
+                netns.netns_thread_call(gw_fd, lambda: _ipv6_on(link.ifname))
+                _addr6(ipg, gw_if, link.gw_addr6, link.prefixlen6)
             ipg.link("set", index=gw_if, state="up")
             bot_if = ipb.link_lookup(ifname=BOT_IF)[0]
             ipb.link("set", index=1, state="up")
             ipb.addr("add", index=bot_if, address=link.bot_addr, prefixlen=link.prefixlen)
+            if link.ipv6:
+                _addr6(ipb, bot_if, link.bot_addr6, link.prefixlen6)
             ipb.link("set", index=bot_if, state="up")
             ipb.route("add", dst="default", gateway=link.gw_addr)
+            if link.ipv6:
+                ipb.route("add", family=socket.AF_INET6, dst="::/0", gateway=link.gw_addr6)
             if policy.bandwidth:
                 shape.set_rate(ipg, gw_if, policy.bandwidth, policy.burst)
                 shape.set_rate(ipb, bot_if, policy.bandwidth, policy.burst)
@@ -302,7 +376,7 @@ class LinkManager:
                 link = Link(
                     bot, replica, index, f"{LINK_PREFIX}{index}", bot_addr, gw_addr, 30, str(self.dir / key)
                 )
-            self._by_addr.pop(link.bot_addr, None)
+            self._unregister(link)
             self._remove(link, self.gateway_netns_fd)
             if self._alloc.pop(key, None) is not None:
                 self._save()
@@ -315,29 +389,34 @@ class LinkManager:
             path = str(self.dir / key)
             if index is None or not netns.is_mounted_netns(path):
                 return None
-            gw_fd = self.gateway_netns_fd
-            ipg = _ipr(gw_fd)
+            ipg = _ipr(self.gateway_netns_fd)
             try:
                 found = ipg.link_lookup(ifname=f"{LINK_PREFIX}{index}")
+                if not found:
+                    return None
+                gw_addr, ipv6 = self._addr_of(ipg, index, found[0])
             finally:
                 ipg.close()
-            if not found:
-                return None
-            base = ipaddress.ip_address(self._addr_of(index))
-            link = Link(bot, replica, index, f"{LINK_PREFIX}{index}", str(base + 1), str(base), 30, path)
+            base = ipaddress.ip_address(gw_addr)
+            link = Link(
+                bot, replica, index, f"{LINK_PREFIX}{index}", str(base + 1), str(base), 30, path, ipv6
+            )
             self._register(link, policy)
             return link
 
-    def _addr_of(self, index: int) -> str:
+    def _addr_of(self, ipg: Any, index: int, if_index: int) -> tuple[str, bool]:
         """The gateway address of block ``index`` as configured on its ``cb`` end (the subnet
-        may have changed since the link was made)."""
-        ipg = _ipr(self.gateway_netns_fd)
-        try:
-            for msg in ipg.get_addr(label=f"{LINK_PREFIX}{index}"):
-                return str(msg.get_attr("IFA_ADDRESS"))
-        finally:
-            ipg.close()
-        return self._block(index)[0]
+        may have changed since the link was made), and whether the end has its IPv6 address."""
+        gw_addr = self._block(index)[0]
+        for msg in ipg.get_addr(family=socket.AF_INET, index=if_index):
+            gw_addr = str(msg.get_attr("IFA_ADDRESS"))
+            break
+        want = ipv6_of(gw_addr)
+        ipv6 = any(
+            canonical(str(msg.get_attr("IFA_ADDRESS"))) == want
+            for msg in ipg.get_addr(family=socket.AF_INET6, index=if_index)
+        )
+        return gw_addr, ipv6
 
     def shutdown(self) -> None:
         """At a clean daemon exit: with no link left, remove the gateway namespace (a bot that
@@ -366,6 +445,11 @@ class LinkManager:
                 self.detach(name, int(number))
             self.close()
             netns.remove_persistent(self.gw_path)
+
+
+def _addr6(ipr: Any, index: int, address: str, prefixlen: int) -> None:
+    """Add an IPv6 address without duplicate address detection (usable at once)."""
+    ipr.addr("add", index=index, address=address, prefixlen=prefixlen, flags=IFA_F_NODAD)
 
 
 def for_daemon(state_dir: Path, daemon: Any) -> LinkManager:
