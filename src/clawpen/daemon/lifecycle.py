@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING
 from clawpen.errors import ClawpenError
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Plan, SeccompPolicy
-from clawpen.sandbox.adopt import AdoptedSandbox
-from clawpen.sandbox.namespace import Sandbox
-from clawpen.sandbox.tier import RunResult
+from clawpen.sandbox.tier import RunningSandbox, RunResult
 from clawpen.sandbox.users import identity_for
 from clawpen.spec.models import Bot
 
@@ -26,13 +24,11 @@ if TYPE_CHECKING:
     from clawpen.net.links import Link
 
 
-async def terminate(
-    sandbox: Sandbox | AdoptedSandbox, grace: float, note: Callable[[str, str], None]
-) -> None:
-    """SIGTERM every process of the bot, then SIGKILL the cgroup after ``grace`` seconds."""
+async def terminate(sandbox: RunningSandbox, grace: float, note: Callable[[str, str], None]) -> None:
+    """SIGTERM every process of the bot, then SIGKILL them after ``grace`` seconds."""
     with contextlib.suppress(ClawpenError, ProcessLookupError):
-        sandbox.cg.signal(signal.SIGTERM)
-    pidfd = os.pidfd_open(sandbox.pid)
+        sandbox.signal(signal.SIGTERM)
+    pidfd = sandbox.exit_fd()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     loop.add_reader(pidfd, settle, done)
@@ -40,11 +36,11 @@ async def terminate(
         if not (await asyncio.wait({done}, timeout=grace))[0]:
             note("kill", f"no exit {grace:g}s after SIGTERM: SIGKILL")
             with contextlib.suppress(ClawpenError):
-                sandbox.cg.kill()
+                sandbox.kill()
             if not (await asyncio.wait({done}, timeout=5.0))[0]:
-                # bubblewrap's own monitor is stuck (stopped?): end it too
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(sandbox.pid, signal.SIGKILL)
+                # the tier's own monitor (bubblewrap) is stuck (stopped?): end it too
+                with contextlib.suppress(ClawpenError):
+                    sandbox.kill(monitor=True)
                 await asyncio.wait({done}, timeout=5.0)
     finally:
         loop.remove_reader(pidfd)
