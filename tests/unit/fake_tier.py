@@ -102,7 +102,7 @@ class Script:
     ignore_term: bool = False  # SIGTERM does nothing (only SIGKILL ends it)
     memory: int | None = 10 << 20  # memory.current while it runs
     oom: bool = False  # its end was an OOM kill
-    stdout: bytes = b""  # written to its stdout when it starts
+    stdout: bytes = b""  # written to its stdout when it starts ({replica}: its CLAWPEN_REPLICA)
 
 
 @dataclass
@@ -235,7 +235,8 @@ class FakeTier:
             if fd is not None:
                 sb.fds.append(os.dup(fd))
         if script.stdout and sb.fds:
-            os.write(sb.fds[0], script.stdout)
+            replica = dict(plan.env).get("CLAWPEN_REPLICA", "")
+            os.write(sb.fds[0], script.stdout.replace(b"{replica}", replica.encode()))
         if script.exit_after is not None:
             sb._timer = self.loop.call_later(script.exit_after, sb.end, script.code)
         self.started.append(sb)

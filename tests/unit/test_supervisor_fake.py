@@ -380,3 +380,47 @@ def test_an_adopted_sandbox_is_supervised_and_a_gone_one_is_not(rig: Callable[..
     gone = InstanceRow("bot", 1, "running", 99, 100, 1, "bot.1", EPOCH, 0, None, None, None)
     assert not r.do(lambda: r.instance(replica=1).adopt(gone))
     r.stop(second)
+
+
+# -------------------------------------------------------------------------------------- logs
+def test_each_replica_has_its_own_pipes_and_log(rig: Callable[..., Rig]) -> None:
+    from clawpen.logs.query import read_logs
+
+    r = rig(Script(stdout=b"I am replica {replica}\n"))
+    insts = [r.instance(replica=i, replicas=2) for i in (0, 1)]
+    for inst in insts:
+        r.do(inst.start)
+    timed(lambda: r.until(lambda: all(i.machine.state is S.RUNNING for i in insts), within=5))
+    r.run(asyncio.sleep(1))
+    for inst in insts:
+        r.stop(inst)
+    logs = {i.log_name: [x.text for x in read_logs(r.svc.logs_dir, i.log_name)] for i in insts}
+    assert logs == {"bot": ["I am replica 0"], "bot-r1": ["I am replica 1"]}, logs
+    names = sorted(p.name for p in r.svc.run_dir.iterdir() if p.suffix in (".out", ".err", ".status"))
+    assert names == [f"bot.{i}.{k}" for i in (0, 1) for k in ("err", "out", "status")], names
+
+
+def test_a_sandbox_of_an_earlier_release_is_adopted_with_its_shared_pipes(rig: Callable[..., Rig]) -> None:
+    """Earlier releases named the pipes <bot>.out and <bot>.err; a bot started then is read from them."""
+    import os
+
+    from clawpen.logs.query import read_logs
+
+    r = rig(Script())
+    r.svc.run_dir.mkdir(parents=True)
+    old = {k: r.svc.run_dir / f"bot.{k}" for k in ("out", "err")}
+    ends = []
+    for path in old.values():
+        os.mkfifo(path, 0o600)
+        ends.append(os.open(path, os.O_RDWR))  # the running bot's side
+    sb = r.tier.start(r.instance().plan(), cgroup_name="bot.0")
+    r.tier.adoptable[sb.pid] = sb
+    sb.fds += ends
+    inst = r.instance()
+    row = InstanceRow("bot", 0, "running", sb.pid, sb.sandbox_pid, 1, "bot.0", EPOCH, 0, None, None, None)
+    assert r.do(lambda: inst.adopt(row))
+    os.write(ends[0], b"still here\n")
+    r.run(asyncio.sleep(1))
+    r.stop(inst)
+    assert [x.text for x in read_logs(r.svc.logs_dir, "bot")] == ["still here"]
+    assert not (r.svc.run_dir / "bot.0.out").exists()  # nothing new was made for it

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from clawpen.daemon import watchers as watch
-from clawpen.daemon.lifecycle import describe, instance_plan, settle, terminate
+from clawpen.daemon.lifecycle import describe, instance_plan, open_fifos, settle, terminate
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
 from clawpen.daemon.tiers import adopt_row, tier_for
@@ -52,7 +50,6 @@ if TYPE_CHECKING:
 S = BotState
 __all__ = ["Instance", "Services", "instance_plan"]
 READ_CHUNK = 1 << 16
-PIPE_SIZE = 1 << 20
 
 
 class Services(NamedTuple):
@@ -117,10 +114,12 @@ class Instance:
     def adopt(self, row: InstanceRow) -> bool:
         """Take over the sandbox of ``row`` that an earlier daemon started, if it still runs
         (False: it does not, or its tier is not here)."""
-        sandbox = adopt_row(self.svc, self.bot.tier, row, self._paths()["status"])
+        legacy = not self._paths()["out"].exists() and self._paths(legacy=True)["out"].exists()
+        sandbox = adopt_row(self.svc, self.bot.tier, row, self._paths(legacy=legacy)["status"])
         if sandbox is None:
             return False
-        self._pipes = {s: os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) for s, p in self._fifos()}
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        self._pipes = {s: os.open(p, flags) for s, p in self._fifos(legacy=legacy)}
         self.machine = BotStateMachine(self.name, self.replica, BotState.RUNNING, self.svc.clock())
         if not self._restore(row):  # saved by an older clawpen: no tracker state
             self.tracker.record_started(row.started_at or self.svc.clock())
@@ -342,16 +341,14 @@ class Instance:
             link=self.net.link,
         )
 
-    def _paths(self) -> dict[str, Path]:
-        base = self.svc.run_dir / f"{self.name}.{self.replica}"
-        return {
-            "out": base.with_suffix(".out"),
-            "err": base.with_suffix(".err"),
-            "status": base.with_suffix(".status"),
-        }
+    def _paths(self, *, legacy: bool = False) -> dict[str, Path]:
+        """The bot's pipes and bubblewrap's status file: ``<bot>.<replica>.out`` ... (``legacy``:
+        ``<bot>.out``, which earlier releases shared between replicas: adopted as found)."""
+        base = self.name if legacy else f"{self.name}.{self.replica}"
+        return {k: self.svc.run_dir / f"{base}.{k}" for k in ("out", "err", "status")}
 
-    def _fifos(self) -> list[tuple[str, Path]]:
-        paths = self._paths()
+    def _fifos(self, *, legacy: bool = False) -> list[tuple[str, Path]]:
+        paths = self._paths(legacy=legacy)
         return [("out", paths["out"]), ("err", paths["err"])]
 
     async def _start_sandbox(self) -> RunningSandbox:
@@ -364,17 +361,7 @@ class Instance:
         pipes: dict[str, int] = {}
         status_fd = -1
         try:
-            for stream, path in self._fifos():
-                with contextlib.suppress(FileNotFoundError):
-                    if not stat.S_ISFIFO(path.lstat().st_mode):
-                        path.unlink()
-                if not path.exists():
-                    os.mkfifo(path, 0o600)
-                # the bot's end is read-write: its writes never fail for want of a reader
-                bot_ends[stream] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(bot_ends[stream], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-                pipes[stream] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            open_fifos(self._fifos(), bot_ends, pipes)
             status_path = self._paths()["status"]
             status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             loop = asyncio.get_running_loop()
