@@ -184,8 +184,8 @@ def _run_step(  # noqa: PLR0917
 def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) -> BuildResult:
     """Build ``bot`` (blocking), or find it in the cache."""
     from clawpen.daemon.tiers import tier_for
-    from clawpen.sandbox.namespace import prepare_workspace
     from clawpen.sandbox.users import identity_for
+    from clawpen.sandbox.workspace import prepare_workspace
 
     build = bot.build
     if build is None:

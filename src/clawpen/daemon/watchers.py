@@ -63,7 +63,7 @@ async def disk_cap(workspace: str, limit: int, interval: float = DISK_CHECK_INTE
     """The workspace's total against the bot's disk cap (RLIMIT_FSIZE caps one file only, and
     ext4 without project quotas has no per-folder limit): the same check `clawpen run` makes
     every second, here every few seconds, one walk at a time, off the event loop."""
-    from clawpen.sandbox.namespace import disk_usage
+    from clawpen.sandbox.workspace import disk_usage
 
     loop = asyncio.get_running_loop()
     while True:

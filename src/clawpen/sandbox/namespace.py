@@ -46,8 +46,8 @@ from clawpen.sandbox.tier import (
     Stdio,
     result_from_status,
 )
+from clawpen.sandbox.workspace import disk_usage, unreachable_parent
 from clawpen.sandbox.workspace import prepare_workspace as prepare_workspace  # noqa: PLC0414 (re-export)
-from clawpen.sandbox.workspace import unreachable_parent
 from clawpen.spec.rules import check_workspace_location
 
 if TYPE_CHECKING:
@@ -64,21 +64,6 @@ def _memfd(name: str, data: bytes) -> int:
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-def disk_usage(path: str) -> int:
-    """Bytes allocated below ``path`` (without following symlinks)."""
-    total = 0
-    stack = [path]
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
-            for entry in it:
-                with contextlib.suppress(OSError):
-                    st = entry.stat(follow_symlinks=False)
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-    return total
 
 
 def _become_subreaper() -> None:
