@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 
 from clawpen.errors import SandboxError
 from clawpen.sandbox.enter import enter, stop
-from clawpen.sandbox.handle import netns_socket
-from clawpen.sandbox.handle import sandbox_address as sandbox_address  # noqa: PLC0414 (re-export)
+from clawpen.sandbox.netsock import netns_socket
+from clawpen.sandbox.netsock import sandbox_address as sandbox_address  # noqa: PLC0414 (re-export)
 
 if TYPE_CHECKING:
     from clawpen.plan.model import Plan
