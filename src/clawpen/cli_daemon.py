@@ -200,14 +200,17 @@ def cmd_up(ns: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return code
     head = "would" if ns.dry_run else f"release {result.get('release')}:"
-    for key, verb in (
-        ("create", "start"),
-        ("recreate", "restart (changed)"),
-        ("start", "start"),
-        ("remove", "stop and remove"),
-    ):
-        for name in result.get(key, []):
-            print(f"{head} {verb} {name}")
+    if ns.dry_run and "changes" in result:
+        _print_plan(result["changes"])
+    else:
+        for key, verb in (
+            ("create", "start"),
+            ("recreate", "restart (changed)"),
+            ("start", "start"),
+            ("remove", "stop and remove"),
+        ):
+            for name in result.get(key, []):
+                print(f"{head} {verb} {name}")
     if not any(result.get(k) for k in ("create", "recreate", "start", "remove")):
         print(f"{'nothing would change' if ns.dry_run else 'nothing changed'}: every bot is up to date")
     failed = [r for r in waited.get("bots", []) if not r.get("ok")]
@@ -217,6 +220,16 @@ def cmd_up(ns: argparse.Namespace) -> int:
         names = ", ".join(str(r["bot"]) for r in failed)
         print(f"hint: see `clawpen status BOT` and `clawpen logs BOT` ({names})", file=sys.stderr)
     return code
+
+
+def _print_plan(changes: list[dict[str, Any]]) -> None:
+    """`up --dry-run`: the release plan, every bot with its replicas and why."""
+    verbs = {"create": "start", "recreate": "restart", "start": "start", "remove": "stop and remove"}
+    safe = termsafe.for_stream(sys.stdout)  # field names in a `why` come from the spec (env keys)
+    for c in changes:
+        reps = c["replicas"]
+        on = f" (replicas {', '.join(map(str, reps))})" if len(reps) > 1 else ""
+        print(f"would {verbs.get(c['action'], 'keep')} {c['bot']}{on}: {safe(str(c['why']))}")
 
 
 def _err_not_up(row: dict[str, Any]) -> None:

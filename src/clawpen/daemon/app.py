@@ -1,4 +1,4 @@
-"""The one place that builds and wires the daemon: store, tier, services, server, signals."""
+"""The one place that builds and wires the daemon: store, tiers, services, server, signals."""
 
 from __future__ import annotations
 
@@ -58,13 +58,14 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
     store = Store(state / "clawpen.db", records=state / "run")
-    tier = NamespaceTier(state)
+    sandbox = NamespaceTier(state)  # the only place a tier is named; "container" and "vm" come later
     policy = default_policy()
     compressor = Compressor()
 
     def services(daemon: Daemon) -> Services:
         return Services(
-            tier=tier,
+            tiers={sandbox.name: sandbox},
+            cgroups=sandbox.cgroup_host,
             store=store,
             state_dir=state,
             logs_dir=state / "logs",

@@ -28,18 +28,20 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from clawpen.errors import ConfigError, HostError
 from clawpen.spec.build import CACHE_MOUNT, BuildSpec
 from clawpen.spec.models import Bot, Filesystem
 from clawpen.spec.policy import BotPolicy
+
+if TYPE_CHECKING:
+    from clawpen.sandbox.tier import Tier
 
 BUILD_REPLICA = 999  # the link key of a bot's build sandbox (replicas are 0..63)
 KEEP_BUILDS = 3  # per bot, the newest ones (the running bot's is among them)
@@ -120,11 +122,18 @@ class _StepRun:
 
 
 def _run_step(  # noqa: PLR0917
-    svc: Any, policy: BotPolicy, argv: list[str], log: Any, progress: Progress, timeout: float, link: Any
+    svc: Any,
+    tier: Tier,
+    policy: BotPolicy,
+    argv: list[str],
+    log: Any,
+    progress: Progress,
+    timeout: float,
+    link: Any,
 ) -> _StepRun:
-    """One step in its own sandbox (blocking: run it in a worker thread)."""
+    """One step in its own sandbox of ``tier`` (blocking: run it in a worker thread)."""
     from clawpen.plan.build import build_plan
-    from clawpen.sandbox.tier import Stdio
+    from clawpen.sandbox.tier import Stdio, ended_within
     from clawpen.sandbox.users import identity_for
 
     ident = identity_for(policy.name, svc.state_dir)
@@ -147,7 +156,7 @@ def _run_step(  # noqa: PLR0917
 
     reader = threading.Thread(target=pump, daemon=True, name=f"build-{policy.name}")
     try:
-        sandbox = svc.tier.start(
+        sandbox = tier.start(
             plan, cgroup_name=f"{policy.name}-build{os.getpid()}", stdio=Stdio(null, w, w), secrets={}
         )
     except BaseException:
@@ -158,11 +167,9 @@ def _run_step(  # noqa: PLR0917
         os.close(null)
     reader.start()
     try:
-        try:
-            sandbox.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            sandbox.cg.kill()
-            sandbox.process.wait()
+        if not ended_within(sandbox, timeout):
+            sandbox.kill()
+            ended_within(sandbox, None)
             run.reason = f"timed out after {timeout:g} s"
         result = sandbox.collect()
     finally:
@@ -176,12 +183,14 @@ def _run_step(  # noqa: PLR0917
 
 def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) -> BuildResult:
     """Build ``bot`` (blocking), or find it in the cache."""
-    from clawpen.sandbox.namespace import prepare_workspace
+    from clawpen.daemon.tiers import tier_for
     from clawpen.sandbox.users import identity_for
+    from clawpen.sandbox.workspace import prepare_workspace
 
     build = bot.build
     if build is None:
         raise ConfigError(f"bot {name} has no build section", where=f"bots.{name}.build")
+    tier = tier_for(svc, bot.tier, name)
     key = cache_key(build, base_dir)
     root = _mkdir(build_root(svc.state_dir), 0o711)
     bot_dir = _mkdir(root / name, 0o711)
@@ -221,7 +230,7 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
                 progress(f"build {name}: step {i}/{len(build.steps)}: {' '.join(argv)}")
                 log.write(f"$ {' '.join(argv)}\n")
                 left = build.timeout - (time.monotonic() - started)
-                run = _run_step(svc, policy, argv, log, progress, max(1.0, left), link)
+                run = _run_step(svc, tier, policy, argv, log, progress, max(1.0, left), link)
                 if run.code != 0 or run.reason:
                     tail = "\n".join(run.tail)
                     raise ConfigError(

@@ -1,10 +1,10 @@
 """Health checks of a running bot, made from inside its sandbox, and the rules that count them.
 
 A bot's loopback lives in its own network namespace (the host's 127.0.0.1 is another one), so
-``http`` and ``tcp`` checks connect from *inside* it: a short-lived thread joins the bot's
-network namespace (``setns(pidfd, CLONE_NEWNET)`` affects only the calling thread), creates the
-socket there and ends; a socket keeps the namespace it was created in, so the event loop then
-connects and talks over it as usual. ``cmd`` checks run through :func:`clawpen.sandbox.enter.enter`,
+``http`` and ``tcp`` checks connect from *inside* it, over a socket its tier makes there
+(:meth:`RunningSandbox.open_socket <clawpen.sandbox.tier.RunningSandbox.open_socket>`; the
+namespace tier's is :mod:`clawpen.sandbox.handle`); the event loop then connects and talks over
+it as usual. ``cmd`` checks run through the tier's ``enter`` (:func:`clawpen.sandbox.enter.enter`),
 confined exactly like the bot (its uid, namespaces, cgroup, seccomp filter, cwd, environment).
 
 Outcomes of one check (:func:`check_once`, bounded by the spec's ``timeout``):
@@ -25,28 +25,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import functools
-import ipaddress
 import os
 import re
 import socket
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from clawpen.errors import SandboxError
 from clawpen.sandbox.enter import enter, stop
+from clawpen.sandbox.netsock import netns_socket
+from clawpen.sandbox.netsock import sandbox_address as sandbox_address  # noqa: PLC0414 (re-export)
 
 if TYPE_CHECKING:
     from clawpen.plan.model import Plan
     from clawpen.sandbox.cgroups import Cgroup
     from clawpen.spec.models import Health
 
-CLONE_NEWNET = 0x40000000
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: |\r?\n|$)")
 _DETAIL_MAX = 200
 _TAIL_MAX = 4096
@@ -159,65 +158,60 @@ def parse_tcp(addr: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def sandbox_address(host: str, sandbox_pid: int) -> tuple[socket.AddressFamily, str]:
-    """``host`` as an address: an IP literal, or a name from the sandbox's own /etc/hosts."""
-    with contextlib.suppress(ValueError):
-        ip = ipaddress.ip_address(host)
-        return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), str(ip)
-    try:
-        with open(f"/proc/{sandbox_pid}/root/etc/hosts", encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
-    except (FileNotFoundError, ProcessLookupError):
-        raise SandboxError(f"the sandbox (pid {sandbox_pid}) is gone", where="health") from None
-    except OSError:
-        lines = []
-    for line in lines:
-        fields = line.split("#", 1)[0].split()
-        if len(fields) > 1 and host.lower() in (name.lower() for name in fields[1:]):
-            with contextlib.suppress(ValueError):
-                return sandbox_address(str(ipaddress.ip_address(fields[0])), sandbox_pid)
-    raise ValueError(f"{host} is not in the sandbox's /etc/hosts; use 127.0.0.1")
+class Target(Protocol):
+    """Where a check runs: a running sandbox (:class:`clawpen.sandbox.tier.RunningSandbox`)."""
+
+    def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]: ...
+
+    def enter(
+        self,
+        plan: Plan,
+        command: Sequence[str],
+        *,
+        bpf: bytes,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        start_timeout: float = 10.0,
+    ) -> subprocess.Popen[bytes]: ...
 
 
-def _socket_in_netns(sandbox_pid: int, uid: int | None, family: socket.AddressFamily) -> socket.socket:
-    """A TCP socket created in the network namespace of ``sandbox_pid`` by a fresh thread, which
-    ends with the ``with`` (never a pooled thread: it could be reused in the wrong namespace)."""
-    with ThreadPoolExecutor(1, thread_name_prefix=f"clawpen-netns-{sandbox_pid}") as one:
-        return one.submit(_make_socket, sandbox_pid, uid, family).result()
+class PidTarget:
+    """The namespace sandbox whose pid 1 is host pid ``sandbox_pid`` (and its ``cgroup``)."""
+
+    def __init__(self, sandbox_pid: int, cgroup: Cgroup | None) -> None:
+        self.sandbox_pid = sandbox_pid
+        self.cgroup = cgroup
+
+    def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
+        return netns_socket(self.sandbox_pid, host, uid)
+
+    def enter(
+        self,
+        plan: Plan,
+        command: Sequence[str],
+        *,
+        bpf: bytes,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        start_timeout: float = 10.0,
+    ) -> subprocess.Popen[bytes]:
+        return enter(
+            self.sandbox_pid,
+            plan,
+            self.cgroup,
+            command,
+            bpf=bpf,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_timeout=start_timeout,
+        )
 
 
-def _make_socket(sandbox_pid: int, uid: int | None, family: socket.AddressFamily) -> socket.socket:
-    gone = SandboxError(f"the sandbox (pid {sandbox_pid}) is gone", where="health")
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        pidfd = os.pidfd_open(sandbox_pid)
-    except ProcessLookupError:
-        raise gone from None
-    try:
-        if uid is not None and os.stat(f"/proc/{sandbox_pid}").st_uid != uid:
-            raise gone
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if libc.setns(pidfd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise SandboxError(f"cannot join the sandbox's network: {os.strerror(err)}", where="health")
-            try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
-            finally:  # the thread ends right away; going back is belt and braces
-                libc.setns(own, CLONE_NEWNET)
-        finally:
-            os.close(own)
-    except FileNotFoundError:
-        raise gone from None
-    finally:
-        os.close(pidfd)
-    sock.setblocking(False)
-    return sock
-
-
-async def _connect(host: str, port: int, sandbox_pid: int, uid: int | None) -> socket.socket:
-    family, address = sandbox_address(host, sandbox_pid)
-    sock = _socket_in_netns(sandbox_pid, uid, family)
+async def _connect(host: str, port: int, target: Target, uid: int | None) -> socket.socket:
+    sock, address = target.open_socket(host, uid=uid)
     try:
         await asyncio.get_running_loop().sock_connect(sock, (address, port))
     except BaseException:
@@ -226,9 +220,9 @@ async def _connect(host: str, port: int, sandbox_pid: int, uid: int | None) -> s
     return sock
 
 
-async def _http(url: str, sandbox_pid: int, uid: int | None) -> tuple[bool, str]:
+async def _http(url: str, where: Target, uid: int | None) -> tuple[bool, str]:
     target = parse_http(url)
-    sock = await _connect(target.host, target.port, sandbox_pid, uid)
+    sock = await _connect(target.host, target.port, where, uid)
     try:
         reader, writer = await asyncio.open_connection(sock=sock)
     except BaseException:
@@ -255,9 +249,9 @@ async def _http(url: str, sandbox_pid: int, uid: int | None) -> tuple[bool, str]
     return 200 <= status < 400, f"HTTP {status}"
 
 
-async def _tcp(addr: str, sandbox_pid: int, uid: int | None) -> tuple[bool, str]:
+async def _tcp(addr: str, where: Target, uid: int | None) -> tuple[bool, str]:
     host, port = parse_tcp(addr)
-    (await _connect(host, port, sandbox_pid, uid)).close()
+    (await _connect(host, port, where, uid)).close()
     return True, "connected"
 
 
@@ -301,9 +295,7 @@ def _abandon(starting: asyncio.Future[subprocess.Popen[bytes]], fds: tuple[int, 
         stop(starting.result())
 
 
-async def _cmd(
-    spec: Health, sandbox_pid: int, plan: Plan, cgroup: Cgroup | None, bpf: bytes
-) -> tuple[bool, str]:
+async def _cmd(spec: Health, target: Target, plan: Plan, bpf: bytes) -> tuple[bool, str]:
     """Run the check command in the sandbox; the caller's timeout cancels (and so kills) it.
 
     What it leaves running in its process group is killed once it has exited, so checks cannot
@@ -311,7 +303,7 @@ async def _cmd(
     assert spec.cmd is not None
     loop = asyncio.get_running_loop()
     out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-    start = functools.partial(enter, sandbox_pid, plan, cgroup, spec.cmd, bpf=bpf, start_timeout=spec.timeout)
+    start = functools.partial(target.enter, plan, spec.cmd, bpf=bpf, start_timeout=spec.timeout)
     starting = loop.run_in_executor(None, lambda: start(stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w))
     try:
         proc = await asyncio.shield(starting)
@@ -351,11 +343,19 @@ async def check_once(
     cgroup: Cgroup | None = None,
     bpf: bytes | None = None,
 ) -> HealthResult:
-    """Run ``spec``'s check once against the sandbox whose pid 1 is host pid ``sandbox_pid``.
+    """:func:`check` against the namespace sandbox whose pid 1 is host pid ``sandbox_pid``
+    (``cgroup``: its cgroup, where a ``cmd`` check runs)."""
+    return await check(spec, PidTarget(sandbox_pid, cgroup), plan=plan, bpf=bpf)
 
-    ``plan`` (the bot's) is needed for ``cmd`` checks, with ``bpf`` (its seccomp program) and
-    ``cgroup`` (its cgroup); for ``http``/``tcp`` it only lets the pid be checked to still be the
-    bot's. Never raises for an unhealthy bot: the reason is in :attr:`HealthResult.detail`.
+
+async def check(
+    spec: Health, target: Target, *, plan: Plan | None = None, bpf: bytes | None = None
+) -> HealthResult:
+    """Run ``spec``'s check once inside ``target`` (the running sandbox).
+
+    ``plan`` (the bot's) is needed for ``cmd`` checks, with ``bpf`` (its seccomp program); for
+    ``http``/``tcp`` it only lets the sandbox be checked to still be the bot's. Never raises for
+    an unhealthy bot: the reason is in :attr:`HealthResult.detail`.
     """
     if spec.cmd and (plan is None or bpf is None):
         raise TypeError("a cmd health check needs the bot's plan and seccomp program (plan=, bpf=)")
@@ -364,11 +364,11 @@ async def check_once(
     try:
         async with asyncio.timeout(spec.timeout):
             if spec.http:
-                ok, detail = await _http(spec.http, sandbox_pid, uid)
+                ok, detail = await _http(spec.http, target, uid)
             elif spec.tcp:
-                ok, detail = await _tcp(spec.tcp, sandbox_pid, uid)
+                ok, detail = await _tcp(spec.tcp, target, uid)
             elif spec.cmd and plan is not None and bpf is not None:
-                ok, detail = await _cmd(spec, sandbox_pid, plan, cgroup, bpf)
+                ok, detail = await _cmd(spec, target, plan, bpf)
             else:
                 ok, detail = False, "no check given (http, tcp or cmd)"
     except TimeoutError:

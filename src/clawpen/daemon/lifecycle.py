@@ -1,4 +1,5 @@
-"""Pieces of an instance's life that need no instance: its plan, ending its sandbox, wording.
+"""Pieces of an instance's life that need no instance: its plan, its pipes, ending its sandbox,
+wording.
 
 Split out of :mod:`clawpen.daemon.runtime` (which re-exports :func:`instance_plan`).
 """
@@ -7,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,23 +19,37 @@ from typing import TYPE_CHECKING
 from clawpen.errors import ClawpenError
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Plan, SeccompPolicy
-from clawpen.sandbox.adopt import AdoptedSandbox
-from clawpen.sandbox.namespace import Sandbox
-from clawpen.sandbox.tier import RunResult
+from clawpen.sandbox.tier import RunningSandbox, RunResult
 from clawpen.sandbox.users import identity_for
 from clawpen.spec.models import Bot
 
 if TYPE_CHECKING:
     from clawpen.net.links import Link
 
+PIPE_SIZE = 1 << 20
 
-async def terminate(
-    sandbox: Sandbox | AdoptedSandbox, grace: float, note: Callable[[str, str], None]
-) -> None:
-    """SIGTERM every process of the bot, then SIGKILL the cgroup after ``grace`` seconds."""
+
+def open_fifos(fifos: list[tuple[str, Path]], bot_ends: dict[str, int], pipes: dict[str, int]) -> None:
+    """Make (or reuse) each named pipe and open both its ends: the bot's read-write end (its
+    writes never fail for want of a reader) into ``bot_ends``, the daemon's non-blocking read
+    end into ``pipes`` (filled as they open, so the caller closes what a failure left)."""
+    for stream, path in fifos:
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISFIFO(path.lstat().st_mode):
+                path.unlink()
+        if not path.exists():
+            os.mkfifo(path, 0o600)
+        bot_ends[stream] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(bot_ends[stream], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        pipes[stream] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+async def terminate(sandbox: RunningSandbox, grace: float, note: Callable[[str, str], None]) -> None:
+    """SIGTERM every process of the bot, then SIGKILL them after ``grace`` seconds."""
     with contextlib.suppress(ClawpenError, ProcessLookupError):
-        sandbox.cg.signal(signal.SIGTERM)
-    pidfd = os.pidfd_open(sandbox.pid)
+        sandbox.signal(signal.SIGTERM)
+    pidfd = sandbox.exit_fd()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     loop.add_reader(pidfd, settle, done)
@@ -40,11 +57,11 @@ async def terminate(
         if not (await asyncio.wait({done}, timeout=grace))[0]:
             note("kill", f"no exit {grace:g}s after SIGTERM: SIGKILL")
             with contextlib.suppress(ClawpenError):
-                sandbox.cg.kill()
+                sandbox.kill()
             if not (await asyncio.wait({done}, timeout=5.0))[0]:
-                # bubblewrap's own monitor is stuck (stopped?): end it too
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(sandbox.pid, signal.SIGKILL)
+                # the tier's own monitor (bubblewrap) is stuck (stopped?): end it too
+                with contextlib.suppress(ClawpenError):
+                    sandbox.kill(monitor=True)
                 await asyncio.wait({done}, timeout=5.0)
     finally:
         loop.remove_reader(pidfd)

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from clawpen.daemon import watchers as watch
-from clawpen.daemon.lifecycle import describe, instance_plan, settle, terminate
+from clawpen.daemon.lifecycle import describe, instance_plan, open_fifos, settle, terminate
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
+from clawpen.daemon.tiers import adopt_row, tier_for
 from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.errors import ClawpenError
 from clawpen.logs.upkeep import Compressor
@@ -37,9 +36,7 @@ from clawpen.net.instance import InstanceNetwork
 from clawpen.paths import cgroup_scope
 from clawpen.plan.build import HostFacts
 from clawpen.plan.model import Plan, SeccompPolicy
-from clawpen.sandbox.adopt import AdoptedSandbox, pid_start_time
-from clawpen.sandbox.namespace import NamespaceTier, Sandbox
-from clawpen.sandbox.tier import RunResult, Stdio
+from clawpen.sandbox.tier import RunningSandbox, RunResult, Stdio, Tier
 from clawpen.spec.models import Bot
 from clawpen.supervisor.backoff import RestartPolicy, RestartTracker, TrackerState
 from clawpen.supervisor.schedule import ActiveWindow
@@ -48,17 +45,18 @@ from clawpen.vault.redact import Redactor
 
 if TYPE_CHECKING:
     from clawpen.net.links import LinkManager
+    from clawpen.sandbox.cgroups import CgroupHost
 
 S = BotState
 __all__ = ["Instance", "Services", "instance_plan"]
 READ_CHUNK = 1 << 16
-PIPE_SIZE = 1 << 20
 
 
 class Services(NamedTuple):
     """What every instance needs from the daemon (built once in :mod:`clawpen.daemon.app`)."""
 
-    tier: NamespaceTier
+    tiers: Mapping[str, Tier]  # by the name a bot's `tier` field gives
+    cgroups: Callable[[], CgroupHost | None]  # where the bots' cgroups are (the monitor reads them)
     store: Store
     state_dir: Path
     logs_dir: Path
@@ -88,7 +86,7 @@ class Instance:
         self.base_dir = base_dir
         self.machine = BotStateMachine(name, replica)
         self.tracker = RestartTracker(RestartPolicy.from_spec(bot.restart))
-        self.sandbox: Sandbox | AdoptedSandbox | None = None
+        self.sandbox: RunningSandbox | None = None
         self.restarts = 0
         self.last: RunResult | None = None
         self._saved_exit: tuple[int | None, str | None] = (None, None)  # the row's, until a run ends
@@ -113,15 +111,15 @@ class Instance:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run(), name=f"bot {self.label}")
 
-    def adopt(self, row: InstanceRow) -> None:
-        """Take over a sandbox that an earlier daemon started and that still runs."""
-        if row.pid is None or row.cgroup is None:
-            raise ValueError("an instance without pid or cgroup cannot be adopted")
-        host = self.svc.tier.cgroup_host()
-        sandbox = AdoptedSandbox(
-            row.pid, row.sandbox_pid, host.attach(row.cgroup), self._paths()["status"], row.started_at or 0.0
-        )
-        self._pipes = {s: os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC) for s, p in self._fifos()}
+    def adopt(self, row: InstanceRow) -> bool:
+        """Take over the sandbox of ``row`` that an earlier daemon started, if it still runs
+        (False: it does not, or its tier is not here)."""
+        legacy = not self._paths()["out"].exists() and self._paths(legacy=True)["out"].exists()
+        sandbox = adopt_row(self.svc, self.bot.tier, row, self._paths(legacy=legacy)["status"])
+        if sandbox is None:
+            return False
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        self._pipes = {s: os.open(p, flags) for s, p in self._fifos(legacy=legacy)}
         self.machine = BotStateMachine(self.name, self.replica, BotState.RUNNING, self.svc.clock())
         if not self._restore(row):  # saved by an older clawpen: no tracker state
             self.tracker.record_started(row.started_at or self.svc.clock())
@@ -129,6 +127,7 @@ class Instance:
         self._adopting = True
         self.svc.note("adopt", f"adopted the running sandbox (pid {row.pid})", self.name, self.replica)
         self.task = asyncio.get_running_loop().create_task(self.run(sandbox), name=f"bot {self.label}")
+        return True
 
     def rest(self, state: BotState, row: InstanceRow) -> None:
         """Restore an instance that had come to rest (stopped, crashloop, failed) without starting it."""
@@ -186,6 +185,11 @@ class Instance:
         return self.name if self.replica == 0 else f"{self.name}[{self.replica}]"
 
     @property
+    def tier(self) -> Tier:
+        """The tier the bot's spec names (``tier``, default ``sandbox``)."""
+        return tier_for(self.svc, self.bot.tier, self.name)
+
+    @property
     def cgroup_name(self) -> str:
         """``<bot>.<replica>``, prefixed for a daemon on another state dir (see paths.cgroup_scope)."""
         return f"{cgroup_scope(self.svc.state_dir)}{self.name}.{self.replica}"
@@ -201,16 +205,16 @@ class Instance:
             self._persist()
 
     def _persist(self) -> None:
-        sb = self.sandbox
+        rec = self.sandbox.record() if self.sandbox is not None else None
         self.svc.store.save_instance(
             InstanceRow(
                 self.name,
                 self.replica,
                 str(self.machine.state),
-                sb.pid if sb else None,
-                sb.sandbox_pid if sb else None,
-                pid_start_time(sb.pid) if sb else None,
-                sb.cg.name if sb else None,
+                rec.pid if rec else None,
+                rec.sandbox_pid if rec else None,
+                rec.pid_start if rec else None,
+                rec.cgroup if rec else None,
                 self.started_at,
                 self.restarts,
                 *self.last_exit,
@@ -219,7 +223,7 @@ class Instance:
             )
         )
 
-    async def run(self, adopted: AdoptedSandbox | None = None) -> None:
+    async def run(self, adopted: RunningSandbox | None = None) -> None:
         try:
             if self._adopting:
                 self._adopting = False
@@ -234,9 +238,9 @@ class Instance:
             if self.sandbox is None:  # stopped for good (a daemon exit leaves running bots linked)
                 await self.net.detach()
 
-    async def _loop(self, adopted: AdoptedSandbox | None) -> None:
+    async def _loop(self, adopted: RunningSandbox | None) -> None:
         while True:
-            sandbox: Sandbox | AdoptedSandbox
+            sandbox: RunningSandbox
             if adopted is not None:
                 sandbox, adopted = adopted, None
                 self.sandbox = sandbox
@@ -337,19 +341,17 @@ class Instance:
             link=self.net.link,
         )
 
-    def _paths(self) -> dict[str, Path]:
-        base = self.svc.run_dir / f"{self.name}.{self.replica}"
-        return {
-            "out": base.with_suffix(".out"),
-            "err": base.with_suffix(".err"),
-            "status": base.with_suffix(".status"),
-        }
+    def _paths(self, *, legacy: bool = False) -> dict[str, Path]:
+        """The bot's pipes and bubblewrap's status file: ``<bot>.<replica>.out`` ... (``legacy``:
+        ``<bot>.out``, which earlier releases shared between replicas: adopted as found)."""
+        base = self.name if legacy else f"{self.name}.{self.replica}"
+        return {k: self.svc.run_dir / f"{base}.{k}" for k in ("out", "err", "status")}
 
-    def _fifos(self) -> list[tuple[str, Path]]:
-        paths = self._paths()
+    def _fifos(self, *, legacy: bool = False) -> list[tuple[str, Path]]:
+        paths = self._paths(legacy=legacy)
         return [("out", paths["out"]), ("err", paths["err"])]
 
-    async def _start_sandbox(self) -> Sandbox:
+    async def _start_sandbox(self) -> RunningSandbox:
         await self.net.attach()
         self.health = self.health_latency_s = None  # a new process: nothing known until checked
         plan = self.plan()
@@ -359,23 +361,14 @@ class Instance:
         pipes: dict[str, int] = {}
         status_fd = -1
         try:
-            for stream, path in self._fifos():
-                with contextlib.suppress(FileNotFoundError):
-                    if not stat.S_ISFIFO(path.lstat().st_mode):
-                        path.unlink()
-                if not path.exists():
-                    os.mkfifo(path, 0o600)
-                # the bot's end is read-write: its writes never fail for want of a reader
-                bot_ends[stream] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(bot_ends[stream], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-                pipes[stream] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            open_fifos(self._fifos(), bot_ends, pipes)
             status_path = self._paths()["status"]
             status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             loop = asyncio.get_running_loop()
+            tier = self.tier
             sandbox = await loop.run_in_executor(
                 None,
-                lambda: self.svc.tier.start(
+                lambda: tier.start(
                     plan,
                     cgroup_name=self.cgroup_name,
                     stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
@@ -394,7 +387,7 @@ class Instance:
         self._pipes = pipes
         return sandbox
 
-    async def _watch(self, sandbox: Sandbox | AdoptedSandbox) -> Outcome:
+    async def _watch(self, sandbox: RunningSandbox) -> Outcome:
         loop = asyncio.get_running_loop()
         redactor = Redactor(self._secrets) if self._secrets else None
         writer = daemon_writer(  # caps on write, rate limit, pauses (never raises) on a full disk
@@ -412,7 +405,7 @@ class Instance:
             self._eof[stream] = loop.create_future()
             loop.add_reader(fd, self._drain, stream, fd)
         exited: asyncio.Future[None] = loop.create_future()
-        pidfd = os.pidfd_open(sandbox.pid)
+        pidfd = sandbox.exit_fd()
         loop.add_reader(pidfd, settle, exited)
         self._wake.clear()
         watchers = {loop.create_task(w) for w in watch.for_instance(self, sandbox)}
@@ -463,7 +456,7 @@ class Instance:
         if not fut.done():
             fut.set_result(None)
 
-    async def _finish(self, sandbox: Sandbox | AdoptedSandbox, outcome: Outcome) -> RunResult:
+    async def _finish(self, sandbox: RunningSandbox, outcome: Outcome) -> RunResult:
         if outcome is not Outcome.EXITED:
             self._to(S.STOPPING, self._why)
             await self._terminate(sandbox)
@@ -479,8 +472,8 @@ class Instance:
         self._writer.close()
         return result
 
-    async def _terminate(self, sandbox: Sandbox | AdoptedSandbox) -> None:
-        """SIGTERM every process of the bot, then SIGKILL the cgroup after the grace period."""
+    async def _terminate(self, sandbox: RunningSandbox) -> None:
+        """SIGTERM every process of the bot, then SIGKILL them after the grace period."""
         grace = self.bot.restart.stop_grace
         await terminate(sandbox, grace, lambda kind, why: self.svc.note(kind, why, self.name, self.replica))
 

@@ -22,8 +22,8 @@ from clawpen.daemon import rpc
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Event, Store
 from clawpen.daemon.store import Instance as InstanceRow
+from clawpen.daemon.tiers import stop_stored, stored_tier
 from clawpen.errors import AccessError, ClawpenError, ConfigError, UsageError
-from clawpen.sandbox.adopt import same_process
 from clawpen.spec.loader import parse_spec_text
 from clawpen.spec.models import Bot, Spec
 from clawpen.supervisor.states import BotState, Transition, is_terminal_for_policy
@@ -201,31 +201,28 @@ class Daemon:
             try:
                 bot, base_dir = self._bot_from_row(row.policy, name)
             except ClawpenError as err:
-                self._refuse_stored(name, err, [r for (n, _), r in rows.items() if n == name])
+                self._refuse_stored(name, err, [r for (n, _), r in rows.items() if n == name], row.policy)
                 continue
             insts = [Instance(self.services, name, i, bot, base_dir) for i in range(bot.replicas)]
             self.instances[name] = insts
             for inst in insts:
                 saved = rows.get((name, inst.replica))
-                if saved is not None and same_process(saved.pid, saved.pid_start) and saved.cgroup:
-                    inst.adopt(saved)
-                elif saved is not None and is_terminal_for_policy(BotState(saved.state)):
+                if saved is not None and inst.adopt(saved):  # its sandbox still runs
+                    continue
+                if saved is not None and is_terminal_for_policy(BotState(saved.state)):
                     inst.rest(BotState(saved.state), saved)  # it had ended for good: leave it so
                 else:  # its process is gone: start it, carrying on its restart count and window
                     inst.resume(saved)
                     self.note("restore", "started again after a daemon start", name, inst.replica)
 
-    def _refuse_stored(self, name: str, err: ClawpenError, saved: list[InstanceRow]) -> None:
+    def _refuse_stored(
+        self, name: str, err: ClawpenError, saved: list[InstanceRow], policy: dict[str, Any]
+    ) -> None:
         """A stored bot this clawpen refuses (see :meth:`_bot_from_row`): its sandboxes are stopped
         (it may hold what the new rules protect), it stays listed as stopped, and an event says
         why; one bad row never keeps the daemon, or the other bots, from starting."""
-        host = self.services.tier.cgroup_host()
         for row in saved:
-            if row.cgroup and row.pid is not None and same_process(row.pid, row.pid_start):
-                with contextlib.suppress(ClawpenError, OSError):
-                    cgroup = host.attach(row.cgroup)
-                    cgroup.kill()
-                    cgroup.remove()
+            stop_stored(self.services, stored_tier(policy), row)
             self.store.drop_instance(name, row.replica)
         self.store.set_desired(name, "stopped", manual_stop=False)
         self.note("policy-refused", f"{err.what}; {err.hint}" if err.hint else err.what, name)
@@ -335,7 +332,7 @@ class Daemon:
             "replica": replica,
             "link": None if link is None else link._asdict(),
             "sandbox_pid": sandbox.sandbox_pid,
-            "cgroup": sandbox.cg.name,
+            "cgroup": sandbox.cgroup_name,
             "spec": row.policy["spec"],
             "base_dir": row.policy["base_dir"],
         }

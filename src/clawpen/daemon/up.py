@@ -1,7 +1,9 @@
 """``clawpen up``: check everything, build, apply all or nothing, then wait for the changed bots.
 
 1. **Load and refuse early**: the spec loads and validates (``ConfigError``); an empty spec is
-   refused unless ``allow_empty`` (it would remove every bot; ``clawpen down`` does that).
+   refused unless ``allow_empty`` (it would remove every bot; ``clawpen down`` does that). What
+   changes, and why, is :func:`clawpen.daemon.release.release_plan` (pure); ``dry_run`` returns
+   it after the pre-check, having changed nothing.
 2. **Pre-check** (:mod:`clawpen.daemon.precheck`): every bot that ``up`` would start is checked
    against the host (secrets, mount sources, CPUs, memory, free ports, restart policy, plan);
    every problem is reported together and nothing changes. ``dry_run`` checks the same.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawpen.daemon import precheck, rpc
+from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
 from clawpen.daemon.runtime import Instance
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import ClawpenError, ConfigError, UsageError
@@ -42,7 +45,6 @@ MAX_WAIT_TIMEOUT = 24 * 3600.0
 HEARTBEAT = 5.0
 POLL = 0.1
 STDERR_LINES = 3
-KINDS = ("create", "recreate", "start", "unchanged", "remove")
 
 
 def wait_timeout(args: dict[str, Any]) -> float:
@@ -78,22 +80,30 @@ def _policy(loaded: LoadedSpec, name: str) -> dict[str, Any]:
     return {"spec": spec, "base_dir": str(loaded.base_dir)}
 
 
-def classify(daemon: Daemon, loaded: LoadedSpec, wanted: set[str], partial: bool) -> dict[str, list[str]]:
-    """Which bots ``up`` creates, recreates (changed), starts, leaves, removes."""
-    current = daemon.store.bots()
-    plan: dict[str, list[str]] = {k: [] for k in KINDS}
-    for name in sorted(wanted):
-        if name not in current:
-            plan["create"].append(name)
-        elif current[name].spec_hash != policy_hash(_policy(loaded, name)):
-            plan["recreate"].append(name)
-        elif not any(i.supervised for i in daemon._all(name)):
-            plan["start"].append(name)
-        else:
-            plan["unchanged"].append(name)
-    if not partial:
-        plan["remove"] = sorted(set(current) - wanted)
-    return plan
+def current_bots(daemon: Daemon, names: set[str] | None = None) -> dict[str, Current]:
+    """The bots the daemon has (only ``names``, when given), for :func:`release_plan`."""
+    out: dict[str, Current] = {}
+    for name, row in daemon.store.bots().items():
+        if names is None or name in names:
+            insts = daemon._all(name)
+            states = tuple(str(i.machine.state) for i in insts)
+            out[name] = Current(row.spec_hash, row.policy, states, tuple(i.supervised for i in insts))
+    return out
+
+
+def wanted_bots(loaded: LoadedSpec, names: set[str]) -> dict[str, Wanted]:
+    """The bots ``names`` of the spec, for :func:`release_plan`."""
+    out: dict[str, Wanted] = {}
+    for name in names:
+        policy = _policy(loaded, name)
+        out[name] = Wanted(policy_hash(policy), policy, loaded.spec.bots[name].replicas)
+    return out
+
+
+def classify(daemon: Daemon, loaded: LoadedSpec, wanted: set[str], partial: bool) -> ReleasePlan:
+    """Which bots ``up`` creates, recreates (changed), starts, leaves, removes, and why (a
+    partial ``up BOT...`` compares only the bots it names, and removes none)."""
+    return release_plan(current_bots(daemon, wanted if partial else None), wanted_bots(loaded, wanted))
 
 
 def released_ports(daemon: Daemon, names: set[str]) -> set[tuple[str, int]]:
@@ -116,13 +126,13 @@ def released_ports(daemon: Daemon, names: set[str]) -> set[tuple[str, int]]:
     return held
 
 
-def check(daemon: Daemon, loaded: LoadedSpec, plan: dict[str, list[str]]) -> None:
+def check(daemon: Daemon, loaded: LoadedSpec, plan: ReleasePlan) -> None:
     """Pre-check every bot ``up`` may start (raises one ConfigError naming every problem)."""
     bots = loaded.spec.bots
     # a bot with a build counts as changed: its stored spec has the build's mount, this one not yet
     names = sorted(
-        {*plan["create"], *plan["recreate"], *plan["start"]}
-        | {n for n in plan["unchanged"] if bots[n].build is not None}
+        {*plan.names("create"), *plan.names("recreate"), *plan.names("start")}
+        | {n for n in plan.names("unchanged") if bots[n].build is not None}
     )
     svc = daemon.services
     needs_vault = any(bots[n].secrets for n in names)
@@ -134,7 +144,7 @@ def check(daemon: Daemon, loaded: LoadedSpec, plan: dict[str, list[str]]) -> Non
         vault_names=precheck.vault_names(svc.state_dir) if needs_vault else (),
         state_dir=svc.state_dir,
         spec_file=loaded.path.resolve(),
-        released=released_ports(daemon, {n for k in KINDS for n in plan[k]}),  # wanted and removed
+        released=released_ports(daemon, {c.bot for c in plan.changes}),  # wanted and removed
     )
     precheck.refuse(problems, loaded.path)
 
@@ -161,10 +171,10 @@ async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, 
         loaded = await run_builds(daemon, loaded, wanted, writer, args)
         plan = classify(daemon, loaded, wanted, partial)
         if args.get("dry_run"):
-            return {"dry_run": True, **plan}
+            return {"dry_run": True, **plan.as_dict()}
         result = await _apply(daemon, loaded, plan, path, str(args.get("who", "root")))
     if args.get("wait"):
-        changed = plan["create"] + plan["recreate"] + plan["start"]
+        changed = plan.names("create") + plan.names("recreate") + plan.names("start")
         insts = [i for n in changed for i in daemon._all(n)]
         stream = writer if bool(args.get("progress")) else None
         result["wait"] = await wait_for(daemon, insts, timeout, stream)
@@ -172,11 +182,11 @@ async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, 
 
 
 async def _apply(
-    daemon: Daemon, loaded: LoadedSpec, plan: dict[str, list[str]], path: Path, who: str
+    daemon: Daemon, loaded: LoadedSpec, plan: ReleasePlan, path: Path, who: str
 ) -> dict[str, Any]:
     """Build the new instances first (that can fail: then nothing has changed), then record the
     release, halt the removed and changed bots and start the new instances."""
-    starting = plan["create"] + plan["recreate"] + plan["start"]
+    starting = plan.names("create") + plan.names("recreate") + plan.names("start")
     bots = loaded.spec.bots
     base = str(loaded.base_dir)
     fresh = {
@@ -185,13 +195,15 @@ async def _apply(
     store = daemon.store
     previous = store.releases(1)
     before = previous[0]["spec_hash"] if previous else None
-    summary = "; ".join(f"{k} {', '.join(v)}" for k, v in plan.items() if v and k != "unchanged")
+    summary = "; ".join(
+        f"{k} {', '.join(names)}" for k in ACTIONS if k != "unchanged" and (names := plan.names(k))
+    )
     release = store.add_release(who, str(path.resolve()), loaded.text, summary or "no change")
-    for name in plan["remove"]:
+    for name in plan.names("remove"):
         await daemon._halt(name)
         store.remove_bot(name)
         daemon.note("remove", f"removed by release {release}", name)
-    for name in plan["recreate"]:
+    for name in plan.names("recreate"):
         await daemon._halt(name)
     for name in starting:
         store.put_bot(name, _policy(loaded, name), "running", release)
@@ -202,7 +214,7 @@ async def _apply(
     for listener in daemon.spec_listeners:
         listener(loaded.spec)
     after = store.releases(1)[0]["spec_hash"]
-    return {"release": release, "before": before, "after": after, **plan}
+    return {"release": release, "before": before, "after": after, **plan.as_dict()}
 
 
 # ---------------------------------------------------------------------------------- waiting

@@ -15,8 +15,7 @@ from clawpen.supervisor.states import BotState as S
 
 if TYPE_CHECKING:
     from clawpen.daemon.runtime import Instance
-    from clawpen.sandbox.adopt import AdoptedSandbox
-    from clawpen.sandbox.namespace import Sandbox
+    from clawpen.sandbox.tier import RunningSandbox
 
 MEMORY_CHECK_INTERVAL = 5.0
 DISK_CHECK_INTERVAL = 5.0  # the workspace is walked (in a worker thread) this often
@@ -42,7 +41,7 @@ def now(inst: Instance) -> datetime:
     return datetime.fromtimestamp(inst.svc.clock(), tz=UTC)
 
 
-def for_instance(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> list[Coroutine[Any, Any, Verdict]]:
+def for_instance(inst: Instance, sandbox: RunningSandbox) -> list[Coroutine[Any, Any, Verdict]]:
     found: list[Coroutine[Any, Any, Verdict]] = []
     sched = inst.bot.schedule
     if sched and sched.active:
@@ -64,7 +63,7 @@ async def disk_cap(workspace: str, limit: int, interval: float = DISK_CHECK_INTE
     """The workspace's total against the bot's disk cap (RLIMIT_FSIZE caps one file only, and
     ext4 without project quotas has no per-folder limit): the same check `clawpen run` makes
     every second, here every few seconds, one walk at a time, off the event loop."""
-    from clawpen.sandbox.namespace import disk_usage
+    from clawpen.sandbox.workspace import disk_usage
 
     loop = asyncio.get_running_loop()
     while True:
@@ -96,7 +95,7 @@ async def cron_due(inst: Instance, spec: str, tz: str | None) -> Verdict:
     return Outcome.CRON, f"scheduled restart ({spec})"
 
 
-async def memory_pressure(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
+async def memory_pressure(inst: Instance, sandbox: RunningSandbox) -> Verdict:
     mp, limit = inst.bot.memory_pressure, inst.bot.resources.memory
     if mp is None:
         return None
@@ -104,7 +103,7 @@ async def memory_pressure(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> 
     above_since: float | None = None
     while True:
         await asyncio.sleep(interval)
-        current = sandbox.cg.stats().memory_current
+        current = sandbox.stats().memory_current
         now = inst.svc.clock()
         if current is not None and current > mp.share * limit:
             above_since = above_since or now
@@ -118,8 +117,8 @@ async def memory_pressure(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> 
             above_since = None
 
 
-async def health(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
-    from clawpen.daemon.health import HealthTracker, check_once
+async def health(inst: Instance, sandbox: RunningSandbox) -> Verdict:
+    from clawpen.daemon.health import HealthTracker, check
     from clawpen.daemon.health import Verdict as HV
 
     spec = inst.bot.health
@@ -132,7 +131,7 @@ async def health(inst: Instance, sandbox: Sandbox | AdoptedSandbox) -> Verdict:
         await asyncio.sleep(spec.interval)
         if sandbox.sandbox_pid is None:
             continue
-        result = await check_once(spec, sandbox.sandbox_pid, plan=plan, cgroup=sandbox.cg, bpf=bpf)
+        result = await check(spec, sandbox, plan=plan, bpf=bpf)
         verdict = tracker.record(result, inst.svc.clock())
         inst.health = "healthy" if result.ok else f"failing: {result.detail}"
         inst.health_latency_s = result.latency_s

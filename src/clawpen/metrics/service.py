@@ -78,7 +78,7 @@ class Monitor:
 
         self.daemon = daemon
         self.storage = Storage(self.state / "metrics.db", clock=self.clock)
-        self.collector = Collector(daemon.services.tier.cgroup_host)
+        self.collector = Collector(daemon.services.cgroups)
         self.logwatch = LogWatch(daemon.services.logs_dir, [])
         self.prober = Prober([])
         self.engine.restore(Alert.from_dict(a) for a in self.storage.alerts(("firing",)))
@@ -204,7 +204,7 @@ class Monitor:
                 latency = getattr(inst, "health_latency_s", None)
                 views.append(
                     InstanceView(
-                        inst.label, name, sb.cg.name if sb is not None else None,
+                        inst.label, name, sb.cgroup_name if sb is not None else None,
                         sb.sandbox_pid if sb is not None else None, str(inst.machine.state), inst.restarts,
                         inst.health, latency if isinstance(latency, float) else None,
                         inst.bot.health is not None,

@@ -15,15 +15,11 @@ from pathlib import Path
 
 from clawpen.procfs import stat_fields
 from clawpen.sandbox.cgroups import Cgroup
+from clawpen.sandbox.handle import CgroupHandle
+from clawpen.sandbox.handle import pid_start_time as pid_start_time  # noqa: PLC0414 (re-export)
 from clawpen.sandbox.tier import RunResult, result_from_status
 
 EXIT_UNKNOWN = 255
-
-
-def pid_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22)."""
-    fields = stat_fields(pid)
-    return None if fields is None else int(fields[19])
 
 
 def same_process(pid: int | None, start: int | None) -> bool:
@@ -56,21 +52,33 @@ def exit_code_from_status(path: Path) -> int | None:
             code = int(obj["exit-code"])
 
 
-class AdoptedSandbox:
-    """A sandbox started by an earlier daemon; offers what the runtime needs of a ``Sandbox``."""
+class AdoptedSandbox(CgroupHandle):
+    """A sandbox started by an earlier daemon (a :class:`~clawpen.sandbox.tier.RunningSandbox`)."""
 
     def __init__(
         self, pid: int, sandbox_pid: int | None, cgroup: Cgroup, status_path: Path, started_at: float
     ) -> None:
-        self.pid = pid
-        self.sandbox_pid = sandbox_pid
+        self._pid = pid
+        self._sandbox_pid = sandbox_pid
         self.cgroup = cgroup
         self.status_path = status_path
         self.started_at = started_at
 
     @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def sandbox_pid(self) -> int | None:
+        return self._sandbox_pid
+
+    @property
     def cg(self) -> Cgroup:
         return self.cgroup
+
+    @property
+    def cgroup_name(self) -> str:
+        return self.cgroup.name
 
     def collect(self) -> RunResult:
         """How it ended, from bubblewrap's status file (it is not our child: no wait status)."""

@@ -28,24 +28,30 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, MappingProxyType
+from typing import TYPE_CHECKING
 
 from clawpen.errors import ClawpenError, HostError, SandboxError, UsageError
 from clawpen.paths import cache_dir
 from clawpen.plan.model import Plan
 from clawpen.sandbox import cgroups, seccomp
 from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
+from clawpen.sandbox.handle import CgroupHandle
 from clawpen.sandbox.tier import (
     EXIT_DISK,
     EXIT_SETUP,
     EXIT_TIMEOUT,
     Reason,
     RunResult,
+    SandboxRecord,
     Stdio,
     result_from_status,
 )
+from clawpen.sandbox.workspace import disk_usage, unreachable_parent
 from clawpen.sandbox.workspace import prepare_workspace as prepare_workspace  # noqa: PLC0414 (re-export)
-from clawpen.sandbox.workspace import unreachable_parent
 from clawpen.spec.rules import check_workspace_location
+
+if TYPE_CHECKING:
+    from clawpen.sandbox.adopt import AdoptedSandbox
 
 _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info-fd JSON
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -58,21 +64,6 @@ def _memfd(name: str, data: bytes) -> int:
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-def disk_usage(path: str) -> int:
-    """Bytes allocated below ``path`` (without following symlinks)."""
-    total = 0
-    stack = [path]
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
-            for entry in it:
-                with contextlib.suppress(OSError):
-                    st = entry.stat(follow_symlinks=False)
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-    return total
 
 
 def _become_subreaper() -> None:
@@ -102,7 +93,8 @@ def _reap(pid: int, pidfd: int, timeout: float = 2.0) -> None:
 
 
 class NamespaceTier:
-    """Runs a plan under bubblewrap + cgroups + seccomp as the plan's unprivileged uid."""
+    """Runs a plan under bubblewrap + cgroups + seccomp as the plan's unprivileged uid
+    (a :class:`~clawpen.sandbox.tier.Tier`)."""
 
     name = "sandbox"
 
@@ -153,14 +145,25 @@ class NamespaceTier:
             raise
         return sandbox
 
+    def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> AdoptedSandbox | None:
+        """The sandbox of ``record`` if its bubblewrap still runs (the same pid and start time),
+        from its cgroup and the status file bubblewrap writes its exit code to."""
+        from clawpen.sandbox.adopt import AdoptedSandbox, same_process
+
+        if record.cgroup is None or not same_process(record.pid, record.pid_start):
+            return None
+        cgroup = self.cgroup_host().attach(record.cgroup)
+        return AdoptedSandbox(record.pid, record.sandbox_pid, cgroup, status, started_at)
+
     def cgroup_host(self) -> cgroups.CgroupHost:
         if self._cgroups is None:
             self._cgroups = cgroups.detect()
         return self._cgroups
 
 
-class Sandbox:
-    """One started sandbox; every resource it opens is released by :meth:`teardown`."""
+class Sandbox(CgroupHandle):
+    """One started sandbox (a :class:`~clawpen.sandbox.tier.RunningSandbox`); every resource
+    it opens is released by :meth:`teardown`."""
 
     def __init__(
         self,

@@ -1,14 +1,32 @@
 """What every isolation tier offers, and the result of one run.
 
 Tiers (the bubblewrap namespace sandbox now; Docker and QEMU later) sit behind :class:`Tier`,
-so the supervisor and the CLI never care which one runs a bot.
+so the supervisor and the CLI never care which one runs a bot. A tier starts a plan
+(:meth:`Tier.start`) or takes back one an earlier daemon started (:meth:`Tier.adopt`), and
+hands back a :class:`RunningSandbox`: all the daemon does with a running bot goes through it
+(its end, signals, accounting, a record to adopt it by, commands and sockets inside it).
+The daemon holds its tiers by name (a bot's ``tier`` field picks one).
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol
+import os
+import select
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 from clawpen.plan.model import Plan
+
+if TYPE_CHECKING:  # annotations only: `clawpen run` imports this module and pays for no more
+    import socket
+    import subprocess
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import IO
+
+    from clawpen.sandbox.cgroups import CgroupStats
+
+    _Stream = int | IO[bytes] | None
 
 # Exit codes of `clawpen run` that are not the bot's own (documented in docs/cli.md).
 EXIT_DISK = 121
@@ -67,9 +85,120 @@ class Stdio(NamedTuple):
     stderr: int | None = None
 
 
+class SandboxRecord(NamedTuple):
+    """What the daemon saves of a running sandbox, so that a new daemon can adopt it."""
+
+    pid: int  # the host pid the tier watches (bubblewrap for the namespace tier)
+    sandbox_pid: int | None  # the host pid of the bot's pid 1
+    pid_start: int | None  # ``pid``'s start time, so a reused pid is not taken for it
+    cgroup: str | None  # the bot's cgroup (under the tier's cgroup root)
+
+
+class RunningSandbox(Protocol):
+    """A started (or adopted) sandbox, as the daemon's supervisor uses it."""
+
+    @property
+    def pid(self) -> int:
+        """The host pid the tier watches; its end is the sandbox's end."""
+        ...
+
+    @property
+    def sandbox_pid(self) -> int | None:
+        """The host pid of the bot's pid 1 (published ports, `clawpen exec`), if known."""
+        ...
+
+    @property
+    def cgroup_name(self) -> str | None:
+        """The bot's cgroup under the tier's cgroup root (the monitor reads it)."""
+        ...
+
+    def exit_fd(self) -> int:
+        """A new descriptor (the caller closes it) that becomes readable when the sandbox ends."""
+        ...
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to every process of the bot."""
+        ...
+
+    def kill(self, *, monitor: bool = False) -> None:
+        """SIGKILL every process of the bot; with ``monitor`` also the tier's own process
+        (a monitor that does not exit once the bot is gone)."""
+        ...
+
+    def stats(self) -> CgroupStats:
+        """The bot's accounting now (CPU, memory, pids, OOM kills)."""
+        ...
+
+    def record(self) -> SandboxRecord:
+        """What to save to adopt it later (:meth:`Tier.adopt`)."""
+        ...
+
+    def collect(self) -> RunResult:
+        """How it ended (call once :meth:`exit_fd` is readable)."""
+        ...
+
+    def teardown(self) -> None:
+        """Release what the sandbox holds (its cgroup, descriptors); it must have ended."""
+        ...
+
+    def enter(
+        self,
+        plan: Plan,
+        command: Sequence[str],
+        *,
+        bpf: bytes,
+        stdin: _Stream = None,
+        stdout: _Stream = None,
+        stderr: _Stream = None,
+        start_timeout: float = 10.0,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command`` inside the sandbox, confined like the bot (``cmd`` health checks),
+        in a process group of its own; raises ``SandboxError(where="exec")``."""
+        ...
+
+    def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
+        """A non-blocking TCP socket in the bot's network, and ``host`` as an address there (a
+        literal, or a name from the sandbox's /etc/hosts): ``http``/``tcp`` health checks.
+        ``uid`` (the bot's) is checked to still own the sandbox; raises ``SandboxError`` when
+        it is gone, ``ValueError`` for an unknown name."""
+        ...
+
+
 class Tier(Protocol):
-    """An isolation tier: runs a plan in the foreground and reports how it ended."""
+    """An isolation tier: runs a plan in the foreground, or starts and adopts sandboxes."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
-    def run(self, plan: Plan, *, timeout: float | None = None) -> RunResult: ...
+    def run(
+        self, plan: Plan, *, timeout: float | None = None, secrets: Mapping[str, bytes] = ...
+    ) -> RunResult: ...
+
+    def start(
+        self,
+        plan: Plan,
+        *,
+        cgroup_name: str | None = None,
+        stdio: Stdio = ...,
+        status_fd: int | None = None,
+        secrets: Mapping[str, bytes] = ...,
+    ) -> RunningSandbox:
+        """Build the sandbox and start the bot; ``status_fd`` receives its exit status even
+        when the caller is gone by then (what :meth:`adopt` reads from ``status``)."""
+        ...
+
+    def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> RunningSandbox | None:
+        """Take back a sandbox an earlier daemon started; ``None`` when it no longer runs."""
+        ...
+
+
+def ended_within(sandbox: RunningSandbox, timeout: float | None) -> bool:
+    """Block until ``sandbox`` has ended (True) or ``timeout`` seconds passed (False).
+    ``poll``, never ``select``: descriptors past 1,024 are common in the daemon."""
+    fd = sandbox.exit_fd()
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+    finally:
+        os.close(fd)

@@ -168,3 +168,18 @@ def unreachable_parent(path: str, uid: int, gid: int) -> str | None:
         if parent == "/":
             return None
         parent = os.path.dirname(parent)
+
+
+def disk_usage(path: str) -> int:
+    """Bytes allocated below ``path`` (without following symlinks)."""
+    total = 0
+    stack = [path]
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            for entry in it:
+                with contextlib.suppress(OSError):
+                    st = entry.stat(follow_symlinks=False)
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+    return total

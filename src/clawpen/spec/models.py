@@ -380,13 +380,18 @@ class Bot(_Model):
     def _command(cls, v: list[str]) -> list[str]:
         return bounds.check_argv(v, "command")
 
-    @field_validator("tier")
+    @field_validator("tier", mode="before")
     @classmethod
-    def _tier(cls, v: str) -> str:
-        if v != "sandbox":
+    def _tier(cls, v: object) -> object:
+        """Only ``sandbox`` runs bots yet; ``container`` and ``vm`` are planned tiers. (Left out,
+        the field still shows as ``"sandbox"`` in the stored policy, as it always has: the policy
+        hash of existing bots does not change.)"""
+        if isinstance(v, str) and v != "sandbox":
+            planned = v in ("container", "vm")
             raise rules.RuleViolation(
-                f"tier {v!r} is not available in this version of clawpen",
-                'use tier = "sandbox" (bubblewrap namespaces, cgroups and seccomp)',
+                f"tier {v!r} is not available yet" if planned else f"there is no tier {v!r}",
+                'the "container" and "vm" tiers are planned; use tier = "sandbox" (bubblewrap '
+                "namespaces, cgroups and seccomp), or leave tier out",
             )
         return v
 
