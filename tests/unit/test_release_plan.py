@@ -16,7 +16,7 @@ from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store, policy_hash
 from clawpen.daemon.up import op_up
 from clawpen.errors import ConfigError
-from clawpen.logs.store import Compressor
+from clawpen.logs.upkeep import Compressor
 from clawpen.plan.build import HostFacts
 from clawpen.sandbox.seccomp import default_policy
 from clawpen.spec.loader import load_spec

@@ -20,7 +20,7 @@ from fake_tier import EPOCH, FakeTier, Script, VirtualLoop, real_seconds
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
-from clawpen.logs.store import Compressor
+from clawpen.logs.upkeep import Compressor
 from clawpen.plan.build import HostFacts
 from clawpen.sandbox.seccomp import default_policy
 from clawpen.spec.models import Bot
