@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from gateway_env import GW_ADDR, UP_ADDR, WWW_ADDR, Env, HttpHandler, HttpServer, fake_internet
 
-from clawpen.net import egress, netns
+from clawpen.net import netns
 from clawpen.net.hostaddr import HostAddresses, PerNamespace
+from clawpen.spec import egress
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from clawpen.errors import ConfigError
-from clawpen.net import egress
+from clawpen.spec import egress
 from clawpen.spec.rules import RuleViolation
 
 

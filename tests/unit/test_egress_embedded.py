@@ -8,8 +8,8 @@ import ipaddress
 
 import pytest
 
-from clawpen.net import egress
 from clawpen.net.hostaddr import HostAddresses
+from clawpen.spec import egress
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address

@@ -8,7 +8,7 @@ import ipaddress
 
 import pytest
 
-from clawpen.net import egress
+from clawpen.spec import egress
 
 V4 = ipaddress.IPv4Address
 V6 = ipaddress.IPv6Address

@@ -15,17 +15,15 @@ import pytest
 from clawpen.daemon.health import (
     HealthResult,
     HealthTracker,
-    HttpTarget,
     Verdict,
     check_once,
-    parse_http,
-    parse_tcp,
     sandbox_address,
 )
 from clawpen.errors import SandboxError
 from clawpen.plan.model import CgroupLimits, Identity, Plan, Rlimits, SeccompPolicy
 from clawpen.sandbox import enter as enter_mod
 from clawpen.sandbox.enter import NAMESPACE_FLAGS, enter, enter_argv, enter_config
+from clawpen.spec.healthcheck import HttpTarget, parse_http, parse_tcp
 from clawpen.spec.models import Health
 
 OK = HealthResult(True, "HTTP 200", 0.01)

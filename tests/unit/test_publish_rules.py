@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clawpen.net.publish import Publish, duplicate_ports, parse_publish, source_allowed
+from clawpen.spec.publish import Publish, duplicate_ports, parse_publish, source_allowed
 from clawpen.spec.rules import RuleViolation
 
 

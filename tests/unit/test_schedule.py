@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from clawpen.errors import ConfigError
-from clawpen.supervisor.schedule import (
+from clawpen.spec.schedule import (
     CRON_HINT,
     WINDOW_HINT,
     ActiveWindow,

@@ -119,7 +119,7 @@ def _restart(name: str, bot: Bot) -> list[Problem]:
 
 
 def _health(name: str, bot: Bot) -> list[Problem]:
-    from clawpen.daemon.health import parse_http, parse_tcp
+    from clawpen.spec.healthcheck import parse_http, parse_tcp
 
     spec = bot.health
     try:
@@ -218,7 +218,7 @@ def _plan(name: str, bot: Bot, policy: BotPolicy, host: HostFacts, seccomp: Secc
 
 
 def _ports(name: str, bot: Bot, released: Collection[tuple[str, int]]) -> list[Problem]:
-    from clawpen.net.publish import parse_publish
+    from clawpen.spec.publish import parse_publish
 
     out = []
     for raw in bot.network.publish:

@@ -38,8 +38,8 @@ from clawpen.plan.build import HostFacts
 from clawpen.plan.model import Plan, SeccompPolicy
 from clawpen.sandbox.tier import RunningSandbox, RunResult, Stdio, Tier
 from clawpen.spec.models import Bot
+from clawpen.spec.schedule import ActiveWindow
 from clawpen.supervisor.backoff import RestartPolicy, RestartTracker, TrackerState
-from clawpen.supervisor.schedule import ActiveWindow
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 from clawpen.vault.redact import Redactor
 

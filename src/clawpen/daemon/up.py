@@ -109,7 +109,7 @@ def classify(daemon: Daemon, loaded: LoadedSpec, wanted: set[str], partial: bool
 def released_ports(daemon: Daemon, names: set[str]) -> set[tuple[str, int]]:
     """The published host ports that bots ``names`` hold now (they are kept by the same bot, or
     let go of before anything starts: removed and changed bots are halted first)."""
-    from clawpen.net.publish import parse_publish
+    from clawpen.spec.publish import parse_publish
 
     rows = daemon.store.bots()
     held: set[tuple[str, int]] = set()

@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from clawpen.supervisor.schedule import ActiveWindow, CronSpec
+from clawpen.spec.schedule import ActiveWindow, CronSpec
 from clawpen.supervisor.states import BotState as S
 
 if TYPE_CHECKING:

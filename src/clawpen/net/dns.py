@@ -34,18 +34,18 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from clawpen.net import egress
 from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dnsfair import TCP_PER_SOURCE, FairQueue
 from clawpen.net.dnsudp import UdpFront
-from clawpen.net.egress import HostSource
 from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, LinkRegistry
 from clawpen.plan.model import NetLimits
+from clawpen.spec import egress
+from clawpen.spec.egress import HostSource
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 UNKNOWN = "?"  # the one queue of every sender that is not a bot link

@@ -35,7 +35,7 @@ import time
 
 import dns.rdatatype
 
-from clawpen.net import egress, sniff
+from clawpen.net import sniff
 from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
@@ -47,6 +47,7 @@ from clawpen.net.netns import setns
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
+from clawpen.spec import egress
 
 HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (in a worker thread)
 CONNECT_TIMEOUT = 10.0

@@ -2,7 +2,7 @@
 
 A bot whose egress is ``"open"`` may go to any public address, but never to the host it runs
 on: a service bound to ``0.0.0.0`` on the host's public address would otherwise be one
-gateway hop away. :func:`clawpen.net.egress.address_problem` refuses every address this module
+gateway hop away. :func:`clawpen.spec.egress.address_problem` refuses every address this module
 reports (plus the unspecified and loopback ranges) unless ``allow_private`` lists it on its own.
 
 "The host" is the network namespace the gateway connects *from* (its upstream namespace, the

@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from clawpen.net import netns
-from clawpen.net.publish import source_allowed
 from clawpen.net.relay import Workers, close_quietly, relay, reset, tune
 from clawpen.procfs import stat_fields
+from clawpen.spec.publish import source_allowed
 
 CONNECT_TIMEOUT = 5.0
 MAX_CONNS = 512

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from clawpen.fsutil import write_atomic
-from clawpen.net.publish import parse_publish
 from clawpen.sandbox.adopt import pid_start_time, same_process
+from clawpen.spec.publish import parse_publish
 
 MODULE = "clawpen.net.portrelay"
 STOP_GRACE = 3.0

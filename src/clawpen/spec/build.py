@@ -86,7 +86,7 @@ class BuildSpec(BaseModel):
     @classmethod
     def _egress(cls, v: list[str]) -> list[str]:
         if v:
-            from clawpen.net.egress import parse_rules
+            from clawpen.spec.egress import parse_rules
 
             parse_rules(list(v))
         return v

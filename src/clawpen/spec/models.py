@@ -186,7 +186,7 @@ class Network(_Model):
     def _egress(cls, v: list[str] | str) -> list[str] | str:
         if v == "open" or not v:
             return v
-        from clawpen.net.egress import parse_rules
+        from clawpen.spec.egress import parse_rules
 
         parse_rules(list(v))  # raises RuleViolation with the reason and a fix
         return v
@@ -202,7 +202,7 @@ class Network(_Model):
     @classmethod
     def _publish(cls, v: list[str]) -> list[str]:
         if v:
-            from clawpen.net.publish import parse_publish
+            from clawpen.spec.publish import parse_publish
 
             for raw in v:
                 parse_publish(raw)  # raises RuleViolation
@@ -211,7 +211,7 @@ class Network(_Model):
     @model_validator(mode="after")
     def _exposure(self) -> Network:
         if self.publish:
-            from clawpen.net.publish import parse_publish
+            from clawpen.spec.publish import parse_publish
 
             for raw in self.publish:
                 listen.check_listener(
@@ -291,7 +291,7 @@ class Health(_Model):
                 f"a health check needs exactly one of http, tcp or cmd (got {kinds or 'none'})",
                 'write e.g. health = { http = "http://127.0.0.1:8000/healthz" }',
             )
-        from clawpen.daemon.health import parse_http, parse_tcp
+        from clawpen.spec.healthcheck import parse_http, parse_tcp
 
         try:
             if self.http:
@@ -315,7 +315,7 @@ class Schedule(_Model):
     @model_validator(mode="after")
     def _parse(self) -> Schedule:
         from clawpen.errors import ConfigError
-        from clawpen.supervisor.schedule import ActiveWindow, CronSpec, zone
+        from clawpen.spec.schedule import ActiveWindow, CronSpec, zone
 
         try:
             if self.timezone:
@@ -473,7 +473,7 @@ class Spec(_Model):
         for name in v:
             rules.check_bot_name(name)
         if any(bot.network.publish for bot in v.values()):
-            from clawpen.net.publish import duplicate_ports
+            from clawpen.spec.publish import duplicate_ports
 
             clash = duplicate_ports((n, raw) for n, bot in v.items() for raw in bot.network.publish)
             if clash:
