@@ -16,7 +16,7 @@ import pytest
 from gateway_env import GW_ADDR, UP_ADDR, WWW_ADDR, Env, HttpHandler, HttpServer, fake_internet
 
 from clawpen.net import netns
-from clawpen.net.hostaddr import HostAddresses, PerNamespace
+from clawpen.net.hostaddr import HostAddresses, PerNamespace, read_once
 from clawpen.spec import egress
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
@@ -57,16 +57,21 @@ def test_reader_sees_an_address_come_and_go(ns: tuple[str, int]) -> None:
         assert egress.address_problem(str(NEW_V4), host=hosts) == f"{NEW_V4} is an address of this host"
         assert egress.address_problem(str(NEW_V6), host=hosts) == f"{NEW_V6} is an address of this host"
         assert egress.address_problem("45.79.3.78", host=hosts) is None  # the neighbour is not the host
-        # the default provider (what the gateway asks when given nothing) reads the calling
-        # thread's namespace: inside the test namespace it sees the address, outside it does not
-        assert netns.netns_thread_call(fd, lambda: egress.address_problem(str(NEW_V4))) is not None
-        assert egress.address_problem(str(NEW_V4)) is None
+        # read_once reads the calling thread's namespace: inside the test namespace it sees
+        # the address, outside it does not
+        assert (
+            netns.netns_thread_call(fd, lambda: egress.address_problem(str(NEW_V4), host=read_once))
+            is not None
+        )
+        assert egress.address_problem(str(NEW_V4), host=read_once) is None
         ip_in(path, "addr", "del", f"{NEW_V4}/32", "dev", "d0")
         ip_in(path, "link", "del", "d0")
         gone = hosts.get()
         assert NEW_V4 not in gone and NEW_V6 not in gone, gone
         assert egress.address_problem(str(NEW_V4), host=hosts) is None
-        assert netns.netns_thread_call(fd, lambda: egress.address_problem(str(NEW_V4))) is None
+        assert (
+            netns.netns_thread_call(fd, lambda: egress.address_problem(str(NEW_V4), host=read_once)) is None
+        )
     finally:
         hosts.close()
 

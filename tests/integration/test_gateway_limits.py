@@ -23,7 +23,7 @@ from gateway_env import BOT_ADDR, EGRESS, GW_ADDR, WWW_ADDR, Env, Registry
 from clawpen.net.gateway import Gateway
 from clawpen.net.resolve import Resolver
 from clawpen.net.types import BotLink
-from clawpen.plan.model import DEFAULT_NET_LIMITS
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 
 pytestmark = [pytest.mark.netns, pytest.mark.root]
 

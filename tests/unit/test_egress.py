@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clawpen.errors import ConfigError
+from clawpen.net.hostaddr import read_once
 from clawpen.spec import egress
 from clawpen.spec.rules import RuleViolation
 
@@ -117,7 +118,10 @@ def test_matching() -> None:
 def test_ip_literal_spellings(spelling: str) -> None:
     assert egress.parse_ip_literal(spelling) == ipaddress.ip_address("127.0.0.1")
     assert egress.normalize_host(spelling) == "127.0.0.1"
-    assert egress.address_problem(egress.normalize_host(spelling)) == "127.0.0.1 is a loopback address"
+    assert (
+        egress.address_problem(egress.normalize_host(spelling), host=read_once)
+        == "127.0.0.1 is a loopback address"
+    )
 
 
 @pytest.mark.parametrize("name", ["example.com", "1e100.net", "0x.example", "127.0.0.1.nip.io", "a1.b2"])
@@ -168,16 +172,16 @@ def test_normalize() -> None:
     ],
 )
 def test_refused_address_classes(addr: str, word: str) -> None:
-    problem = egress.address_problem(addr)
+    problem = egress.address_problem(addr, host=read_once)
     assert problem is not None
     assert word in problem
 
 
 def test_public_addresses_pass_and_allow_private_opens_a_hole() -> None:
     for addr in ("8.8.8.8", "1.1.1.1", "2606:4700::1111", "45.79.0.2"):
-        assert egress.address_problem(addr) is None
+        assert egress.address_problem(addr, host=read_once) is None
     allow = egress.networks(["10.5.0.0/16", "fd00:ec2::254/128"])
-    assert egress.address_problem("10.5.1.1", allow) is None
-    assert egress.address_problem("10.6.1.1", allow) is not None
-    assert egress.address_problem("fd00:ec2::254", allow) is None
-    assert egress.address_problem("::ffff:10.5.0.1", allow) is None
+    assert egress.address_problem("10.5.1.1", allow, host=read_once) is None
+    assert egress.address_problem("10.6.1.1", allow, host=read_once) is not None
+    assert egress.address_problem("fd00:ec2::254", allow, host=read_once) is None
+    assert egress.address_problem("::ffff:10.5.0.1", allow, host=read_once) is None

@@ -24,10 +24,11 @@ from clawpen.net.dnsfair import FairQueue
 from clawpen.net.fair import Fairness
 from clawpen.net.links import Link, LinkManager
 from clawpen.plan.build import HostFacts, build_plan, describe_network
-from clawpen.plan.model import DEFAULT_NET_LIMITS, Identity, NetLimits, NetLink, SeccompPolicy
+from clawpen.plan.model import Identity, NetLink, SeccompPolicy
 from clawpen.spec.loader import load_spec, parse_spec_text
 from clawpen.spec.models import Bot
 from clawpen.spec.policy import BotPolicy
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 BOT = '[bots.a]\ncommand = ["python3", "bot.py"]\nnetwork.egress = ["api.example.com:443"]\n'
 

@@ -43,9 +43,9 @@ from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, LinkRegistry
-from clawpen.plan.model import NetLimits
 from clawpen.spec import egress
 from clawpen.spec.egress import HostSource
+from clawpen.spec.quotas import NetLimits
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
 UNKNOWN = "?"  # the one queue of every sender that is not a bot link
@@ -275,7 +275,9 @@ class DnsServer:
         for rrset in upstream.answer:
             if rrset.rdtype in _ADDRESS_TYPES:
                 keep = [
-                    rd for rd in rrset if egress.address_problem(rd.address, allow, self.host_addrs) is None
+                    rd
+                    for rd in rrset
+                    if egress.address_problem(rd.address, allow, host=self.host_addrs) is None
                 ]
                 dropped += [rd.address for rd in rrset if rd not in keep]
                 if not keep or (rrset.rdtype == dns.rdatatype.AAAA and not link.bot_addr6):
@@ -292,7 +294,7 @@ class DnsServer:
                 link.bot,
                 link.replica,
                 name,
-                f"answer withheld: {egress.address_problem(dropped[0], (), self.host_addrs)}",
+                f"answer withheld: {egress.address_problem(dropped[0], host=self.host_addrs)}",
             )
         reply.set_rcode(dns.rcode.Rcode.make(upstream.rcode))
         return reply.to_wire(max_size=max_size)

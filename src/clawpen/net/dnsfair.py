@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 RATE = DEFAULT_NET_LIMITS.dns_per_s  # queries per second a bot may ask, sustained
 BURST = float(DEFAULT_NET_LIMITS.dns_burst)  # ... and at once

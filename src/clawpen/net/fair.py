@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 MAX_CONNECTIONS = DEFAULT_NET_LIMITS.connections  # open connections per bot instance
 MAX_HEADS = DEFAULT_NET_LIMITS.pending_heads  # unfinished heads per bot instance

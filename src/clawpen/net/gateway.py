@@ -242,7 +242,7 @@ class Gateway:
             if not addresses:
                 raise Denied(f"{name} does not resolve")
         for addr in addresses:
-            problem = egress.address_problem(addr, allow, self.host_addrs)
+            problem = egress.address_problem(addr, allow, host=self.host_addrs)
             if problem is not None:
                 raise Denied(f"{name} resolves to a refused address: {problem}")
         return allowed_by, addresses

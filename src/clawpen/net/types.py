@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 from typing import NamedTuple, Protocol
 
-from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 # Ports of the gateway on ``gw_addr`` of every link (inside the gateway namespace).
 PROXY_PORT = 3128  # explicit HTTP proxy (CONNECT and plain HTTP); bots get HTTP(S)_PROXY

@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 from clawpen.errors import PolicyError
 from clawpen.plan.model import (
-    DEFAULT_NET_LIMITS,
     CgroupLimits,
     Identity,
     Mount,
@@ -21,6 +20,7 @@ from clawpen.plan.model import (
     SeccompPolicy,
 )
 from clawpen.spec.policy import BotPolicy
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 from clawpen.spec.units import format_size
 
 WORKSPACE = "/workspace"

@@ -243,26 +243,21 @@ HostSource = Collection[IPAddress] | Callable[[], Collection[IPAddress]]
 
 
 def address_problem(
-    addr: IPAddress | str, allow_private: Sequence[IPNetwork] = (), host: HostSource | None = None
+    addr: IPAddress | str, allow_private: Sequence[IPNetwork] = (), *, host: HostSource
 ) -> str | None:
     """Why a connection to ``addr`` is refused, or None if it is a public address (or lies in
     one of ``allow_private``).
 
-    ``host`` is the set of the host's own addresses (or a callable returning it, e.g. a
-    :class:`clawpen.net.hostaddr.HostAddresses`); None reads the calling thread's namespace once
-    (:func:`clawpen.net.hostaddr.read_once`; the gateway and its DNS keep a cache instead).
+    ``host`` is the set of the host's own addresses, or a callable returning it: the gateway and
+    its DNS pass their :class:`clawpen.net.hostaddr.HostAddresses` cache;
+    :func:`clawpen.net.hostaddr.read_once` reads the calling thread's namespace.
     A host address, the unspecified addresses and the loopback
     ranges pass only when ``allow_private`` lists them on their own (a network made of nothing
     but host addresses, e.g. ``203.0.113.5/32`` or ``127.0.0.0/8``): a wide entry such as
     ``10.0.0.0/8`` opens the network, not the host in it. IPv4-mapped, -compatible, NAT64,
     6to4, Teredo and ISATAP addresses are refused when an IPv4 address they carry would be."""
     ip = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
-    if host is None:
-        from clawpen.net import hostaddr
-
-        own: Collection[IPAddress] = hostaddr.read_once()
-    else:
-        own = host() if callable(host) else host
+    own = host() if callable(host) else host
     return _problem(ip, allow_private, own)
 
 

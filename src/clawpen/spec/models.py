@@ -23,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from clawpen.plan.model import DEFAULT_NET_LIMITS
 from clawpen.spec import bounds, listen, rules, units
 from clawpen.spec import policy as pol
 from clawpen.spec.alerts import MonitoringConfig
@@ -31,6 +30,7 @@ from clawpen.spec.build import BuildSpec
 from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
 from clawpen.spec.netlimits import NetworkLimits
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 
 Size = Annotated[
     int,

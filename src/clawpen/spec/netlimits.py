@@ -36,8 +36,8 @@ from pydantic import (
     model_serializer,
 )
 
-from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
 from clawpen.spec import rules
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 D = DEFAULT_NET_LIMITS
 MAX_DNS_QUEUE = 1024  # clawpen.net.dnsfair.QUEUE_TOTAL: all bots' queries waiting together

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from clawpen.errors import ConfigError, PolicyError, UsageError
-from clawpen.plan.model import DEFAULT_NET_LIMITS, NetLimits
 from clawpen.spec import bounds, rules, units
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY = 512 << 20
