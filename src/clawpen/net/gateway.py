@@ -40,7 +40,7 @@ from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 
 SO_ORIGINAL_DST = 80
-HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (in a worker thread)
+HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (read by the head stage)
 CONNECT_TIMEOUT = 10.0
 __all__ = ["MAX_CONNECTIONS", "Denied", "Gateway", "original_dst"]
 
@@ -64,7 +64,7 @@ class Gateway:
         proxy_port: int = PROXY_PORT,
         transparent_port: int = TRANSPARENT_PORT,
         dns_port: int | None = DNS_PORT,
-        head_timeout: float = HEAD_TIMEOUT,
+        head_timeout: float | None = None,  # the ClientHello after a CONNECT (default head_deadline)
         first_byte: float = FIRST_BYTE,
         head_deadline: float = HEAD_DEADLINE,
         limits: Limits | None = None,
@@ -78,7 +78,7 @@ class Gateway:
         self.host = host
         self.proxy_port = proxy_port
         self.transparent_port = transparent_port
-        self.head_timeout = head_timeout
+        self.head_timeout = head_deadline if head_timeout is None else head_timeout
         self.host_addrs = PerNamespace()  # the host's own addresses: never a destination
         self.dns = (
             DnsServer(
@@ -166,26 +166,36 @@ class Gateway:
         return head.parse is not None
 
     def _ready(self, head: Head) -> None:
+        if head.phase == "hello":
+            self._hello_ready(head)
+            return
         head.sock.setblocking(True)
         self.workers.submit(functools.partial(self._serve, head))
 
     def _serve(self, head: Head) -> None:
         conn, link = head.sock, head.link
+        handed_back = False  # a CONNECT to 443 went back to the head stage for its ClientHello
         try:
             tune(conn)
             if head.kind == "proxy":
-                self._serve_proxy(conn, link, head)
+                handed_back = self._serve_proxy(conn, link, head)
             else:
                 self._serve_transparent(conn, link, head)
         except Exception as err:  # a broken connection must not take the gateway down
             self._record(link, "error", "-", 0, "denied", f"gateway error: {err!r}"[:300], head.t0)
         finally:
-            self.fair.conn_done(head.key)
-            close_quietly(conn)
+            if not handed_back:
+                self.fair.conn_done(head.key)
+                close_quietly(conn)
 
     def _head_failed(self, head: Head, why: str, detail: str) -> None:
         """In the head stage: the head did not come (closed, bad, late); answer and log."""
         link, conn = head.link, head.sock
+        if head.phase == "hello":  # after a CONNECT's 200 (the stage closes head.up)
+            name, port, _ = head.target
+            reason = {"timeout": "no TLS ClientHello in time", "closed": "closed before the TLS ClientHello"}
+            self._record(link, "connect", name, port, "denied", reason.get(why, detail), head.t0)
+            return  # closed (not reset) as before, when the relay's gate refused
         if head.kind == "proxy":
             if why == "timeout":
                 self._record(link, "proxy", "-", 0, "denied", f"request head: {detail}", head.t0)
@@ -269,17 +279,17 @@ class Gateway:
         )
 
     # ------------------------------------------------------------ explicit proxy
-    def _serve_proxy(self, conn: socket.socket, link: BotLink, head: Head) -> None:
+    def _serve_proxy(self, conn: socket.socket, link: BotLink, head: Head) -> bool:
+        """True if the connection went back to the head stage (CONNECT to 443)."""
         t0, data, req = head.t0, head.data, head.result
         assert isinstance(req, sniff.Request)
         if req.method == "CONNECT":
-            self._proxy_connect(conn, link, req, data[req.size :], t0)
-        else:
-            self._proxy_http(conn, link, req, data[req.size :], t0)
+            return self._proxy_connect(conn, link, req, head)
+        self._proxy_http(conn, link, req, data[req.size :], t0)
+        return False
 
-    def _proxy_connect(
-        self, conn: socket.socket, link: BotLink, req: sniff.Request, rest: bytes, t0: float
-    ) -> None:
+    def _proxy_connect(self, conn: socket.socket, link: BotLink, req: sniff.Request, head: Head) -> bool:
+        t0, rest = head.t0, head.data[req.size :]
         name, port = req.target[:200], 0
         try:
             host, port = sniff.split_host_port(req.target, 0)
@@ -290,20 +300,23 @@ class Gateway:
         except (Denied, ValueError) as err:
             self._record(link, "connect", name, port, "denied", str(err), t0)
             _respond(conn, 403, f"clawpen gateway: {err}")
-            return
+            return False
         try:
             up = self._connect(addresses, port)
         except OSError as err:
             self._record(link, "connect", name, port, "denied", f"upstream: {err}", t0)
             _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
-            return
+            return False
+        if port == 443:
+            head.target, head.data = (name, port, allowed_by), rest
+            return self._await_hello(head, up)
         try:
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
             def gate() -> bytes:
-                return self._hello_gate(conn, rest, name, port)
+                return self._hello_gate(conn, rest, name)
 
-            counts = relay(conn, up, a_gate=gate, gate_first=port == 443, spawn=self.workers.submit)
+            counts = relay(conn, up, a_gate=gate, spawn=self.workers.submit)
         finally:
             close_quietly(up)
         if counts.refused:
@@ -312,18 +325,76 @@ class Gateway:
             )
         else:
             self._record(link, "connect", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
+        return False
 
-    def _hello_gate(self, conn: socket.socket, data: bytes, name: str, port: int) -> bytes:
-        """After CONNECT: a ClientHello must name the CONNECT host (and must come on 443).
+    def _await_hello(self, head: Head, up: socket.socket) -> bool:
+        """CONNECT to 443, upstream connected: take an unfinished-head place, answer ``200``
+        and give the connection back to the head stage, which reads the ClientHello without a
+        thread (:meth:`_hello_ready` or :meth:`_head_failed` then). False if it did not."""
+        conn, link = head.sock, head.link
+        name, port, _ = head.target
+        why = self.fair.take_head(head.key)
+        if why is not None:
+            close_quietly(up)
+            self._record(link, "connect", name, port, "denied", why, head.t0)
+            _respond(conn, 429, f"clawpen gateway: {why}")
+            return False
+        try:
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        except OSError:
+            self.fair.head_done(head.key)
+            close_quietly(up)
+            self._record(link, "connect", name, port, "denied", "closed before the TLS ClientHello", head.t0)
+            return False
+        head.up = up
+        self.heads.resume(
+            head, sniff.connect_hello, first_byte=self.heads.first_byte, deadline=self.head_timeout
+        )
+        return True
 
-        On other ports a protocol where the server speaks first (or a client that only reads)
-        is fine: the server's bytes already flow, and the gate waits without a time limit."""
-        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout if port == 443 else 0)
+    def _hello_ready(self, head: Head) -> None:
+        """In the head stage: the ClientHello after a CONNECT to 443 is complete. Its SNI must be
+        the CONNECT host; then a worker relays (the hello goes upstream first)."""
+        name, port, _ = head.target
+        sni, up = head.result, head.up
+        assert up is not None
+        reason = None
+        if sni is None and not _is_ip(name):
+            reason = f"TLS ClientHello without SNI for CONNECT {name}"
+        elif sni is not None and _safe_normal(str(sni)) != name:
+            reason = f"TLS SNI {sni!r} does not match CONNECT host {name}"
+        if reason is not None:
+            self._record(head.link, "connect", name, port, "denied", reason, head.t0)
+            self.fair.conn_done(head.key)
+            close_quietly(head.sock, up)
+            return
+        head.sock.setblocking(True)
+        self.workers.submit(functools.partial(self._relay_hello, head))
+
+    def _relay_hello(self, head: Head) -> None:
+        conn, up, link = head.sock, head.up, head.link
+        name, port, allowed_by = head.target
+        assert up is not None
+        try:
+            counts = relay(conn, up, a_prefix=head.data, spawn=self.workers.submit)
+            self._record(
+                link, "connect", name, port, "allowed", allowed_by, head.t0, counts.a_to_b, counts.b_to_a
+            )
+        except Exception as err:  # a broken connection must not take the gateway down
+            self._record(link, "error", name, port, "denied", f"gateway error: {err!r}"[:300], head.t0)
+        finally:
+            self.fair.conn_done(head.key)
+            close_quietly(conn, up)
+
+    def _hello_gate(self, conn: socket.socket, data: bytes, name: str) -> bytes:
+        """After CONNECT to a port other than 443: a ClientHello, if one comes, must name the
+        CONNECT host (port 443 is checked in the head stage, see :meth:`_await_hello`).
+
+        A protocol where the server speaks first (or a client that only reads) is fine: the
+        server's bytes already flow, and the gate waits without a time limit."""
         try:
             while True:
                 if len(data) >= 3 and not sniff.looks_like_tls(data):
-                    if port == 443:
-                        raise Refused("CONNECT to port 443 without a TLS ClientHello")
                     return data
                 if len(data) >= 3:
                     sni = sniff.client_hello_sni(data)
@@ -331,16 +402,10 @@ class Gateway:
                         break
                 chunk = conn.recv(65536)
                 if not chunk:
-                    if port == 443:
-                        raise Refused("closed before the TLS ClientHello")
                     return data
                 data += chunk
         except sniff.NotTLS as err:
             raise Refused(f"bad TLS ClientHello: {err}") from None
-        except (TimeoutError, BlockingIOError):
-            raise Refused("no TLS ClientHello in time") from None
-        finally:
-            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
         if sni is None:
             if _is_ip(name):
                 return data
