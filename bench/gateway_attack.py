@@ -305,7 +305,8 @@ def attacker(kind: str, seconds: float, cap: int, heads: int) -> dict[str, int]:
 class Lab:
     """The namespaces, the child processes, and what the gateway process looks like."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, kernel_limits: bool = True) -> None:
+        self.kernel_limits = kernel_limits
         tag = secrets.token_hex(3)
         self.tag = tag
         self.ns = {k: f"clawpen-ga-{tag}-{k}" for k in ("victim", "attack", "gw", "up", "inet")}
@@ -352,6 +353,10 @@ class Lab:
         fd = os.open(f"/run/netns/{self.ns['gw']}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             nft.apply(fd, nft.ruleset())
+            if self.kernel_limits:
+                from clawpen.net import nftlimit
+
+                nft.apply(fd, nftlimit.ruleset())
         finally:
             os.close(fd)
         self.procs.append(self.spawn("inet", "inet", self.cert, self.key))
@@ -410,6 +415,18 @@ class Lab:
             last = db.execute("SELECT COALESCE(MAX(id), 0) FROM conn").fetchone()[0]
         return {"rows": int(rows), "row_bytes": int(nbytes), "events": int(nevents), "last_id": int(last)}
 
+    def kernel_drops(self) -> dict[str, int]:
+        """Packets the per-source kernel limits dropped so far ({} when they are off)."""
+        if not self.kernel_limits:
+            return {}
+        from clawpen.net import nftlimit
+
+        fd = os.open(f"/run/netns/{self.ns['gw']}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return nftlimit.drops(fd)
+        finally:
+            os.close(fd)
+
     def db_size(self) -> int:
         return sum(p.stat().st_size for p in self.tmp.glob("connlog.db*") if p.is_file())
 
@@ -439,6 +456,7 @@ def pct(values: list[float], q: float) -> float:
 
 def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[str, Any]:
     fds0, threads0 = lab.gw_proc()
+    drops0 = lab.kernel_drops()
     mark, size0 = lab.log_added(0, "")["last_id"], lab.db_size()
     peak = [fds0, threads0]
     stop = threading.Event()
@@ -468,6 +486,7 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
     stop.set()
     sampler.join()
     fds1, threads1 = lab.gw_proc()
+    drops = {k: v - drops0.get(k, 0) for k, v in lab.kernel_drops().items()}
     log = lab.log_added(mark, "attacker")
     log["db_growth"] = lab.db_size() - size0  # all bots (the victim's rows too), database + WAL
     window = RAMP + args.seconds + 0.5 if att is not None else args.seconds
@@ -482,6 +501,7 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
         "log": log,
         "gateway_fds": {"before": fds0, "peak": peak[0], "after": fds1},
         "gateway_threads": {"before": threads0, "peak": peak[1], "after": threads1},
+        "kernel_drops": drops,
     }
 
 
@@ -512,7 +532,7 @@ def report(res: dict[str, Any]) -> bool:
     print("attacker and gateway during each run")
     print(
         f"  {'run':<13}{'attack':>22}{'log rows':>10}{'for events':>11}{'row bytes':>11}{'MB/day':>8}"
-        f"{'fds before/peak/after':>23}{'threads b/p/a':>16}"
+        f"{'fds before/peak/after':>23}{'threads b/p/a':>16}  kernel drops (syn/open/dns)"
     )
     for phase, r in res.items():
         if not isinstance(r, dict) or "victim" not in r:
@@ -524,13 +544,15 @@ def report(res: dict[str, Any]) -> bool:
             else (f"{a['opened']} conn, peak {a['peak']}" if "opened" in a else "-")
         )
         lg = r["log"]
+        kd = r.get("kernel_drops") or {}
+        drops = "/".join(str(kd.get(k, 0)) for k in ("syn_rate", "open", "dns_rate")) if kd else "off"
         fds, threads = (
             "/".join(str(r[k][x]) for x in ("before", "peak", "after"))
             for k in ("gateway_fds", "gateway_threads")
         )
         print(
             f"  {phase:<13}{what:>22}{lg['rows']:>10}{lg['events']:>11}{lg['row_bytes']:>11}"
-            f"{lg['mb_per_day']:>8}{fds:>23}{threads:>16}"
+            f"{lg['mb_per_day']:>8}{fds:>23}{threads:>16}  {drops}"
         )
     print(f"goal (victim p99 <= {GOAL:g}x quiet, no failures, every attack): {'PASS' if ok_all else 'FAIL'}")
     return ok_all
@@ -546,6 +568,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="victim timeout per step (default 5 s)")
     ap.add_argument("--rate", type=float, default=RATE, help=f"victim rounds per second (default {RATE:g})")
     ap.add_argument("--no-control", dest="control", action="store_false", help=f"skip the {CONTROL} run")
+    ap.add_argument(
+        "--no-kernel-limits",
+        dest="kernel_limits",
+        action="store_false",
+        help="without the per-source nftables limits of clawpen.net.nftlimit (the before figure)",
+    )
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -574,7 +602,7 @@ def main() -> int:
 
     cap = args.cap or int(getattr(gateway, "MAX_CONNECTIONS", 1024))
     tmp = Path(tempfile.mkdtemp(prefix="clawpen-gwattack-"))
-    lab = Lab(tmp)
+    lab = Lab(tmp, kernel_limits=args.kernel_limits)
     try:
         lab.build()
         warm = lab.result(lab.spawn("victim", "victim", lab.cert, "1", str(args.timeout), str(args.rate)), 60)
@@ -586,6 +614,7 @@ def main() -> int:
             "timeout": args.timeout,
             "cap": cap,
             "heads": args.heads,
+            "kernel_limits": args.kernel_limits,
         }
         for phase in ["quiet", *([CONTROL] if args.control else []), *attacks]:
             print(f"... {phase}", file=sys.stderr, flush=True)
