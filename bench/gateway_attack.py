@@ -25,6 +25,8 @@ the attacker starting 1 s before the victim and stopping after it:
 * ``slow-connect`` many connections to the proxy sending ``CONNECT bench.test:443 HTTP/1.1\\r\\n``
   and then nothing (reopened when the gateway closes them);
 * ``slow-tls``     many connections to :443 (transparent) sending the first 6 bytes of a TLS record;
+* ``slow-hello``   many complete ``CONNECT bench.test:443`` heads, and after the ``200`` nothing
+  (the ClientHello never comes);
 * ``idle-cap``     connections up to the per-bot cap (``MAX_CONNECTIONS``), proxy and transparent,
   sending nothing;
 * ``dns-flood``    UDP queries for never-repeating denied names, as fast as one process can send;
@@ -71,7 +73,7 @@ ATTACKER, ATTACKER_GW = "10.213.0.6", "10.213.0.5"
 UP_ADDR, INET_ADDR, DNS_ADDR, WWW_ADDR = "45.79.0.1", "45.79.0.2", "45.79.0.53", "45.79.0.10"
 NAME, EGRESS = "bench.test", ("bench.test:443",)
 PROXY, DNS_PORT = 3128, 53  # the gateway's defaults (clawpen.net.types)
-ATTACKS = ("slow-connect", "slow-tls", "idle-cap", "dns-flood", "conn-flood")
+ATTACKS = ("slow-connect", "slow-tls", "slow-hello", "idle-cap", "dns-flood", "conn-flood")
 CONTROL = "cpu-only"  # the attacker busy-loops, no network: what CPU contention alone costs
 KINDS = ("proxy", "transparent", "dns")
 RAMP = 1.0  # seconds the attacker runs before the victim starts
@@ -172,12 +174,19 @@ def victim(cert: str, seconds: float, timeout: float, rate: float) -> dict[str, 
 
 
 def attack_tcp(
-    addrs: list[tuple[str, int]], payload: bytes, count: int, seconds: float, reset_at_once: bool
+    addrs: list[tuple[str, int]],
+    payload: bytes,
+    count: int,
+    seconds: float,
+    reset_at_once: bool,
+    hold_200: bool = False,
 ) -> dict[str, int]:
     """Keep ``count`` connections open (or, ``reset_at_once``, in flight), reopening any the
-    gateway closes; at most 2,000 new ones per 10 ms tick and 2 M in all."""
+    gateway closes; at most 2,000 new ones per 10 ms tick and 2 M in all. With ``hold_200`` a
+    connection answered ``200`` is kept open (and silent) until the gateway closes it."""
     sel = selectors.DefaultSelector()
-    st = dict.fromkeys(("opened", "connected", "connect_errors", "closed_by_gateway", "replies", "peak"), 0)
+    names = ("opened", "connected", "connect_errors", "closed_by_gateway", "replies", "held_200", "peak")
+    st = dict.fromkeys(names, 0)
     deadline = time.monotonic() + seconds
 
     def drop(s: socket.socket, rst: bool = False) -> None:
@@ -231,6 +240,10 @@ def attack_tcp(
                     data = s.recv(4096)
                 except OSError:
                     data = b""
+                if hold_200 and key.data == "open" and data.startswith(b"HTTP/1.1 200"):
+                    st["held_200"] += 1
+                    sel.modify(s, selectors.EVENT_READ, "held")
+                    continue
                 st["replies" if data else "closed_by_gateway"] += 1
                 drop(s)
     finally:
@@ -287,6 +300,9 @@ def attacker(kind: str, seconds: float, cap: int, heads: int) -> dict[str, int]:
     proxy, transparent = (ATTACKER_GW, PROXY), (WWW_ADDR, 443)
     if kind == "slow-connect":
         return attack_tcp([proxy], f"CONNECT {NAME}:443 HTTP/1.1\r\n".encode(), heads, seconds, False)
+    if kind == "slow-hello":
+        head = f"CONNECT {NAME}:443 HTTP/1.1\r\nHost: {NAME}:443\r\n\r\n".encode()
+        return attack_tcp([proxy], head, heads, seconds, False, hold_200=True)
     if kind == "slow-tls":
         return attack_tcp([transparent], b"\x16\x03\x01\x02\x00\x01", heads, seconds, False)
     if kind == "idle-cap":

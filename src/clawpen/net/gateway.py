@@ -22,7 +22,6 @@ in the :class:`clawpen.net.connlog.ConnLog`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import socket
 import struct
@@ -33,6 +32,10 @@ from clawpen.net.connlog import ConnLog, ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
+from clawpen.net.hello import HelloStep
+from clawpen.net.hello import is_ip as _is_ip
+from clawpen.net.hello import respond as _respond
+from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
@@ -78,7 +81,7 @@ class Gateway:
         self.host = host
         self.proxy_port = proxy_port
         self.transparent_port = transparent_port
-        self.head_timeout = head_deadline if head_timeout is None else head_timeout
+        hello_deadline = head_deadline if head_timeout is None else head_timeout
         self.host_addrs = PerNamespace()  # the host's own addresses: never a destination
         self.dns = (
             DnsServer(
@@ -111,6 +114,14 @@ class Gateway:
         fd = upstream_netns_fd
         # Connection threads live in the upstream namespace, so what they open is made there.
         self.workers = Workers((lambda: setns(fd)) if fd is not None else None, name="clawpen-gw")
+        self.hello = HelloStep(
+            self.fair,
+            self.heads,
+            self.workers,
+            self._record,
+            first_byte=first_byte,
+            deadline=hello_deadline,
+        )
 
     # ------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -167,7 +178,7 @@ class Gateway:
 
     def _ready(self, head: Head) -> None:
         if head.phase == "hello":
-            self._hello_ready(head)
+            self.hello.ready(head)
             return
         head.sock.setblocking(True)
         self.workers.submit(functools.partial(self._serve, head))
@@ -191,11 +202,9 @@ class Gateway:
     def _head_failed(self, head: Head, why: str, detail: str) -> None:
         """In the head stage: the head did not come (closed, bad, late); answer and log."""
         link, conn = head.link, head.sock
-        if head.phase == "hello":  # after a CONNECT's 200 (the stage closes head.up)
-            name, port, _ = head.target
-            reason = {"timeout": "no TLS ClientHello in time", "closed": "closed before the TLS ClientHello"}
-            self._record(link, "connect", name, port, "denied", reason.get(why, detail), head.t0)
-            return  # closed (not reset) as before, when the relay's gate refused
+        if head.phase == "hello":  # after a CONNECT's 200 (the stage closes both sockets)
+            self.hello.failed(head, why, detail)
+            return
         if head.kind == "proxy":
             if why == "timeout":
                 self._record(link, "proxy", "-", 0, "denied", f"request head: {detail}", head.t0)
@@ -307,9 +316,9 @@ class Gateway:
             self._record(link, "connect", name, port, "denied", f"upstream: {err}", t0)
             _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
             return False
-        if port == 443:
+        if port == 443:  # the ClientHello is read by HelloStep (and the head stage)
             head.target, head.data = (name, port, allowed_by), rest
-            return self._await_hello(head, up)
+            return self.hello.after_connect(head, up)
         try:
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
@@ -326,65 +335,6 @@ class Gateway:
         else:
             self._record(link, "connect", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
         return False
-
-    def _await_hello(self, head: Head, up: socket.socket) -> bool:
-        """CONNECT to 443, upstream connected: take an unfinished-head place, answer ``200``
-        and give the connection back to the head stage, which reads the ClientHello without a
-        thread (:meth:`_hello_ready` or :meth:`_head_failed` then). False if it did not."""
-        conn, link = head.sock, head.link
-        name, port, _ = head.target
-        why = self.fair.take_head(head.key)
-        if why is not None:
-            close_quietly(up)
-            self._record(link, "connect", name, port, "denied", why, head.t0)
-            _respond(conn, 429, f"clawpen gateway: {why}")
-            return False
-        try:
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        except OSError:
-            self.fair.head_done(head.key)
-            close_quietly(up)
-            self._record(link, "connect", name, port, "denied", "closed before the TLS ClientHello", head.t0)
-            return False
-        head.up = up
-        self.heads.resume(
-            head, sniff.connect_hello, first_byte=self.heads.first_byte, deadline=self.head_timeout
-        )
-        return True
-
-    def _hello_ready(self, head: Head) -> None:
-        """In the head stage: the ClientHello after a CONNECT to 443 is complete. Its SNI must be
-        the CONNECT host; then a worker relays (the hello goes upstream first)."""
-        name, port, _ = head.target
-        sni, up = head.result, head.up
-        assert up is not None
-        reason = None
-        if sni is None and not _is_ip(name):
-            reason = f"TLS ClientHello without SNI for CONNECT {name}"
-        elif sni is not None and _safe_normal(str(sni)) != name:
-            reason = f"TLS SNI {sni!r} does not match CONNECT host {name}"
-        if reason is not None:
-            self._record(head.link, "connect", name, port, "denied", reason, head.t0)
-            self.fair.conn_done(head.key)
-            close_quietly(head.sock, up)
-            return
-        head.sock.setblocking(True)
-        self.workers.submit(functools.partial(self._relay_hello, head))
-
-    def _relay_hello(self, head: Head) -> None:
-        conn, up, link = head.sock, head.up, head.link
-        name, port, allowed_by = head.target
-        assert up is not None
-        try:
-            counts = relay(conn, up, a_prefix=head.data, spawn=self.workers.submit)
-            self._record(
-                link, "connect", name, port, "allowed", allowed_by, head.t0, counts.a_to_b, counts.b_to_a
-            )
-        except Exception as err:  # a broken connection must not take the gateway down
-            self._record(link, "error", name, port, "denied", f"gateway error: {err!r}"[:300], head.t0)
-        finally:
-            self.fair.conn_done(head.key)
-            close_quietly(conn, up)
 
     def _hello_gate(self, conn: socket.socket, data: bytes, name: str) -> bytes:
         """After CONNECT to a port other than 443: a ClientHello, if one comes, must name the
@@ -496,34 +446,3 @@ def original_dst(conn: socket.socket) -> tuple[str, int]:
     raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     port = struct.unpack_from("!H", raw, 2)[0]
     return socket.inet_ntoa(raw[4:8]), port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        return egress.parse_ip_literal(host) is not None
-    except ValueError:
-        return True
-
-
-def _safe_normal(host: str) -> str:
-    try:
-        return egress.normalize_host(host)
-    except ValueError:
-        return host.lower()
-
-
-def _respond(conn: socket.socket, status: int, text: str) -> None:
-    reason = {
-        400: "Bad Request",
-        403: "Forbidden",
-        408: "Request Timeout",
-        429: "Too Many Requests",
-        502: "Bad Gateway",
-    }.get(status, "Error")
-    body = (text.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    with contextlib.suppress(OSError):
-        conn.sendall(head + body)
