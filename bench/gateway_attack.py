@@ -406,6 +406,15 @@ class Lab:
         parsed: dict[str, Any] = json.loads(lines[-1])
         return parsed
 
+    def gw_cpu(self) -> float:
+        """CPU seconds (user + system) the gateway process has used so far."""
+        assert self.gateway is not None
+        try:
+            fields = Path(f"/proc/{self.gateway.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def gw_proc(self) -> tuple[int, int]:
         """(open fds, threads) of the gateway process."""
         assert self.gateway is not None
@@ -465,6 +474,21 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
+def machine_cpu() -> dict[str, float]:
+    """Seconds of all CPUs so far: busy (user, system, softirq, ...) and of those, softirq
+    (where the kernel receives, filters and drops packets)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]
+    return {"busy": (sum(ticks[:8]) - idle) / hz, "softirq": ticks[6] / hz}
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (a bench child reports its own)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return round(r.ru_utime + r.ru_stime, 3)
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] if s else float("nan")
@@ -473,6 +497,7 @@ def pct(values: list[float], q: float) -> float:
 def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[str, Any]:
     fds0, threads0 = lab.gw_proc()
     drops0 = lab.kernel_drops()
+    gw_cpu0, machine0, t0 = lab.gw_cpu(), machine_cpu(), time.monotonic()
     mark, size0 = lab.log_added(0, "")["last_id"], lab.db_size()
     peak = [fds0, threads0]
     stop = threading.Event()
@@ -491,6 +516,15 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
     vic = lab.spawn("victim", "victim", lab.cert, str(args.seconds), str(args.timeout), str(args.rate))
     vres = lab.result(vic, args.seconds + 20 * args.timeout)
     ares = lab.result(att, args.seconds + 60) if att is not None else {}
+    gw_cpu1, machine1, wall = lab.gw_cpu(), machine_cpu(), time.monotonic() - t0
+    cpu = {
+        "wall_s": round(wall, 2),
+        "gateway_s": round(gw_cpu1 - gw_cpu0, 2),
+        "machine_busy_s": round(machine1["busy"] - machine0["busy"], 2),
+        "softirq_s": round(machine1["softirq"] - machine0["softirq"], 2),
+        "victim_s": vres.pop("cpu_s", None),
+        "attacker_s": ares.pop("cpu_s", None),
+    }
     # settle: the gateway lets go of the attack's connections, the log writer catches up
     deadline, last = time.monotonic() + 20, -1
     while time.monotonic() < deadline:
@@ -518,6 +552,7 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
         "gateway_fds": {"before": fds0, "peak": peak[0], "after": fds1},
         "gateway_threads": {"before": threads0, "peak": peak[1], "after": threads1},
         "kernel_drops": drops,
+        "cpu": cpu,
     }
 
 
@@ -570,6 +605,17 @@ def report(res: dict[str, Any]) -> bool:
             f"  {phase:<13}{what:>22}{lg['rows']:>10}{lg['events']:>11}{lg['row_bytes']:>11}"
             f"{lg['mb_per_day']:>8}{fds:>23}{threads:>16}  {drops}"
         )
+    print("CPU seconds during each run (2 cores: at most 2 x wall)")
+    cols = ("wall", 7), ("machine busy", 14), ("softirq", 9), ("gateway", 9), ("attacker", 10), ("victim", 8)
+    print(f"  {'run':<13}" + "".join(f"{name:>{width}}" for name, width in cols))
+    for phase, r in res.items():
+        if not isinstance(r, dict) or "cpu" not in r:
+            continue
+        c = r["cpu"]
+        print(
+            f"  {phase:<13}{c['wall_s']:>7.1f}{c['machine_busy_s']:>14.1f}{c['softirq_s']:>9.1f}"
+            f"{c['gateway_s']:>9.1f}{c['attacker_s'] or 0:>10.1f}{c['victim_s'] or 0:>8.1f}"
+        )
     print(f"goal (victim p99 <= {GOAL:g}x quiet, no failures, every attack): {'PASS' if ok_all else 'FAIL'}")
     return ok_all
 
@@ -600,9 +646,11 @@ def main() -> int:
         elif kind == "gateway":
             serve_gateway(rest[0], rest[1], rest[2])
         elif kind == "victim":
-            print(json.dumps(victim(rest[0], float(rest[1]), float(rest[2]), float(rest[3]))))
+            out: dict[str, Any] = victim(rest[0], float(rest[1]), float(rest[2]), float(rest[3]))
+            print(json.dumps({**out, "cpu_s": own_cpu()}))
         else:
-            print(json.dumps(attacker(rest[0], float(rest[1]), int(rest[2]), int(rest[3]))))
+            out = attacker(rest[0], float(rest[1]), int(rest[2]), int(rest[3]))
+            print(json.dumps({**out, "cpu_s": own_cpu()}))
         return 0
     attacks = [a for a in args.attacks.split(",") if a]
     if unknown := [a for a in attacks if a not in ATTACKS]:
@@ -622,6 +670,7 @@ def main() -> int:
     try:
         lab.build()
         warm = lab.result(lab.spawn("victim", "victim", lab.cert, "1", str(args.timeout), str(args.rate)), 60)
+        warm.pop("cpu_s", None)
         if broken := {k: v["errors"] for k, v in warm.items() if v["fail"] == len(v["ms"])}:
             print(f"the victim cannot reach anything before any attack: {broken}", file=sys.stderr)
             return 2

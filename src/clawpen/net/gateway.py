@@ -14,7 +14,9 @@ own by default), so upstream sockets and DNS queries are made there. Per connect
 3. check the allowlist, resolve the name upstream, refuse if any address is not public
    (unless in ``allow_private``), connect, and relay (zero-copy, :mod:`clawpen.net.relay`).
    On CONNECT the first bytes must be a ClientHello whose SNI is the CONNECT host (port 443),
-   and any ClientHello must name that host.
+   and any ClientHello must name that host. After a CONNECT to 443 is answered ``200``, its
+   ClientHello is read by :mod:`clawpen.net.hello` (2 ms in the worker, then the head stage),
+   so no slow client holds a thread until a deadline.
 
 Denied: ``403`` with a one-line reason (proxy), a reset (transparent). Every connection ends up
 in the :class:`clawpen.net.connlog.ConnLog`.

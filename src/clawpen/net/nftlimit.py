@@ -6,9 +6,11 @@ its limits, count it and answer (``429``, a reset, no DNS answer). But each refu
 the gateway a TCP handshake, an ``accept``, a bit of Python and a close (or a ``recvfrom`` per
 datagram), and a flooding bot can make tens of thousands of them a second: on a small machine
 that CPU is taken from every other bot. This table drops, per source address, what is far
-above those quotas, in the kernel, at the gateway namespace's ``input`` hook:
+above those quotas, in the kernel: rates in ``prerouting`` right after the gateway's spoofing
+guard (priority ``raw``) and before connection tracking, so a dropped packet costs no conntrack
+entry or lookup; the open-connection count at the ``input`` hook (it needs conntrack):
 
-* new TCP connections to the gateway's ports (proxy, transparent, DNS) over :data:`SYN_RATE`
+* new TCP connections (every TCP SYN from a bot link is one to the gateway) over :data:`SYN_RATE`
   a second (bursts of :data:`SYN_BURST`): the SYN is dropped, so the bot's own kernel waits
   and retransmits it (1 s, then 3 s, ...): a flood slows itself down, and the connection of a
   bot that only bursts goes through a second later;
@@ -62,8 +64,7 @@ def ruleset(
             raise ValueError(f"{what} must be a positive whole number, not {value!r}")
     links = f'"{LINK_PREFIX}*"'
     tcp = f"{{ {proxy_port}, {transparent_port}, {dns_port} }}"
-    sets = []
-    rules = []
+    sets, early, late = [], [], []
     for fam, addr, key in (("4", "ipv4_addr", "ip saddr"), ("6", "ipv6_addr", "ip6 saddr")):
         nfproto = "ipv4" if fam == "4" else "ipv6"
         sets += [
@@ -71,24 +72,34 @@ def ruleset(
             f"    set open{fam} {{ type {addr}; size 65536; flags dynamic; }}",
             f"    set dns{fam} {{ type {addr}; size 65536; flags dynamic, timeout; timeout 60s; }}",
         ]
-        new_tcp = f"iifname {links} meta nfproto {nfproto} tcp dport {tcp} ct state new"
-        rules += [
-            f"        {new_tcp} update @syn{fam} {{ {key} limit rate over {syn_rate}/second "
-            f'burst {syn_burst} packets }} counter name "syn_rate" drop',
-            f'        {new_tcp} add @open{fam} {{ {key} ct count over {max_open} }} counter name "open" drop',
-            f"        iifname {links} meta nfproto {nfproto} udp dport {dns_port} update @dns{fam} "
+        link = f"iifname {links} meta nfproto {nfproto}"
+        # Every TCP SYN from a link is a new connection to the gateway (its own ports, or
+        # redirected to the transparent port later, in dstnat), so no port match is needed here.
+        early += [
+            f"        {link} tcp flags & (syn | ack) == syn update @syn{fam} "
+            f"{{ {key} limit rate over {syn_rate}/second burst {syn_burst} packets }} "
+            f'counter name "syn_rate" drop',
+            f"        {link} udp dport {dns_port} update @dns{fam} "
             f"{{ {key} limit rate over {dns_rate}/second burst {dns_burst} packets }} "
             f'counter name "dns_rate" drop',
         ]
+        late.append(
+            f"        {link} tcp dport {tcp} ct state new "
+            f'add @open{fam} {{ {key} ct count over {max_open} }} counter name "open" drop'
+        )
     counters = "\n".join(f"    counter {name} {{}}" for name in COUNTERS)
     body = "\n".join(sets) + "\n" + counters + "\n"
-    chain = "\n".join(rules)
+    early_rules, late_rules = "\n".join(early), "\n".join(late)
     return f"""table inet {TABLE} {{}}
 delete table inet {TABLE}
 table inet {TABLE} {{
-{body}    chain input {{
+{body}    chain early {{
+        type filter hook prerouting priority raw + 10; policy accept;
+{early_rules}
+    }}
+    chain input {{
         type filter hook input priority filter - 10; policy accept;
-{chain}
+{late_rules}
     }}
 }}
 """
