@@ -264,6 +264,13 @@ class HeadStage:
             return
         self._sel.register(conn, selectors.EVENT_READ, head)
         heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
+        # The head is often there already (a client sends it right after its connect returns):
+        # read it now and save a turn of the loop; nothing there yet costs one EAGAIN.
+        try:
+            self._read(head)
+        except Exception:  # a broken connection must never end the loop (nor leak its place)
+            if head.live:
+                self._end(head, "bad", "broken connection")
 
     def _drain_resumed(self, *, close: bool = False) -> None:
         while True:
