@@ -25,6 +25,8 @@ the attacker starting 1 s before the victim and stopping after it:
 * ``slow-connect`` many connections to the proxy sending ``CONNECT bench.test:443 HTTP/1.1\\r\\n``
   and then nothing (reopened when the gateway closes them);
 * ``slow-tls``     many connections to :443 (transparent) sending the first 6 bytes of a TLS record;
+* ``slow-hello``   many complete ``CONNECT bench.test:443`` heads, and after the ``200`` nothing
+  (the ClientHello never comes);
 * ``idle-cap``     connections up to the per-bot cap (``MAX_CONNECTIONS``), proxy and transparent,
   sending nothing;
 * ``dns-flood``    UDP queries for never-repeating denied names, as fast as one process can send;
@@ -71,7 +73,7 @@ ATTACKER, ATTACKER_GW = "10.213.0.6", "10.213.0.5"
 UP_ADDR, INET_ADDR, DNS_ADDR, WWW_ADDR = "45.79.0.1", "45.79.0.2", "45.79.0.53", "45.79.0.10"
 NAME, EGRESS = "bench.test", ("bench.test:443",)
 PROXY, DNS_PORT = 3128, 53  # the gateway's defaults (clawpen.net.types)
-ATTACKS = ("slow-connect", "slow-tls", "idle-cap", "dns-flood", "conn-flood")
+ATTACKS = ("slow-connect", "slow-tls", "slow-hello", "idle-cap", "dns-flood", "conn-flood")
 CONTROL = "cpu-only"  # the attacker busy-loops, no network: what CPU contention alone costs
 KINDS = ("proxy", "transparent", "dns")
 RAMP = 1.0  # seconds the attacker runs before the victim starts
@@ -172,12 +174,19 @@ def victim(cert: str, seconds: float, timeout: float, rate: float) -> dict[str, 
 
 
 def attack_tcp(
-    addrs: list[tuple[str, int]], payload: bytes, count: int, seconds: float, reset_at_once: bool
+    addrs: list[tuple[str, int]],
+    payload: bytes,
+    count: int,
+    seconds: float,
+    reset_at_once: bool,
+    hold_200: bool = False,
 ) -> dict[str, int]:
     """Keep ``count`` connections open (or, ``reset_at_once``, in flight), reopening any the
-    gateway closes; at most 2,000 new ones per 10 ms tick and 2 M in all."""
+    gateway closes; at most 2,000 new ones per 10 ms tick and 2 M in all. With ``hold_200`` a
+    connection answered ``200`` is kept open (and silent) until the gateway closes it."""
     sel = selectors.DefaultSelector()
-    st = dict.fromkeys(("opened", "connected", "connect_errors", "closed_by_gateway", "replies", "peak"), 0)
+    names = ("opened", "connected", "connect_errors", "closed_by_gateway", "replies", "held_200", "peak")
+    st = dict.fromkeys(names, 0)
     deadline = time.monotonic() + seconds
 
     def drop(s: socket.socket, rst: bool = False) -> None:
@@ -231,6 +240,10 @@ def attack_tcp(
                     data = s.recv(4096)
                 except OSError:
                     data = b""
+                if hold_200 and key.data == "open" and data.startswith(b"HTTP/1.1 200"):
+                    st["held_200"] += 1
+                    sel.modify(s, selectors.EVENT_READ, "held")
+                    continue
                 st["replies" if data else "closed_by_gateway"] += 1
                 drop(s)
     finally:
@@ -287,6 +300,9 @@ def attacker(kind: str, seconds: float, cap: int, heads: int) -> dict[str, int]:
     proxy, transparent = (ATTACKER_GW, PROXY), (WWW_ADDR, 443)
     if kind == "slow-connect":
         return attack_tcp([proxy], f"CONNECT {NAME}:443 HTTP/1.1\r\n".encode(), heads, seconds, False)
+    if kind == "slow-hello":
+        head = f"CONNECT {NAME}:443 HTTP/1.1\r\nHost: {NAME}:443\r\n\r\n".encode()
+        return attack_tcp([proxy], head, heads, seconds, False, hold_200=True)
     if kind == "slow-tls":
         return attack_tcp([transparent], b"\x16\x03\x01\x02\x00\x01", heads, seconds, False)
     if kind == "idle-cap":
@@ -305,7 +321,8 @@ def attacker(kind: str, seconds: float, cap: int, heads: int) -> dict[str, int]:
 class Lab:
     """The namespaces, the child processes, and what the gateway process looks like."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, kernel_limits: bool = True) -> None:
+        self.kernel_limits = kernel_limits
         tag = secrets.token_hex(3)
         self.tag = tag
         self.ns = {k: f"clawpen-ga-{tag}-{k}" for k in ("victim", "attack", "gw", "up", "inet")}
@@ -352,6 +369,10 @@ class Lab:
         fd = os.open(f"/run/netns/{self.ns['gw']}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             nft.apply(fd, nft.ruleset())
+            if self.kernel_limits:
+                from clawpen.net import nftlimit
+
+                nft.apply(fd, nftlimit.ruleset())
         finally:
             os.close(fd)
         self.procs.append(self.spawn("inet", "inet", self.cert, self.key))
@@ -385,6 +406,15 @@ class Lab:
         parsed: dict[str, Any] = json.loads(lines[-1])
         return parsed
 
+    def gw_cpu(self) -> float:
+        """CPU seconds (user + system) the gateway process has used so far."""
+        assert self.gateway is not None
+        try:
+            fields = Path(f"/proc/{self.gateway.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def gw_proc(self) -> tuple[int, int]:
         """(open fds, threads) of the gateway process."""
         assert self.gateway is not None
@@ -410,6 +440,18 @@ class Lab:
             last = db.execute("SELECT COALESCE(MAX(id), 0) FROM conn").fetchone()[0]
         return {"rows": int(rows), "row_bytes": int(nbytes), "events": int(nevents), "last_id": int(last)}
 
+    def kernel_drops(self) -> dict[str, int]:
+        """Packets the per-source kernel limits dropped so far ({} when they are off)."""
+        if not self.kernel_limits:
+            return {}
+        from clawpen.net import nftlimit
+
+        fd = os.open(f"/run/netns/{self.ns['gw']}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return nftlimit.drops(fd)
+        finally:
+            os.close(fd)
+
     def db_size(self) -> int:
         return sum(p.stat().st_size for p in self.tmp.glob("connlog.db*") if p.is_file())
 
@@ -432,6 +474,21 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
+def machine_cpu() -> dict[str, float]:
+    """Seconds of all CPUs so far: busy (user, system, softirq, ...) and of those, softirq
+    (where the kernel receives, filters and drops packets)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = ticks[3] + ticks[4]
+    return {"busy": (sum(ticks[:8]) - idle) / hz, "softirq": ticks[6] / hz}
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (a bench child reports its own)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return round(r.ru_utime + r.ru_stime, 3)
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))] if s else float("nan")
@@ -439,6 +496,8 @@ def pct(values: list[float], q: float) -> float:
 
 def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[str, Any]:
     fds0, threads0 = lab.gw_proc()
+    drops0 = lab.kernel_drops()
+    gw_cpu0, machine0, t0 = lab.gw_cpu(), machine_cpu(), time.monotonic()
     mark, size0 = lab.log_added(0, "")["last_id"], lab.db_size()
     peak = [fds0, threads0]
     stop = threading.Event()
@@ -457,6 +516,15 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
     vic = lab.spawn("victim", "victim", lab.cert, str(args.seconds), str(args.timeout), str(args.rate))
     vres = lab.result(vic, args.seconds + 20 * args.timeout)
     ares = lab.result(att, args.seconds + 60) if att is not None else {}
+    gw_cpu1, machine1, wall = lab.gw_cpu(), machine_cpu(), time.monotonic() - t0
+    cpu = {
+        "wall_s": round(wall, 2),
+        "gateway_s": round(gw_cpu1 - gw_cpu0, 2),
+        "machine_busy_s": round(machine1["busy"] - machine0["busy"], 2),
+        "softirq_s": round(machine1["softirq"] - machine0["softirq"], 2),
+        "victim_s": vres.pop("cpu_s", None),
+        "attacker_s": ares.pop("cpu_s", None),
+    }
     # settle: the gateway lets go of the attack's connections, the log writer catches up
     deadline, last = time.monotonic() + 20, -1
     while time.monotonic() < deadline:
@@ -468,6 +536,7 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
     stop.set()
     sampler.join()
     fds1, threads1 = lab.gw_proc()
+    drops = {k: v - drops0.get(k, 0) for k, v in lab.kernel_drops().items()}
     log = lab.log_added(mark, "attacker")
     log["db_growth"] = lab.db_size() - size0  # all bots (the victim's rows too), database + WAL
     window = RAMP + args.seconds + 0.5 if att is not None else args.seconds
@@ -482,6 +551,8 @@ def run_phase(lab: Lab, name: str, args: argparse.Namespace, cap: int) -> dict[s
         "log": log,
         "gateway_fds": {"before": fds0, "peak": peak[0], "after": fds1},
         "gateway_threads": {"before": threads0, "peak": peak[1], "after": threads1},
+        "kernel_drops": drops,
+        "cpu": cpu,
     }
 
 
@@ -512,7 +583,7 @@ def report(res: dict[str, Any]) -> bool:
     print("attacker and gateway during each run")
     print(
         f"  {'run':<13}{'attack':>22}{'log rows':>10}{'for events':>11}{'row bytes':>11}{'MB/day':>8}"
-        f"{'fds before/peak/after':>23}{'threads b/p/a':>16}"
+        f"{'fds before/peak/after':>23}{'threads b/p/a':>16}  kernel drops (syn/open/dns)"
     )
     for phase, r in res.items():
         if not isinstance(r, dict) or "victim" not in r:
@@ -524,13 +595,26 @@ def report(res: dict[str, Any]) -> bool:
             else (f"{a['opened']} conn, peak {a['peak']}" if "opened" in a else "-")
         )
         lg = r["log"]
+        kd = r.get("kernel_drops") or {}
+        drops = "/".join(str(kd.get(k, 0)) for k in ("syn_rate", "open", "dns_rate")) if kd else "off"
         fds, threads = (
             "/".join(str(r[k][x]) for x in ("before", "peak", "after"))
             for k in ("gateway_fds", "gateway_threads")
         )
         print(
             f"  {phase:<13}{what:>22}{lg['rows']:>10}{lg['events']:>11}{lg['row_bytes']:>11}"
-            f"{lg['mb_per_day']:>8}{fds:>23}{threads:>16}"
+            f"{lg['mb_per_day']:>8}{fds:>23}{threads:>16}  {drops}"
+        )
+    print("CPU seconds during each run (2 cores: at most 2 x wall)")
+    cols = ("wall", 7), ("machine busy", 14), ("softirq", 9), ("gateway", 9), ("attacker", 10), ("victim", 8)
+    print(f"  {'run':<13}" + "".join(f"{name:>{width}}" for name, width in cols))
+    for phase, r in res.items():
+        if not isinstance(r, dict) or "cpu" not in r:
+            continue
+        c = r["cpu"]
+        print(
+            f"  {phase:<13}{c['wall_s']:>7.1f}{c['machine_busy_s']:>14.1f}{c['softirq_s']:>9.1f}"
+            f"{c['gateway_s']:>9.1f}{c['attacker_s'] or 0:>10.1f}{c['victim_s'] or 0:>8.1f}"
         )
     print(f"goal (victim p99 <= {GOAL:g}x quiet, no failures, every attack): {'PASS' if ok_all else 'FAIL'}")
     return ok_all
@@ -546,6 +630,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="victim timeout per step (default 5 s)")
     ap.add_argument("--rate", type=float, default=RATE, help=f"victim rounds per second (default {RATE:g})")
     ap.add_argument("--no-control", dest="control", action="store_false", help=f"skip the {CONTROL} run")
+    ap.add_argument(
+        "--no-kernel-limits",
+        dest="kernel_limits",
+        action="store_false",
+        help="without the per-source nftables limits of clawpen.net.nftlimit (the before figure)",
+    )
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -556,9 +646,11 @@ def main() -> int:
         elif kind == "gateway":
             serve_gateway(rest[0], rest[1], rest[2])
         elif kind == "victim":
-            print(json.dumps(victim(rest[0], float(rest[1]), float(rest[2]), float(rest[3]))))
+            out: dict[str, Any] = victim(rest[0], float(rest[1]), float(rest[2]), float(rest[3]))
+            print(json.dumps({**out, "cpu_s": own_cpu()}))
         else:
-            print(json.dumps(attacker(rest[0], float(rest[1]), int(rest[2]), int(rest[3]))))
+            out = attacker(rest[0], float(rest[1]), int(rest[2]), int(rest[3]))
+            print(json.dumps({**out, "cpu_s": own_cpu()}))
         return 0
     attacks = [a for a in args.attacks.split(",") if a]
     if unknown := [a for a in attacks if a not in ATTACKS]:
@@ -574,10 +666,11 @@ def main() -> int:
 
     cap = args.cap or int(getattr(gateway, "MAX_CONNECTIONS", 1024))
     tmp = Path(tempfile.mkdtemp(prefix="clawpen-gwattack-"))
-    lab = Lab(tmp)
+    lab = Lab(tmp, kernel_limits=args.kernel_limits)
     try:
         lab.build()
         warm = lab.result(lab.spawn("victim", "victim", lab.cert, "1", str(args.timeout), str(args.rate)), 60)
+        warm.pop("cpu_s", None)
         if broken := {k: v["errors"] for k, v in warm.items() if v["fail"] == len(v["ms"])}:
             print(f"the victim cannot reach anything before any attack: {broken}", file=sys.stderr)
             return 2
@@ -586,6 +679,7 @@ def main() -> int:
             "timeout": args.timeout,
             "cap": cap,
             "heads": args.heads,
+            "kernel_limits": args.kernel_limits,
         }
         for phase in ["quiet", *([CONTROL] if args.control else []), *attacks]:
             print(f"... {phase}", file=sys.stderr, flush=True)

@@ -9,7 +9,10 @@ Run from the repository as root (the script re-runs itself in a private network 
 Four processes, so no two share an interpreter lock: this client, the origin servers, the
 clawpen gateway (``clawpen.net.gateway.Gateway`` with its connection log and resolver, policy
 ``bench.test:PORT`` allowlisted with ``allow_private = ["127.0.0.1/32"]``, the name resolved by a
-fake DNS server on loopback and then cached), and tinyproxy (Debian's, config in a temp dir).
+fake DNS server on loopback and then cached), and tinyproxy (Debian's ``apt-get install
+tinyproxy``, config in a temp dir; the system service is not used). The client sends its
+requests back to back, so the gateway's per-bot rate of new connections is raised here (the
+quotas are measured by bench/gateway_attack.py).
 
 1. ``https``  a small HTTPS request with a new TLS 1.3 handshake each time (connect, [CONNECT],
    handshake, GET, read the reply, close), direct vs through the gateway (CONNECT; the gateway
@@ -107,6 +110,7 @@ def serve_gateway(proxy_port: int, dns_port: int, tls_port: int, bulk_port: int,
     import dns.rrset
 
     from clawpen.net.connlog import ConnLog
+    from clawpen.net.fair import Limits
     from clawpen.net.gateway import Gateway
     from clawpen.net.resolve import Resolver
     from clawpen.net.types import BotLink
@@ -145,6 +149,7 @@ def serve_gateway(proxy_port: int, dns_port: int, tls_port: int, bulk_port: int,
         proxy_port=proxy_port,
         transparent_port=0,
         dns_port=None,
+        limits=Limits(rate=1e6, burst=1e6),  # back-to-back requests: not the quota under test
     )
     gw.start()
     threading.Event().wait()
@@ -226,7 +231,7 @@ def main() -> int:
         return subprocess.run(["unshare", "-n", "--", *argv], check=False).returncode
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     if not shutil.which("tinyproxy"):
-        print("needs tinyproxy (apt-get install tinyproxy)", file=sys.stderr)
+        print("needs tinyproxy, the anchor (Debian: apt-get install tinyproxy)", file=sys.stderr)
         return 2
     rounds = 200 if args.quick else 600
     size = (256 if args.quick else 1024) << 20

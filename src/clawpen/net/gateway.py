@@ -19,7 +19,9 @@ own by default), so upstream sockets and DNS queries are made there. Per connect
    destination first when it is one of the name's addresses), and relay (zero-copy,
    :mod:`clawpen.net.relay`).
    On CONNECT the first bytes must be a ClientHello whose SNI is the CONNECT host (port 443),
-   and any ClientHello must name that host.
+   and any ClientHello must name that host. After a CONNECT to 443 is answered ``200``, its
+   ClientHello is read by :mod:`clawpen.net.hello` (2 ms in the worker, then the head stage),
+   so no slow client holds a thread until a deadline.
 
 Denied: ``403`` with a one-line reason (proxy), a reset (transparent). Every connection ends up
 in the :class:`clawpen.net.connlog.ConnLog`.
@@ -27,7 +29,6 @@ in the :class:`clawpen.net.connlog.ConnLog`.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import ipaddress
 import socket
@@ -41,6 +42,10 @@ from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
+from clawpen.net.hello import HelloStep
+from clawpen.net.hello import is_ip as _is_ip
+from clawpen.net.hello import respond as _respond
+from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.listen import listeners, original_dst
 from clawpen.net.netns import setns
@@ -49,7 +54,7 @@ from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 from clawpen.spec import egress
 
-HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (in a worker thread)
+HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (read by the head stage)
 CONNECT_TIMEOUT = 10.0
 __all__ = ["MAX_CONNECTIONS", "Denied", "Gateway", "original_dst"]
 
@@ -74,7 +79,7 @@ class Gateway:
         proxy_port: int = PROXY_PORT,
         transparent_port: int = TRANSPARENT_PORT,
         dns_port: int | None = DNS_PORT,
-        head_timeout: float = HEAD_TIMEOUT,
+        head_timeout: float | None = None,  # the ClientHello after a CONNECT (default head_deadline)
         first_byte: float = FIRST_BYTE,
         head_deadline: float = HEAD_DEADLINE,
         limits: Limits | None = None,
@@ -90,7 +95,7 @@ class Gateway:
         self.host6 = host6 if host6 is not None else ("::" if host == "0.0.0.0" else None)  # noqa: S104
         self.proxy_port = proxy_port
         self.transparent_port = transparent_port
-        self.head_timeout = head_timeout
+        hello_deadline = head_deadline if head_timeout is None else head_timeout
         self.host_addrs = PerNamespace()  # the host's own addresses: never a destination
         self.dns = (
             DnsServer(
@@ -123,6 +128,14 @@ class Gateway:
         fd = upstream_netns_fd
         # Connection threads live in the upstream namespace, so what they open is made there.
         self.workers = Workers((lambda: setns(fd)) if fd is not None else None, name="clawpen-gw")
+        self.hello = HelloStep(
+            self.fair,
+            self.heads,
+            self.workers,
+            self._record,
+            first_byte=first_byte,
+            deadline=hello_deadline,
+        )
 
     # ------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -176,26 +189,34 @@ class Gateway:
         return head.parse is not None
 
     def _ready(self, head: Head) -> None:
+        if head.phase == "hello":
+            self.hello.ready(head)
+            return
         head.sock.setblocking(True)
         self.workers.submit(functools.partial(self._serve, head))
 
     def _serve(self, head: Head) -> None:
         conn, link = head.sock, head.link
+        handed_back = False  # a CONNECT to 443 went back to the head stage for its ClientHello
         try:
             tune(conn)
             if head.kind == "proxy":
-                self._serve_proxy(conn, link, head)
+                handed_back = self._serve_proxy(conn, link, head)
             else:
                 self._serve_transparent(conn, link, head)
         except Exception as err:  # a broken connection must not take the gateway down
             self._record(link, "error", "-", 0, "denied", f"gateway error: {err!r}"[:300], head.t0)
         finally:
-            self.fair.conn_done(head.key)
-            close_quietly(conn)
+            if not handed_back:
+                self.fair.conn_done(head.key)
+                close_quietly(conn)
 
     def _head_failed(self, head: Head, why: str, detail: str) -> None:
         """In the head stage: the head did not come (closed, bad, late); answer and log."""
         link, conn = head.link, head.sock
+        if head.phase == "hello":  # after a CONNECT's 200 (the stage closes both sockets)
+            self.hello.failed(head, why, detail)
+            return
         if head.kind == "proxy":
             if why == "timeout":
                 self._record(link, "proxy", "-", 0, "denied", f"request head: {detail}", head.t0)
@@ -292,17 +313,17 @@ class Gateway:
         )
 
     # ------------------------------------------------------------ explicit proxy
-    def _serve_proxy(self, conn: socket.socket, link: BotLink, head: Head) -> None:
+    def _serve_proxy(self, conn: socket.socket, link: BotLink, head: Head) -> bool:
+        """True if the connection went back to the head stage (CONNECT to 443)."""
         t0, data, req = head.t0, head.data, head.result
         assert isinstance(req, sniff.Request)
         if req.method == "CONNECT":
-            self._proxy_connect(conn, link, req, data[req.size :], t0)
-        else:
-            self._proxy_http(conn, link, req, data[req.size :], t0)
+            return self._proxy_connect(conn, link, req, head)
+        self._proxy_http(conn, link, req, data[req.size :], t0)
+        return False
 
-    def _proxy_connect(
-        self, conn: socket.socket, link: BotLink, req: sniff.Request, rest: bytes, t0: float
-    ) -> None:
+    def _proxy_connect(self, conn: socket.socket, link: BotLink, req: sniff.Request, head: Head) -> bool:
+        t0, rest = head.t0, head.data[req.size :]
         name, port = req.target[:200], 0
         try:
             host, port = sniff.split_host_port(req.target, 0)
@@ -313,20 +334,23 @@ class Gateway:
         except (Denied, ValueError) as err:
             self._record(link, "connect", name, port, "denied", str(err), t0)
             _respond(conn, 403, f"clawpen gateway: {err}")
-            return
+            return False
         try:
             up = self._connect(addresses, port)
         except OSError as err:
             self._record(link, "connect", name, port, "denied", f"upstream: {err}", t0)
             _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
-            return
+            return False
+        if port == 443:  # the ClientHello is read by HelloStep (and the head stage)
+            head.target, head.data = (name, port, allowed_by), rest
+            return self.hello.after_connect(head, up)
         try:
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
             def gate() -> bytes:
-                return self._hello_gate(conn, rest, name, port)
+                return self._hello_gate(conn, rest, name)
 
-            counts = relay(conn, up, a_gate=gate, gate_first=port == 443, spawn=self.workers.submit)
+            counts = relay(conn, up, a_gate=gate, spawn=self.workers.submit)
         finally:
             close_quietly(up)
         if counts.refused:
@@ -335,18 +359,17 @@ class Gateway:
             )
         else:
             self._record(link, "connect", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
+        return False
 
-    def _hello_gate(self, conn: socket.socket, data: bytes, name: str, port: int) -> bytes:
-        """After CONNECT: a ClientHello must name the CONNECT host (and must come on 443).
+    def _hello_gate(self, conn: socket.socket, data: bytes, name: str) -> bytes:
+        """After CONNECT to a port other than 443: a ClientHello, if one comes, must name the
+        CONNECT host (port 443 is checked in the head stage, see :meth:`_await_hello`).
 
-        On other ports a protocol where the server speaks first (or a client that only reads)
-        is fine: the server's bytes already flow, and the gate waits without a time limit."""
-        kernel_timeout(conn, socket.SO_RCVTIMEO, self.head_timeout if port == 443 else 0)
+        A protocol where the server speaks first (or a client that only reads) is fine: the
+        server's bytes already flow, and the gate waits without a time limit."""
         try:
             while True:
                 if len(data) >= 3 and not sniff.looks_like_tls(data):
-                    if port == 443:
-                        raise Refused("CONNECT to port 443 without a TLS ClientHello")
                     return data
                 if len(data) >= 3:
                     sni = sniff.client_hello_sni(data)
@@ -354,16 +377,10 @@ class Gateway:
                         break
                 chunk = conn.recv(65536)
                 if not chunk:
-                    if port == 443:
-                        raise Refused("closed before the TLS ClientHello")
                     return data
                 data += chunk
         except sniff.NotTLS as err:
             raise Refused(f"bad TLS ClientHello: {err}") from None
-        except (TimeoutError, BlockingIOError):
-            raise Refused("no TLS ClientHello in time") from None
-        finally:
-            kernel_timeout(conn, socket.SO_RCVTIMEO, 0)
         if sni is None:
             if _is_ip(name):
                 return data
@@ -447,34 +464,3 @@ class Gateway:
         self._record(
             link, "transparent", name, dst_port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a
         )
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        return egress.parse_ip_literal(host) is not None
-    except ValueError:
-        return True
-
-
-def _safe_normal(host: str) -> str:
-    try:
-        return egress.normalize_host(host)
-    except ValueError:
-        return host.lower()
-
-
-def _respond(conn: socket.socket, status: int, text: str) -> None:
-    reason = {
-        400: "Bad Request",
-        403: "Forbidden",
-        408: "Request Timeout",
-        429: "Too Many Requests",
-        502: "Bad Gateway",
-    }.get(status, "Error")
-    body = (text.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    with contextlib.suppress(OSError):
-        conn.sendall(head + body)

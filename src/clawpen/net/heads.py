@@ -18,12 +18,19 @@ whose first bytes are not complete yet:
    upstream connection and the relay). Closed, unparsable or late: ``failed(head, why, detail)``
    (``why`` is ``"closed"``, ``"bad"`` or ``"timeout"``), and the gateway answers and closes.
 
+A second read phase: after a CONNECT is answered ``200``, the gateway gives the connection back
+with :meth:`HeadStage.resume` (from any thread), and the TLS ClientHello is read here too, with
+the same deadlines (counted from the resume) and the same per-bot count of unfinished heads
+(the gateway takes the place before it sends the ``200``). ``head.phase`` is then ``"hello"``
+and ``head.up`` the upstream socket, which the stage closes with the connection on failure.
+
 The caller owns a connection after ``ready``, ``refused`` or ``failed``; the stage does the
 fairness accounting up to that point (after ``ready`` the caller calls ``conn_done``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import heapq
@@ -58,15 +65,19 @@ class Head:
         "dst",
         "key",
         "kind",
+        "limit",
         "link",
         "live",
         "missing",
         "parse",
+        "phase",
         "reads",
         "result",
         "sock",
         "start",
         "t0",
+        "target",
+        "up",
     )
 
     def __init__(self, sock: socket.socket, kind: str, link: BotLink) -> None:
@@ -77,6 +88,7 @@ class Head:
         self.t0 = time.time()
         self.start = time.monotonic()
         self.deadline = self.start + FIRST_BYTE
+        self.limit = HEAD_DEADLINE  # seconds from start to a complete head (set by the stage)
         self.data = b""
         self.parse: Callable[[bytes], Any] | None = None  # returns sniff.MORE until complete
         self.missing = ""  # what the head should have had (for denial reasons)
@@ -84,6 +96,9 @@ class Head:
         self.result: Any = None  # the parser's answer once complete
         self.reads = 0
         self.live = True
+        self.phase = "head"  # "hello": the ClientHello after a CONNECT's 200 (see resume)
+        self.up: socket.socket | None = None  # the upstream socket, during the hello phase
+        self.target: Any = None  # what the caller needs after the hello (its own business)
 
 
 class HeadStage:
@@ -109,6 +124,8 @@ class HeadStage:
         self._listeners: dict[socket.socket, str] = {}
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._resumed: collections.deque[tuple[Head, float, float]] = collections.deque()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._heap: list[tuple[float, int, Head]] = []
@@ -127,6 +144,21 @@ class HeadStage:
             self._sel.register(sock, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, name="clawpen-gw-heads", daemon=True)
         self._thread.start()
+
+    def resume(
+        self, head: Head, parse: Callable[[bytes], Any], *, first_byte: float, deadline: float
+    ) -> None:
+        """Read ``head``'s connection again, from the start of ``head.data`` (bytes already read
+        after the first head), until ``parse`` says complete; then ``ready(head)`` as before.
+
+        Thread-safe (a worker calls it). The caller has taken the unfinished-head place
+        (``fair.take_head``) and owns ``head.up``; from here the stage does, as for a new head."""
+        head.parse = parse
+        self._resumed.append((head, first_byte, deadline))
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"r")
+        if self._stopping:
+            self._drain_resumed(close=True)
 
     def stop(self) -> None:
         """End the loop and close every unfinished head (the listeners stay the caller's)."""
@@ -160,19 +192,22 @@ class HeadStage:
                         self._read(sel_key.data)
                     elif obj is self._wake_r:
                         with contextlib.suppress(OSError):
-                            self._wake_r.recv(64)
+                            self._wake_r.recv(4096)
+                        self._drain_resumed()
                     elif isinstance(obj, socket.socket) and obj in self._listeners and not self._paused_until:
                         self._accept(obj, self._listeners[obj])
         finally:
             self._close()
 
     def _close(self) -> None:
+        self._drain_resumed(close=True)
         for _, _, head in self._heap:
             if head.live:
                 head.live = False
                 self.fair.head_done(head.key)
                 self.fair.conn_done(head.key)
                 reset(head.sock)
+                close_quietly(head.up)
         self._heap.clear()
         with contextlib.suppress(Exception):
             self._sel.close()
@@ -208,6 +243,7 @@ class HeadStage:
             return
         head = Head(conn, kind, link)
         head.deadline = head.start + self.first_byte
+        head.limit = self.deadline
         why = self.fair.admit(head.key, head.link.limits)
         if why is not None:
             self.refused(head, why)
@@ -228,6 +264,45 @@ class HeadStage:
             return
         self._sel.register(conn, selectors.EVENT_READ, head)
         heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
+        # The head is often there already (a client sends it right after its connect returns):
+        # read it now and save a turn of the loop; nothing there yet costs one EAGAIN.
+        try:
+            self._read(head)
+        except Exception:  # a broken connection must never end the loop (nor leak its place)
+            if head.live:
+                self._end(head, "bad", "broken connection")
+
+    def _drain_resumed(self, *, close: bool = False) -> None:
+        while True:
+            try:
+                head, first_byte, deadline = self._resumed.popleft()
+            except IndexError:
+                return
+            if close:
+                self.fair.head_done(head.key)
+                self.fair.conn_done(head.key)
+                reset(head.sock)
+                close_quietly(head.up)
+                continue
+            try:
+                self._resume_one(head, first_byte, deadline)
+            except Exception:  # a broken connection must never end the loop
+                if head.live:
+                    self._end(head, "bad", "broken connection")
+
+    def _resume_one(self, head: Head, first_byte: float, deadline: float) -> None:
+        head.live = True
+        head.phase = "hello"
+        head.start = time.monotonic()
+        head.reads = 0
+        head.result = None
+        head.sock.setblocking(False)
+        head.limit = deadline
+        head.deadline = head.start + (deadline if head.data else first_byte)
+        self._sel.register(head.sock, selectors.EVENT_READ, head)
+        heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
+        if head.data:
+            self._parse(head)
 
     def _read(self, head: Head) -> None:
         try:
@@ -240,13 +315,16 @@ class HeadStage:
             self._end(head, "closed", "closed")
             return
         if not head.data:
-            head.deadline = head.start + self.deadline
+            head.deadline = head.start + head.limit
             heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         head.data += chunk
         head.reads += 1
         if head.reads > MAX_READS:
             self._end(head, "bad", f"head sent in more than {MAX_READS} pieces")
             return
+        self._parse(head)
+
+    def _parse(self, head: Head) -> None:
         assert head.parse is not None
         try:
             got = head.parse(head.data)
@@ -271,7 +349,7 @@ class HeadStage:
         try:
             self.failed(head, why, detail)
         finally:
-            close_quietly(head.sock)
+            close_quietly(head.sock, head.up)
 
     def _expire(self, now: float) -> None:
         heap = self._heap

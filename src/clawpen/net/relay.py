@@ -348,6 +348,12 @@ class Workers:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._idle = 0
+        self._threads = 0
+
+    def busy(self) -> int:
+        """Threads working on a task now (or about to take one from the queue)."""
+        with self._lock:
+            return self._threads - self._idle
 
     def submit(self, task: Callable[[], None]) -> None:
         with self._lock:
@@ -355,12 +361,20 @@ class Workers:
                 self._idle -= 1
                 self._queue.put(task)
                 return
-        threading.Thread(target=self._run, args=(task,), name=self.name, daemon=True).start()
+            self._threads += 1
+        try:
+            threading.Thread(target=self._run, args=(task,), name=self.name, daemon=True).start()
+        except BaseException:
+            with self._lock:
+                self._threads -= 1
+            raise
 
     def _run(self, task: Callable[[], None]) -> None:
         try:
             self._serve(task)
         finally:
+            with self._lock:
+                self._threads -= 1
             release_pipes()  # the thread ends: its spare pipes would leak otherwise
 
     def _serve(self, task: Callable[[], None]) -> None:

@@ -203,6 +203,17 @@ def sni_of(data: bytes) -> str | _More | None:
     return client_hello_sni(data)
 
 
+def connect_hello(data: bytes) -> str | _More | None:
+    """After a CONNECT to port 443 is answered: the ClientHello's server name, as
+    :func:`client_hello_sni`; raises :class:`NotTLS` with the reason for anything else."""
+    if len(data) >= 3 and not looks_like_tls(data):
+        raise NotTLS("CONNECT to port 443 without a TLS ClientHello")
+    try:
+        return client_hello_sni(data)
+    except NotTLS as err:
+        raise NotTLS(f"bad TLS ClientHello: {err}") from None
+
+
 def host_of(data: bytes) -> str | _More | None:
     """The ``Host`` header's host of the request head in ``data`` (port 80), or :data:`MORE`."""
     req = http_request(data)
