@@ -384,3 +384,34 @@ def test_a_plan_with_a_preview_link_is_refused_by_the_tier(tmp_path: Path) -> No
     with pytest.raises(UsageError) as err:
         NamespaceTier(tmp_path).start(plan, cgroup_name=f"nolink-t{uuid.uuid4().hex[:6]}")
     assert "egress" in err.value.what and err.value.hint == "run it under the daemon: clawpen up"
+
+
+def _limit_table(gw: int) -> str:
+    return subprocess.run(
+        ["nsenter", f"--net=/proc/{os.getpid()}/fd/{gw}", "nft", "list", "table", "inet", "clawpen_limit"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_kernel_flood_limits_are_loaded_and_rise_with_a_bots_quotas(manager: LinkManager) -> None:
+    from clawpen.spec.quotas import NetLimits
+
+    gw = manager.gateway_netns_fd
+    assert "limit rate over 100/second burst 200 packets" in _limit_table(gw)  # the defaults
+    fast = BotPolicy(
+        name="fast", command=("true",), egress="open", net_limits=NetLimits(connections_per_s=400.0)
+    )
+    manager.attach("fast", 0, fast)
+    try:
+        table = _limit_table(gw)
+        # the kernel would otherwise drop SYNs the gateway admits to this bot
+        assert "limit rate over 800/second" in table and "100/second" not in table
+        manager.detach("fast", 0)
+        plain = BotPolicy(name="plain", command=("true",), egress="open")
+        manager.attach("plain", 0, plain)
+        assert "limit rate over 800/second" in _limit_table(gw)  # never lowered while running
+        manager.detach("plain", 0)
+    finally:
+        manager.detach("fast", 0)

@@ -29,3 +29,29 @@ def test_ports_and_limits_are_taken() -> None:
 def test_a_limit_must_be_a_positive_whole_number(bad: object) -> None:
     with pytest.raises(ValueError, match="syn_rate must be a positive whole number"):
         nftlimit.ruleset(syn_rate=bad)  # type: ignore[arg-type]
+
+
+def test_ceilings_stay_above_every_bots_quotas():
+    from clawpen.net import nftlimit
+    from clawpen.spec.quotas import NetLimits
+
+    assert nftlimit.ceilings([]) == {
+        "syn_rate": nftlimit.SYN_RATE,
+        "syn_burst": nftlimit.SYN_BURST,
+        "max_open": nftlimit.MAX_OPEN,
+        "dns_rate": nftlimit.DNS_RATE,
+        "dns_burst": nftlimit.DNS_BURST,
+    }
+    big = NetLimits(
+        connections=5000, connections_per_s=300.5, connection_burst=700, dns_per_s=90, dns_burst=900
+    )
+    small = NetLimits(connections=4, connections_per_s=1.0)
+    got = nftlimit.ceilings([small, big])
+    assert got == {
+        "syn_rate": 601,
+        "syn_burst": 1400,
+        "max_open": 5000 + 16 + 64,
+        "dns_rate": 360,
+        "dns_burst": 1800,
+    }
+    assert nftlimit.ceilings([small]) == nftlimit.ceilings([])  # lower quotas never lower the kernel's

@@ -48,10 +48,11 @@ from typing import Any, NamedTuple
 
 from clawpen.errors import ConfigError, HostError
 from clawpen.fsutil import write_atomic
-from clawpen.net import netns, nft, shape
+from clawpen.net import netns, nft, nftlimit, shape
 from clawpen.net.types import LINK6_EXTRA_BITS, LINK_PREFIX, BotLink, canonical, ipv6_of
 from clawpen.plan.model import NetLink
 from clawpen.spec.policy import BotPolicy
+from clawpen.spec.quotas import NetLimits
 
 DEFAULT_SUBNET = "10.213.0.0/16"
 BOT_IF = "eth0"
@@ -141,6 +142,7 @@ class LinkManager:
         self._links: dict[tuple[str, int], Link] = {}
         self._by_addr: dict[str, BotLink] = {}
         self._alloc: dict[str, int] = self._load()
+        self._kernel: dict[str, int] = {}  # the kernel flood limits loaded (nftlimit.ceilings)
         self.first_use: Callable[[], None] | None = None  # run once, before the first link
 
     # ------------------------------------------------------------- configuration
@@ -197,6 +199,8 @@ class LinkManager:
         fd = netns.create_persistent(self.gw_path, setup=setup)
         try:
             nft.apply(fd, nft.ruleset())  # always: a restarted daemon reloads the current rules
+            self._kernel = nftlimit.ceilings(self._quotas())
+            nft.apply(fd, nftlimit.ruleset(**self._kernel))  # flood limits, per source address
         except BaseException:
             os.close(fd)
             raise
@@ -236,6 +240,20 @@ class LinkManager:
         self._by_addr[link.bot_addr] = entry
         if link.ipv6:
             self._by_addr[link.bot_addr6] = entry
+        self._raise_kernel_limits()
+
+    def _quotas(self) -> list[NetLimits]:
+        return [entry.limits for entry in self._by_addr.values()]
+
+    def _raise_kernel_limits(self) -> None:
+        """Reload the kernel's flood limits when a bot's quotas need higher ones."""
+        if self._gw_fd is None:
+            return
+        needed = nftlimit.ceilings(self._quotas())
+        raised = {k: max(v, self._kernel.get(k, 0)) for k, v in needed.items()}
+        if raised != self._kernel:
+            nft.apply(self._gw_fd, nftlimit.ruleset(**raised))
+            self._kernel = raised
 
     def _unregister(self, link: Link) -> None:
         self._by_addr.pop(link.bot_addr, None)

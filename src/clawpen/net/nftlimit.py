@@ -18,7 +18,9 @@ entry or lookup; the open-connection count at the ``input`` hook (it needs connt
 * DNS datagrams over :data:`DNS_RATE` a second (bursts of :data:`DNS_BURST`).
 
 The limits are set well above the gateway's own (2x and more), so a bot near its quota still
-gets the gateway's counted, logged refusal; only a flood meets the kernel. ``table inet
+gets the gateway's counted, logged refusal; only a flood meets the kernel. A bot whose spec
+raises its quotas raises the kernel's limits with them (:func:`ceilings`; the link manager
+reloads this table when a link needs more, never less, while the daemon runs). ``table inet
 clawpen_limit`` is a table of its own, next to :mod:`clawpen.net.nft`'s ``table inet clawpen``,
 so either can be loaded or replaced without the other (same atomic ``nft -f`` load:
 :func:`clawpen.net.nft.apply`). :func:`drops` reads how many packets each rule dropped.
@@ -27,10 +29,13 @@ so either can be loaded or replaced without the other (same atomic ``nft -f`` lo
 from __future__ import annotations
 
 import json
+import math
 import subprocess
+from collections.abc import Iterable
 
 from clawpen.net import fair, netns
 from clawpen.net.types import DNS_PORT, LINK_PREFIX, PROXY_PORT, TRANSPARENT_PORT
+from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 TABLE = "clawpen_limit"
 SYN_RATE = int(fair.RATE * 2)  # new TCP connections a second per source (the gateway: 50)
@@ -39,6 +44,20 @@ MAX_OPEN = fair.MAX_CONNECTIONS + fair.MAX_HEADS + 64  # open TCP connections pe
 DNS_RATE = 200  # DNS datagrams a second per source (the gateway answers 50, bursts of 200)
 DNS_BURST = 400
 COUNTERS = ("syn_rate", "open", "dns_rate")
+
+
+def ceilings(limits: Iterable[NetLimits]) -> dict[str, int]:
+    """The kernel's limits for bots with these quotas (``[bots.NAME.network.limits]``): the
+    defaults above, raised where a bot's own quota would come near them, so that the kernel
+    never drops what the gateway would admit (the same 2x, and 4x for the DNS rate)."""
+    every = [DEFAULT_NET_LIMITS, *limits]
+    return {
+        "syn_rate": max(SYN_RATE, *(math.ceil(2 * q.connections_per_s) for q in every)),
+        "syn_burst": max(SYN_BURST, *(2 * q.connection_burst for q in every)),
+        "max_open": max(MAX_OPEN, *(q.connections + q.pending_heads + 64 for q in every)),
+        "dns_rate": max(DNS_RATE, *(math.ceil(4 * q.dns_per_s) for q in every)),
+        "dns_burst": max(DNS_BURST, *(2 * q.dns_burst for q in every)),
+    }
 
 
 def ruleset(
