@@ -6,7 +6,8 @@
     │   └── PolicyError          a spec that breaks a security rule        (exit 2)
     ├── HostError                the host lacks something a tier needs     (exit 1)
     ├── AccessError              a token or role does not allow the action  (exit 1)
-    └── SandboxError             a sandbox step failed; names the step     (exit 125)
+    ├── SandboxError             a sandbox step failed; names the step     (exit 125)
+    └── InternalError            a bug in clawpen, not the caller's input  (exit 1)
 
 Every error carries ``what`` (one sentence), ``where`` (a file:line, a field path or a step name)
 and ``hint`` (how to fix it). The CLI prints them as ``error: what (where)`` and ``hint: ...``
@@ -64,3 +65,8 @@ class SandboxError(ClawpenError):
     """A step of building or tearing down a sandbox failed; ``where`` names the step."""
 
     exit_code = 125
+
+
+class InternalError(ClawpenError):
+    """An operation failed on a bug (an exception nobody raised on purpose): the daemon logs its
+    traceback and answers with this short error (exit 1, HTTP 500), never "bad request"."""

@@ -39,7 +39,7 @@ def run_daemon(
     async def main() -> None:
         daemon = build(tmp / "state", clock=clock)
         try:
-            await daemon.op_up({"file": str(spec_dir / "clawpen.toml")}, None)  # type: ignore[arg-type]
+            await daemon.dispatch("up", {"file": str(spec_dir / "clawpen.toml")}, "root")
             await body(daemon)
         finally:
             await daemon.shutdown()

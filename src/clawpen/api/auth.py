@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from clawpen.daemon.server import Daemon
-from clawpen.errors import AccessError, ClawpenError, ConfigError, UsageError
+from clawpen.errors import AccessError, ClawpenError, ConfigError, InternalError, UsageError
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -39,6 +39,8 @@ def error_body(err: ClawpenError) -> dict[str, Any]:
 
 
 def status_for(err: ClawpenError) -> int:
+    if isinstance(err, InternalError):
+        return 500
     if isinstance(err, AccessError):
         return 403
     if isinstance(err, UsageError) and err.what.startswith("no bot named"):
@@ -61,13 +63,25 @@ async def on_clawpen_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(exc), status_code=status_for(exc))
 
 
-async def on_bad_args(_request: Request, exc: Exception) -> JSONResponse:
-    """An operation that choked on its arguments (as the socket server answers it)."""
-    return JSONResponse(error_body(UsageError(f"bad request: {exc}", where="api")), status_code=400)
+async def on_internal(_request: Request, exc: Exception) -> JSONResponse:
+    """A bug in a route outside any operation (those become InternalError in the registry):
+    the traceback goes to the daemon's log, the client gets a short 500."""
+    import sys
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    print(f"clawpen daemon: internal error in the HTTP API:\n{text}", file=sys.stderr, flush=True)
+    err = InternalError(
+        f"internal error: {type(exc).__name__} (a bug in clawpen, not your request)",
+        where="api",
+        hint="the traceback is in the daemon's log",
+    )
+    return JSONResponse(error_body(err), status_code=500)
 
 
-def check(daemon: Daemon, op: str, token: str | None) -> str:
-    """Who holds ``token``, if it may run ``op``; HttpError 401/403 otherwise."""
+def check(daemon: Daemon, op: str, token: str | None, role: str | None = None) -> str:
+    """Who holds ``token``, if it may run ``op`` (which needs ``role``, by default the role of
+    the daemon's operation ``op``); HttpError 401/403 otherwise."""
     if not token:
         raise HttpError(
             401,
@@ -78,9 +92,9 @@ def check(daemon: Daemon, op: str, token: str | None) -> str:
                 "make one with `clawpen token create --role viewer`",
             ),
         )
-    role_op = op if daemon.role_for(op) is not None else "ping"
+    needed = role or daemon.role_for(op) or "viewer"
     try:
-        return daemon.authorize_token(role_op, token)
+        return daemon.authorize_token(op, token, needed)
     except AccessError as refused:
         try:
             daemon.authorize_token("ping", token)  # the least role: fails only if the token is bad
@@ -89,10 +103,10 @@ def check(daemon: Daemon, op: str, token: str | None) -> str:
         raise HttpError(403, refused) from None
 
 
-def requires(daemon: Daemon, op: str) -> Callable[..., Awaitable[str]]:
-    """A FastAPI dependency: the caller's name, if their token allows ``op``."""
+def requires(daemon: Daemon, op: str, role: str | None = None) -> Callable[..., Awaitable[str]]:
+    """A FastAPI dependency: the caller's name, if their token allows ``op`` (``role``)."""
 
     async def dependency(creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> str:
-        return check(daemon, op, creds.credentials if creds else None)
+        return check(daemon, op, creds.credentials if creds else None, role)
 
     return dependency

@@ -1,80 +1,40 @@
 """The daemon's operations and the Unix-socket server that exposes them to the CLI.
 
-Every command of the CLI that talks to the daemon is one operation here (``op_<name>``);
-the socket is ``<state>/clawpen.sock``, mode 0600, so only root may use it.
+Every operation is declared once as a contract (:mod:`clawpen.ops`; the daemon's own in
+``daemon/ops_bots.py``, ``ops_admin.py``, ``ops_views.py``) and registered in ``Daemon.ops``;
+the bot operations' handlers are the ``op_<name>`` methods here. The socket is
+``<state>/clawpen.sock``, mode 0600, so only root (or a caller with a token) may use it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from clawpen import audit
-from clawpen.daemon import rpc
+from clawpen.daemon import ops_admin, ops_views, rpc
+from clawpen.daemon import ops_bots as ob
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Event, Store
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.tiers import stop_stored, stored_tier
 from clawpen.errors import AccessError, ClawpenError, ConfigError, UsageError
+from clawpen.ops import Call, Empty, Operation, Registry
 from clawpen.spec.loader import parse_spec_text
 from clawpen.spec.models import Bot, Spec
 from clawpen.supervisor.states import BotState, Transition, is_terminal_for_policy
 from clawpen.tokens import TokenStore, role_allows
-from clawpen.vault.store import Vault
-
-# The least role each operation needs (tokens.ROLES: viewer < operator < admin).
-OP_ROLES = {
-    "ping": "viewer",
-    "ps": "viewer",
-    "status": "viewer",
-    "events": "viewer",
-    "releases": "viewer",
-    "start": "operator",
-    "stop": "operator",
-    "restart": "operator",
-    "up": "admin",
-    "down": "admin",
-    "exec_target": "admin",
-    "secrets_set": "admin",
-    "secrets_ls": "admin",
-    "secrets_rm": "admin",
-    "token_create": "admin",
-    "token_ls": "admin",
-    "token_revoke": "admin",
-}
 
 
 def _article(word: str) -> str:
     return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
-
-
-def _audit_detail(op: str, args: dict[str, Any], result: Any) -> dict[str, Any]:
-    """What the audit log keeps of an action: never a secret value or a token."""
-    detail = {k: v for k, v in args.items() if k not in ("value_b64", "token")}
-    if op == "up" and isinstance(result, dict):
-        detail.update(release=result.get("release"), before=result.get("before"), after=result.get("after"))
-    if op == "token_create" and isinstance(result, dict):
-        detail["id"] = result.get("id")
-    return detail
-
-
-Handler = Callable[[dict[str, Any], asyncio.StreamWriter | None], Awaitable[Any]]
-
-
-class Op(NamedTuple):
-    """An operation contributed by another part of clawpen (metrics, network, ...): the least
-    role it needs and its handler. ``writer`` is None when the caller is the HTTP API."""
-
-    role: str
-    handler: Handler
 
 
 class Daemon:
@@ -82,11 +42,12 @@ class Daemon:
 
     def __init__(self, store: Store, services_factory: Callable[[Daemon], Services]) -> None:
         self.store = store
+        self.ops = Registry()  # every operation, whoever calls it (see clawpen.ops)
         self.services = services_factory(self)
         self.instances: dict[str, list[Instance]] = {}
         self.up_lock = asyncio.Lock()
         self.subscribers: set[asyncio.Queue[Event]] = set()
-        self.extra_ops: dict[str, Op] = {}
+        self.ops.add(self._own_operations())
         self.components: dict[str, Any] = {}  # the started components by name (daemon/app.py)
         # Called with the whole spec after every applied `up` (gateway, alert rules, ...).
         self.spec_listeners: list[Callable[[Spec], None]] = []
@@ -102,34 +63,44 @@ class Daemon:
         except ClawpenError:
             return None
 
-    def add_ops(self, ops: dict[str, Op]) -> None:
-        """Register operations of another module (see :mod:`clawpen.daemon.app`)."""
-        clash = set(ops) & (set(self.extra_ops) | set(OP_ROLES))
-        if clash:
-            raise ValueError(f"operations registered twice: {sorted(clash)}")
-        self.extra_ops.update(ops)
+    def _own_operations(self) -> list[Operation[Any]]:
+        return [
+            ob.PING.bind(self.op_ping),
+            ob.PS.bind(self.op_ps),
+            ob.STATUS.bind(self.op_status),
+            ob.EVENTS.bind(self.op_events),
+            ob.RELEASES.bind(self.op_releases),
+            ob.START.bind(self.op_start),
+            ob.STOP.bind(self.op_stop),
+            ob.RESTART.bind(self.op_restart),
+            ob.UP.bind(self.op_up),
+            ob.DOWN.bind(self.op_down),
+            ob.EXEC_TARGET.bind(self.op_exec_target),
+            *ops_admin.operations(lambda: self.services.state_dir),
+            *ops_views.operations(self),
+        ]
+
+    def add_ops(self, ops: Iterable[Operation[Any]]) -> None:
+        """Register the operations of a component (see :mod:`clawpen.daemon.app`)."""
+        self.ops.add(ops)
 
     def role_for(self, name: str) -> str | None:
         """The least role operation ``name`` needs, or None if there is no such operation."""
-        if name in OP_ROLES:
-            return OP_ROLES[name]
-        extra = self.extra_ops.get(name)
-        return extra.role if extra else None
+        op = self.ops.get(name)
+        return op.role if op else None
 
     async def dispatch(
         self, name: str, args: dict[str, Any], who: str, writer: asyncio.StreamWriter | None = None
     ) -> Any:
-        """Run operation ``name`` for an already authorized caller ``who``; audit what changes
-        things. The Unix socket and the HTTP API both come through here."""
-        role = self.role_for(name)
-        if role is None:
-            raise UsageError(f"unknown operation {name!r}", where="daemon")
-        extra = self.extra_ops.get(name)
-        handler: Handler = extra.handler if extra else getattr(self, f"op_{name}")
-        result = await handler(args, writer)
-        if role != "viewer":
+        """Run operation ``name`` for an already authorized caller ``who``: validate its arguments
+        (UsageError naming the field), run it (a bug is an InternalError, logged), check its
+        reply, audit what changes things. The Unix socket and the HTTP API both come here."""
+        op = self.ops.require(name)
+        request = op.contract.parse(args)
+        result = await self.ops.run(op, request, Call(who, writer))
+        if op.role != "viewer":
             try:
-                audit.append(self.services.state_dir, who, name, _audit_detail(name, args, result))
+                audit.append(self.services.state_dir, who, name, op.contract.audit_detail(request, result))
             except OSError as err:  # a full disk: the action happened, so say so instead of failing
                 self.note("audit", f"the audit log could not be written ({err}): {who} did {name}")
         return result
@@ -227,8 +198,8 @@ class Daemon:
         self.store.set_desired(name, "stopped", manual_stop=False)
         self.note("policy-refused", f"{err.what}; {err.hint}" if err.hint else err.what, name)
 
-    def _names(self, args: dict[str, Any]) -> list[str]:
-        names = list(args.get("bots") or [])
+    def _names(self, bots: list[str] | None) -> list[str]:
+        names = list(bots or [])
         known = self.store.bots()
         unknown = [n for n in names if n not in known]
         if unknown:
@@ -239,19 +210,23 @@ class Daemon:
             )
         return names or sorted(known)
 
+    def known_bot(self, name: str) -> str:
+        """``name`` if the daemon supervises such a bot (UsageError "no bot named ..." otherwise)."""
+        return self._names([name])[0]
+
     # ---------------------------------------------------------------- operations
-    async def op_ping(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+    async def op_ping(self, _req: Empty, _call: Call) -> dict[str, Any]:
         return {"pid": os.getpid()}
 
-    async def op_up(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+    async def op_up(self, req: ob.UpRequest, call: Call) -> Any:
         """Check, build, apply all or nothing, and with ``wait`` wait for the changed bots
-        (:mod:`clawpen.daemon.up`)."""
+        (:mod:`clawpen.daemon.up`, which reads the arguments as a dict)."""
         from clawpen.daemon.up import op_up
 
-        return await op_up(self, args, _w)
+        return await op_up(self, req.model_dump(), call.writer)
 
-    async def op_down(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        names = self._names(args)
+    async def op_down(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
+        names = self._names(req.bots)
         async with self.up_lock:
             for name in names:
                 await self._halt(name)
@@ -259,15 +234,15 @@ class Daemon:
                 self.note("remove", "removed by `clawpen down`", name)
         return {"removed": names}
 
-    async def op_stop(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        names = self._names(args)
+    async def op_stop(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
+        names = self._names(req.bots)
         for name in names:
             self.store.set_desired(name, "stopped", manual_stop=True)
         await self._stop_instances([i for n in names for i in self._all(n)])
         return {"stopped": names}
 
-    async def op_start(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        names = self._names(args)
+    async def op_start(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
+        names = self._names(req.bots)
         rows = self.store.bots()
         for name in names:
             self.store.set_desired(name, "running", manual_stop=False)
@@ -279,16 +254,16 @@ class Daemon:
                     inst.start()
         return {"started": names}
 
-    async def op_restart(self, args: dict[str, Any], w: asyncio.StreamWriter | None) -> Any:
-        names = self._names(args)
+    async def op_restart(self, req: ob.Bots, call: Call) -> dict[str, Any]:
+        names = self._names(req.bots)
         for name in names:
             if name not in self.instances:
-                await self.op_start({"bots": [name]}, w)
+                await self.op_start(ob.Bots(bots=[name]), call)
             for inst in self._all(name):
                 inst.restart()
         return {"restarted": names}
 
-    async def op_ps(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+    async def op_ps(self, _req: Empty, _call: Call) -> list[dict[str, Any]]:
         rows = self.store.bots()
         out = []
         for name in sorted(rows):
@@ -298,10 +273,10 @@ class Daemon:
             out += [i.status() for i in insts]
         return out
 
-    async def op_status(self, args: dict[str, Any], w: asyncio.StreamWriter | None) -> Any:
-        name = self._names(args)[0] if args.get("bots") else None
-        if name is None:
+    async def op_status(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
+        if not req.bots:
             raise UsageError("name a bot", where="clawpen status", hint="write: clawpen status BOT")
+        name = self._names(req.bots)[0]
         row = self.store.bots()[name]
         events = [e._asdict() for e in self.store.events(bot=name, limit=10)]
         return {
@@ -313,10 +288,9 @@ class Daemon:
             "events": events,
         }
 
-    async def op_exec_target(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+    async def op_exec_target(self, req: ob.ExecTargetRequest, _call: Call) -> dict[str, Any]:
         """Where `clawpen exec` should enter: the running sandbox of a bot replica."""
-        name = self._names({"bots": [args.get("bot")]})[0]
-        replica = int(args.get("replica", 0))
+        name, replica = self.known_bot(req.bot), req.replica
         insts = self._all(name)
         sandbox = insts[replica].sandbox if replica < len(insts) else None
         if sandbox is None or sandbox.sandbox_pid is None:
@@ -337,13 +311,15 @@ class Daemon:
             "base_dir": row.policy["base_dir"],
         }
 
-    async def op_releases(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        return self.store.releases(int(args.get("limit", 50)))
+    async def op_releases(self, req: ob.ReleasesRequest, _call: Call) -> list[dict[str, Any]]:
+        return self.store.releases(req.limit)
 
-    async def op_events(self, args: dict[str, Any], w: asyncio.StreamWriter | None) -> Any:
-        bot = args.get("bot")
-        past = self.store.events(bot=bot, limit=int(args.get("limit", 100)))
-        if not args.get("follow") or w is None:
+    async def op_events(self, req: ob.EventsRequest, call: Call) -> list[dict[str, Any]]:
+        """The last events; with ``follow`` on the socket, new ones as items until the client
+        hangs up (then this never returns)."""
+        bot, w = req.bot, call.writer
+        past = self.store.events(bot=bot, limit=req.limit)
+        if not req.follow or w is None:
             return [e._asdict() for e in past]
         for event in past:
             w.write(rpc.item(event._asdict()))
@@ -360,24 +336,33 @@ class Daemon:
 
     # ---------------------------------------------------------------- serving
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request of the CLI (see :mod:`clawpen.daemon.rpc`). A malformed request or bad
+        arguments are a UsageError (exit 2); any other failure is an internal error (exit 1)
+        whose traceback goes to the daemon's log, never to the client."""
+        name = "?"
         try:
-            line = await reader.readline()
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than the stream's limit
+                writer.write(rpc.error(UsageError("the request is longer than 1 MiB", where="daemon")))
+                await writer.drain()
+                return
             if not line:
                 return
             try:
-                request = json.loads(line)
-                name = str(request["op"])
-                if self.role_for(name) is None:
-                    raise UsageError(f"unknown operation {name!r}", where="daemon")
-                args = request.get("args") or {}
+                request = _decode(line)
+                name = request["op"]
+                self.ops.require(name)
                 who = self._authorize(name, request.get("token"), writer)
-                work = self.dispatch(name, args, who, writer)
+                work = self.dispatch(name, request.get("args") or {}, who, writer)
                 result = await rpc.with_heartbeat(work, writer, rpc.heartbeat_interval(request))
                 writer.write(rpc.ok(result))
             except ClawpenError as err:
                 writer.write(rpc.error(err))
-            except (ValueError, KeyError, TypeError) as err:
-                writer.write(rpc.error(UsageError(f"bad request: {err}", where="daemon")))
+            except (ConnectionError, asyncio.CancelledError):
+                raise
+            except Exception as err:  # a bug outside the operation's handler
+                writer.write(rpc.error(self.ops.internal(name, "a socket client", err)))
             await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             pass
@@ -399,9 +384,10 @@ class Daemon:
             )
         return "root"
 
-    def authorize_token(self, op: str, token: str) -> str:
-        """Who holds ``token``, if its role allows ``op`` (raises AccessError otherwise)."""
-        needed = self.role_for(op) or "admin"
+    def authorize_token(self, op: str, token: str, needed: str | None = None) -> str:
+        """Who holds ``token``, if its role allows ``op`` (or ``needed``, when given); raises
+        AccessError otherwise."""
+        needed = needed or self.role_for(op) or "admin"
         found = TokenStore(self.services.state_dir).check(token)
         if not role_allows(found.role, needed):
             raise AccessError(
@@ -411,33 +397,24 @@ class Daemon:
             )
         return f"token {found.id} ({found.role})"
 
-    # ---------------------------------------------------------------- secrets and tokens
-    async def op_secrets_set(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        name = str(args["name"])
-        Vault(self.services.state_dir).set(name, base64.b64decode(str(args["value_b64"])))
-        return {"set": name}
-
-    async def op_secrets_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        return [e._asdict() for e in Vault(self.services.state_dir).entries()]
-
-    async def op_secrets_rm(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        Vault(self.services.state_dir).remove(str(args["name"]))
-        return {"removed": args["name"]}
-
-    async def op_token_create(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        token, secret = TokenStore(self.services.state_dir).create(
-            str(args["role"]), name=str(args.get("name", "")), expires_in=args.get("expires_in")
-        )
-        return {**token._asdict(), "token": secret}
-
-    async def op_token_ls(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        return [t._asdict() for t in TokenStore(self.services.state_dir).list()]
-
-    async def op_token_revoke(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
-        TokenStore(self.services.state_dir).revoke(str(args["id"]))
-        return {"revoked": args["id"]}
-
     async def shutdown(self) -> None:
         """Stop supervising: bots keep running only if the daemon is killed; a clean shutdown
         stops them (SIGTERM, grace, SIGKILL)."""
         await asyncio.gather(*(self._halt(n) for n in list(self.instances)), return_exceptions=True)
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    """A request line as ``{"op": str, "args": {...}, ...}``; UsageError when it is not one."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        request = None
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        raise UsageError(
+            'bad request: not a JSON object with an "op"',
+            where="daemon",
+            hint="speak the protocol of clawpen.daemon.rpc: one JSON object per line",
+        )
+    if not isinstance(request.get("args") or {}, dict) or not isinstance(request.get("token") or "", str):
+        raise UsageError('bad request: "args" must be an object and "token" a string', where="daemon")
+    return request

@@ -18,6 +18,7 @@ from clawpen.alerts.messages import fmt_value, message, test_message
 from clawpen.alerts.rules import Rule, bot_of, rules_from
 from clawpen.errors import ClawpenError, UsageError
 from clawpen.logs.space import state_disk_values
+from clawpen.metrics import ops
 from clawpen.metrics.collector import Collector, InstanceView
 from clawpen.metrics.logwatch import LogWatch
 from clawpen.metrics.probes import Prober
@@ -25,6 +26,7 @@ from clawpen.metrics.prom import MetricsServer, Snapshot, latest_json, registry_
 from clawpen.metrics.storage import Storage
 from clawpen.notify.apprise_notifier import notifiers_for
 from clawpen.notify.base import Delivery, Dispatcher, Notifier
+from clawpen.ops import Call, Empty
 from clawpen.spec.alerts import MonitoringConfig, split_hostport
 from clawpen.spec.units import UnitError, parse_duration
 
@@ -74,8 +76,6 @@ class Monitor:
 
     # ---------------------------------------------------------------- component
     async def start(self, daemon: Daemon) -> None:
-        from clawpen.daemon.server import Op
-
         self.daemon = daemon
         self.storage = Storage(self.state / "metrics.db", clock=self.clock)
         self.collector = Collector(daemon.services.cgroups)
@@ -88,14 +88,14 @@ class Monitor:
         self.dispatcher = Dispatcher([], self._record_delivery, clock=self.clock)
         self.registry = registry_for(lambda: self.snapshot)
         daemon.add_ops(
-            {
-                "metrics": Op("viewer", self.op_metrics),
-                "metrics_latest": Op("viewer", self.op_metrics_latest),
-                "alerts": Op("viewer", self.op_alerts),
-                "alerts_ack": Op("operator", self.op_alerts_ack),
-                "alerts_silence": Op("operator", self.op_alerts_silence),
-                "alerts_test": Op("operator", self.op_alerts_test),
-            }
+            [
+                ops.METRICS.bind(self.op_metrics),
+                ops.METRICS_LATEST.bind(self.op_metrics_latest),
+                ops.ALERTS.bind(self.op_alerts),
+                ops.ALERTS_ACK.bind(self.op_alerts_ack),
+                ops.ALERTS_SILENCE.bind(self.op_alerts_silence),
+                ops.ALERTS_TEST.bind(self.op_alerts_test),
+            ]
         )
         # state changes (an OOM kill between two passes is seen here even if no pass saw it)
         self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
@@ -215,14 +215,14 @@ class Monitor:
     async def _denied(self) -> dict[str, int] | None:
         """Egress denials per bot so far, from the gateway component's ``net_stats`` operation
         (None when there is no gateway)."""
-        op = self.daemon.extra_ops.get("net_stats")
+        op = self.daemon.ops.get("net_stats")
         if op is None:
             return None
-        try:
-            stats = await op.handler({}, None)
-            return {str(bot): int(s.get("denied", 0)) for bot, s in stats.items()}
-        except Exception:
+        try:  # any failure but our own is logged with its traceback by the registry
+            stats = await self.daemon.ops.run(op, Empty(), Call("metrics"))
+        except ClawpenError:
             return None
+        return {str(bot): int(s.get("denied", 0)) for bot, s in stats.items()}
 
     async def tick(self, now: float | None = None) -> None:
         """One pass stamped ``now`` (default: the clock): collect, store, evaluate, notify."""
@@ -299,9 +299,9 @@ class Monitor:
             hint=f"name a bot ({', '.join(sorted(known)) or 'none yet'}) or host",
         )
 
-    async def op_metrics(self, args: dict[str, Any], _w: Any) -> Any:
-        target = self._target(args.get("target"))
-        since = _seconds(args.get("since", 3600), "--since")
+    async def op_metrics(self, req: ops.MetricsRequest, _call: Call) -> dict[str, Any]:
+        target = self._target(req.target)
+        since = _seconds(req.since, "--since")
         now = self.clock()
         loop = asyncio.get_running_loop()
         points = await loop.run_in_executor(None, self.storage.query, target, now - since)
@@ -316,14 +316,14 @@ class Monitor:
             series = {k: _thin(v, step) for k, v in series.items()}
         return {"target": target, "since": since, "step": step, "series": series}
 
-    async def op_metrics_latest(self, args: dict[str, Any], _w: Any) -> Any:
+    async def op_metrics_latest(self, _req: Empty, _call: Call) -> dict[str, Any]:
         out = latest_json(self.snapshot.values, self.latest_at)
         out["interval"] = self.cfg.interval
         out["states"] = {v.target: v.state for v in self._views()}
         out["alerts"] = sum(1 for a in self.engine.active.values() if a.state == "firing")
         return out
 
-    async def op_alerts(self, args: dict[str, Any], _w: Any) -> Any:
+    async def op_alerts(self, _req: Empty, _call: Call) -> dict[str, Any]:
         now = self.clock()
         active = sorted((a.as_dict() for a in self.engine.active.values()), key=lambda a: a["id"])
         recent = [
@@ -341,13 +341,13 @@ class Monitor:
                            "error": self.listen_error},
         }  # fmt: skip
 
-    async def op_alerts_ack(self, args: dict[str, Any], _w: Any) -> Any:
-        raw = str(args.get("id", ""))
+    async def op_alerts_ack(self, req: ops.AckRequest, call: Call) -> dict[str, Any]:
+        raw = str(req.id)
         if not raw.isdigit():
             raise UsageError(
                 f"alert id {raw!r} is not a number", where="clawpen alerts ack", hint="see clawpen alerts"
             )
-        who = str(args.get("who") or "root")
+        who = req.who or call.who
         alert = self.engine.ack(int(raw), who, self.clock())
         if alert is None:
             raise UsageError(
@@ -359,8 +359,8 @@ class Monitor:
         self.daemon.note("alert", f"alert {alert.id} ({alert.rule} on {alert.target}) acknowledged by {who}")
         return alert.as_dict()
 
-    async def op_alerts_silence(self, args: dict[str, Any], _w: Any) -> Any:
-        rule = str(args.get("rule", ""))
+    async def op_alerts_silence(self, req: ops.SilenceRequest, call: Call) -> dict[str, Any]:
+        rule = req.rule
         names = {r.name for r in self.rules}
         if rule not in names:
             raise UsageError(
@@ -368,15 +368,15 @@ class Monitor:
                 where="clawpen alerts silence",
                 hint=f"rules: {', '.join(sorted(names)) or 'none'}",
             )
-        seconds = _seconds(args.get("for", "2h"), "--for")
+        seconds = _seconds(req.for_, "--for")
         until = self.clock() + seconds
-        who = str(args.get("who") or "root")
+        who = req.who or call.who
         self.engine.silence(rule, until)
         self.storage.set_silence(rule, until, who)
         self.daemon.note("alert", f"rule {rule} silenced for {seconds:g}s by {who}")
         return {"rule": rule, "until": until}
 
-    async def op_alerts_test(self, args: dict[str, Any], _w: Any) -> Any:
+    async def op_alerts_test(self, _req: Empty, _call: Call) -> dict[str, Any]:
         if not self._notifiers:
             raise UsageError(
                 "no notification URL is configured",

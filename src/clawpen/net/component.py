@@ -19,13 +19,13 @@ from clawpen.errors import ClawpenError
 from clawpen.net.connlog import ConnLog, query
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.gateway import Gateway
+from clawpen.net.ops import MAX_ROWS, NET_LOG, NET_STATS, NetLogRequest
 from clawpen.net.resolve import Resolver
+from clawpen.ops import Call, Empty
 
 if TYPE_CHECKING:
     from clawpen.daemon.server import Daemon
     from clawpen.spec.models import Spec
-
-MAX_ROWS = 5000
 
 
 def log_path(state: Path) -> Path:
@@ -46,13 +46,9 @@ class GatewayComponent:
         self._log_started = False
 
     async def start(self, daemon: Daemon) -> None:
-        from clawpen.daemon.server import Op
-
         self.daemon = daemon
         self.loop = asyncio.get_running_loop()
-        daemon.add_ops(
-            {"net_log": Op("viewer", self.op_net_log), "net_stats": Op("viewer", self.op_net_stats)}
-        )
+        daemon.add_ops([NET_LOG.bind(self.op_net_log), NET_STATS.bind(self.op_net_stats)])
         daemon.spec_listeners.append(self.apply)
         self.apply(daemon.current_spec())
 
@@ -109,19 +105,18 @@ class GatewayComponent:
                 self.loop.call_soon_threadsafe(lambda: note("egress-denied", text, rec.bot, rec.replica))
 
     # ------------------------------------------------------------ operations
-    async def op_net_log(self, args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+    async def op_net_log(self, req: NetLogRequest, _call: Call) -> list[dict[str, Any]]:
         if self._log_started:
             await asyncio.to_thread(self.log.flush, 2.0)
-        since = args.get("since")
         return await asyncio.to_thread(
             query,
             self.log.path,
-            bot=str(args["bot"]) if args.get("bot") else None,
-            since=float(since) if since is not None else None,
-            denied=bool(args.get("denied")),
-            after_id=int(args.get("after_id") or 0),
-            limit=min(int(args.get("limit") or 200), MAX_ROWS),
+            bot=req.bot or None,
+            since=req.since,
+            denied=req.denied,
+            after_id=req.after_id,
+            limit=min(req.limit, MAX_ROWS),
         )
 
-    async def op_net_stats(self, _args: dict[str, Any], _w: asyncio.StreamWriter | None) -> Any:
+    async def op_net_stats(self, _req: Empty, _call: Call) -> dict[str, dict[str, int]]:
         return self.stats()

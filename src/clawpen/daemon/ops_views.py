@@ -1,0 +1,111 @@
+"""Read-only views the HTTP API and the dashboard show: a bot's log lines, the topology, who a
+token is (see :mod:`clawpen.ops`). The CLI reads logs from the files themselves."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field
+
+from clawpen.daemon.ops_bots import Name
+from clawpen.errors import UsageError
+from clawpen.ops import Call, Contract, Empty, Operation, Reply, Request
+from clawpen.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from clawpen.daemon.server import Daemon
+
+
+class LogsRequest(Request):
+    bot: Name
+    tail: int = Field(default=200, ge=1, le=10_000, description="the last N matching lines")
+    grep: str | None = Field(default=None, max_length=500, description="a regular expression")
+    since: str | None = Field(default=None, max_length=64, description='"1h", RFC 3339 or epoch')
+    until: str | None = Field(default=None, max_length=64)
+
+
+class LogLine(Reply):
+    ts: float
+    stream: str
+    text: str
+
+
+class BotNode(Reply):
+    bot: str
+    states: list[str]
+    egress: list[Any]
+    publish: list[Any]
+    expose: bool
+    bandwidth: Any = None
+
+
+class Topology(Reply):
+    host: str
+    bots: list[BotNode]
+
+
+class WhoAmI(Reply):
+    who: str
+    id: str | None
+    role: str | None
+
+
+LOGS = Contract("logs", "viewer", LogsRequest, list[LogLine], "a bot's log lines (tail and search)")
+TOPOLOGY = Contract("topology", "viewer", Empty, Topology, "host -> bots -> gateway -> domains, ports")
+WHOAMI = Contract("whoami", "viewer", Empty, WhoAmI, "the caller's token id and role (sign-in check)")
+
+CONTRACTS: tuple[Contract[Any], ...] = (LOGS, TOPOLOGY, WHOAMI)
+
+
+def regex(grep: str | None, where: str = "grep") -> str | None:
+    """``grep`` if it is a regular expression (UsageError otherwise)."""
+    if grep is not None:
+        try:
+            re.compile(grep)
+        except re.error as err:
+            raise UsageError(f"grep {grep!r} is not a regular expression: {err}", where=where) from None
+    return grep
+
+
+def operations(daemon: Daemon) -> list[Operation[Any]]:
+    async def logs(req: LogsRequest, _call: Call) -> list[dict[str, Any]]:
+        from clawpen.logs.query import parse_since, read_logs
+
+        daemon.known_bot(req.bot)
+        now = time.time()
+        lo = parse_since(req.since, now, flag="since") if req.since else None
+        hi = parse_since(req.until, now, flag="until") if req.until else None
+        records = read_logs(
+            daemon.services.logs_dir, req.bot, since=lo, until=hi, grep=regex(req.grep), tail=req.tail
+        )
+        return [{"ts": r.ts, "stream": r.stream, "text": r.text} for r in records]
+
+    async def topology(_req: Empty, _call: Call) -> dict[str, Any]:
+        states: dict[str, list[str]] = {}
+        for name, insts in daemon.instances.items():
+            states[name] = [str(i.machine.state) for i in insts]
+        nodes = []
+        for name, row in sorted(daemon.store.bots().items()):
+            net = row.policy["spec"].get("network") or {}
+            nodes.append(
+                {
+                    "bot": name,
+                    "states": states.get(name) or ["stopped"],
+                    "egress": net.get("egress", []),
+                    "publish": net.get("publish", []),
+                    "expose": bool(net.get("expose")),
+                    "bandwidth": net.get("bandwidth"),
+                }
+            )
+        return {"host": socket.gethostname(), "bots": nodes}
+
+    async def whoami(_req: Empty, call: Call) -> dict[str, Any]:
+        token_id = call.who.split()[1] if call.who.startswith("token ") else None
+        tokens = TokenStore(daemon.services.state_dir).list()
+        role = next((t.role for t in tokens if t.id == token_id), None)
+        return {"who": call.who, "id": token_id, "role": role}
+
+    return [LOGS.bind(logs), TOPOLOGY.bind(topology), WHOAMI.bind(whoami)]
