@@ -45,9 +45,9 @@ import dns.rrset
 from clawpen.net import nft
 from clawpen.net.connlog import ConnLog, query
 from clawpen.net.gateway import Gateway
-from clawpen.net.netns import netns_thread_call, socket_in
 from clawpen.net.resolve import Resolver
 from clawpen.net.types import BotLink
+from clawpen.netns import netns_thread_call, socket_in
 from selfsigned import self_signed
 
 BOT_ADDR, GW_ADDR = "10.213.0.2", "10.213.0.1"

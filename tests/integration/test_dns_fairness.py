@@ -29,9 +29,9 @@ from gateway_env import WWW_ADDR, FakeDNS, Registry, ip
 from clawpen.net.connlog import ConnLog, query
 from clawpen.net.dns import DnsServer
 from clawpen.net.dnsfair import BURST, QUEUE_TOTAL, RATE
-from clawpen.net.netns import socket_in
 from clawpen.net.resolve import NameMap, Resolver
 from clawpen.net.types import BotLink
+from clawpen.netns import socket_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.root, pytest.mark.slow]
 

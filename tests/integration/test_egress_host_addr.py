@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from gateway_env import GW_ADDR, UP_ADDR, WWW_ADDR, Env, HttpHandler, HttpServer, fake_internet
 
-from clawpen.net import netns
+from clawpen import netns
 from clawpen.net.hostaddr import HostAddresses, PerNamespace, read_once
 from clawpen.spec import egress
 

@@ -22,7 +22,7 @@ import pytest
 from gateway_env import FakeDNS, HttpHandler, HttpServer
 from helpers import NetnsDaemon, session_uid_base, wait_for
 
-from clawpen.net.netns import netns_thread_call, socket_in
+from clawpen.netns import netns_thread_call, socket_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.root, pytest.mark.bwrap]
 

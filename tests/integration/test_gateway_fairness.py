@@ -23,9 +23,9 @@ from gateway_env import EGRESS, GW_ADDR, WWW_ADDR, Env, Registry
 
 from clawpen.net.fair import MAX_HEADS
 from clawpen.net.gateway import Gateway
-from clawpen.net.netns import socket_in
 from clawpen.net.resolve import Resolver
 from clawpen.net.types import BotLink
+from clawpen.netns import socket_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.root, pytest.mark.slow]
 

@@ -39,7 +39,8 @@ from gateway_env import (
 )
 from helpers import PY, session_uid_base
 
-from clawpen.net import netns, nft
+from clawpen import netns
+from clawpen.net import nft
 from clawpen.net.gateway import Gateway
 from clawpen.net.links import Link, LinkManager
 from clawpen.net.resolve import Resolver

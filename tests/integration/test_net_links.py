@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from helpers import PY, session_uid_base
 
+from clawpen import netns
 from clawpen.errors import UsageError
-from clawpen.net import netns
 from clawpen.net.links import LinkManager
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT
 from clawpen.plan.build import HostFacts, build_plan

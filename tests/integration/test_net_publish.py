@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import NetnsDaemon, alive, wait_for
 
-from clawpen.net import netns
+from clawpen import netns
 from conftest import UID_BASE
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.netns]

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from clawpen.net import netns
+from clawpen import netns
 from clawpen.net.links import LinkManager
 from clawpen.net.types import PROXY_PORT
 from clawpen.spec.policy import BotPolicy

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 from helpers import alive, wait_for, with_marker
 
-from clawpen.net import netns, relayctl
-from clawpen.sandbox.adopt import pid_start_time
+from clawpen import netns
+from clawpen.net import relayctl
+from clawpen.procfs import pid_start_time
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 

@@ -190,7 +190,7 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
     build = bot.build
     if build is None:
         raise ConfigError(f"bot {name} has no build section", where=f"bots.{name}.build")
-    tier = tier_for(svc, bot.tier, name)
+    tier = tier_for(svc.tiers, bot.tier, name)
     key = cache_key(build, base_dir)
     root = _mkdir(build_root(svc.state_dir), 0o711)
     bot_dir = _mkdir(root / name, 0o711)

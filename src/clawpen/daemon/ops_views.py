@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import Field
 
@@ -16,7 +17,20 @@ from clawpen.ops import Call, Contract, Empty, Operation, Reply, Request
 from clawpen.tokens import TokenStore
 
 if TYPE_CHECKING:
-    from clawpen.daemon.server import Daemon
+    from clawpen.daemon.runtime import Instance, Services
+    from clawpen.daemon.store import Store
+
+
+class Daemon(Protocol):
+    """What these views read of the daemon (``daemon/server.py`` ``Daemon``, which registers them)."""
+
+    @property
+    def services(self) -> Services: ...
+    @property
+    def instances(self) -> Mapping[str, Sequence[Instance]]: ...
+    @property
+    def store(self) -> Store: ...
+    def known_bot(self, name: str) -> str: ...
 
 
 class LogsRequest(Request):

@@ -115,7 +115,7 @@ class Instance:
         """Take over the sandbox of ``row`` that an earlier daemon started, if it still runs
         (False: it does not, or its tier is not here)."""
         legacy = not self._paths()["out"].exists() and self._paths(legacy=True)["out"].exists()
-        sandbox = adopt_row(self.svc, self.bot.tier, row, self._paths(legacy=legacy)["status"])
+        sandbox = adopt_row(self.svc.tiers, self.bot.tier, row, self._paths(legacy=legacy)["status"])
         if sandbox is None:
             return False
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
@@ -187,7 +187,7 @@ class Instance:
     @property
     def tier(self) -> Tier:
         """The tier the bot's spec names (``tier``, default ``sandbox``)."""
-        return tier_for(self.svc, self.bot.tier, self.name)
+        return tier_for(self.svc.tiers, self.bot.tier, self.name)
 
     @property
     def cgroup_name(self) -> str:
@@ -199,7 +199,7 @@ class Instance:
         return self.name if self.replica == 0 else f"{self.name}-r{self.replica}"
 
     # ---------------------------------------------------------------- the loop
-    def _to(self, state: BotState, reason: str) -> None:
+    def transition(self, state: BotState, reason: str) -> None:
         if self.machine.state != state:
             self.svc.record(self.machine.transition(state, reason, self.svc.clock()))
             self._persist()
@@ -249,38 +249,38 @@ class Instance:
                 if self._request is Outcome.STOP:
                     self._request = None
                     self.tracker.record_manual_stop(self.svc.clock())
-                    self._to(S.STOPPED, "stopped by request")
+                    self.transition(S.STOPPED, "stopped by request")
                     return
                 self._request = None
                 if await self._outside_window():
                     continue
-                self._to(S.STARTING, "start requested" if self._manual_start else "restarting")
+                self.transition(S.STARTING, "start requested" if self._manual_start else "restarting")
                 try:
                     sandbox = await self._start_sandbox()
                 except ClawpenError as err:
-                    self._to(S.FAILED, f"{err.what} ({err.where})" if err.where else err.what)
+                    self.transition(S.FAILED, f"{err.what} ({err.where})" if err.where else err.what)
                     return
                 self.sandbox = sandbox
                 now = self.svc.clock()
                 self.started_at = now
                 self.tracker.record_started(now, manual=self._manual_start)
                 self._manual_start = False
-                self._to(S.RUNNING, f"pid {sandbox.pid}")
+                self.transition(S.RUNNING, f"pid {sandbox.pid}")
             outcome = await self._watch(sandbox)
             result = await self._finish(sandbox, outcome)
             self.sandbox = None
             self.last = result
             if outcome is Outcome.STOP:
                 self.tracker.record_manual_stop(self.svc.clock())
-                self._to(S.STOPPED, f"stopped by request ({describe(result)})")
+                self.transition(S.STOPPED, f"stopped by request ({describe(result)})")
                 return
             if outcome is Outcome.SCHEDULE_OFF:
                 self.tracker.record_exit(
                     result.exit_code, result.reason, self.svc.clock(), scheduled_stop=True
                 )
-                self._to(S.SCHEDULED_OFF, self._why)
+                self.transition(S.SCHEDULED_OFF, self._why)
                 continue
-            self._to(S.OOM if result.reason == "oom" else S.EXITED, describe(result))
+            self.transition(S.OOM if result.reason == "oom" else S.EXITED, describe(result))
             if outcome in (Outcome.RESTART, Outcome.CRON):
                 self._manual_start = outcome is Outcome.RESTART
                 self.restarts += 1  # like pm2's restart count, asked-for restarts count too
@@ -292,11 +292,11 @@ class Instance:
                 self.svc.clock(),
             )
             if not decision.restart:
-                self._to(decision.next_state, decision.why)
+                self.transition(decision.next_state, decision.why)
                 return
             self.restarts += 1
             if decision.delay > 0:
-                self._to(S.BACKOFF, decision.why)
+                self.transition(S.BACKOFF, decision.why)
                 if await self._sleep(decision.delay):
                     continue  # woken by a command: the loop handles it
 
@@ -311,7 +311,7 @@ class Instance:
         if window.is_active(now):
             return False
         opens = window.next_change(now)
-        self._to(
+        self.transition(
             S.SCHEDULED_OFF,
             f"outside its active window ({sched.active}); opens {opens:%a %H:%M %Z}"
             if opens
@@ -458,7 +458,7 @@ class Instance:
 
     async def _finish(self, sandbox: RunningSandbox, outcome: Outcome) -> RunResult:
         if outcome is not Outcome.EXITED:
-            self._to(S.STOPPING, self._why)
+            self.transition(S.STOPPING, self._why)
             await self._terminate(sandbox)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):

@@ -22,10 +22,11 @@ from clawpen import audit
 from clawpen.daemon import ops_admin, ops_views, rpc
 from clawpen.daemon import ops_bots as ob
 from clawpen.daemon.runtime import Instance, Services
-from clawpen.daemon.store import Event, Store
 from clawpen.daemon.store import Instance as InstanceRow
+from clawpen.daemon.store import Store
 from clawpen.daemon.tiers import stop_stored, stored_tier
 from clawpen.errors import AccessError, ClawpenError, ConfigError, UsageError
+from clawpen.host import Event
 from clawpen.ops import Call, Empty, Operation, Registry
 from clawpen.spec.loader import parse_spec_text
 from clawpen.spec.models import Bot, Spec
@@ -80,6 +81,10 @@ class Daemon:
             *ops_views.operations(self),
         ]
 
+    def on_spec(self, listener: Callable[[Spec], None]) -> None:
+        """Call ``listener`` with the whole spec after every applied `up` (see :mod:`clawpen.host`)."""
+        self.spec_listeners.append(listener)
+
     def add_ops(self, ops: Iterable[Operation[Any]]) -> None:
         """Register the operations of a component (see :mod:`clawpen.daemon.app`)."""
         self.ops.add(ops)
@@ -127,7 +132,7 @@ class Daemon:
                 queue.put_nowait(event)
 
     # ---------------------------------------------------------------- bots
-    def _bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]:
+    def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]:
         """The stored bot, validated again by this clawpen's rules: a policy an older clawpen
         accepted may be refused now (a workspace in the state directory, a bound that is new)."""
         from pydantic import ValidationError
@@ -151,10 +156,10 @@ class Daemon:
         for inst in replicas:
             inst.start()
 
-    async def _halt(self, name: str) -> None:
+    async def halt(self, name: str) -> None:
         await self._stop_instances(self.instances.pop(name, []))
 
-    def _all(self, name: str) -> list[Instance]:
+    def replicas(self, name: str) -> list[Instance]:
         return self.instances.get(name, [])
 
     async def _stop_instances(self, insts: list[Instance]) -> None:
@@ -170,7 +175,7 @@ class Daemon:
             if row.desired != "running":
                 continue
             try:
-                bot, base_dir = self._bot_from_row(row.policy, name)
+                bot, base_dir = self.bot_from_row(row.policy, name)
             except ClawpenError as err:
                 self._refuse_stored(name, err, [r for (n, _), r in rows.items() if n == name], row.policy)
                 continue
@@ -189,11 +194,11 @@ class Daemon:
     def _refuse_stored(
         self, name: str, err: ClawpenError, saved: list[InstanceRow], policy: dict[str, Any]
     ) -> None:
-        """A stored bot this clawpen refuses (see :meth:`_bot_from_row`): its sandboxes are stopped
+        """A stored bot this clawpen refuses (see :meth:`bot_from_row`): its sandboxes are stopped
         (it may hold what the new rules protect), it stays listed as stopped, and an event says
         why; one bad row never keeps the daemon, or the other bots, from starting."""
         for row in saved:
-            stop_stored(self.services, stored_tier(policy), row)
+            stop_stored(self.services.tiers, self.services.run_dir, stored_tier(policy), row)
             self.store.drop_instance(name, row.replica)
         self.store.set_desired(name, "stopped", manual_stop=False)
         self.note("policy-refused", f"{err.what}; {err.hint}" if err.hint else err.what, name)
@@ -229,7 +234,7 @@ class Daemon:
         names = self._names(req.bots)
         async with self.up_lock:
             for name in names:
-                await self._halt(name)
+                await self.halt(name)
                 self.store.remove_bot(name)
                 self.note("remove", "removed by `clawpen down`", name)
         return {"removed": names}
@@ -238,7 +243,7 @@ class Daemon:
         names = self._names(req.bots)
         for name in names:
             self.store.set_desired(name, "stopped", manual_stop=True)
-        await self._stop_instances([i for n in names for i in self._all(n)])
+        await self._stop_instances([i for n in names for i in self.replicas(n)])
         return {"stopped": names}
 
     async def op_start(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
@@ -247,10 +252,10 @@ class Daemon:
         for name in names:
             self.store.set_desired(name, "running", manual_stop=False)
             if name not in self.instances:
-                bot, base_dir = self._bot_from_row(rows[name].policy, name)
+                bot, base_dir = self.bot_from_row(rows[name].policy, name)
                 self._launch(name, bot, base_dir)
             else:
-                for inst in self._all(name):
+                for inst in self.replicas(name):
                     inst.start()
         return {"started": names}
 
@@ -259,7 +264,7 @@ class Daemon:
         for name in names:
             if name not in self.instances:
                 await self.op_start(ob.Bots(bots=[name]), call)
-            for inst in self._all(name):
+            for inst in self.replicas(name):
                 inst.restart()
         return {"restarted": names}
 
@@ -267,7 +272,7 @@ class Daemon:
         rows = self.store.bots()
         out = []
         for name in sorted(rows):
-            insts = self._all(name)
+            insts = self.replicas(name)
             if not insts:
                 out.append({"bot": name, "replica": 0, "state": "stopped", "pid": None, "restarts": 0})
             out += [i.status() for i in insts]
@@ -283,7 +288,7 @@ class Daemon:
             "bot": name,
             "desired": row.desired,
             "release": row.release_id,
-            "instances": [i.status() for i in self._all(name)],
+            "instances": [i.status() for i in self.replicas(name)],
             "spec": row.policy["spec"],
             "events": events,
         }
@@ -291,7 +296,7 @@ class Daemon:
     async def op_exec_target(self, req: ob.ExecTargetRequest, _call: Call) -> dict[str, Any]:
         """Where `clawpen exec` should enter: the running sandbox of a bot replica."""
         name, replica = self.known_bot(req.bot), req.replica
-        insts = self._all(name)
+        insts = self.replicas(name)
         sandbox = insts[replica].sandbox if replica < len(insts) else None
         if sandbox is None or sandbox.sandbox_pid is None:
             raise UsageError(
@@ -400,7 +405,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop supervising: bots keep running only if the daemon is killed; a clean shutdown
         stops them (SIGTERM, grace, SIGKILL)."""
-        await asyncio.gather(*(self._halt(n) for n in list(self.instances)), return_exceptions=True)
+        await asyncio.gather(*(self.halt(n) for n in list(self.instances)), return_exceptions=True)
 
 
 def _decode(line: bytes) -> dict[str, Any]:

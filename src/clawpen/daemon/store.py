@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 from clawpen.daemon.records import Records
 from clawpen.daemon.statedb import SCHEMA, SCHEMA_VERSION, is_no_space, open_checked
 from clawpen.errors import HostError
+from clawpen.host import Event as Event  # noqa: PLC0414 (the record lives below the daemon)
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "BotRow", "Event", "Instance", "Store", "policy_hash"]
 
@@ -67,17 +68,6 @@ INSTANCE_UPSERT = (
     "INSERT OR REPLACE INTO instances (bot, replica, state, pid, sandbox_pid, pid_start, cgroup, "
     "started_at, restarts, last_exit, last_reason, health, tracker) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-
-
-class Event(NamedTuple):
-    id: int
-    at: float
-    bot: str | None
-    replica: int | None
-    kind: str
-    from_state: str | None
-    to_state: str | None
-    reason: str
 
 
 class BotRow(NamedTuple):

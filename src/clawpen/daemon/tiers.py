@@ -7,37 +7,34 @@ The tiers are built once, in :mod:`clawpen.daemon.app`, and reach everything els
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.errors import ClawpenError, HostError
 from clawpen.sandbox.tier import RunningSandbox, SandboxRecord, Tier
 
-if TYPE_CHECKING:
-    from clawpen.daemon.runtime import Services
-
 DEFAULT = "sandbox"
 
 
-def tier_for(svc: Services, name: str, bot: str) -> Tier:
+def tier_for(tiers: Mapping[str, Tier], name: str, bot: str) -> Tier:
     """The daemon's tier called ``name`` (a bot's ``tier`` field); HostError if it has none."""
     try:
-        return svc.tiers[name]
+        return tiers[name]
     except KeyError:
         raise HostError(
             f"tier {name!r} is not available in this daemon",
             where=f"bots.{bot}.tier",
-            hint=f"tiers here: {', '.join(sorted(svc.tiers)) or 'none'}",
+            hint=f"tiers here: {', '.join(sorted(tiers)) or 'none'}",
         ) from None
 
 
-def adopt_row(svc: Services, tier: str, row: InstanceRow, status: Path) -> RunningSandbox | None:
+def adopt_row(tiers: Mapping[str, Tier], tier: str, row: InstanceRow, status: Path) -> RunningSandbox | None:
     """The running sandbox a saved instance row names, if it still runs and its tier is here."""
-    if row.pid is None or tier not in svc.tiers:
+    if row.pid is None or tier not in tiers:
         return None
     record = SandboxRecord(row.pid, row.sandbox_pid, row.pid_start, row.cgroup)
-    return svc.tiers[tier].adopt(record, status=status, started_at=row.started_at or 0.0)
+    return tiers[tier].adopt(record, status=status, started_at=row.started_at or 0.0)
 
 
 def stored_tier(policy: dict[str, object]) -> str:
@@ -47,10 +44,10 @@ def stored_tier(policy: dict[str, object]) -> str:
     return tier if isinstance(tier, str) else DEFAULT
 
 
-def stop_stored(svc: Services, tier: str, row: InstanceRow) -> None:
+def stop_stored(tiers: Mapping[str, Tier], run_dir: Path, tier: str, row: InstanceRow) -> None:
     """Kill the sandbox of a saved row that still runs and release it (a refused stored bot)."""
     with contextlib.suppress(ClawpenError, OSError):
-        sandbox = adopt_row(svc, tier, row, svc.run_dir / f"{row.bot}.{row.replica}.status")
+        sandbox = adopt_row(tiers, tier, row, run_dir / f"{row.bot}.{row.replica}.status")
         if sandbox is not None:
             sandbox.kill()
             sandbox.teardown()

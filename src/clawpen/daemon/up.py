@@ -25,18 +25,43 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.daemon import precheck, rpc
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
 from clawpen.daemon.runtime import Instance
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import ClawpenError, ConfigError, UsageError
+from clawpen.host import Notes
 from clawpen.spec.loader import LoadedSpec, load_spec
 from clawpen.supervisor.states import BotState
 
 if TYPE_CHECKING:
-    from clawpen.daemon.server import Daemon
+    import asyncio
+    from collections.abc import Callable
+
+    from clawpen.daemon.runtime import Services
+    from clawpen.daemon.store import Store
+    from clawpen.spec.models import Bot, Spec
+
+
+class Daemon(Notes, Protocol):
+    """What `up` uses of the daemon (``daemon/server.py`` ``Daemon``, which calls :func:`op_up`)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def services(self) -> Services: ...
+    @property
+    def up_lock(self) -> asyncio.Lock: ...
+    @property
+    def instances(self) -> dict[str, list[Instance]]: ...
+    @property
+    def spec_listeners(self) -> list[Callable[[Spec], None]]: ...
+    def replicas(self, name: str) -> list[Instance]: ...
+    def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
+    async def halt(self, name: str) -> None: ...
+
 
 S = BotState
 SETTLE = 0.5  # seconds a bot without a health check must stay running to count as up
@@ -85,7 +110,7 @@ def current_bots(daemon: Daemon, names: set[str] | None = None) -> dict[str, Cur
     out: dict[str, Current] = {}
     for name, row in daemon.store.bots().items():
         if names is None or name in names:
-            insts = daemon._all(name)
+            insts = daemon.replicas(name)
             states = tuple(str(i.machine.state) for i in insts)
             out[name] = Current(row.spec_hash, row.policy, states, tuple(i.supervised for i in insts))
     return out
@@ -115,10 +140,10 @@ def released_ports(daemon: Daemon, names: set[str]) -> set[tuple[str, int]]:
     held: set[tuple[str, int]] = set()
     for name in names:
         row = rows.get(name)
-        if row is None or not any(i.supervised for i in daemon._all(name)):
+        if row is None or not any(i.supervised for i in daemon.replicas(name)):
             continue
         try:
-            bot, _base = daemon._bot_from_row(row.policy)
+            bot, _base = daemon.bot_from_row(row.policy)
             entries = [parse_publish(raw) for raw in bot.network.publish]
         except (ValueError, ClawpenError):
             continue
@@ -175,7 +200,7 @@ async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, 
         result = await _apply(daemon, loaded, plan, path, str(args.get("who", "root")))
     if args.get("wait"):
         changed = plan.names("create") + plan.names("recreate") + plan.names("start")
-        insts = [i for n in changed for i in daemon._all(n)]
+        insts = [i for n in changed for i in daemon.replicas(n)]
         stream = writer if bool(args.get("progress")) else None
         result["wait"] = await wait_for(daemon, insts, timeout, stream)
     return result
@@ -200,11 +225,11 @@ async def _apply(
     )
     release = store.add_release(who, str(path.resolve()), loaded.text, summary or "no change")
     for name in plan.names("remove"):
-        await daemon._halt(name)
+        await daemon.halt(name)
         store.remove_bot(name)
         daemon.note("remove", f"removed by release {release}", name)
     for name in plan.names("recreate"):
-        await daemon._halt(name)
+        await daemon.halt(name)
     for name in starting:
         store.put_bot(name, _policy(loaded, name), "running", release)
         daemon.instances[name] = fresh[name]

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.spec.schedule import ActiveWindow, CronSpec
 from clawpen.supervisor.states import BotState as S
 
 if TYPE_CHECKING:
-    from clawpen.daemon.runtime import Instance
+    from clawpen.plan.model import Plan
     from clawpen.sandbox.tier import RunningSandbox
+    from clawpen.spec.models import Bot
+    from clawpen.supervisor.backoff import RestartTracker
 
 MEMORY_CHECK_INTERVAL = 5.0
 DISK_CHECK_INTERVAL = 5.0  # the workspace is walked (in a worker thread) this often
@@ -37,11 +39,36 @@ class Outcome(enum.Enum):
 Verdict = tuple[Outcome, str] | None
 
 
-def now(inst: Instance) -> datetime:
+class _Services(Protocol):
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def bpf(self) -> Callable[[], bytes]: ...
+
+
+class Watched(Protocol):
+    """What the watchers use of the bot replica they watch (``daemon/runtime.py`` ``Instance``)."""
+
+    health: str | None  # set by the health watcher
+    health_latency_s: float | None
+
+    @property
+    def svc(self) -> _Services: ...
+    @property
+    def bot(self) -> Bot: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def tracker(self) -> RestartTracker: ...
+    def plan(self) -> Plan: ...
+    def transition(self, state: S, reason: str) -> None: ...
+
+
+def now(inst: Watched) -> datetime:
     return datetime.fromtimestamp(inst.svc.clock(), tz=UTC)
 
 
-def for_instance(inst: Instance, sandbox: RunningSandbox) -> list[Coroutine[Any, Any, Verdict]]:
+def for_instance(inst: Watched, sandbox: RunningSandbox) -> list[Coroutine[Any, Any, Verdict]]:
     found: list[Coroutine[Any, Any, Verdict]] = []
     sched = inst.bot.schedule
     if sched and sched.active:
@@ -76,11 +103,11 @@ async def disk_cap(workspace: str, limit: int, interval: float = DISK_CHECK_INTE
             )
 
 
-async def sleep_until(inst: Instance, when: datetime) -> None:
+async def sleep_until(inst: Watched, when: datetime) -> None:
     await asyncio.sleep(max(0.0, when.timestamp() - inst.svc.clock()))
 
 
-async def window_closes(inst: Instance, active: str, tz: str | None) -> Verdict:
+async def window_closes(inst: Watched, active: str, tz: str | None) -> Verdict:
     window = ActiveWindow.parse(active, tz)
     change = window.next_change(now(inst))
     if change is None:
@@ -89,13 +116,13 @@ async def window_closes(inst: Instance, active: str, tz: str | None) -> Verdict:
     return Outcome.SCHEDULE_OFF, f"outside its active window ({active})"
 
 
-async def cron_due(inst: Instance, spec: str, tz: str | None) -> Verdict:
+async def cron_due(inst: Watched, spec: str, tz: str | None) -> Verdict:
     cron = CronSpec.parse(spec, tz)
     await sleep_until(inst, cron.next_after(now(inst)))
     return Outcome.CRON, f"scheduled restart ({spec})"
 
 
-async def memory_pressure(inst: Instance, sandbox: RunningSandbox) -> Verdict:
+async def memory_pressure(inst: Watched, sandbox: RunningSandbox) -> Verdict:
     mp, limit = inst.bot.memory_pressure, inst.bot.resources.memory
     if mp is None:
         return None
@@ -117,7 +144,7 @@ async def memory_pressure(inst: Instance, sandbox: RunningSandbox) -> Verdict:
             above_since = None
 
 
-async def health(inst: Instance, sandbox: RunningSandbox) -> Verdict:
+async def health(inst: Watched, sandbox: RunningSandbox) -> Verdict:
     from clawpen.daemon.health import HealthTracker, check
     from clawpen.daemon.health import Verdict as HV
 
@@ -136,11 +163,11 @@ async def health(inst: Instance, sandbox: RunningSandbox) -> Verdict:
         inst.health = "healthy" if result.ok else f"failing: {result.detail}"
         inst.health_latency_s = result.latency_s
         if verdict is HV.BECAME_UNHEALTHY:
-            inst._to(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
+            inst.transition(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
             inst.tracker.record_unhealthy(inst.svc.clock())
             if spec.on_unhealthy == "restart":
                 return Outcome.UNHEALTHY, f"unhealthy: {result.detail}"
         elif verdict is HV.RECOVERED:
-            inst._to(S.RUNNING, f"health check passes again ({result.latency_s * 1000:.0f} ms)")
+            inst.transition(S.RUNNING, f"health check passes again ({result.latency_s * 1000:.0f} ms)")
         if result.ok:
             inst.tracker.record_healthy(inst.svc.clock())

@@ -17,13 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from clawpen.host import Notes
 from clawpen.logs.budget import DEFAULT_MAX_ALL
 from clawpen.logs.space import SpaceGuard
+from clawpen.logs.upkeep import Compressor
 
-if TYPE_CHECKING:
-    from clawpen.daemon.server import Daemon
+
+class _Services(Protocol):
+    @property
+    def compressor(self) -> Compressor: ...
+
+
+class LogSpaceHost(Notes, Protocol):
+    """What this component uses of the daemon: events, and the log writers' compressor."""
+
+    @property
+    def services(self) -> _Services: ...
+
 
 TICK = 1.0
 _MIB = 1 << 20
@@ -40,11 +52,11 @@ class LogSpaceComponent:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.guard = SpaceGuard(state)
-        self._daemon: Daemon | None = None
+        self._daemon: LogSpaceHost | None = None
         self._task: asyncio.Task[None] | None = None
         self._low = False
 
-    async def start(self, daemon: Daemon) -> None:
+    async def start(self, daemon: LogSpaceHost) -> None:
         self._daemon = daemon
         budget = daemon.services.compressor.budget
         budget.space = self.guard

@@ -9,14 +9,15 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.alerts.engine import Alert, Change, Engine, Notice
 from clawpen.alerts.messages import fmt_value, message, test_message
 from clawpen.alerts.rules import Rule, bot_of, rules_from
 from clawpen.errors import ClawpenError, UsageError
+from clawpen.host import Event, EventFeed, Notes, Operations, SpecFeed
 from clawpen.logs.space import state_disk_values
 from clawpen.metrics import ops
 from clawpen.metrics.collector import Collector, InstanceView
@@ -31,9 +32,54 @@ from clawpen.spec.alerts import MonitoringConfig, split_hostport
 from clawpen.spec.units import UnitError, parse_duration
 
 if TYPE_CHECKING:
-    from clawpen.daemon.server import Daemon
-    from clawpen.daemon.store import Event
-    from clawpen.spec.models import Spec
+    from clawpen.sandbox.cgroups import CgroupHost
+    from clawpen.sandbox.tier import RunningSandbox
+    from clawpen.spec.models import Bot, Spec
+    from clawpen.supervisor.states import BotStateMachine
+
+
+class _Services(Protocol):
+    @property
+    def cgroups(self) -> Callable[[], CgroupHost | None]: ...
+
+    @property
+    def logs_dir(self) -> Path: ...
+
+
+class _Replica(Protocol):
+    """What a pass reads of a supervised bot replica."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def sandbox(self) -> RunningSandbox | None: ...
+    @property
+    def machine(self) -> BotStateMachine: ...
+    @property
+    def restarts(self) -> int: ...
+    @property
+    def health(self) -> str | None: ...
+    @property
+    def health_latency_s(self) -> float | None: ...
+    @property
+    def bot(self) -> Bot: ...
+
+
+class _Bots(Protocol):
+    def bots(self) -> Mapping[str, object]: ...
+
+
+class MonitorHost(Notes, Operations, SpecFeed, EventFeed, Protocol):
+    """What the monitor uses of the daemon: events (new ones too), operations, the spec, the
+    supervised replicas, the stored bots' names, and where cgroups and logs are."""
+
+    @property
+    def services(self) -> _Services: ...
+    @property
+    def instances(self) -> Mapping[str, Sequence[_Replica]]: ...
+    @property
+    def store(self) -> _Bots: ...
+
 
 FLUSH_EVERY = 60.0
 PRUNE_EVERY = 3600.0
@@ -75,7 +121,7 @@ class Monitor:
         apprise_log.propagate = False
 
     # ---------------------------------------------------------------- component
-    async def start(self, daemon: Daemon) -> None:
+    async def start(self, daemon: MonitorHost) -> None:
         self.daemon = daemon
         self.storage = Storage(self.state / "metrics.db", clock=self.clock)
         self.collector = Collector(daemon.services.cgroups)
@@ -100,7 +146,7 @@ class Monitor:
         # state changes (an OOM kill between two passes is seen here even if no pass saw it)
         self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
         daemon.subscribers.add(self._events)
-        daemon.spec_listeners.append(self.apply)
+        daemon.on_spec(self.apply)
         self.apply(daemon.current_spec())
         await self._serve_prometheus()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="metrics")
@@ -201,7 +247,7 @@ class Monitor:
         for name, insts in self.daemon.instances.items():
             for inst in insts:
                 sb = inst.sandbox
-                latency = getattr(inst, "health_latency_s", None)
+                latency = inst.health_latency_s
                 views.append(
                     InstanceView(
                         inst.label, name, sb.cgroup_name if sb is not None else None,

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.errors import ClawpenError
+from clawpen.host import Notes, Operations, SpecFeed
 from clawpen.net.connlog import ConnLog, query
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.gateway import Gateway
@@ -24,8 +25,20 @@ from clawpen.net.resolve import Resolver
 from clawpen.ops import Call, Empty
 
 if TYPE_CHECKING:
-    from clawpen.daemon.server import Daemon
+    from clawpen.net.links import LinkManager
     from clawpen.spec.models import Spec
+
+
+class _Services(Protocol):
+    @property
+    def network(self) -> LinkManager | None: ...
+
+
+class GatewayHost(Notes, Operations, SpecFeed, Protocol):
+    """What the gateway uses of the daemon: events, operations, the spec, the link manager."""
+
+    @property
+    def services(self) -> _Services: ...
 
 
 def log_path(state: Path) -> Path:
@@ -38,18 +51,18 @@ class GatewayComponent:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.daemon: Daemon | None = None
+        self.daemon: GatewayHost | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.resolver = Resolver()
         self.log = ConnLog(log_path(state), on_denied=self._denied)
         self.gateway: Gateway | None = None
         self._log_started = False
 
-    async def start(self, daemon: Daemon) -> None:
+    async def start(self, daemon: GatewayHost) -> None:
         self.daemon = daemon
         self.loop = asyncio.get_running_loop()
         daemon.add_ops([NET_LOG.bind(self.op_net_log), NET_STATS.bind(self.op_net_stats)])
-        daemon.spec_listeners.append(self.apply)
+        daemon.on_spec(self.apply)
         self.apply(daemon.current_spec())
 
     async def stop(self) -> None:
@@ -80,7 +93,7 @@ class GatewayComponent:
         daemon = self.daemon
         if self.gateway is not None:
             return
-        network = getattr(daemon.services, "network", None) if daemon is not None else None
+        network = daemon.services.network if daemon is not None else None
         if daemon is None or network is None:
             return
         try:

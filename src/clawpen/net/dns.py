@@ -39,10 +39,10 @@ from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dnsfair import TCP_PER_SOURCE, FairQueue
 from clawpen.net.dnsudp import UdpFront
 from clawpen.net.hostaddr import PerNamespace
-from clawpen.net.netns import setns, socket_in
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, LinkRegistry
+from clawpen.netns import setns, socket_in
 from clawpen.spec import egress
 from clawpen.spec.egress import HostSource
 from clawpen.spec.quotas import NetLimits

@@ -17,8 +17,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from clawpen.net.netns import socket_in
 from clawpen.net.types import LinkRegistry
+from clawpen.netns import socket_in
 
 READ_BURST = 64  # datagrams read from one socket before the next ready socket's turn
 RCVBUF = 1 << 20  # bytes of receive buffer per socket

@@ -48,10 +48,10 @@ from clawpen.net.hello import respond as _respond
 from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.listen import listeners, original_dst
-from clawpen.net.netns import setns
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
+from clawpen.netns import setns
 from clawpen.spec import egress
 
 HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (read by the head stage)

@@ -163,7 +163,7 @@ class HostAddresses:
         self._watch: socket.socket | None = None
         self._reader = reader
         if reader is None:
-            from clawpen.net.netns import netns_thread_call
+            from clawpen.netns import netns_thread_call
 
             self._dump, self._watch = netns_thread_call(netns_fd, lambda: self._open_sockets(watch))
 

@@ -21,16 +21,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.errors import ClawpenError
+from clawpen.host import Notes
 from clawpen.net import relayctl
-from clawpen.sandbox.adopt import pid_start_time
+from clawpen.procfs import pid_start_time
 
 if TYPE_CHECKING:
-    from clawpen.daemon.runtime import Instance
-    from clawpen.daemon.server import Daemon
-    from clawpen.net.links import Link
+    from clawpen.net.links import Link, LinkManager
+    from clawpen.sandbox.tier import RunningSandbox
+    from clawpen.spec.models import Bot
+
+
+class _Services(Protocol):
+    @property
+    def note(self) -> Callable[[str, str, str, int], None]: ...  # kind, reason, bot, replica
+    @property
+    def network(self) -> LinkManager | None: ...
+    @property
+    def run_dir(self) -> Path: ...
+
+
+class Replica(Protocol):
+    """What the network side reads of its bot replica (the daemon's ``runtime.Instance``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def replica(self) -> int: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def bot(self) -> Bot: ...
+    @property
+    def base_dir(self) -> str: ...
+    @property
+    def sandbox(self) -> RunningSandbox | None: ...
+    @property
+    def svc(self) -> _Services: ...
+
 
 FOLLOW_EVERY = 0.2  # seconds: how soon a restarted bot's new namespace reaches the relay
 CHECK_TICKS = 5  # relay reports and liveness: every CHECK_TICKS * FOLLOW_EVERY seconds
@@ -38,9 +70,9 @@ RESPAWN_GAP = 5.0
 
 
 class InstanceNetwork:
-    """Link and published ports of one :class:`~clawpen.daemon.runtime.Instance`."""
+    """Link and published ports of one bot replica (the daemon's ``runtime.Instance``)."""
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Replica) -> None:
         self.inst = inst
         self.link: Link | None = None
         self.relay: relayctl.RelayControl | None = None
@@ -203,8 +235,29 @@ class InstanceNetwork:
         await asyncio.get_running_loop().run_in_executor(None, ctl.stop)
 
 
-def sweep_orphan_relays(daemon: Daemon) -> None:
-    """After :meth:`Daemon.restore`: stop port relays whose instance is not supervised any more
+class _Supervised(Protocol):
+    @property
+    def replica(self) -> int: ...
+    @property
+    def supervised(self) -> bool: ...
+
+
+class _RunDir(Protocol):
+    @property
+    def run_dir(self) -> Path: ...
+
+
+class RelayHost(Notes, Protocol):
+    """What :func:`sweep_orphan_relays` reads of the daemon."""
+
+    @property
+    def instances(self) -> Mapping[str, Sequence[_Supervised]]: ...
+    @property
+    def services(self) -> _RunDir: ...
+
+
+def sweep_orphan_relays(daemon: RelayHost) -> None:
+    """After the daemon's ``restore``: stop port relays whose instance is not supervised any more
     (an earlier daemon was killed while it stopped them)."""
     keep = {f"{n}.{i.replica}" for n, insts in daemon.instances.items() for i in insts if i.supervised}
     for key in relayctl.sweep(daemon.services.run_dir / "publish", keep):

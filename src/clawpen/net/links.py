@@ -31,7 +31,7 @@ API (used by the runtime, the gateway and the build steps):
   ``gateway_netns_fd`` (created on first use).
 
 All netlink work goes through pyroute2 over a netlink socket *created inside* the target
-namespace (:func:`clawpen.net.netns.socket_in`), never a socket of the daemon's own namespace.
+namespace (:func:`clawpen.netns.socket_in`), never a socket of the daemon's own namespace.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from clawpen import netns
 from clawpen.errors import ConfigError, HostError
 from clawpen.fsutil import write_atomic
-from clawpen.net import netns, nft, nftlimit, shape
+from clawpen.net import nft, nftlimit, shape
 from clawpen.net.types import LINK6_EXTRA_BITS, LINK_PREFIX, BotLink, canonical, ipv6_of
 from clawpen.plan.model import NetLink
 from clawpen.spec.policy import BotPolicy

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import struct
 
-from clawpen.net.netns import socket_in
+from clawpen.netns import socket_in
 
 SO_ORIGINAL_DST = 80  # level SOL_IP, a sockaddr_in
 IP6T_SO_ORIGINAL_DST = 80  # the same number at level SOL_IPV6, a sockaddr_in6

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import subprocess
 
+from clawpen import netns
 from clawpen.errors import HostError
-from clawpen.net import netns
 from clawpen.net.types import DNS_PORT, LINK_PREFIX, PROXY_PORT, TRANSPARENT_PORT
 
 TABLE = "clawpen"

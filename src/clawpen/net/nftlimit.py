@@ -33,7 +33,8 @@ import math
 import subprocess
 from collections.abc import Iterable
 
-from clawpen.net import fair, netns
+from clawpen import netns
+from clawpen.net import fair
 from clawpen.net.types import DNS_PORT, LINK_PREFIX, PROXY_PORT, TRANSPARENT_PORT
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 

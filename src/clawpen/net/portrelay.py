@@ -43,7 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from clawpen.net import netns
+from clawpen import netns
 from clawpen.net.relay import Workers, close_quietly, relay, reset, tune
 from clawpen.procfs import stat_fields
 from clawpen.spec.publish import source_allowed

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clawpen.fsutil import write_atomic
-from clawpen.sandbox.adopt import pid_start_time, same_process
+from clawpen.procfs import pid_start_time, same_process
 from clawpen.spec.publish import parse_publish
 
 MODULE = "clawpen.net.portrelay"

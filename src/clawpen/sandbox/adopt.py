@@ -13,21 +13,11 @@ import json
 import time
 from pathlib import Path
 
-from clawpen.procfs import stat_fields
 from clawpen.sandbox.cgroups import Cgroup
 from clawpen.sandbox.handle import CgroupHandle
-from clawpen.sandbox.handle import pid_start_time as pid_start_time  # noqa: PLC0414 (re-export)
 from clawpen.sandbox.tier import RunResult, result_from_status
 
 EXIT_UNKNOWN = 255
-
-
-def same_process(pid: int | None, start: int | None) -> bool:
-    """Whether ``pid`` is still the process that started at ``start`` (and not a zombie)."""
-    if not pid or start is None:
-        return False
-    fields = stat_fields(pid)
-    return fields is not None and fields[0] != b"Z" and int(fields[19]) == start
 
 
 def exit_code_from_status(path: Path) -> int | None:

@@ -15,7 +15,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from clawpen.errors import SandboxError
-from clawpen.procfs import stat_fields
+from clawpen.procfs import pid_start_time
 from clawpen.sandbox.tier import SandboxRecord
 
 if TYPE_CHECKING:
@@ -28,12 +28,6 @@ if TYPE_CHECKING:
     from clawpen.sandbox.cgroups import Cgroup, CgroupStats
 
     _Stream = int | IO[bytes] | None
-
-
-def pid_start_time(pid: int) -> int | None:
-    """The start time of ``pid`` in clock ticks since boot (``/proc/PID/stat`` field 22)."""
-    fields = stat_fields(pid)
-    return None if fields is None else int(fields[19])
 
 
 class CgroupHandle:

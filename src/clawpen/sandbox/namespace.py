@@ -148,7 +148,8 @@ class NamespaceTier:
     def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> AdoptedSandbox | None:
         """The sandbox of ``record`` if its bubblewrap still runs (the same pid and start time),
         from its cgroup and the status file bubblewrap writes its exit code to."""
-        from clawpen.sandbox.adopt import AdoptedSandbox, same_process
+        from clawpen.procfs import same_process
+        from clawpen.sandbox.adopt import AdoptedSandbox
 
         if record.cgroup is None or not same_process(record.pid, record.pid_start):
             return None
@@ -349,7 +350,7 @@ class Sandbox(CgroupHandle):
         link = self.plan.link
         if link is None:
             return self._popen(passed)
-        from clawpen.net.netns import entered, open_netns
+        from clawpen.netns import entered, open_netns
 
         try:
             fd = open_netns(link.netns)
