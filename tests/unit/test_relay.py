@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -155,3 +156,22 @@ def test_both_directions_at_once(chain: tuple[socket.socket, ...]) -> None:
     t.join(10)
     assert got["server"] == up and got["client"] == down
     assert out == [Counts(len(up), len(down), None)]
+
+
+def test_a_failing_task_is_logged_with_its_traceback_and_the_worker_goes_on(caplog) -> None:
+    w = Workers(idle_exit=5)
+    done = threading.Event()
+
+    def broken() -> None:
+        raise KeyError("a bug in a task")
+
+    with caplog.at_level("ERROR", logger="clawpen.net.relay"):
+        w.submit(broken)
+        w.submit(done.set)
+        assert done.wait(5)  # the same pool still runs the next task
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (record,) = caplog.records
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert "gateway worker task failed" in record.getMessage()

@@ -22,10 +22,10 @@ bot's uid must be able to reach what it mounts and the state folder is closed (0
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -39,6 +39,8 @@ from clawpen.errors import ConfigError, HostError
 from clawpen.spec.build import CACHE_MOUNT, BuildSpec
 from clawpen.spec.models import Bot, Filesystem
 from clawpen.spec.policy import BotPolicy
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from clawpen.sandbox.tier import Tier
@@ -244,8 +246,10 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
         os.rename(staging, final)
     finally:
         if link is not None:
-            with contextlib.suppress(Exception):
+            try:
                 network.detach(name, BUILD_REPLICA)
+            except Exception:  # the build's result stands; the leftover link is removed next time
+                _log.exception("build of %s: removing its network link failed", name)
         shutil.rmtree(staging, ignore_errors=True)
     _prune(bot_dir)
     seconds = time.monotonic() - started

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,8 @@ from clawpen.host import Notes
 from clawpen.logs.budget import DEFAULT_MAX_ALL
 from clawpen.logs.space import SpaceGuard
 from clawpen.logs.upkeep import Compressor
+
+_log = logging.getLogger(__name__)
 
 
 class _Services(Protocol):
@@ -109,5 +112,7 @@ class LogSpaceComponent:
 
     def _note(self, kind: str, text: str) -> None:
         if self._daemon is not None:
-            with contextlib.suppress(Exception):  # the event store may be full too
+            try:
                 self._daemon.note(kind, text)
+            except Exception:  # the event store failing must not end the watch; say it here
+                _log.exception("log space watch: cannot record a %s event", kind)

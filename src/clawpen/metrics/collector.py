@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from clawpen.errors import SandboxError
 from clawpen.metrics.probes import BOT_RATES, HOST_RATES, BotReader, HostReader, Rates, to_rates
 from clawpen.sandbox.cgroups import CgroupHost
 
@@ -47,7 +48,7 @@ class Collector:
     def _host_layout(self) -> CgroupHost | None:
         try:
             return self._cgroup_host()
-        except Exception:  # no cgroups here: bots are measured by what the runtime knows
+        except (SandboxError, OSError):  # no cgroups here: bots are measured by what the runtime knows
             return None
 
     def _reader(self, view: InstanceView) -> BotReader | None:

@@ -31,6 +31,8 @@ from clawpen.ops import Call, Empty
 from clawpen.spec.alerts import MonitoringConfig, split_hostport
 from clawpen.spec.units import UnitError, parse_duration
 
+_log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
@@ -285,8 +287,12 @@ class Monitor:
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         if probes is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(probes, self.cfg.interval)
+            except TimeoutError:
+                pass  # slow probes: their values are the last ones they had
+            except Exception:
+                _log.exception("host probes failed")
             values.setdefault("host", {}).update(self.prober.values())
         for target, counts in self.logwatch.scan([v.target for v in views], now).items():
             values.setdefault(target, {}).update(counts)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import socket
 import time
 
@@ -53,6 +54,8 @@ from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 from clawpen.netns import setns
 from clawpen.spec import egress
+
+_log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (read by the head stage)
 CONNECT_TIMEOUT = 10.0
@@ -206,6 +209,8 @@ class Gateway:
                 self._serve_transparent(conn, link, head)
         except Exception as err:  # a broken connection must not take the gateway down
             self._record(link, "error", "-", 0, "denied", f"gateway error: {err!r}"[:300], head.t0)
+            if not isinstance(err, OSError):  # not the network: a bug, with its traceback
+                _log.exception("gateway connection failed")
         finally:
             if not handed_back:
                 self.fair.conn_done(head.key)

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import heapq
 import itertools
+import logging
 import selectors
 import socket
 import threading
@@ -46,6 +47,8 @@ from clawpen.net import sniff
 from clawpen.net.fair import Fairness, Key
 from clawpen.net.relay import close_quietly, reset
 from clawpen.net.types import BotLink, LinkRegistry
+
+_log = logging.getLogger(__name__)
 
 FIRST_BYTE = 5.0  # seconds from accept to the bot's first byte
 HEAD_DEADLINE = 10.0  # seconds from accept to a complete request head / ClientHello
@@ -250,7 +253,8 @@ class HeadStage:
             return
         try:
             need = self.plan(head)
-        except Exception:
+        except Exception:  # a bug in the caller's plan: this connection ends, the loop does not
+            _log.exception("gateway head stage: planning a connection failed")
             self.fair.conn_done(head.key)
             reset(conn)
             return

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import select
 import socket
 import time
@@ -30,6 +31,8 @@ from clawpen.net.fair import Fairness
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
 from clawpen.net.relay import Workers, close_quietly, relay
 from clawpen.spec import egress
+
+_log = logging.getLogger(__name__)
 
 GRACE = 0.002  # seconds a worker waits for the ClientHello before handing it to the head stage
 
@@ -152,6 +155,8 @@ class HelloStep:
             )
         except Exception as err:  # a broken connection must not take the gateway down
             self.record(link, "error", name, port, "denied", f"gateway error: {err!r}"[:300], head.t0)
+            if not isinstance(err, OSError):  # not the network: a bug, with its traceback
+                _log.exception("gateway tunnel failed")
         finally:
             self.fair.conn_done(head.key)
             close_quietly(conn, up)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import queue
 import select
@@ -25,6 +26,8 @@ import struct
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
+
+_log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # bytes per splice call
 PIPE_SIZE = 1 << 20  # asked for; the kernel caps it at /proc/sys/fs/pipe-max-size for non-root
@@ -381,8 +384,10 @@ class Workers:
         if self.init is not None:
             self.init()
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 task()
+            except Exception:  # a task's bug must not end the worker, nor pass unseen
+                _log.exception("gateway worker task failed")
             with self._lock:
                 self._idle += 1
             while True:
