@@ -239,3 +239,32 @@ def test_up_refuses_a_workspace_in_the_state_folder(daemon: DaemonCli) -> None:
     daemon.cli("up")
     daemon.wait_state("a", "running")
     assert (daemon.spec.parent / "ws").stat().st_uid >= 1_900_000_000
+
+
+def test_an_os_error_in_a_setup_step_names_the_step_and_leaves_nothing(
+    clawpen: Clawpen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sandbox.setup runs named steps; an OSError in one (here: descriptors used up while the
+    seccomp filter is put in a memfd) is a SandboxError naming the step, and no cgroup or
+    descriptor of the run is left behind."""
+    import errno
+
+    from clawpen.errors import SandboxError
+    from clawpen.sandbox import namespace
+
+    ident = identity_for("steps", clawpen.home, base=clawpen.uid_base)
+    policy = BotPolicy(name="steps", command=("true",))
+    plan = build_plan(policy, ident, HostFacts.probe(), default_policy())
+    tier = NamespaceTier(clawpen.home)
+    assert tier.run(plan).exit_code == 0  # positive control: the same plan runs
+
+    def no_fds(name: str, data: bytes) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    fds_before = set(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(namespace, "memfd", no_fds)
+    with pytest.raises(SandboxError) as err:
+        tier.run(plan)
+    assert err.value.where == "seccomp" and "Too many open files" in err.value.what
+    assert set(os.listdir("/proc/self/fd")) <= fds_before | {str(n) for n in range(3)}
+    assert not [n for n in tier.cgroup_host().names() if n.startswith("steps-")]

@@ -25,7 +25,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING
@@ -36,6 +36,7 @@ from clawpen.plan.model import Plan
 from clawpen.sandbox import cgroups, seccomp
 from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
 from clawpen.sandbox.handle import CgroupHandle
+from clawpen.sandbox.procs import become_subreaper, memfd, readable, reap
 from clawpen.sandbox.tier import (
     EXIT_DISK,
     EXIT_SETUP,
@@ -57,39 +58,6 @@ _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 DISK_CHECK_INTERVAL = 1.0
 INHERIT = Stdio()
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _become_subreaper() -> None:
-    """Make orphaned sandbox processes our children, so we reap them (bubblewrap leaves the
-    sandbox's pid 1 unreaped when it exits) instead of piling up zombies under an init that
-    may never reap."""
-    import ctypes
-
-    pr_set_child_subreaper = 36
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-
-def _readable(fd: int, timeout: float) -> bool:
-    """Whether ``fd`` becomes readable within ``timeout`` seconds. ``poll``, never ``select``:
-    the daemon holds more than 1,024 descriptors with many bots, and select() cannot see those."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(int(timeout * 1000)))
-
-
-def _reap(pid: int, pidfd: int, timeout: float = 2.0) -> None:
-    """Reap ``pid`` once it has exited (bounded); a pid that is not our child is left alone."""
-    _readable(pidfd, timeout)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 class NamespaceTier:
@@ -133,7 +101,7 @@ class NamespaceTier:
         """Build the sandbox and start the bot; the caller waits (``sandbox.pidfd``), then calls
         :meth:`Sandbox.collect` and :meth:`Sandbox.teardown`. ``status_fd`` receives
         bubblewrap's JSON status, including the exit code, even if the caller is gone by then."""
-        _become_subreaper()
+        become_subreaper()
         sandbox = Sandbox(
             self, plan, cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}", stdio=stdio, secrets=secrets
         )
@@ -228,6 +196,27 @@ class Sandbox(CgroupHandle):
             ) from None
 
     def setup(self, status_fd: int | None = None) -> None:
+        """Everything before bubblewrap starts, as named steps (nsjail's model): each runs in
+        turn, and an ``OSError`` in one becomes a ``SandboxError`` naming that step."""
+        steps: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("checks", self._checks),
+            ("workspace", self._workspace),
+            ("seccomp", self._seccomp),
+            ("files", self._files),
+            ("argv", lambda: self._argv(status_fd)),
+            ("cgroup", self._cgroup),
+        )
+        for where, step in steps:
+            try:
+                step()
+            except OSError as err:
+                raise SandboxError(
+                    f"setting up the sandbox failed at step {where}: {err.strerror or err}",
+                    where=where,
+                    hint="see `clawpen doctor` for what this host is missing",
+                ) from None
+
+    def _checks(self) -> None:
         plan = self.plan
         if os.geteuid() != 0:
             raise HostError(
@@ -242,6 +231,9 @@ class Sandbox(CgroupHandle):
                 where="network",
                 hint="run it under the daemon: clawpen up",
             )
+
+    def _workspace(self) -> None:
+        plan = self.plan
         uid, gid = plan.identity.uid, plan.identity.gid
         if plan.workspace:  # the last word on where it is, before anything is made or handed over
             check_workspace_location(
@@ -259,43 +251,53 @@ class Sandbox(CgroupHandle):
         if plan.workspace:
             prepare_workspace(plan.workspace, uid, gid, adopt=plan.workspace_adopt)
         self._sweep_stale_cgroups()
-        bpf = seccomp.bpf_for(plan.seccomp, cache_dir(self.tier._state))
-        seccomp_fd = self._keep(_memfd("clawpen-seccomp", bpf))
-        data: dict[str, int] = {}
-        pinned: dict[str, int] = {}
-        for m in plan.mounts:
+
+    def _seccomp(self) -> None:
+        bpf = seccomp.bpf_for(self.plan.seccomp, cache_dir(self.tier._state))
+        self._seccomp_fd = self._keep(memfd("clawpen-seccomp", bpf))
+
+    def _files(self) -> None:
+        self._data: dict[str, int] = {}
+        self._pinned: dict[str, int] = {}
+        for m in self.plan.mounts:
             if m.kind == "data" and m.data is not None:
-                data[m.dest] = self._keep(_memfd("clawpen-file", m.data.encode()))
+                self._data[m.dest] = self._keep(memfd("clawpen-file", m.data.encode()))
             elif m.kind == "secret" and m.source is not None:
-                data[m.dest] = self._keep(_memfd("clawpen-secret", self._secret(m.source)))
+                self._data[m.dest] = self._keep(memfd("clawpen-secret", self._secret(m.source)))
             elif m.pin and m.source:
                 try:
-                    pinned[m.dest] = self._keep(os.open(m.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC))
+                    fd = os.open(m.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
                 except OSError as err:
                     raise SandboxError(
                         f"cannot open {m.source} to mount at {m.dest}: {err.strerror}",
                         where="files",
                         hint="check the path exists",
                     ) from None
+                self._pinned[m.dest] = self._keep(fd)
+
+    def _argv(self, status_fd: int | None) -> None:
+        plan = self.plan
         self.block_r, self.block_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         self.info_r, info_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         self.info_w = info_w
         self.bwrap_fds = BwrapFds(
             block=self.block_r,
             info=info_w,
-            seccomp=seccomp_fd,
+            seccomp=self._seccomp_fd,
             status=status_fd,
-            data=data,
-            pinned=pinned,
+            data=self._data,
+            pinned=self._pinned,
             secret_env={n: self._secret(n).decode(errors="replace") for n in plan.secret_env},
         )
         argv = bwrap_argv(plan, self.bwrap_fds, self.tier._bwrap)
         split = argv.index("--")
         # Options travel through a memfd (--args), so environment values never show in `ps`;
         # bubblewrap wants the command itself on its real argv.
-        self.args_fd = self._keep(_memfd("clawpen-args", b"".join(a.encode() + b"\0" for a in argv[1:split])))
+        self.args_fd = self._keep(memfd("clawpen-args", b"".join(a.encode() + b"\0" for a in argv[1:split])))
         self.command_argv = argv[split:]
-        self.cgroup = self.tier.cgroup_host().create(self.cgroup_name, plan.cgroup)
+
+    def _cgroup(self) -> None:
+        self.cgroup = self.tier.cgroup_host().create(self.cgroup_name, self.plan.cgroup)
 
     def _sweep_stale_cgroups(self) -> None:
         """Remove cgroups left by runs of this bot whose clawpen process was killed."""
@@ -454,7 +456,7 @@ class Sandbox(CgroupHandle):
 
     def _result(self, status: int, duration: float) -> RunResult:
         cg = self.cg
-        setup_failed = not self.unblocked or _readable(self.block_r, 0)
+        setup_failed = not self.unblocked or readable(self.block_r, 0)
         stats = cg.stats()
 
         def result(code: int, reason: Reason, sig: int | None = None, message: str = "") -> RunResult:
@@ -480,7 +482,7 @@ class Sandbox(CgroupHandle):
                 self.proc.kill()
             self.proc.wait()
         if self.sandbox is not None:
-            _reap(*self.sandbox)
+            reap(*self.sandbox)
         if self.cgroup is not None:
             self.cgroup.remove()
         for fd in self.fds:
