@@ -13,7 +13,8 @@ raw (0)     one minute          one sample                           24 hours
 
 A chunk is ``zlib(header JSON + float32 columns)``: the header has the point times (ms after
 the row's start) and the series names, each column is one series (NaN where it had no value).
-Alerts, silences and notification deliveries live in the same database.
+Alerts, silences and notification deliveries live in the same database
+(:mod:`clawpen.metrics.alerttables`).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clawpen.notify.base import Delivery
+from clawpen.metrics.alerttables import ALERT_SCHEMA, AlertTables
 
 RAW, MINUTE, HOUR = 0, 60, 3600
 ROW_SPAN = {RAW: 60, MINUTE: 3600, HOUR: 86400}
@@ -44,13 +45,6 @@ CREATE TABLE IF NOT EXISTS targets(id INTEGER PRIMARY KEY, name TEXT NOT NULL UN
 CREATE TABLE IF NOT EXISTS chunks(
     target INTEGER NOT NULL, res INTEGER NOT NULL, ts INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (target, res, ts)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS alerts(id INTEGER PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL,
-    data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS silences(rule TEXT PRIMARY KEY, until REAL NOT NULL, by TEXT NOT NULL,
-    at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS deliveries(id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
-    notifier TEXT NOT NULL, kind TEXT NOT NULL, alert_id INTEGER, ok INTEGER NOT NULL,
-    attempts INTEGER NOT NULL, error TEXT NOT NULL);
 """
 
 
@@ -98,7 +92,7 @@ def aggregate(points: Points) -> dict[str, float]:
     return out
 
 
-class Storage:
+class Storage(AlertTables):
     """The metrics database. Thread-safe (one lock): flushes run in a worker thread."""
 
     def __init__(self, path: Path, clock: Any = time.time) -> None:
@@ -108,7 +102,7 @@ class Storage:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + ALERT_SCHEMA)
         path.chmod(0o600)
         self._targets: dict[str, int] = dict(self._db.execute("SELECT name, id FROM targets").fetchall())
         self._pending: dict[str, Points] = {}  # target -> samples not yet written
@@ -234,63 +228,5 @@ class Storage:
                     "DELETE FROM chunks WHERE res=? AND ts < ?", (res, now - keep - ROW_SPAN[res])
                 )
                 gone += cur.rowcount
-            self._db.execute("DELETE FROM deliveries WHERE at < ?", (now - 30 * 86400,))
-            self._db.execute("DELETE FROM alerts WHERE state='resolved' AND updated < ?", (now - 30 * 86400,))
-            self._db.execute("DELETE FROM silences WHERE until < ?", (now,))
+            self._prune_alert_tables(now)
         return gone
-
-    # ---------------------------------------------------------------- alerts
-    def save_alerts(self, alerts: Iterable[dict[str, Any]]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            for a in alerts:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO alerts(id, state, updated, data) VALUES (?,?,?,?)",
-                    (a["id"], a["state"], self.clock(), json.dumps(a)),
-                )
-            self._db.execute("COMMIT")
-
-    def delete_alerts(self, ids: Iterable[int]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM alerts WHERE id=?", [(i,) for i in ids])
-
-    def alerts(
-        self, states: tuple[str, ...] = ("pending", "firing", "resolved"), limit: int = 200
-    ) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT state, data FROM alerts ORDER BY id DESC").fetchall()
-        return [json.loads(data) for state, data in rows if state in states][:limit]
-
-    def max_alert_id(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT MAX(id) FROM alerts").fetchone()
-        return int(row[0] or 0)
-
-    def set_silence(self, rule: str, until: float, by: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO silences(rule, until, by, at) VALUES (?,?,?,?)",
-                (rule, until, by, self.clock()),
-            )
-
-    def silences(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute("SELECT rule, until, by, at FROM silences").fetchall()
-        return {r: {"until": u, "by": b, "at": a} for r, u, b, a in rows}
-
-    def add_delivery(self, d: Delivery) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO deliveries(at, notifier, kind, alert_id, ok, attempts, error) "
-                "VALUES (?,?,?,?,?,?,?)",
-                (d.at, d.notifier, d.kind, d.alert_id, int(d.ok), d.attempts, d.error),
-            )
-
-    def deliveries(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT at, notifier, kind, alert_id, ok, attempts, error FROM deliveries "
-                "ORDER BY id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [Delivery(*r)._asdict() | {"ok": bool(r[4])} for r in rows]
