@@ -84,8 +84,8 @@ from clawpen import cli
 from clawpen.sandbox.namespace import NamespaceTier
 marks = {}
 build_parser, tier_run = cli.build_parser, NamespaceTier.run
-def timed_parser():
-    parser = build_parser()
+def timed_parser(*a):
+    parser = build_parser(*a)
     parse = parser.parse_known_args  # parse_args calls it too
     def parse_known_args(*a, **k):
         ns = parse(*a, **k)
