@@ -79,6 +79,7 @@ COMMAND_MODULES = (
     "clawpen.cli_metrics",
     "clawpen.cli_net",
     "clawpen.cli_bots",
+    "clawpen.cli_releases",
     "clawpen.api.cli",
 )
 
@@ -110,6 +111,7 @@ COMMAND_INDEX = {
     "net": "clawpen.cli_net",
     **dict.fromkeys(("init", "validate"), "clawpen.cli_bots"),
     "dashboard": "clawpen.api.cli",
+    **dict.fromkeys(("diff", "release", "rollback"), "clawpen.cli_releases"),
 }
 
 

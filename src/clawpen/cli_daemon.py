@@ -169,22 +169,9 @@ def cmd_up(ns: argparse.Namespace) -> int:
         )
     from clawpen.audit import caller
 
-    safe = termsafe.for_stream(sys.stderr)
-
-    def show(item: Any) -> None:  # build output and the wait, as it happens
-        if not isinstance(item, dict):
-            return
-        if "build" in item:
-            print(f"  {safe(str(item['build']))}", file=sys.stderr, flush=True)
-        elif "wait" in item:
-            print(f"  {safe(str(item['wait']))}", file=sys.stderr, flush=True)
-        elif isinstance(item.get("waiting"), dict):
-            states = ", ".join(f"{k} ({v})" for k, v in item["waiting"].items())
-            print(f"  waiting for {safe(states)}", file=sys.stderr, flush=True)
-
     result = _client().call_with_progress(
         "up",
-        show,
+        show_progress,
         file=path,
         bots=ns.bots,
         dry_run=ns.dry_run,
@@ -194,13 +181,32 @@ def cmd_up(ns: argparse.Namespace) -> int:
         wait_timeout=ns.wait_timeout,
         allow_empty=ns.allow_empty,
     )
+    return render_up(result, json_out=ns.json, dry_run=ns.dry_run)
+
+
+def show_progress(item: Any) -> None:
+    """`up`'s (and `rollback`'s) build output and wait, as it happens, on stderr."""
+    safe = termsafe.for_stream(sys.stderr)
+    if not isinstance(item, dict):
+        return
+    if "build" in item:
+        print(f"  {safe(str(item['build']))}", file=sys.stderr, flush=True)
+    elif "wait" in item:
+        print(f"  {safe(str(item['wait']))}", file=sys.stderr, flush=True)
+    elif isinstance(item.get("waiting"), dict):
+        states = ", ".join(f"{k} ({v})" for k, v in item["waiting"].items())
+        print(f"  waiting for {safe(states)}", file=sys.stderr, flush=True)
+
+
+def render_up(result: dict[str, Any], *, json_out: bool, dry_run: bool) -> int:
+    """Print what `up` (or `rollback`) did or would do; 0, or 1 when a changed bot did not come up."""
     waited = result.get("wait") or {"ok": True, "bots": []}
     code = 0 if waited.get("ok", True) else 1
-    if ns.json:
+    if json_out:
         print(json.dumps(result, indent=2))
         return code
-    head = "would" if ns.dry_run else f"release {result.get('release')}:"
-    if ns.dry_run and "changes" in result:
+    head = "would" if dry_run else f"release {result.get('release')}:"
+    if dry_run and "changes" in result:
         _print_plan(result["changes"])
     else:
         for key, verb in (
@@ -212,7 +218,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
             for name in result.get(key, []):
                 print(f"{head} {verb} {name}")
     if not any(result.get(k) for k in ("create", "recreate", "start", "remove")):
-        print(f"{'nothing would change' if ns.dry_run else 'nothing changed'}: every bot is up to date")
+        print(f"{'nothing would change' if dry_run else 'nothing changed'}: every bot is up to date")
     failed = [r for r in waited.get("bots", []) if not r.get("ok")]
     for r in failed:
         _err_not_up(r)

@@ -102,7 +102,10 @@ def test_a_state_db_of_the_previous_release_is_migrated_and_its_bots_adopted(dae
     db = daemon.home / "clawpen.db"
     # rewrite the database as the previous release wrote it (no versions, no tracker column)
     now = sqlite3.connect(db)
-    tables = {t: now.execute(f"SELECT * FROM {t}").fetchall() for t in ("releases", "bots", "events")}
+    tables = {t: now.execute(f"SELECT * FROM {t}").fetchall() for t in ("bots", "events")}
+    tables["releases"] = now.execute(  # without rollback_of (schema version 2)
+        "SELECT id, created, who, spec_path, spec_hash, spec_text, summary FROM releases"
+    ).fetchall()
     tables["instances"] = now.execute(
         "SELECT bot, replica, state, pid, sandbox_pid, pid_start, cgroup, started_at, restarts, "
         "last_exit, last_reason, health FROM instances"

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from clawpen.errors import HostError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS releases (
     spec_path TEXT NOT NULL,
     spec_hash TEXT NOT NULL,
     spec_text TEXT NOT NULL,
-    summary TEXT NOT NULL
+    summary TEXT NOT NULL,
+    rollback_of INTEGER            -- the release a `clawpen rollback` re-applied (version 2)
 );
 CREATE TABLE IF NOT EXISTS bots (
     name TEXT PRIMARY KEY,
@@ -80,6 +81,7 @@ INDEX = "CREATE INDEX IF NOT EXISTS events_bot_at ON events (bot, at)"
 # MIGRATIONS[n]: the statements that take a database from version n to n + 1.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: ("ALTER TABLE instances ADD COLUMN tracker TEXT",),
+    1: ("ALTER TABLE releases ADD COLUMN rollback_of INTEGER",),
 }
 
 # SQLite's primary result codes (the low byte of sqlite_errorcode)

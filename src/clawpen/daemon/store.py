@@ -79,6 +79,9 @@ class BotRow(NamedTuple):
     release_id: int | None
 
 
+RELEASE_KEYS = ("id", "created", "who", "spec_path", "spec_hash", "summary", "rollback_of")
+
+
 def policy_hash(policy: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -253,17 +256,20 @@ class Store:
             self.warn(f"the bot records in {self.records.dir} are writable again")
 
     # releases -------------------------------------------------------------------------------
-    def add_release(self, who: str, spec_path: str, spec_text: str, summary: str) -> int:
-        """Record a release. Needs the disk: raises HostError when the database cannot be written."""
+    def add_release(
+        self, who: str, spec_path: str, spec_text: str, summary: str, rollback_of: int | None = None
+    ) -> int:
+        """Record a release (``rollback_of``: the release a rollback re-applied). Needs the disk:
+        raises HostError when the database cannot be written."""
         spec_hash = hashlib.sha256(spec_text.encode()).hexdigest()[:16]
         created = self._clock()
         if not self.flush(force=True):
             raise self._full("record a release")
         try:
             cur = self.db.execute(
-                "INSERT INTO releases (created, who, spec_path, spec_hash, spec_text, summary) "
-                "VALUES (?,?,?,?,?,?)",
-                (created, who, spec_path, spec_hash, spec_text, summary),
+                "INSERT INTO releases (created, who, spec_path, spec_hash, spec_text, summary, rollback_of) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (created, who, spec_path, spec_hash, spec_text, summary, rollback_of),
             )
         except sqlite3.Error as err:
             with contextlib.suppress(sqlite3.Error):
@@ -290,11 +296,21 @@ class Store:
 
     def releases(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT id, created, who, spec_path, spec_hash, summary FROM releases ORDER BY id DESC LIMIT ?",
+            "SELECT id, created, who, spec_path, spec_hash, summary, rollback_of FROM releases "
+            "ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        keys = ("id", "created", "who", "spec_path", "spec_hash", "summary")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(RELEASE_KEYS, row, strict=True)) for row in rows]
+
+    def release(self, number: int) -> dict[str, Any] | None:
+        """Release ``number`` with its spec text, or None if there is no such release."""
+        keys = (*RELEASE_KEYS, "spec_text")
+        row = self.db.execute(
+            "SELECT id, created, who, spec_path, spec_hash, summary, rollback_of, spec_text "
+            "FROM releases WHERE id = ?",
+            (number,),
+        ).fetchone()
+        return dict(zip(keys, row, strict=True)) if row else None
 
     def latest_spec(self) -> tuple[str, str] | None:
         """(path, text) of the spec of the newest release, if any."""

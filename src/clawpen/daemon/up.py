@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.daemon import precheck, rpc
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
+from clawpen.daemon.release_diff import bot_policy as _policy
 from clawpen.daemon.runtime import Instance
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import ClawpenError, ConfigError, UsageError
@@ -98,11 +99,6 @@ def _refuse_empty(daemon: Daemon, path: Path) -> None:
         where=str(path),
         hint="add a [bots.NAME] table; to remove every bot run `clawpen down`, or pass --allow-empty",
     )
-
-
-def _policy(loaded: LoadedSpec, name: str) -> dict[str, Any]:
-    spec = loaded.spec.bots[name].model_dump(mode="json", by_alias=True)
-    return {"spec": spec, "base_dir": str(loaded.base_dir)}
 
 
 def current_bots(daemon: Daemon, names: set[str] | None = None) -> dict[str, Current]:
@@ -176,8 +172,18 @@ def check(daemon: Daemon, loaded: LoadedSpec, plan: ReleasePlan) -> None:
 
 async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, Any]:
     path = Path(str(args["file"]))
-    timeout = wait_timeout(args)
+    wait_timeout(args)
     loaded = load_spec(path)  # raises ConfigError: nothing applied
+    return await apply_spec(daemon, loaded, args, writer)
+
+
+async def apply_spec(
+    daemon: Daemon, loaded: LoadedSpec, args: dict[str, Any], writer: Any, *, rollback_of: int | None = None
+) -> dict[str, Any]:
+    """Apply a loaded spec as :func:`op_up` does (``args`` as ``up``'s); ``rollback_of``: the
+    release whose spec text this is (``clawpen rollback``), recorded with the new release."""
+    path = loaded.path
+    timeout = wait_timeout(args)
     partial = bool(args.get("bots"))
     wanted = set(args.get("bots") or loaded.spec.bots)
     missing = wanted - set(loaded.spec.bots)
@@ -196,8 +202,9 @@ async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, 
         loaded = await run_builds(daemon, loaded, wanted, writer, args)
         plan = classify(daemon, loaded, wanted, partial)
         if args.get("dry_run"):
-            return {"dry_run": True, **plan.as_dict()}
-        result = await _apply(daemon, loaded, plan, path, str(args.get("who", "root")))
+            origin = {"rollback_of": rollback_of} if rollback_of is not None else {}
+            return {"dry_run": True, **plan.as_dict(), **origin}
+        result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
     if args.get("wait"):
         changed = plan.names("create") + plan.names("recreate") + plan.names("start")
         insts = [i for n in changed for i in daemon.replicas(n)]
@@ -207,7 +214,7 @@ async def op_up(daemon: Daemon, args: dict[str, Any], writer: Any) -> dict[str, 
 
 
 async def _apply(
-    daemon: Daemon, loaded: LoadedSpec, plan: ReleasePlan, path: Path, who: str
+    daemon: Daemon, loaded: LoadedSpec, plan: ReleasePlan, who: str, rollback_of: int | None
 ) -> dict[str, Any]:
     """Build the new instances first (that can fail: then nothing has changed), then record the
     release, halt the removed and changed bots and start the new instances."""
@@ -223,7 +230,10 @@ async def _apply(
     summary = "; ".join(
         f"{k} {', '.join(names)}" for k in ACTIONS if k != "unchanged" and (names := plan.names(k))
     )
-    release = store.add_release(who, str(path.resolve()), loaded.text, summary or "no change")
+    summary = summary or "no change"
+    if rollback_of is not None:
+        summary = f"rollback of release {rollback_of}: {summary}"
+    release = store.add_release(who, str(loaded.path.resolve()), loaded.text, summary, rollback_of)
     for name in plan.names("remove"):
         await daemon.halt(name)
         store.remove_bot(name)
@@ -235,11 +245,12 @@ async def _apply(
         daemon.instances[name] = fresh[name]
         for inst in fresh[name]:
             inst.start()
-    daemon.note("release", f"release {release}: {summary or 'no change'}")
+    daemon.note("release", f"release {release}: {summary}")
     for listener in daemon.spec_listeners:
         listener(loaded.spec)
     after = store.releases(1)[0]["spec_hash"]
-    return {"release": release, "before": before, "after": after, **plan.as_dict()}
+    out = {"release": release, "before": before, "after": after, **plan.as_dict()}
+    return out | ({"rollback_of": rollback_of} if rollback_of is not None else {})
 
 
 # ---------------------------------------------------------------------------------- waiting
