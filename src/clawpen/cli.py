@@ -79,6 +79,7 @@ COMMAND_MODULES = (
     "clawpen.cli_metrics",
     "clawpen.cli_net",
     "clawpen.cli_bots",
+    "clawpen.cli_snapshot",
     "clawpen.api.cli",
 )
 
@@ -110,6 +111,7 @@ COMMAND_INDEX = {
     "net": "clawpen.cli_net",
     **dict.fromkeys(("init", "validate"), "clawpen.cli_bots"),
     "dashboard": "clawpen.api.cli",
+    "snapshot": "clawpen.cli_snapshot",
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clawpen import audit
-from clawpen.daemon import ops_admin, ops_views, rpc
+from clawpen.daemon import ops_admin, ops_snapshots, ops_views, rpc
 from clawpen.daemon import ops_bots as ob
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Instance as InstanceRow
@@ -79,6 +79,7 @@ class Daemon:
             ob.EXEC_TARGET.bind(self.op_exec_target),
             *ops_admin.operations(lambda: self.services.state_dir),
             *ops_views.operations(self),
+            *ops_snapshots.operations(self),
         ]
 
     def on_spec(self, listener: Callable[[Spec], None]) -> None:
