@@ -19,7 +19,6 @@ def add_commands(sub: Any) -> None:
     restore = actions.add_parser(
         "restore", help="restore into --to DIR, or in place of a stopped bot's workspace"
     )
-    restore.add_argument("snapshot", nargs="?", default="latest", metavar="ID", help="id prefix or latest")
     restore.add_argument("--to", metavar="DIR", help="a new (or empty) folder to restore into")
     forget = actions.add_parser("forget", help="keep the last daily/weekly/monthly snapshots, prune the rest")
     forget.add_argument("--keep-daily", type=int, default=7, metavar="N")
@@ -28,6 +27,7 @@ def add_commands(sub: Any) -> None:
     for p in (create, ls, restore, forget):
         p.add_argument("bot", metavar="BOT")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    restore.add_argument("snapshot", nargs="?", default="latest", metavar="ID", help="id prefix or latest")
 
 
 def cmd_snapshot(ns: argparse.Namespace) -> int:
