@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certificates procps util-linux iproute2
-  nftables)
+  nftables restic)
 # For the test suite: systemd-analyze checks the daemon's hardened unit offline; iperf3 measures
 # shaping; Prometheus (and promtool) scrapes /metrics and checks exported rules; Chromium is driven
 # by Playwright for the dashboard.

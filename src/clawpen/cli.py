@@ -80,6 +80,7 @@ COMMAND_MODULES = (
     "clawpen.cli_net",
     "clawpen.cli_bots",
     "clawpen.cli_releases",
+    "clawpen.cli_snapshot",
     "clawpen.api.cli",
 )
 
@@ -112,6 +113,7 @@ COMMAND_INDEX = {
     **dict.fromkeys(("init", "validate"), "clawpen.cli_bots"),
     "dashboard": "clawpen.api.cli",
     **dict.fromkeys(("diff", "release", "rollback"), "clawpen.cli_releases"),
+    "snapshot": "clawpen.cli_snapshot",
 }
 
 

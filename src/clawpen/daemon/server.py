@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clawpen import audit
-from clawpen.daemon import ops_admin, ops_releases, ops_views, rpc
+from clawpen.daemon import ops_admin, ops_releases, ops_snapshots, ops_views, rpc
 from clawpen.daemon import ops_bots as ob
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Instance as InstanceRow
@@ -80,6 +80,7 @@ class Daemon:
             *ops_admin.operations(lambda: self.services.state_dir),
             *ops_views.operations(self),
             *ops_releases.operations(self),
+            *ops_snapshots.operations(self),
         ]
 
     def on_spec(self, listener: Callable[[Spec], None]) -> None:

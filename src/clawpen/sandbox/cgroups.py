@@ -372,6 +372,35 @@ class Cgroup:
                 self._freeze(False, 0.0)
         self._wait_empty(deadline, resignal=True)
 
+    def freeze(self, timeout: float = 5.0) -> bool:
+        """Freeze every process (cgroup freezer) and wait until they are; ``False`` without a
+        freezer on this host. A freeze not complete within ``timeout`` is undone, then raised."""
+        if not self._freeze(True, time.monotonic() + timeout):
+            return False
+        if self.freezer_state() != "frozen":
+            self._freeze(False, 0.0)
+            raise SandboxError(
+                f"the cgroup {self.dirs[0]} did not freeze within {timeout:g}s",
+                where="cgroups: freeze",
+                hint="a process is stuck in uninterruptible sleep (D state); check dmesg",
+            )
+        return True
+
+    def thaw(self) -> None:
+        """Let the processes run again (a no-op without a freezer)."""
+        self._freeze(False, 0.0)
+
+    def freezer_state(self) -> str | None:
+        """``"frozen"``, ``"freezing"`` (v1, in progress) or ``"thawed"``; None without a freezer."""
+        if self.version == 2:
+            events = _read(f"{self.dirs[0]}/cgroup.events")
+            if events is None:
+                return None
+            return "frozen" if b"frozen 1" in events else "thawed"
+        freezer = self._roles.get("freezer")
+        state = None if freezer is None else _read(f"{freezer}/freezer.state")
+        return None if state is None else state.strip().decode().lower()
+
     def _freeze(self, on: bool, deadline: float) -> bool:
         """Freeze or thaw and wait for it (bounded); ``False`` without a freezer."""
         if self.version == 2:

@@ -1,0 +1,285 @@
+"""restic, started by clawpen with argv lists, on one local repository.
+
+The repository lives at ``<state>/snapshots/repo`` and is created (``restic init``) on first use.
+Its password is a random secret in the clawpen vault (``SNAPSHOT_PASSWORD``, created on first
+use). restic reads it from an inherited pipe (``--password-file /dev/fd/N``): it is never in an
+argv, an environment variable, a file on disk or a log line. restic's environment is reduced to
+``PATH``, ``HOME``, ``LANG`` and ``TMPDIR``; its cache is ``<state>/snapshots/cache``.
+
+Snapshots of a bot carry the tags ``clawpen`` and ``bot:<name>``; the workspace is backed up as
+``.`` from inside it, so a restore writes its files straight into the target folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from clawpen.errors import ConfigError, HostError, UsageError
+
+PASSWORD_SECRET = "SNAPSHOT_PASSWORD"  # noqa: S105 (the name of a vault entry)
+"""The vault entry holding the repository password (losing it loses every snapshot)."""
+TAG = "clawpen"
+_KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
+_HINT_INSTALL = "install restic (apt-get install restic); scripts/setup.sh does it"
+
+
+class Snapshot(NamedTuple):
+    """One snapshot as ``restic snapshots --json`` lists it."""
+
+    id: str
+    short_id: str
+    time: str
+    bot: str | None
+    paths: list[str]
+    tags: list[str]
+
+
+class BackupResult(NamedTuple):
+    """restic's summary of one backup."""
+
+    snapshot_id: str
+    files_new: int
+    files_changed: int
+    files_unmodified: int
+    data_added: int
+    total_bytes: int
+    duration: float
+
+
+class Keep(NamedTuple):
+    """``forget`` retention, per bot: how many daily, weekly and monthly snapshots stay."""
+
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 6
+
+
+def tag_for(bot: str) -> str:
+    return f"bot:{bot}"
+
+
+class Repository:
+    """The local restic repository of one state directory.
+
+    ``password``: returns the repository password (bytes); by default the vault's
+    ``SNAPSHOT_PASSWORD``, created with 32 random bytes on first use.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        password: Callable[[], bytes] | None = None,
+        restic: str = "restic",
+        environ: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / "snapshots" / "repo"
+        self.cache = self.state_dir / "snapshots" / "cache"
+        self._password = password or self._vault_password
+        self._restic = restic
+        self._environ = environ
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.path)!r})"
+
+    # -- password ---------------------------------------------------------------------------
+
+    def _vault_password(self) -> bytes:
+        from clawpen.vault.store import Vault
+
+        vault = Vault(self.state_dir, environ=self._environ)
+        if PASSWORD_SECRET not in vault.names():
+            if self.path.exists():
+                raise ConfigError(
+                    f"the snapshot repository {self.path} exists but its password is gone from the vault",
+                    where=f"vault secret {PASSWORD_SECRET}",
+                    hint=f"restore {self.state_dir}/secrets.json and master.key from a backup "
+                    f"(or set {PASSWORD_SECRET} to the old password: clawpen secrets set {PASSWORD_SECRET})",
+                )
+            vault.set(PASSWORD_SECRET, secrets.token_urlsafe(32).encode())
+        return vault.get(PASSWORD_SECRET)
+
+    @contextmanager
+    def _password_fd(self) -> Iterator[int]:
+        """A pipe's read end holding the password, for restic to inherit (pass_fds)."""
+        value = self._password()
+        if b"\n" in value or not value:
+            raise ConfigError(
+                "the snapshot password is empty or holds a newline",
+                where=f"vault secret {PASSWORD_SECRET}",
+                hint="set a one-line password",
+            )
+        read, write = os.pipe()
+        try:
+            os.write(write, value)  # far below the pipe's buffer: never blocks
+            os.close(write)
+            write = -1
+            yield read
+        finally:
+            os.close(read)
+            if write >= 0:
+                os.close(write)
+
+    # -- running restic ---------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = {k: self._environ[k] for k in _KEEP_ENV if k in self._environ}
+        env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        env["HOME"] = str(self.cache)
+        return env
+
+    def _run(self, args: Sequence[str], what: str, *, cwd: Path | None = None) -> str:
+        exe = shutil.which(self._restic, path=self._env()["PATH"])
+        if exe is None:
+            raise HostError(
+                f"restic is not installed ({self._restic})", where="snapshots", hint=_HINT_INSTALL
+            )
+        self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._password_fd() as fd:
+            argv = [exe, "--repo", str(self.path), "--password-file", f"/dev/fd/{fd}"]
+            argv += ["--cache-dir", str(self.cache), "--quiet", *args]
+            proc = subprocess.run(
+                argv,
+                pass_fds=(fd,),
+                env=self._env(),
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        if proc.returncode != 0:
+            err = (proc.stderr.strip().splitlines() or ["(no message)"])[-1][:500]
+            raise HostError(
+                f"restic {what} failed (exit {proc.returncode}): {err}",
+                where=f"snapshots: {self.path}",
+                hint=_hint(err),
+            )
+        return proc.stdout
+
+    def ensure(self) -> bool:
+        """Create the repository on first use; ``True`` when it was created now."""
+        if (self.path / "config").exists():
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._run(["init"], "init")
+        return True
+
+    # -- operations -------------------------------------------------------------------------
+
+    def backup(self, bot: str, workspace: Path) -> BackupResult:
+        """Back up ``workspace`` (its content, as ``.``) with the tags ``clawpen`` and ``bot:<bot>``."""
+        if not workspace.is_dir():
+            raise UsageError(
+                f"the workspace {workspace} of bot {bot} does not exist",
+                where=f"snapshot {bot}",
+                hint="a bot without a workspace has nothing to snapshot",
+            )
+        self.ensure()
+        args = ["backup", "--json", "--tag", TAG, "--tag", tag_for(bot), "--host", "clawpen", "."]
+        out = self._run(args, "backup", cwd=workspace)
+        summary = next((m for m in _json_lines(out) if m.get("message_type") == "summary"), None)
+        if summary is None:
+            raise HostError(
+                "restic backup gave no summary", where=f"snapshots: {self.path}", hint=_HINT_INSTALL
+            )
+        return BackupResult(
+            snapshot_id=str(summary["snapshot_id"]),
+            files_new=int(summary.get("files_new", 0)),
+            files_changed=int(summary.get("files_changed", 0)),
+            files_unmodified=int(summary.get("files_unmodified", 0)),
+            data_added=int(summary.get("data_added", 0)),
+            total_bytes=int(summary.get("total_bytes_processed", 0)),
+            duration=float(summary.get("total_duration", 0.0)),
+        )
+
+    def snapshots(self, bot: str | None = None) -> list[Snapshot]:
+        """Snapshots (of ``bot``, or every clawpen one), oldest first; none before the first backup."""
+        if not (self.path / "config").exists():
+            return []
+        out = self._run(["snapshots", "--json", "--tag", tag_for(bot) if bot else TAG], "snapshots")
+        try:
+            rows = json.loads(out or "[]")
+        except ValueError:
+            raise HostError("restic snapshots gave no JSON", where=f"snapshots: {self.path}") from None
+        found = []
+        for row in rows or []:
+            tags = [str(t) for t in row.get("tags") or []]
+            owner = next((t.removeprefix("bot:") for t in tags if t.startswith("bot:")), None)
+            found.append(
+                Snapshot(
+                    str(row["id"]), str(row.get("short_id", row["id"][:8])), str(row.get("time", "")),
+                    owner, [str(p) for p in row.get("paths") or []], tags,
+                )
+            )  # fmt: skip
+        return sorted(found, key=lambda s: s.time)
+
+    def find(self, bot: str, snapshot: str = "latest") -> Snapshot:
+        """``bot``'s snapshot whose id starts with ``snapshot`` (or its newest for ``latest``)."""
+        mine = self.snapshots(bot)
+        if snapshot == "latest":
+            picked = mine[-1:]
+        else:
+            picked = [s for s in mine if s.id.startswith(snapshot)] if len(snapshot) >= 4 else []
+        if len(picked) != 1:
+            raise UsageError(
+                f"bot {bot} has {'no' if not picked else 'more than one'} snapshot {snapshot!r}",
+                where=f"clawpen snapshot restore {bot}",
+                hint=f"see `clawpen snapshot ls {bot}` (an id prefix of at least 4 characters)",
+            )
+        return picked[0]
+
+    def restore(self, bot: str, snapshot: str, target: Path) -> Snapshot:
+        """Restore ``bot``'s snapshot into ``target``, which must not exist or be empty."""
+        snap = self.find(bot, snapshot)
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise UsageError(
+                f"the restore target {target} exists and is not empty",
+                where=f"clawpen snapshot restore {bot}",
+                hint="name a new folder with --to",
+            )
+        self._run(["restore", snap.id, "--target", str(target)], "restore")
+        return snap
+
+    def forget(self, bot: str, keep: Keep, *, prune: bool = True) -> list[str]:
+        """Apply ``keep`` to ``bot``'s snapshots (then prune); the ids forgotten."""
+        if not (self.path / "config").exists():
+            return []
+        args = ["forget", "--json", "--tag", tag_for(bot), "--group-by", "tags"]
+        args += ["--keep-daily", str(keep.daily), "--keep-weekly", str(keep.weekly)]
+        args += ["--keep-monthly", str(keep.monthly), *(["--prune"] if prune else [])]
+        out = self._run(args, "forget")
+        gone: list[str] = []
+        for line in out.splitlines():
+            if line.startswith("["):
+                for group in json.loads(line) or []:
+                    gone += [str(s["id"]) for s in group.get("remove") or []]
+        return gone
+
+
+def _json_lines(out: str) -> Iterator[dict[str, Any]]:
+    for line in out.splitlines():
+        if line.startswith("{"):
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
+def _hint(err: str) -> str:
+    if "wrong password" in err:
+        return f"the vault's {PASSWORD_SECRET} does not open this repository; restore the vault from a backup"
+    if "locked" in err:
+        return "another restic run holds the lock; wait, or `restic unlock` if it crashed"
+    if "permission denied" in err:
+        return "run as root (the daemon does), so restic can read every file of the workspace"
+    return "see restic's message; `restic check` verifies the repository"
