@@ -95,7 +95,7 @@ def _through_daemon(ns: argparse.Namespace, action: str) -> int:
 def cmd_secrets(ns: argparse.Namespace) -> int:
     """Run one ``clawpen secrets ACTION``."""
     from clawpen import audit
-    from clawpen.vault.store import check_name
+    from clawpen.vault.store import check_user_name
 
     state = state_dir()
     action = ns.secrets_cmd
@@ -103,7 +103,7 @@ def cmd_secrets(ns: argparse.Namespace) -> int:
         return _through_daemon(ns, action)
     vault = _vault(state)
     if action == "set":
-        check_name(ns.name)
+        check_user_name(ns.name)
         value = _read_value(ns)
         if not value:
             raise UsageError(

@@ -14,7 +14,7 @@ from pydantic import Field
 from clawpen.errors import UsageError
 from clawpen.ops import Call, Contract, Empty, Operation, Reply, Request, Role
 from clawpen.tokens import TokenStore
-from clawpen.vault.store import Vault
+from clawpen.vault.store import Vault, check_user_name
 
 
 class SecretsSetRequest(Request):
@@ -98,6 +98,7 @@ def operations(state_dir: Callable[[], Path]) -> list[Operation[Any]]:
             value = base64.b64decode(req.value_b64, validate=True)
         except (binascii.Error, ValueError):
             raise UsageError("the secret's value is not base64", where="secrets_set.value_b64") from None
+        check_user_name(req.name)
         Vault(state_dir()).set(req.name, value)
         return SecretSet(set=req.name)
 

@@ -100,7 +100,7 @@ DIFF = Contract(
 )
 ROLLBACK = Contract(
     "rollback",
-    "operator",
+    "admin",  # like `up`: it applies a spec (an operator may not change what bots are)
     RollbackRequest,
     RollbackResult,
     "re-apply an earlier release's spec as a new release, all or nothing",

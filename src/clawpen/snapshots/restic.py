@@ -1,7 +1,7 @@
 """restic, started by clawpen with argv lists, on one local repository.
 
 The repository lives at ``<state>/snapshots/repo`` and is created (``restic init``) on first use.
-Its password is a random secret in the clawpen vault (``SNAPSHOT_PASSWORD``, created on first
+Its password is a random secret in the clawpen vault (``CLAWPEN_SNAPSHOT_PASSWORD``, created on first
 use). restic reads it from an inherited pipe (``--password-file /dev/fd/N``): it is never in an
 argv, an environment variable, a file on disk or a log line. restic's environment is reduced to
 ``PATH``, ``HOME``, ``LANG`` and ``TMPDIR``; its cache is ``<state>/snapshots/cache``.
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from clawpen.errors import ConfigError, HostError, UsageError
 
-PASSWORD_SECRET = "SNAPSHOT_PASSWORD"  # noqa: S105 (the name of a vault entry)
+PASSWORD_SECRET = "CLAWPEN_SNAPSHOT_PASSWORD"  # noqa: S105 (the name of a vault entry)
 """The vault entry holding the repository password (losing it loses every snapshot)."""
 TAG = "clawpen"
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
@@ -70,7 +70,7 @@ class Repository:
     """The local restic repository of one state directory.
 
     ``password``: returns the repository password (bytes); by default the vault's
-    ``SNAPSHOT_PASSWORD``, created with 32 random bytes on first use.
+    ``CLAWPEN_SNAPSHOT_PASSWORD``, created with 32 random bytes on first use.
     """
 
     def __init__(

@@ -310,6 +310,11 @@ def check_secret_name(name: str) -> str:
             f"secret name {shown(name)} is not allowed",
             "use upper-case letters, digits and '_', e.g. OPENAI_API_KEY",
         )
+    if name.startswith("CLAWPEN_"):  # clawpen.vault.store.RESERVED_PREFIX
+        raise RuleViolation(
+            f"secret {name} is clawpen's own (names starting with CLAWPEN_ are), not a bot's",
+            "give the bot a secret of its own, e.g. OPENAI_API_KEY",
+        )
     return name
 
 

@@ -53,6 +53,22 @@ class _Keys(NamedTuple):
     path: Path | None  # the key file, when the key comes from one clawpen manages
 
 
+RESERVED_PREFIX = "CLAWPEN_"  # clawpen's own secrets (the snapshot repository's password)
+
+
+def check_user_name(name: str) -> str:
+    """:func:`check_name`, and not one of clawpen's own names: a user may not set, remove or
+    hand a bot a ``CLAWPEN_*`` secret."""
+    check_name(name)
+    if name.startswith(RESERVED_PREFIX):
+        raise UsageError(
+            f"secret names starting with {RESERVED_PREFIX} are clawpen's own ({name})",
+            where="secret name",
+            hint="choose another name; clawpen keeps e.g. the snapshot repository's password there",
+        )
+    return name
+
+
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid secret name (``^[A-Z_][A-Z0-9_]{0,63}$``), else raise."""
     if not NAME_RE.fullmatch(name):
@@ -118,8 +134,9 @@ class Vault:
         return [SecretInfo(n, float(e["set_at"])) for n, e in sorted(self._load().items())]
 
     def remove(self, name: str) -> None:
-        """Forget ``name``. Needs no key, so a secret set under a lost key can still be removed."""
-        check_name(name)
+        """Forget ``name``. Needs no key, so a secret set under a lost key can still be removed.
+        clawpen's own secrets (``CLAWPEN_*``) are never removed."""
+        check_user_name(name)
         with self._locked():
             data = self._load()
             if name not in data:
