@@ -146,3 +146,25 @@ def test_multi_key_file_decrypts_with_older_keys(vault, tmp_path):
 def test_value_never_in_repr(vault):
     vault.set("API_TOKEN", VALUE)
     assert VALUE.decode() not in repr(vault)
+
+
+def test_clawpens_own_secrets_cannot_be_removed_set_by_users_or_given_to_a_bot(vault, tmp_path):
+    from clawpen.spec.loader import load_spec
+    from clawpen.vault.store import check_user_name
+
+    vault.set("CLAWPEN_SNAPSHOT_PASSWORD", b"repo password")  # clawpen itself may
+    with pytest.raises(UsageError, match="clawpen's own"):
+        vault.remove("CLAWPEN_SNAPSHOT_PASSWORD")
+    assert vault.get("CLAWPEN_SNAPSHOT_PASSWORD") == b"repo password"
+    with pytest.raises(UsageError, match="clawpen's own"):
+        check_user_name("CLAWPEN_ANYTHING")
+    assert check_user_name("OPENAI_API_KEY") == "OPENAI_API_KEY"  # positive control
+    vault.set("MY_KEY", b"x")
+    vault.remove("MY_KEY")
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text('[bots.a]\ncommand = ["true"]\nsecrets = ["CLAWPEN_SNAPSHOT_PASSWORD"]\n')
+    with pytest.raises(ClawpenError) as err:
+        load_spec(spec)
+    assert "bots.a" in str(err.value.where) and "clawpen's own" in err.value.what
+    spec.write_text('[bots.a]\ncommand = ["true"]\nsecrets = ["OPENAI_API_KEY"]\n')
+    assert load_spec(spec) is not None
