@@ -34,7 +34,10 @@ STALL_CHECK = 1.0  # how often a silent wait looks at the daemon's state
 MAX_HEARTBEAT = 5.0
 _RETRY = 0.05
 # Operations that change nothing: asked again once when the daemon drops the connection.
-READ_ONLY_OPS = frozenset({"ping", "ps", "status", "events", "releases", "secrets_ls", "token_ls"})
+READ_ONLY_OPS = frozenset(
+    {"ping", "ps", "status", "events", "releases", "release_show", "release_diff", "snapshot_ls"}
+    | {"secrets_ls", "token_ls"}
+)
 # States in /proc/PID/stat of a process that cannot answer until someone acts.
 _DEAD_STATES = {"T": "stopped", "t": "stopped by a debugger", "Z": "zombie", "X": "dead"}
 _STATE_NAMES = {
