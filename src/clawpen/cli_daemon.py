@@ -225,7 +225,25 @@ def render_up(result: dict[str, Any], *, json_out: bool, dry_run: bool) -> int:
     if failed:
         names = ", ".join(str(r["bot"]) for r in failed)
         print(f"hint: see `clawpen status BOT` and `clawpen logs BOT` ({names})", file=sys.stderr)
+    _render_auto_rollback(result.get("auto_rollback"))
     return code
+
+
+def _render_auto_rollback(auto: dict[str, Any] | None) -> None:
+    """`up` with ``[deploy] auto_rollback`` whose changed bots did not come up: what the daemon did."""
+    if not auto:
+        return
+    if auto.get("done"):
+        print(
+            f"error: rolled back: release {auto.get('new_release')} goes back to release "
+            f"{auto.get('rollback_of')} ({', '.join(auto.get('failed') or [])} not up)",
+            file=sys.stderr,
+        )
+        for r in (auto.get("wait") or {}).get("bots", []):
+            if not r.get("ok"):
+                _err_not_up(r)
+    else:
+        print(f"error: not rolled back: {auto.get('why')}", file=sys.stderr)
 
 
 def _print_plan(changes: list[dict[str, Any]]) -> None:

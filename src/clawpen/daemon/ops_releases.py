@@ -1,7 +1,8 @@
 """Releases you can inspect and roll back (see :mod:`clawpen.ops`): ``release_show`` (one
 release: spec text, who, when, summary, per-bot policy hashes), ``release_diff`` (two releases:
 the spec texts' unified diff and per bot added / removed / changed fields) and ``rollback``
-(re-apply a release's spec text through ``up``'s path, recorded as a new release that names it).
+(re-apply a release's spec text through ``up``'s path, recorded as a new release that names it;
+:mod:`clawpen.daemon.auto_rollback` does the same by itself for ``[deploy] auto_rollback``).
 
 The spec text a release stored is parsed again as if read from its spec file, so relative paths
 (workspaces, builds) resolve against that file's folder; a folder that is gone is a clear error.

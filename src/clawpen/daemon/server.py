@@ -52,6 +52,8 @@ class Daemon:
         self.components: dict[str, Any] = {}  # the started components by name (daemon/app.py)
         # Called with the whole spec after every applied `up` (gateway, alert rules, ...).
         self.spec_listeners: list[Callable[[Spec], None]] = []
+        # `up -d` with [deploy] auto_rollback: the tasks watching a release's health window.
+        self.deploy_watches: set[asyncio.Task[None]] = set()
 
     def current_spec(self) -> Spec | None:
         """The spec of the newest release (what `up` applied last), parsed again; None if none."""

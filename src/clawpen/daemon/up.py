@@ -18,6 +18,10 @@
    came up and why not: its state, last exit, last event and the last lines of its stderr.
    With ``progress``, the client gets items: ``{"wait": "BOT: why"}`` as each instance is
    judged, and ``{"waiting": {BOT: state}}`` every :data:`HEARTBEAT` seconds.
+6. **Automatic rollback** (``[deploy] auto_rollback``): the wait lasts ``health_window``
+   instead, and a changed bot that is not up then makes the daemon roll back to the release
+   before (:mod:`clawpen.daemon.auto_rollback`); with ``--detach`` a daemon task
+   watches the window. A rollback is never rolled back itself.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class Daemon(Notes, Protocol):
     def instances(self) -> dict[str, list[Instance]]: ...
     @property
     def spec_listeners(self) -> list[Callable[[Spec], None]]: ...
+    @property
+    def deploy_watches(self) -> set[asyncio.Task[None]]: ...
     def replicas(self, name: str) -> list[Instance]: ...
     def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
     async def halt(self, name: str) -> None: ...
@@ -205,11 +211,25 @@ async def apply_spec(
             origin = {"rollback_of": rollback_of} if rollback_of is not None else {}
             return {"dry_run": True, **plan.as_dict(), **origin}
         result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
+    changed = plan.names("create") + plan.names("recreate") + plan.names("start")
+    insts = [i for n in changed for i in daemon.replicas(n)]
+    deploy = loaded.spec.deploy
+    auto = deploy.auto_rollback and rollback_of is None and bool(insts)  # a rollback never rolls back
     if args.get("wait"):
-        changed = plan.names("create") + plan.names("recreate") + plan.names("start")
-        insts = [i for n in changed for i in daemon.replicas(n)]
         stream = writer if bool(args.get("progress")) else None
-        result["wait"] = await wait_for(daemon, insts, timeout, stream)
+        window = deploy.health_window if auto else timeout
+        result["wait"] = await wait_for(daemon, insts, window, stream)
+        if auto and not result["wait"]["ok"]:
+            from clawpen.daemon.auto_rollback import roll_back
+
+            waited = result["wait"]
+            result["auto_rollback"] = await roll_back(
+                daemon, result["release"], waited, args, writer, apply=apply_spec
+            )
+    elif auto:
+        from clawpen.daemon.auto_rollback import watch_window
+
+        watch_window(daemon, result["release"], insts, deploy.health_window, wait=wait_for, apply=apply_spec)
     return result
 
 

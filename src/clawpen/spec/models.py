@@ -450,6 +450,26 @@ class Bot(_Model):
         )
 
 
+class Deploy(_Model):
+    """``[deploy]``: what the daemon does after an ``up`` (spec-wide; no bot's policy hash)."""
+
+    auto_rollback: bool = Field(
+        False, description="roll back by itself when a changed bot is not up within health_window"
+    )
+    health_window: PositiveDuration = Field(
+        120.0, description="how long changed bots have to run (and be healthy), 5s to 1h"
+    )
+
+    @field_validator("health_window")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if not 5 <= v <= 3600:
+            raise rules.RuleViolation(
+                f"health_window {v:g}s is out of range", 'use "5s" to "1h" (default "2m")'
+            )
+        return v
+
+
 class Spec(_Model):
     """A whole ``clawpen.toml``."""
 
@@ -458,6 +478,7 @@ class Spec(_Model):
     gateway: GatewayConfig = GatewayConfig()
     host: HostConfig = HostConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    deploy: Deploy = Deploy()
 
     @field_validator("bots", mode="before")
     @classmethod
