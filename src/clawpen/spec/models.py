@@ -450,6 +450,16 @@ class Bot(_Model):
         )
 
 
+class SnapshotSettings(_Model):
+    """``[snapshots]``: the spec's own snapshot settings (not part of any bot's policy)."""
+
+    before_up: bool = Field(
+        default=False,
+        description="snapshot the workspace of every bot an `up` or `rollback` changes or removes, "
+        "first (tagged before-release:N); a failed snapshot stops the `up` unless --no-snapshot",
+    )
+
+
 class Spec(_Model):
     """A whole ``clawpen.toml``."""
 
@@ -458,6 +468,7 @@ class Spec(_Model):
     gateway: GatewayConfig = GatewayConfig()
     host: HostConfig = HostConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    snapshots: SnapshotSettings = SnapshotSettings()
 
     @field_validator("bots", mode="before")
     @classmethod
