@@ -123,7 +123,9 @@ def snapshots(d: DaemonCli, bot: str) -> list[dict]:
     return rows
 
 
-def test_before_up_snapshots_a_changed_bot_tagged_with_the_release(daemon: DaemonCli, tmp_path: Path) -> None:
+def test_before_up_snapshots_a_bot_changed_by_up_or_rollback_tagged_with_the_release(
+    daemon: DaemonCli, tmp_path: Path
+) -> None:
     bin_dir = slow_restic(daemon, tmp_path, slow=0)
     ws = daemon.spec.parent / "ws"
     ws.mkdir()
@@ -141,6 +143,16 @@ def test_before_up_snapshots_a_changed_bot_tagged_with_the_release(daemon: Daemo
     out = tmp_path / "out"
     daemon.cli("snapshot", "restore", "bu1", made[0]["id"], "--to", str(out))
     assert (out / "data.txt").read_text() == "two\n"
+    # a rollback that changes the bot is snapshotted first too
+    (ws / "data.txt").write_text("two and a half\n")
+    assert "release 3: rollback of release 1" in daemon.cli("rollback").stdout
+    made = snapshots(daemon, "bu1")
+    assert [t for s in made for t in s["tags"] if t.startswith("before-")] == [
+        "before-release:2",
+        "before-release:3",
+    ]
+    daemon.cli("snapshot", "restore", "bu1", made[1]["id"], "--to", str(tmp_path / "out3"))
+    assert (tmp_path / "out3" / "data.txt").read_text() == "two and a half\n"
 
     # a failed snapshot applies nothing: no release, the old command still runs
     (bin_dir / "fail").touch()
@@ -148,25 +160,25 @@ def test_before_up_snapshots_a_changed_bot_tagged_with_the_release(daemon: Daemo
     pid = daemon.ps()["bu1"]["pid"]
     failed = daemon.cli("up", check=False)
     assert failed.returncode == 1, failed
-    assert "snapshot of bot bu1's workspace before release 3 failed, so nothing was applied" in failed.stderr
+    assert "snapshot of bot bu1's workspace before release 4 failed, so nothing was applied" in failed.stderr
     assert "injected backup failure" in failed.stderr and "--no-snapshot" in failed.stderr
-    assert len(daemon.json("releases")) == 2
+    assert len(daemon.json("releases")) == 3
     assert daemon.ps()["bu1"]["pid"] == pid
     # --no-snapshot applies it anyway (and takes none)
     daemon.cli("up", "--no-snapshot")
-    assert daemon.json("releases")[0]["id"] == 3
-    assert len(snapshots(daemon, "bu1")) == 1
+    assert daemon.json("releases")[0]["id"] == 4
+    assert len(snapshots(daemon, "bu1")) == 2
     (bin_dir / "fail").unlink()
 
     # with it off, an `up` that changes the bot takes no snapshot
     daemon.write(SPEC.format(snapshots="[snapshots]\nbefore_up = false", secs=secs[3]))
     (ws / "data.txt").write_text("three\n")
     ok = daemon.cli("up", "--no-snapshot")  # the spec applied now opts in: skip it this time
-    assert "release 4" in ok.stdout
+    assert "release 5" in ok.stdout
     daemon.write(SPEC.format(snapshots="", secs=secs[0]))
     daemon.cli("up")  # neither the applied spec nor this one opts in
-    assert len(snapshots(daemon, "bu1")) == 1
-    assert daemon.json("releases")[0]["id"] == 5
+    assert len(snapshots(daemon, "bu1")) == 2
+    assert daemon.json("releases")[0]["id"] == 6
 
 
 def test_the_snapshots_table_does_not_change_any_bots_policy_hash(tmp_path: Path) -> None:
