@@ -62,6 +62,11 @@ def add_commands(sub: Any) -> None:
     up.add_argument(
         "--allow-empty", action="store_true", help="apply a spec with no bots (removes every bot)"
     )
+    up.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="skip the [snapshots] before_up snapshot of the changed bots' workspaces",
+    )
     up.add_argument("bots", nargs="*", metavar="BOT", help="only these bots (nothing is removed then)")
     for name, text in (
         ("down", "stop and forget bots (all when none is named)"),
@@ -180,6 +185,7 @@ def cmd_up(ns: argparse.Namespace) -> int:
         wait=not ns.detach,
         wait_timeout=ns.wait_timeout,
         allow_empty=ns.allow_empty,
+        **({"no_snapshot": True} if ns.no_snapshot else {}),  # an older daemon knows no such field
     )
     return render_up(result, json_out=ns.json, dry_run=ns.dry_run)
 

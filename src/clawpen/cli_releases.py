@@ -59,6 +59,11 @@ def add_commands(sub: Any) -> None:
         help="how long to wait for each changed bot to run or pass its health check (default 60)",
     )
     rb.add_argument("--allow-empty", action="store_true", help="go back to a release with no bots")
+    rb.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="skip the [snapshots] before_up snapshot of the changed bots' workspaces",
+    )
 
 
 def _when(at: float) -> str:
@@ -126,6 +131,7 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
         wait=not ns.detach,
         wait_timeout=ns.wait_timeout,
         allow_empty=ns.allow_empty,
+        **({"no_snapshot": True} if ns.no_snapshot else {}),
     )
     if not ns.json:
         target = result.get("rollback_of")

@@ -46,6 +46,7 @@ class UpRequest(Request):
     wait: bool = False
     wait_timeout: float | None = None
     allow_empty: bool = False
+    no_snapshot: bool = False  # skip the [snapshots] before_up snapshot
 
 
 # ------------------------------------------------------------------ replies

@@ -48,6 +48,7 @@ class RollbackRequest(Request):
     wait: bool = False
     wait_timeout: float | None = None
     allow_empty: bool = False
+    no_snapshot: bool = False  # skip the [snapshots] before_up snapshot
 
 
 # ------------------------------------------------------------------ replies

@@ -11,23 +11,37 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import Field
 
-from clawpen.errors import UsageError
+from clawpen.errors import ClawpenError, HostError, UsageError
 from clawpen.ops import Call, Contract, Operation, Reply, Request
 
 if TYPE_CHECKING:
+    from clawpen.daemon.botlocks import BotLocks
+    from clawpen.daemon.release import ReleasePlan
     from clawpen.daemon.runtime import Instance, Services
     from clawpen.daemon.store import Store
+    from clawpen.spec.loader import LoadedSpec
+    from clawpen.spec.models import Bot
 
 Name = Annotated[str, Field(max_length=200)]
 
 
-class _Daemon(Protocol):
-    services: Services
-    store: Store
+class _Bots(Protocol):
+    """What the snapshots use of the daemon (``daemon/server.py``; ``up``'s daemon too)."""
 
-    def known_bot(self, name: str) -> str: ...
-
+    @property
+    def services(self) -> Services: ...
+    @property
+    def store(self) -> Store: ...
     def replicas(self, name: str) -> list[Instance]: ...
+    def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
+
+
+class _Daemon(_Bots, Protocol):
+    @property
+    def up_lock(self) -> asyncio.Lock: ...
+    @property
+    def bot_locks(self) -> BotLocks: ...
+    def known_bot(self, name: str) -> str: ...
 
 
 class SnapshotBot(Request):
@@ -97,12 +111,27 @@ SNAPSHOT_FORGET = Contract(
 CONTRACTS = (SNAPSHOT_CREATE, SNAPSHOT_LS, SNAPSHOT_RESTORE, SNAPSHOT_FORGET)
 
 
-def _workspace(daemon: _Daemon, name: str) -> Path:
-    insts = daemon.replicas(name)
-    workspace = insts[0].plan().workspace if insts else None
-    if not workspace:
+def _workspace(daemon: _Bots, name: str) -> Path:
+    workspace = stored_workspace(daemon, name)
+    if workspace is None:
         raise UsageError(f"bot {name} has no workspace", where=f"snapshot {name}", hint="nothing to snapshot")
-    return Path(workspace)
+    return workspace
+
+
+def stored_workspace(daemon: _Bots, name: str) -> Path | None:
+    """Bot ``name``'s workspace as the daemon has it now (its instances', or its stored policy's
+    when it has none, say a stopped bot after a daemon restart); None: it has none."""
+    from clawpen.daemon.runtime import Instance
+
+    insts = daemon.replicas(name)
+    if not insts:
+        row = daemon.store.bots().get(name)
+        if row is None:
+            return None
+        bot, base = daemon.bot_from_row(row.policy, name)
+        insts = [Instance(daemon.services, name, 0, bot, base)]
+    workspace = insts[0].plan().workspace
+    return Path(workspace) if workspace else None
 
 
 def operations(daemon: _Daemon) -> list[Operation[Any]]:
@@ -140,10 +169,6 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
 
     async def restore(req: RestoreRequest, _call: Call) -> dict[str, Any]:
         name = daemon.known_bot(req.bot)
-        workspace = _workspace(daemon, name)
-        running = daemon.store.bots()[name].desired == "running" or any(
-            i.sandbox is not None for i in daemon.replicas(name)
-        )
         to = None
         if req.to is not None:
             to = Path(req.to)
@@ -151,9 +176,18 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
                 raise UsageError(
                     f"--to {req.to} is not an absolute path", where="clawpen snapshot restore --to"
                 )
-        done = await asyncio.to_thread(
-            consistent.restore, repo(), name, req.snapshot, workspace, running=running, to=to
-        )
+        # The check "is the bot stopped?" and the swap of the folders happen under the bot's
+        # lifecycle lock (start/restart are refused meanwhile) and the up lock (up, down and
+        # rollback wait): nothing starts the bot on a half-restored workspace.
+        async with daemon.up_lock, daemon.bot_locks.hold(name, "its workspace is being restored"):
+            name = daemon.known_bot(req.bot)  # `down` may have removed it while we waited
+            workspace = _workspace(daemon, name)
+            running = daemon.store.bots()[name].desired == "running" or any(
+                i.sandbox is not None for i in daemon.replicas(name)
+            )
+            done = await asyncio.to_thread(
+                consistent.restore, repo(), name, req.snapshot, workspace, running=running, to=to
+            )
         return {
             "bot": name,
             "snapshot": done.snapshot.id,
@@ -169,3 +203,50 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
 
     return [SNAPSHOT_CREATE.bind(create), SNAPSHOT_LS.bind(ls), SNAPSHOT_RESTORE.bind(restore),
             SNAPSHOT_FORGET.bind(forget)]  # fmt: skip
+
+
+async def before_up(daemon: _Bots, loaded: LoadedSpec, plan: ReleasePlan, args: dict[str, Any]) -> None:
+    """``[snapshots] before_up``: snapshot the workspace of every bot this ``up`` (or
+    ``rollback``) changes or removes, tagged ``before-release:<N>`` (N: the release about to be
+    recorded; ``up`` holds the up lock, so none comes in between). Called before anything is
+    applied: a failed snapshot stops the ``up`` with nothing changed, unless ``no_snapshot``.
+    Opted in by the new spec or by the one applied now."""
+    from clawpen.snapshots import consistent
+    from clawpen.snapshots.restic import Repository, before_release_tag
+
+    wanted = loaded.spec.snapshots.before_up or _current_opts_in(daemon.store)
+    if not wanted or args.get("no_snapshot"):
+        return
+    latest = daemon.store.releases(1)
+    release = (int(latest[0]["id"]) if latest else 0) + 1
+    repo = Repository(daemon.services.state_dir)
+    host = daemon.services.cgroups()
+    for name in sorted({*plan.names("recreate"), *plan.names("remove")}):
+        try:
+            workspace = stored_workspace(daemon, name)
+            if workspace is None or not workspace.is_dir():
+                continue  # nothing to keep
+            live = [i for i in daemon.replicas(name) if i.sandbox is not None]
+            cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
+            tags = [before_release_tag(release)]
+            await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags)
+        except ClawpenError as err:
+            raise HostError(
+                f"the snapshot of bot {name}'s workspace before release {release} failed, so nothing "
+                f"was applied: {err.what}",
+                where="[snapshots] before_up",
+                hint=(err.hint + "; " if err.hint else "") + "or apply without it: --no-snapshot",
+            ) from None
+
+
+def _current_opts_in(store: Store) -> bool:
+    """The spec applied now (the latest release's) has ``[snapshots] before_up = true``."""
+    from clawpen.spec.loader import parse_spec_text
+
+    latest = store.latest_spec()
+    if latest is None:
+        return False
+    try:
+        return parse_spec_text(latest[1], Path(latest[0])).spec.snapshots.before_up
+    except ClawpenError:
+        return False

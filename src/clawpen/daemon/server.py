@@ -21,6 +21,7 @@ from typing import Any
 from clawpen import audit
 from clawpen.daemon import ops_admin, ops_releases, ops_snapshots, ops_views, rpc
 from clawpen.daemon import ops_bots as ob
+from clawpen.daemon.botlocks import BotLocks
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Instance as InstanceRow
 from clawpen.daemon.store import Store
@@ -47,6 +48,7 @@ class Daemon:
         self.services = services_factory(self)
         self.instances: dict[str, list[Instance]] = {}
         self.up_lock = asyncio.Lock()
+        self.bot_locks = BotLocks()  # start/restart vs. a workspace restore (daemon/botlocks.py)
         self.subscribers: set[asyncio.Queue[Event]] = set()
         self.ops.add(self._own_operations())
         self.components: dict[str, Any] = {}  # the started components by name (daemon/app.py)
@@ -252,6 +254,8 @@ class Daemon:
 
     async def op_start(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
         names = self._names(req.bots)
+        for name in names:  # refused as a whole, before any bot starts
+            self.bot_locks.refuse_if_busy(name, "start")
         rows = self.store.bots()
         for name in names:
             self.store.set_desired(name, "running", manual_stop=False)
@@ -265,6 +269,8 @@ class Daemon:
 
     async def op_restart(self, req: ob.Bots, call: Call) -> dict[str, Any]:
         names = self._names(req.bots)
+        for name in names:
+            self.bot_locks.refuse_if_busy(name, "restart")
         for name in names:
             if name not in self.instances:
                 await self.op_start(ob.Bots(bots=[name]), call)

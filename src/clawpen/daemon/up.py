@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from clawpen.daemon import precheck, rpc
+from clawpen.daemon import ops_snapshots, precheck, rpc
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
 from clawpen.daemon.release_diff import bot_policy as _policy
 from clawpen.daemon.runtime import Instance
@@ -210,6 +210,7 @@ async def apply_spec(
         if args.get("dry_run"):
             origin = {"rollback_of": rollback_of} if rollback_of is not None else {}
             return {"dry_run": True, **plan.as_dict(), **origin}
+        await ops_snapshots.before_up(daemon, loaded, plan, args)  # [snapshots] before_up; raises
         result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
     changed = plan.names("create") + plan.names("recreate") + plan.names("start")
     insts = [i for n in changed for i in daemon.replicas(n)]

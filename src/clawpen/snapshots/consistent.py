@@ -40,7 +40,13 @@ class Created(NamedTuple):
     states: list[str]  # each cgroup's freezer state seen just before restic started
 
 
-def create(repo: Repository, bot: str, workspace: Path, cgroups: Sequence[Freezable] = ()) -> Created:
+def create(
+    repo: Repository,
+    bot: str,
+    workspace: Path,
+    cgroups: Sequence[Freezable] = (),
+    tags: Sequence[str] = (),
+) -> Created:
     """Back up ``bot``'s workspace; ``cgroups`` (of its running replicas) are frozen meanwhile."""
     repo.ensure()  # the first-use init does not belong to the pause
     frozen: list[Freezable] = []
@@ -50,7 +56,7 @@ def create(repo: Repository, bot: str, workspace: Path, cgroups: Sequence[Freeza
             if cg.freeze():
                 frozen.append(cg)
         states = [cg.freezer_state() or "none" for cg in cgroups]
-        result = repo.backup(bot, workspace)
+        result = repo.backup(bot, workspace, tags)
     finally:
         for cg in frozen:
             cg.thaw()

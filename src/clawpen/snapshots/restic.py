@@ -66,6 +66,11 @@ def tag_for(bot: str) -> str:
     return f"bot:{bot}"
 
 
+def before_release_tag(release: int) -> str:
+    """The tag of the snapshots taken just before release ``release`` was applied."""
+    return f"before-release:{release}"
+
+
 class Repository:
     """The local restic repository of one state directory.
 
@@ -176,8 +181,9 @@ class Repository:
 
     # -- operations -------------------------------------------------------------------------
 
-    def backup(self, bot: str, workspace: Path) -> BackupResult:
-        """Back up ``workspace`` (its content, as ``.``) with the tags ``clawpen`` and ``bot:<bot>``."""
+    def backup(self, bot: str, workspace: Path, tags: Sequence[str] = ()) -> BackupResult:
+        """Back up ``workspace`` (its content, as ``.``) with the tags ``clawpen``, ``bot:<bot>``
+        and ``tags`` (say ``before-release:<N>``)."""
         if not workspace.is_dir():
             raise UsageError(
                 f"the workspace {workspace} of bot {bot} does not exist",
@@ -185,7 +191,8 @@ class Repository:
                 hint="a bot without a workspace has nothing to snapshot",
             )
         self.ensure()
-        args = ["backup", "--json", "--tag", TAG, "--tag", tag_for(bot), "--host", "clawpen", "."]
+        extra = [a for t in tags for a in ("--tag", t)]
+        args = ["backup", "--json", "--tag", TAG, "--tag", tag_for(bot), *extra, "--host", "clawpen", "."]
         out = self._run(args, "backup", cwd=workspace)
         summary = next((m for m in _json_lines(out) if m.get("message_type") == "summary"), None)
         if summary is None:

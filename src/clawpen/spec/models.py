@@ -27,61 +27,12 @@ from clawpen.spec import bounds, listen, rules, units
 from clawpen.spec import policy as pol
 from clawpen.spec.alerts import MonitoringConfig
 from clawpen.spec.build import BuildSpec
+from clawpen.spec.deploy import Deploy, SnapshotSettings
+from clawpen.spec.fieldtypes import Cpus, DiskSize, Duration, PositiveDuration, Size
 from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
 from clawpen.spec.netlimits import NetworkLimits
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
-
-Size = Annotated[
-    int,
-    BeforeValidator(units.parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*[kKmMgGtTpP]?(i?[bB])?$"},
-                {"type": "integer", "minimum": 1, "maximum": units.MAX_SIZE},
-            ],
-            "description": 'bytes, or a size with a binary unit: "512M", "2G", "64k" (above 0, at most 1P)',
-        }
-    ),
-]
-DiskSize = Annotated[
-    int | None,
-    BeforeValidator(units.parse_disk),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "pattern": r"^(\d+(\.\d+)?\s*[kKmMgGtTpP]?(i?[bB])?|unlimited)$"},
-                {"type": "integer", "minimum": 1, "maximum": units.MAX_SIZE},
-            ],
-            "description": 'a size such as "10G", or "unlimited" (no cap: not advised)',
-        }
-    ),
-]
-Duration = Annotated[
-    float,
-    BeforeValidator(units.parse_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "string"}, {"type": "number", "minimum": 0, "maximum": units.MAX_DURATION}],
-            "description": 'seconds, or a duration: "30s", "5m", "1h30m", "250ms" (at most a year)',
-        }
-    ),
-]
-PositiveDuration = Annotated[
-    float,
-    BeforeValidator(units.parse_positive_duration),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string"},
-                {"type": "number", "exclusiveMinimum": 0, "maximum": units.MAX_DURATION},
-            ],
-            "description": 'seconds above zero, or a duration: "30s", "5m", "1h30m" (at most a year)',
-        }
-    ),
-]
-Cpus = Annotated[float, BeforeValidator(units.parse_cpus)]
 
 
 class _Model(BaseModel):
@@ -450,26 +401,6 @@ class Bot(_Model):
         )
 
 
-class Deploy(_Model):
-    """``[deploy]``: what the daemon does after an ``up`` (spec-wide; no bot's policy hash)."""
-
-    auto_rollback: bool = Field(
-        False, description="roll back by itself when a changed bot is not up within health_window"
-    )
-    health_window: PositiveDuration = Field(
-        120.0, description="how long changed bots have to run (and be healthy), 5s to 1h"
-    )
-
-    @field_validator("health_window")
-    @classmethod
-    def _window(cls, v: float) -> float:
-        if not 5 <= v <= 3600:
-            raise rules.RuleViolation(
-                f"health_window {v:g}s is out of range", 'use "5s" to "1h" (default "2m")'
-            )
-        return v
-
-
 class Spec(_Model):
     """A whole ``clawpen.toml``."""
 
@@ -479,6 +410,7 @@ class Spec(_Model):
     host: HostConfig = HostConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     deploy: Deploy = Deploy()
+    snapshots: SnapshotSettings = SnapshotSettings()
 
     @field_validator("bots", mode="before")
     @classmethod
