@@ -11,7 +11,7 @@ import random
 import time
 
 import pytest
-from helpers import DaemonCli, wait_for, with_marker
+from helpers import DaemonCli, Sink, wait_for, with_marker
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
@@ -101,3 +101,21 @@ def test_a_good_change_is_kept_and_off_means_no_rollback(daemon: DaemonCli) -> N
     assert not sleeping(new) and daemon.ps()["ar1"]["state"] == "stopped"
     assert [r["rollback_of"] for r in daemon.json("releases")] == [None, None, None]
     assert auto_events(daemon) == []
+
+
+def test_an_automatic_rollback_is_notified(daemon: DaemonCli, sink: Sink) -> None:
+    """The `auto-rollback` event reaches every notifier (a webhook on loopback here)."""
+    old, new, _ = argvs()
+    monitoring = (
+        '[monitoring]\ninterval = "1s"\nprometheus_listen = "off"\n'
+        f'[monitoring.builtin]\nhost_defaults = false\n[monitoring.notify]\nurls = ["{sink.url}"]\n'
+    )
+    daemon.write(spec(old) + monitoring)
+    daemon.cli("up")
+    assert wait_for(lambda: sleeping(old), 10)
+    assert not [t for t in sink.titles() if t.startswith("[ROLLBACK]")]  # positive control: none yet
+    daemon.write(spec(new, UNHEALTHY) + monitoring)
+    assert daemon.cli("up", check=False).returncode == 1
+    assert wait_for(lambda: any(t.startswith("[ROLLBACK]") for t in sink.titles()), 15, 0.2), sink.titles()
+    [title] = [t for t in sink.titles() if t.startswith("[ROLLBACK]")]
+    assert "release 2: ar1 not up" in title and "rolled back to release 1" in title

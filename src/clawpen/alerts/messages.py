@@ -73,3 +73,14 @@ def test_message() -> Message:
         "info",
         "test",
     )
+
+
+def rollback_message(reason: str, at: float) -> Message:
+    """An automatic rollback (the daemon's ``auto-rollback`` event), for every notifier."""
+    host = socket.gethostname()
+    return Message(
+        f"[ROLLBACK] clawpen on {host}: {reason}",
+        f"clawpen on {host} at {_when(at)}: {reason}. See `clawpen releases` and `clawpen diff`.",
+        "critical",
+        "auto-rollback",
+    )

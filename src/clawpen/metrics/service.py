@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.alerts.engine import Alert, Change, Engine, Notice
-from clawpen.alerts.messages import fmt_value, message, test_message
+from clawpen.alerts.messages import fmt_value, message, rollback_message, test_message
 from clawpen.alerts.rules import Rule, bot_of, rules_from
 from clawpen.errors import ClawpenError, UsageError
 from clawpen.host import Event, EventFeed, Notes, Operations, SpecFeed
@@ -284,6 +284,8 @@ class Monitor:
             if event.to_state == "oom" and event.bot:
                 target = event.bot if not event.replica else f"{event.bot}[{event.replica}]"
                 self.collector.note_oom(target, event.at)
+            elif event.kind == "auto-rollback":  # clawpen.daemon.auto_rollback.KIND
+                self.dispatcher.submit(rollback_message(event.reason, event.at))
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         if probes is not None:
