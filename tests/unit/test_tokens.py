@@ -10,7 +10,7 @@ def test_token_is_stored_hashed_and_checks(tmp_path):
     store = TokenStore(tmp_path)
     token, secret = store.create("operator", name="ci")
     raw = (tmp_path / "tokens.json").read_text()
-    assert secret not in raw and secret.split("_")[2] not in raw
+    assert secret not in raw and secret.split("_", 2)[2] not in raw
     assert (tmp_path / "tokens.json").stat().st_mode & 0o777 == 0o600
     assert store.check(secret).role == "operator"
     with pytest.raises(AccessError):
