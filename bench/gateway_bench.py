@@ -110,10 +110,10 @@ def serve_gateway(proxy_port: int, dns_port: int, tls_port: int, bulk_port: int,
     import dns.rrset
 
     from clawpen.net.connlog import ConnLog
-    from clawpen.net.fair import Limits
     from clawpen.net.gateway import Gateway
     from clawpen.net.resolve import Resolver
     from clawpen.net.types import BotLink
+    from clawpen.spec.quotas import NetLimits
 
     def fake_dns() -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -134,7 +134,7 @@ def serve_gateway(proxy_port: int, dns_port: int, tls_port: int, bulk_port: int,
         (f"bench.test:{tls_port}", f"bench.test:{bulk_port}"),
         ("127.0.0.1/32",),
         # back-to-back requests: the per-bot quota is not what is measured here
-        Limits(connections_per_s=1e6, connection_burst=1_000_000),
+        NetLimits(connections_per_s=1e6, connection_burst=1_000_000),
     )
 
     class Registry:

@@ -20,6 +20,31 @@ from clawpen.paths import state_dir
 RAW_HELP = "the exact text even on a terminal (there, control characters are escaped by default)"
 
 
+def apply_flags(cmd: argparse.ArgumentParser, *, empty: str) -> None:
+    """The options of a command that applies a spec (``up``, ``rollback``)."""
+    cmd.add_argument(
+        "--dry-run", action="store_true", help="check the spec against the host, show what would change"
+    )
+    cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    cmd.add_argument(
+        "-d", "--detach", action="store_true", help="return once applied; do not wait for the bots to run"
+    )
+    cmd.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for each changed bot to run, or to pass its health check (default 60; "
+        "longer for a health check's start_period); exit 1 naming each bot that did not come up",
+    )
+    cmd.add_argument("--allow-empty", action="store_true", help=empty)
+    cmd.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="skip the [snapshots] before_up snapshot of the changed bots' workspaces",
+    )
+
+
 def add_commands(sub: Any) -> None:
     daemon = sub.add_parser("daemon", help="run the supervisor daemon in the foreground (or: daemon install)")
     daemon.add_argument("action", nargs="?", choices=["run", "install"], default="run")
@@ -44,29 +69,7 @@ def add_commands(sub: Any) -> None:
     up.add_argument(
         "-f", "--file", default="clawpen.toml", metavar="FILE", help="spec file (default clawpen.toml)"
     )
-    up.add_argument(
-        "--dry-run", action="store_true", help="check the spec against the host, show what would change"
-    )
-    up.add_argument("--json", action="store_true", help="machine-readable output")
-    up.add_argument(
-        "-d", "--detach", action="store_true", help="return once applied; do not wait for the bots to run"
-    )
-    up.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long to wait for each changed bot to run, or to pass its health check (default 60; "
-        "longer for a health check's start_period); exit 1 naming each bot that did not come up",
-    )
-    up.add_argument(
-        "--allow-empty", action="store_true", help="apply a spec with no bots (removes every bot)"
-    )
-    up.add_argument(
-        "--no-snapshot",
-        action="store_true",
-        help="skip the [snapshots] before_up snapshot of the changed bots' workspaces",
-    )
+    apply_flags(up, empty="apply a spec with no bots (removes every bot)")
     up.add_argument("bots", nargs="*", metavar="BOT", help="only these bots (nothing is removed then)")
     for name, text in (
         ("down", "stop and forget bots (all when none is named)"),

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from clawpen import termsafe
-from clawpen.cli_daemon import _client, render_up, show_progress
+from clawpen.cli_daemon import _client, apply_flags, render_up, show_progress
 
 
 def _number(raw: str) -> int:
@@ -44,26 +44,7 @@ def add_commands(sub: Any) -> None:
         help="re-apply an earlier release's spec (default: the one before the latest) as a new release",
     )
     rb.add_argument("release", type=_number, nargs="?", metavar="N", help="the release to go back to")
-    rb.add_argument(
-        "--dry-run", action="store_true", help="check it against the host, show what would change"
-    )
-    rb.add_argument("--json", action="store_true", help="machine-readable output")
-    rb.add_argument(
-        "-d", "--detach", action="store_true", help="return once applied; do not wait for the bots to run"
-    )
-    rb.add_argument(
-        "--wait-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long to wait for each changed bot to run or pass its health check (default 60)",
-    )
-    rb.add_argument("--allow-empty", action="store_true", help="go back to a release with no bots")
-    rb.add_argument(
-        "--no-snapshot",
-        action="store_true",
-        help="skip the [snapshots] before_up snapshot of the changed bots' workspaces",
-    )
+    apply_flags(rb, empty="go back to a release with no bots")
 
 
 def _when(at: float) -> str:

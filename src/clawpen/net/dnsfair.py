@@ -8,7 +8,7 @@ take from the sources in turn, and at most ``in_flight`` queries of one source a
 once, so a backlog (or a slow upstream) of one bot holds at most that many workers.
 
 A bot's rate, burst and queue come from its link's limits (``dns_per_s``, ``dns_burst``,
-``dns_queue`` of a :class:`~clawpen.plan.model.NetLimits`, from ``[bots.NAME.network.limits]``),
+``dns_queue`` of a :class:`~clawpen.spec.quotas.NetLimits`, from ``[bots.NAME.network.limits]``),
 passed with each query; a source offered without limits gets the queue's own (the defaults
 below). A source whose limits change is held to the new ones from its next query on.
 """

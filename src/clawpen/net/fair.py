@@ -1,7 +1,7 @@
 """Per-bot connection quotas of the gateway: one bot at its limits never holds up another.
 
 Per bot instance (``(bot, replica)``), with that bot's own limits (a
-:class:`~clawpen.plan.model.NetLimits`, from ``[bots.NAME.network.limits]``; defaults below):
+:class:`~clawpen.spec.quotas.NetLimits`, from ``[bots.NAME.network.limits]``; defaults below):
 
 * new connections per second: a token bucket (``connections_per_s``, :data:`RATE`; at once
   ``connection_burst``, :data:`BURST`);
@@ -31,7 +31,6 @@ RATE = DEFAULT_NET_LIMITS.connections_per_s  # new connections per second (token
 BURST = DEFAULT_NET_LIMITS.connection_burst  # bucket size
 
 Key = tuple[str, int]
-Limits = NetLimits  # the gateway's ``limits=`` (the limits of a link that names none)
 
 
 class _Bot:

@@ -41,7 +41,7 @@ from clawpen.net import sniff
 from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
-from clawpen.net.fair import MAX_CONNECTIONS, Fairness, Limits
+from clawpen.net.fair import MAX_CONNECTIONS, Fairness
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
 from clawpen.net.hello import HelloStep
 from clawpen.net.hello import is_ip as _is_ip
@@ -85,7 +85,6 @@ class Gateway:
         head_timeout: float | None = None,  # the ClientHello after a CONNECT (default head_deadline)
         first_byte: float = FIRST_BYTE,
         head_deadline: float = HEAD_DEADLINE,
-        limits: Limits | None = None,
     ) -> None:
         self.registry = registry
         self.log = log
@@ -116,7 +115,7 @@ class Gateway:
             else None
         )
         self._listeners: list[socket.socket] = []
-        self.fair = Fairness(limits)
+        self.fair = Fairness()  # each link carries its own quotas (BotLink.limits)
         self.heads = HeadStage(
             registry,
             self.fair,
