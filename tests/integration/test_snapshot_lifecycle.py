@@ -153,6 +153,11 @@ def test_before_up_snapshots_a_bot_changed_by_up_or_rollback_tagged_with_the_rel
     ]
     daemon.cli("snapshot", "restore", "bu1", made[1]["id"], "--to", str(tmp_path / "out3"))
     assert (tmp_path / "out3" / "data.txt").read_text() == "two and a half\n"
+    # the bot's files never go where a workspace may not be (a system folder, a .ssh)
+    for bad in ("/etc/clawpen-restore-test", str(tmp_path / "home" / ".ssh")):
+        refused = daemon.cli("snapshot", "restore", "bu1", made[1]["id"], "--to", bad, check=False)
+        assert refused.returncode == 2 and "restore --to" in refused.stderr, refused.stderr
+        assert not Path(bad).exists()
 
     # a failed snapshot applies nothing: no release, the old command still runs
     (bin_dir / "fail").touch()

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import Field
 
-from clawpen.errors import ClawpenError, HostError, UsageError
+from clawpen.errors import ClawpenError, HostError, PolicyError, UsageError
 from clawpen.ops import Call, Contract, Operation, Reply, Request
+from clawpen.spec.rules import RuleViolation, check_host_path
 
 if TYPE_CHECKING:
     from clawpen.daemon.botlocks import BotLocks
@@ -176,6 +177,17 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
                 raise UsageError(
                     f"--to {req.to} is not an absolute path", where="clawpen snapshot restore --to"
                 )
+            # the bot's files are written there (as root): refused wherever a bot could not have
+            # a writable mount (system folders, .ssh and the like, clawpen's own state)
+            try:
+                check_host_path(
+                    req.to, writable=True, base_dir="/", state_dir=str(daemon.services.state_dir),
+                    base_is_spec=False,
+                )  # fmt: skip
+            except RuleViolation as err:
+                raise PolicyError(
+                    f"cannot restore to {req.to}: {err}", where="clawpen snapshot restore --to", hint=err.hint
+                ) from None
         # The check "is the bot stopped?" and the swap of the folders happen under the bot's
         # lifecycle lock (start/restart are refused meanwhile) and the up lock (up, down and
         # rollback wait): nothing starts the bot on a half-restored workspace.
