@@ -97,8 +97,7 @@ def test_a_good_change_is_kept_and_off_means_no_rollback(daemon: DaemonCli) -> N
     done = daemon.cli("up", check=False)
     assert done.returncode == 1 and "error: bot ar1 is not up" in done.stderr, done.stderr
     assert "rolled back" not in done.stderr
-    time.sleep(0.5)
-    assert not sleeping(new) and daemon.ps()["ar1"]["state"] == "stopped"
+    assert wait_for(lambda: not sleeping(new) and daemon.ps()["ar1"]["state"] == "stopped", 10)
     assert [r["rollback_of"] for r in daemon.json("releases")] == [None, None, None]
     assert auto_events(daemon) == []
 
