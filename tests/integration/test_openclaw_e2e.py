@@ -114,4 +114,37 @@ def test_openclaw_end_to_end() -> None:
         actions = result["bots"]["openclaw"]["actions"]
         assert hostile.returncode == 0 and len(actions) >= 30, hostile.stdout[-3000:]
         assert {a["verdict"] for a in actions} == {"contained"}
+        _broken_upgrade_is_rolled_back(d, toml)
     assert _port_free()
+
+
+# An "upgrade" whose new openclaw does not start: the build installs it, then a step damages
+# the package (as a bad release would); `start.sh` then exits at once, so the gateway never
+# becomes healthy and `[deploy] auto_rollback` must go back to the working release by itself.
+BROKEN_STEP = '    ["rm", "-f", "/opt/bot/node_modules/openclaw/openclaw.mjs"],\n'
+
+
+def _broken_upgrade_is_rolled_back(d, toml) -> None:  # type: ignore[no-untyped-def]
+    good = d.json("releases")[0]["id"]
+    text = toml.read_text()
+    marker = '"openclaw@latest"],\n'
+    assert marker in text, "the template's openclaw install step moved"
+    text = text.replace(marker, marker + BROKEN_STEP, 1)
+    toml.write_text(text + '\n[deploy]\nauto_rollback = true\nhealth_window = "5m"\n')
+    up = d.cli("up", "-f", str(toml), "--json", check=False, timeout=1500)
+    assert up.returncode == 1, (up.returncode, up.stdout[-3000:], up.stderr[-2000:])
+    result = json.loads(up.stdout)
+    auto = result["auto_rollback"]
+    assert auto["done"] and auto["rollback_of"] == good, auto
+    releases = d.json("releases")
+    assert releases[0]["id"] == auto["new_release"] and releases[0]["rollback_of"] == good
+    assert releases[0]["who"] == "auto-rollback", releases[0]
+    events = [json.loads(line) for line in d.cli("events", "--json").stdout.splitlines()]
+    [event] = [e for e in events if e["kind"] == "auto-rollback"]
+    assert "openclaw" in event["reason"], event
+    # the old build output was kept: going back rebuilt nothing, and the gateway is back
+    builds = [e["reason"] for e in d.events("openclaw") if e["kind"] == "build"]
+    assert "cached" in builds[-1], builds
+    inst = d.json("status", "openclaw")["instances"][0]
+    assert inst["state"] == "running" and inst["health"] == "healthy", inst
+    assert _readyz()["ready"] is True
