@@ -118,18 +118,12 @@ def output_hash(output: Path) -> str | None:
     return str(value) if isinstance(value, str) else None
 
 
-def bot_contents(bot: Any, base_dir: str, build_dir: Path | None) -> dict[str, Any]:
-    """What ``bot`` runs: its code folders (hashed now) and its build (``build_dir``: the bot's
-    folder of build outputs, ``<state>-build/<bot>``)."""
-    from clawpen.daemon.build_steps import cache_key
-
+def bot_contents(bot: Any, base_dir: str, build_dir: Path | None, key: str | None) -> dict[str, Any]:
+    """What ``bot`` runs: its code folders (hashed now) and its build (``key``: its cache key;
+    ``build_dir``: the bot's folder of build outputs, ``<state>-build/<bot>``)."""
     folders = [folder_record(s, t, p) for s, t, p in code_folders(bot, base_dir)]
     build: dict[str, Any] | None = None
     if bot.build is not None and build_dir is not None:
-        try:
-            key = cache_key(bot.build, base_dir)
-        except OSError:
-            key = None
         build = {"key": key, "output_hash": None if key is None else output_hash(build_dir / key)}
     return {"folders": folders, "build": build}
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.daemon import ops_snapshots, precheck, rpc
-from clawpen.daemon.build_steps import build_root
+from clawpen.daemon.build_steps import build_root, cache_key
 from clawpen.daemon.contents import bot_contents, rollback_warnings
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
 from clawpen.daemon.release_diff import bot_policy as _policy
@@ -288,10 +288,16 @@ def _contents(daemon: Daemon, loaded: LoadedSpec) -> dict[str, tuple[str, dict[s
     """Per bot of the release: its policy hash and what it runs (code folders, build output)."""
     root = build_root(daemon.services.state_dir)
     base = str(loaded.base_dir)
-    return {
-        n: (policy_hash(_policy(loaded, n)), bot_contents(b, base, root / n))
-        for n, b in loaded.spec.bots.items()
-    }
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, bot in loaded.spec.bots.items():
+        key = None
+        if bot.build is not None:
+            try:
+                key = cache_key(bot.build, base)
+            except OSError:  # an input went missing: recorded as an unknown build
+                key = None
+        out[name] = (policy_hash(_policy(loaded, name)), bot_contents(bot, base, root / name, key))
+    return out
 
 
 # ---------------------------------------------------------------------------------- waiting
