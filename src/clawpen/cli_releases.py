@@ -70,10 +70,22 @@ def cmd_release(ns: argparse.Namespace) -> int:
         print("bots     (policy hash; * = what the daemon runs now)")
         for b in d["bots"]:
             print(f"  {b['bot']:<20} {b['policy_hash']}{' *' if b['running'] else ''}")
+            _print_contents(b)
     print("spec text")
     for line in str(d["spec_text"]).splitlines():
         print(f"  {line}")
     return 0
+
+
+def _print_contents(b: dict[str, Any]) -> None:
+    """A bot's recorded code folders and build (nothing for a release of an older clawpen)."""
+    for f in b.get("folders") or []:
+        what = f["hash"] if f.get("state") == "ok" else f.get("state")
+        print(f"    folder {f['source']} -> {f['target']}: {what}")
+    build = b.get("build")
+    if build:
+        kept = "kept" if build.get("kept") else "not kept (a rollback rebuilds it)"
+        print(f"    build  {build.get('key')}: output {build.get('output_hash') or 'unknown'}, {kept}")
 
 
 def cmd_diff(ns: argparse.Namespace) -> int:
@@ -120,6 +132,8 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
             print(f"a rollback to release {target}:")
         else:
             print(f"release {result.get('release')}: rollback of release {target}")
+        for warning in result.get("warnings") or []:
+            print(f"warning: {termsafe.clean_for(sys.stderr, warning)}", file=sys.stderr)
     return render_up(result, json_out=ns.json, dry_run=ns.dry_run)
 
 

@@ -80,11 +80,13 @@ async def roll_back(
         out["why"] = f"the rollback to release {target} was refused: {err}"
         daemon.note(KIND, f"release {release}: {names} not up; {out['why']}")
         return out
-    out |= {"done": True, "new_release": done["release"], "wait": done.get("wait")}
+    warnings = list(done.get("warnings") or [])
+    out |= {"done": True, "new_release": done["release"], "wait": done.get("wait"), "warnings": warnings}
     daemon.note(
         KIND,
         f"release {release}: {names} not up within the health window; "
-        f"rolled back to release {target} (as release {done['release']})",
+        f"rolled back to release {target} (as release {done['release']})"
+        + "".join(f"; warning: {w}" for w in warnings),
     )
     return out
 

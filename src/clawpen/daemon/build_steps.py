@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from clawpen.daemon.contents import META, tree_hash
 from clawpen.errors import ConfigError, HostError
 from clawpen.spec.build import CACHE_MOUNT, BuildSpec
 from clawpen.spec.models import Bot, Filesystem
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from clawpen.sandbox.tier import Tier
 
 BUILD_REPLICA = 999  # the link key of a bot's build sandbox (replicas are 0..63)
-KEEP_BUILDS = 3  # per bot, the newest ones (the running bot's is among them)
+KEEP_BUILDS = 3  # per bot, the most recently used ones (``keep``); the running bot's is never removed
 TAIL_LINES = 20
 
 Progress = Callable[[str], None]
@@ -76,7 +77,7 @@ def _digest_path(path: Path, h: Any) -> None:
 def cache_key(build: BuildSpec, base_dir: str) -> str:
     """The hash of everything a build's output depends on."""
     h = hashlib.sha256()
-    fields = build.model_dump(mode="json", exclude={"inputs", "timeout", "cache"})
+    fields = build.model_dump(mode="json", exclude={"inputs", "timeout", "cache", "keep"})
     h.update(json.dumps(fields, sort_keys=True).encode())
     for raw in build.inputs:
         h.update(raw.encode() + b"\0")
@@ -183,8 +184,11 @@ def _run_step(  # noqa: PLR0917
     return run
 
 
-def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) -> BuildResult:
-    """Build ``bot`` (blocking), or find it in the cache."""
+def run_build(  # noqa: PLR0917
+    svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress, running: frozenset[str] = frozenset()
+) -> BuildResult:
+    """Build ``bot`` (blocking), or find it in the cache (``running``: the outputs bots run now,
+    never pruned). The output used is marked as used now (its mtime), so pruning keeps it."""
     from clawpen.daemon.tiers import tier_for
     from clawpen.sandbox.users import identity_for
     from clawpen.sandbox.workspace import prepare_workspace
@@ -198,6 +202,8 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
     bot_dir = _mkdir(root / name, 0o711)
     final = bot_dir / key
     if final.is_dir():
+        _touch(final)
+        _prune(bot_dir, build.keep, {final.name, *running})
         progress(f"build {name}: cached ({key})")
         return BuildResult(name, key, final, True, 0.0)
     ident = identity_for(name, svc.state_dir)
@@ -242,7 +248,8 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
                         hint=f"the whole output is in {bot_dir / f'{key}.log'}; fix the step and run "
                         "`clawpen up` again (nothing was changed)",
                     )
-        (staging / ".clawpen-build").write_text(json.dumps({"key": key, "built_at": time.time()}) + "\n")
+        meta = {"key": key, "built_at": time.time(), "output_hash": _hash_output(staging)}
+        (staging / META).write_text(json.dumps(meta) + "\n")
         os.rename(staging, final)
     finally:
         if link is not None:
@@ -251,19 +258,49 @@ def run_build(svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress) 
             except Exception:  # the build's result stands; the leftover link is removed next time
                 _log.exception("build of %s: removing its network link failed", name)
         shutil.rmtree(staging, ignore_errors=True)
-    _prune(bot_dir)
+    _prune(bot_dir, build.keep, {final.name, *running})
     seconds = time.monotonic() - started
     progress(f"build {name}: done in {seconds:.1f} s ({key})")
     return BuildResult(name, key, final, False, seconds)
 
 
-def _prune(bot_dir: Path) -> None:
+def _hash_output(staging: Path) -> str | None:
+    try:
+        return tree_hash(staging, skip=(META,))
+    except OSError:
+        return None
+
+
+def _touch(output: Path) -> None:
+    """Mark a build output as used now (pruning removes the least recently used first)."""
+    try:
+        os.utime(output)
+    except OSError:
+        _log.warning("build output %s: cannot mark it as used", output)
+
+
+def running_outputs(rows: Any, name: str, root: Path) -> frozenset[str]:
+    """The names of bot ``name``'s build outputs that its stored policy mounts (what it runs now)."""
+    row = rows.get(name)
+    if row is None:
+        return frozenset()
+    ro = ((row.policy.get("spec") or {}).get("filesystem") or {}).get("ro") or []
+    prefix = f"{root / name}/"
+    return frozenset(
+        e.partition(":")[0][len(prefix) :] for e in ro if isinstance(e, str) and e.startswith(prefix)
+    )
+
+
+def _prune(bot_dir: Path, keep: int = KEEP_BUILDS, protect: set[str] | frozenset[str] = frozenset()) -> None:
+    """Keep the ``keep`` most recently used outputs of a bot, and every output in ``protect``."""
     builds = sorted(
         (p for p in bot_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "cache"),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
-    for old in builds[KEEP_BUILDS:]:
+    for old in builds[keep:]:
+        if old.name in protect:
+            continue
         shutil.rmtree(old, ignore_errors=True)
         (bot_dir / f"{old.name}.log").unlink(missing_ok=True)
 
@@ -315,9 +352,10 @@ async def run_builds(daemon: Any, loaded: Any, names: set[str], writer: Any, arg
                     bots[name] = with_build(bots[name], BuildResult(name, key, path, True, 0.0))
             continue
         daemon.note("build", f"build of {name} started", name)
+        running = running_outputs(daemon.store.bots(), name, build_root(daemon.services.state_dir))
         try:
             result = await loop.run_in_executor(
-                None, run_build, daemon.services, name, bots[name], str(loaded.base_dir), progress
+                None, run_build, daemon.services, name, bots[name], str(loaded.base_dir), progress, running
             )
         except Exception as err:
             daemon.note("build", f"build of {name} failed: {str(err).splitlines()[0]}", name)

@@ -10,11 +10,13 @@ The spec text a release stored is parsed again as if read from its spec file, so
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from clawpen.daemon import release_diff as rd
+from clawpen.daemon.build_steps import build_root
 from clawpen.daemon.ops_bots import UpResult
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import UsageError
@@ -56,6 +58,10 @@ class BotPolicy(Reply):
     bot: str
     policy_hash: str
     running: bool  # the daemon's bot of that name has this very policy now
+    folders: list[dict[str, Any]] | None = (
+        None  # code folders: source, target, hash, state (None: not recorded)
+    )
+    build: dict[str, Any] | None = None  # key, output_hash, kept (the output is still on disk)
 
 
 class ReleaseDetail(Reply):
@@ -88,6 +94,7 @@ class ReleaseDiff(Reply):
 
 class RollbackResult(UpResult):
     rollback_of: int | None = None
+    warnings: list[str] = Field(default_factory=list)  # what runs now differs from the release's record
 
 
 def _rollback_audit(reply: Any) -> dict[str, Any]:
@@ -138,6 +145,17 @@ def default_target(store: Store) -> int:
     return int(rows[1]["id"])
 
 
+def _recorded(contents: dict[str, Any] | None, bot_dir: Path) -> dict[str, Any]:
+    """A bot's recorded contents for ``release show``, with whether its build output is kept."""
+    if contents is None:
+        return {}
+    build = contents.get("build")
+    if build:
+        key = build.get("key")
+        build = build | {"kept": bool(key) and (bot_dir / str(key)).is_dir()}
+    return {"folders": contents.get("folders") or [], "build": build}
+
+
 def operations(daemon: Daemon) -> list[Operation[Any]]:
     async def show(req: ShowRequest, _call: Call) -> dict[str, Any]:
         row = get_release(daemon.store, req.release, "clawpen release show")
@@ -146,8 +164,11 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
         bots = None
         if found is not None:
             hashes = {n: policy_hash(p) for n, p in found.items()}
+            recorded = daemon.store.release_bots(req.release)
+            root = build_root(daemon.services.state_dir)
             bots = [
                 {"bot": n, "policy_hash": h, "running": n in stored and stored[n].spec_hash == h}
+                | _recorded(recorded.get(n), root / n)
                 for n, h in hashes.items()
             ]
         return row | {"bots": bots, "problem": problem}
@@ -164,6 +185,7 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
         bots = None
         if old is not None and new is not None:
             bots = [c._asdict() | {"fields": list(c.fields)} for c in rd.bot_diff(old, new)]
+            rd.with_contents(bots, store.release_bots(int(a["id"])), store.release_bots(int(b["id"])))
         problem = "; ".join(f"release {r['id']}: {p}" for r, p in ((a, bad_a), (b, bad_b)) if p) or None
         return {"a": a["id"], "b": b["id"], "spec_diff": rd.text_diff(a, b), "bots": bots, "problem": problem}
 

@@ -103,3 +103,20 @@ def folder_of(release: Mapping[str, Any]) -> Path:
             "written for another folder",
         )
     return folder
+
+
+def with_contents(
+    bots: list[dict[str, Any]], old: Mapping[str, dict[str, Any]], new: Mapping[str, dict[str, Any]]
+) -> None:
+    """Add to ``bots`` (:func:`bot_diff` rows) what changed in a bot's recorded contents (a code
+    folder's or the build output's hash) although its spec section may not have: such a bot is
+    ``changed``, the content changes among its fields."""
+    from clawpen.daemon.contents import content_changes
+
+    for row in bots:
+        found = content_changes(old.get(row["bot"]), new.get(row["bot"]))
+        if not found or row["change"] not in ("changed", "unchanged"):
+            continue
+        if row["change"] == "unchanged":
+            row["change"], row["why"] = "changed", "; ".join(found)
+        row["fields"] = [*row["fields"], *found]

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from clawpen.errors import HostError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -75,6 +75,13 @@ CREATE TABLE IF NOT EXISTS events (
     to_state TEXT,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS release_bots (
+    release INTEGER NOT NULL,
+    bot TEXT NOT NULL,
+    policy_hash TEXT NOT NULL,
+    contents TEXT NOT NULL,        -- JSON: code folders' and build output's hashes (version 3)
+    PRIMARY KEY (release, bot)
+);
 """
 INDEX = "CREATE INDEX IF NOT EXISTS events_bot_at ON events (bot, at)"
 
@@ -82,6 +89,10 @@ INDEX = "CREATE INDEX IF NOT EXISTS events_bot_at ON events (bot, at)"
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: ("ALTER TABLE instances ADD COLUMN tracker TEXT",),
     1: ("ALTER TABLE releases ADD COLUMN rollback_of INTEGER",),
+    2: (
+        "CREATE TABLE IF NOT EXISTS release_bots (release INTEGER NOT NULL, bot TEXT NOT NULL, "
+        "policy_hash TEXT NOT NULL, contents TEXT NOT NULL, PRIMARY KEY (release, bot))",
+    ),
 }
 
 # SQLite's primary result codes (the low byte of sqlite_errorcode)

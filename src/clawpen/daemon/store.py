@@ -83,6 +83,13 @@ RELEASE_KEYS = ("id", "created", "who", "spec_path", "spec_hash", "summary", "ro
 
 
 def policy_hash(policy: dict[str, Any]) -> str:
+    """The hash of a bot's policy; a build's ``keep`` is left out (changing how many outputs are
+    kept restarts nothing, and a policy stored before ``keep`` existed hashes the same)."""
+    spec = policy.get("spec")
+    build = spec.get("build") if isinstance(spec, dict) else None
+    if isinstance(spec, dict) and isinstance(build, dict) and "keep" in build:
+        trimmed = {k: v for k, v in build.items() if k != "keep"}
+        policy = {**policy, "spec": {**spec, "build": trimmed}}
     return hashlib.sha256(json.dumps(policy, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -311,6 +318,25 @@ class Store:
             (number,),
         ).fetchone()
         return dict(zip(keys, row, strict=True)) if row else None
+
+    def add_release_bots(self, release: int, bots: dict[str, tuple[str, dict[str, Any]]]) -> None:
+        """Record what each bot of ``release`` ran: ``{bot: (policy hash, contents)}``."""
+        with contextlib.suppress(sqlite3.Error):  # the release stands without its contents
+            self.db.executemany(
+                "INSERT OR REPLACE INTO release_bots (release, bot, policy_hash, contents) VALUES (?,?,?,?)",
+                [(release, n, h, json.dumps(c, sort_keys=True)) for n, (h, c) in sorted(bots.items())],
+            )
+
+    def release_bots(self, release: int) -> dict[str, dict[str, Any]]:
+        """``{bot: contents}`` recorded with ``release`` (empty for a release of an older clawpen)."""
+        rows = self.db.execute("SELECT bot, contents FROM release_bots WHERE release = ?", (release,))
+        out: dict[str, dict[str, Any]] = {}
+        for bot, text in rows:
+            with contextlib.suppress(ValueError):
+                value = json.loads(text)
+                if isinstance(value, dict):
+                    out[str(bot)] = value
+        return out
 
     def latest_spec(self) -> tuple[str, str] | None:
         """(path, text) of the spec of the newest release, if any."""

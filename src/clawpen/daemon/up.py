@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.daemon import ops_snapshots, precheck, rpc
+from clawpen.daemon.build_steps import build_root, cache_key
+from clawpen.daemon.contents import bot_contents, rollback_warnings
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
 from clawpen.daemon.release_diff import bot_policy as _policy
 from clawpen.daemon.runtime import Instance
@@ -254,7 +256,9 @@ async def _apply(
     summary = summary or "no change"
     if rollback_of is not None:
         summary = f"rollback of release {rollback_of}: {summary}"
+    contents = await asyncio.get_running_loop().run_in_executor(None, _contents, daemon, loaded)
     release = store.add_release(who, str(loaded.path.resolve()), loaded.text, summary, rollback_of)
+    store.add_release_bots(release, contents)
     for name in plan.names("remove"):
         await daemon.halt(name)
         store.remove_bot(name)
@@ -271,7 +275,29 @@ async def _apply(
         listener(loaded.spec)
     after = store.releases(1)[0]["spec_hash"]
     out = {"release": release, "before": before, "after": after, **plan.as_dict()}
-    return out | ({"rollback_of": rollback_of} if rollback_of is not None else {})
+    if rollback_of is not None:
+        got = {n: c for n, (_h, c) in contents.items()}
+        out |= {
+            "rollback_of": rollback_of,
+            "warnings": rollback_warnings(rollback_of, store.release_bots(rollback_of), got),
+        }
+    return out
+
+
+def _contents(daemon: Daemon, loaded: LoadedSpec) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Per bot of the release: its policy hash and what it runs (code folders, build output)."""
+    root = build_root(daemon.services.state_dir)
+    base = str(loaded.base_dir)
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, bot in loaded.spec.bots.items():
+        key = None
+        if bot.build is not None:
+            try:
+                key = cache_key(bot.build, base)
+            except OSError:  # an input went missing: recorded as an unknown build
+                key = None
+        out[name] = (policy_hash(_policy(loaded, name)), bot_contents(bot, base, root / name, key))
+    return out
 
 
 # ---------------------------------------------------------------------------------- waiting

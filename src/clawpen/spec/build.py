@@ -64,6 +64,13 @@ class BuildSpec(BaseModel):
     cache: str | None = Field(
         None, description="host folder for /build-cache (default: one per bot in clawpen's state)"
     )
+    keep: int = Field(
+        3,
+        ge=1,
+        le=50,
+        description="how many build outputs of this bot are kept (the one it runs is never removed); "
+        "not part of the cache key",
+    )
     cache_adopt: bool = Field(
         False,
         description="hand an existing cache folder with files of other owners to the build's uid "
