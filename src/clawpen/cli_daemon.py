@@ -251,6 +251,8 @@ def _render_auto_rollback(auto: dict[str, Any] | None) -> None:
         for r in (auto.get("wait") or {}).get("bots", []):
             if not r.get("ok"):
                 _err_not_up(r)
+        for warning in auto.get("warnings") or []:  # content that differs from the release's
+            print(f"warning: {termsafe.clean_for(sys.stderr, str(warning))}", file=sys.stderr)
     else:
         print(f"error: not rolled back: {auto.get('why')}", file=sys.stderr)
 
