@@ -18,9 +18,12 @@ PASSWORD = b"tier-test-password-7f3a"
 DAY = 86400.0
 
 
-def _repos(tmp_path: Path, argv: list[list[str]], *, mounted: bool = True) -> tuple[dict[str, TierRepo], StorageSettings]:
+def _repos(
+    tmp_path: Path, argv: list[list[str]], *, mounted: bool = True
+) -> tuple[dict[str, TierRepo], StorageSettings]:
     storage = StorageSettings.model_validate(
-        {"warm": {"repository": str(tmp_path / "disk2" / "warm")}}, context={"state_dir": str(tmp_path / "state")}
+        {"warm": {"repository": str(tmp_path / "disk2" / "warm")}},
+        context={"state_dir": str(tmp_path / "state")},
     )
     repos = tier_repos(
         tmp_path / "state", storage, password=lambda: PASSWORD, secret=lambda n: b"", argv_seen=argv
@@ -34,7 +37,18 @@ def _repos(tmp_path: Path, argv: list[list[str]], *, mounted: bool = True) -> tu
 def _backup(repo: TierRepo, workspace: Path, days_old: float, now: float) -> None:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - days_old * DAY))
     repo.run(
-        ["backup", "--tag", "clawpen", "--tag", "bot:b1", "--host", "clawpen", "--time", when, str(workspace)],
+        [
+            "backup",
+            "--tag",
+            "clawpen",
+            "--tag",
+            "bot:b1",
+            "--host",
+            "clawpen",
+            "--time",
+            when,
+            str(workspace),
+        ],
         "backup",
     )
 

@@ -37,7 +37,12 @@ CASES = [
         {"hot": [snap("a", 8)], "warm": [snap("w1", 8, key="a")]},
         [("forget", "hot", "warm", "a")],
     ),
-    ("old warm without cold: forgotten", WARM, {"warm": [snap("w1", 31, key="a")]}, [("forget", "warm", None, "w1")]),
+    (
+        "old warm without cold: forgotten",
+        WARM,
+        {"warm": [snap("w1", 31, key="a")]},
+        [("forget", "warm", None, "w1")],
+    ),
     ("young warm stays", WARM, {"warm": [snap("w1", 29, key="a")]}, []),
     (
         "old warm with cold: copied",
@@ -73,7 +78,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("raw", "listing", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_plan(raw: dict[str, object], listing: dict[str, list[TierSnapshot]], expected: list[tuple[str, ...]]) -> None:
+def test_plan(
+    raw: dict[str, object], listing: dict[str, list[TierSnapshot]], expected: list[tuple[str, ...]]
+) -> None:
     got = [(a.kind, a.source, a.target, a.id) for a in plan_ageing(listing, NOW, settings(**raw))]
     assert got == expected
 
@@ -100,7 +107,7 @@ def test_bad_storage_is_a_clear_error(
     lines = ["[storage]"]
     for key, value in raw.items():
         if isinstance(value, dict):
-            inner = ", ".join(f'{k} = {v!r}'.replace("'", '"') for k, v in value.items())
+            inner = ", ".join(f"{k} = {v!r}".replace("'", '"') for k, v in value.items())
             lines.append(f"{key} = {{ {inner} }}")
         else:
             lines.append(f'{key} = "{value}"')
@@ -113,4 +120,3 @@ def test_bad_storage_is_a_clear_error(
     # positive control: a good [storage] loads, and is in no bot's policy
     good = parse_spec_text('[storage]\nwarm = { repository = "/mnt/w" }\n', spec)
     assert good.spec.storage.warm is not None
-

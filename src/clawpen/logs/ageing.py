@@ -42,7 +42,9 @@ def _to_warm(src: Path, warm: Path, *, level: int) -> Path:
             if src.name.endswith(".gz"):
                 shutil.copyfileobj(fin, raw, 1 << 20)
             else:
-                with gzip.GzipFile(filename=src.name, mode="wb", fileobj=raw, compresslevel=level, mtime=0) as gz:
+                with gzip.GzipFile(
+                    filename=src.name, mode="wb", fileobj=raw, compresslevel=level, mtime=0
+                ) as gz:
                     shutil.copyfileobj(fin, gz, 1 << 20)
             raw.flush()
             os.fsync(raw.fileno())

@@ -9,8 +9,8 @@ credentials (``env_secrets``: S3 keys...) are read from the vault into restic's 
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -94,7 +94,9 @@ class TierRepo:
         """Run restic on this repository (``source``: the ``--from-repo`` of copy/init)."""
         exe = shutil.which(self._restic, path=self._env()["PATH"])
         if exe is None:
-            raise HostError(f"restic is not installed ({self._restic})", where="storage", hint="apt-get install restic")
+            raise HostError(
+                f"restic is not installed ({self._restic})", where="storage", hint="apt-get install restic"
+            )
         self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         env = self._env()
         with ExitStack() as stack:
@@ -183,4 +185,6 @@ def _row(row: dict[str, Any]) -> TierSnapshot:
     stamp = f"{m.group(1)}.{(m.group(2) or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
     when = datetime.fromisoformat(stamp).timestamp()
     sid = str(row["id"])
-    return TierSnapshot(sid, str(row.get("original") or sid), when, tuple(str(t) for t in row.get("tags") or []))
+    return TierSnapshot(
+        sid, str(row.get("original") or sid), when, tuple(str(t) for t in row.get("tags") or [])
+    )

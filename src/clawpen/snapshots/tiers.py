@@ -79,7 +79,9 @@ def run_ageing(
         listing = {name: repo.snapshots() for name, repo in repos.items()}
         actions = plan_ageing(listing, now, storage)
         if dry_run:
-            return AgeingReport([a for a in actions if a.kind == "copy"], [a for a in actions if a.kind == "forget"], [])
+            return AgeingReport(
+                [a for a in actions if a.kind == "copy"], [a for a in actions if a.kind == "forget"], []
+            )
         if not actions:
             break
         copies = [a for a in actions if a.kind == "copy"]

@@ -118,7 +118,8 @@ class StorageSettings(BaseModel):
     def _tiers(self) -> StorageSettings:
         if self.cold is not None and self.warm is None:
             raise rules.RuleViolation(
-                "[storage] cold needs a warm tier", "add warm = { repository = ... } (snapshots pass warm first)"
+                "[storage] cold needs a warm tier",
+                "add warm = { repository = ... } (snapshots pass warm first)",
             )
         if self.cold is not None and self.cold.age is not None:
             raise rules.RuleViolation(
