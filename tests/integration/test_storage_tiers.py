@@ -3,6 +3,7 @@ folders); ``backup --time`` makes snapshots look old."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import time
 from pathlib import Path
@@ -122,3 +123,38 @@ def test_an_unreachable_warm_tier_forgets_nothing(tmp_path: Path) -> None:
     (tmp_path / "disk2").mkdir()
     run_ageing(repos, storage, now)
     assert repos["hot"].snapshots() == [] and len(repos["warm"].snapshots()) == 1
+
+
+def test_age_now_archives_old_warm_logs_into_the_repository_and_leaves_them_out_of_ageing(
+    tmp_path: Path,
+) -> None:
+    from clawpen.daemon.ops_storage import age_now
+    from clawpen.logs.store import stamp_of
+
+    argv: list[list[str]] = []
+    repos, _ = _repos(tmp_path, argv)
+    storage = StorageSettings.model_validate(
+        {
+            "warm": {"repository": str(tmp_path / "disk2" / "warm")},
+            "logs_warm": str(tmp_path / "disk2" / "logs"),
+        },
+        context={"state_dir": str(tmp_path / "state")},
+    )
+    logs = tmp_path / "state" / "logs"
+    logs.mkdir(parents=True)
+    now = time.time()
+    ancient = logs / f"b1.{stamp_of(now - 40 * DAY)}.log"
+    ancient.write_bytes(b"forty days ago\n")
+    recent = logs / f"b1.{stamp_of(now - 10 * DAY)}.log"
+    recent.write_bytes(b"ten days ago\n")
+    report = age_now(tmp_path / "state", logs, storage, now, repos=repos)
+    assert report["errors"] == [] and report["logs_moved"] == 2 and report["logs_archived"] == 1
+    assert sorted(p.name for p in (tmp_path / "disk2" / "logs").iterdir()) == [recent.name + ".gz"]
+    listed = repos["warm"].run(["snapshots", "--json", "--tag", "logs"], "snapshots")
+    assert "bot:b1" in listed
+    assert repos["warm"].snapshots() == []  # a log archive is not a snapshot that ages away
+    out = tmp_path / "out"
+    repos["warm"].run(["restore", "latest", "--tag", "logs", "--target", str(out)], "restore")
+    archived = out / str(tmp_path / "disk2" / "logs").lstrip("/") / (ancient.name + ".gz")
+    assert gzip.decompress(archived.read_bytes()) == b"forty days ago\n"
+    assert all(PASSWORD.decode() not in " ".join(a) for a in argv)
