@@ -81,6 +81,7 @@ COMMAND_MODULES = (
     "clawpen.cli_bots",
     "clawpen.cli_releases",
     "clawpen.cli_snapshot",
+    "clawpen.cli_storage",
     "clawpen.api.cli",
 )
 
@@ -114,6 +115,7 @@ COMMAND_INDEX = {
     "dashboard": "clawpen.api.cli",
     **dict.fromkeys(("diff", "release", "rollback"), "clawpen.cli_releases"),
     "snapshot": "clawpen.cli_snapshot",
+    "storage": "clawpen.cli_storage",
 }
 
 

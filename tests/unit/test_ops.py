@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from clawpen import audit, cli
 from clawpen.api.app import create_app
 from clawpen.daemon import client as client_mod
-from clawpen.daemon import ops_admin, ops_bots, ops_releases, ops_snapshots, ops_views
+from clawpen.daemon import ops_admin, ops_bots, ops_releases, ops_snapshots, ops_storage, ops_views
 from clawpen.daemon.client import Client
 from clawpen.daemon.rpc import RemoteError
 from clawpen.daemon.server import Daemon
@@ -36,7 +36,16 @@ from clawpen.tokens import TokenStore
 SRC = Path(cli.__file__).parent
 CONTRACTS: dict[str, Contract[Any]] = {
     c.name: c
-    for module in (ops_bots, ops_admin, ops_views, ops_releases, metrics_ops, net_ops, ops_snapshots)
+    for module in (
+        ops_bots,
+        ops_admin,
+        ops_views,
+        ops_releases,
+        metrics_ops,
+        net_ops,
+        ops_snapshots,
+        ops_storage,
+    )
     for c in module.CONTRACTS
 }
 

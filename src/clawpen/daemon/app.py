@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from clawpen.daemon import ops_storage
 from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
@@ -143,10 +144,12 @@ async def serve(state: Path) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"clawpen daemon: listening on {path}", file=sys.stderr, flush=True)
     sweeper = loop.create_task(_sweep_logs(daemon))
+    ager = loop.create_task(ops_storage.periodic(daemon))  # [storage] tiers, hourly
     flusher = loop.create_task(_flush_store(daemon.store))
     async with server:
         await stop.wait()
         sweeper.cancel()
+        ager.cancel()
         flusher.cancel()
         server.close()
         for part in reversed(started):

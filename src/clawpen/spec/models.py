@@ -33,6 +33,7 @@ from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
 from clawpen.spec.netlimits import NetworkLimits
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
+from clawpen.spec.storage import StorageSettings
 
 
 class _Model(BaseModel):
@@ -411,6 +412,7 @@ class Spec(_Model):
     monitoring: MonitoringConfig = MonitoringConfig()
     deploy: Deploy = Deploy()
     snapshots: SnapshotSettings = SnapshotSettings()
+    storage: StorageSettings = StorageSettings()
 
     @field_validator("bots", mode="before")
     @classmethod
