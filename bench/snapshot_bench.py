@@ -28,7 +28,9 @@ uid range, like the integration tests); everything is removed at the end.
 
 Prints p50/p90/min per measurement and the ratios (goals: snapshot <= 1.1x restic, pause <= the
 time to read the changed files, restore and rollback reported). ``--json`` prints the figures as
-JSON at the end. Exits 0 when the snapshot goal is met, 1 when not, 2 when it cannot run.
+JSON at the end. Exits 0 when both snapshot goals are met (1.1x; pause <= restic's own
+``total_duration`` by hand, which scans every file and reads the changed ones), 1 when not, 2
+when it cannot run.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from clawpen.snapshots.restic import PASSWORD_SECRET
+from clawpen.vault.store import Vault
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAWPEN = str(ROOT / ".venv" / "bin" / "clawpen")
@@ -227,6 +232,14 @@ class Anchor:
         argv += ["--cache-dir", str(self.cache), "--quiet", *args]
         return timed(argv, env=self.env, cwd=cwd, stdin=subprocess.DEVNULL)
 
+    def clone_keys(self, repo: Path) -> None:
+        """An empty repository with ``repo``'s config (id, chunker) and key files (same KDF cost)."""
+        self.repo.mkdir(mode=0o700)
+        shutil.copy2(repo / "config", self.repo / "config")
+        shutil.copytree(repo / "keys", self.repo / "keys")
+        for sub in ("data", "index", "snapshots", "locks"):
+            (self.repo / sub).mkdir(mode=0o700)
+
     def backup(self, folder: Path) -> tuple[float, dict[str, Any]]:
         ms, done = self.restic("backup", "--json", *TAGS, "--host", "clawpen", ".", cwd=folder)
         return ms, summary(done.stdout)
@@ -285,11 +298,20 @@ def bench_snapshot(
     rng: random.Random,
 ) -> bool:
     log("first (full) backup on both sides")
-    full_cp, _ = cp.run("snapshot", "create", SNAP_BOT, "--json")
-    anchor.restic("init")
+    # One password for both repositories (the bench's, set in clawpen's vault before its repository
+    # exists) and the anchor repository made from clawpen's config and key: restic calibrates the
+    # key's scrypt cost at init (about 0.5 s, more or less with the load then), and every restic
+    # run pays it once, so two independent inits would differ by that alone.
+    # (`clawpen secrets set` refuses CLAWPEN_* names: the bench writes its own temporary vault)
+    Vault(cp.home, environ=cp.env).set(PASSWORD_SECRET, anchor.password.read_bytes())
+    full_cp, _ = cp.run("snapshot", "create", SNAP_BOT, "--json")  # restic init included
+    anchor.clone_keys(cp.home / "snapshots" / "repo")
     full_anchor, _ = anchor.backup(copy)
     rep.data["snapshot_full_ms"] = {"clawpen": full_cp, "restic": full_anchor}
-    print(f"  first full backup: clawpen {full_cp:.0f} ms, restic by hand {full_anchor:.0f} ms")
+    print(
+        f"  first full backup: clawpen {full_cp:.0f} ms (restic init included), "
+        f"restic by hand {full_anchor:.0f} ms"
+    )
     cli, hand = Stat("clawpen snapshot create (CLI wall)"), Stat("restic backup by hand (wall)")
     pause, dur_cp = Stat("  bot's freeze pause (pause_s)"), Stat("  restic total_duration, clawpen side")
     dur_anchor, cat = Stat("  restic total_duration, by hand"), Stat("cat of the changed files (cache hot)")
@@ -335,7 +357,9 @@ def bench_snapshot(
     ok = rep.ratio(
         "snapshot", "clawpen snapshot create / restic backup by hand", cli, hand, TARGET_SNAPSHOT_RATIO
     )
-    rep.ratio("pause_vs_restic", "freeze pause / restic's total_duration by hand", pause, dur_anchor)
+    ok &= rep.ratio(
+        "pause_vs_restic", "freeze pause / restic's total_duration by hand", pause, dur_anchor, 1.0
+    )
     rep.ratio("pause_vs_cat", "freeze pause / cat of the changed files", pause, cat)
     return ok
 
