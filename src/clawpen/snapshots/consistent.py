@@ -2,7 +2,9 @@
 
 While restic reads the workspace of a running bot, every cgroup of the bot (one per replica) is
 frozen (cgroup freezer), then thawed in a ``finally``: the bot cannot be half-way through a write
-in the snapshot. The pause (freeze to thaw) is measured and reported.
+in the snapshot. The freeze starts when restic first opens the workspace (not during restic's
+start-up; see :mod:`clawpen.snapshots.freezeonread`). The pause (freeze to thaw) is measured
+and reported.
 
 A restore goes into a new folder (``to``), or, when the bot is stopped, into a fresh folder next
 to the workspace that then takes its place (the old one is kept as
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from clawpen.errors import UsageError
+from clawpen.snapshots import freezeonread
 from clawpen.snapshots.restic import BackupResult, Repository, Snapshot
 
 
@@ -47,20 +50,35 @@ def create(
     cgroups: Sequence[Freezable] = (),
     tags: Sequence[str] = (),
 ) -> Created:
-    """Back up ``bot``'s workspace; ``cgroups`` (of its running replicas) are frozen meanwhile."""
+    """Back up ``bot``'s workspace; ``cgroups`` (of its running replicas) are frozen meanwhile:
+    from the moment restic opens the workspace (:mod:`clawpen.snapshots.freezeonread`) where
+    fanotify allows it, else from before restic starts; thawed when restic is done."""
     repo.ensure()  # the first-use init does not belong to the pause
     frozen: list[Freezable] = []
-    started = time.monotonic()
-    try:
+    states: list[str] = []
+
+    def freeze() -> None:
         for cg in cgroups:
             if cg.freeze():
                 frozen.append(cg)
-        states = [cg.freezer_state() or "none" for cg in cgroups]
-        result = repo.backup(bot, workspace, tags)
+        states.extend(cg.freezer_state() or "none" for cg in cgroups)
+
+    started: float | None = None
+    try:
+        if cgroups and freezeonread.available():
+            with freezeonread.FreezeOnRead(workspace, freeze) as watch:
+                result = repo.backup(bot, workspace, tags)
+            started = watch.freeze_started
+            if watch.error is not None:
+                raise watch.error
+        else:
+            started = time.monotonic()
+            freeze()
+            result = repo.backup(bot, workspace, tags)
     finally:
         for cg in frozen:
             cg.thaw()
-        pause = time.monotonic() - started if frozen else 0.0
+        pause = time.monotonic() - started if frozen and started is not None else 0.0
     return Created(result, bool(frozen) and len(frozen) == len(cgroups), pause, states)
 
 
