@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from clawpen.daemon import ops_snapshots, precheck, rpc
+from clawpen.daemon import ops_snapshots, precheck, rollback_data, rpc
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
 from clawpen.daemon.release_diff import bot_policy as _policy
 from clawpen.daemon.runtime import Instance
@@ -207,11 +207,14 @@ async def apply_spec(
 
         loaded = await run_builds(daemon, loaded, wanted, writer, args)
         plan = classify(daemon, loaded, wanted, partial)
+        data = await rollback_data.find(daemon, loaded, plan, args, rollback_of)  # --with-data; raises
         if args.get("dry_run"):
             origin = {"rollback_of": rollback_of} if rollback_of is not None else {}
-            return {"dry_run": True, **plan.as_dict(), **origin}
+            return {"dry_run": True, **plan.as_dict(), **origin, **rollback_data.dry(data)}
         await ops_snapshots.before_up(daemon, loaded, plan, args)  # [snapshots] before_up; raises
-        result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
+        async with rollback_data.restored(daemon, data) as restored:  # snapshot, stop, restore
+            result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
+        result |= restored
     changed = plan.names("create") + plan.names("recreate") + plan.names("start")
     insts = [i for n in changed for i in daemon.replicas(n)]
     deploy = loaded.spec.deploy
