@@ -40,7 +40,8 @@ from clawpen.ops import Reply
 if TYPE_CHECKING:
     from clawpen.daemon.botlocks import BotLocks
     from clawpen.daemon.release import ReleasePlan
-    from clawpen.daemon.up import Daemon
+    from clawpen.daemon.runtime import Instance, Services
+    from clawpen.daemon.store import Store
     from clawpen.snapshots.consistent import Restored
     from clawpen.snapshots.restic import Repository, Snapshot
     from clawpen.spec.loader import LoadedSpec
@@ -49,9 +50,19 @@ PREFIX = "before-release:"
 WHY = "its workspace is being restored by a rollback"
 
 
-class _Daemon(Protocol):
+class Daemon(Protocol):
+    """What this module uses of the daemon (``daemon/server.py`` ``Daemon``)."""
+
+    @property
+    def store(self) -> Store: ...
+    @property
+    def services(self) -> Services: ...
+    @property
+    def instances(self) -> dict[str, list[Instance]]: ...
     @property
     def bot_locks(self) -> BotLocks: ...
+    def replicas(self, name: str) -> list[Instance]: ...
+    async def halt(self, name: str) -> None: ...
 
 
 class DataRestored(Reply):
@@ -196,7 +207,7 @@ async def restored(daemon: Daemon, data: DataPlan | None) -> AsyncIterator[dict[
     from clawpen.snapshots import consistent
     from clawpen.snapshots.restic import before_release_tag
 
-    locks: BotLocks = daemon.bot_locks  # type: ignore[attr-defined]  # server.Daemon has them
+    locks = daemon.bot_locks
     repo, tag = _repo(daemon), before_release_tag(data.release)
     async with AsyncExitStack() as stack:
         for choice in data.choices:
