@@ -45,6 +45,7 @@ def add_commands(sub: Any) -> None:
     )
     rb.add_argument("release", type=_number, nargs="?", metavar="N", help="the release to go back to")
     apply_flags(rb, empty="go back to a release with no bots")
+    rb.add_argument("--with-data", action="store_true", help="restore each bot's workspace as it was too")
 
 
 def _when(at: float) -> str:
@@ -125,6 +126,7 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
         wait_timeout=ns.wait_timeout,
         allow_empty=ns.allow_empty,
         **({"no_snapshot": True} if ns.no_snapshot else {}),
+        **({"with_data": True} if ns.with_data else {}),
     )
     if not ns.json:
         target = result.get("rollback_of")
@@ -134,6 +136,11 @@ def cmd_rollback(ns: argparse.Namespace) -> int:
             print(f"release {result.get('release')}: rollback of release {target}")
         for warning in result.get("warnings") or []:
             print(f"warning: {termsafe.clean_for(sys.stderr, warning)}", file=sys.stderr)
+        for d in termsafe.clean_for(sys.stdout, result.get("data") or []):
+            aside = f"; its data was {d['previous']}, snapshot {d['saved']}" if d.get("previous") else ""
+            gets = "would get" if ns.dry_run else "got"
+            snap = f"snapshot {d['snapshot'][:8]} (before release {d['from_release']})"
+            print(f"  {d['bot']}: {gets} {snap}{aside}")
     return render_up(result, json_out=ns.json, dry_run=ns.dry_run)
 
 

@@ -22,7 +22,7 @@ from selfsigned import self_signed
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
-FILL = {"bot": "demo", "target": "host", "alert_id": "x"}
+FILL = {"bot": "demo", "target": "host", "alert_id": "x", "release": "1", "a": "1"}
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -56,6 +58,14 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+async def on_bad_request(_request: Request, exc: Exception) -> JSONResponse:
+    """422 as FastAPI answers it, but a body that is not UTF-8 is echoed with replacement
+    characters (FastAPI's own handler raised UnicodeDecodeError on it: a 500)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    safe = jsonable_encoder(errors, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    return JSONResponse({"detail": safe}, status_code=422)
+
+
 class Health(BaseModel):
     ok: bool
     version: str
@@ -73,6 +83,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         openapi_url=None,  # served below, behind a token
     )
     app.add_exception_handler(HttpError, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_bad_request)
     app.add_exception_handler(ClawpenError, on_clawpen_error)
     app.add_exception_handler(Exception, on_internal)
     app.add_middleware(SecurityHeaders)

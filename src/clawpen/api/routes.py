@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from fastapi import Body, Depends, FastAPI, Query
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from clawpen.api import streams
 from clawpen.api.auth import HttpError, requires
 from clawpen.daemon import ops_bots as ob
+from clawpen.daemon import ops_releases as orl
+from clawpen.daemon import ops_snapshots as osn
 from clawpen.daemon import ops_views as ov
 from clawpen.errors import UsageError
 from clawpen.metrics import ops as om
@@ -42,6 +44,34 @@ class ErrorBody(BaseModel):
     error: str
     where: str | None = None
     hint: str | None = None
+
+
+ReleaseNo = Annotated[int, PathParam(ge=1, le=2**62, description="a release's number")]
+
+
+class JsonBody(BaseModel):
+    """A JSON body: a key the route does not know is refused (422), so a typo is not ignored;
+    the operation's contract then checks the values (400 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RollbackBody(JsonBody):
+    release: int | None = None  # default: the release before the latest
+    dry_run: bool = False
+    with_data: bool = False
+    no_snapshot: bool = False
+
+
+class RestoreBody(JsonBody):
+    snapshot: str = "latest"
+    to: str | None = None  # a new folder (absolute path); default: in place of a stopped bot's
+
+
+class ForgetBody(JsonBody):
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 6
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -191,6 +221,45 @@ def add_routes(app: FastAPI, daemon: Daemon) -> None:
     @route("GET", "/releases", ob.RELEASES, "releases")
     async def releases(limit: Limit = 50, who: str = auth(ob.RELEASES)) -> JSONResponse:
         return await run(ob.RELEASES, {"limit": limit}, who)
+
+    @route("GET", "/releases/{release}", orl.SHOW, "releases")
+    async def release_show(release: ReleaseNo, who: str = auth(orl.SHOW)) -> JSONResponse:
+        return await run(orl.SHOW, {"release": release}, who)
+
+    @route("GET", "/releases/{a}/diff", orl.DIFF, "releases")
+    async def release_diff(
+        a: ReleaseNo,
+        b: Annotated[int | None, Query(ge=1, le=2**62, description="the newer (default: the latest)")] = None,
+        who: str = auth(orl.DIFF),
+    ) -> JSONResponse:
+        return await run(orl.DIFF, {"a": a, "b": b}, who)
+
+    @route("POST", "/rollback", orl.ROLLBACK, "releases")
+    async def rollback(body: RollbackBody | None = None, who: str = auth(orl.ROLLBACK)) -> JSONResponse:
+        """Re-apply a release (admin); it does not wait for the bots (see /bots, /events)."""
+        args = (body or RollbackBody()).model_dump()
+        return await run(orl.ROLLBACK, args | {"who": who, "wait": False, "progress": False}, who)
+
+    # ------------------------------------------------------------------ snapshots
+    @route("GET", "/bots/{bot}/snapshots", osn.SNAPSHOT_LS, "snapshots")
+    async def snapshot_ls(bot: BotName, who: str = auth(osn.SNAPSHOT_LS)) -> JSONResponse:
+        return await run(osn.SNAPSHOT_LS, {"bot": bot}, who)
+
+    @route("POST", "/bots/{bot}/snapshots", osn.SNAPSHOT_CREATE, "snapshots")
+    async def snapshot_create(bot: BotName, who: str = auth(osn.SNAPSHOT_CREATE)) -> JSONResponse:
+        return await run(osn.SNAPSHOT_CREATE, {"bot": bot}, who)
+
+    @route("POST", "/bots/{bot}/snapshots/restore", osn.SNAPSHOT_RESTORE, "snapshots")
+    async def snapshot_restore(
+        bot: BotName, body: RestoreBody | None = None, who: str = auth(osn.SNAPSHOT_RESTORE)
+    ) -> JSONResponse:
+        return await run(osn.SNAPSHOT_RESTORE, {"bot": bot, **(body or RestoreBody()).model_dump()}, who)
+
+    @route("POST", "/bots/{bot}/snapshots/forget", osn.SNAPSHOT_FORGET, "snapshots")
+    async def snapshot_forget(
+        bot: BotName, body: ForgetBody | None = None, who: str = auth(osn.SNAPSHOT_FORGET)
+    ) -> JSONResponse:
+        return await run(osn.SNAPSHOT_FORGET, {"bot": bot, **(body or ForgetBody()).model_dump()}, who)
 
     # ------------------------------------------------------------------ metrics, alerts, egress
     @route("GET", "/metrics/latest", om.METRICS_LATEST, "metrics")

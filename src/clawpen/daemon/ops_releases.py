@@ -18,6 +18,7 @@ from pydantic import Field
 from clawpen.daemon import release_diff as rd
 from clawpen.daemon.build_steps import build_root
 from clawpen.daemon.ops_bots import UpResult
+from clawpen.daemon.rollback_data import DataRestored
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import UsageError
 from clawpen.ops import Call, Contract, Operation, Reply, Request
@@ -51,6 +52,7 @@ class RollbackRequest(Request):
     wait_timeout: float | None = None
     allow_empty: bool = False
     no_snapshot: bool = False  # skip the [snapshots] before_up snapshot
+    with_data: bool = False  # the workspaces go back too (daemon/rollback_data.py)
 
 
 # ------------------------------------------------------------------ replies
@@ -95,6 +97,7 @@ class ReleaseDiff(Reply):
 class RollbackResult(UpResult):
     rollback_of: int | None = None
     warnings: list[str] = Field(default_factory=list)  # what runs now differs from the release's record
+    data: list[DataRestored] | None = None  # --with-data: per bot, the snapshot restored
 
 
 def _rollback_audit(reply: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from clawpen.daemon import ops_snapshots, precheck, rpc
+from clawpen.daemon import ops_snapshots, precheck, rollback_data, rpc
 from clawpen.daemon.build_steps import build_root, cache_key
 from clawpen.daemon.contents import bot_contents, rollback_warnings
 from clawpen.daemon.release import ACTIONS, Current, ReleasePlan, Wanted, release_plan
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
+    from clawpen.daemon.botlocks import BotLocks
     from clawpen.daemon.runtime import Services
     from clawpen.daemon.store import Store
     from clawpen.spec.models import Bot, Spec
@@ -67,6 +68,8 @@ class Daemon(Notes, Protocol):
     def spec_listeners(self) -> list[Callable[[Spec], None]]: ...
     @property
     def deploy_watches(self) -> set[asyncio.Task[None]]: ...
+    @property
+    def bot_locks(self) -> BotLocks: ...  # rollback --with-data holds them (daemon/rollback_data.py)
     def replicas(self, name: str) -> list[Instance]: ...
     def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
     async def halt(self, name: str) -> None: ...
@@ -209,11 +212,14 @@ async def apply_spec(
 
         loaded = await run_builds(daemon, loaded, wanted, writer, args)
         plan = classify(daemon, loaded, wanted, partial)
+        data = await rollback_data.find(daemon, loaded, plan, args, rollback_of)  # --with-data; raises
         if args.get("dry_run"):
             origin = {"rollback_of": rollback_of} if rollback_of is not None else {}
-            return {"dry_run": True, **plan.as_dict(), **origin}
+            return {"dry_run": True, **plan.as_dict(), **origin, **rollback_data.dry(data)}
         await ops_snapshots.before_up(daemon, loaded, plan, args)  # [snapshots] before_up; raises
-        result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
+        async with rollback_data.restored(daemon, data) as restored:  # snapshot, stop, restore
+            result = await _apply(daemon, loaded, plan, str(args.get("who", "root")), rollback_of)
+        result |= restored
     changed = plan.names("create") + plan.names("recreate") + plan.names("start")
     insts = [i for n in changed for i in daemon.replicas(n)]
     deploy = loaded.spec.deploy
