@@ -46,6 +46,8 @@ def create(
     workspace: Path,
     cgroups: Sequence[Freezable] = (),
     tags: Sequence[str] = (),
+    *,
+    at: float | None = None,
 ) -> Created:
     """Back up ``bot``'s workspace; ``cgroups`` (of its running replicas) are frozen meanwhile."""
     repo.ensure()  # the first-use init does not belong to the pause
@@ -56,7 +58,7 @@ def create(
             if cg.freeze():
                 frozen.append(cg)
         states = [cg.freezer_state() or "none" for cg in cgroups]
-        result = repo.backup(bot, workspace, tags)
+        result = repo.backup(bot, workspace, tags, at=at)
     finally:
         for cg in frozen:
             cg.thaw()
