@@ -187,3 +187,21 @@ def test_the_schedule_is_in_no_policy_hash_and_bad_values_name_the_field(tmp_pat
         '[snapshots]\nstate_every = "12h"\nstate_keep = { daily = 3 }\n' + bot, tmp_path / "c.toml"
     )
     assert ok.spec.snapshots.state_every == 12 * HOUR and ok.spec.snapshots.state_keep.daily == 3
+
+
+def test_a_bot_with_a_snapshot_under_way_is_left_for_the_next_tick(tmp_path: Path) -> None:
+    async def body(daemon: Daemon, spec_dir: Path) -> None:
+        repo = Repository(daemon.services.state_dir)
+        sched = Scheduler(daemon)
+        async with daemon.snapshot_locks.hold("sa", "a snapshot of it is being taken"):  # say, a manual one
+            done = await sched.tick(T0)
+        assert [(r["target"], r.get("skipped")) for r in done] == [
+            ("sa", "a snapshot of it is being taken"),
+            ("sb", None),
+        ]
+        assert scheduled(repo, "sa") == [] and scheduled(repo, "sb") == [T0]
+        assert await sched.due(T0 + 60) == ["sa"]  # still due
+        done = await sched.tick(T0 + 60)  # positive control: once free, sa is taken
+        assert [r["target"] for r in done] == ["sa"] and scheduled(repo, "sa") == [T0 + 60]
+
+    run(tmp_path, body)

@@ -33,6 +33,8 @@ class _Bots(Protocol):
     def services(self) -> Services: ...
     @property
     def store(self) -> Store: ...
+    @property
+    def snapshot_locks(self) -> BotLocks: ...
     def replicas(self, name: str) -> list[Instance]: ...
     def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
 
@@ -168,9 +170,10 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
         name = daemon.known_bot(req.bot)
         workspace = _workspace(daemon, name)
         host = daemon.services.cgroups()
-        live = [i for i in daemon.replicas(name) if i.sandbox is not None]
-        cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
-        made = await asyncio.to_thread(consistent.create, repo(), name, workspace, cgroups)
+        async with daemon.snapshot_locks.hold(name, "a snapshot of it is being taken"):
+            live = [i for i in daemon.replicas(name) if i.sandbox is not None]  # as they are now
+            cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
+            made = await asyncio.to_thread(consistent.create, repo(), name, workspace, cgroups)
         return {
             "bot": name,
             "snapshot": made.backup.snapshot_id,
@@ -283,7 +286,8 @@ async def before_up(daemon: _Bots, loaded: LoadedSpec, plan: ReleasePlan, args: 
             live = [i for i in daemon.replicas(name) if i.sandbox is not None]
             cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
             tags = [before_release_tag(release)]
-            await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags)
+            async with daemon.snapshot_locks.hold(name, "a snapshot of it is being taken"):
+                await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags)
         except ClawpenError as err:
             raise HostError(
                 f"the snapshot of bot {name}'s workspace before release {release} failed, so nothing "

@@ -122,6 +122,10 @@ class Scheduler:
             plan = wanted(self.daemon.current_spec())
             for key in await self.due(now):
                 every, keep = plan[key]
+                busy = self.daemon.snapshot_locks.busy(key) or self.daemon.bot_locks.busy(key)
+                if key != STATE and busy:
+                    reports.append({"target": key, "ok": True, "skipped": busy})  # still due: next tick
+                    continue
                 report = await self._run(key, keep, now)
                 if report["ok"]:
                     self._retry.pop(key, None)
@@ -137,7 +141,11 @@ class Scheduler:
             if bot is None:
                 report = await self._state(keep, now)
             else:
-                async with self.daemon.bot_locks.hold(bot, "a scheduled snapshot is being taken"):
+                # never two snapshots of one bot; never during a restore of its workspace
+                async with (
+                    self.daemon.snapshot_locks.hold(bot, "a snapshot of it is being taken"),
+                    self.daemon.bot_locks.hold(bot, "a scheduled snapshot is being taken"),
+                ):
                     report = await self._bot(bot, keep, now)
         except ClawpenError as err:
             reason = f"the scheduled snapshot of {what} failed: {err.what}"

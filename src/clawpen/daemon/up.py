@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable
 
+    from clawpen.daemon.botlocks import BotLocks
     from clawpen.daemon.runtime import Services
     from clawpen.daemon.store import Store
     from clawpen.spec.models import Bot, Spec
@@ -65,6 +66,8 @@ class Daemon(Notes, Protocol):
     def spec_listeners(self) -> list[Callable[[Spec], None]]: ...
     @property
     def deploy_watches(self) -> set[asyncio.Task[None]]: ...
+    @property
+    def snapshot_locks(self) -> BotLocks: ...  # [snapshots] before_up (ops_snapshots.before_up)
     def replicas(self, name: str) -> list[Instance]: ...
     def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
     async def halt(self, name: str) -> None: ...
