@@ -5,6 +5,7 @@ scheduled snapshot reaches the notifiers as [SNAPSHOT FAILED]."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -52,6 +53,16 @@ def test_a_wiped_database_and_vault_come_back_from_a_state_snapshot(
     releases = daemon.json("releases")
 
     kill_daemon(daemon)
+    try:
+        emergency(daemon, tmp_path, password, pid, releases)
+    finally:  # no daemon to stop the bot when the steps fail half-way
+        if not daemon.pid() or not alive(daemon.pid() or 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def emergency(daemon: DaemonCli, tmp_path: Path, password: str, pid: int, releases: object) -> None:
+    """The documented steps: wipe, restore into a new folder, move into place, start."""
     for name in ("clawpen.db", "clawpen.db-wal", "clawpen.db-shm", "secrets.json", "master.key"):
         (daemon.home / name).unlink(missing_ok=True)
     target = tmp_path / "restored"
