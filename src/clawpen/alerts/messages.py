@@ -84,3 +84,14 @@ def rollback_message(reason: str, at: float) -> Message:
         "critical",
         "auto-rollback",
     )
+
+
+def snapshot_failed_message(reason: str, at: float) -> Message:
+    """A failed scheduled snapshot (the daemon's ``snapshot-failed`` event), for every notifier."""
+    host = socket.gethostname()
+    return Message(
+        f"[SNAPSHOT FAILED] clawpen on {host}",
+        f"clawpen on {host} at {_when(at)}: {reason}. See `clawpen events` and `clawpen snapshot ls`.",
+        "critical",
+        "snapshot-failed",
+    )

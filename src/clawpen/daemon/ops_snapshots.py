@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from pydantic import Field
 
 from clawpen.errors import ClawpenError, HostError, PolicyError, UsageError
-from clawpen.ops import Call, Contract, Operation, Reply, Request
+from clawpen.ops import Call, Contract, Empty, Operation, Reply, Request
 from clawpen.spec.rules import RuleViolation, check_host_path
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ class _Bots(Protocol):
     def services(self) -> Services: ...
     @property
     def store(self) -> Store: ...
+    @property
+    def snapshot_locks(self) -> BotLocks: ...
     def replicas(self, name: str) -> list[Instance]: ...
     def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
 
@@ -109,7 +111,29 @@ SNAPSHOT_FORGET = Contract(
     "snapshot_forget", "operator", ForgetRequest, SnapshotForgotten,
     "forget a bot's snapshots beyond --keep-daily/weekly/monthly, and prune",
 )  # fmt: skip
-CONTRACTS = (SNAPSHOT_CREATE, SNAPSHOT_LS, SNAPSHOT_RESTORE, SNAPSHOT_FORGET)
+
+
+class StateCreated(Reply):
+    snapshot: str
+    data_added: int
+    duration_s: float
+
+
+class SnapshotPassword(Reply):
+    password: str
+
+
+SNAPSHOT_STATE_CREATE = Contract(
+    "snapshot_state_create", "admin", Empty, StateCreated,
+    "snapshot clawpen's own state: database (SQLite backup), vault and key, audit log, bot records",
+)  # fmt: skip
+SNAPSHOT_STATE_LS = Contract("snapshot_state_ls", "admin", Empty, list[SnapshotRow], "the state snapshots")
+SNAPSHOT_PASSWORD = Contract(
+    "snapshot_password", "admin", Empty, SnapshotPassword,
+    "the snapshot repository's password (keep a copy apart from the vault); never logged",
+)  # fmt: skip
+CONTRACTS = (SNAPSHOT_CREATE, SNAPSHOT_LS, SNAPSHOT_RESTORE, SNAPSHOT_FORGET, SNAPSHOT_STATE_CREATE,
+             SNAPSHOT_STATE_LS, SNAPSHOT_PASSWORD)  # fmt: skip
 
 
 def _workspace(daemon: _Bots, name: str) -> Path:
@@ -146,9 +170,10 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
         name = daemon.known_bot(req.bot)
         workspace = _workspace(daemon, name)
         host = daemon.services.cgroups()
-        live = [i for i in daemon.replicas(name) if i.sandbox is not None]
-        cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
-        made = await asyncio.to_thread(consistent.create, repo(), name, workspace, cgroups)
+        async with daemon.snapshot_locks.hold(name, "a snapshot of it is being taken"):
+            live = [i for i in daemon.replicas(name) if i.sandbox is not None]  # as they are now
+            cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
+            made = await asyncio.to_thread(consistent.create, repo(), name, workspace, cgroups)
         return {
             "bot": name,
             "snapshot": made.backup.snapshot_id,
@@ -213,8 +238,28 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
         gone = await asyncio.to_thread(repo().forget, name, keep)
         return {"bot": name, "forgotten": gone}
 
+    async def state_create(_req: Empty, _call: Call) -> dict[str, Any]:
+        from clawpen.snapshots import state
+
+        made = await asyncio.to_thread(state.create, repo())
+        return {"snapshot": made.snapshot_id, "data_added": made.data_added, "duration_s": made.duration}
+
+    async def state_ls(_req: Empty, _call: Call) -> list[dict[str, Any]]:
+        from clawpen.snapshots import state
+
+        snaps = await asyncio.to_thread(state.snapshots, repo())
+        return [
+            {"id": s.id, "short_id": s.short_id, "time": s.time, "bot": s.bot, "tags": s.tags} for s in snaps
+        ]
+
+    async def password(_req: Empty, _call: Call) -> dict[str, Any]:
+        # created on first use, like the first backup would (the audit log keeps no reply)
+        value = await asyncio.to_thread(repo().password)
+        return {"password": value.decode()}
+
     return [SNAPSHOT_CREATE.bind(create), SNAPSHOT_LS.bind(ls), SNAPSHOT_RESTORE.bind(restore),
-            SNAPSHOT_FORGET.bind(forget)]  # fmt: skip
+            SNAPSHOT_FORGET.bind(forget), SNAPSHOT_STATE_CREATE.bind(state_create),
+            SNAPSHOT_STATE_LS.bind(state_ls), SNAPSHOT_PASSWORD.bind(password)]  # fmt: skip
 
 
 async def before_up(daemon: _Bots, loaded: LoadedSpec, plan: ReleasePlan, args: dict[str, Any]) -> None:
@@ -241,7 +286,8 @@ async def before_up(daemon: _Bots, loaded: LoadedSpec, plan: ReleasePlan, args: 
             live = [i for i in daemon.replicas(name) if i.sandbox is not None]
             cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
             tags = [before_release_tag(release)]
-            await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags)
+            async with daemon.snapshot_locks.hold(name, "a snapshot of it is being taken"):
+                await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags)
         except ClawpenError as err:
             raise HostError(
                 f"the snapshot of bot {name}'s workspace before release {release} failed, so nothing "

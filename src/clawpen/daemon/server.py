@@ -49,6 +49,7 @@ class Daemon:
         self.instances: dict[str, list[Instance]] = {}
         self.up_lock = asyncio.Lock()
         self.bot_locks = BotLocks()  # start/restart vs. a workspace restore (daemon/botlocks.py)
+        self.snapshot_locks = BotLocks()  # one snapshot of a bot at a time (manual, before_up, scheduled)
         self.subscribers: set[asyncio.Queue[Event]] = set()
         self.ops.add(self._own_operations())
         self.components: dict[str, Any] = {}  # the started components by name (daemon/app.py)

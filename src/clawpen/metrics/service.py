@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.alerts.engine import Alert, Change, Engine, Notice
-from clawpen.alerts.messages import fmt_value, message, rollback_message, test_message
+from clawpen.alerts.messages import (
+    fmt_value,
+    message,
+    rollback_message,
+    snapshot_failed_message,
+    test_message,
+)
 from clawpen.alerts.rules import Rule, bot_of, rules_from
 from clawpen.errors import ClawpenError, UsageError
 from clawpen.host import Event, EventFeed, Notes, Operations, SpecFeed
@@ -286,6 +292,8 @@ class Monitor:
                 self.collector.note_oom(target, event.at)
             elif event.kind == "auto-rollback":  # clawpen.daemon.auto_rollback.KIND
                 self.dispatcher.submit(rollback_message(event.reason, event.at))
+            elif event.kind == "snapshot-failed":  # clawpen.daemon.snapshot_schedule.FAILED
+                self.dispatcher.submit(snapshot_failed_message(event.reason, event.at))
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         if probes is not None:

@@ -49,6 +49,8 @@ def create(
     workspace: Path,
     cgroups: Sequence[Freezable] = (),
     tags: Sequence[str] = (),
+    *,
+    at: float | None = None,
 ) -> Created:
     """Back up ``bot``'s workspace; ``cgroups`` (of its running replicas) are frozen meanwhile:
     from the moment restic opens the workspace (:mod:`clawpen.snapshots.freezeonread`) where
@@ -67,14 +69,14 @@ def create(
     try:
         if cgroups and freezeonread.available():
             with freezeonread.FreezeOnRead(workspace, freeze) as watch:
-                result = repo.backup(bot, workspace, tags)
+                result = repo.backup(bot, workspace, tags, at=at)
             started = watch.freeze_started
             if watch.error is not None:
                 raise watch.error
         else:
             started = time.monotonic()
             freeze()
-            result = repo.backup(bot, workspace, tags)
+            result = repo.backup(bot, workspace, tags, at=at)
     finally:
         for cg in frozen:
             cg.thaw()

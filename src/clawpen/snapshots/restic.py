@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +61,7 @@ class Keep(NamedTuple):
     daily: int = 7
     weekly: int = 4
     monthly: int = 6
+    hourly: int = 0
 
 
 def tag_for(bot: str) -> str:
@@ -97,6 +99,10 @@ class Repository:
         return f"Repository({str(self.path)!r})"
 
     # -- password ---------------------------------------------------------------------------
+
+    def password(self) -> bytes:
+        """The repository password (``clawpen snapshot password``; never logged)."""
+        return self._password()
 
     def _vault_password(self) -> bytes:
         from clawpen.vault.store import Vault
@@ -140,6 +146,7 @@ class Repository:
         env = {k: self._environ[k] for k in _KEEP_ENV if k in self._environ}
         env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         env["HOME"] = str(self.cache)
+        env["TZ"] = "UTC"  # backup --time is given in UTC
         return env
 
     def _run(self, args: Sequence[str], what: str, *, cwd: Path | None = None) -> str:
@@ -181,9 +188,12 @@ class Repository:
 
     # -- operations -------------------------------------------------------------------------
 
-    def backup(self, bot: str, workspace: Path, tags: Sequence[str] = ()) -> BackupResult:
+    def backup(
+        self, bot: str | None, workspace: Path, tags: Sequence[str] = (), *, at: float | None = None
+    ) -> BackupResult:
         """Back up ``workspace`` (its content, as ``.``) with the tags ``clawpen``, ``bot:<bot>``
-        and ``tags`` (say ``before-release:<N>``)."""
+        (none for ``bot=None``: clawpen's own state) and ``tags`` (say ``before-release:<N>``);
+        ``at``: the snapshot's time (default: now)."""
         if not workspace.is_dir():
             raise UsageError(
                 f"the workspace {workspace} of bot {bot} does not exist",
@@ -192,7 +202,10 @@ class Repository:
             )
         self.ensure()
         extra = [a for t in tags for a in ("--tag", t)]
-        args = ["backup", "--json", "--tag", TAG, "--tag", tag_for(bot), *extra, "--host", "clawpen", "."]
+        extra += ["--tag", tag_for(bot)] if bot is not None else []
+        if at is not None:
+            extra += ["--time", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at))]
+        args = ["backup", "--json", "--tag", TAG, *extra, "--host", "clawpen", "."]
         out = self._run(args, "backup", cwd=workspace)
         summary = next((m for m in _json_lines(out) if m.get("message_type") == "summary"), None)
         if summary is None:
@@ -209,11 +222,13 @@ class Repository:
             duration=float(summary.get("total_duration", 0.0)),
         )
 
-    def snapshots(self, bot: str | None = None) -> list[Snapshot]:
-        """Snapshots (of ``bot``, or every clawpen one), oldest first; none before the first backup."""
+    def snapshots(self, bot: str | None = None, *, tag: str | None = None) -> list[Snapshot]:
+        """Snapshots (of ``bot``, or every clawpen one; ``tag``: only those with this tag too, or
+        these tags: ``a,b``), oldest first; none before the first backup."""
         if not (self.path / "config").exists():
             return []
-        out = self._run(["snapshots", "--json", "--tag", tag_for(bot) if bot else TAG], "snapshots")
+        wanted = tag_for(bot) if bot else TAG
+        out = self._run(["snapshots", "--json", "--tag", wanted + (f",{tag}" if tag else "")], "snapshots")
         try:
             rows = json.loads(out or "[]")
         except ValueError:
@@ -254,14 +269,20 @@ class Repository:
                 where=f"clawpen snapshot restore {bot}",
                 hint="name a new folder with --to",
             )
-        self._run(["restore", snap.id, "--target", str(target)], "restore")
+        self.restore_snapshot(snap, target)
         return snap
 
-    def forget(self, bot: str, keep: Keep, *, prune: bool = True) -> list[str]:
-        """Apply ``keep`` to ``bot``'s snapshots (then prune); the ids forgotten."""
+    def restore_snapshot(self, snap: Snapshot, target: Path) -> None:
+        """restic restore of ``snap`` into ``target`` (the caller checks the target)."""
+        self._run(["restore", snap.id, "--target", str(target)], "restore")
+
+    def forget(self, bot: str | None, keep: Keep, *, prune: bool = True, tag: str | None = None) -> list[str]:
+        """Apply ``keep`` to ``bot``'s snapshots (only those also tagged ``tag``, when given;
+        ``bot=None``: every clawpen snapshot tagged ``tag``), then prune; the ids forgotten."""
         if not (self.path / "config").exists():
             return []
-        args = ["forget", "--json", "--tag", tag_for(bot), "--group-by", "tags"]
+        tags = ",".join([tag_for(bot) if bot is not None else TAG, *([tag] if tag else [])])
+        args = ["forget", "--json", "--tag", tags, "--group-by", "tags", "--keep-hourly", str(keep.hourly)]
         args += ["--keep-daily", str(keep.daily), "--keep-weekly", str(keep.weekly)]
         args += ["--keep-monthly", str(keep.monthly), *(["--prune"] if prune else [])]
         out = self._run(args, "forget")

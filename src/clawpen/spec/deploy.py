@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clawpen.spec import rules
 from clawpen.spec.fieldtypes import PositiveDuration
+from clawpen.spec.snapshots import KeepCounts, check_every
 
 
 class Deploy(BaseModel):
@@ -41,3 +42,15 @@ class SnapshotSettings(BaseModel):
         description="snapshot the workspace of every bot an `up` or `rollback` changes or removes, "
         "first (tagged before-release:N); a failed snapshot stops the `up` unless --no-snapshot",
     )
+    state_every: PositiveDuration | None = Field(
+        default=None,
+        description='snapshot clawpen\'s own state (database, vault, audit log) this often, "5m" to "30d"',
+    )
+    state_keep: KeepCounts = Field(
+        default_factory=KeepCounts, description="retention of the scheduled state snapshots"
+    )
+
+    @field_validator("state_every")
+    @classmethod
+    def _state_every(cls, v: float | None) -> float | None:
+        return None if v is None else check_every(v)

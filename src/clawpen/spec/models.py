@@ -33,6 +33,7 @@ from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
 from clawpen.spec.netlimits import NetworkLimits
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
+from clawpen.spec.snapshots import BotSnapshots
 from clawpen.spec.storage import StorageSettings
 
 
@@ -314,6 +315,8 @@ class Bot(_Model):
         default_factory=list, description="of `secrets`, those also set as env vars"
     )
     build: BuildSpec | None = Field(None, description="steps run once per release before the bot starts")
+    # not in the stored policy (exclude): changing it never restarts the bot (spec/snapshots.py)
+    snapshots: BotSnapshots | None = Field(None, exclude=True, description="scheduled workspace snapshots")
 
     @model_validator(mode="after")
     def _secret_names(self) -> Bot:

@@ -1,0 +1,54 @@
+"""Scheduled snapshots: a bot's ``snapshots = { every = "24h", keep = {...} }`` and the retention
+(``keep``) shared with ``[snapshots] state_keep``. Neither is part of a bot's policy hash: changing
+them never restarts a bot (the daemon reads them from the applied spec)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from clawpen.spec import rules
+from clawpen.spec.fieldtypes import PositiveDuration
+
+MIN_EVERY = 300.0  # 5m
+MAX_EVERY = 30 * 86400.0  # 30d
+MAX_KEEP = 10_000
+
+
+def check_every(v: float) -> float:
+    if not MIN_EVERY <= v <= MAX_EVERY:
+        raise rules.RuleViolation(f"every {v:g}s is out of range", 'use "5m" to "30d" (say "24h")')
+    return v
+
+
+class KeepCounts(BaseModel):
+    """How many scheduled snapshots stay (restic forget): the newest of each hour, day, week, month."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hourly: int = Field(0, ge=0, le=MAX_KEEP, description="keep the last N hourly snapshots")
+    daily: int = Field(7, ge=0, le=MAX_KEEP, description="keep the last N daily snapshots")
+    weekly: int = Field(4, ge=0, le=MAX_KEEP, description="keep the last N weekly snapshots")
+    monthly: int = Field(6, ge=0, le=MAX_KEEP, description="keep the last N monthly snapshots")
+
+    @model_validator(mode="after")
+    def _some(self) -> KeepCounts:
+        if not (self.hourly or self.daily or self.weekly or self.monthly):
+            raise rules.RuleViolation(
+                "keep keeps nothing (every count is 0)",
+                "set at least one of hourly, daily, weekly, monthly above 0",
+            )
+        return self
+
+
+class BotSnapshots(BaseModel):
+    """A bot's ``snapshots``: a scheduled snapshot of its workspace ``every``, pruned to ``keep``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: PositiveDuration = Field(86400.0, description='how often, "5m" to "30d" (default "24h")')
+    keep: KeepCounts = Field(default_factory=KeepCounts, description="retention of the scheduled snapshots")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v: float) -> float:
+        return check_every(v)
