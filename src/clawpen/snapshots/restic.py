@@ -282,7 +282,7 @@ class Repository:
         if not (self.path / "config").exists():
             return []
         tags = ",".join([tag_for(bot) if bot is not None else TAG, *([tag] if tag else [])])
-        args = ["forget", "--json", "--tag", tags, "--group-by", "tags", "--keep-hourly", str(keep.hourly)]
+        args = ["forget", "--json", "--tag", tags, "--group-by", "host", "--keep-hourly", str(keep.hourly)]
         args += ["--keep-daily", str(keep.daily), "--keep-weekly", str(keep.weekly)]
         args += ["--keep-monthly", str(keep.monthly), *(["--prune"] if prune else [])]
         out = self._run(args, "forget")
