@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clawpen.snapshots.restic import PASSWORD_SECRET
+from clawpen.snapshots.runner import PASSWORD_SECRET
 from clawpen.vault.store import Vault
 
 ROOT = Path(__file__).resolve().parent.parent

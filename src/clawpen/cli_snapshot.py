@@ -143,7 +143,8 @@ def _restore_state(ns: argparse.Namespace) -> int:
 
     from clawpen.errors import ClawpenError
     from clawpen.snapshots import state
-    from clawpen.snapshots.restic import PASSWORD_SECRET, Repository
+    from clawpen.snapshots.restic import Repository
+    from clawpen.snapshots.runner import PASSWORD_SECRET
     from clawpen.vault.store import Vault
 
     where = "clawpen snapshot restore --state"

@@ -22,7 +22,8 @@ from clawpen.errors import UsageError
 from clawpen.plan.model import CgroupLimits
 from clawpen.sandbox.cgroups import detect
 from clawpen.snapshots import consistent
-from clawpen.snapshots.restic import PASSWORD_SECRET, Keep, Repository
+from clawpen.snapshots.restic import Keep, Repository
+from clawpen.snapshots.runner import PASSWORD_SECRET
 from clawpen.vault.store import Vault
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}

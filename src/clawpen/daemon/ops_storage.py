@@ -98,7 +98,7 @@ def _repos(state_dir: Path, storage: StorageSettings) -> dict[str, TierRepo]:
 
     hot = Repository(state_dir)
     vault = Vault(state_dir)
-    return tier_repos(state_dir, storage, password=hot._vault_password, secret=vault.get)
+    return tier_repos(state_dir, storage, password=hot.password, secret=vault.get)
 
 
 @contextlib.contextmanager

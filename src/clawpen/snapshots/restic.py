@@ -1,10 +1,9 @@
-"""restic, started by clawpen with argv lists, on one local repository.
+"""The bots' snapshots in a restic repository (run by :mod:`clawpen.snapshots.runner`).
 
-The repository lives at ``<state>/snapshots/repo`` and is created (``restic init``) on first use.
-Its password is a random secret in the clawpen vault (``CLAWPEN_SNAPSHOT_PASSWORD``, created on first
-use). restic reads it from an inherited pipe (``--password-file /dev/fd/N``): it is never in an
-argv, an environment variable, a file on disk or a log line. restic's environment is reduced to
-``PATH``, ``HOME``, ``LANG`` and ``TMPDIR``; its cache is ``<state>/snapshots/cache``.
+The local repository lives at ``<state>/snapshots/repo`` and is created (``restic init``) on first
+use; a storage tier's (warm, cold) can be read the same way. The password is a random secret in
+the clawpen vault (``CLAWPEN_SNAPSHOT_PASSWORD``, created on first use), handed to restic through
+a pipe; restic's cache is ``<state>/snapshots/cache``.
 
 Snapshots of a bot carry the tags ``clawpen`` and ``bot:<name>``; the workspace is backed up as
 ``.`` from inside it, so a restore writes its files straight into the target folder.
@@ -15,21 +14,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from clawpen.errors import ConfigError, HostError, UsageError
+from clawpen.snapshots.runner import HINT_INSTALL, PASSWORD_SECRET, ResticRepo
 
-PASSWORD_SECRET = "CLAWPEN_SNAPSHOT_PASSWORD"  # noqa: S105 (the name of a vault entry)
-"""The vault entry holding the repository password (losing it loses every snapshot)."""
 TAG = "clawpen"
-_KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR")
-_HINT_INSTALL = "install restic (apt-get install restic); scripts/setup.sh does it"
 
 
 class Snapshot(NamedTuple):
@@ -73,8 +66,10 @@ def before_release_tag(release: int) -> str:
     return f"before-release:{release}"
 
 
-class Repository:
-    """The local restic repository of one state directory.
+class Repository(ResticRepo):
+    """A bot's snapshots in one restic repository: by default the local one of a state directory,
+    ``<state>/snapshots/repo``; ``location``: another (a storage tier's, any backend), with
+    ``env_secrets`` for its backend.
 
     ``password``: returns the repository password (bytes); by default the vault's
     ``CLAWPEN_SNAPSHOT_PASSWORD``, created with 32 random bytes on first use.
@@ -87,101 +82,51 @@ class Repository:
         password: Callable[[], bytes] | None = None,
         restic: str = "restic",
         environ: Mapping[str, str] = os.environ,
+        location: str | None = None,
+        env_secrets: Mapping[str, bytes] | None = None,
+        label: str = "snapshots",
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.path = self.state_dir / "snapshots" / "repo"
-        self.cache = self.state_dir / "snapshots" / "cache"
-        self._password = password or self._vault_password
-        self._restic = restic
-        self._environ = environ
-
-    def __repr__(self) -> str:
-        return f"Repository({str(self.path)!r})"
-
-    # -- password ---------------------------------------------------------------------------
-
-    def password(self) -> bytes:
-        """The repository password (``clawpen snapshot password``; never logged)."""
-        return self._password()
+        self.path = self.state_dir / "snapshots" / "repo" if location is None else Path(location)
+        super().__init__(
+            str(self.path) if location is None else location,
+            cache=self.state_dir / "snapshots" / "cache",
+            password=password or self._vault_password,
+            label=label,
+            env_secrets=env_secrets,
+            restic=restic,
+            environ=environ,
+        )
 
     def _vault_password(self) -> bytes:
         from clawpen.vault.store import Vault
 
         vault = Vault(self.state_dir, environ=self._environ)
         if PASSWORD_SECRET not in vault.names():
-            if self.path.exists():
+            if self.exists():
                 raise ConfigError(
-                    f"the snapshot repository {self.path} exists but its password is gone from the vault",
+                    f"the snapshot repository {self.location} exists but its password is gone from the vault",
                     where=f"vault secret {PASSWORD_SECRET}",
-                    hint=f"restore {self.state_dir}/secrets.json and master.key from a backup "
-                    f"(or set {PASSWORD_SECRET} to the old password: clawpen secrets set {PASSWORD_SECRET})",
+                    hint=f"restore {self.state_dir}/secrets.json and master.key from a backup, or "
+                    "restore the state from a state snapshot with the password you kept "
+                    '(docs/rollback.md, "Emergency: restoring the state")',
                 )
             vault.set(PASSWORD_SECRET, secrets.token_urlsafe(32).encode())
         return vault.get(PASSWORD_SECRET)
 
-    @contextmanager
-    def _password_fd(self) -> Iterator[int]:
-        """A pipe's read end holding the password, for restic to inherit (pass_fds)."""
-        value = self._password()
-        if b"\n" in value or not value:
-            raise ConfigError(
-                "the snapshot password is empty or holds a newline",
-                where=f"vault secret {PASSWORD_SECRET}",
-                hint="set a one-line password",
-            )
-        read, write = os.pipe()
-        try:
-            os.write(write, value)  # far below the pipe's buffer: never blocks
-            os.close(write)
-            write = -1
-            yield read
-        finally:
-            os.close(read)
-            if write >= 0:
-                os.close(write)
-
-    # -- running restic ---------------------------------------------------------------------
-
-    def _env(self) -> dict[str, str]:
-        env = {k: self._environ[k] for k in _KEEP_ENV if k in self._environ}
-        env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        env["HOME"] = str(self.cache)
-        env["TZ"] = "UTC"  # backup --time is given in UTC
-        return env
-
     def _run(self, args: Sequence[str], what: str, *, cwd: Path | None = None) -> str:
-        exe = shutil.which(self._restic, path=self._env()["PATH"])
-        if exe is None:
-            raise HostError(
-                f"restic is not installed ({self._restic})", where="snapshots", hint=_HINT_INSTALL
-            )
-        self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._password_fd() as fd:
-            argv = [exe, "--repo", str(self.path), "--password-file", f"/dev/fd/{fd}"]
-            argv += ["--cache-dir", str(self.cache), "--quiet", *args]
-            proc = subprocess.run(
-                argv,
-                pass_fds=(fd,),
-                env=self._env(),
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-        if proc.returncode != 0:
-            err = (proc.stderr.strip().splitlines() or ["(no message)"])[-1][:500]
-            raise HostError(
-                f"restic {what} failed (exit {proc.returncode}): {err}",
-                where=f"snapshots: {self.path}",
-                hint=_hint(err),
-            )
-        return proc.stdout
+        return self.run(args, what, cwd=cwd)
 
     def ensure(self) -> bool:
         """Create the repository on first use; ``True`` when it was created now."""
-        if (self.path / "config").exists():
+        if self.exists():
             return False
+        if not self.is_local:
+            raise HostError(
+                f"the repository {self.location} is not initialised",
+                where=self.label,
+                hint="clawpen initialises a tier's repository when it first copies snapshots to it",
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._run(["init"], "init")
         return True
@@ -210,7 +155,7 @@ class Repository:
         summary = next((m for m in _json_lines(out) if m.get("message_type") == "summary"), None)
         if summary is None:
             raise HostError(
-                "restic backup gave no summary", where=f"snapshots: {self.path}", hint=_HINT_INSTALL
+                "restic backup gave no summary", where=f"snapshots: {self.path}", hint=HINT_INSTALL
             )
         return BackupResult(
             snapshot_id=str(summary["snapshot_id"]),
@@ -225,7 +170,7 @@ class Repository:
     def snapshots(self, bot: str | None = None, *, tag: str | None = None) -> list[Snapshot]:
         """Snapshots (of ``bot``, or every clawpen one; ``tag``: only those with this tag too, or
         these tags: ``a,b``), oldest first; none before the first backup."""
-        if not (self.path / "config").exists():
+        if not self.exists():
             return []
         wanted = tag_for(bot) if bot else TAG
         out = self._run(["snapshots", "--json", "--tag", wanted + (f",{tag}" if tag else "")], "snapshots")
@@ -279,7 +224,7 @@ class Repository:
     def forget(self, bot: str | None, keep: Keep, *, prune: bool = True, tag: str | None = None) -> list[str]:
         """Apply ``keep`` to ``bot``'s snapshots (only those also tagged ``tag``, when given;
         ``bot=None``: every clawpen snapshot tagged ``tag``), then prune; the ids forgotten."""
-        if not (self.path / "config").exists():
+        if not self.exists():
             return []
         tags = ",".join([tag_for(bot) if bot is not None else TAG, *([tag] if tag else [])])
         args = ["forget", "--json", "--tag", tags, "--group-by", "host", "--keep-hourly", str(keep.hourly)]
@@ -301,13 +246,3 @@ def _json_lines(out: str) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except ValueError:
                 continue
-
-
-def _hint(err: str) -> str:
-    if "wrong password" in err:
-        return f"the vault's {PASSWORD_SECRET} does not open this repository; restore the vault from a backup"
-    if "locked" in err:
-        return "another restic run holds the lock; wait, or `restic unlock` if it crashed"
-    if "permission denied" in err:
-        return "run as root (the daemon does), so restic can read every file of the workspace"
-    return "see restic's message; `restic check` verifies the repository"
