@@ -29,6 +29,10 @@ def add_commands(sub: Any) -> None:
         p.add_argument(
             "--state", action="store_true", help="clawpen's own state (admin), not a bot's workspace"
         )
+    for p in (ls, restore):
+        p.add_argument(
+            "--tier", choices=("hot", "warm", "cold"), default="hot", help="the [storage] tier (default: hot)"
+        )
     restore.add_argument(
         "--password-file",
         metavar="FILE",
@@ -60,10 +64,10 @@ def cmd_snapshot(ns: argparse.Namespace) -> int:
     if action == "create":
         data = client.call("snapshot_create", bot=ns.bot)
     elif action == "ls":
-        data = client.call("snapshot_ls", bot=ns.bot)
+        data = client.call("snapshot_ls", bot=ns.bot, tier=ns.tier)
     elif action == "restore":
         to = None if ns.to is None else os.path.abspath(ns.to)
-        data = client.call("snapshot_restore", bot=ns.bot, snapshot=ns.snapshot, to=to)
+        data = client.call("snapshot_restore", bot=ns.bot, snapshot=ns.snapshot, to=to, tier=ns.tier)
     else:
         data = client.call(
             "snapshot_forget", bot=ns.bot, daily=ns.keep_daily, weekly=ns.keep_weekly, monthly=ns.keep_monthly

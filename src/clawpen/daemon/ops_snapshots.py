@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from clawpen.daemon.release import ReleasePlan
     from clawpen.daemon.runtime import Instance, Services
     from clawpen.daemon.store import Store
+    from clawpen.snapshots.restic import Repository
     from clawpen.spec.loader import LoadedSpec
     from clawpen.spec.models import Bot
 
@@ -51,8 +52,16 @@ class SnapshotBot(Request):
     bot: Name
 
 
+Tier = Literal["hot", "warm", "cold"]
+
+
+class ListRequest(SnapshotBot):
+    tier: Tier = Field(default="hot", description="the [storage] tier to list (default: the local one)")
+
+
 class RestoreRequest(Request):
     bot: Name
+    tier: Tier = Field(default="hot", description="the [storage] tier to restore from")
     snapshot: str = Field(default="latest", min_length=4, max_length=64, pattern=r"^[0-9a-f]+$|^latest$")
     to: str | None = Field(default=None, max_length=4096, description="a new folder (absolute path)")
 
@@ -101,7 +110,7 @@ SNAPSHOT_CREATE = Contract(
     "snapshot a bot's workspace (restic; a running bot is frozen meanwhile)",
 )  # fmt: skip
 SNAPSHOT_LS = Contract(
-    "snapshot_ls", "viewer", SnapshotBot, list[SnapshotRow], "a bot's snapshots, oldest first"
+    "snapshot_ls", "viewer", ListRequest, list[SnapshotRow], "a bot's snapshots, oldest first"
 )
 SNAPSHOT_RESTORE = Contract(
     "snapshot_restore", "operator", RestoreRequest, SnapshotRestored,
@@ -159,12 +168,39 @@ def stored_workspace(daemon: _Bots, name: str) -> Path | None:
     return Path(workspace) if workspace else None
 
 
+def tier_repository(daemon: _Bots, tier: Tier) -> Repository:
+    """The bots' snapshots in ``tier``: hot is the local repository; warm and cold as the applied
+    spec's ``[storage]`` names them (a UsageError, exit 2, when it names none)."""
+    from clawpen.daemon.ops_storage import current_storage
+    from clawpen.snapshots.restic import Repository
+
+    state = daemon.services.state_dir
+    if tier == "hot":
+        return Repository(state)
+    storage = current_storage(daemon.store)
+    settings = None if storage is None else getattr(storage, tier)
+    if storage is None or settings is None:
+        raise UsageError(
+            f"there is no {tier} tier",
+            where=f"--tier {tier}",
+            hint=f"name one in the spec's [storage] {tier}",
+        )
+    from clawpen.vault.store import Vault
+
+    hot, vault = Repository(state), Vault(state)
+    secrets = {n: vault.get(n) for n in settings.env_secrets}
+    return Repository(
+        state, password=hot.password, location=settings.repository, env_secrets=secrets,
+        label=f"storage.{tier}",
+    )  # fmt: skip
+
+
 def operations(daemon: _Daemon) -> list[Operation[Any]]:
     from clawpen.snapshots import consistent
-    from clawpen.snapshots.restic import Keep, Repository
+    from clawpen.snapshots.restic import Keep
 
-    def repo() -> Repository:
-        return Repository(daemon.services.state_dir)
+    def repo(tier: Tier = "hot") -> Repository:
+        return tier_repository(daemon, tier)
 
     async def create(req: SnapshotBot, _call: Call) -> dict[str, Any]:
         name = daemon.known_bot(req.bot)
@@ -186,9 +222,9 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
             "duration_s": made.backup.duration,
         }
 
-    async def ls(req: SnapshotBot, _call: Call) -> list[dict[str, Any]]:
+    async def ls(req: ListRequest, _call: Call) -> list[dict[str, Any]]:
         name = daemon.known_bot(req.bot)
-        snaps = await asyncio.to_thread(repo().snapshots, name)
+        snaps = await asyncio.to_thread(repo(req.tier).snapshots, name)
         return [
             {"id": s.id, "short_id": s.short_id, "time": s.time, "bot": s.bot, "tags": s.tags} for s in snaps
         ]
@@ -223,7 +259,7 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
                 i.sandbox is not None for i in daemon.replicas(name)
             )
             done = await asyncio.to_thread(
-                consistent.restore, repo(), name, req.snapshot, workspace, running=running, to=to
+                consistent.restore, repo(req.tier), name, req.snapshot, workspace, running=running, to=to
             )
         return {
             "bot": name,
