@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -158,3 +159,48 @@ def test_age_now_archives_old_warm_logs_into_the_repository_and_leaves_them_out_
     archived = out / str(tmp_path / "disk2" / "logs").lstrip("/") / (ancient.name + ".gz")
     assert gzip.decompress(archived.read_bytes()) == b"forty days ago\n"
     assert all(PASSWORD.decode() not in " ".join(a) for a in argv)
+
+
+def test_cold_keeps_what_its_keep_says_per_series_and_never_the_log_archives(tmp_path: Path) -> None:
+    storage = StorageSettings.model_validate(
+        {
+            "warm": {"repository": str(tmp_path / "disk2" / "warm")},
+            "cold": {
+                "repository": str(tmp_path / "disk3" / "cold"),
+                "keep": {"daily": 2, "weekly": 0, "monthly": 0},
+            },
+        },
+        context={"state_dir": str(tmp_path / "state")},
+    )
+    repos = tier_repos(tmp_path / "state", storage, password=lambda: PASSWORD, secret=lambda n: b"")
+    repos["hot"].run(["init"], "init")
+    (tmp_path / "disk2").mkdir()
+    (tmp_path / "disk3").mkdir()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    now = time.time()
+    for days in (70, 60, 50, 40):  # all older than warm.age: they end in cold
+        (ws / "data.bin").write_bytes(f"at -{days}d ".encode() * 100)
+        _backup(repos["hot"], ws, days, now)
+    report = run_ageing(repos, storage, now)
+    cold = repos["cold"].snapshots()
+    # the two newest days stay (restic's daily keep), the two oldest were forgotten in cold
+    assert len(cold) == 2, cold
+    assert sorted(round((now - s.time) / DAY) for s in cold) == [40, 50]
+    assert len([a for a in report.forgotten if a.source == "cold"]) == 2
+    # a log archive in cold (tags logs, bot:b1; not clawpen) is never a snapshot series to trim
+    log = tmp_path / "b1.log.gz"
+    log.write_bytes(gzip.compress(b"old log\n"))
+    repos["cold"].run(["backup", "--tag", "logs", "--tag", "bot:b1", "--host", "clawpen", str(log)], "backup")
+    run_ageing(repos, storage, now)
+    tags = [r["tags"] for r in json.loads(repos["cold"].run(["snapshots", "--json"], "ls"))]
+    assert ["logs", "bot:b1"] in tags or ["bot:b1", "logs"] in tags, tags
+    assert len(repos["cold"].snapshots()) == 2  # clawpen's own: still the two
+
+
+def test_keep_on_warm_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r"warm\.keep is not used"):
+        StorageSettings.model_validate(
+            {"warm": {"repository": str(tmp_path / "w"), "keep": {"daily": 1}}},
+            context={"state_dir": str(tmp_path / "state")},
+        )

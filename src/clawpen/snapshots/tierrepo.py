@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from clawpen.errors import HostError
 from clawpen.snapshots.restic import TAG
 from clawpen.snapshots.runner import ResticRepo
+from clawpen.spec.snapshots import KeepCounts
 
 
 class TierSnapshot(NamedTuple):
@@ -78,6 +79,19 @@ class TierRepo(ResticRepo):
     def forget(self, ids: Sequence[str]) -> None:
         """Forget snapshots ``ids`` here and prune their data."""
         self.run(["forget", "--prune", *ids], "forget")
+
+    def forget_keep(self, series: str, keep: KeepCounts) -> list[str]:
+        """Forget the snapshots of ``series`` (a tag: ``bot:NAME`` or ``state``) beyond ``keep``
+        (restic's newest of each hour, day, week, month), then prune; the ids forgotten."""
+        args = ["forget", "--json", "--tag", f"{TAG},{series}", "--group-by", "host", "--prune"]
+        for unit in ("hourly", "daily", "weekly", "monthly"):
+            args += [f"--keep-{unit}", str(getattr(keep, unit))]
+        gone: list[str] = []
+        for line in self.run(args, "forget").splitlines():
+            if line.startswith("["):
+                for group in json.loads(line) or []:
+                    gone += [str(s["id"]) for s in group.get("remove") or []]
+        return gone
 
     def size(self) -> int:
         """Bytes the repository's data takes (restic's raw-data size)."""

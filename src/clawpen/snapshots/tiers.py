@@ -4,7 +4,8 @@
 to copy and what to forget. A snapshot older than ``hot.age`` is copied from hot to warm and, once
 warm holds it (a snapshot whose restic ``original`` is its id), forgotten in hot; older than
 ``warm.age`` it goes from warm to cold the same way, or is forgotten when there is no cold tier.
-Without a warm tier nothing moves; cold keeps everything (``clawpen snapshot forget`` trims).
+Without a warm tier nothing moves; cold keeps everything, or per series (a bot, clawpen's state)
+what ``cold.keep`` says (:func:`trim_cold`; not part of a dry run: restic decides it).
 
 :func:`run_ageing` applies the plan until nothing is left to do (a copy, then a fresh listing,
 then the forgets it allows), so a run interrupted after a copy is finished by the next one and a
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from clawpen.snapshots.tierrepo import TierRepo, TierSnapshot
+from clawpen.spec.snapshots import KeepCounts
 from clawpen.spec.storage import StorageSettings
 
 TIERS = ("hot", "warm", "cold")
@@ -97,7 +99,25 @@ def run_ageing(
         forgotten += [a for a in actions if a.kind == "forget"]
         if not copies:
             break
+    cold = repos.get("cold")
+    if cold is not None and storage.cold is not None and storage.cold.keep is not None:
+        forgotten += trim_cold(cold, storage.cold.keep, now)
     return AgeingReport(copied, forgotten, created)
+
+
+def trim_cold(cold: TierRepo, keep: KeepCounts, now: float) -> list[Action]:
+    """``[storage] cold.keep``: each series in cold (a bot's snapshots, clawpen's state) keeps
+    what ``keep`` says; the rest is forgotten and pruned."""
+    listing = cold.snapshots()
+    series = sorted({t for s in listing for t in s.tags if t.startswith("bot:") or t == "state"})
+    by_id = {s.id: s for s in listing}
+    gone: list[Action] = []
+    for tag in series:
+        for sid in cold.forget_keep(tag, keep):
+            snap = by_id.get(sid)
+            age = now - snap.time if snap is not None else 0.0
+            gone.append(Action("forget", "cold", None, sid, snap.key if snap else sid, age))
+    return gone
 
 
 def _grouped(actions: Sequence[Action]) -> dict[tuple[str, str | None], list[str]]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from clawpen.spec import rules
 from clawpen.spec.fieldtypes import PositiveDuration
+from clawpen.spec.snapshots import KeepCounts
 
 HOT_AGE = 7 * 86400.0
 WARM_AGE = 30 * 86400.0
@@ -76,6 +77,9 @@ class Tier(BaseModel):
         default_factory=list,
         description="vault secrets handed to restic's environment for this backend (e.g. AWS_ACCESS_KEY_ID)",
     )
+    keep: KeepCounts | None = Field(
+        None, description="cold: per bot (and for clawpen's state), the snapshots that stay; default all"
+    )
 
     @field_validator("repository")
     @classmethod
@@ -123,7 +127,12 @@ class StorageSettings(BaseModel):
             )
         if self.cold is not None and self.cold.age is not None:
             raise rules.RuleViolation(
-                "[storage] cold.age is not used", "cold keeps what the bots' keep policies keep; remove it"
+                "[storage] cold.age is not used",
+                "cold keeps everything, or what its keep = { daily = ..., monthly = ... } says; remove age",
+            )
+        if self.warm is not None and self.warm.keep is not None:
+            raise rules.RuleViolation(
+                "[storage] warm.keep is not used", "warm keeps by age (warm.age); put keep on cold"
             )
         if self.warm is not None and self.cold is not None and self.warm.repository == self.cold.repository:
             raise rules.RuleViolation("warm and cold name the same repository", "give cold its own")
