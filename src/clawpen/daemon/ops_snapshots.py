@@ -6,6 +6,7 @@ restic runs in a worker thread, so the daemon keeps serving meanwhile."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
@@ -20,9 +21,10 @@ if TYPE_CHECKING:
     from clawpen.daemon.release import ReleasePlan
     from clawpen.daemon.runtime import Instance, Services
     from clawpen.daemon.store import Store
+    from clawpen.snapshots.consistent import Created
     from clawpen.snapshots.restic import Repository
     from clawpen.spec.loader import LoadedSpec
-    from clawpen.spec.models import Bot
+    from clawpen.spec.models import Bot, Spec
 
 Name = Annotated[str, Field(max_length=200)]
 
@@ -38,6 +40,7 @@ class _Bots(Protocol):
     def snapshot_locks(self) -> BotLocks: ...
     def replicas(self, name: str) -> list[Instance]: ...
     def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
+    def current_spec(self) -> Spec | None: ...
 
 
 class _Daemon(_Bots, Protocol):
@@ -168,6 +171,51 @@ def stored_workspace(daemon: _Bots, name: str) -> Path | None:
     return Path(workspace) if workspace else None
 
 
+async def take(
+    daemon: _Bots,
+    repo: Repository,
+    name: str,
+    workspace: Path,
+    tags: Sequence[str] = (),
+    *,
+    at: float | None = None,
+) -> Created:
+    """Snapshot bot ``name``'s workspace the one way every snapshot is taken (by hand, before an
+    ``up``, on schedule, before a rollback with data): the bot's ``snapshots.before`` command runs
+    first inside its running replica (must exit 0), then restic reads the workspace with the
+    running replicas frozen (unless ``snapshots.freeze = false``). The caller holds the bot's
+    snapshot lock."""
+    from clawpen.snapshots import consistent
+
+    spec = daemon.current_spec()
+    settings = spec.bots[name].snapshots if spec is not None and name in spec.bots else None
+    live = [i for i in daemon.replicas(name) if i.sandbox is not None]  # as they are now
+    if settings is not None and settings.before and live:
+        await _before(daemon, live[0], settings.before, settings.before_timeout)
+    host = daemon.services.cgroups()
+    freeze = settings is None or settings.freeze
+    cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None and freeze else []
+    return await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags, at=at)
+
+
+async def _before(daemon: _Bots, inst: Instance, command: list[str], timeout: float) -> None:
+    """Run a bot's pre-snapshot command in its sandbox, as the bot (a ``cmd`` health check's way)."""
+    from clawpen.daemon.health import check
+    from clawpen.spec.models import Health
+
+    sandbox = inst.sandbox
+    if sandbox is None:
+        return
+    spec = Health(cmd=command, timeout=timeout)
+    result = await check(spec, sandbox, plan=inst.plan(), bpf=daemon.services.bpf())
+    if not result.ok:
+        raise HostError(
+            f"the pre-snapshot command of bot {inst.name} failed: {result.detail}",
+            where=f"bots.{inst.name}.snapshots.before",
+            hint="fix the command (it runs inside the bot, as the bot) or remove it; no snapshot was taken",
+        )
+
+
 def tier_repository(daemon: _Bots, tier: Tier) -> Repository:
     """The bots' snapshots in ``tier``: hot is the local repository; warm and cold as the applied
     spec's ``[storage]`` names them (a UsageError, exit 2, when it names none)."""
@@ -205,15 +253,12 @@ def operations(daemon: _Daemon) -> list[Operation[Any]]:
     async def create(req: SnapshotBot, _call: Call) -> dict[str, Any]:
         name = daemon.known_bot(req.bot)
         workspace = _workspace(daemon, name)
-        host = daemon.services.cgroups()
         async with daemon.snapshot_locks.hold(name, "a snapshot of it is being taken"):
-            live = [i for i in daemon.replicas(name) if i.sandbox is not None]  # as they are now
-            cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
-            made = await asyncio.to_thread(consistent.create, repo(), name, workspace, cgroups)
+            made = await take(daemon, repo(), name, workspace)
         return {
             "bot": name,
             "snapshot": made.backup.snapshot_id,
-            "frozen": made.frozen and bool(cgroups),
+            "frozen": made.frozen,
             "pause_s": round(made.pause, 6),
             "freezer_states": made.states,
             "files_new": made.backup.files_new,
@@ -304,7 +349,6 @@ async def before_up(daemon: _Bots, loaded: LoadedSpec, plan: ReleasePlan, args: 
     recorded; ``up`` holds the up lock, so none comes in between). Called before anything is
     applied: a failed snapshot stops the ``up`` with nothing changed, unless ``no_snapshot``.
     Opted in by the new spec or by the one applied now."""
-    from clawpen.snapshots import consistent
     from clawpen.snapshots.restic import Repository, before_release_tag
 
     wanted = loaded.spec.snapshots.before_up or _current_opts_in(daemon.store)
@@ -313,17 +357,14 @@ async def before_up(daemon: _Bots, loaded: LoadedSpec, plan: ReleasePlan, args: 
     latest = daemon.store.releases(1)
     release = (int(latest[0]["id"]) if latest else 0) + 1
     repo = Repository(daemon.services.state_dir)
-    host = daemon.services.cgroups()
     for name in sorted({*plan.names("recreate"), *plan.names("remove")}):
         try:
             workspace = stored_workspace(daemon, name)
             if workspace is None or not workspace.is_dir():
                 continue  # nothing to keep
-            live = [i for i in daemon.replicas(name) if i.sandbox is not None]
-            cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
             tags = [before_release_tag(release)]
             async with daemon.snapshot_locks.hold(name, "a snapshot of it is being taken"):
-                await asyncio.to_thread(consistent.create, repo, name, workspace, cgroups, tags)
+                await take(daemon, repo, name, workspace, tags)
         except ClawpenError as err:
             raise HostError(
                 f"the snapshot of bot {name}'s workspace before release {release} failed, so nothing "

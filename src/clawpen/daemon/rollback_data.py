@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from clawpen.snapshots.consistent import Restored
     from clawpen.snapshots.restic import Repository, Snapshot
     from clawpen.spec.loader import LoadedSpec
+    from clawpen.spec.models import Bot, Spec
 
 PREFIX = "before-release:"
 WHY = "its workspace is being restored by a rollback"
@@ -61,7 +62,11 @@ class Daemon(Protocol):
     def instances(self) -> dict[str, list[Instance]]: ...
     @property
     def bot_locks(self) -> BotLocks: ...
+    @property
+    def snapshot_locks(self) -> BotLocks: ...
     def replicas(self, name: str) -> list[Instance]: ...
+    def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
+    def current_spec(self) -> Spec | None: ...
     async def halt(self, name: str) -> None: ...
 
 
@@ -204,6 +209,7 @@ async def restored(daemon: Daemon, data: DataPlan | None) -> AsyncIterator[dict[
     if data is None or not data.choices:
         yield {}
         return
+    from clawpen.daemon.ops_snapshots import take
     from clawpen.snapshots import consistent
     from clawpen.snapshots.restic import before_release_tag
 
@@ -214,14 +220,12 @@ async def restored(daemon: Daemon, data: DataPlan | None) -> AsyncIterator[dict[
             await stack.enter_async_context(locks.hold(choice.bot, WHY))
         # 1. the data each bot has now (a [snapshots] before_up snapshot just taken is reused)
         made = {s.bot: s.id for s in await asyncio.to_thread(repo.snapshots) if tag in s.tags}
-        host = daemon.services.cgroups()
         for c in data.choices:
             if c.bot in made or not c.workspace.is_dir():
                 continue
-            live = [i for i in daemon.replicas(c.bot) if i.sandbox is not None]
-            cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
             try:
-                snap = await asyncio.to_thread(consistent.create, repo, c.bot, c.workspace, cgroups, [tag])
+                async with daemon.snapshot_locks.hold(c.bot, "a snapshot of it is being taken"):
+                    snap = await take(daemon, repo, c.bot, c.workspace, [tag])
             except ClawpenError as err:
                 raise HostError(
                     f"the snapshot of bot {c.bot}'s workspace before release {data.release} failed, "

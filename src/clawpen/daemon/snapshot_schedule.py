@@ -165,20 +165,18 @@ class Scheduler:
 
     async def _bot(self, bot: str, keep: Keep, now: float) -> dict[str, Any]:
         from clawpen.daemon.ops_snapshots import stored_workspace
-        from clawpen.snapshots import consistent
 
         repo = self.repo()
         workspace = stored_workspace(self.daemon, bot)
         if workspace is None or not workspace.is_dir():
             return {"target": bot, "ok": True, "skipped": "no workspace"}
-        host = self.daemon.services.cgroups()
-        live = [i for i in self.daemon.replicas(bot) if i.sandbox is not None]
-        cgroups = [host.attach(i.cgroup_name) for i in live] if host is not None else []
-        made = await asyncio.to_thread(consistent.create, repo, bot, workspace, cgroups, (SCHEDULED,), at=now)
+        from clawpen.daemon.ops_snapshots import take
+
+        made = await take(self.daemon, repo, bot, workspace, (SCHEDULED,), at=now)
         gone = await asyncio.to_thread(repo.forget, bot, keep, tag=SCHEDULED)
         return {
             "target": bot, "ok": True, "snapshot": made.backup.snapshot_id,
-            "frozen": made.frozen and bool(cgroups), "pause_s": round(made.pause, 6),
+            "frozen": made.frozen, "pause_s": round(made.pause, 6),
             "data_added": made.backup.data_added, "forgotten": gone,
         }  # fmt: skip
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clawpen.spec import rules
+from clawpen.spec import bounds, rules
 from clawpen.spec.fieldtypes import PositiveDuration
 
 MIN_EVERY = 300.0  # 5m
@@ -47,6 +47,29 @@ class BotSnapshots(BaseModel):
 
     every: PositiveDuration = Field(86400.0, description='how often, "5m" to "30d" (default "24h")')
     keep: KeepCounts = Field(default_factory=KeepCounts, description="retention of the scheduled snapshots")
+    before: list[str] | None = Field(
+        None,
+        description="a command run inside the running bot before each of its snapshots (say an SQLite "
+        "`.backup` into the workspace); it must exit 0, else the snapshot fails",
+    )
+    before_timeout: PositiveDuration = Field(60.0, description='how long `before` may take, "1s" to "1h"')
+    freeze: bool = Field(True, description="freeze the running bot while restic reads its workspace")
+
+    @field_validator("before")
+    @classmethod
+    def _before(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            bounds.check_argv(v, "snapshots.before")
+        return v
+
+    @field_validator("before_timeout")
+    @classmethod
+    def _before_timeout(cls, v: float) -> float:
+        if not 1 <= v <= 3600:
+            raise rules.RuleViolation(
+                f"before_timeout {v:g}s is out of range", 'use "1s" to "1h" (default "60s")'
+            )
+        return v
 
     @field_validator("every")
     @classmethod
