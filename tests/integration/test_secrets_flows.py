@@ -41,6 +41,13 @@ def test_get_through_the_daemon_is_admin_only_and_audited_by_name(daemon: Daemon
     gets = [r for r in records if r["action"] == "secrets_get"]
     assert len(gets) == 1 and gets[0]["detail"] == {"name": "API_TOKEN"}
     assert VALUE not in json.dumps(records)
+    # add-to with an admin token stores through the daemon (audited there) and edits the spec
+    daemon.write('[bots.a]\ncommand = ["sleep", "300"]\n')
+    daemon.cli("secrets", "add-to", "a", "KEY2", token=admin, stdin="v2")
+    assert 'secrets = ["KEY2"]' in daemon.spec.read_text()
+    assert daemon.cli("secrets", "get", "KEY2", "--force", token=admin).stdout == "v2"
+    sets = [json.loads(line) for line in daemon.cli("audit-log", "--json").stdout.splitlines()]
+    assert {"name": "KEY2"} in [r["detail"] for r in sets if r["action"] == "secrets_set"]
 
 
 def test_add_to_edits_the_spec_and_the_bot_and_exec_get_the_env(daemon: DaemonCli) -> None:
