@@ -56,9 +56,19 @@ def cmd_init(ns: argparse.Namespace) -> int:
         print(f"  {path.relative_to(target)}")
     spec = target / "clawpen.toml"
     if name == "openclaw":
-        print("next: openssl rand -hex 32 | clawpen secrets set OPENCLAW_GATEWAY_TOKEN")
+        _openclaw_next_steps(spec)
     print(f"then: clawpen up -f {spec}")
     return 0
+
+
+def _openclaw_next_steps(spec: Path) -> None:
+    """How to set and read the gateway token and add a model provider's key (issue 21)."""
+    print("next: set the gateway token (the Control UI asks for it):")
+    print("  openssl rand -hex 32 | clawpen secrets set OPENCLAW_GATEWAY_TOKEN")
+    print("  read it back, on a terminal: clawpen secrets get OPENCLAW_GATEWAY_TOKEN")
+    print("a model provider's key: store it and add it to the bot's secrets in one command,")
+    print(f"  clawpen secrets add-to openclaw ANTHROPIC_API_KEY --env -f {spec}")
+    print(f'  then uncomment its host ("api.anthropic.com:443") in egress in {spec}')
 
 
 def _spec_file(ns: argparse.Namespace) -> str | None:

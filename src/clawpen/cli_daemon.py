@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from clawpen import termsafe
@@ -394,6 +395,16 @@ def cmd_logs(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _exec_secret_env(state: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The bot's ``secret_env`` values, read from the vault in this (root) process, as the
+    daemon reads them for the bot's start: they never travel in a reply of the daemon."""
+    if not names:
+        return {}
+    from clawpen.vault.store import Vault
+
+    return {n: v.decode(errors="replace") for n, v in Vault(state).values_for(names).items()}
+
+
 def cmd_exec(ns: argparse.Namespace) -> int:
     from clawpen.daemon.runtime import instance_plan
     from clawpen.plan.build import HostFacts
@@ -431,6 +442,7 @@ def cmd_exec(ns: argparse.Namespace) -> int:
         command,
         bpf=bpf_for(policy, state / "cache"),
         new_group=False,
+        secret_env=_exec_secret_env(state, plan.secret_env),
     )
     code = proc.wait()
     return 128 - code if code < 0 else code

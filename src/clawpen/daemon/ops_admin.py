@@ -47,6 +47,11 @@ class SecretInfo(Reply):
     set_at: float
 
 
+class SecretValue(Reply):
+    name: str
+    value_b64: str = Field(description="the value, base64 (never audited)")
+
+
 class SecretRemoved(Reply):
     removed: str
 
@@ -73,6 +78,9 @@ def _token_audit(reply: Any) -> dict[str, Any]:
 
 SECRETS_SET = Contract("secrets_set", "admin", SecretsSetRequest, SecretSet, "store a secret in the vault")
 SECRETS_LS = Contract("secrets_ls", "admin", Empty, list[SecretInfo], "the vault's secret names")
+SECRETS_GET = Contract(
+    "secrets_get", "admin", SecretName, SecretValue, "read a secret's value (audited by name)"
+)
 SECRETS_RM = Contract("secrets_rm", "admin", SecretName, SecretRemoved, "remove a secret")
 TOKEN_CREATE = Contract(
     "token_create", "admin", TokenCreateRequest, NewToken, "make an API token", audit=_token_audit
@@ -83,6 +91,7 @@ TOKEN_REVOKE = Contract("token_revoke", "admin", TokenId, TokenRevoked, "revoke 
 CONTRACTS: tuple[Contract[Any], ...] = (
     SECRETS_SET,
     SECRETS_LS,
+    SECRETS_GET,
     SECRETS_RM,
     TOKEN_CREATE,
     TOKEN_LS,
@@ -105,6 +114,11 @@ def operations(state_dir: Callable[[], Path]) -> list[Operation[Any]]:
     async def secrets_ls(_req: Empty, _call: Call) -> list[dict[str, Any]]:
         return [e._asdict() for e in Vault(state_dir()).entries()]
 
+    async def secrets_get(req: SecretName, _call: Call) -> SecretValue:
+        check_user_name(req.name)
+        value = Vault(state_dir()).get(req.name)
+        return SecretValue(name=req.name, value_b64=base64.b64encode(value).decode())
+
     async def secrets_rm(req: SecretName, _call: Call) -> SecretRemoved:
         Vault(state_dir()).remove(req.name)
         return SecretRemoved(removed=req.name)
@@ -123,6 +137,7 @@ def operations(state_dir: Callable[[], Path]) -> list[Operation[Any]]:
     return [
         SECRETS_SET.bind(secrets_set),
         SECRETS_LS.bind(secrets_ls),
+        SECRETS_GET.bind(secrets_get),
         SECRETS_RM.bind(secrets_rm),
         TOKEN_CREATE.bind(token_create),
         TOKEN_LS.bind(token_ls),

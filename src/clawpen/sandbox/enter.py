@@ -41,7 +41,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,8 +71,15 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _Stream = int | IO[bytes] | None
 
 
-def enter_config(sandbox_pid: int, plan: Plan, command: Sequence[str], bpf: bytes) -> bytes:
-    """What the helper needs, as the JSON it reads from its config pipe (pure)."""
+def enter_config(
+    sandbox_pid: int,
+    plan: Plan,
+    command: Sequence[str],
+    bpf: bytes,
+    secret_env: Mapping[str, str] = MappingProxyType({}),
+) -> bytes:
+    """What the helper needs, as the JSON it reads from its config pipe (pure). ``secret_env``
+    (the bot's ``secret_env`` values) follows the plan's env, as bubblewrap sets it for the bot."""
     flags = NAMESPACE_FLAGS["mount"]
     for name in plan.namespaces:
         flags |= NAMESPACE_FLAGS.get(name, 0)
@@ -82,7 +90,7 @@ def enter_config(sandbox_pid: int, plan: Plan, command: Sequence[str], bpf: byte
         "gid": plan.identity.gid,
         "flags": flags,
         "cwd": plan.cwd,
-        "env": [[k, v] for k, v in plan.env],
+        "env": [[k, v] for k, v in (*plan.env, *secret_env.items())],
         "argv": list(command),
         "rlimits": {"nofile": rl.nofile, "core": rl.core, "fsize": rl.fsize},
         "bpf": bpf.hex(),
@@ -109,12 +117,15 @@ def enter(
     new_group: bool = True,
     python: str | None = None,
     start_timeout: float = 10.0,
+    secret_env: Mapping[str, str] = MappingProxyType({}),
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` inside the running sandbox whose pid 1 is host pid ``sandbox_pid``.
 
     It runs in all the sandbox's namespaces, as the bot's uid/gid with no capabilities,
     no_new_privs and the seccomp program ``bpf``, in ``plan.cwd`` with only ``plan.env``, in
-    ``cgroup`` (the bot's; ``None`` leaves it in the caller's). Returns once the command has
+    ``cgroup`` (the bot's; ``None`` leaves it in the caller's). ``secret_env`` adds the bot's
+    secret environment variables; like the rest of the config they travel in the config pipe,
+    never on an argv or the helper's environment. Returns once the command has
     been exec'd; the returned process is the helper, whose exit status is the command's.
     ``new_group`` puts it in its own process group, so :func:`stop` kills the command's
     children too; pass ``False`` to keep a terminal's foreground group (interactive use).
@@ -131,7 +142,7 @@ def enter(
         owner = None
     if owner != plan.identity.uid:
         raise SandboxError(f"the sandbox of {plan.bot} (pid {sandbox_pid}) is gone", where="exec", hint=hint)
-    config = enter_config(sandbox_pid, plan, command, bpf)
+    config = enter_config(sandbox_pid, plan, command, bpf, secret_env)
     cfg_r, cfg_w = os.pipe2(os.O_CLOEXEC)
     rep_r, rep_w = os.pipe2(os.O_CLOEXEC)
     try:
