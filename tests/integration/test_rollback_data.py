@@ -214,3 +214,32 @@ def test_a_failed_restore_puts_back_the_workspaces_already_swapped_and_restarts_
     daemon.cli("rollback", "1", "--with-data")
     for ws in ("ws1", "ws2"):
         assert (spec / ws / "data.txt").read_text() == "A\n"
+
+
+def test_a_snapshot_from_after_an_unsnapshotted_change_is_not_taken_for_older_data(daemon: DaemonCli) -> None:
+    """Release 2 changed the bot without a snapshot (before_up off); release 3 snapshotted it
+    (before_up on): that snapshot holds release 2's data, so `rollback 1 --with-data` is refused
+    (naming release 2), and `rollback 2 --with-data` takes it (the positive control)."""
+    ws = daemon.spec.parent / "ws"
+    ws.mkdir()
+    secs = [random.randrange(400_000, 900_000) * 10 + n for n in range(3)]
+    daemon.write(V1.format(snapshots="", secs=secs[0]))
+    daemon.cli("up")
+    assert wait_for(lambda: (ws / "a.bin").exists(), 10)
+    daemon.write(V2.format(snapshots="", secs=secs[1]))
+    daemon.cli("up")  # release 2: changed, no snapshot
+    assert wait_for(lambda: (ws / "b.txt").exists(), 10)
+    daemon.wait_state("rd1", "running")
+    daemon.write(V2.format(snapshots=ON, secs=secs[2]))
+    daemon.cli("up")  # release 3: changed, snapshot before-release:3 (release 2's data)
+    daemon.wait_state("rd1", "running")
+    assert [t for _, t in tags(daemon, "rd1")] == [["before-release:3"]]
+    pid = daemon.ps()["rd1"]["pid"]
+
+    refused = daemon.cli("rollback", "1", "--with-data", check=False)
+    assert refused.returncode == 2, refused
+    assert "bot rd1 changed at release 2, which took no snapshot" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert len(daemon.json("releases")) == 3 and daemon.ps()["rd1"]["pid"] == pid  # type: ignore[arg-type]
+    done = daemon.cli("rollback", "2", "--with-data", "--dry-run")
+    assert "before release 3" in done.stdout, done.stdout

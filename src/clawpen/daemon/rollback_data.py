@@ -146,6 +146,15 @@ async def find(
             missing.append(name)
         else:
             choices.append(Choice(name, workspace, hit[0], hit[1]))
+    unsnapped = _changed_unsnapshotted(daemon.store, choices, rollback_of)
+    if unsnapped:
+        raise UsageError(
+            f"{'; '.join(unsnapped)}: no snapshot holds its workspace as it was at release "
+            f"{rollback_of}; nothing was changed",
+            where=f"clawpen rollback {rollback_of} --with-data",
+            hint="roll back without --with-data (the spec only), or restore by hand with "
+            "`clawpen snapshot restore BOT ID` (`clawpen snapshot ls BOT` lists them)",
+        )
     if missing:
         raise UsageError(
             f"no snapshot holds the workspace of {', '.join(missing)} as it was at release "
@@ -156,6 +165,25 @@ async def find(
         )
     latest = daemon.store.releases(1)
     return DataPlan((int(latest[0]["id"]) if latest else 0) + 1, choices)
+
+
+def _changed_unsnapshotted(store: Store, choices: list[Choice], after: int) -> list[str]:
+    """The bots whose picked snapshot (taken before release K) is not their data of release
+    ``after``: a release between the two changed the bot without a snapshot (``before_up`` was
+    off then), so the snapshot holds what that later policy wrote. Judged from the policy hashes
+    the releases recorded (releases of an older clawpen recorded none: not judged)."""
+    found = []
+    for c in choices:
+        hashes = store.policy_hashes(after, c.from_release - 1)
+        base = hashes.get(after, {}).get(c.bot)
+        if base is None:
+            continue
+        for release in range(after + 1, c.from_release):
+            bots = hashes.get(release)
+            if bots is not None and bots.get(c.bot) != base:
+                found.append(f"bot {c.bot} changed at release {release}, which took no snapshot")
+                break
+    return found
 
 
 def dry(data: DataPlan | None) -> dict[str, Any]:

@@ -327,6 +327,17 @@ class Store:
                 [(release, n, h, json.dumps(c, sort_keys=True)) for n, (h, c) in sorted(bots.items())],
             )
 
+    def policy_hashes(self, first: int, last: int) -> dict[int, dict[str, str]]:
+        """``{release: {bot: policy hash}}`` recorded for the releases ``first`` to ``last``
+        (a release of an older clawpen, which recorded none, is missing)."""
+        rows = self.db.execute(
+            "SELECT release, bot, policy_hash FROM release_bots WHERE release BETWEEN ? AND ?", (first, last)
+        )
+        out: dict[int, dict[str, str]] = {}
+        for release, bot, digest in rows:
+            out.setdefault(int(release), {})[str(bot)] = str(digest)
+        return out
+
     def release_bots(self, release: int) -> dict[str, dict[str, Any]]:
         """``{bot: contents}`` recorded with ``release`` (empty for a release of an older clawpen)."""
         rows = self.db.execute("SELECT bot, contents FROM release_bots WHERE release = ?", (release,))
