@@ -123,7 +123,7 @@ def render_toml(suggestions: list[Suggestion]) -> str:
     """The ``egress = [...]`` line for ``clawpen.toml``, a count on every entry as a comment."""
     if not suggestions:
         return "egress = []  # nothing reached or denied in the log\n"
-    width = max(len(s.rule) for s in suggestions) + 3
+    width = max(len(s.rule) for s in suggestions) + 4  # quotes, comma, a space
     lines = ["egress = ["]
     for s in suggestions:
         what = f"{s.count} connection{'s' if s.count != 1 else ''}"
