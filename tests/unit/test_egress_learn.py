@@ -206,3 +206,12 @@ def test_suggest_flags_checked_before_the_daemon(
     assert cli.main(["net", "suggest", "bot", "--since", "yesterday-ish"]) == 2
     assert "--since 'yesterday-ish' is not a duration" in capsys.readouterr().err
     assert not (tmp_path / "state" / "clawpen.sock").exists()
+
+
+def test_plans_describe_learn_mode_in_words() -> None:
+    from clawpen.spec.learnmode import describe
+
+    assert describe("learn:86400") == '"learn" (open for 1d from the first start, logged; then nothing)'
+    assert describe("learn:7200").startswith('"learn" (open for 2h')
+    assert describe(("a.example.com:443", "b.example.com:80")) == "a.example.com:443, b.example.com:80"
+    assert describe("open") == "open"

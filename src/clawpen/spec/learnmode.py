@@ -47,3 +47,20 @@ def check_learn_for(egress: object, learn_for: float | None) -> None:
         raise RuleViolation(
             f"learn_for = {learn_for:g}s is out of range (1 minute to 30 days)", 'e.g. learn_for = "24h"'
         )
+
+
+def describe(value: tuple[str, ...] | str) -> str:
+    """A policy's or link's egress value for humans (``clawpen plan``): learn mode in words."""
+    period = learn_period(value)
+    if period is not None:
+        span = (
+            f"{period / 86400:g}d"
+            if period >= 86400
+            else f"{period / 3600:g}h"
+            if period >= 3600
+            else f"{period / 60:g}m"
+        )
+        return f'"learn" (open for {span} from the first start, logged; then nothing)'
+    if isinstance(value, str) and value.startswith(LEARN_UNTIL_PREFIX):
+        return f'"learn" (open until {value[len(LEARN_UNTIL_PREFIX) :]}, logged; then nothing)'
+    return value if isinstance(value, str) else ", ".join(value)
