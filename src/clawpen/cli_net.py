@@ -1,4 +1,5 @@
-"""``clawpen net log BOT``: the egress gateway's connection log of a bot, from the daemon."""
+"""``clawpen net log BOT``: the egress gateway's connection log of a bot, from the daemon;
+``clawpen net suggest BOT``: the ``egress = [...]`` line for what the bot reached or was denied."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ POLL = 0.5  # seconds between asks while following
 
 
 def add_commands(sub: Any) -> None:
-    net = sub.add_parser("net", help="the egress gateway: connection log")
+    net = sub.add_parser("net", help="the egress gateway: connection log, allowlist suggestion")
     actions = net.add_subparsers(dest="net_cmd", metavar="ACTION", required=True)
     log = actions.add_parser("log", help="connections of a bot through the gateway (allowed and denied)")
     log.add_argument("bot", metavar="BOT")
@@ -27,6 +28,13 @@ def add_commands(sub: Any) -> None:
     log.add_argument("--since", metavar="WHEN", help='e.g. "1h", "30m", "2026-11-24T10:00:00Z"')
     log.add_argument("--denied", action="store_true", help="only denied connections and DNS queries")
     log.add_argument("-n", "--tail", type=int, default=50, metavar="N", help="last N rows (default 50)")
+    sug = actions.add_parser(
+        "suggest",
+        help="the egress = [...] line for the hosts a bot reached or was denied (learn mode or not)",
+    )
+    sug.add_argument("bot", metavar="BOT")
+    sug.add_argument("--since", metavar="WHEN", help='only the log since then, e.g. "24h", "7d"')
+    sug.add_argument("--json", action="store_true", help="the entries as JSON (rule, count, hosts)")
 
 
 _VERDICTS = {"allowed": "ALLOW", "denied": "DENY ", "budget": "SKIP "}  # budget: rows left out
@@ -63,6 +71,8 @@ def cmd_net(ns: argparse.Namespace) -> int:
     from clawpen.errors import UsageError
     from clawpen.logs.query import parse_since
 
+    if ns.net_cmd == "suggest":
+        return _suggest(ns)
     if ns.tail < 1:
         raise UsageError("--tail must be at least 1", where="--tail", hint="e.g. -n 50")
     since = parse_since(ns.since, time.time()) if ns.since else None
@@ -82,3 +92,24 @@ def cmd_net(ns: argparse.Namespace) -> int:
 
 
 COMMANDS = {"net": cmd_net}
+
+
+def _suggest(ns: argparse.Namespace) -> int:
+    from clawpen.cli_daemon import _client
+    from clawpen.logs.query import parse_since
+    from clawpen.net.suggest import Suggestion, render_toml
+
+    since = parse_since(ns.since, time.time()) if ns.since else None
+    rows = _client().call("net_suggest", bot=ns.bot, since=since)
+    if ns.json:
+        print(json.dumps({"bot": ns.bot, "egress": [r["rule"] for r in rows], "entries": rows}, indent=1))
+        return 0
+    found = [
+        Suggestion(r["rule"], int(r["count"]), int(r["denied"]), tuple(r["hosts"]), bool(r["dns_only"]))
+        for r in rows
+    ]
+    print(
+        f"# what {ns.bot} reached or was denied{f' since {ns.since}' if ns.since else ''}; check before use"
+    )
+    print(render_toml(found), end="")
+    return 0

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +199,47 @@ def test_network_limits_of_the_spec_hold_at_the_daemons_gateway(world: tuple[Dae
     assert got["small"][:2] == ["held"] * 2, got
     for answer in got["small"][2:]:
         assert answer.startswith("HTTP/1.1 429") and "more than 2 open connections" in answer, got
+
+
+LEARNER = r"""
+import urllib.request
+for url in ("http://www.allowed.test/a", "http://other.test/b", "http://www.allowed.test/c"):
+    print(urllib.request.urlopen(url, timeout=8).read().decode().strip(), flush=True)
+"""
+
+
+def test_learn_mode_bot_and_net_suggest(world: tuple[Daemon, FakeDNS]) -> None:
+    """``egress = "learn"``: the bot reaches names in no allowlist (as "open" would), ``ps``
+    says it learns and until when, the start is in the state, and ``clawpen net suggest``
+    prints the allowlist of what it reached."""
+    d, _dns = world
+    before = time.time()
+    d.write(
+        f"""
+        [gateway]
+        dns_upstream = ["45.79.1.53"]
+
+        [bots.learner]
+        command = ["/usr/bin/python3", "-c", {json.dumps(LEARNER)}]
+        restart = {{ policy = "no" }}
+        network = {{ egress = "learn", learn_for = "1h" }}
+        """
+    )
+    d.cli("up")
+    assert wait_for(lambda: d.ps().get("learner", {}).get("state") in ("exited", "stopped"), 30, interval=0.2)
+    logs = d.cli("logs", "learner").stdout
+    assert "hello from 45.79.1.10:80 host=www.allowed.test" in logs, logs
+    assert "hello from 45.79.1.11:80 host=other.test" in logs, logs
+    row = d.ps()["learner"]
+    assert row["egress_learn"] is True
+    assert before + 3600 - 1 <= row["learn_until"] <= time.time() + 3600
+    starts = json.loads((d.home / "net-learn.json").read_text())["starts"]
+    assert before - 1 <= starts["learner"] <= time.time()
+    text = d.cli("net", "suggest", "learner").stdout
+    entries = [ln.strip() for ln in text.splitlines() if ln.strip().startswith('"')]
+    assert entries == ['"www.allowed.test:80",  # 2 connections', '"other.test:80",        # 1 connection'], (
+        text
+    )
+    out = json.loads(d.cli("net", "suggest", "learner", "--json").stdout)
+    assert out["egress"] == ["www.allowed.test:80", "other.test:80"], out
+    assert out["entries"][0]["count"] == 2 and out["entries"][0]["hosts"] == ["www.allowed.test"]

@@ -33,6 +33,7 @@ from clawpen.errors import ClawpenError
 from clawpen.logs.upkeep import Compressor
 from clawpen.logs.writer import daemon_writer
 from clawpen.net.instance import InstanceNetwork
+from clawpen.net.learn import status_fields
 from clawpen.paths import cgroup_scope
 from clawpen.plan.build import HostFacts
 from clawpen.plan.model import Plan, SeccompPolicy
@@ -491,4 +492,7 @@ class Instance:
             "last_exit": self.last_exit[0],
             "last_reason": self.last_exit[1],
             "health": self.health,
+            **status_fields(
+                self.name, self.bot.network, None if (net := self.svc.network) is None else net.learn
+            ),
         }

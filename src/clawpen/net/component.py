@@ -4,24 +4,30 @@
   also answers ``by_source``; upstream sockets are the daemon's own namespace;
 * follows ``[gateway] dns_upstream`` after every ``up``;
 * denied connections become ``egress-denied`` events (rate-limited per bot by the log);
+* a learn-mode bot whose period is over gets an ``egress-learn-ended`` event and a log line;
 * operations: ``net_log`` (viewer) for ``clawpen net log``, ``net_stats`` (viewer) for the
-  per-bot counters (also :meth:`GatewayComponent.stats` for an in-process collector).
+  per-bot counters (also :meth:`GatewayComponent.stats` for an in-process collector),
+  ``net_suggest`` (viewer) for ``clawpen net suggest``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.errors import ClawpenError
 from clawpen.host import Notes, Operations, SpecFeed
-from clawpen.net.connlog import ConnLog, query
+from clawpen.net.connlog import ConnLog, query, reached
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.gateway import Gateway
-from clawpen.net.ops import MAX_ROWS, NET_LOG, NET_STATS, NetLogRequest
+from clawpen.net.learn import PolicyView
+from clawpen.net.ops import MAX_ROWS, NET_LOG, NET_STATS, NET_SUGGEST, NetLogRequest, NetSuggestRequest
 from clawpen.net.resolve import Resolver
+from clawpen.net.suggest import suggest
+from clawpen.net.types import BotLink
 from clawpen.ops import Call, Empty
 
 if TYPE_CHECKING:
@@ -41,6 +47,9 @@ class GatewayHost(Notes, Operations, SpecFeed, Protocol):
     def services(self) -> _Services: ...
 
 
+_log = logging.getLogger(__name__)
+
+
 def log_path(state: Path) -> Path:
     return state / "net" / "connlog.db"
 
@@ -57,11 +66,18 @@ class GatewayComponent:
         self.log = ConnLog(log_path(state), on_denied=self._denied)
         self.gateway: Gateway | None = None
         self._log_started = False
+        self.policies = PolicyView(on_ended=self._learn_ended)
 
     async def start(self, daemon: GatewayHost) -> None:
         self.daemon = daemon
         self.loop = asyncio.get_running_loop()
-        daemon.add_ops([NET_LOG.bind(self.op_net_log), NET_STATS.bind(self.op_net_stats)])
+        daemon.add_ops(
+            [
+                NET_LOG.bind(self.op_net_log),
+                NET_STATS.bind(self.op_net_stats),
+                NET_SUGGEST.bind(self.op_net_suggest),
+            ]
+        )
         daemon.on_spec(self.apply)
         self.apply(daemon.current_spec())
 
@@ -100,7 +116,8 @@ class GatewayComponent:
             if not self._log_started:
                 self.log.start()
                 self._log_started = True
-            gateway = Gateway(network, self.log, self.resolver, netns_fd=network.gateway_netns_fd)
+            fd = network.gateway_netns_fd
+            gateway = Gateway(network, self.log, self.resolver, netns_fd=fd, policies=self.policies)
             gateway.start()
         except (ClawpenError, OSError) as err:
             daemon.note("network", f"the egress gateway did not start: {err}")
@@ -116,6 +133,20 @@ class GatewayComponent:
             note = self.daemon.note
             with contextlib.suppress(RuntimeError):  # loop closed while stopping
                 self.loop.call_soon_threadsafe(lambda: note("egress-denied", text, rec.bot, rec.replica))
+
+    def _learn_ended(self, link: BotLink) -> None:
+        """From a gateway thread: a learn-mode bot's period is over; it is denied everything now."""
+        text = (
+            f'the learn period of egress = "learn" is over: {link.bot} may reach nothing now; run '
+            f"`clawpen net suggest {link.bot}` and put its egress = [...] line in clawpen.toml"
+        )
+        _log.warning("%s", text)
+        if self.loop is not None and self.daemon is not None:
+            note = self.daemon.note
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(
+                    lambda: note("egress-learn-ended", text, link.bot, link.replica)
+                )
 
     # ------------------------------------------------------------ operations
     async def op_net_log(self, req: NetLogRequest, _call: Call) -> list[dict[str, Any]]:
@@ -133,3 +164,9 @@ class GatewayComponent:
 
     async def op_net_stats(self, _req: Empty, _call: Call) -> dict[str, dict[str, int]]:
         return self.stats()
+
+    async def op_net_suggest(self, req: NetSuggestRequest, _call: Call) -> list[dict[str, Any]]:
+        if self._log_started:
+            await asyncio.to_thread(self.log.flush, 2.0)
+        rows = await asyncio.to_thread(reached, self.log.path, req.bot, req.since)
+        return [s.record() for s in suggest(rows)]

@@ -300,3 +300,29 @@ def query(
     finally:
         db.close()
     return rows if after_id else rows[::-1]
+
+
+# Denials an allowlist entry would have let through (the rest, such as a refused address, would
+# stay denied whatever the list says); DNS denials have port 0.
+_WANTED = (
+    "verdict = 'allowed' OR (verdict = 'denied' AND (reason LIKE '%not in the egress allowlist%' "
+    "OR reason LIKE '%(not in the allowlist)%'))"
+)
+
+
+def reached(path: Path, bot: str, since: float | None = None) -> list[tuple[str, int, str, int]]:
+    """(host, port, verdict, count) of every destination ``bot`` reached or was denied for want
+    of an allowlist entry, summed over the log (since ``since``), for ``clawpen net suggest``."""
+    if not path.exists():
+        return []
+    params: list[Any] = [bot, float("-inf") if since is None else since]
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        count = "count" if "count" in _columns(db) else "1"
+        sql = (
+            f"SELECT host, port, verdict, sum({count}) FROM conn WHERE bot = ? AND at >= ? "  # noqa: S608
+            f"AND ({_WANTED}) GROUP BY host, port, verdict"
+        )
+        return [(str(h), int(p), str(v), int(n)) for h, p, v, n in db.execute(sql, params)]
+    finally:
+        db.close()

@@ -41,10 +41,10 @@ from clawpen.net.dnsudp import UdpFront
 from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.relay import Workers
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
-from clawpen.net.types import DNS_PORT, LinkRegistry
+from clawpen.net.types import DNS_PORT, BotLink, LinkRegistry
 from clawpen.netns import setns, socket_in
 from clawpen.spec import egress
-from clawpen.spec.egress import HostSource
+from clawpen.spec.egress import EgressPolicy, HostSource
 from clawpen.spec.quotas import NetLimits
 
 _ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
@@ -70,8 +70,10 @@ class DnsServer:
         workers: int = 8,
         fair: FairQueue[_Job] | None = None,
         host_addrs: HostSource | None = None,
+        policies: Callable[[BotLink], EgressPolicy] | None = None,  # a link's egress now (learn)
     ) -> None:
         self.registry = registry
+        self.policies = policies if policies is not None else (lambda link: egress.policy_for(link.egress))
         # the host's own addresses, per namespace of the asking thread (answers never name them)
         self._own_host_addrs = host_addrs is None
         self.host_addrs: HostSource = host_addrs if host_addrs is not None else PerNamespace()
@@ -252,7 +254,7 @@ class DnsServer:
             return reply.to_wire(max_size=max_size)
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
-        policy = egress.policy_for(link.egress)
+        policy = self.policies(link)
         try:
             normal = egress.normalize_host(name)
         except ValueError:

@@ -48,6 +48,7 @@ from clawpen.net.hello import is_ip as _is_ip
 from clawpen.net.hello import respond as _respond
 from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
+from clawpen.net.learn import PolicyView
 from clawpen.net.listen import listeners, original_dst
 from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
@@ -85,8 +86,10 @@ class Gateway:
         head_timeout: float | None = None,  # the ClientHello after a CONNECT (default head_deadline)
         first_byte: float = FIRST_BYTE,
         head_deadline: float = HEAD_DEADLINE,
+        policies: PolicyView | None = None,  # a link's egress now (learn mode ends); default: own
     ) -> None:
         self.registry = registry
+        self.policies = policies if policies is not None else PolicyView()
         self.log = log
         self.resolver = resolver
         self.names = NameMap()
@@ -110,6 +113,7 @@ class Gateway:
                 host=host,
                 port=dns_port,
                 host_addrs=self.host_addrs,
+                policies=self.policies,
             )
             if dns_port is not None
             else None
@@ -182,7 +186,7 @@ class Gateway:
         link = head.link
         if dst_port in (self.proxy_port, self.transparent_port) and link.is_gateway(dst_ip):
             return False  # denied by the worker
-        if egress.policy_for(link.egress).match(dst_ip, dst_port) is not None:
+        if self.policies(link).match(dst_ip, dst_port) is not None:
             return False
         if dst_port == 443:
             head.parse, head.missing = sniff.sni_of, "no TLS SNI (raw IP connection)"
@@ -248,12 +252,12 @@ class Gateway:
             name = egress.normalize_host(host)
         except ValueError as err:
             raise Denied(str(err)) from None
-        policy = egress.policy_for(link.egress)
+        policy = self.policies(link)
         rule = policy.match(name, port)
         if rule is None and not policy.open:
             what = "address" if _is_ip(name) else "host"
             raise Denied(f"{what} {name}:{port} is not in the egress allowlist")
-        allowed_by = rule.raw if rule is not None else "open"
+        allowed_by = rule.raw if rule is not None else self.policies.allowed_by(policy)
         allow = egress.private_networks(link.allow_private)
         if _is_ip(name):
             addresses = [name]
@@ -431,7 +435,7 @@ class Gateway:
         dst_ip, dst_port = head.dst or original_dst(conn)
         host = dst_ip
         try:
-            policy = egress.policy_for(link.egress)
+            policy = self.policies(link)
             if dst_port in (self.proxy_port, self.transparent_port) and link.is_gateway(dst_ip):
                 raise Denied("connection to the gateway's own port")
             if policy.match(dst_ip, dst_port) is None:

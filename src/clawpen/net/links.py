@@ -50,6 +50,7 @@ from clawpen import netns
 from clawpen.errors import ConfigError, HostError
 from clawpen.fsutil import write_atomic
 from clawpen.net import nft, nftlimit, shape
+from clawpen.net.learn import LearnStarts
 from clawpen.net.types import LINK6_EXTRA_BITS, LINK_PREFIX, BotLink, canonical, ipv6_of
 from clawpen.plan.model import NetLink
 from clawpen.spec.policy import BotPolicy
@@ -143,6 +144,7 @@ class LinkManager:
         self._links: dict[tuple[str, int], Link] = {}
         self._by_addr: dict[str, BotLink] = {}
         self._alloc: dict[str, int] = self._load()
+        self.learn = LearnStarts(state_dir / "net-learn.json")  # egress = "learn": when it began
         self._kernel: dict[str, int] = {}  # the kernel flood limits loaded (nftlimit.ceilings)
         self.first_use: Callable[[], None] | None = None  # run once, before the first link
 
@@ -232,7 +234,7 @@ class LinkManager:
             link.replica,
             link.bot_addr,
             link.gw_addr,
-            policy.egress,
+            self.learn.link_egress(link.bot, policy.egress),
             policy.allow_private,
             policy.net_limits,
             link.bot_addr6,

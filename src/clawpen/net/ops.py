@@ -43,7 +43,24 @@ class BotTraffic(Reply):
     bytes_down: int = 0
 
 
+class NetSuggestRequest(Request):
+    bot: str = Field(min_length=1, max_length=200)
+    since: float | None = Field(default=None, description="epoch seconds")
+
+
+class SuggestRow(Reply):
+    rule: str
+    count: int
+    denied: int
+    hosts: list[str]
+    dns_only: bool = False
+
+
 NET_LOG = Contract("net_log", "viewer", NetLogRequest, list[ConnRow], "a bot's egress log (connections, DNS)")
 NET_STATS = Contract("net_stats", "viewer", Empty, dict[str, BotTraffic], "egress counters per bot")
 
-CONTRACTS: tuple[Contract[Any], ...] = (NET_LOG, NET_STATS)
+NET_SUGGEST = Contract(
+    "net_suggest", "viewer", NetSuggestRequest, list[SuggestRow], "an egress allowlist from a bot's log"
+)
+
+CONTRACTS: tuple[Contract[Any], ...] = (NET_LOG, NET_STATS, NET_SUGGEST)

@@ -19,6 +19,7 @@ from clawpen.plan.model import (
     Rlimits,
     SeccompPolicy,
 )
+from clawpen.spec import learnmode
 from clawpen.spec.policy import BotPolicy
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 from clawpen.spec.units import format_size
@@ -189,7 +190,7 @@ def describe_network(plan: Plan) -> str:
     link = plan.link
     if link is None:
         return "none (loopback only)"
-    egress = link.egress if isinstance(link.egress, str) else ", ".join(link.egress)
+    egress = learnmode.describe(link.egress)
     where = " (example addresses: the daemon allocates them)" if link.preview else ""
     limits = ", ".join(
         f"{k} {v:g}" for k, v in link.limits._asdict().items() if v != getattr(DEFAULT_NET_LIMITS, k)

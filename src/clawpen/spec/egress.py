@@ -8,6 +8,8 @@ Rule syntax (``network.egress`` in ``clawpen.toml``)::
     "203.0.113.7:8443"        an IPv4 literal (canonical dotted form only)
     "[2001:db8::7]:443"       an IPv6 literal, in brackets
     "open"                    (the whole value, not a list entry): any public address
+    "learn"                   (the whole value): as "open" for ``learn_for``, each connection
+                              logged with its host name; then nothing (``clawpen net suggest``)
 
 Whatever the rules say, the address a connection finally goes to must be public: loopback,
 private, CGNAT, link-local, metadata, multicast, unspecified and reserved addresses are refused
@@ -26,6 +28,11 @@ import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import NamedTuple
 
+from clawpen.spec.learnmode import (
+    LEARN,
+    LEARN_PREFIX,
+    LEARN_UNTIL_PREFIX,
+)
 from clawpen.spec.rules import RuleViolation
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,10 +89,12 @@ class Rule(NamedTuple):
 
 
 class EgressPolicy(NamedTuple):
-    """A bot's parsed egress: every rule, or ``open`` for any public destination."""
+    """A bot's parsed egress: every rule, or ``open`` for any public destination; ``until``
+    (learn mode, epoch seconds): ``open`` holds until then, nothing after (:func:`at`)."""
 
     rules: tuple[Rule, ...] = ()
     open: bool = False
+    until: float | None = None
 
     def match(self, host: str, port: int) -> Rule | None:
         """The rule that allows ``host`` (normalised name or canonical IP) on ``port``."""
@@ -114,6 +123,13 @@ def _rule_covers(rule: Rule, host: str) -> bool:
 
 OPEN = EgressPolicy(open=True)
 NOTHING = EgressPolicy()
+
+
+def at(policy: EgressPolicy, now: float) -> EgressPolicy:
+    """``policy`` as it applies at ``now``: a learn policy whose time is over allows nothing."""
+    if policy.until is not None and now >= policy.until:
+        return NOTHING
+    return policy
 
 
 # ------------------------------------------------------------------ host names and literals
@@ -362,8 +378,9 @@ def parse_rule(raw: str) -> Rule:
     """One allowlist entry; raises :class:`RuleViolation` saying what is wrong and how to fix it."""
     if not isinstance(raw, str) or not raw.strip():
         raise _violation(str(raw), "the rule is empty", 'write "host:port", e.g. "api.openai.com:443"')
-    if raw.strip() == "open":
-        raise _violation(raw, '"open" is not a host', 'write egress = "open" (not inside a list)')
+    if raw.strip() in ("open", LEARN):
+        word = raw.strip()
+        raise _violation(raw, f'"{word}" is not a host', f'write egress = "{word}" (not inside a list)')
     host, port = _split_port(raw)
     if host in ("*", "*."):
         raise _violation(
@@ -432,9 +449,18 @@ def parse_rules(raws: list[str]) -> EgressPolicy:
 
 @functools.lru_cache(maxsize=256)
 def policy_for(egress: tuple[str, ...] | str) -> EgressPolicy:
-    """The policy of a link's ``egress`` value (``"open"`` or rules); cached."""
+    """The policy of a link's ``egress`` value (``"open"``, ``"learn-until:<epoch>"`` or rules);
+    cached. A learn value without its end (``"learn:<seconds>"``, ``"learn"``) allows nothing:
+    only the link manager knows when the period started."""
     if egress == "open":
         return OPEN
+    if isinstance(egress, str) and egress.startswith(LEARN_UNTIL_PREFIX):
+        try:
+            return EgressPolicy(open=True, until=float(egress[len(LEARN_UNTIL_PREFIX) :]))
+        except ValueError:
+            return NOTHING
+    if isinstance(egress, str) and (egress == LEARN or egress.startswith(LEARN_PREFIX)):
+        return NOTHING
     if isinstance(egress, str):
         return parse_rules([egress])
     return parse_rules(list(egress))

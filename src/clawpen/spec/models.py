@@ -111,9 +111,13 @@ class Network(_Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    egress: list[str] | Literal["open"] = Field(
+    egress: list[str] | Literal["open", "learn"] = Field(
         default_factory=list,
-        description='allowed destinations, e.g. ["api.openai.com:443", "*.telegram.org:443"], or "open"',
+        description='allowed destinations, e.g. ["api.openai.com:443", "*.telegram.org:443"], "open", '
+        'or "learn" (open for learn_for, logged; then nothing: see clawpen net suggest)',
+    )
+    learn_for: Duration | None = Field(
+        None, description='egress = "learn": how long (1m to 30d; default 24h)'
     )
     allow_private: list[str] = Field(
         default_factory=list,
@@ -137,7 +141,7 @@ class Network(_Model):
     @field_validator("egress")
     @classmethod
     def _egress(cls, v: list[str] | str) -> list[str] | str:
-        if v == "open" or not v:
+        if v in ("open", "learn") or not v:
             return v
         from clawpen.spec.egress import parse_rules
 
@@ -180,6 +184,9 @@ class Network(_Model):
             )
         if self.burst is not None and self.bandwidth is None:
             raise rules.RuleViolation("burst is set without bandwidth", 'add bandwidth = "8mbit"')
+        from clawpen.spec.learnmode import check_learn_for
+
+        check_learn_for(self.egress, self.learn_for)
         if self.limits is not None and not self.egress:
             raise rules.RuleViolation(
                 "network.limits is set, but the bot has no egress (the limits are for its traffic "
@@ -195,7 +202,17 @@ class Network(_Model):
         data: dict[str, Any] = handler(self)
         if not data.get("limits"):
             data.pop("limits", None)
+        if data.get("learn_for") is None:
+            data.pop("learn_for", None)  # likewise for bots not in learn mode
         return data
+
+    def policy_egress(self) -> tuple[str, ...] | str:
+        """``egress`` as the policy holds it (learn mode: ``"learn:<seconds>"``)."""
+        from clawpen.spec.learnmode import LEARN, LEARN_DEFAULT, learn_value
+
+        if self.egress == LEARN:
+            return learn_value(self.learn_for or LEARN_DEFAULT)
+        return self.egress if isinstance(self.egress, str) else tuple(self.egress)
 
     @property
     def isolated(self) -> bool:
@@ -389,9 +406,7 @@ class Bot(_Model):
             io_weight=r.io_weight,
             ro=tuple(mount(p, False) for p in self.filesystem.ro),
             rw=tuple(mount(p, True) for p in self.filesystem.rw),
-            egress=self.network.egress
-            if isinstance(self.network.egress, str)
-            else tuple(self.network.egress),
+            egress=n.policy_egress(),
             allow_private=tuple(self.network.allow_private),
             publish=tuple(self.network.publish),
             expose=self.network.expose,
