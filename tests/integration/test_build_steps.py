@@ -128,9 +128,11 @@ stall = "10s"
 
 def test_silent_step_is_killed_by_the_stall_detector(bdaemon: DaemonCli) -> None:
     d = bdaemon
-    # prints a URL, then goes silent in a process of its own session (npm-like: it would ignore SIGTERM)
+    # prints a URL, keeps what it "downloaded" in /build-cache, then goes silent in a process of its
+    # own session (npm-like: it would ignore SIGTERM); a re-run finds the download and finishes
     step = (
-        '["sh", "-c", "echo GET https://registry.example.test/pkg-w2; '
+        '["sh", "-c", "if test -f /build-cache/part; then echo resumed from cache; exit 0; fi; '
+        'echo GET https://registry.example.test/pkg-w2; echo data > /build-cache/part; '
         'setsid sleep 617 & trap \\"\\" TERM; wait"]'
     )
     d.write(WATCHED.format(steps=step))
@@ -150,6 +152,9 @@ def test_silent_step_is_killed_by_the_stall_detector(bdaemon: DaemonCli) -> None
     reasons = [e["reason"] for e in d.events("app") if e["kind"] == "build"]
     assert any("step 1/1 started: sh -c" in r for r in reasons), reasons
     assert any("step 1/1 failed after" in r and "stalled" in r for r in reasons), reasons
+    # the same steps again: the persistent /build-cache kept the partial download
+    again = d.cli("up", timeout=60)
+    assert "resumed from cache" in again.stderr and "start app" in again.stdout, again.stderr
 
 
 def _up_streaming(d: DaemonCli) -> tuple[int, list[tuple[float, str]]]:
