@@ -226,7 +226,10 @@ CLEAR_LINE = "\r\x1b[K"
 def build_progress_line(p: dict[str, Any]) -> str:
     """A build step's progress item as one line: step, command, elapsed, bytes (or lines), last line."""
     got = p.get("rx_bytes")
-    amount = f"{got / 1e6:.1f} MB received" if isinstance(got, int) else f"{p.get('lines', 0)} lines"
+    if isinstance(got, int):
+        amount = f"{got / 1e6:.1f} MB received" if got >= 1e6 else f"{got / 1e3:.0f} kB received"
+    else:
+        amount = f"{p.get('lines', 0)} lines"
     text = (
         f"build {p.get('bot')}: step {p.get('step')}/{p.get('steps')} {p.get('command')}: "
         f"{float(p.get('elapsed') or 0):.0f} s, {amount}"

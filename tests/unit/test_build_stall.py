@@ -104,3 +104,7 @@ def test_progress_line() -> None:
         }
     )
     assert no_net == "build oc: step 1/1 sh -c: 5 s, 7 lines"
+    small = build_progress_line(
+        {"bot": "oc", "step": 1, "steps": 1, "command": "x", "elapsed": 5, "rx_bytes": 32768}
+    )
+    assert small == "build oc: step 1/1 x: 5 s, 33 kB received"

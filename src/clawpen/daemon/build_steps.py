@@ -307,11 +307,13 @@ def with_build(bot: Bot, result: BuildResult) -> Bot:
     return bot.model_copy(update={"filesystem": fs})
 
 
-def _ensure_gateway(daemon: Any) -> None:
+def _ensure_gateway(daemon: Any, spec: Any) -> None:
     """Start the egress gateway before a build needs it (it starts by itself only once an
-    applied spec gives a bot egress, which comes after the build)."""
+    applied spec gives a bot egress, which comes after the build), resolving names with the
+    ``[gateway] dns_upstream`` of the spec being built (not only from the next apply on)."""
     gateway = daemon.components.get("gateway")
     if gateway is not None:
+        gateway.resolver.set_upstream(list(spec.gateway.dns_upstream))
         gateway.ensure_gateway()
 
 
@@ -338,7 +340,7 @@ async def run_builds(daemon: Any, loaded: Any, names: set[str], writer: Any, arg
 
     bots = dict(loaded.spec.bots)
     if not args.get("dry_run") and any(bots[n].build and bots[n].build.egress for n in built):
-        _ensure_gateway(daemon)
+        _ensure_gateway(daemon, loaded.spec)
     for name in built:
         build = bots[name].build
         if args.get("dry_run"):
