@@ -3,11 +3,13 @@ progress line the CLI prints; the URL and silence a stall error names."""
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
 import pytest
 
-from clawpen.cli_daemon import build_progress_line
+from clawpen.cli_daemon import build_progress_line, show_progress
 from clawpen.daemon.build_steps import cache_key
 from clawpen.daemon.build_watch import StepRun, stall_message, step_label
 from clawpen.errors import ClawpenError
@@ -108,3 +110,35 @@ def test_progress_line() -> None:
         {"bot": "oc", "step": 1, "steps": 1, "command": "x", "elapsed": 5, "rx_bytes": 32768}
     )
     assert small == "build oc: step 1/1 x: 5 s, 33 kB received"
+
+
+class _Term(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_on_a_terminal_is_one_line_and_plain_lines_otherwise(
+    monkeypatch: pytest.MonkeyPatch, tty: bool
+) -> None:
+    out = _Term(tty)
+    monkeypatch.setattr(sys, "stderr", out)
+    tick = {"bot": "oc", "step": 1, "steps": 1, "command": "npm install", "elapsed": 5, "rx_bytes": 2_000_000}
+    show_progress({"build_progress": tick})
+    show_progress({"build_progress": {**tick, "elapsed": 10}})
+    show_progress({"build": "build oc: done in 11.0 s"})
+    text = out.getvalue()
+    if tty:  # rewritten in place, cleared before the next plain line
+        assert text.count("\n") == 1 and text.count("\r\x1b[K") == 3, repr(text)
+        assert text.endswith("\r\x1b[K  build oc: done in 11.0 s\n")
+    else:
+        assert "\r" not in text and "\x1b" not in text
+        assert text.splitlines() == [
+            "  build oc: step 1/1 npm install: 5 s, 2.0 MB received",
+            "  build oc: step 1/1 npm install: 10 s, 2.0 MB received",
+            "  build oc: done in 11.0 s",
+        ]
