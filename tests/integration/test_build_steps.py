@@ -132,7 +132,7 @@ def test_silent_step_is_killed_by_the_stall_detector(bdaemon: DaemonCli) -> None
     # own session (npm-like: it would ignore SIGTERM); a re-run finds the download and finishes
     step = (
         '["sh", "-c", "if test -f /build-cache/part; then echo resumed from cache; exit 0; fi; '
-        'echo GET https://registry.example.test/pkg-w2; echo data > /build-cache/part; '
+        "echo GET https://registry.example.test/pkg-w2; echo data > /build-cache/part; "
         'setsid sleep 617 & trap \\"\\" TERM; wait"]'
     )
     d.write(WATCHED.format(steps=step))
