@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -199,13 +200,46 @@ def show_progress(item: Any) -> None:
     safe = termsafe.for_stream(sys.stderr)
     if not isinstance(item, dict):
         return
-    if "build" in item:
-        print(f"  {safe(str(item['build']))}", file=sys.stderr, flush=True)
+    tty = sys.stderr.isatty()
+    if "build" in item:  # on a terminal, first clear a progress line left by build_progress
+        print(f"{CLEAR_LINE if tty else ''}  {safe(str(item['build']))}", file=sys.stderr, flush=True)
+    elif isinstance(item.get("build_progress"), dict):
+        line = safe(build_progress_line(item["build_progress"]))
+        if tty:  # one line, rewritten in place
+            print(
+                f"{CLEAR_LINE}  {line[: shutil.get_terminal_size().columns - 3]}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print(f"  {line}", file=sys.stderr, flush=True)
     elif "wait" in item:
-        print(f"  {safe(str(item['wait']))}", file=sys.stderr, flush=True)
+        print(f"{CLEAR_LINE if tty else ''}  {safe(str(item['wait']))}", file=sys.stderr, flush=True)
     elif isinstance(item.get("waiting"), dict):
         states = ", ".join(f"{k} ({v})" for k, v in item["waiting"].items())
         print(f"  waiting for {safe(states)}", file=sys.stderr, flush=True)
+
+
+CLEAR_LINE = "\r\x1b[K"
+
+
+def build_progress_line(p: dict[str, Any]) -> str:
+    """A build step's progress item as one line: step, command, elapsed, bytes (or lines), last line."""
+    got = p.get("rx_bytes")
+    if isinstance(got, int):
+        amount = f"{got / 1e6:.1f} MB received" if got >= 1e6 else f"{got / 1e3:.0f} kB received"
+    else:
+        amount = f"{p.get('lines', 0)} lines"
+    text = (
+        f"build {p.get('bot')}: step {p.get('step')}/{p.get('steps')} {p.get('command')}: "
+        f"{float(p.get('elapsed') or 0):.0f} s, {amount}"
+    )
+    quiet = float(p.get("quiet") or 0)
+    if quiet >= 10:
+        text += f", silent {quiet:.0f} s"
+    last = str(p.get("last") or "")
+    return text + (f" | {last}" if last else "")
 
 
 def render_up(result: dict[str, Any], *, json_out: bool, dry_run: bool) -> int:

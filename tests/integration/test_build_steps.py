@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DaemonCli, wait_for
+from helpers import CLAWPEN, DaemonCli, of_uids, wait_for, with_marker
 
 from conftest import UID_BASE
 
@@ -113,3 +114,87 @@ def test_build_timeout(bdaemon: DaemonCli) -> None:
     failed = d.cli("up", check=False, timeout=60)
     assert failed.returncode != 0 and "timed out" in failed.stderr, failed.stderr
     assert "app" not in d.ps()
+
+
+WATCHED = """
+[bots.app]
+command = ["sleep", "600"]
+[bots.app.build]
+steps = [{steps}]
+timeout = "120s"
+stall = "10s"
+"""
+
+
+def test_silent_step_is_killed_by_the_stall_detector(bdaemon: DaemonCli) -> None:
+    d = bdaemon
+    # prints a URL, keeps what it "downloaded" in /build-cache, then goes silent in a process of its
+    # own session (npm-like: it would ignore SIGTERM); a re-run finds the download and finishes
+    step = (
+        '["sh", "-c", "if test -f /build-cache/part; then echo resumed from cache; exit 0; fi; '
+        "echo GET https://registry.example.test/pkg-w2; echo data > /build-cache/part; "
+        'setsid sleep 617 & trap \\"\\" TERM; wait"]'
+    )
+    d.write(WATCHED.format(steps=step))
+    t0 = time.monotonic()
+    failed = d.cli("up", check=False, timeout=90)
+    took = time.monotonic() - t0
+    assert failed.returncode != 0, failed.stdout
+    err = failed.stderr
+    assert "build step 1 of app failed" in err and "stalled: no output and no network bytes for 1" in err, err
+    assert "last URL: https://registry.example.test/pkg-w2" in err and "Traceback" not in err, err
+    assert took < 60, took  # well under the 120 s timeout
+    # the whole group is gone, the setsid'd sleep too; nothing was applied
+    assert not with_marker("617", comm="sleep")
+    uid = json.loads((d.home / "users.json").read_text())["app"]
+    assert not of_uids([uid])
+    assert "app" not in d.ps()
+    reasons = [e["reason"] for e in d.events("app") if e["kind"] == "build"]
+    assert any("step 1/1 started: sh -c" in r for r in reasons), reasons
+    assert any("step 1/1 failed after" in r and "stalled" in r for r in reasons), reasons
+    # the same steps again: the persistent /build-cache kept the partial download
+    again = d.cli("up", timeout=60)
+    assert "resumed from cache" in again.stderr and "start app" in again.stdout, again.stderr
+
+
+def _up_streaming(d: DaemonCli) -> tuple[int, list[tuple[float, str]]]:
+    """``clawpen up`` with its stderr read as it comes: (exit code, [(seconds since start, line)])."""
+    t0 = time.monotonic()
+    lines = []
+    with subprocess.Popen(
+        [CLAWPEN, "up"],
+        cwd=d.spec.parent,
+        env=d.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append((time.monotonic() - t0, line.rstrip("\n")))
+        return proc.wait(120), lines
+
+
+def test_steady_steps_are_not_killed_and_progress_arrives_while_they_run(bdaemon: DaemonCli) -> None:
+    d = bdaemon
+    steps = (
+        '["sh", "-c", "for i in 1 2 3 4 5; do echo tick $i; sleep 3; done"], '  # every 3 s for 15 s
+        '["sh", "-c", "for i in 1 2 3 4; do echo err $i >&2; sleep 3; done"]'  # stderr only, 12 s
+    )
+    d.write(WATCHED.format(steps=steps))
+    code, lines = _up_streaming(d)
+    text = "\n".join(line for _, line in lines)
+    assert code == 0, text
+    assert "stalled" not in text
+    d.wait_state("app", "running")
+    done = next(t for t, line in lines if "build app: done in" in line)
+    ticks = [(t, line) for t, line in lines if "build app: step 2/2 sh -c: " in line and " s, " in line]
+    assert ticks, text
+    # a progress item of the 12 s step came while it ran (seconds before the build ended), plain lines
+    assert done - ticks[0][0] > 2, lines
+    assert not any("\r" in line for _, line in ticks) and "lines" in ticks[0][1] and "| err" in ticks[0][1], (
+        ticks
+    )
+    reasons = [e["reason"] for e in d.events("app") if e["kind"] == "build"]
+    assert sum(": step " in r and "started" in r for r in reasons) == 2, reasons
+    assert sum(": step " in r and "done in" in r for r in reasons) == 2, reasons

@@ -28,13 +28,12 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from clawpen.daemon.build_watch import Ticks, run_step, step_label
 from clawpen.daemon.contents import META, tree_hash
 from clawpen.errors import ConfigError, HostError
 from clawpen.spec.build import CACHE_MOUNT, BuildSpec
@@ -48,7 +47,6 @@ if TYPE_CHECKING:
 
 BUILD_REPLICA = 999  # the link key of a bot's build sandbox (replicas are 0..63)
 KEEP_BUILDS = 3  # per bot, the most recently used ones (``keep``); the running bot's is never removed
-TAIL_LINES = 20
 
 Progress = Callable[[str], None]
 
@@ -77,7 +75,7 @@ def _digest_path(path: Path, h: Any) -> None:
 def cache_key(build: BuildSpec, base_dir: str) -> str:
     """The hash of everything a build's output depends on."""
     h = hashlib.sha256()
-    fields = build.model_dump(mode="json", exclude={"inputs", "timeout", "cache", "keep"})
+    fields = build.model_dump(mode="json", exclude={"inputs", "timeout", "stall", "cache", "keep"})
     h.update(json.dumps(fields, sort_keys=True).encode())
     for raw in build.inputs:
         h.update(raw.encode() + b"\0")
@@ -117,78 +115,20 @@ def step_policy(name: str, bot: Bot, base_dir: str, staging: Path, cache: Path) 
     )
 
 
-@dataclasses.dataclass
-class _StepRun:
-    code: int = 0
-    reason: str = ""
-    tail: deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-
-
-def _run_step(  # noqa: PLR0917
-    svc: Any,
-    tier: Tier,
-    policy: BotPolicy,
-    argv: list[str],
-    log: Any,
-    progress: Progress,
-    timeout: float,
-    link: Any,
-) -> _StepRun:
-    """One step in its own sandbox of ``tier`` (blocking: run it in a worker thread)."""
-    from clawpen.plan.build import build_plan
-    from clawpen.sandbox.tier import Stdio, ended_within
-    from clawpen.sandbox.users import identity_for
-
-    ident = identity_for(policy.name, svc.state_dir)
-    net = None if link is None else link.for_plan(policy.egress)
-    plan = build_plan(
-        policy._replace(command=tuple(argv)), ident, svc.host, svc.seccomp, die_with_parent=False, link=net
-    )
-    r, w = os.pipe2(os.O_CLOEXEC)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    run = _StepRun()
-
-    def pump() -> None:
-        with os.fdopen(r, "rb") as out:
-            for raw in out:
-                line = raw.decode(errors="replace").rstrip("\n")
-                log.write(line + "\n")
-                log.flush()
-                run.tail.append(line)
-                progress(line)
-
-    reader = threading.Thread(target=pump, daemon=True, name=f"build-{policy.name}")
-    try:
-        sandbox = tier.start(
-            plan, cgroup_name=f"{policy.name}-build{os.getpid()}", stdio=Stdio(null, w, w), secrets={}
-        )
-    except BaseException:
-        os.close(r)
-        raise
-    finally:
-        os.close(w)
-        os.close(null)
-    reader.start()
-    try:
-        if not ended_within(sandbox, timeout):
-            sandbox.kill()
-            ended_within(sandbox, None)
-            run.reason = f"timed out after {timeout:g} s"
-        result = sandbox.collect()
-    finally:
-        sandbox.teardown()
-        reader.join(5)
-    run.code = result.exit_code
-    if not run.reason and result.exit_code != 0:
-        run.reason = result.message or f"{result.reason}, exit {result.exit_code}"
-    return run
-
-
 def run_build(  # noqa: PLR0917
-    svc: Any, name: str, bot: Bot, base_dir: str, progress: Progress, running: frozenset[str] = frozenset()
+    svc: Any,
+    name: str,
+    bot: Bot,
+    base_dir: str,
+    progress: Progress,
+    running: frozenset[str] = frozenset(),
+    ticks: Ticks | None = None,
+    note: Progress | None = None,
 ) -> BuildResult:
     """Build ``bot`` (blocking), or find it in the cache (``running``: the outputs bots run now,
-    never pruned). The output used is marked as used now (its mtime), so pruning keeps it."""
+    never pruned). The output used is marked as used now (its mtime), so pruning keeps it.
+    ``progress`` gets each output line, ``ticks`` a progress item every few seconds of a step,
+    ``note`` a line at each step's start and end (the ``build`` events)."""
     from clawpen.daemon.tiers import tier_for
     from clawpen.sandbox.users import identity_for
     from clawpen.sandbox.workspace import prepare_workspace
@@ -235,19 +175,20 @@ def run_build(  # noqa: PLR0917
             link = network.attach(name, BUILD_REPLICA, policy)
         with open(bot_dir / f"{key}.log", "w") as log:
             for i, argv in enumerate(build.steps, 1):
-                progress(f"build {name}: step {i}/{len(build.steps)}: {' '.join(argv)}")
-                log.write(f"$ {' '.join(argv)}\n")
-                left = build.timeout - (time.monotonic() - started)
-                run = _run_step(svc, tier, policy, argv, log, progress, max(1.0, left), link)
-                if run.code != 0 or run.reason:
-                    tail = "\n".join(run.tail)
-                    raise ConfigError(
-                        f"build step {i} of {name} failed ({run.reason}): {' '.join(argv)}"
-                        + (f"\n{tail}" if tail else ""),
-                        where=f"bots.{name}.build.steps[{i - 1}]",
-                        hint=f"the whole output is in {bot_dir / f'{key}.log'}; fix the step and run "
-                        "`clawpen up` again (nothing was changed)",
-                    )
+                _step(
+                    svc,
+                    tier,
+                    policy,
+                    build,
+                    (i, argv),
+                    log,
+                    progress,
+                    ticks or _no_tick,
+                    note or _no_note,
+                    started,
+                    link,
+                    bot_dir / f"{key}.log",
+                )
         meta = {"key": key, "built_at": time.time(), "output_hash": _hash_output(staging)}
         (staging / META).write_text(json.dumps(meta) + "\n")
         os.rename(staging, final)
@@ -262,6 +203,58 @@ def run_build(  # noqa: PLR0917
     seconds = time.monotonic() - started
     progress(f"build {name}: done in {seconds:.1f} s ({key})")
     return BuildResult(name, key, final, False, seconds)
+
+
+def _no_tick(info: dict[str, Any]) -> None:
+    return None
+
+
+def _no_note(text: str) -> None:
+    return None
+
+
+def _step(  # noqa: PLR0917
+    svc: Any,
+    tier: Tier,
+    policy: BotPolicy,
+    build: BuildSpec,
+    step: tuple[int, list[str]],
+    log: Any,
+    progress: Progress,
+    ticks: Ticks,
+    note: Progress,
+    started: float,
+    link: Any,
+    log_path: Path,
+) -> None:
+    """Run step ``step`` (its number from 1, its argv) of ``policy.name``'s build; raises when it fails."""
+    i, argv = step
+    name, steps = policy.name, len(build.steps)
+    progress(f"build {name}: step {i}/{steps}: {' '.join(argv)}")
+    note(f"build of {name}: step {i}/{steps} started: {step_label(argv)}")
+    log.write(f"$ {' '.join(argv)}\n")
+    left = build.timeout - (time.monotonic() - started)
+    info = {"bot": name, "step": i, "steps": steps, "command": step_label(argv)}
+    t0 = time.monotonic()
+    run = run_step(svc, tier, policy, argv, log, progress, ticks, info, max(1.0, left), build.stall, link)
+    took = time.monotonic() - t0
+    if run.code == 0 and not run.reason:
+        note(f"build of {name}: step {i}/{steps} done in {took:.1f} s: {step_label(argv)}")
+        return
+    progress(f"build {name}: step {i}/{steps} failed after {took:.1f} s")
+    note(f"build of {name}: step {i}/{steps} failed after {took:.1f} s: {step_label(argv)}: {run.reason}")
+    tail = "\n".join(run.tail)
+    hint = f"the whole output is in {log_path}; fix the step and run `clawpen up` again (nothing was changed)"
+    if run.stalled:
+        hint = (
+            f"the step went silent (a download that stopped?); run `clawpen up` again (downloads already in "
+            f"{CACHE_MOUNT} are reused), or raise bots.{name}.build.stall; the output is in {log_path}"
+        )
+    raise ConfigError(
+        f"build step {i} of {name} failed ({run.reason}): {' '.join(argv)}" + (f"\n{tail}" if tail else ""),
+        where=f"bots.{name}.build.steps[{i - 1}]",
+        hint=hint,
+    )
 
 
 def _hash_output(staging: Path) -> str | None:
@@ -314,11 +307,13 @@ def with_build(bot: Bot, result: BuildResult) -> Bot:
     return bot.model_copy(update={"filesystem": fs})
 
 
-def _ensure_gateway(daemon: Any) -> None:
+def _ensure_gateway(daemon: Any, spec: Any) -> None:
     """Start the egress gateway before a build needs it (it starts by itself only once an
-    applied spec gives a bot egress, which comes after the build)."""
+    applied spec gives a bot egress, which comes after the build), resolving names with the
+    ``[gateway] dns_upstream`` of the spec being built (not only from the next apply on)."""
     gateway = daemon.components.get("gateway")
     if gateway is not None:
+        gateway.resolver.set_upstream(list(spec.gateway.dns_upstream))
         gateway.ensure_gateway()
 
 
@@ -339,9 +334,13 @@ async def run_builds(daemon: Any, loaded: Any, names: set[str], writer: Any, arg
         if stream:
             loop.call_soon_threadsafe(writer.write, rpc.item({"build": line}))
 
+    def ticks(info: dict[str, Any]) -> None:
+        if stream:
+            loop.call_soon_threadsafe(writer.write, rpc.item({"build_progress": info}))
+
     bots = dict(loaded.spec.bots)
     if not args.get("dry_run") and any(bots[n].build and bots[n].build.egress for n in built):
-        _ensure_gateway(daemon)
+        _ensure_gateway(daemon, loaded.spec)
     for name in built:
         build = bots[name].build
         if args.get("dry_run"):
@@ -353,9 +352,22 @@ async def run_builds(daemon: Any, loaded: Any, names: set[str], writer: Any, arg
             continue
         daemon.note("build", f"build of {name} started", name)
         running = running_outputs(daemon.store.bots(), name, build_root(daemon.services.state_dir))
+
+        def note(text: str, bot: str = name) -> None:
+            loop.call_soon_threadsafe(daemon.note, "build", text, bot)
+
         try:
             result = await loop.run_in_executor(
-                None, run_build, daemon.services, name, bots[name], str(loaded.base_dir), progress, running
+                None,
+                run_build,
+                daemon.services,
+                name,
+                bots[name],
+                str(loaded.base_dir),
+                progress,
+                running,
+                ticks,
+                note,
             )
         except Exception as err:
             daemon.note("build", f"build of {name} failed: {str(err).splitlines()[0]}", name)

@@ -28,6 +28,22 @@ def _base_dir(info: ValidationInfo) -> str:
     return str(ctx.get("base_dir", os.getcwd()))
 
 
+STALL_DEFAULT = 120.0
+STALL_MIN = 10.0
+STALL_MAX = 3600.0
+
+
+def _stall(v: object) -> float:
+    """``stall``: 0 (off) or 10 s to 1 h."""
+    seconds = units.parse_duration(v)
+    if seconds != 0 and not STALL_MIN <= seconds <= STALL_MAX:
+        raise rules.RuleViolation(
+            f"build stall {v!r} is out of range",
+            'give a duration from "10s" to "1h", or "0" to turn the stall detector off',
+        )
+    return seconds
+
+
 def _memory(v: object) -> int | None:
     if v is None:
         return None
@@ -53,6 +69,11 @@ class BuildSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the steps")
     timeout: Annotated[float, BeforeValidator(units.parse_positive_duration)] = Field(
         1800.0, description='kill the build after this long, e.g. "20m"'
+    )
+    stall: Annotated[float, BeforeValidator(_stall)] = Field(
+        STALL_DEFAULT,
+        description="kill a step (its whole process group) that printed nothing and received no network "
+        'bytes for this long, e.g. "120s" (10 s to 1 h; "0": off); not part of the cache key',
     )
     inputs: list[str] = Field(
         default_factory=list, description="host files or folders whose content is part of the cache key"
