@@ -15,7 +15,12 @@ class Tty(io.StringIO):
 
 WAY = [
     {"waiting": {"web": "starting", "db": "starting"}},
-    {"waiting": {"web": "running, health starting (last check: connection refused, 0 s ago)", "db": "starting"}},
+    {
+        "waiting": {
+            "web": "running, health starting (last check: connection refused, 0 s ago)",
+            "db": "starting",
+        }
+    },
     {"wait": "db: running"},
     {"waiting": {"web": "running, health starting (last check: connection refused, 1 s ago)"}},
     {"wait": "web: running, healthy"},
