@@ -297,6 +297,37 @@ class Service:
         writer.close()
 
 
+def test_the_first_checks_come_at_once_so_a_bot_ready_after_1s_is_healthy_by_2s(
+    rig: Callable[..., Rig],
+) -> None:
+    r = rig()
+    web = Service(r)
+    web.status = 503
+    r.loop.call_later(1.0, lambda: setattr(web, "status", 200))  # ready 1 s after the start
+    inst = r.instance(health={"http": f"http://127.0.0.1:{web.port}/", "interval": "30s", "retries": 3})
+    r.do(inst.start)
+    r.until(lambda: inst.health == "starting", within=1, step=0.01)  # never None once started
+    timed(lambda: r.until(lambda: inst.health == "healthy", within=30, step=0.05))
+    running = r.at(S.RUNNING)[0]
+    assert 1.0 <= r.loop.time() - running <= 2.0  # checks at 0, 0.25, 0.75, 1.75 s (was: 30 s)
+    assert web.requests == 4 and inst.health_detail == "HTTP 200"
+    assert inst.machine.state is S.RUNNING
+    r.stop(inst)
+
+
+def test_quick_first_checks_do_not_make_a_bot_unhealthy_sooner(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    web = Service(r)
+    web.status = 503  # never ready
+    inst = r.instance(health={"http": f"http://127.0.0.1:{web.port}/", "interval": "30s", "retries": 3})
+    r.do(inst.start)
+    timed(lambda: r.until(lambda: bool(r.at(S.UNHEALTHY)), within=120))
+    took = r.at(S.UNHEALTHY)[0] - r.at(S.RUNNING)[0]
+    assert 60 <= took < 70, took  # the 3rd counted failure: as with checks every 30 s from 0
+    assert web.requests > 10  # checked far more often than that while it started
+    r.stop(inst)
+
+
 def test_failing_http_checks_make_the_bot_unhealthy_and_restart_it(rig: Callable[..., Rig]) -> None:
     r = rig()
     web = Service(r)
