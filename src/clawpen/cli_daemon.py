@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -178,10 +177,11 @@ def cmd_up(ns: argparse.Namespace) -> int:
             hint="run `clawpen init`, or pass -f FILE",
         )
     from clawpen.audit import caller
+    from clawpen.cli_progress import UpProgress
 
     result = _client().call_with_progress(
         "up",
-        show_progress,
+        UpProgress(sys.stderr),
         file=path,
         bots=ns.bots,
         dry_run=ns.dry_run,
@@ -196,50 +196,10 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def show_progress(item: Any) -> None:
-    """`up`'s (and `rollback`'s) build output and wait, as it happens, on stderr."""
-    safe = termsafe.for_stream(sys.stderr)
-    if not isinstance(item, dict):
-        return
-    tty = sys.stderr.isatty()
-    if "build" in item:  # on a terminal, first clear a progress line left by build_progress
-        print(f"{CLEAR_LINE if tty else ''}  {safe(str(item['build']))}", file=sys.stderr, flush=True)
-    elif isinstance(item.get("build_progress"), dict):
-        line = safe(build_progress_line(item["build_progress"]))
-        if tty:  # one line, rewritten in place
-            print(
-                f"{CLEAR_LINE}  {line[: shutil.get_terminal_size().columns - 3]}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-        else:
-            print(f"  {line}", file=sys.stderr, flush=True)
-    elif "wait" in item:
-        print(f"{CLEAR_LINE if tty else ''}  {safe(str(item['wait']))}", file=sys.stderr, flush=True)
-    elif isinstance(item.get("waiting"), dict):
-        states = ", ".join(f"{k} ({v})" for k, v in item["waiting"].items())
-        print(f"  waiting for {safe(states)}", file=sys.stderr, flush=True)
+    """`up`'s (and `rollback`'s) build output and wait, as it happens, on stderr (plain lines)."""
+    from clawpen.cli_progress import UpProgress
 
-
-CLEAR_LINE = "\r\x1b[K"
-
-
-def build_progress_line(p: dict[str, Any]) -> str:
-    """A build step's progress item as one line: step, command, elapsed, bytes (or lines), last line."""
-    got = p.get("rx_bytes")
-    if isinstance(got, int):
-        amount = f"{got / 1e6:.1f} MB received" if got >= 1e6 else f"{got / 1e3:.0f} kB received"
-    else:
-        amount = f"{p.get('lines', 0)} lines"
-    text = (
-        f"build {p.get('bot')}: step {p.get('step')}/{p.get('steps')} {p.get('command')}: "
-        f"{float(p.get('elapsed') or 0):.0f} s, {amount}"
-    )
-    quiet = float(p.get("quiet") or 0)
-    if quiet >= 10:
-        text += f", silent {quiet:.0f} s"
-    last = str(p.get("last") or "")
-    return text + (f" | {last}" if last else "")
+    UpProgress(sys.stderr, live=False)(item)
 
 
 def render_up(result: dict[str, Any], *, json_out: bool, dry_run: bool) -> int:
@@ -347,13 +307,18 @@ def cmd_ps(ns: argparse.Namespace) -> int:
     rows = _fetch(ns, "ps")
     if rows is None:
         return 0
-    print(f"{'BOT':<20} {'STATE':<14} {'PID':>8} {'UPTIME':>7} {'RESTARTS':>8}  LAST EXIT")
+    from clawpen.cli_progress import mem_cell
+
+    head = f"{'BOT':<20} {'STATE':<14} {'HEALTH':<10} {'MEM':>11} {'PID':>8} {'UPTIME':>7} {'RESTARTS':>8}"
+    print(f"{head}  LAST EXIT")
     for r in rows:
         label = _label(r)
         up = _ago(r.get("started_at")) if r.get("pid") else "-"
+        health = (r.get("health") or "-") if r.get("pid") else "-"
         last = "-" if r.get("last_exit") is None else f"{r['last_exit']} ({r.get('last_reason')})"
         print(
-            f"{label:<20} {r['state']:<14} {r.get('pid') or '-':>8} {up:>7} {r.get('restarts', 0):>8}  {last}"
+            f"{label:<20} {r['state']:<14} {health:<10} {mem_cell(r):>11} {r.get('pid') or '-':>8} {up:>7} "
+            f"{r.get('restarts', 0):>8}  {last}"
         )
     return 0
 

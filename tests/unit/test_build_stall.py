@@ -4,12 +4,11 @@ progress line the CLI prints; the URL and silence a stall error names."""
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
 
-from clawpen.cli_daemon import build_progress_line, show_progress
+from clawpen.cli_progress import UpProgress, build_progress_line
 from clawpen.daemon.build_steps import cache_key
 from clawpen.daemon.build_watch import StepRun, stall_message, step_label
 from clawpen.errors import ClawpenError
@@ -126,7 +125,7 @@ def test_progress_on_a_terminal_is_one_line_and_plain_lines_otherwise(
     monkeypatch: pytest.MonkeyPatch, tty: bool
 ) -> None:
     out = _Term(tty)
-    monkeypatch.setattr(sys, "stderr", out)
+    show_progress = UpProgress(out)
     tick = {"bot": "oc", "step": 1, "steps": 1, "command": "npm install", "elapsed": 5, "rx_bytes": 2_000_000}
     show_progress({"build_progress": tick})
     show_progress({"build_progress": {**tick, "elapsed": 10}})

@@ -58,11 +58,53 @@ def make_plan(**kw: object) -> Plan:
 
 
 def test_failures_in_the_start_period_do_not_count() -> None:
-    t = HealthTracker(retries=2, start_period=30.0, started_at=100.0)
+    t = HealthTracker(retries=2, start_period=30.0, interval=1.0, started_at=100.0)
     assert [t.record(FAIL, now) for now in (101, 110, 129.9)] == [V.STILL_OK] * 3
     assert (t.failures, t.status) == (0, "starting")
     assert t.record(FAIL, 130.0) is V.STILL_OK and t.failures == 1  # the period is over: counted
     assert t.record(FAIL, 131.0) is V.BECAME_UNHEALTHY
+
+
+def test_the_first_check_is_at_once_then_quick_until_one_passes_then_every_interval() -> None:
+    t = HealthTracker(retries=3, interval=30.0, started_at=0.0)
+    assert t.delay() == 0.0 and t.status == "starting"  # right after the start, not after 30 s
+    gaps = []
+    now = 0.0
+    for _ in range(8):
+        t.record(FAIL, now)
+        gaps.append(t.delay())
+        now += gaps[-1]
+    assert gaps == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]  # quick while starting, at most 5 s
+    assert t.record(OK, now) is V.HEALTHY and t.delay() == 30.0  # then every interval
+    assert HealthTracker(interval=2.0).delay() == 0.0
+    short, gaps = HealthTracker(interval=2.0), []
+    for _ in range(5):
+        short.record(FAIL, 0.0)
+        gaps.append(short.delay())
+    assert gaps == [0.25, 0.5, 1.0, 2.0, 2.0]  # never further apart than the interval
+
+
+def test_quick_retries_count_failures_only_at_the_intervals_pace() -> None:
+    t = HealthTracker(retries=3, interval=30.0, started_at=0.0)
+    now, verdicts = 0.0, []
+    while t.status == "starting":  # quick retries: a failure counts once every 30 s
+        verdicts.append((now, t.record(FAIL, now)))
+        now += t.delay()
+    (when,) = [at for at, v in verdicts if v is V.BECAME_UNHEALTHY]
+    assert 60.0 <= when < 70.0  # the third counted failure: about when checks every 30 s make it
+    assert len(verdicts) > 10  # yet it was checked far more often (each failure counted: 0.75 s)
+
+
+def test_in_the_start_period_a_failure_leaves_it_starting_and_after_it_counts() -> None:
+    t = HealthTracker(retries=1, start_period=10.0, interval=30.0, started_at=0.0)
+    now = 0.0
+    while now < 10.0:
+        assert t.record(FAIL, now) is V.STILL_OK
+        assert t.status == "starting" and t.failures == 0
+        now += t.delay()
+    assert t.record(FAIL, max(now, 10.0)) is V.BECAME_UNHEALTHY and t.status == "unhealthy"
+    ok = HealthTracker(retries=1, start_period=10.0, started_at=0.0)
+    assert ok.record(OK, 0.5) is V.HEALTHY and ok.status == "healthy"  # a success counts at once
 
 
 def test_retries_consecutive_failures_make_it_unhealthy_once() -> None:

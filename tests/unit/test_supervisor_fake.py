@@ -297,6 +297,37 @@ class Service:
         writer.close()
 
 
+def test_the_first_checks_come_at_once_so_a_bot_ready_after_1s_is_healthy_by_2s(
+    rig: Callable[..., Rig],
+) -> None:
+    r = rig()
+    web = Service(r)
+    web.status = 503
+    r.loop.call_later(1.0, lambda: setattr(web, "status", 200))  # ready 1 s after the start
+    inst = r.instance(health={"http": f"http://127.0.0.1:{web.port}/", "interval": "30s", "retries": 3})
+    r.do(inst.start)
+    r.until(lambda: inst.health == "starting", within=1, step=0.01)  # never None once started
+    timed(lambda: r.until(lambda: inst.health == "healthy", within=30, step=0.05))
+    running = r.at(S.RUNNING)[0]
+    assert 1.0 <= r.loop.time() - running <= 2.0  # checks at 0, 0.25, 0.75, 1.75 s (was: 30 s)
+    assert web.requests == 4 and inst.health_detail == "HTTP 200"
+    assert inst.machine.state is S.RUNNING
+    r.stop(inst)
+
+
+def test_quick_first_checks_do_not_make_a_bot_unhealthy_sooner(rig: Callable[..., Rig]) -> None:
+    r = rig()
+    web = Service(r)
+    web.status = 503  # never ready
+    inst = r.instance(health={"http": f"http://127.0.0.1:{web.port}/", "interval": "30s", "retries": 3})
+    r.do(inst.start)
+    timed(lambda: r.until(lambda: bool(r.at(S.UNHEALTHY)), within=120))
+    took = r.at(S.UNHEALTHY)[0] - r.at(S.RUNNING)[0]
+    assert 60 <= took < 70, took  # the 3rd counted failure: as with checks every 30 s from 0
+    assert web.requests > 10  # checked far more often than that while it started
+    r.stop(inst)
+
+
 def test_failing_http_checks_make_the_bot_unhealthy_and_restart_it(rig: Callable[..., Rig]) -> None:
     r = rig()
     web = Service(r)
@@ -305,13 +336,13 @@ def test_failing_http_checks_make_the_bot_unhealthy_and_restart_it(rig: Callable
     r.do(inst.start)
     r.until(lambda: inst.health == "healthy", within=30, step=0.5)
     assert web.requests == 1
-    web.status = 503  # from the second check on (at 20 s)
+    web.status = 503  # from the second check on (at 10 s: the first was right after the start)
     timed(lambda: r.until(lambda: len(r.tier.started) == 2, within=120))
     assert r.path()[2:] == ["unhealthy", "stopping", "exited", "starting", "running"]
     (unhealthy,) = [t for t in r.transitions if t.to_state is S.UNHEALTHY]
     assert unhealthy.reason == "health check failed 3 times: HTTP 503"
     running = r.at(S.RUNNING)[0]
-    assert unhealthy.at - EPOCH - running == pytest.approx(40, abs=0.01)  # fails at 20, 30, 40 s
+    assert unhealthy.at - EPOCH - running == pytest.approx(30, abs=0.01)  # fails at 10, 20, 30 s
     assert r.tier.started[0].signals == [signal.SIGTERM]
     assert inst.last is not None and inst.last.signal == signal.SIGTERM
     web.status = 200
@@ -327,7 +358,7 @@ def test_a_failing_check_with_on_unhealthy_none_only_reports(rig: Callable[..., 
     inst = r.instance(health={"tcp": "127.0.0.1:1", "interval": "5s", "retries": 2, "on_unhealthy": "none"})
     r.do(inst.start)
     timed(lambda: r.until(lambda: inst.machine.state is S.UNHEALTHY, within=60))
-    assert inst.health == "failing: connection refused"
+    assert (inst.health, inst.health_detail) == ("unhealthy", "connection refused")
     r.run(asyncio.sleep(300))
     assert len(r.tier.started) == 1 and inst.machine.state is S.UNHEALTHY
     r.stop(inst)
@@ -345,8 +376,8 @@ def test_a_cmd_check_runs_through_the_tiers_enter(rig: Callable[..., Rig], tmp_p
     timed(lambda: r.until(lambda: len(r.tier.started) == 2, within=60))
     (unhealthy,) = [t.reason for t in r.transitions if t.to_state is S.UNHEALTHY]
     assert unhealthy == "health check failed 2 times: exit 4: not ready"
+    r.stop(inst)  # the new run's first check starts at once: stopping ends it too
     assert all(p.returncode is not None for p in r.tier.entered)  # every check was reaped
-    r.stop(inst)
 
 
 def test_memory_pressure_restarts_a_bot_that_stays_above_its_share(rig: Callable[..., Rig]) -> None:

@@ -18,7 +18,13 @@ Outcomes of one check (:func:`check_once`, bounded by the spec's ``timeout``):
   timeout it is killed (its whole process group).
 * any kind: ``"connection refused"``, ``"timed out after 5s"``, ``"the sandbox ... is gone"``.
 
-:class:`HealthTracker` holds the counting rules; it is pure, and the daemon feeds it results.
+:class:`HealthTracker` holds the counting rules and the schedule; it is pure, and the daemon
+feeds it results. The first check comes right after the bot starts; until one passes (status
+``starting``) the check is retried quickly (0.25 s, then doubling, at most :data:`START_GAP_MAX`
+and never longer than ``interval``), so a bot is seen ready within a moment of being ready; then
+every ``interval``. Failures in the ``start_period`` do not count; after it, failures count at the
+``interval``'s pace only (a quick retry's failure is recorded as the last result, not counted), so
+quick retries never make a bot unhealthy sooner than checks every ``interval`` would.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ if TYPE_CHECKING:
 _STATUS_LINE = re.compile(rb"HTTP/\d(?:\.\d)? (\d{3})(?: |\r?\n|$)")
 _DETAIL_MAX = 200
 _TAIL_MAX = 4096
+START_GAP = 0.25  # seconds before the second check while the bot starts (then doubling)
+START_GAP_MAX = 5.0  # the longest gap between checks until one passes (Docker's start_interval)
 
 
 class HealthResult(NamedTuple):
@@ -74,11 +82,14 @@ class Verdict(enum.Enum):
 
 
 class HealthTracker:
-    """Counting rules for one instance's checks (pure; times are the caller's monotonic seconds).
+    """Counting rules and schedule of one instance's checks (pure; times are the caller's
+    monotonic seconds).
 
-    Failures less than ``start_period`` after ``started_at`` do not count. After ``retries``
-    consecutive counted failures the instance is unhealthy (:attr:`Verdict.BECAME_UNHEALTHY`,
-    once); any success resets the count. ``status`` is ``starting`` until the first success.
+    Failures less than ``start_period`` after ``started_at`` do not count, nor do failures of a
+    quick retry less than ``interval`` after the last counted one (until the first success).
+    After ``retries`` consecutive counted failures the instance is unhealthy
+    (:attr:`Verdict.BECAME_UNHEALTHY`, once); any success resets the count. ``status`` is
+    ``starting`` until the first success. :meth:`delay` says when to check next.
     """
 
     def __init__(
@@ -87,30 +98,41 @@ class HealthTracker:
         *,
         retries: int | None = None,
         start_period: float | None = None,
+        interval: float | None = None,
         started_at: float = 0.0,
     ) -> None:
-        """Rules from ``spec`` (its ``retries`` and ``start_period``), or given one by one."""
+        """Rules from ``spec`` (its ``retries``, ``start_period``, ``interval``), or given one by one."""
         self.retries = retries if retries is not None else spec.retries if spec is not None else 3
         self.start_period = (
             start_period if start_period is not None else spec.start_period if spec is not None else 0.0
         )
+        self.interval = interval if interval is not None else spec.interval if spec is not None else 30.0
         if self.retries < 1:
             raise ValueError("retries must be at least 1")
-        self.started_at = started_at
-        self.failures = 0
-        self.status: Literal["starting", "healthy", "unhealthy"] = "starting"
-        self.last: HealthResult | None = None
+        self.restart(started_at)
 
     def restart(self, started_at: float) -> None:
         """Start over for a new run of the instance (a new start period, no failures)."""
         self.started_at = started_at
         self.failures = 0
-        self.status = "starting"
-        self.last = None
+        self.status: Literal["starting", "healthy", "unhealthy"] = "starting"
+        self.last: HealthResult | None = None
+        self.last_at: float | None = None
+        self.checks = 0
+        self._count_from = started_at + self.start_period  # the next failure to count: not before
+
+    def delay(self) -> float:
+        """Seconds from the last result to the next check (0 before the first one)."""
+        if self.checks == 0:
+            return 0.0
+        if self.status == "starting":
+            return min(self.interval, START_GAP_MAX, START_GAP * 2.0 ** min(self.checks - 1, 16))
+        return self.interval
 
     def record(self, result: HealthResult, now: float) -> Verdict:
         """Count ``result`` (made at ``now``) and say what it means."""
-        self.last = result
+        self.last, self.last_at = result, now
+        self.checks += 1
         if result.ok:
             self.failures = 0
             was_unhealthy = self.status == "unhealthy"
@@ -118,6 +140,10 @@ class HealthTracker:
             return Verdict.RECOVERED if was_unhealthy else Verdict.HEALTHY
         if now - self.started_at < self.start_period:
             return Verdict.STILL_OK
+        if self.status == "starting":
+            if now < self._count_from:  # a quick retry while it starts
+                return Verdict.STILL_OK
+            self._count_from = now + self.interval
         self.failures += 1
         if self.status != "unhealthy" and self.failures >= self.retries:
             self.status = "unhealthy"

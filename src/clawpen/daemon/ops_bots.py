@@ -64,7 +64,11 @@ class InstanceStatus(Reply):
     started_at: float | None = None
     last_exit: int | None = None
     last_reason: str | None = None
-    health: str | None = None
+    health: str | None = None  # starting, healthy, unhealthy; None: the bot has no health check
+    health_detail: str | None = None  # the last check's result
+    health_at: float | None = None
+    memory_bytes: int | None = None  # ps: the cgroup's memory now
+    memory_limit: int | None = None  # ps: the bot's memory limit (None: none)
 
 
 class EventRow(Reply):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import Field
 
 from clawpen.daemon.ops_bots import Name
-from clawpen.errors import UsageError
+from clawpen.errors import ClawpenError, UsageError
 from clawpen.ops import Call, Contract, Empty, Operation, Reply, Request
 from clawpen.tokens import TokenStore
 
@@ -72,6 +72,32 @@ TOPOLOGY = Contract("topology", "viewer", Empty, Topology, "host -> bots -> gate
 WHOAMI = Contract("whoami", "viewer", Empty, WhoAmI, "the caller's token id and role (sign-in check)")
 
 CONTRACTS: tuple[Contract[Any], ...] = (LOGS, TOPOLOGY, WHOAMI)
+
+
+def ps_rows(daemon: Daemon) -> list[dict[str, Any]]:
+    """``ps``: every bot replica's status, with its memory now (the cgroup's ``memory.current``,
+    a file read: cheap for many bots) and its limit (the spec's; None: no limit)."""
+    out: list[dict[str, Any]] = []
+    for name in sorted(daemon.store.bots()):
+        insts = daemon.instances.get(name) or []
+        if not insts:
+            out.append({"bot": name, "replica": 0, "state": "stopped", "pid": None, "restarts": 0})
+        for inst in insts:
+            row = inst.status()
+            row["memory_bytes"] = _memory(inst)
+            row["memory_limit"] = inst.bot.resources.memory
+            out.append(row)
+    return out
+
+
+def _memory(inst: Instance) -> int | None:
+    sandbox = inst.sandbox
+    if sandbox is None:
+        return None
+    try:
+        return sandbox.stats().memory_current
+    except (OSError, ClawpenError):  # the cgroup went away as the bot stopped
+        return None
 
 
 def regex(grep: str | None, where: str = "grep") -> str | None:

@@ -96,8 +96,10 @@ class Instance:
         self._request: Outcome | None = None
         self._why = ""
         self._secrets: dict[str, bytes] = {}
-        self.health: str | None = None
+        self.health: str | None = None  # starting, healthy, unhealthy (the health watcher's)
         self.health_latency_s: float | None = None
+        self.health_detail: str | None = None
+        self.health_at: float | None = None
         self._manual_start = True
         self.task: asyncio.Task[None] | None = None
         self.net = InstanceNetwork(self)  # link (bots with egress) and published ports
@@ -354,7 +356,8 @@ class Instance:
 
     async def _start_sandbox(self) -> RunningSandbox:
         await self.net.attach()
-        self.health = self.health_latency_s = None  # a new process: nothing known until checked
+        self.health = "starting" if self.bot.health else None  # a new process: until checked
+        self.health_latency_s = self.health_detail = self.health_at = None
         plan = self.plan()
         self._secrets = self.svc.secrets(list(self.bot.secrets))
         self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -495,4 +498,6 @@ class Instance:
             **status_fields(
                 self.name, self.bot.network, None if (net := self.svc.network) is None else net.learn
             ),
+            "health_detail": self.health_detail,
+            "health_at": self.health_at,
         }

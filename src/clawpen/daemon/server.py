@@ -281,14 +281,7 @@ class Daemon:
         return {"restarted": names}
 
     async def op_ps(self, _req: Empty, _call: Call) -> list[dict[str, Any]]:
-        rows = self.store.bots()
-        out = []
-        for name in sorted(rows):
-            insts = self.replicas(name)
-            if not insts:
-                out.append({"bot": name, "replica": 0, "state": "stopped", "pid": None, "restarts": 0})
-            out += [i.status() for i in insts]
-        return out
+        return ops_views.ps_rows(self)
 
     async def op_status(self, req: ob.Bots, _call: Call) -> dict[str, Any]:
         if not req.bots:

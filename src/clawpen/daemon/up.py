@@ -17,7 +17,9 @@
    ``start_period`` plus one ``interval``). The reply's ``wait`` says, per instance, whether it
    came up and why not: its state, last exit, last event and the last lines of its stderr.
    With ``progress``, the client gets items: ``{"wait": "BOT: why"}`` as each instance is
-   judged, and ``{"waiting": {BOT: state}}`` every :data:`HEARTBEAT` seconds.
+   judged, and ``{"waiting": {BOT: state}}`` (``starting``, ``running, health starting (last
+   check: connection refused, 3 s ago)``) at once, whenever a bot's state or health check result
+   changes, and every :data:`HEARTBEAT` seconds.
 6. **Automatic rollback** (``[deploy] auto_rollback``): the wait lasts ``health_window``
    instead, and a changed bot that is not up then makes the daemon roll back to the release
    before (:mod:`clawpen.daemon.auto_rollback`); with ``--detach`` a daemon task
@@ -319,7 +321,7 @@ def judge(inst: Instance, now: float, settle: float = SETTLE) -> tuple[bool | No
         if inst.bot.health is not None:
             if inst.health == "healthy":
                 return True, "running, healthy"
-            return None, f"running, health {inst.health or 'not checked yet'}"
+            return None, f"running, {health_note(inst, now)}"
         since = inst.machine.since
         return (True, "running") if since is not None and now - since >= settle else (None, "running")
     if state is S.SCHEDULED_OFF:
@@ -330,6 +332,15 @@ def judge(inst: Instance, now: float, settle: float = SETTLE) -> tuple[bool | No
     if state in (S.STOPPED, S.CRASHLOOP, S.FAILED):
         return False, str(state)
     return None, str(state)
+
+
+def health_note(inst: Instance, now: float) -> str:
+    """``health starting (last check: connection refused, 3 s ago)``: the check's state and result."""
+    state = inst.health or "starting"
+    if inst.health_detail is None:
+        return f"health {state} (not checked yet)"
+    ago = max(0.0, now - (inst.health_at if inst.health_at is not None else now))
+    return f"health {state} (last check: {inst.health_detail}, {ago:.0f} s ago)"
 
 
 def _report(daemon: Daemon, inst: Instance, ok: bool, why: str) -> dict[str, Any]:
@@ -379,7 +390,8 @@ async def wait_for(daemon: Daemon, insts: list[Instance], timeout: float, stream
         own = health.start_period + health.interval + health.timeout if health is not None else 0.0
         deadlines[inst] = start + max(timeout, own)
     results: list[dict[str, Any]] = []
-    beat = start
+    beat = -math.inf
+    seen: dict[Instance, tuple[BotState, str | None, float | None]] = {}
     while deadlines:
         now = daemon.services.clock()
         for inst in list(deadlines):
@@ -396,8 +408,9 @@ async def wait_for(daemon: Daemon, insts: list[Instance], timeout: float, stream
                 stream = None
         if not deadlines:
             break
-        if stream is not None and loop.time() - beat >= HEARTBEAT:
-            beat = loop.time()
+        marks = {i: (i.machine.state, i.health, i.health_at) for i in deadlines}
+        if stream is not None and (marks != seen or loop.time() - beat >= HEARTBEAT):
+            beat, seen = loop.time(), marks
             waiting = {i.label: judge(i, now)[1] for i in deadlines}
             if not await _send(stream, {"waiting": waiting}):
                 stream = None

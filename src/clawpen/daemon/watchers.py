@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 MEMORY_CHECK_INTERVAL = 5.0
 DISK_CHECK_INTERVAL = 5.0  # the workspace is walked (in a worker thread) this often
+START_RETRY = 0.1  # seconds to wait for a sandbox's pid before the first health check
 
 
 class Outcome(enum.Enum):
@@ -49,8 +50,10 @@ class _Services(Protocol):
 class Watched(Protocol):
     """What the watchers use of the bot replica they watch (``daemon/runtime.py`` ``Instance``)."""
 
-    health: str | None  # set by the health watcher
+    health: str | None  # set by the health watcher: starting, healthy, unhealthy (None: no check)
     health_latency_s: float | None
+    health_detail: str | None  # the last check's result ("HTTP 200", "connection refused")
+    health_at: float | None  # when it was made (the services' clock)
 
     @property
     def svc(self) -> _Services: ...
@@ -145,6 +148,8 @@ async def memory_pressure(inst: Watched, sandbox: RunningSandbox) -> Verdict:
 
 
 async def health(inst: Watched, sandbox: RunningSandbox) -> Verdict:
+    """Check from the start (see :class:`clawpen.daemon.health.HealthTracker` for the schedule);
+    ``inst.health`` is the tracker's status, ``inst.health_detail``/``health_at`` the last result."""
     from clawpen.daemon.health import HealthTracker, check
     from clawpen.daemon.health import Verdict as HV
 
@@ -152,15 +157,18 @@ async def health(inst: Watched, sandbox: RunningSandbox) -> Verdict:
     if spec is None:
         return None
     tracker = HealthTracker(spec, started_at=inst.started_at or inst.svc.clock())
+    inst.health = tracker.status
     plan = inst.plan()
     bpf = inst.svc.bpf()
     while True:
-        await asyncio.sleep(spec.interval)
+        await asyncio.sleep(tracker.delay())
         if sandbox.sandbox_pid is None:
+            await asyncio.sleep(START_RETRY)
             continue
         result = await check(spec, sandbox, plan=plan, bpf=bpf)
         verdict = tracker.record(result, inst.svc.clock())
-        inst.health = "healthy" if result.ok else f"failing: {result.detail}"
+        inst.health = tracker.status
+        inst.health_detail, inst.health_at = result.detail, inst.svc.clock()
         inst.health_latency_s = result.latency_s
         if verdict is HV.BECAME_UNHEALTHY:
             inst.transition(S.UNHEALTHY, f"health check failed {spec.retries} times: {result.detail}")
