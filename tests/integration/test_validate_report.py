@@ -154,7 +154,9 @@ def test_validate_runs_the_scenarios_on_a_throwaway_copy(daemon: DaemonCli) -> N
 
 def test_a_daemon_start_removes_a_leftover_copy(daemon: DaemonCli) -> None:
     """An interrupted validate (the CLI killed) leaves its copy running; the next daemon removes it."""
-    daemon.write(SPEC)
+    (daemon.spec.parent / "data").mkdir()
+    daemon.write(SPEC + 'workspace = "./data"\n')
+    temps_before = set(glob.glob("/var/tmp/clawpen-validate-web-*"))
     daemon.cli("up")
     daemon.wait_state("web", "running")
     proc = subprocess.Popen([CLAWPEN, "validate", "web"], env=daemon.env, cwd=daemon.spec.parent)
@@ -169,9 +171,12 @@ def test_a_daemon_start_removes_a_leftover_copy(daemon: DaemonCli) -> None:
     os.kill(old, 9)  # a killed daemon leaves its bots (and the copy) running
     assert wait_for(lambda: not Path(f"/proc/{old}").exists(), 10)
     assert of_uids([uid]) != []
-    temps = glob.glob("/var/tmp/clawpen-validate-web-*")
+    assert set(glob.glob("/var/tmp/clawpen-validate-web-*")) != temps_before  # the copy's workspace
     daemon.cli("ps")  # starts the daemon again
     assert wait_for(lambda: not list((daemon.home / "validate" / "copies").glob("*.json")), 20)
-    assert wait_for(lambda: of_uids([uid]) == [], 10)
+    assert wait_for(lambda: of_uids([uid]) == [], 20), [e["reason"] for e in daemon.events("web_validate")]
     assert _cgroups_named("web_validate") == []
-    assert not any(os.path.exists(t) for t in temps) or not temps
+    assert set(glob.glob("/var/tmp/clawpen-validate-web-*")) == temps_before
+    assert "removed a validate copy left by an interrupted validate" in " ".join(
+        e["reason"] for e in daemon.events("web_validate")
+    )

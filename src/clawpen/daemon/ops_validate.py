@@ -34,6 +34,7 @@ from clawpen.daemon.runtime import Instance
 from clawpen.daemon.tiers import stop_stored, stored_tier
 from clawpen.errors import UsageError
 from clawpen.ops import Call, Contract, Operation, Reply, Request
+from clawpen.paths import cgroup_scope
 
 if TYPE_CHECKING:
     from clawpen.daemon.server import Daemon
@@ -153,14 +154,25 @@ def sweep_copies(daemon: Daemon) -> None:
         record = folder / f"{copy}.json"
         with contextlib.suppress(OSError, ValueError, KeyError):
             tier = stored_tier({"spec": json.loads(record.read_text())["spec"]})
-        for row in daemon.store.instances(copy):
+        rows = daemon.store.instances(copy)
+        for row in rows:
             stop_stored(daemon.services.tiers, daemon.services.run_dir, tier, row)
             daemon.store.drop_instance(copy, row.replica)
+        host = daemon.services.cgroups()  # also a copy killed while it started (no pid saved)
+        if host is not None:
+            group = f"{cgroup_scope(daemon.services.state_dir)}{copy}.0"
+            if group in host.names():
+                with contextlib.suppress(Exception):
+                    host.attach(group).remove()
         if daemon.services.network is not None:
             with contextlib.suppress(Exception):
                 daemon.services.network.detach(copy, 0)
         _remove_files(daemon, copy, record)
-        daemon.note("validate", "removed a validate copy left by an interrupted validate", copy)
+        daemon.note(
+            "validate",
+            f"removed a validate copy left by an interrupted validate ({len(rows)} sandbox(es) stopped)",
+            copy,
+        )
 
 
 def operations(daemon: Daemon) -> list[Operation[Any]]:
