@@ -25,19 +25,34 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
 from clawpen.daemon.ops_bots import InstanceStatus
-from clawpen.daemon.runtime import Instance
+from clawpen.daemon.runtime import Instance, Services
+from clawpen.daemon.store import Store
 from clawpen.daemon.tiers import stop_stored, stored_tier
 from clawpen.errors import UsageError
 from clawpen.ops import Call, Contract, Operation, Reply, Request
 from clawpen.paths import cgroup_scope
+from clawpen.spec.models import Bot
 
-if TYPE_CHECKING:
-    from clawpen.daemon.server import Daemon
+
+class Daemon(Protocol):
+    """What the validate copies need of the daemon (``daemon.server.Daemon``)."""
+
+    @property
+    def services(self) -> Services: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def instances(self) -> dict[str, list[Instance]]: ...
+    def note(self, kind: str, reason: str, bot: str | None = None, replica: int | None = None) -> None: ...
+    def known_bot(self, name: str) -> str: ...
+    def bot_from_row(self, policy: dict[str, Any], name: str = "") -> tuple[Bot, str]: ...
+    async def halt(self, name: str) -> None: ...
+
 
 SUFFIX = "_validate"
 TEMP_ROOT = "/var/tmp"
