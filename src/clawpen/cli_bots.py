@@ -30,6 +30,12 @@ def add_commands(sub: Any) -> None:
         "--only", action="append", default=[], metavar="ID", help="--hostile: only this action or group"
     )
     val.add_argument("--quick", action="store_true", help="skip the failure scenarios (kill, restart)")
+    val.add_argument(
+        "--live", action="store_true", help="run the failure scenarios on the live bot (default: on a copy)"
+    )
+    val.add_argument(
+        "--empty-workspace", action="store_true", help="the copy gets an empty workspace (default: a copy)"
+    )
     val.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -162,7 +168,10 @@ def cmd_validate(ns: argparse.Namespace) -> int:
         raise UsageError("--only goes with --hostile", where="clawpen validate", hint="add --hostile")
     from clawpen.validate.report import render, validate_release
 
-    result = validate_release(state_dir(), ns.bot, quick=ns.quick)
+    if ns.live and ns.empty_workspace:
+        raise UsageError("--empty-workspace is for the copy", where="clawpen validate", hint="drop --live")
+    workspace = "empty" if ns.empty_workspace else "copy"
+    result = validate_release(state_dir(), ns.bot, quick=ns.quick, live=ns.live, workspace=workspace)
     if ns.json:
         print(json.dumps(result, indent=2))
     else:

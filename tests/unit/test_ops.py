@@ -22,7 +22,15 @@ from fastapi import FastAPI
 from clawpen import audit, cli
 from clawpen.api.app import create_app
 from clawpen.daemon import client as client_mod
-from clawpen.daemon import ops_admin, ops_bots, ops_releases, ops_snapshots, ops_storage, ops_views
+from clawpen.daemon import (
+    ops_admin,
+    ops_bots,
+    ops_releases,
+    ops_snapshots,
+    ops_storage,
+    ops_validate,
+    ops_views,
+)
 from clawpen.daemon.client import Client
 from clawpen.daemon.rpc import RemoteError
 from clawpen.daemon.server import Daemon
@@ -45,6 +53,7 @@ CONTRACTS: dict[str, Contract[Any]] = {
         net_ops,
         ops_snapshots,
         ops_storage,
+        ops_validate,
     )
     for c in module.CONTRACTS
 }

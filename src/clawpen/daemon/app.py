@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from clawpen.daemon import ops_storage
+from clawpen.daemon.ops_validate import sweep_copies
 from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
@@ -128,6 +129,7 @@ async def serve(state: Path) -> None:
 
     await start(early)
     daemon.restore()
+    sweep_copies(daemon)  # validate copies an interrupted validate left
     sweep_orphan_relays(daemon)  # relays a killed daemon was stopping
     await start([p for p in parts if p not in early])
     path = socket_path(state)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from clawpen import audit
-from clawpen.daemon import ops_admin, ops_releases, ops_snapshots, ops_storage, ops_views, rpc
+from clawpen.daemon import ops_admin, ops_releases, ops_snapshots, ops_storage, ops_validate, ops_views, rpc
 from clawpen.daemon import ops_bots as ob
 from clawpen.daemon.botlocks import BotLocks
 from clawpen.daemon.runtime import Instance, Services
@@ -87,6 +87,7 @@ class Daemon:
             *ops_releases.operations(self),
             *ops_snapshots.operations(self),
             *ops_storage.operations(self),
+            *ops_validate.operations(self),
         ]
 
     def on_spec(self, listener: Callable[[Spec], None]) -> None:

@@ -244,7 +244,7 @@ class Store:
 
     def _record(self, name: str) -> None:
         """Write bot ``name``'s JSON record from memory (or remove it if the bot is gone)."""
-        if self.records is None:
+        if self.records is None or name.endswith("_validate"):  # a validate copy: no record
             return
         try:
             row = self._bots.get(name)

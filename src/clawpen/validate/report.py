@@ -4,11 +4,12 @@ Four groups of checks per bot, through the daemon (and the host's ``/proc`` as r
 
 * **functional**: every replica is running; healthy when the bot has a health check; every
   published port answers on the host (a TCP connect, timed);
-* **failure** (skipped with ``--quick``): the bot's sandbox is killed (SIGKILL to its pid 1)
-  and must be running again within its restart policy; then the bot is frozen (SIGSTOP to
-  every process of its sandbox) and, with a health check, must be restarted by it;
-* **performance**: start latency (kill -> running again), published-port
-  latency, resource headroom (memory and process count against the limits);
+* **failure** (skipped with ``--quick``; on a throwaway copy of the bot unless ``--live``, see
+  :mod:`.scenarios`): the sandbox is killed (SIGKILL to its pid 1) and must be running again
+  within its restart policy; then it is frozen (SIGSTOP to every process of its sandbox) and,
+  with a health check, must be restarted by it;
+* **performance**: start latency (kill -> healthy again, or running without a health check),
+  published-port latency, resource headroom (memory sampled at steady state, process count);
 * **compatibility**: ``clawpen doctor``'s checks of the host and tier.
 
 The report goes to ``<state>/validate/<release>.json`` (written atomically).
@@ -16,49 +17,25 @@ The report goes to ``<state>/validate/<release>.json`` (written atomically).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from clawpen.errors import ClawpenError, UsageError
 from clawpen.fsutil import write_atomic
+from clawpen.validate.scenarios import (
+    Check,
+    Daemon,
+    check,
+    failure,
+    on_copy,
+    restart_deadline,
+    steady_memory,
+)
 
-Check = dict[str, Any]
-
-
-def _check(group: str, name: str, ok: bool, detail: str, **extra: Any) -> Check:
-    return {"group": group, "name": name, "ok": ok, "detail": detail, **extra}
-
-
-def _ns_pids(sandbox_pid: int) -> list[int]:
-    """Every host pid in the pid namespace whose init is ``sandbox_pid``."""
-    try:
-        target = os.readlink(f"/proc/{sandbox_pid}/ns/pid")
-    except OSError:
-        return []
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{entry}/ns/pid") == target:
-                    pids.append(int(entry))
-    return pids
-
-
-def _rss(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-    return total
+_check = check
 
 
 def _publish_targets(spec: dict[str, Any]) -> list[tuple[str, int]]:
@@ -88,31 +65,7 @@ def _connect_ms(host: str, port: int) -> float | None:
         return None
 
 
-class _Daemon:
-    def __init__(self, state: Path) -> None:
-        from clawpen.daemon.client import Client
-
-        self.client = Client(state)
-
-    def call(self, op: str, **args: Any) -> Any:
-        return self.client.call(op, **args)
-
-    def instance(self, bot: str, replica: int = 0) -> dict[str, Any]:
-        status = self.call("status", bots=[bot])
-        insts = status["instances"]
-        return dict(insts[replica]) if replica < len(insts) else {}
-
-    def wait(self, bot: str, pred: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            inst = self.instance(bot)
-            if inst and pred(inst):
-                return inst
-            time.sleep(0.25)
-        return None
-
-
-def _functional(d: _Daemon, bot: str, status: dict[str, Any]) -> list[Check]:
+def _functional(d: Daemon, bot: str, status: dict[str, Any]) -> list[Check]:
     spec = status["spec"]
     checks = []
     insts = status["instances"]
@@ -147,89 +100,7 @@ def _functional(d: _Daemon, bot: str, status: dict[str, Any]) -> list[Check]:
     return checks
 
 
-def _restart_deadline(spec: dict[str, Any]) -> float:
-    restart = spec.get("restart") or {}
-    health = spec.get("health") or {}
-    return float(restart.get("backoff_initial", 1.0)) + float(health.get("start_period", 0.0)) + 60.0
-
-
-def _failure(d: _Daemon, bot: str, status: dict[str, Any]) -> list[Check]:
-    spec = status["spec"]
-    policy = (spec.get("restart") or {}).get("policy", "on-failure")
-    checks: list[Check] = []
-    if policy == "no":
-        return [
-            _check("failure", "kill -> restart", True, "restart policy is `no`: not tried (it stays down)")
-        ]
-    target = d.call("exec_target", bot=bot, replica=0)
-    before = d.instance(bot)
-    t0 = time.monotonic()
-    os.kill(int(target["sandbox_pid"]), signal.SIGKILL)
-    back = d.wait(
-        bot,
-        lambda i: i["state"] == "running" and i.get("started_at") != before.get("started_at"),
-        _restart_deadline(spec),
-    )
-    running_s = time.monotonic() - t0 if back else None
-    checks.append(
-        _check(
-            "failure",
-            "kill -> restart",
-            back is not None,
-            f"running again after {running_s:.1f} s"
-            if running_s is not None
-            else "did not come back in time",
-            seconds=running_s,
-        )
-    )
-    if back is not None:
-        checks.append(
-            _check(
-                "performance",
-                "start latency",
-                True,
-                f"kill -> running again: {running_s:.2f} s (restart backoff included)",
-                seconds=running_s,
-            )
-        )
-    if back is not None and spec.get("health"):
-        checks.append(_frozen(d, bot, spec))
-    return checks
-
-
-def _frozen(d: _Daemon, bot: str, spec: dict[str, Any]) -> Check:
-    """Freeze the bot: its health check must fail and the supervisor restart it."""
-    health = spec["health"]
-    if health.get("on_unhealthy", "restart") != "restart":
-        return _check("failure", "failing health -> restart", True, "on_unhealthy = none: not tried")
-    target = d.call("exec_target", bot=bot, replica=0)
-    before = d.instance(bot)
-    pids = _ns_pids(int(target["sandbox_pid"]))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGSTOP)
-    t0 = time.monotonic()
-    retries, interval = int(health.get("retries", 3)), float(health.get("interval", 30.0))
-    deadline = (retries + 1) * (interval + float(health.get("timeout", 5.0))) + _restart_deadline(spec)
-    back = d.wait(
-        bot,
-        lambda i: i["state"] == "running" and i.get("started_at") != before.get("started_at"),
-        deadline,
-    )
-    for pid in pids:  # if it was not restarted, let it go on
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGCONT)
-    took = time.monotonic() - t0
-    return _check(
-        "failure",
-        "failing health -> restart",
-        back is not None,
-        f"frozen bot restarted after {took:.1f} s" if back else f"not restarted within {deadline:.0f} s",
-        seconds=took if back else None,
-    )
-
-
-def _resources(d: _Daemon, bot: str, spec: dict[str, Any]) -> list[Check]:
+def _resources(d: Daemon, bot: str, spec: dict[str, Any]) -> list[Check]:
     from clawpen.spec.policy import DEFAULT_MEMORY, DEFAULT_PIDS
     from clawpen.spec.units import format_size, parse_size
 
@@ -237,22 +108,21 @@ def _resources(d: _Daemon, bot: str, spec: dict[str, Any]) -> list[Check]:
     memory = parse_size(res.get("memory") or DEFAULT_MEMORY)
     pids_max = int(res.get("pids") or DEFAULT_PIDS)
     try:
-        target = d.call("exec_target", bot=bot, replica=0)
+        rss_bytes, processes, how = steady_memory(d, bot, spec)
     except ClawpenError as err:
         return [_check("performance", "resource headroom", False, f"not running: {err}")]
-    pids = _ns_pids(int(target["sandbox_pid"]))
-    rss = _rss(pids)
-    share = rss / memory if memory else 0.0
+    share = rss_bytes / memory if memory else 0.0
     return [
         _check(
             "performance",
             "resource headroom",
-            share < 0.9 and len(pids) < pids_max,
-            f"memory {format_size(rss)} of {format_size(memory)} ({share:.0%}); "
-            f"{len(pids)} of {pids_max} processes",
-            memory_bytes=rss,
+            share < 0.9 and processes < pids_max,
+            f"memory {format_size(rss_bytes)} of {format_size(memory)} ({share:.0%}); "
+            f"{processes} of {pids_max} processes; {how}",
+            memory_bytes=rss_bytes,
             memory_limit=memory,
-            processes=len(pids),
+            processes=processes,
+            sampled=how,
         )
     ]
 
@@ -268,9 +138,12 @@ def _compatibility(state: Path) -> list[Check]:
     return [_check("compatibility", "host and tier", not bad, detail)]
 
 
-def validate_release(state: Path, bot: str | None, *, quick: bool = False) -> dict[str, Any]:
-    """Run the checks for ``bot`` (or every bot) and save the report with the release."""
-    d = _Daemon(state)
+def validate_release(
+    state: Path, bot: str | None, *, quick: bool = False, live: bool = False, workspace: str = "copy"
+) -> dict[str, Any]:
+    """Run the checks for ``bot`` (or every bot) and save the report with the release. The
+    failure scenarios run on a throwaway copy of each bot (``live``: on the bot itself)."""
+    d = Daemon(state)
     rows = d.call("ps")
     names = sorted({r["bot"] for r in rows})
     if bot is not None and bot not in names:
@@ -289,8 +162,11 @@ def validate_release(state: Path, bot: str | None, *, quick: bool = False) -> di
         release = status.get("release", release)
         checks = _functional(d, name, status)
         if not quick and all(c["ok"] for c in checks):
-            checks += _failure(d, name, status)
-            d.wait(name, lambda i: i["state"] == "running", _restart_deadline(status["spec"]))
+            if live:
+                checks += failure(d, name, status["spec"], "on the live bot")
+                d.wait(name, lambda i: i["state"] == "running", restart_deadline(status["spec"]))
+            else:
+                checks += on_copy(d, name, status["spec"], workspace)
         checks += _resources(d, name, status["spec"])
         bots[name] = checks
     checks_all = [c for cs in bots.values() for c in cs] + _compatibility(state)
@@ -300,6 +176,7 @@ def validate_release(state: Path, bot: str | None, *, quick: bool = False) -> di
         "started": started,
         "seconds": round(time.time() - started, 1),
         "quick": quick,
+        "live": live,
         "bots": bots,
         "compatibility": [c for c in checks_all if c["group"] == "compatibility"],
     }
