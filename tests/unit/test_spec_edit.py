@@ -52,16 +52,17 @@ def test_missing_keys_multiline_arrays_and_other_bots() -> None:
 
 
 def test_what_cannot_be_edited_safely_is_refused() -> None:
-    inline = 'bots = { a = { command = ["true"] } }\n'  # no [bots.a] table to edit
-    with pytest.raises(ConfigError, match="cannot edit the spec in place"):
-        add_secret(inline, "a", "TOKEN", env=False)
-    # positive control: the same bot as a table is edited
-    assert (
-        "TOKEN"
-        in tomllib.loads(add_secret('[bots.a]\ncommand = ["true"]\n', "a", "TOKEN", env=False))["bots"]["a"][
-            "secrets"
-        ]
-    )
+    # an inline bot table is edited too (tomlkit), its text kept as it was around it
+    inline = '# mine\nbots = { a = { command = ["true"] } }\n'
+    edited = add_secret(inline, "a", "TOKEN", env=True)
+    assert edited.startswith("# mine\n")
+    assert tomllib.loads(edited)["bots"]["a"] == {
+        "command": ["true"],
+        "secrets": ["TOKEN"],
+        "secret_env": ["TOKEN"],
+    }
+    with pytest.raises(ConfigError, match="no bot b"):
+        add_secret(inline, "b", "TOKEN", env=False)
     not_array = '[bots.a]\ncommand = ["true"]\nsecrets = "X"\n'
     with pytest.raises(ConfigError, match="not written as an array"):
         add_secret(not_array, "a", "TOKEN", env=False)

@@ -52,19 +52,11 @@ def _entry(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _sort_key(s: Suggestion) -> tuple[int, tuple[str, ...], int, int, str]:
     """Names first, by their labels right to left; then addresses, in order; then the port."""
     host, _, port = s.rule.rpartition(":")
     bare = host.strip("[]")
-    if _is_ip(bare):
+    if egress.is_ip(bare):
         ip = ipaddress.ip_address(bare)
         return 1, (), ip.version * 2**128 + int(ip), int(port), s.rule
     return 0, tuple(reversed(bare.split("."))), 0, int(port), s.rule
@@ -88,7 +80,7 @@ def suggest(rows: Iterable[tuple[str, int, str, int]], wildcard_min: int = WILDC
     for (host, port), totals in list(seen.items()):
         if port == 0:
             del seen[(host, port)]
-            if host not in with_port and not _is_ip(host):
+            if host not in with_port and not egress.is_ip(host):
                 guess = seen.setdefault((host, DNS_PORT_GUESS), [0, 0])
                 guess[0] += totals[0]
                 guess[1] += totals[1]
@@ -96,7 +88,7 @@ def suggest(rows: Iterable[tuple[str, int, str, int]], wildcard_min: int = WILDC
     out: list[Suggestion] = []
     groups: dict[tuple[str, int], list[str]] = {}
     for host, port in seen:
-        if not _is_ip(host) and host.count(".") >= 2:
+        if not egress.is_ip(host) and host.count(".") >= 2:
             groups.setdefault((domain_of(host), port), []).append(host)
     wild: set[tuple[str, int]] = set()
     for (domain, port), names in groups.items():

@@ -66,6 +66,14 @@ def before_release_tag(release: int) -> str:
     return f"before-release:{release}"
 
 
+def pick_one(snapshots: list[Snapshot], wanted: str) -> list[Snapshot]:
+    """The snapshots (oldest first) that ``wanted`` names: ``latest``, or an id prefix of at
+    least 4 characters; the caller refuses anything but exactly one."""
+    if wanted == "latest":
+        return snapshots[-1:]
+    return [s for s in snapshots if s.id.startswith(wanted)] if len(wanted) >= 4 else []
+
+
 class Repository(ResticRepo):
     """A bot's snapshots in one restic repository: by default the local one of a state directory,
     ``<state>/snapshots/repo``; ``location``: another (a storage tier's, any backend), with
@@ -192,11 +200,7 @@ class Repository(ResticRepo):
 
     def find(self, bot: str, snapshot: str = "latest") -> Snapshot:
         """``bot``'s snapshot whose id starts with ``snapshot`` (or its newest for ``latest``)."""
-        mine = self.snapshots(bot)
-        if snapshot == "latest":
-            picked = mine[-1:]
-        else:
-            picked = [s for s in mine if s.id.startswith(snapshot)] if len(snapshot) >= 4 else []
+        picked = pick_one(self.snapshots(bot), snapshot)
         if len(picked) != 1:
             raise UsageError(
                 f"bot {bot} has {'no' if not picked else 'more than one'} snapshot {snapshot!r}",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clawpen.audit import AUDIT_FILE
 from clawpen.errors import UsageError
-from clawpen.snapshots.restic import BackupResult, Keep, Repository, Snapshot
+from clawpen.snapshots.restic import BackupResult, Keep, Repository, Snapshot, pick_one
 from clawpen.vault.store import KEY_FILE, SECRETS_FILE
 
 STATE_TAG = "state"
@@ -86,11 +86,7 @@ def restore(repo: Repository, snapshot: str, target: Path) -> Snapshot:
     """Restore a state snapshot (an id prefix of 4+ characters, or ``latest``) into ``target``,
     a new or empty folder."""
     where = "clawpen snapshot restore --state"
-    mine = snapshots(repo)
-    if snapshot == "latest":
-        picked = mine[-1:]
-    else:
-        picked = [s for s in mine if s.id.startswith(snapshot)] if len(snapshot) >= 4 else []
+    picked = pick_one(snapshots(repo), snapshot)
     if len(picked) != 1:
         raise UsageError(
             f"there is {'no' if not picked else 'more than one'} state snapshot {snapshot!r}",

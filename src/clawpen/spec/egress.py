@@ -394,7 +394,7 @@ def parse_rule(raw: str) -> Rule:
             suffix = normalize_host(suffix_raw)
         except ValueError as err:
             raise _violation(raw, str(err), 'write "*.example.com:443"') from None
-        if _is_ip(suffix):
+        if is_ip(suffix):
             raise _violation(raw, "a wildcard over an IP address", "list the address itself")
         if "." not in suffix:
             raise _violation(
@@ -433,7 +433,8 @@ def parse_rule(raw: str) -> Rule:
     return Rule("host", name, port, raw)
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """``host`` is an IPv4 or IPv6 address literal."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
