@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"cannot run: {err}")
         return 2
     med = res["median_s"]
-    print(f"openclaw {res['openclaw']}, build output {res['build_output_mb']} MB, cpus {res['cpus']}")
+    print(f"openclaw {res['openclaw']}, build output {res['build_output_mb']} MiB, cpus {res['cpus']}")
     print(f"{'':18} {'median':>8}   rounds")
     for key, values in res["times_s"].items():
         print(f"{key:18} {med[key]:7.2f}s   " + " ".join(f"{v:.2f}" for v in values))
