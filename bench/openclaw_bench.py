@@ -165,7 +165,8 @@ def prepare(cp: Clawpen, cpus: float | None) -> Path:
     return toml
 
 
-def fresh_clawpen(cp: Clawpen) -> float:
+def fresh_clawpen(cp: Clawpen) -> tuple[float, float]:
+    """Seconds to ready, and until ``clawpen up -d`` returned (spec, plan, sandbox started)."""
     cp.cli("down", timeout=120)
     workspace = cp.spec_dir / "openclaw-data"
     for child in workspace.iterdir() if workspace.exists() else ():
@@ -175,13 +176,16 @@ def fresh_clawpen(cp: Clawpen) -> float:
             child.unlink()
     t0 = time.monotonic()
     cp.cli("up", "-d", timeout=300)
-    return wait_ready(PORT, t0)
+    cli = time.monotonic() - t0
+    return wait_ready(PORT, t0), cli
 
 
-def restart_clawpen(cp: Clawpen) -> float:
+def restart_clawpen(cp: Clawpen) -> tuple[float, float]:
+    """Seconds to ready, and until ``clawpen restart`` returned (old one stopped, new started)."""
     t0 = time.monotonic()
     cp.cli("restart", "openclaw", timeout=300)
-    return wait_ready(PORT, t0, gone_first=True)
+    cli = time.monotonic() - t0
+    return wait_ready(PORT, t0, gone_first=True), cli
 
 
 # --------------------------------------------------------------------------------------- bare
@@ -261,6 +265,7 @@ def run(rounds: int, cpus: float | None) -> dict[str, Any]:
     bare: Bare | None = None
     keys = ("bare fresh", "bare restart", "clawpen fresh", "clawpen restart")
     times: dict[str, list[float]] = {k: [] for k in keys}
+    split: dict[str, list[float]] = {k: [] for k in keys[2:]}  # until the CLI returned
     try:
         prepare(cp, cpus)
         out = cp.build_output()
@@ -271,8 +276,12 @@ def run(rounds: int, cpus: float | None) -> dict[str, Any]:
             times["bare fresh"].append(bare.fresh())
             times["bare restart"].append(bare.restart())
             bare.stop()
-            times["clawpen fresh"].append(fresh_clawpen(cp))
-            times["clawpen restart"].append(restart_clawpen(cp))
+            for key, (total, cli) in (
+                ("clawpen fresh", fresh_clawpen(cp)),
+                ("clawpen restart", restart_clawpen(cp)),
+            ):
+                times[key].append(total)
+                split[key].append(cli)
             cp.cli("down", timeout=120)
             log(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
     finally:
@@ -288,6 +297,7 @@ def run(rounds: int, cpus: float | None) -> dict[str, Any]:
         "rounds": rounds,
         "times_s": times,
         "median_s": med,
+        "cli_returned_s": split,
         "ratio_fresh": med["clawpen fresh"] / med["bare fresh"],
         "ratio_restart": med["clawpen restart"] / med["bare restart"],
     }
@@ -312,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':18} {'median':>8}   rounds")
     for key, values in res["times_s"].items():
         print(f"{key:18} {med[key]:7.2f}s   " + " ".join(f"{v:.2f}" for v in values))
+    for key, values in res["cli_returned_s"].items():
+        cmd = "up -d" if "fresh" in key else "restart"
+        print(f"  {key}: `clawpen {cmd}` returned after {statistics.median(values):.2f}s (median)")
     ok_fresh = res["ratio_fresh"] <= GOAL_FRESH
     ok_restart = res["ratio_restart"] <= GOAL_RESTART
     for name, ratio, goal, ok in (

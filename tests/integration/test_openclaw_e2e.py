@@ -4,8 +4,11 @@ real OpenClaw gateway through the egress gateway (npm registry only) and starts 
 Checked for real: it becomes healthy; it answers on the host's 127.0.0.1:18789 and not from
 another network namespace; a connection outside its allowlist is denied and logged; its memory
 stays within the 2 GiB limit; `clawpen validate --quick` passes on it and
-`clawpen validate --hostile` reports every action contained. npm downloads are kept in
-/var/cache/clawpen-test/openclaw, so a re-run installs from the cache.
+`clawpen validate --hostile` reports every action contained; start.sh wrote OpenClaw's config
+file once, and a restart neither rewrites it nor loses a user's edit (OpenClaw reads the edited
+value). Printed (run with -s): the build output's size, the one figure the template and
+docs/templates.md name, and a restart's time to ready (speed: bench/openclaw_bench.py). npm
+downloads are kept in /var/cache/clawpen-test/openclaw, so a re-run installs from the cache.
 """
 
 from __future__ import annotations
