@@ -4,8 +4,11 @@ real OpenClaw gateway through the egress gateway (npm registry only) and starts 
 Checked for real: it becomes healthy; it answers on the host's 127.0.0.1:18789 and not from
 another network namespace; a connection outside its allowlist is denied and logged; its memory
 stays within the 2 GiB limit; `clawpen validate --quick` passes on it and
-`clawpen validate --hostile` reports every action contained. npm downloads are kept in
-/var/cache/clawpen-test/openclaw, so a re-run installs from the cache.
+`clawpen validate --hostile` reports every action contained; start.sh wrote OpenClaw's config
+file once, and a restart neither rewrites it nor loses a user's edit (OpenClaw reads the edited
+value). Printed (run with -s): the build output's size, the one figure the template and
+docs/templates.md name, and a restart's time to ready (speed: bench/openclaw_bench.py). npm
+downloads are kept in /var/cache/clawpen-test/openclaw, so a re-run installs from the cache.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from helpers import wait_for
@@ -70,6 +75,7 @@ def test_openclaw_end_to_end() -> None:
         assert _readyz()["ready"] is True
         ver = d.cli("exec", "openclaw", "--", "node", "--version").stdout.strip()
         assert ver.startswith("v24."), ver
+        _build_size(d.home)
         # not from another network namespace (a fresh one has its own loopback)
         other = subprocess.run(
             [
@@ -114,8 +120,51 @@ def test_openclaw_end_to_end() -> None:
         actions = result["bots"]["openclaw"]["actions"]
         assert hostile.returncode == 0 and len(actions) >= 30, hostile.stdout[-3000:]
         assert {a["verdict"] for a in actions} == {"contained"}
+        # after validate: a restart's health is unknown for an interval (30 s), which --quick checks
+        _config_written_once(d, spec_dir / "openclaw-data" / ".openclaw" / "openclaw.json")
         _broken_upgrade_is_rolled_back(d, toml)
     assert _port_free()
+
+
+def _build_size(state: Path) -> None:
+    """The one build-size figure the template and docs/templates.md name: du of the output."""
+    [out] = [p for p in Path(f"{state}-build/openclaw").iterdir() if p.is_dir()]
+    du = subprocess.run(["du", "-sm", str(out)], capture_output=True, text=True, check=True)
+    print(f"openclaw build output: {int(du.stdout.split()[0])} MiB ({out})")
+
+
+def _config_written_once(d, config: Path) -> None:  # type: ignore[no-untyped-def]
+    """start.sh wrote OpenClaw's config file on the first start; a restart neither rewrites it
+    nor loses a user's edit, and OpenClaw reads the edited value."""
+    conf = json.loads(config.read_text())
+    assert conf["gateway"]["mode"] == "local", conf
+    assert conf["update"]["checkOnStart"] is False and conf["models"]["catalogRefresh"]["enabled"] is False
+    assert conf["logging"] == {"file": "/workspace/.openclaw/logs/openclaw.log", "maxFileBytes": 10485760}
+    assert config.stat().st_mode & 0o077 == 0, oct(config.stat().st_mode)  # the owner's only
+    # the user's edit: a 20 MB log rotation instead of 10 MB
+    conf["logging"]["maxFileBytes"] = 20 << 20
+    config.write_text(json.dumps(conf, indent=2) + "\n")
+    edited, mtime = config.read_text(), config.stat().st_mtime_ns
+    t0 = time.monotonic()
+    d.cli("restart", "openclaw", timeout=120)
+    gone = False
+    while time.monotonic() - t0 < 300:  # the old gateway must be gone before "ready" counts
+        try:
+            now_ready = _readyz()["ready"] is True
+        except OSError:
+            now_ready = False
+        gone = gone or not now_ready
+        if gone and now_ready:
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    assert gone and _readyz()["ready"] is True, d.cli("logs", "openclaw").stdout[-3000:]
+    print(f"openclaw restart -> /readyz ready: {took:.1f} s (speed: bench/openclaw_bench.py)")
+    assert config.read_text() == edited and config.stat().st_mtime_ns == mtime
+    script = "/opt/bot/node_modules/openclaw/openclaw.mjs"
+    got = d.cli("exec", "openclaw", "--", "node", script, "config", "get", "logging.maxFileBytes")
+    assert got.stdout.strip().splitlines()[-1] == str(20 << 20), got.stdout
+    assert (config.parent / "logs").is_dir()  # OpenClaw's own log file: in the workspace
 
 
 # An "upgrade" whose new openclaw does not start: the build installs it, then a step damages

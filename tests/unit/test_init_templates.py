@@ -3,6 +3,7 @@ openclaw template says what the issue asks, writing is all or nothing, build rul
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,9 +63,48 @@ def test_openclaw_template_follows_the_issue(tmp_path: Path) -> None:
     assert bot.build.egress == ["registry.npmjs.org:443"]
     assert bot.build.mount == "/opt/bot"
     start = (tmp_path / "openclaw" / "start.sh").read_text()
-    assert "update.checkOnStart false" in start and "models.catalogRefresh.enabled false" in start
+    code = [line for line in start.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in code if "config set" in line]  # a file written once, not a call per key
     assert "--bind loopback" in start and "--port 18789" in start
     assert "OPENCLAW_GATEWAY_TOKEN" not in start.split("exec ")[-1]  # never on the argv
+
+
+def test_openclaw_start_writes_the_config_once(tmp_path: Path) -> None:
+    """start.sh, pointed at a stand-in openclaw.mjs that prints its argv: the first start
+    writes the config file (valid JSON, the owner's only); a later start keeps a user's edit."""
+    write_template("openclaw", tmp_path / "t")
+    fake = tmp_path / "opt" / "node_modules" / "openclaw" / "openclaw.mjs"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("console.log(JSON.stringify(process.argv.slice(2)))\n")
+    script = tmp_path / "start.sh"
+    text = (tmp_path / "t" / "openclaw" / "start.sh").read_text()
+    script.write_text(text.replace("/opt/bot", str(tmp_path / "opt")))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+
+    def start() -> str:
+        run = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, check=True)
+        return run.stdout
+
+    argv = start()
+    assert argv.strip() == '["gateway","run","--bind","loopback","--port","18789","--auth","token"]'
+    config = home / ".openclaw" / "openclaw.json"
+    conf = json.loads(config.read_text())
+    assert conf == {
+        "update": {"checkOnStart": False},
+        "models": {"catalogRefresh": {"enabled": False}},
+        "gateway": {"mode": "local"},
+        "logging": {"file": f"{home}/.openclaw/logs/openclaw.log", "maxFileBytes": 10485760},
+    }
+    assert config.stat().st_mode & 0o777 == 0o600 and (home / ".openclaw").stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in config.parent.iterdir()] == ["openclaw.json"]  # no temporary left
+    config.write_text('{"gateway": {"mode": "local"}, "logging": {"maxFileBytes": 1}}\n')
+    start()
+    assert json.loads(config.read_text()) == {"gateway": {"mode": "local"}, "logging": {"maxFileBytes": 1}}
+    config.unlink()  # positive control: without the file, the next start writes it again
+    start()
+    assert json.loads(config.read_text()) == conf
 
 
 def test_existing_files_refused_then_forced(tmp_path: Path) -> None:
