@@ -15,6 +15,19 @@ import pytest
 from helpers import Clawpen, DaemonCli, Sink, daemons_of, session_uid_base
 
 UID_BASE = session_uid_base()
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@pytest.fixture(autouse=True)
+def _no_subreaper_left() -> Iterator[None]:
+    """A test that runs a sandbox in this process makes pytest a child subreaper (as the daemon
+    is). Afterwards it stops being one: processes orphaned by a later test (a daemon it kills)
+    then go to init, which reaps them, as on a real host; never to pytest, which would leave
+    them zombies that keep their cgroups busy."""
+    yield
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
 @pytest.fixture
