@@ -75,23 +75,28 @@ def test_message() -> Message:
     )
 
 
-def rollback_message(reason: str, at: float) -> Message:
-    """An automatic rollback (the daemon's ``auto-rollback`` event), for every notifier."""
+def _daemon_event(kind: str, title: str, reason: str, at: float, see: str) -> Message:
+    """A daemon event of ``kind`` that every notifier gets (critical)."""
     host = socket.gethostname()
     return Message(
-        f"[ROLLBACK] clawpen on {host}: {reason}",
-        f"clawpen on {host} at {_when(at)}: {reason}. See `clawpen releases` and `clawpen diff`.",
+        title.format(host=host, reason=reason),
+        f"clawpen on {host} at {_when(at)}: {reason}. See {see}.",
         "critical",
-        "auto-rollback",
+        kind,
     )
+
+
+def rollback_message(reason: str, at: float) -> Message:
+    """An automatic rollback (the daemon's ``auto-rollback`` event), for every notifier."""
+    return _daemon_event(
+        "auto-rollback", "[ROLLBACK] clawpen on {host}: {reason}", reason, at,
+        "`clawpen releases` and `clawpen diff`",
+    )  # fmt: skip
 
 
 def snapshot_failed_message(reason: str, at: float) -> Message:
     """A failed scheduled snapshot (the daemon's ``snapshot-failed`` event), for every notifier."""
-    host = socket.gethostname()
-    return Message(
-        f"[SNAPSHOT FAILED] clawpen on {host}",
-        f"clawpen on {host} at {_when(at)}: {reason}. See `clawpen events` and `clawpen snapshot ls`.",
-        "critical",
-        "snapshot-failed",
-    )
+    return _daemon_event(
+        "snapshot-failed", "[SNAPSHOT FAILED] clawpen on {host}", reason, at,
+        "`clawpen events` and `clawpen snapshot ls`",
+    )  # fmt: skip

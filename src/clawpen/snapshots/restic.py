@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from clawpen.errors import ConfigError, HostError, UsageError
-from clawpen.snapshots.runner import HINT_INSTALL, PASSWORD_SECRET, ResticRepo
+from clawpen.snapshots.runner import HINT_INSTALL, PASSWORD_SECRET, ResticRepo, forgotten_ids
 
 TAG = "clawpen"
 
@@ -235,12 +235,7 @@ class Repository(ResticRepo):
         args += ["--keep-daily", str(keep.daily), "--keep-weekly", str(keep.weekly)]
         args += ["--keep-monthly", str(keep.monthly), *(["--prune"] if prune else [])]
         out = self._run(args, "forget")
-        gone: list[str] = []
-        for line in out.splitlines():
-            if line.startswith("["):
-                for group in json.loads(line) or []:
-                    gone += [str(s["id"]) for s in group.get("remove") or []]
-        return gone
+        return forgotten_ids(out)
 
 
 def _json_lines(out: str) -> Iterator[dict[str, Any]]:

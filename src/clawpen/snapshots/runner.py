@@ -12,6 +12,7 @@ file on disk or a log line. restic's environment is reduced to ``PATH``, ``LANG`
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -139,6 +140,16 @@ class ResticRepo:
         except HostError:
             return False
         return True
+
+
+def forgotten_ids(out: str) -> list[str]:
+    """The ids ``restic forget --json`` says it removed (one JSON array of groups)."""
+    gone: list[str] = []
+    for line in out.splitlines():
+        if line.startswith("["):
+            for group in json.loads(line) or []:
+                gone += [str(s["id"]) for s in group.get("remove") or []]
+    return gone
 
 
 def hint_for(err: str) -> str:

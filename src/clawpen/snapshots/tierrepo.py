@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from clawpen.errors import HostError
 from clawpen.snapshots.restic import TAG
-from clawpen.snapshots.runner import ResticRepo
+from clawpen.snapshots.runner import ResticRepo, forgotten_ids
 from clawpen.spec.snapshots import KeepCounts
 
 
@@ -86,12 +86,7 @@ class TierRepo(ResticRepo):
         args = ["forget", "--json", "--tag", f"{TAG},{series}", "--group-by", "host", "--prune"]
         for unit in ("hourly", "daily", "weekly", "monthly"):
             args += [f"--keep-{unit}", str(getattr(keep, unit))]
-        gone: list[str] = []
-        for line in self.run(args, "forget").splitlines():
-            if line.startswith("["):
-                for group in json.loads(line) or []:
-                    gone += [str(s["id"]) for s in group.get("remove") or []]
-        return gone
+        return forgotten_ids(self.run(args, "forget"))
 
     def size(self) -> int:
         """Bytes the repository's data takes (restic's raw-data size)."""
