@@ -65,6 +65,7 @@ class NamespaceTier:
     (a :class:`~clawpen.sandbox.tier.Tier`)."""
 
     name = "sandbox"
+    makes_netns = False  # the bot joins the namespace of its plan's link (made before start)
 
     def __init__(
         self,
@@ -97,10 +98,12 @@ class NamespaceTier:
         stdio: Stdio = INHERIT,
         status_fd: int | None = None,
         secrets: Mapping[str, bytes] = MappingProxyType({}),
+        wire_net: Callable[[int], None] | None = None,
     ) -> Sandbox:
         """Build the sandbox and start the bot; the caller waits (``sandbox.pidfd``), then calls
         :meth:`Sandbox.collect` and :meth:`Sandbox.teardown`. ``status_fd`` receives
-        bubblewrap's JSON status, including the exit code, even if the caller is gone by then."""
+        bubblewrap's JSON status, including the exit code, even if the caller is gone by then.
+        ``wire_net`` is never called: this tier does not make the bot's network namespace."""
         become_subreaper()
         sandbox = Sandbox(
             self, plan, cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}", stdio=stdio, secrets=secrets

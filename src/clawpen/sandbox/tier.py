@@ -20,7 +20,7 @@ from clawpen.plan.model import Plan
 if TYPE_CHECKING:  # annotations only: `clawpen run` imports this module and pays for no more
     import socket
     import subprocess
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
     from typing import IO
 
@@ -170,6 +170,15 @@ class Tier(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def makes_netns(self) -> bool:
+        """False: the bot joins the network namespace its plan names (``plan.link.netns``, made by
+        the daemon's link manager before :meth:`start`). True: the tier makes the bot's network
+        namespace itself (a container engine does), and wires the link into it by calling
+        :meth:`start`'s ``wire_net`` with a host pid in that namespace, before the bot's command
+        runs."""
+        ...
+
     def run(
         self, plan: Plan, *, timeout: float | None = None, secrets: Mapping[str, bytes] = ...
     ) -> RunResult: ...
@@ -182,9 +191,12 @@ class Tier(Protocol):
         stdio: Stdio = ...,
         status_fd: int | None = None,
         secrets: Mapping[str, bytes] = ...,
+        wire_net: Callable[[int], None] | None = None,
     ) -> RunningSandbox:
         """Build the sandbox and start the bot; ``status_fd`` receives its exit status even
-        when the caller is gone by then (what :meth:`adopt` reads from ``status``)."""
+        when the caller is gone by then (what :meth:`adopt` reads from ``status``). A tier that
+        :attr:`makes_netns` calls ``wire_net(pid)`` once the bot's namespaces exist and before its
+        command runs; an error it raises aborts the start (the tier removes what it made)."""
         ...
 
     def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> RunningSandbox | None:
