@@ -18,8 +18,10 @@ def _requirement_missing(marker: str) -> str | None:
         return "needs root"
     if marker == "bwrap" and not shutil.which("bwrap"):
         return "needs bubblewrap (apt-get install bubblewrap)"
-    if marker == "docker" and not os.path.exists("/var/run/docker.sock"):
-        return "needs a running Docker engine"
+    if marker == "docker":
+        from tests.integration.container_env import ensure_dockerd
+
+        return ensure_dockerd()  # starts dockerd when installed and none runs
     if marker == "netns" and (os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft")):
         return "needs root, iproute2 and nftables (apt-get install iproute2 nftables)"
     if marker == "browser" and not shutil.which("chromium"):
@@ -40,6 +42,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.integration.container_env import stop_started_dockerd
+
+    stop_started_dockerd()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if IN_CI and reporter is not None and reporter.stats.get("skipped"):
         reporter.write_line("CI: skipped tests count as failures", red=True)
