@@ -82,6 +82,7 @@ COMMAND_MODULES = (
     "clawpen.cli_releases",
     "clawpen.cli_snapshot",
     "clawpen.cli_storage",
+    "clawpen.cli_image",
     "clawpen.api.cli",
 )
 
@@ -116,6 +117,7 @@ COMMAND_INDEX = {
     **dict.fromkeys(("diff", "release", "rollback"), "clawpen.cli_releases"),
     "snapshot": "clawpen.cli_snapshot",
     "storage": "clawpen.cli_storage",
+    "image": "clawpen.cli_image",
 }
 
 
