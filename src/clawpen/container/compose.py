@@ -19,6 +19,7 @@ the comments.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,7 @@ def service_notes(bot: ComposeBot) -> list[str]:
         rules = "anything public" if isinstance(p.egress, str) else ", ".join(p.egress)
         notes.append(f"egress was limited by clawpen's gateway to: {rules}; here it is NOT limited")
     elif p.publish:
-        notes.append(
-            "has no egress in clawpen, but publishing ports needs a network: egress is NOT blocked here"
-        )
+        notes.append("no egress in clawpen, but publishing ports needs a network: egress is NOT blocked here")
     if p.disk is not None:
         notes.append(f"disk cap of {p.disk} bytes on the workspace and files is not enforced")
     if p.bandwidth is not None:
@@ -136,8 +135,9 @@ def service(bot: ComposeBot) -> dict[str, Any]:
             "interval": _seconds(bot.health_interval),
             "timeout": _seconds(bot.health_timeout),
             "retries": bot.health_retries,
-            "start_period": _seconds(bot.health_start),
         }
+        if bot.health_start:
+            svc["healthcheck"]["start_period"] = _seconds(bot.health_start)
     if bot.replicas > 1:
         svc["deploy"] = {"replicas": bot.replicas}
     return svc
@@ -150,6 +150,15 @@ def compose_dict(bots: Sequence[ComposeBot], *, secrets_dir: str = "./secrets") 
     if names:
         data["secrets"] = {name: {"file": f"{secrets_dir.rstrip('/')}/{name}"} for name in names}
     return data
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+
+
+def _key(key: str) -> str:
+    """A mapping key: bare when YAML reads it back as the same string, else JSON-quoted."""
+    return key if _PLAIN_KEY.match(key) and key.lower() not in _YAML_WORDS else json.dumps(key)
 
 
 def _scalar(value: Any) -> str:
@@ -165,10 +174,10 @@ def to_yaml(value: Any, indent: int = 0) -> list[str]:
     if isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}{_scalar(key)}:")
+                lines.append(f"{pad}{_key(str(key))}:")
                 lines += to_yaml(item, indent + 2)
             else:
-                lines.append(f"{pad}{_scalar(key)}: {_empty(item)}")
+                lines.append(f"{pad}{_key(str(key))}: {_empty(item)}")
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict | list) and item:

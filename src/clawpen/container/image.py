@@ -121,7 +121,7 @@ def from_images(steps: Iterable[Instruction], where: str = "Dockerfile") -> list
 
         def value(m: re.Match[str]) -> str:
             name = m.group(1) or m.group(3)
-            return args.get(name) or (m.group(2) or "")
+            return args.get(name) or m.group(2) or "$"  # "$": no value, refused below
 
         ref = _ARG_REF.sub(value, words[0])
         if "$" in ref or not ref:
