@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from clawpen import cli
-from clawpen.container.compose import ComposeBot, compose_dict, compose_text, from_spec, to_yaml
+from clawpen.container.compose import ComposeBot, compose_bot, compose_dict, compose_text, from_spec, to_yaml
 from clawpen.errors import ConfigError
 from clawpen.spec.loader import load_spec
 
@@ -46,7 +46,7 @@ def _spec(tmp_path: Path) -> tuple[object, Path]:
     return loaded.spec, loaded.base_dir
 
 
-def _as_container(spec: object, images: dict[str, str]) -> SimpleNamespace:
+def _as_container(spec: object, images: dict[str, object]) -> SimpleNamespace:
     """The loaded bots switched to the container tier with an image (the spec fields ctier adds;
     until they land, the same attributes on the real, validated bot models)."""
     bots = spec.bots  # type: ignore[attr-defined]
@@ -60,10 +60,13 @@ def _as_container(spec: object, images: dict[str, str]) -> SimpleNamespace:
 
 @pytest.fixture
 def bots(tmp_path: Path) -> list[ComposeBot]:
+    """The spec's (validated) bots as the export sees them, each with its image and uid/gid."""
     spec, base = _spec(tmp_path)
     uids = {"alpha": 1_900_000_001, "beta": 1_900_000_002, "gamma": 1_900_000_003}
-    images = {"alpha": "clawpen-alpha:1", "beta": "clawpen-beta:1", "gamma": "clawpen-gamma:1"}
-    return from_spec(_as_container(spec, images), base, lambda n: (uids[n], uids[n] + 5))
+    return [
+        compose_bot(n, b, base, image=f"clawpen-{n}:1", uid=uids[n], gid=uids[n] + 5)
+        for n, b in spec.bots.items()  # type: ignore[attr-defined]
+    ]
 
 
 def test_limits_hardening_and_identity_carry_over(bots: list[ComposeBot], tmp_path: Path) -> None:
@@ -129,13 +132,17 @@ def test_yaml_reads_back_as_the_dict(bots: list[ComposeBot]) -> None:
 
 def test_only_container_bots_and_an_image_is_required(tmp_path: Path) -> None:
     spec, base = _spec(tmp_path)
-    chosen = from_spec(_as_container(spec, {"beta": "img:1"}), base, lambda n: (1, 1))
-    assert [b.policy.name for b in chosen] == ["beta"]
+    chosen = from_spec(_as_container(spec, {"gamma": "img:1"}), base, lambda n: (7, 8))
+    assert [(b.policy.name, b.image, b.uid, b.gid) for b in chosen] == [("gamma", "img:1", 7, 8)]
     assert from_spec(spec, base, lambda n: (1, 1)) == []  # sandbox bots are not exported
-    no_image = SimpleNamespace(bots={"beta": spec.bots["beta"].model_copy(update={"tier": "container"})})  # type: ignore[attr-defined]
+    gamma = spec.bots["gamma"]  # type: ignore[attr-defined]
+    no_image = SimpleNamespace(bots={"gamma": gamma.model_copy(update={"tier": "container"})})
     with pytest.raises(ConfigError) as err:
         from_spec(no_image, base, lambda n: (1, 1))
-    assert err.value.where == "bots.beta.image"
+    assert err.value.where == "bots.gamma.image"
+    table = SimpleNamespace(context="./ctx", dockerfile="Df")  # image = { context, dockerfile }
+    built = from_spec(_as_container(spec, {"gamma": table}), base, lambda n: (1, 1))
+    assert built[0].image.startswith("clawpen-gamma:")
 
 
 def test_cli_refuses_a_spec_without_container_bots(

@@ -209,6 +209,25 @@ def compose_text(bots: Sequence[ComposeBot], *, secrets_dir: str = "./secrets") 
     return "\n".join(lines) + "\n"
 
 
+def compose_bot(name: str, bot: Any, base_dir: Path, *, image: str, uid: int, gid: int) -> ComposeBot:
+    """One spec bot (:class:`clawpen.spec.models.Bot`) as a :class:`ComposeBot`."""
+    health = bot.health
+    return ComposeBot(
+        policy=bot.to_policy(name, str(base_dir)),
+        image=image,
+        uid=uid,
+        gid=gid,
+        replicas=bot.replicas,
+        restart=bot.restart.policy,
+        health_cmd=tuple(health.cmd) if health and health.cmd else None,
+        health_kind=("http" if health.http else "tcp") if health and not health.cmd else None,
+        health_interval=health.interval if health else 30.0,
+        health_timeout=health.timeout if health else 5.0,
+        health_retries=health.retries if health else 3,
+        health_start=health.start_period if health else 0.0,
+    )
+
+
 def from_spec(
     spec: Any, base_dir: Path, identity: Callable[[str], tuple[int, int]], *, bots: Sequence[str] = ()
 ) -> list[ComposeBot]:
@@ -218,9 +237,7 @@ def from_spec(
 
     chosen = []
     for name, bot in spec.bots.items():
-        if bots and name not in bots:
-            continue
-        if bot.tier != "container":
+        if (bots and name not in bots) or bot.tier != "container":
             continue
         image = bot_image(name, bot, base_dir)
         if image is None:
@@ -228,21 +245,6 @@ def from_spec(
                 f"bot {name} has no image", where=f"bots.{name}.image", hint='set image = "NAME:TAG"'
             )
         uid, gid = identity(name)
-        health = bot.health
-        chosen.append(
-            ComposeBot(
-                policy=bot.to_policy(name, str(base_dir)),
-                image=image if isinstance(image, str) else image.tag,
-                uid=uid,
-                gid=gid,
-                replicas=bot.replicas,
-                restart=bot.restart.policy,
-                health_cmd=tuple(health.cmd) if health and health.cmd else None,
-                health_kind=("http" if health.http else "tcp") if health and not health.cmd else None,
-                health_interval=health.interval if health else 30.0,
-                health_timeout=health.timeout if health else 5.0,
-                health_retries=health.retries if health else 3,
-                health_start=health.start_period if health else 0.0,
-            )
-        )
+        tag = image if isinstance(image, str) else image.tag
+        chosen.append(compose_bot(name, bot, base_dir, image=tag, uid=uid, gid=gid))
     return chosen

@@ -14,6 +14,7 @@ Images clawpen builds carry the label ``clawpen.image`` (the bot's name, or ``ba
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -316,8 +317,9 @@ class BuildRequest:
 
 
 def build_tag(bot: str, context: Path, dockerfile: str) -> str:
-    """``clawpen-<bot>:<short hash of the context folder and Dockerfile path>``."""
-    return f"clawpen-{bot}:{short_hash(str(context), dockerfile)}"
+    """``clawpen-<bot>:<short hash of the context folder and Dockerfile path>`` (the rule of
+    ``clawpen.spec.container.built_tag``, the container tier's: both must give the same tag)."""
+    return f"clawpen-{bot.lower()}:{short_hash(str(context), dockerfile)}"
 
 
 def bot_image(bot: str, spec_bot: Any, base_dir: Path) -> str | BuildRequest | None:
@@ -327,6 +329,6 @@ def bot_image(bot: str, spec_bot: Any, base_dir: Path) -> str | BuildRequest | N
     image = getattr(spec_bot, "image", None)
     if image is None or isinstance(image, str):
         return image
-    context = (base_dir / str(image.context)).resolve()
+    context = Path(os.path.normpath(os.path.join(base_dir, os.path.expanduser(str(image.context)))))
     dockerfile = str(getattr(image, "dockerfile", None) or "Dockerfile")
     return BuildRequest(bot, context, dockerfile, build_tag(bot, context, dockerfile))

@@ -106,10 +106,9 @@ secrets = ["API_TOKEN"]
 resources = { cpus = 0.5, memory = "96M", pids = 32, nofile = 128, tmp = "8M" }
 restart = { policy = "no" }
 
-[bots.talker]
+[bots.twins]
 command = ["sleep", "1"]
 replicas = 2
-network = { egress = ["api.example.com:443"] }
 """
 
 PROBE = """\
