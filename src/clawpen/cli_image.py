@@ -57,7 +57,7 @@ def _progress(quiet: bool) -> Any:
 
 def _requests(ns: argparse.Namespace) -> list[Any]:
     """What to build: ``--context`` alone, or the spec's bots with an image build."""
-    from clawpen.container.image import BuildRequest, bot_image
+    from clawpen.container.image import BuildRequest
 
     if ns.context:
         if ns.bots:
@@ -72,29 +72,36 @@ def _requests(ns: argparse.Namespace) -> list[Any]:
     from clawpen.spec.loader import load_spec
 
     loaded = load_spec(ns.file)
-    bots = loaded.spec.bots
-    unknown = [b for b in ns.bots if b not in bots]
+    return build_requests(loaded.spec.bots, loaded.base_dir, ns.bots, ns.file)
+
+
+def build_requests(bots: dict[str, Any], base_dir: Path, names: list[str], file: str) -> list[Any]:
+    """The builds of the spec's ``bots`` named in ``names`` (each must have an image table), or
+    of every bot that has one (at least one must)."""
+    from clawpen.container.image import BuildRequest, bot_image
+
+    unknown = [b for b in names if b not in bots]
     if unknown:
         raise UsageError(
-            f"no bot named {unknown[0]!r} in {ns.file}",
-            where=f"{ns.file} bots",
+            f"no bot named {unknown[0]!r} in {file}",
+            where=f"{file} bots",
             hint=f"known bots: {', '.join(bots) or 'none'}",
         )
     found = []
-    for name in ns.bots or list(bots):
-        image = bot_image(name, bots[name], loaded.base_dir)
+    for name in names or list(bots):
+        image = bot_image(name, bots[name], base_dir)
         if isinstance(image, BuildRequest):
             found.append(image)
-        elif ns.bots:
+        elif names:
             raise UsageError(
                 f"bot {name} has no image to build",
-                where=f"{ns.file} bots.{name}.image",
+                where=f"{file} bots.{name}.image",
                 hint='set image = { context = "./bot", dockerfile = "Dockerfile" } (with tier = "container")',
             )
     if not found:
         raise UsageError(
-            f"no bot in {ns.file} has an image to build",
-            where=f"{ns.file}",
+            f"no bot in {file} has an image to build",
+            where=file,
             hint='give a container bot image = { context = "./bot" }, or use --base / --context',
         )
     return found

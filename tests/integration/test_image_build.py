@@ -98,6 +98,42 @@ def test_a_from_image_that_is_not_local_fails_fast_without_pulling(tmp_path: Pat
         docker("rmi", missing)
 
 
+def test_a_bots_image_table_builds_under_its_tag(tmp_path: Path) -> None:
+    """`clawpen image build BOT`'s path: the bot's image = { context, dockerfile } (on the real,
+    validated bot model switched to the container tier, the fields the container tier adds)
+    builds through the engine under clawpen-<bot>:<hash>, labelled with the bot's name."""
+    from clawpen.cli_image import build_requests
+    from clawpen.container.engine import client, detect
+    from clawpen.container.image import build_image
+    from clawpen.errors import UsageError
+
+    ensure_base_image()
+    bot = f"test-{pysecrets.token_hex(3)}"
+    (tmp_path / "bot").mkdir()
+    (tmp_path / "bot" / "Containerfile").write_text(f"FROM {BASE_IMAGE}\nRUN echo {bot} > /etc/bot-name\n")
+    (tmp_path / "clawpen.toml").write_text(
+        f'[bots.{bot}]\ncommand = ["cat", "/etc/bot-name"]\n[bots.other]\ncommand = ["true"]\n'
+    )
+    loaded = load_spec(tmp_path / "clawpen.toml")
+    table = SimpleNamespace(context="./bot", dockerfile="Containerfile")
+    bots = dict(loaded.spec.bots)
+    bots[bot] = bots[bot].model_copy(update={"tier": "container", "image": table})
+    with pytest.raises(UsageError, match="bot other has no image to build"):
+        build_requests(bots, loaded.base_dir, ["other"], "clawpen.toml")
+    [req] = build_requests(bots, loaded.base_dir, [], "clawpen.toml")  # every bot with a build
+    assert req.tag.startswith(f"clawpen-{bot}:") and req.context == tmp_path / "bot"
+    api = client(detect("docker"))
+    try:
+        build_image(api, req.context, req.tag, dockerfile=req.dockerfile, label=req.bot)
+        ran = docker("run", "--rm", "--network", "none", req.tag, "cat", "/etc/bot-name")
+        assert ran.stdout == f"{bot}\n", ran.stderr
+        assert api.images.get(req.tag).labels["clawpen.image"] == bot
+    finally:
+        docker("rmi", "-f", req.tag)
+        api.close()
+    assert not has_image(req.tag)
+
+
 SPEC = """
 [bots.quiet]
 command = ["python3", "/workspace/probe.py"]
