@@ -10,7 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from clawpen.container.base import _tar_stream, debootstrap_argv, import_changes, trim
+from clawpen.container.base import (
+    _tar_stream,
+    debootstrap_argv,
+    import_changes,
+    mounts_under,
+    trim,
+    unmount_under,
+)
 from clawpen.container.image import (
     BuildEvent,
     BuildRequest,
@@ -142,3 +149,42 @@ def test_base_image_command_and_trim(tmp_path: Path, monkeypatch: pytest.MonkeyP
         member = tar.extractfile("usr/bin/python3")
         assert member is not None and member.read() == b"usr/bin/python3"
     assert "usr/share/doc/pkg/copyright" in names and "var/cache/apt/archives/x.deb" not in names
+
+
+def test_mounts_under_a_root_deepest_first() -> None:
+    text = (
+        "proc /proc proc rw 0 0\n"
+        "proc /var/tmp/b/rootfs/proc proc rw 0 0\n"
+        "sysfs /var/tmp/b/rootfs/sys sysfs rw 0 0\n"
+        "none /var/tmp/b/rootfs/sys/fs/x tmpfs rw 0 0\n"
+        "none /var/tmp/b/rootfs2 tmpfs rw 0 0\n"
+        "none /var/tmp/b/rootfs/my\\040dir tmpfs rw 0 0\n"
+    )
+    found = mounts_under(Path("/var/tmp/b/rootfs"), text)
+    assert found[0] == "/var/tmp/b/rootfs/sys/fs/x"
+    assert set(found) == {
+        "/var/tmp/b/rootfs/proc",
+        "/var/tmp/b/rootfs/sys",
+        "/var/tmp/b/rootfs/sys/fs/x",
+        "/var/tmp/b/rootfs/my dir",
+    }
+
+
+@pytest.mark.root
+def test_what_debootstrap_left_mounted_is_unmounted(tmp_path: Path) -> None:
+    import subprocess
+
+    root = tmp_path / "rootfs"
+    (root / "proc").mkdir(parents=True)
+    (root / "keep").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root / "proc")], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root / "proc")], check=True)  # stacked
+    (root / "proc" / "inside").write_text("x")
+    try:
+        assert mounts_under(root, Path("/proc/self/mounts").read_text()) == [str(root / "proc")]
+        unmount_under(root)
+        assert mounts_under(root, Path("/proc/self/mounts").read_text()) == []
+        assert list((root / "proc").iterdir()) == [] and (root / "keep").is_dir()
+    finally:
+        while subprocess.run(["umount", "-l", str(root / "proc")], capture_output=True).returncode == 0:
+            pass

@@ -119,11 +119,15 @@ def build_base(
         raise HostError(
             "debootstrap is not installed", where="image build --base", hint="apt-get install debootstrap"
         )
-    with tempfile.TemporaryDirectory(prefix="clawpen-base-", dir=workdir) as tmp:
-        root = Path(tmp) / "rootfs"
+    tmp = Path(tempfile.mkdtemp(prefix="clawpen-base-", dir=workdir))
+    try:
+        root = tmp / "rootfs"
         argv = debootstrap_argv(root, mirror_url=mirror_url)
         on_line(f"$ {' '.join(argv)}")
-        _run_logged(argv, on_line)
+        try:
+            _run_logged(argv, on_line)
+        finally:  # a debootstrap that died may leave /proc or /sys mounted in the root
+            unmount_under(root)
         trim(root)
         on_line(f"importing {root} as {tag}")
         repository, _, version = tag.rpartition(":")
@@ -136,7 +140,50 @@ def build_base(
             changes=import_changes(),
             stream_src=True,
         )
+    finally:
+        if not _mounted(tmp):  # never remove a tree that still holds a mount
+            shutil.rmtree(tmp, ignore_errors=True)
     return str(api.images.get(tag).id)
+
+
+def mounts_under(root: Path, mounts_text: str) -> list[str]:
+    """Mount points at or below ``root`` in a /proc/self/mounts text, deepest first."""
+    prefix = str(root).rstrip("/") + "/"
+    found = []
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) > 1:
+            point = fields[1].replace("\\040", " ")
+            if point == str(root) or point.startswith(prefix):
+                found.append(point)
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def _mounted(root: Path) -> bool:
+    try:
+        return bool(mounts_under(root, Path("/proc/self/mounts").read_text()))
+    except OSError:
+        return True  # cannot tell: keep the folder
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount (lazily) whatever is mounted below ``root``, so removing it never reaches the
+    host's /proc, /sys or /dev."""
+    for _round in range(16):  # mounts stacked on one point go one per round
+        try:
+            points = mounts_under(root, Path("/proc/self/mounts").read_text())
+        except OSError:
+            return
+        if not points:
+            return
+        for point in points:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    if _mounted(root):
+        raise SandboxError(
+            f"cannot unmount what debootstrap left mounted under {root}",
+            where="image build --base: cleanup",
+            hint=f"unmount it by hand (grep {root} /proc/self/mounts), then remove the folder",
+        )
 
 
 def _run_logged(argv: list[str], on_line: Callable[[str], None]) -> None:
