@@ -139,6 +139,7 @@ SPEC = """
 command = ["python3", "/workspace/probe.py"]
 workspace = "./ws"
 secrets = ["API_TOKEN"]
+env = { LITERAL = "a$HOME${X:-b}$$" }
 resources = { cpus = 0.5, memory = "96M", pids = 32, nofile = 128, tmp = "8M" }
 restart = { policy = "no" }
 
@@ -162,6 +163,7 @@ print("tmp", try_write("/tmp/probe"))
 print("workspace", try_write("/workspace/out"))
 print("secret", open("/run/secrets/API_TOKEN").read())
 print("nofile", [l.split()[3:5] for l in open("/proc/self/limits") if l.startswith("Max open files")][0])
+print("literal", os.environ["LITERAL"])
 print("ifaces", sorted(os.listdir("/sys/class/net")))
 print("nnp", [l for l in open("/proc/self/status") if l.startswith(("NoNewPrivs", "CapEff"))])
 """
@@ -224,6 +226,7 @@ def test_exported_compose_is_accepted_and_runs_with_the_limits(tmp_path: Path) -
     assert lines["secret"] == "t0ken"
     assert lines["nofile"] == "['128', '128']"
     assert lines["ifaces"] == "['lo']"
+    assert lines["literal"] == "a$HOME${X:-b}$$"  # Compose substituted nothing
     assert "NoNewPrivs:\\t1" in lines["nnp"] and "CapEff:\\t0000000000000000" in lines["nnp"]
     assert docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").stdout == ""
     assert "t0ken" not in compose.read_text()  # the file holds the secret's path, never its value

@@ -32,7 +32,7 @@ network = { publish = ["127.0.0.1:18080:8080"] }
 health = { http = "http://127.0.0.1:8080/healthz" }
 
 [bots.gamma]
-command = ["sleep", "1"]
+command = ["sh", "-c", "echo $HOME ${X:-y}"]
 restart = { policy = "no" }
 resources = { disk = "unlimited" }
 """
@@ -106,6 +106,7 @@ def test_network_none_only_without_egress_and_ports(bots: list[ComposeBot]) -> N
     assert "network_mode" not in services["beta"] and services["beta"]["ports"] == ["127.0.0.1:18080:8080"]
     assert services["gamma"]["network_mode"] == "none"
     assert services["gamma"]["restart"] == "no"
+    assert services["gamma"]["command"] == ["sh", "-c", "echo $$HOME $${X:-y}"]  # no substitution
     assert "healthcheck" not in services["beta"]  # http checks are not exported...
     text = compose_text(bots)
     assert "# beta:\n#   - no egress in clawpen" in text  # ...and the file says so

@@ -143,9 +143,21 @@ def service(bot: ComposeBot) -> dict[str, Any]:
     return svc
 
 
+def literal(value: Any) -> Any:
+    """``value`` with every ``$`` in its strings doubled: Compose substitutes ``$VAR`` and
+    ``${VAR}`` in every value, so a bot's ``$`` (in its command or env) must stay a ``$``."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    return value
+
+
 def compose_dict(bots: Sequence[ComposeBot], *, secrets_dir: str = "./secrets") -> dict[str, Any]:
     """The Compose file (as a dict) for ``bots``; secrets are files under ``secrets_dir``."""
-    data: dict[str, Any] = {"services": {bot.policy.name: service(bot) for bot in bots}}
+    data: dict[str, Any] = {"services": {bot.policy.name: literal(service(bot)) for bot in bots}}
     names = sorted({name for bot in bots for name in bot.policy.secrets})
     if names:
         data["secrets"] = {name: {"file": f"{secrets_dir.rstrip('/')}/{name}"} for name in names}
