@@ -35,6 +35,9 @@ ETC_ALLOWED = (
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SECRETS_DIR = "/run/secrets"
 NAMESPACES = ("user", "pid", "mount", "ipc", "uts", "cgroup", "net")
+# A container's own namespaces (the engine makes them; no user namespace: the bot's uid is a host
+# uid; on cgroup v1 Docker shares the host's cgroup namespace): what `exec` and `cmd` checks join.
+CONTAINER_NAMESPACES = ("pid", "mount", "ipc", "uts", "net")
 SHM_SIZE = 16 << 20
 RUN_SIZE = 1 << 20
 PROXY_PORT = 3128  # clawpen.net.types.PROXY_PORT (not imported: the run path stays lean)
@@ -163,7 +166,7 @@ def build_plan(
         command=policy.command,
         identity=ident,
         hostname=policy.name,
-        namespaces=NAMESPACES,
+        namespaces=NAMESPACES if policy.container is None else CONTAINER_NAMESPACES,
         mounts=tuple(mounts),
         env=_env(policy, ident, link),
         cwd=WORKSPACE if policy.workspace else "/tmp",
@@ -182,6 +185,7 @@ def build_plan(
         die_with_parent=die_with_parent,
         secret_env=policy.secret_env,
         link=link,
+        container=policy.container,
     )
 
 
