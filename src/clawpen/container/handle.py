@@ -11,6 +11,7 @@ comes from clawpen's cgroup ``clawpen/<cgroup>``, the container's cgroup parent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -65,6 +66,30 @@ def result_from_state(state: dict[str, Any], *, fallback_started: float) -> RunR
     if not isinstance(code, int):
         return result._replace(message="exit status lost: the engine reported none")
     return result
+
+
+def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
+    """Remove clawpen's cgroup around a container in every hierarchy the engine made it in (on v1
+    also cpuset, devices, name=systemd and the unified one, which clawpen itself does not use)."""
+    with contextlib.suppress(SandboxError):
+        cgroup.remove()
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            points = [ln.split()[1] for ln in f if ln.split()[2:3] in (["cgroup"], ["cgroup2"])]
+    except OSError:
+        return
+    base = os.path.basename(os.path.dirname(cgroup.dirs[0])) if cgroup.dirs else "clawpen"
+    deadline = time.monotonic() + timeout
+    for point in points:
+        path = f"{point}/{base}/{cgroup.name}"
+        while True:
+            try:
+                os.rmdir(path)
+            except OSError as err:
+                if err.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+            break
 
 
 class ContainerSandbox:
@@ -161,8 +186,7 @@ class ContainerSandbox:
                     ) from None
             self._removed = True
         self.files.remove()
-        with contextlib.suppress(SandboxError):
-            self.cgroup.remove()
+        remove_parent(self.cgroup)
 
     def enter(
         self,

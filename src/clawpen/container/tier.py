@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawpen.container import create
 from clawpen.container.files import InstanceFiles, static_busybox
-from clawpen.container.handle import ContainerSandbox
+from clawpen.container.handle import ContainerSandbox, remove_parent
 from clawpen.errors import ClawpenError, HostError, SandboxError
 from clawpen.procfs import pid_start_time
 from clawpen.sandbox.tier import RunningSandbox, RunResult, SandboxRecord, Stdio
@@ -223,7 +223,7 @@ class ContainerTier:
                 container.remove(force=True)
         files.remove()
         with contextlib.suppress(ClawpenError):
-            self._cgroup(name).remove()
+            remove_parent(self._cgroup(name))
 
     def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> RunningSandbox | None:
         """The container an earlier daemon started, if it still runs as the same init process."""

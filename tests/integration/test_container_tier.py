@@ -1,0 +1,204 @@
+"""The container tier with real Docker: a bot in its own hardened container, supervised by the
+daemon like a sandbox bot (logs, restarts, re-adoption after a daemon SIGKILL, `down`).
+
+The daemon names its containers ``clawpen-<scope><bot>-<replica>`` (the scope: a short id of the
+test's state directory), labelled ``clawpen.state=<state dir>``; the fixture removes any the
+test leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from container_env import BASE_IMAGE, ensure_base_image
+from helpers import CLAWPEN, DaemonCli, alive, wait_for
+
+from conftest import daemon_at
+
+pytestmark = [pytest.mark.root, pytest.mark.docker]
+SECRET = "ctr-s3cret-value-1234"
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done"
+
+
+def _containers(home: Path) -> list[dict[str, object]]:
+    out = subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", f"label=clawpen.state={home}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if not out:
+        return []
+    found = subprocess.run(["docker", "inspect", *out], capture_output=True, text=True, check=True)
+    return json.loads(found.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
+    ensure_base_image()
+    home = tmp_path / "state"
+    try:
+        with daemon_at(home) as d:
+            yield d
+    finally:
+        left = [str(c["Id"]) for c in _containers(home)]
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+
+
+def set_secret(env: dict[str, str], name: str, value: str) -> None:
+    subprocess.run([CLAWPEN, "secrets", "set", name], input=value + "\n", text=True, env=env, check=True)
+
+
+def _uids(pid: int) -> set[int]:
+    """The real, effective, saved and fs uids of ``pid`` and of every descendant, from the host."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        status = Path(f"/proc/{p}/status").read_text()
+        found.update(int(u) for u in status.split("Uid:")[1].splitlines()[0].split())
+        for task in Path(f"/proc/{p}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: DaemonCli) -> None:
+    set_secret(daemon.env, "API_TOKEN", SECRET)
+    probe = (
+        "stat -c 'secret %a %u' /run/secrets/API_TOKEN; echo token=$(cat /run/secrets/API_TOKEN); "
+        "touch /etc/x 2>/dev/null && echo root-writable || echo root-readonly; "
+        "touch /usr/x 2>/dev/null && echo usr-writable || echo usr-readonly; "
+        "touch /workspace/ok && echo workspace-writable; touch /tmp/ok && echo tmp-writable; "
+        "echo ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,); "
+        "echo env=$API_TOKEN; echo to-stderr >&2; exec sleep 300"
+    )
+    daemon.write(f"""
+        [bots.box]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sh", "-c", "{probe}"]
+        workspace = "ws"
+        secrets = ["API_TOKEN"]
+        secret_env = ["API_TOKEN"]
+        [bots.box.resources]
+        memory = "128M"
+        pids = 64
+        tmp = "8M"
+    """)
+    daemon.cli("up")
+    row = daemon.wait_state("box", "running")
+    assert wait_for(lambda: "env=" in daemon.cli("logs", "box").stdout, 10)
+    logs = daemon.cli("logs", "box").stdout
+    uid = os.stat(daemon.spec.parent / "ws").st_uid
+    assert uid >= 1_900_000_000
+    # from the host: the container's init and every process under it run as the bot's uid, never 0
+    assert _uids(row["pid"]) == {uid}
+    assert f"secret 400 {uid}" in logs
+    assert "token=[REDACTED:API_TOKEN]" in logs and "env=[REDACTED:API_TOKEN]" in logs
+    assert SECRET not in logs
+    assert "root-readonly" in logs and "usr-readonly" in logs  # read-only root
+    assert "workspace-writable" in logs and "tmp-writable" in logs  # the positive controls
+    assert (daemon.spec.parent / "ws" / "ok").exists()
+    assert "ifaces=lo," in logs  # no network but loopback
+    assert " err to-stderr" in logs
+    (info,) = _containers(daemon.home)
+    host = info["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] and not host["Privileged"]
+    assert host["NetworkMode"] == "none" and host["RestartPolicy"]["Name"] == "no"
+    assert "no-new-privileges" in host["SecurityOpt"] and host["LogConfig"]["Type"] == "none"
+    assert host["Memory"] == 128 << 20 and host["PidsLimit"] == 64 and host["Init"]
+    assert str(host["CgroupParent"]).startswith("/clawpen/")
+    assert not any("docker.sock" in str(m.get("Source")) for m in info["Mounts"])  # type: ignore[union-attr]
+    writable = {m["Destination"] for m in info["Mounts"] if m["RW"]}  # type: ignore[index,union-attr]
+    assert writable == {"/workspace", "/.clawpen/out", "/.clawpen/err"}
+    # metrics come from clawpen's cgroup around the container
+    labels = info["Config"]["Labels"]  # type: ignore[index]
+    cgroup = Path("/sys/fs/cgroup/memory/clawpen") / labels["clawpen.cgroup"]
+    assert int((cgroup / "memory.usage_in_bytes").read_text()) > 0
+    secrets_dir = next(daemon.home.glob("run/*.ctr/secrets"))
+    assert os.path.ismount(secrets_dir)
+    daemon.cli("down")
+    assert _containers(daemon.home) == []
+    assert not secrets_dir.exists() and not cgroup.exists()
+    assert not alive(row["pid"])
+
+
+def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopted(
+    daemon: DaemonCli,
+) -> None:
+    daemon.write(f"""
+        [bots.count]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sh", "-c", "{COUNTER}"]
+        [bots.crash]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sh", "-c", "echo up; sleep 0.2; exit 3"]
+        restart = {{ backoff_initial = "0.1s", max_restarts = 50 }}
+    """)
+    daemon.cli("up", "--detach")
+    pid = daemon.wait_state("count", "running")["pid"]
+    assert wait_for(lambda: daemon.ps()["crash"]["restarts"] >= 2, 30, interval=0.2)
+    exits = [e for e in daemon.events("crash") if e.get("to_state") == "exited"]
+    assert exits and "exited with code 3" in str(exits[0].get("reason"))
+    old = daemon.pid()
+    assert old
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: not alive(old), 5)
+    time.sleep(1.0)  # the bot keeps writing while no daemon reads
+    assert alive(pid)
+    rows = daemon.ps()  # a new daemon, which adopts the running container
+    assert rows["count"]["pid"] == pid and rows["count"]["state"] == "running"
+    assert any(e["kind"] == "adopt" for e in daemon.events("count"))
+    time.sleep(0.5)
+    numbers = [int(line.split()[2]) for line in daemon.cli("logs", "count").stdout.splitlines()]
+    assert len(numbers) > 100
+    assert numbers == list(range(1, len(numbers) + 1)), "a line was lost or reordered"
+    # the new daemon supervises it: the bot killed from the host is restarted in a new container
+    before = daemon.ps()["count"]["restarts"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(
+        lambda: daemon.ps()["count"]["restarts"] > before and daemon.ps()["count"]["state"] == "running", 20
+    )
+    assert daemon.ps()["count"]["pid"] != pid
+    daemon.cli("down")
+    assert _containers(daemon.home) == []
+
+
+@pytest.mark.bwrap
+def test_no_engine_or_no_image_fails_only_that_bot(daemon: DaemonCli) -> None:
+    (daemon.spec.parent / "img").mkdir()
+    daemon.write(f"""
+        [bots.plain]
+        command = ["sleep", "300"]
+        [bots.podman]
+        tier = "container"
+        engine = "podman"
+        image = "{BASE_IMAGE}"
+        command = ["true"]
+        [bots.unbuilt]
+        tier = "container"
+        image = {{ context = "img" }}
+        command = ["true"]
+    """)
+    daemon.cli("up", check=False)
+    daemon.wait_state("plain", "running")  # the daemon and a sandbox bot run without podman
+    daemon.wait_state("podman", "failed")
+    daemon.wait_state("unbuilt", "failed")
+    reasons = {
+        bot: [str(e.get("reason")) for e in daemon.events(bot) if e.get("to_state") == "failed"]
+        for bot in ("podman", "unbuilt")
+    }
+    assert "the podman engine is not running" in reasons["podman"][0]
+    assert "is not on this host" in reasons["unbuilt"][0] and "clawpen-unbuilt:" in reasons["unbuilt"][0]
+    assert _containers(daemon.home) == []
