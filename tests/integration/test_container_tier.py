@@ -124,6 +124,12 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     labels = info["Config"]["Labels"]  # type: ignore[index]
     cgroup = Path("/sys/fs/cgroup/memory/clawpen") / labels["clawpen.cgroup"]
     assert int((cgroup / "memory.usage_in_bytes").read_text()) > 0
+    # `clawpen exec` enters the container's namespaces as the bot's uid (its files, not the host's)
+    got = daemon.cli(
+        "exec", "box", "--", "sh", "-c", "id -u; cat /workspace/ok && echo seen; touch /x", check=False
+    )
+    assert got.returncode == 1 and "Read-only file system" in got.stderr, got
+    assert got.stdout.split() == [str(uid), "seen"], got
     secrets_dir = next(daemon.home.glob("run/*.ctr/secrets"))
     assert os.path.ismount(secrets_dir)
     daemon.cli("down")
