@@ -101,6 +101,11 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     assert uid >= 1_900_000_000
     # from the host: the container's init and every process under it run as the bot's uid, never 0
     assert _uids(row["pid"]) == {uid}
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{row['pid']}/status").read_text().splitlines()
+    )
+    assert status["CapEff"].strip("0\n") == "" and status["CapBnd"].strip("0\n") == ""  # no capability
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"  # the engine's seccomp filter
     assert f"secret 400 {uid}" in logs
     assert "token=[REDACTED:API_TOKEN]" in logs and "env=[REDACTED:API_TOKEN]" in logs
     assert SECRET not in logs
