@@ -133,19 +133,24 @@ class ContainerSandbox:
             return os.eventfd(1, os.EFD_CLOEXEC)
 
     def _engine_kill(self, signum: int) -> bool:
+        """``signum`` to the container's init through the engine (which forwards it to the bot);
+        False when the engine refuses (the container is not running) or does not answer."""
         import docker.errors
 
         try:
             self.container.kill(signal=int(signum))
-        except docker.errors.APIError:
-            return False  # not running any more
+        except (docker.errors.DockerException, OSError):
+            return False
         return True
 
     def signal(self, signum: int) -> None:
-        self._engine_kill(signum)
+        if not self._engine_kill(signum):  # no engine: the init forwards it as well
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signum)
 
     def kill(self, *, monitor: bool = False) -> None:
         if not self._engine_kill(signal.SIGKILL) or monitor:
+            # the init of the container's pid namespace: the kernel kills the rest with it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
 
@@ -180,9 +185,11 @@ class ContainerSandbox:
             with contextlib.suppress(docker.errors.NotFound):
                 try:
                     self.container.remove(force=True)
-                except docker.errors.APIError as err:
+                except (docker.errors.DockerException, OSError) as err:
                     raise SandboxError(
-                        f"cannot remove container {self.container.name}: {err}", where="container: teardown"
+                        f"cannot remove container {self.container.name}: {err}",
+                        where="container: teardown",
+                        hint="is the engine running? (docker info)",
                     ) from None
             self._removed = True
         self.files.remove()

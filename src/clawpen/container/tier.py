@@ -226,22 +226,33 @@ class ContainerTier:
             remove_parent(self._cgroup(name))
 
     def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> RunningSandbox | None:
-        """The container an earlier daemon started, if it still runs as the same init process."""
+        """The container an earlier daemon started, if it still runs as the same init process
+        (looked up by its name on each engine that answers)."""
         import docker.errors
 
         if record.cgroup is None:
             return None
-        try:
-            api = self.client()
-            container = api.containers.get(container_name(record.cgroup))
-        except (docker.errors.NotFound, HostError):
-            return None
+        from clawpen.container.engine import SOCKETS
+
+        for engine in SOCKETS:
+            try:
+                container = self.client(engine).containers.get(container_name(record.cgroup))
+            except (docker.errors.DockerException, OSError, HostError):
+                continue
+            if container.labels.get(f"{create.LABEL}.state") == str(self.state):
+                return self._adopt(container, record, started_at)
+        return None
+
+    def _adopt(self, container: Container, record: SandboxRecord, started_at: float) -> RunningSandbox | None:
         state = container.attrs.get("State") or {}
         pid = int(state.get("Pid") or 0)
         if not state.get("Running") or pid != record.pid or pid_start_time(pid) != record.pid_start:
             return None
-        uid = os.stat(f"/proc/{pid}").st_uid
-        files = InstanceFiles(self.run_dir, record.cgroup, uid, os.stat(f"/proc/{pid}").st_gid)
-        return ContainerSandbox(
-            container, pid, self._cgroup(record.cgroup), files, started_at=started_at, uid=uid
-        )
+        try:
+            owner = os.stat(f"/proc/{pid}")
+        except OSError:
+            return None
+        assert record.cgroup is not None
+        files = InstanceFiles(self.run_dir, record.cgroup, owner.st_uid, owner.st_gid)
+        cgroup = self._cgroup(record.cgroup)
+        return ContainerSandbox(container, pid, cgroup, files, started_at=started_at, uid=owner.st_uid)
