@@ -26,7 +26,7 @@ from conftest import daemon_at
 pytestmark = [pytest.mark.root, pytest.mark.docker]
 SECRET = "ctr-s3cret-value-1234"
 LISTENER = (  # python3-minimal has no http.server
-    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 8080)); s.listen()\\n"
+    "import socket; s = socket.socket(); s.bind(('127.0.0.1', 47913)); s.listen()\\n"
     "while True: s.accept()[0].close()"
 )
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done"
@@ -165,14 +165,14 @@ def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopte
         tier = "container"
         image = "{BASE_IMAGE}"
         command = ["python3", "-c", "{LISTENER}"]
-        health = {{ tcp = "127.0.0.1:8080", interval = "0.3s", timeout = "1s" }}
+        health = {{ tcp = "127.0.0.1:47913", interval = "0.3s", timeout = "1s" }}
     """)
     daemon.cli("up", "--detach")
     pid = daemon.wait_state("count", "running")["pid"]
     # a tcp check reaches the bot's loopback inside the container's network namespace (the host's
-    # 127.0.0.1:8080 has no listener: the check did not pass there)
+    # 127.0.0.1:47913 has no listener: the check did not pass there)
     with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", 8080), timeout=2).close()
+        socket.create_connection(("127.0.0.1", 47913), timeout=2).close()
     assert wait_for(lambda: daemon.ps()["web"]["health"] == "healthy", 15, interval=0.2), daemon.ps()["web"]
     assert wait_for(lambda: daemon.ps()["crash"]["restarts"] >= 2, 30, interval=0.2)
     exits = [e for e in daemon.events("crash") if e.get("to_state") == "exited"]
