@@ -21,6 +21,7 @@ import pytest
 from container_env import BASE_IMAGE, ensure_base_image
 from helpers import CLAWPEN, DaemonCli, alive, wait_for
 
+from clawpen.paths import cgroup_scope
 from conftest import daemon_at
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
@@ -53,7 +54,13 @@ def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
         with daemon_at(home) as d:
             yield d
     finally:
-        left = [str(c["Id"]) for c in _containers(home)]
+        named = subprocess.run(  # also what the test made under this daemon's names
+            ["docker", "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        left = [str(c["Id"]) for c in _containers(home)] + named
         if left:
             subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
 
@@ -204,6 +211,15 @@ def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopte
 @pytest.mark.bwrap
 def test_no_engine_or_no_image_fails_only_that_bot(daemon: DaemonCli) -> None:
     (daemon.spec.parent / "img").mkdir()
+    scope = cgroup_scope(daemon.home)
+    for bot, state in (("left", str(daemon.home)), ("foreign", "/elsewhere")):
+        # a container a lost record left behind (removed and replaced), and one not ours (kept)
+        name = f"clawpen-{scope}{bot}-0"
+        subprocess.run(
+            ["docker", "create", "--name", name, "--label", f"clawpen.state={state}", BASE_IMAGE, "true"],
+            capture_output=True,
+            check=True,
+        )
     daemon.write(f"""
         [bots.plain]
         command = ["sleep", "300"]
@@ -216,15 +232,30 @@ def test_no_engine_or_no_image_fails_only_that_bot(daemon: DaemonCli) -> None:
         tier = "container"
         image = {{ context = "img" }}
         command = ["true"]
+        [bots.left]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sleep", "300"]
+        [bots.foreign]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sleep", "300"]
     """)
     daemon.cli("up", check=False)
     daemon.wait_state("plain", "running")  # the daemon and a sandbox bot run without podman
     daemon.wait_state("podman", "failed")
     daemon.wait_state("unbuilt", "failed")
+    daemon.wait_state("foreign", "failed")
+    left = daemon.wait_state("left", "running")
     reasons = {
         bot: [str(e.get("reason")) for e in daemon.events(bot) if e.get("to_state") == "failed"]
-        for bot in ("podman", "unbuilt")
+        for bot in ("podman", "unbuilt", "foreign")
     }
     assert "the podman engine is not running" in reasons["podman"][0]
     assert "is not on this host" in reasons["unbuilt"][0] and "clawpen-unbuilt:" in reasons["unbuilt"][0]
-    assert _containers(daemon.home) == []
+    assert "is not this clawpen's" in reasons["foreign"][0]
+    (mine,) = _containers(daemon.home)
+    assert mine["State"]["Pid"] == left["pid"]  # type: ignore[index]
+    foreign = f"clawpen-{scope}foreign-0"
+    kept = subprocess.run(["docker", "rm", foreign], capture_output=True, check=False)
+    assert kept.returncode == 0, "the foreign container was touched"

@@ -105,7 +105,6 @@ class ContainerTier:
             )
         name = cgroup_name or f"{plan.bot}.0"
         api = self.client(plan.container.engine)
-        self._image(api, plan)
         busybox = static_busybox()
         ident = plan.identity
         if plan.workspace:
@@ -136,25 +135,32 @@ class ContainerTier:
             raise
         return self._launch(api, plan, name, kwargs, files=files, wire_net=wire_net)
 
-    def _image(self, api: docker.DockerClient, plan: Plan) -> None:
+    def _missing_image(self, plan: Plan) -> HostError:
+        assert plan.container is not None
+        image = plan.container.image
+        return HostError(
+            f"image {image} is not on this host",
+            where=f"bots.{plan.bot}.image",
+            hint=f"clawpen image build {plan.bot}"
+            if plan.container.built
+            else f"build or load it (docker build -t {image} ..., docker load -i ...)",
+        )
+
+    def _create(self, api: docker.DockerClient, plan: Plan, kwargs: dict[str, Any]) -> Container:
+        """Create the container (one round trip when all is well): a missing image is a HostError;
+        a container of that name left by a run whose record was lost is removed first."""
         import docker.errors
 
-        assert plan.container is not None
-        try:
-            api.images.get(plan.container.image)
-        except docker.errors.ImageNotFound:
-            built = plan.container.built
-            raise HostError(
-                f"image {plan.container.image} is not on this host",
-                where=f"bots.{plan.bot}.image",
-                hint=f"clawpen image build {plan.bot}"
-                if built
-                else f"build or load it (docker build -t {plan.container.image} ..., docker load -i ...)",
-            ) from None
-        except docker.errors.APIError as err:
-            raise HostError(
-                f"the engine cannot look up {plan.container.image}: {err}", where="container engine"
-            ) from None
+        for attempt in (1, 2):
+            try:
+                return api.containers.create(**kwargs)
+            except docker.errors.ImageNotFound:
+                raise self._missing_image(plan) from None
+            except docker.errors.APIError as err:
+                if err.status_code != 409 or attempt == 2:
+                    raise
+                self._remove_stale(api, str(kwargs["name"]))
+        raise AssertionError("unreachable")
 
     def _launch(
         self,
@@ -168,10 +174,9 @@ class ContainerTier:
     ) -> ContainerSandbox:
         import docker.errors
 
-        self._remove_stale(api, str(kwargs["name"]))
         container: Container | None = None
         try:
-            container = api.containers.create(**kwargs)
+            container = self._create(api, plan, kwargs)
             container.start()
             container.reload()
             pid = int(container.attrs["State"]["Pid"] or 0)
@@ -186,9 +191,8 @@ class ContainerTier:
             )
             if wire_net is not None:
                 wire_net(pid)
-            files.open_gate(
-                lambda: os.path.exists(f"/proc/{pid}") and pid_start_time(pid) == sandbox.record().pid_start
-            )
+            born = sandbox.record().pid_start
+            files.open_gate(lambda: pid_start_time(pid) == born)
         except docker.errors.APIError as err:
             self._discard(container, files, name)
             raise SandboxError(
