@@ -168,6 +168,12 @@ def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopte
         image = "{BASE_IMAGE}"
         command = ["sh", "-c", "echo up; sleep 0.2; exit 3"]
         restart = {{ backoff_initial = "0.1s", max_restarts = 50 }}
+        [bots.hog]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["python3", "-c", "b = bytearray(256 << 20)"]
+        resources = {{ memory = "32M" }}
+        restart = {{ policy = "no" }}
         [bots.web]
         tier = "container"
         image = "{BASE_IMAGE}"
@@ -184,6 +190,8 @@ def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopte
     assert wait_for(lambda: daemon.ps()["crash"]["restarts"] >= 2, 30, interval=0.2)
     exits = [e for e in daemon.events("crash") if e.get("to_state") == "exited"]
     assert exits and "exited with code 3" in str(exits[0].get("reason"))
+    # the memory limit holds, and the engine's OOM verdict reaches the supervisor
+    assert wait_for(lambda: any(e.get("to_state") == "oom" for e in daemon.events("hog")), 15, interval=0.2)
     old = daemon.pid()
     assert old
     os.kill(old, signal.SIGKILL)
