@@ -267,3 +267,71 @@ def test_no_engine_or_no_image_fails_only_that_bot(daemon: DaemonCli) -> None:
     foreign = f"clawpen-{scope}foreign-0"
     kept = subprocess.run(["docker", "rm", foreign], capture_output=True, check=False)
     assert kept.returncode == 0, "the foreign container was touched"
+
+
+def _tier_start(tmp_path: Path, command: str, wire_net: object) -> tuple[object, dict[str, int]]:
+    """ContainerTier.start on a plan built as the daemon builds it, stdout on a named pipe."""
+    from clawpen.container.tier import ContainerTier
+    from clawpen.daemon.lifecycle import instance_plan, open_fifos
+    from clawpen.plan.build import HostFacts
+    from clawpen.sandbox.seccomp import default_policy
+    from clawpen.sandbox.tier import Stdio
+    from clawpen.spec.loader import parse_spec_text
+
+    state = tmp_path / "state"
+    (state / "run").mkdir(parents=True, mode=0o700)
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text(
+        f'[bots.gate]\ntier = "container"\nimage = "{BASE_IMAGE}"\nworkspace = "ws"\n'
+        f'command = ["sh", "-c", "{command}"]\n'
+    )
+    bot = parse_spec_text(spec.read_text(), spec).spec.bots["gate"]
+    plan = instance_plan(
+        bot, "gate", 0, str(tmp_path), state_dir=state, host=HostFacts.probe(), seccomp=default_policy()
+    )
+    ends: dict[str, int] = {}
+    pipes: dict[str, int] = {}
+    open_fifos([("out", state / "run/g.out"), ("err", state / "run/g.err")], ends, pipes)
+    stdio = Stdio(None, ends["out"], ends["err"])
+    try:
+        tier = ContainerTier(state)
+        return tier.start(plan, cgroup_name="ctier-gate.0", stdio=stdio, wire_net=wire_net), pipes  # type: ignore[arg-type]
+    finally:
+        for fd in ends.values():
+            os.close(fd)
+
+
+def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_start(tmp_path: Path) -> None:
+    ensure_base_image()
+    seen: list[int] = []
+
+    def wire(pid: int) -> None:  # as the network helper would: the namespaces exist, the bot waits
+        seen.append(pid)
+        assert Path(f"/proc/{pid}/ns/net").exists()
+        time.sleep(0.5)
+        marker = tmp_path / "ws" / "wired"
+        marker.write_text("yes")
+        os.chown(marker, os.stat(tmp_path / "ws").st_uid, -1)
+
+    sandbox, pipes = _tier_start(tmp_path, "cat /workspace/wired; echo; exit 7", wire)
+    try:
+        assert sandbox.pid == seen[0]  # type: ignore[attr-defined]
+        result = sandbox.collect()  # type: ignore[attr-defined]
+        assert result.exit_code == 7
+        os.set_blocking(pipes["out"], False)
+        assert os.read(pipes["out"], 4096) == b"yes\n"  # it ran after the marker was written
+    finally:
+        sandbox.teardown()  # type: ignore[attr-defined]
+        for fd in pipes.values():
+            os.close(fd)
+
+    def broken(pid: int) -> None:
+        raise RuntimeError("no link")
+
+    with pytest.raises(RuntimeError, match="no link"):
+        _tier_start(tmp_path / "b", "touch /workspace/ran", broken)
+    assert not (tmp_path / "b" / "ws" / "ran").exists()  # the command never ran
+    gone = subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", "name=clawpen-ctier-gate-0"], capture_output=True, text=True
+    )
+    assert gone.stdout.strip() == "" and not list((tmp_path / "b" / "state" / "run").glob("*.ctr"))
