@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from clawpen.errors import PolicyError
 
@@ -109,3 +109,20 @@ def settings(
         return ContainerSettings(image, engine)
     context = os.path.normpath(os.path.join(base_dir, os.path.expanduser(image[0])))
     return ContainerSettings(built_tag(bot, context, image[1]), engine, context, image[1])
+
+
+def for_bot(bot: Any, name: str, base_dir: str) -> ContainerSettings:
+    """A container bot's settings, once the fields the tier cannot honour are refused. ``bot``:
+    a :class:`clawpen.spec.models.Bot` (not imported: that module imports this one)."""
+    check_fields(
+        name,
+        build=bot.build is not None,
+        rw=bool(bot.filesystem.rw),
+        egress=not bot.network.isolated,
+        publish=bool(bot.network.publish),
+        io_weight=bot.resources.io_weight is not None,
+    )
+    if bot.image is None:  # the model refuses it; a policy is never built without one
+        raise PolicyError(f"{name} has no image", where=f"bots.{name}.image", hint='add image = "name:tag"')
+    image = bot.image if isinstance(bot.image, str) else (bot.image.context, bot.image.dockerfile)
+    return settings(name, image, bot.engine, base_dir)

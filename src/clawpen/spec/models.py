@@ -418,19 +418,10 @@ class Bot(_Model):
 
         r, n = self.resources, self.network
         container = None
-        if self.tier == "container" and self.image is not None:
-            from clawpen.spec import container as ctr
+        if self.tier == "container":
+            from clawpen.spec.container import for_bot
 
-            ctr.check_fields(
-                name,
-                build=self.build is not None,
-                rw=bool(self.filesystem.rw),
-                egress=not n.isolated,
-                publish=bool(n.publish),
-                io_weight=r.io_weight is not None,
-            )
-            image = self.image if isinstance(self.image, str) else (self.image.context, self.image.dockerfile)
-            container = ctr.settings(name, image, self.engine, base_dir)
+            container = for_bot(self, name, base_dir)
         return pol.BotPolicy(
             name=name,
             command=tuple(self.command),
