@@ -149,7 +149,12 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     assert got.stdout.split() == [str(uid), "seen"], got
     secrets_dir = next(daemon.home.glob("run/*.ctr/secrets"))
     assert os.path.ismount(secrets_dir)
+    started = time.monotonic()
     daemon.cli("down")
+    assert time.monotonic() - started < 5  # SIGTERM reached the bot through the container's init
+    events = daemon.events("box")
+    assert any(e.get("to_state") == "stopped" for e in events), events
+    assert not any(e["kind"] == "kill" for e in events), "needed SIGKILL"
     assert _containers(daemon.home) == []
     assert not secrets_dir.exists() and not cgroup.exists()
     assert not alive(row["pid"])

@@ -113,6 +113,10 @@ class ContainerSandbox:
         self.started_at = started_at
         self.uid = uid
         self._removed = False
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None
 
     @property
     def pid(self) -> int:
@@ -127,32 +131,22 @@ class ContainerSandbox:
         return self.cgroup.name
 
     def exit_fd(self) -> int:
-        try:
-            return os.pidfd_open(self._pid)
-        except ProcessLookupError:  # already gone (and reaped by the engine's shim): readable now
+        if self._pidfd is None:  # already gone (and reaped by the engine's shim): readable now
             return os.eventfd(1, os.EFD_CLOEXEC)
-
-    def _engine_kill(self, signum: int) -> bool:
-        """``signum`` to the container's init through the engine (which forwards it to the bot);
-        False when the engine refuses (the container is not running) or does not answer."""
-        import docker.errors
-
-        try:
-            self.container.kill(signal=int(signum))
-        except (docker.errors.DockerException, OSError):
-            return False
-        return True
+        return os.dup(self._pidfd)
 
     def signal(self, signum: int) -> None:
-        if not self._engine_kill(signum):  # no engine: the init forwards it as well
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signum)
+        """``signum`` to the container's init (Docker's init forwards it to the bot), by the pidfd
+        taken at start: what ``docker kill`` does, without a call to the engine on the daemon's
+        event loop (a stuck engine cannot stall it) and without a pid reuse race."""
+        if self._pidfd is None:
+            return  # it had ended before we looked
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signum)
 
     def kill(self, *, monitor: bool = False) -> None:
-        if not self._engine_kill(signal.SIGKILL) or monitor:
-            # the init of the container's pid namespace: the kernel kills the rest with it
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
+        """SIGKILL to the init of the container's pid namespace: the kernel kills the rest."""
+        self.signal(signal.SIGKILL)
 
     def stats(self) -> CgroupStats:
         return self.cgroup.stats()
@@ -194,6 +188,9 @@ class ContainerSandbox:
             self._removed = True
         self.files.remove()
         remove_parent(self.cgroup)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def enter(
         self,
