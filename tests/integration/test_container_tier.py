@@ -21,6 +21,7 @@ import pytest
 from container_env import BASE_IMAGE, ensure_base_image
 from helpers import CLAWPEN, DaemonCli, alive, wait_for
 
+from clawpen.errors import SandboxError
 from clawpen.paths import cgroup_scope
 from conftest import daemon_at
 
@@ -147,8 +148,10 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     )
     assert got.returncode == 1 and "Read-only file system" in got.stderr, got
     assert got.stdout.split() == [str(uid), "seen"], got
-    secrets_dir = next(daemon.home.glob("run/*.ctr/secrets"))
-    assert os.path.ismount(secrets_dir)
+    # the secret lives in the container's own tmpfs, nowhere under the state folder in clear
+    mounts = Path(f"/proc/{row['pid']}/mounts").read_text().splitlines()
+    assert any(m.split()[1:3] == ["/run/secrets", "tmpfs"] for m in mounts)
+    assert not any(SECRET.encode() in p.read_bytes() for p in daemon.home.rglob("*") if p.is_file())
     started = time.monotonic()
     daemon.cli("down")
     assert time.monotonic() - started < 5  # SIGTERM reached the bot through the container's init
@@ -156,7 +159,7 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     assert any(e.get("to_state") == "stopped" for e in events), events
     assert not any(e["kind"] == "kill" for e in events), "needed SIGKILL"
     assert _containers(daemon.home) == []
-    assert not secrets_dir.exists() and not cgroup.exists()
+    assert not list(daemon.home.glob("run/*.ctr")) and not cgroup.exists()
     assert not alive(row["pid"])
 
 
@@ -274,7 +277,14 @@ def test_no_engine_or_no_image_fails_only_that_bot(daemon: DaemonCli) -> None:
     assert kept.returncode == 0, "the foreign container was touched"
 
 
-def _tier_start(tmp_path: Path, command: str, wire_net: object) -> tuple[object, dict[str, int]]:
+def _tier_start(
+    tmp_path: Path,
+    command: str,
+    wire_net: object,
+    *,
+    image: str = BASE_IMAGE,
+    secrets: dict[str, bytes] | None = None,
+) -> tuple[object, dict[str, int]]:
     """ContainerTier.start on a plan built as the daemon builds it, stdout on a named pipe."""
     from clawpen.container.tier import ContainerTier
     from clawpen.daemon.lifecycle import instance_plan, open_fifos
@@ -287,7 +297,7 @@ def _tier_start(tmp_path: Path, command: str, wire_net: object) -> tuple[object,
     (state / "run").mkdir(parents=True, mode=0o700)
     spec = tmp_path / "clawpen.toml"
     spec.write_text(
-        f'[bots.gate]\ntier = "container"\nimage = "{BASE_IMAGE}"\nworkspace = "ws"\n'
+        f'[bots.gate]\ntier = "container"\nimage = "{image}"\nworkspace = "ws"\n'
         f'command = ["sh", "-c", "{command}"]\n'
     )
     bot = parse_spec_text(spec.read_text(), spec).spec.bots["gate"]
@@ -300,7 +310,14 @@ def _tier_start(tmp_path: Path, command: str, wire_net: object) -> tuple[object,
     stdio = Stdio(None, ends["out"], ends["err"])
     try:
         tier = ContainerTier(state)
-        return tier.start(plan, cgroup_name="ctier-gate.0", stdio=stdio, wire_net=wire_net), pipes  # type: ignore[arg-type]
+        started = tier.start(
+            plan,
+            cgroup_name="ctier-gate.0",
+            stdio=stdio,
+            secrets=secrets or {},
+            wire_net=wire_net,  # type: ignore[arg-type]
+        )
+        return started, pipes
     finally:
         for fd in ends.values():
             os.close(fd)
@@ -340,3 +357,31 @@ def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_star
         ["docker", "ps", "-a", "-q", "--filter", "name=clawpen-ctier-gate-0"], capture_output=True, text=True
     )
     assert gone.stdout.strip() == "" and not list((tmp_path / "b" / "state" / "run").glob("*.ctr"))
+
+
+def test_secrets_are_never_written_through_a_symlink_of_the_image(tmp_path: Path) -> None:
+    ensure_base_image()
+    image = "clawpen-test-symrun:latest"  # an image whose /run points at /etc
+    build = f"FROM {BASE_IMAGE}\nRUN rm -rf /run && ln -s /etc /run\n"
+    subprocess.run(["docker", "build", "-q", "-t", image, "-"], input=build, text=True, check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        with pytest.raises(SandboxError, match="cannot write the secrets"):
+            _tier_start(tmp_path, "true", None, image=image, secrets={"TOKEN": b"x"})
+        assert not Path("/etc/secrets").exists()  # the host's: untouched
+        # the positive control: the base image gets the file, as the bot's uid, 0400
+        sandbox, pipes = _tier_start(
+            tmp_path / "ok", "stat -c '%a %u' /run/secrets/TOKEN; cat /run/secrets/TOKEN", None,
+            secrets={"TOKEN": b"tok"},
+        )  # fmt: skip
+        try:
+            assert sandbox.collect().exit_code == 0  # type: ignore[attr-defined]
+            os.set_blocking(pipes["out"], False)
+            uid = os.stat(tmp_path / "ok" / "ws").st_uid
+            assert os.read(pipes["out"], 4096) == f"400 {uid}\ntok".encode()
+        finally:
+            sandbox.teardown()  # type: ignore[attr-defined]
+            for fd in pipes.values():
+                os.close(fd)
+    finally:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)

@@ -20,7 +20,7 @@ from clawpen.spec.container import built_tag
 from clawpen.spec.loader import parse_spec_text
 
 IDENT = Identity("a", 1_900_000_123, 1_900_000_123)
-FILES = create.HostFiles("/bin/busybox", "/run/x/gate", "/run/x/a.0.out", "/run/x/a.0.err", "/run/x/secrets")
+FILES = create.HostFiles("/bin/busybox", "/run/x/gate", "/run/x/a.0.out", "/run/x/a.0.err", secrets=True)
 HOSTILE = "$(touch /pwned); echo"
 
 
@@ -51,7 +51,9 @@ def test_create_arguments_are_hardened_by_default(tmp_path: Path) -> None:
     assert "pid_mode" not in kw and "userns_mode" not in kw  # no host namespaces
     assert kw["restart_policy"] == {"Name": "no"} and kw["log_config"]["Type"] == "none"
     assert kw["init"] is True and kw["cgroup_parent"] == "/clawpen/a.0"
-    assert kw["tmpfs"] == {"/tmp": f"rw,nosuid,nodev,size={8 << 20},mode=1777"}
+    assert kw["tmpfs"]["/tmp"] == f"rw,nosuid,nodev,size={8 << 20},mode=1777"
+    secrets = f"rw,nosuid,nodev,noexec,size={4 << 20},mode=0500,uid={IDENT.uid},gid={IDENT.gid}"
+    assert kw["tmpfs"]["/run/secrets"] == secrets
     assert kw["mem_limit"] == kw["memswap_limit"] == 128 << 20  # no swap
     assert (kw["cpu_quota"], kw["cpu_period"], kw["pids_limit"]) == (50_000, 100_000, 256)
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in kw["ulimits"]}
@@ -60,7 +62,8 @@ def test_create_arguments_are_hardened_by_default(tmp_path: Path) -> None:
     assert kw["entrypoint"] == [create.BUSYBOX, "sh", "-c", create.GATE_SCRIPT_LOGS, "clawpen-gate"]
     assert kw["command"] == ["sh", "-c", HOSTILE] and HOSTILE not in create.GATE_SCRIPT_LOGS
     # without log pipes (none given) the script does not redirect
-    plain = kwargs_of(plan_of(tmp_path, CONTAINER), FILES._replace(out=None, err=None))
+    plain = kwargs_of(plan_of(tmp_path, CONTAINER), FILES._replace(out=None, err=None, secrets=False))
+    assert list(plain["tmpfs"]) == ["/tmp"]
     assert plain["entrypoint"][3] == create.GATE_SCRIPT and ">" not in create.GATE_SCRIPT
 
 
@@ -72,7 +75,7 @@ def test_the_workspace_is_the_only_writable_bind_and_the_host_system_stays_out(t
     assert writable == {"/workspace", create.OUT, create.ERR}
     assert binds["/workspace"][0] == str(tmp_path / "ws")
     assert binds["/data"] == (str(tmp_path / "data"), True)
-    assert binds["/run/secrets"] == ("/run/x/secrets", True)
+    assert "/run/secrets" not in binds  # a tmpfs of the container's own, which the tier fills
     assert binds[create.BUSYBOX] == ("/bin/busybox", True) and binds[create.GATE][1] is True
     assert not {"/usr", "/etc/passwd", "/bin", "/lib"} & set(binds)  # the image has its own
 

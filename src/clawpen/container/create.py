@@ -34,17 +34,18 @@ GATE_SCRIPT = f'read _ <{GATE} || exit {GATE_EXIT}; exec "$@"'
 GATE_SCRIPT_LOGS = f'read _ <{GATE} || exit {GATE_EXIT}; exec "$@" 1<>{OUT} 2<>{ERR}'
 ENGINE_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock")
 LABEL = "clawpen"
+SECRETS_SIZE = 4 << 20
 
 
 class HostFiles(NamedTuple):
     """Host paths the container binds: the static busybox, the gate FIFO, the bot's log pipes
-    (``None``: no redirect) and the folder holding its secrets as files (``None``: none)."""
+    (``None``: no redirect); ``secrets``: give it a /run/secrets tmpfs (the tier fills it)."""
 
     busybox: str
     gate: str
     out: str | None = None
     err: str | None = None
-    secrets: str | None = None
+    secrets: bool = False
 
 
 def labels(plan: Plan, replica: int, state: str, cgroup: str) -> dict[str, str]:
@@ -78,7 +79,7 @@ def _check_source(bot: str, source: str) -> None:
 
 def mounts(plan: Plan, files: HostFiles) -> list[dict[str, Any]]:
     """The binds: clawpen's files, the workspace (the only writable one), the plan's read-only
-    mounts, the secrets folder."""
+    mounts."""
     found = [_bind(files.busybox, BUSYBOX, read_only=True), _bind(files.gate, GATE, read_only=True)]
     if files.out is not None and files.err is not None:
         found += [_bind(files.out, OUT, read_only=False), _bind(files.err, ERR, read_only=False)]
@@ -93,8 +94,6 @@ def mounts(plan: Plan, files: HostFiles) -> list[dict[str, Any]]:
             )
         _check_source(plan.bot, mount.source)
         found.append(_bind(mount.source, mount.dest, read_only=mount.kind != "rw"))
-    if files.secrets is not None:
-        found.append(_bind(files.secrets, SECRETS_DIR, read_only=True))
     return found
 
 
@@ -146,7 +145,7 @@ def create_kwargs(
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size},mode=1777"},
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size},mode=1777"},  # + /run/secrets below
         "mounts": mounts(plan, files),
         "ulimits": ulimits,
         "restart_policy": {"Name": "no"},
@@ -163,6 +162,10 @@ def create_kwargs(
     if cg.cpu_quota_us is not None:
         kwargs["cpu_period"] = cg.cpu_period_us
         kwargs["cpu_quota"] = cg.cpu_quota_us
+    if files.secrets:  # filled by the tier before the gate opens; read-only to the bot (0500/0400)
+        kwargs["tmpfs"][SECRETS_DIR] = (
+            f"rw,nosuid,nodev,noexec,size={SECRETS_SIZE},mode=0500,uid={uid},gid={gid}"
+        )
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
     return kwargs

@@ -1,15 +1,17 @@
-"""The host side of one container instance: the gate FIFO, the bot's log pipes handed to its uid,
-and its secrets as files on a private tmpfs, all under ``<run>/<cgroup>.ctr`` (removed at
-teardown).
+"""The host side of one container instance: the gate FIFO under ``<run>/<cgroup>.ctr`` (removed
+at teardown), the bot's log pipes handed to its uid, and its secrets written into the container.
 
-The secrets never touch a disk: the folder is a tmpfs mounted for this instance (mode 0500, the
-bot's uid), each secret a 0400 file the bot's uid owns, bound read-only at /run/secrets.
+The secrets never touch a disk nor a host mount: the container gets a tmpfs at /run/secrets
+(mode 0500, the bot's uid; see :mod:`clawpen.container.create`), and before the gate opens the
+daemon writes each secret there as a 0400 file of the bot's uid, through ``/proc/PID/root``,
+walking each component without following symlinks (the image cannot redirect the writes). A
+host mount would not do: a daemon in its own mount namespace (systemd's ProtectSystem) makes
+mounts the engine never sees. They go with the container.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import shutil
@@ -21,13 +23,7 @@ from pathlib import Path
 from clawpen.errors import HostError, SandboxError
 
 BUSYBOX_HOST = "/bin/busybox"
-SECRETS_TMPFS_SIZE = 4 << 20
-_MNT_DETACH = 2
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def static_busybox() -> str:
@@ -47,45 +43,61 @@ def static_busybox() -> str:
     return BUSYBOX_HOST
 
 
+def write_secrets(pid: int, secrets: Mapping[str, bytes], uid: int, gid: int) -> None:
+    """Write ``secrets`` into the fresh tmpfs at /run/secrets of the container whose init is host
+    pid ``pid`` (its command has not run yet); SandboxError when that is not what is there."""
+    fds: list[int] = []
+
+    def fail(why: str) -> SandboxError:
+        return SandboxError(
+            f"cannot write the secrets into the container: {why}",
+            where="container: secrets",
+            hint="the image's /run must be a folder (not a symlink)",
+        )
+
+    try:
+        fds.append(os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        for part in ("run", "secrets"):
+            fds.append(os.open(part, _DIR, dir_fd=fds[-1]))
+        run, folder = (os.fstat(fd) for fd in fds[-2:])
+        if folder.st_dev == run.st_dev or folder.st_uid != uid or stat.S_IMODE(folder.st_mode) != 0o500:
+            raise fail("/run/secrets is not the container's own tmpfs")
+        for name, value in secrets.items():
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o400, dir_fd=fds[-1])
+            try:
+                os.fchown(fd, uid, gid)
+                view = memoryview(value)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+    except OSError as err:
+        raise fail(str(err)) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 class InstanceFiles:
     """Files of one container instance under ``<run>/<name>.ctr``, owned as the bot needs them."""
 
     def __init__(self, run_dir: Path, name: str, uid: int, gid: int) -> None:
         self.dir = run_dir / f"{name}.ctr"
         self.gate = self.dir / "gate"
-        self.secrets = self.dir / "secrets"
         self.uid, self.gid = uid, gid
 
-    def make(self, secrets: Mapping[str, bytes]) -> None:
-        """A fresh folder with the gate FIFO (and the secrets, if any); SandboxError on failure."""
+    def make(self) -> None:
+        """A fresh folder with the gate FIFO; SandboxError on failure."""
         self.remove()
         try:
             self.dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.mkdir(self.dir, 0o711)
             os.mkfifo(self.gate, 0o600)
             os.chown(self.gate, self.uid, self.gid)
-            if secrets:
-                self._secrets(secrets)
         except OSError as err:
             self.remove()
             raise SandboxError(f"cannot prepare {self.dir}: {err}", where="container: files") from None
-
-    def _secrets(self, secrets: Mapping[str, bytes]) -> None:
-        os.mkdir(self.secrets, 0o500)
-        opts = f"size={SECRETS_TMPFS_SIZE},mode=0500,uid={self.uid},gid={self.gid}".encode()
-        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-        if _libc().mount(b"tmpfs", bytes(self.secrets), b"tmpfs", flags, opts) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mount tmpfs on {self.secrets}: {os.strerror(err)}")
-        for name, value in secrets.items():
-            fd = os.open(self.secrets / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400)
-            try:
-                os.fchown(fd, self.uid, self.gid)
-                view = memoryview(value)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
 
     def hand_over(self, fd: int) -> str:
         """The path of the named pipe open at ``fd`` (a daemon's log pipe), given to the bot's uid
@@ -131,8 +143,6 @@ class InstanceFiles:
             os.close(fd)
 
     def remove(self) -> None:
-        """Unmount the secrets' tmpfs and remove the folder; idempotent, never raises."""
-        if os.path.ismount(self.secrets):
-            _libc().umount2(bytes(self.secrets), _MNT_DETACH)
+        """Remove the folder; idempotent, never raises."""
         with contextlib.suppress(OSError):
             shutil.rmtree(self.dir)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawpen.container import create
-from clawpen.container.files import InstanceFiles, static_busybox
+from clawpen.container.files import InstanceFiles, static_busybox, write_secrets
 from clawpen.container.handle import ContainerSandbox, remove_parent
 from clawpen.errors import ClawpenError, HostError, SandboxError
 from clawpen.procfs import pid_start_time
@@ -113,15 +113,13 @@ class ContainerTier:
             prepare_workspace(plan.workspace, ident.uid, ident.gid, adopt=plan.workspace_adopt)
         files = InstanceFiles(self.run_dir, name, ident.uid, ident.gid)
         values = {n: secrets[n] for n in secrets}
-        files.make(values)
+        files.make()
         out = err = None
         try:
             if stdio.stdout is not None and stdio.stderr is not None:
                 out, err = files.hand_over(stdio.stdout), files.hand_over(stdio.stderr)
             secret_env = {n: values[n].decode(errors="replace") for n in plan.secret_env if n in values}
-            host = create.HostFiles(
-                busybox, str(files.gate), out, err, str(files.secrets) if values else None
-            )
+            host = create.HostFiles(busybox, str(files.gate), out, err, secrets=bool(values))
             kwargs = create.create_kwargs(
                 plan,
                 name=container_name(name),
@@ -133,7 +131,7 @@ class ContainerTier:
         except BaseException:
             files.remove()
             raise
-        return self._launch(api, plan, name, kwargs, files=files, wire_net=wire_net)
+        return self._launch(api, plan, name, kwargs, files=files, secrets=values, wire_net=wire_net)
 
     def _missing_image(self, plan: Plan) -> HostError:
         assert plan.container is not None
@@ -170,6 +168,7 @@ class ContainerTier:
         kwargs: dict[str, Any],
         *,
         files: InstanceFiles,
+        secrets: Mapping[str, bytes],
         wire_net: Callable[[int], None] | None,
     ) -> ContainerSandbox:
         import docker.errors
@@ -189,6 +188,8 @@ class ContainerTier:
             sandbox = ContainerSandbox(
                 container, pid, self._cgroup(name), files, started_at=time.time(), uid=plan.identity.uid
             )
+            if secrets:
+                write_secrets(pid, secrets, plan.identity.uid, plan.identity.gid)
             if wire_net is not None:
                 wire_net(pid)
             born = sandbox.record().pid_start
