@@ -102,16 +102,19 @@ class InstanceFiles:
     def hand_over(self, fd: int) -> str:
         """The path of the named pipe open at ``fd`` (a daemon's log pipe), given to the bot's uid
         so that the container can open it (mode 0600 stays)."""
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        st = os.stat(path)
-        if not stat.S_ISFIFO(st.st_mode) or os.fstat(fd).st_ino != st.st_ino:
-            raise SandboxError(
-                f"the bot's log descriptor {fd} is not a named pipe clawpen can bind ({path})",
-                where="container: logs",
-                hint="the container tier passes stdout/stderr as the daemon's named pipes",
-            )
-        os.chown(path, self.uid, self.gid)
-        return path
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            st = os.stat(path)
+            if stat.S_ISFIFO(st.st_mode) and os.fstat(fd).st_ino == st.st_ino:
+                os.chown(path, self.uid, self.gid)
+                return path
+        except OSError:
+            path = f"descriptor {fd}"
+        raise SandboxError(
+            f"the bot's log descriptor {fd} is not a named pipe clawpen can bind ({path})",
+            where="container: logs",
+            hint="the container tier passes stdout/stderr as the daemon's named pipes",
+        )
 
     def open_gate(self, alive: Callable[[], bool], timeout: float = 30.0) -> None:
         """Let the bot's command run: once the gate script has the FIFO open for reading, write a

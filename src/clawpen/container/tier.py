@@ -42,6 +42,11 @@ def container_name(cgroup_name: str) -> str:
     return f"clawpen-{bot}-{replica}" if bot else f"clawpen-{cgroup_name}"
 
 
+def _replica(cgroup_name: str) -> int:
+    tail = cgroup_name.rpartition(".")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
 class ContainerTier:
     """The ``container`` tier (see the module's docs)."""
 
@@ -123,7 +128,7 @@ class ContainerTier:
             kwargs = create.create_kwargs(
                 plan,
                 name=container_name(name),
-                labels=create.labels(plan, int(name.rpartition(".")[2] or 0), str(self.state), name),
+                labels=create.labels(plan, _replica(name), str(self.state), name),
                 files=host,
                 cgroup_parent=f"/{CGROUP_BASE}/{name}",
                 secret_env=secret_env,
@@ -172,6 +177,7 @@ class ContainerTier:
         wire_net: Callable[[int], None] | None,
     ) -> ContainerSandbox:
         import docker.errors
+        import requests
 
         container: Container | None = None
         try:
@@ -194,10 +200,10 @@ class ContainerTier:
                 wire_net(pid)
             born = sandbox.record().pid_start
             files.open_gate(lambda: pid_start_time(pid) == born)
-        except docker.errors.APIError as err:
+        except (docker.errors.DockerException, requests.RequestException) as err:
             self._discard(container, files, name)
             raise SandboxError(
-                f"the engine cannot start {plan.bot}: {err.explanation or err}",
+                f"the engine cannot start {plan.bot}: {getattr(err, 'explanation', None) or err}",
                 where="container: start",
                 hint="check the image and the engine (docker info)",
             ) from None
