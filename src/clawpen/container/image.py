@@ -13,7 +13,6 @@ Images clawpen builds carry the label ``clawpen.image`` (the bot's name, or ``ba
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import ConfigError, HostError, SandboxError
+from clawpen.spec.container import built_tag
 
 if TYPE_CHECKING:
     import docker
@@ -52,11 +52,6 @@ class BuildEvent:
     kind: str  # "step" (a new instruction), "output", "error", "image" (the built image's id)
     text: str
     step: int = 0
-
-
-def short_hash(*parts: str, length: int = 12) -> str:
-    """A short, stable hash of ``parts`` (for tags such as ``clawpen-<bot>:<short hash>``)."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:length]
 
 
 def instructions(text: str) -> list[Instruction]:
@@ -317,9 +312,8 @@ class BuildRequest:
 
 
 def build_tag(bot: str, context: Path, dockerfile: str) -> str:
-    """``clawpen-<bot>:<short hash of the context folder and Dockerfile path>`` (the rule of
-    ``clawpen.spec.container.built_tag``, the container tier's: both must give the same tag)."""
-    return f"clawpen-{bot.lower()}:{short_hash(str(context), dockerfile)}"
+    """``clawpen-<bot>:<hash>``: the container tier's rule (:func:`clawpen.spec.container.built_tag`)."""
+    return built_tag(bot, str(context), dockerfile)
 
 
 def bot_image(bot: str, spec_bot: Any, base_dir: Path) -> str | BuildRequest | None:

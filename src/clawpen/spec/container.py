@@ -7,7 +7,6 @@ dockerfile }`` table's model is :class:`clawpen.spec.imagebuild.ImageBuild`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Literal, NamedTuple
 
@@ -34,6 +33,8 @@ class ContainerSettings(NamedTuple):
 def built_tag(bot: str, context: str, dockerfile: str) -> str:
     """``clawpen-<bot>:<hash>``: the tag of a bot's built image, from its context folder and
     Dockerfile path (the same spec gives the same tag; a moved context a new one)."""
+    import hashlib  # here: `clawpen run` loads this module and must not pay for hashlib
+
     digest = hashlib.sha256(f"{context}\0{dockerfile}".encode()).hexdigest()[:12]
     return f"clawpen-{bot.lower()}:{digest}"
 
