@@ -130,6 +130,8 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     (info,) = _containers(daemon.home)
     host = info["HostConfig"]
     assert isinstance(host, dict)
+    assert SECRET not in json.dumps(info)  # secret_env's value never reaches the engine's config
+    assert "CLAWPEN_SECRET_ENV=API_TOKEN" in info["Config"]["Env"]  # type: ignore[index]
     assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] and not host["Privileged"]
     assert host["NetworkMode"] == "none" and host["RestartPolicy"]["Name"] == "no"
     assert "no-new-privileges" in host["SecurityOpt"] and host["LogConfig"]["Type"] == "none"
@@ -385,3 +387,44 @@ def test_secrets_are_never_written_through_a_symlink_of_the_image(tmp_path: Path
                 os.close(fd)
     finally:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True, check=False)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_clawpen_seccomp_filter_stacks_on_the_engines(daemon: DaemonCli) -> None:
+    """adjtimex (reading the kernel clock's state) is allowed by Docker's default filter and
+    denied by clawpen's: the bot is refused, the host (positive control) is not; from the host
+    the bot carries two filters, the engine's init one."""
+    host = subprocess.run(["/bin/busybox", "adjtimex"], capture_output=True, check=False)
+    assert host.returncode == 0  # the positive control: the call works outside the container
+    engine_only = subprocess.run(  # and in a container with the engine's filter alone
+        ["docker", "run", "--rm", "--network", "none", "--cap-drop", "ALL", "--user", "65534:65534"]
+        + ["-v", "/bin/busybox:/x/busybox:ro", BASE_IMAGE, "/x/busybox", "adjtimex"],
+        capture_output=True,
+        check=False,
+    )
+    assert engine_only.returncode == 0, engine_only.stderr
+    probe = (
+        "/.clawpen/busybox adjtimex >/dev/null 2>&1 && echo adjtimex-allowed || echo adjtimex-denied; "
+        "exec sleep 300"
+    )
+    daemon.write(f"""
+        [bots.sc]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sh", "-c", "{probe}"]
+    """)
+    daemon.cli("up")
+    row = daemon.wait_state("sc", "running")
+    assert wait_for(lambda: "adjtimex-" in daemon.cli("logs", "sc").stdout, 10)
+    assert "adjtimex-denied" in daemon.cli("logs", "sc").stdout
+    (bot,) = _children(row["pid"])  # docker-init's one child: the bot (sleep, after the exec)
+
+    def filters(pid: int) -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(status.split("Seccomp_filters:")[1].split()[0])
+
+    assert filters(row["pid"]) == 1 and filters(bot) == 2
+    daemon.cli("down")

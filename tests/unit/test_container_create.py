@@ -20,7 +20,15 @@ from clawpen.spec.container import built_tag
 from clawpen.spec.loader import parse_spec_text
 
 IDENT = Identity("a", 1_900_000_123, 1_900_000_123)
-FILES = create.HostFiles("/bin/busybox", "/run/x/gate", "/run/x/a.0.out", "/run/x/a.0.err", secrets=True)
+FILES = create.HostFiles(
+    "/bin/busybox",
+    "/run/x/gate",
+    "/var/cache/loader",
+    "/run/x/seccomp.bpf",
+    "/run/x/a.0.out",
+    "/run/x/a.0.err",
+    secrets=True,
+)
 HOSTILE = "$(touch /pwned); echo"
 
 

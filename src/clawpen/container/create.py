@@ -28,21 +28,27 @@ BUSYBOX = f"{CLAWPEN_DIR}/busybox"
 GATE = f"{CLAWPEN_DIR}/gate"
 OUT = f"{CLAWPEN_DIR}/out"
 ERR = f"{CLAWPEN_DIR}/err"
+LOADER = f"{CLAWPEN_DIR}/seccomp-exec"
+PROGRAM = f"{CLAWPEN_DIR}/seccomp.bpf"
+SECRET_ENV = "CLAWPEN_SECRET_ENV"  # noqa: S105 - names only: the loader reads the values from /run/secrets
 GATE_EXIT = 125  # the gate closed without opening: clawpen gave up on the start
-# Constant scripts: the bot's argv follows as "$@".
-GATE_SCRIPT = f'read _ <{GATE} || exit {GATE_EXIT}; exec "$@"'
-GATE_SCRIPT_LOGS = f'read _ <{GATE} || exit {GATE_EXIT}; exec "$@" 1<>{OUT} 2<>{ERR}'
+# Constant scripts: the bot's argv follows as "$@"; the loader stacks clawpen's seccomp filter.
+GATE_SCRIPT = f'read _ <{GATE} || exit {GATE_EXIT}; exec {LOADER} {PROGRAM} "$@"'
+GATE_SCRIPT_LOGS = f'read _ <{GATE} || exit {GATE_EXIT}; exec {LOADER} {PROGRAM} "$@" 1<>{OUT} 2<>{ERR}'
 ENGINE_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock")
 LABEL = "clawpen"
 SECRETS_SIZE = 4 << 20
 
 
 class HostFiles(NamedTuple):
-    """Host paths the container binds: the static busybox, the gate FIFO, the bot's log pipes
-    (``None``: no redirect); ``secrets``: give it a /run/secrets tmpfs (the tier fills it)."""
+    """Host paths the container binds: the static busybox, the gate FIFO, the seccomp loader and
+    program (:mod:`clawpen.container.loader`), the bot's log pipes (``None``: no redirect);
+    ``secrets``: give it a /run/secrets tmpfs (the tier fills it)."""
 
     busybox: str
     gate: str
+    loader: str
+    program: str
     out: str | None = None
     err: str | None = None
     secrets: bool = False
@@ -80,7 +86,12 @@ def _check_source(bot: str, source: str) -> None:
 def mounts(plan: Plan, files: HostFiles) -> list[dict[str, Any]]:
     """The binds: clawpen's files, the workspace (the only writable one), the plan's read-only
     mounts."""
-    found = [_bind(files.busybox, BUSYBOX, read_only=True), _bind(files.gate, GATE, read_only=True)]
+    found = [
+        _bind(files.busybox, BUSYBOX, read_only=True),
+        _bind(files.gate, GATE, read_only=True),
+        _bind(files.loader, LOADER, read_only=True),
+        _bind(files.program, PROGRAM, read_only=True),
+    ]
     if files.out is not None and files.err is not None:
         found += [_bind(files.out, OUT, read_only=False), _bind(files.err, ERR, read_only=False)]
     for mount in plan.mounts:
@@ -104,7 +115,7 @@ def create_kwargs(
     labels: dict[str, str],
     files: HostFiles,
     cgroup_parent: str | None,
-    secret_env: dict[str, str] | None = None,
+    secret_env: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """``client.containers.create(**create_kwargs(...))`` for ``plan`` (see the module's docs)."""
     from docker.types import LogConfig, Ulimit
@@ -138,7 +149,8 @@ def create_kwargs(
         "user": f"{uid}:{gid}",
         "group_add": [],
         "working_dir": plan.cwd,
-        "environment": {**dict(plan.env), **(secret_env or {})},
+        # secret_env: names only; the values never reach the engine's config (`docker inspect`)
+        "environment": {**dict(plan.env), **({SECRET_ENV: ",".join(secret_env)} if secret_env else {})},
         "network_mode": "none",
         "ipc_mode": "private",
         "privileged": False,

@@ -18,11 +18,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clawpen.container import create
+from clawpen.container import create, loader
 from clawpen.container.files import InstanceFiles, static_busybox, write_secrets
 from clawpen.container.handle import ContainerSandbox, remove_parent
 from clawpen.errors import ClawpenError, HostError, SandboxError
+from clawpen.paths import cache_dir
 from clawpen.procfs import pid_start_time
+from clawpen.sandbox.seccomp import bpf_for
 from clawpen.sandbox.tier import RunningSandbox, RunResult, SandboxRecord, Stdio
 
 if TYPE_CHECKING:
@@ -123,8 +125,17 @@ class ContainerTier:
         try:
             if stdio.stdout is not None and stdio.stderr is not None:
                 out, err = files.hand_over(stdio.stdout), files.hand_over(stdio.stderr)
-            secret_env = {n: values[n].decode(errors="replace") for n in plan.secret_env if n in values}
-            host = create.HostFiles(busybox, str(files.gate), out, err, secrets=bool(values))
+            secret_env = tuple(n for n in plan.secret_env if n in values)
+            program = loader.write_program(files.dir, bpf_for(plan.seccomp, cache_dir(self.state)))
+            host = create.HostFiles(
+                busybox,
+                str(files.gate),
+                loader.loader(cache_dir(self.state)),
+                program,
+                out,
+                err,
+                bool(values),
+            )
             kwargs = create.create_kwargs(
                 plan,
                 name=container_name(name),
