@@ -400,8 +400,22 @@ def test_clawpen_seccomp_filter_stacks_on_the_engines(daemon: DaemonCli) -> None
     host = subprocess.run(["/bin/busybox", "adjtimex"], capture_output=True, check=False)
     assert host.returncode == 0  # the positive control: the call works outside the container
     engine_only = subprocess.run(  # and in a container with the engine's filter alone
-        ["docker", "run", "--rm", "--network", "none", "--cap-drop", "ALL", "--user", "65534:65534"]
-        + ["-v", "/bin/busybox:/x/busybox:ro", BASE_IMAGE, "/x/busybox", "adjtimex"],
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--cap-drop",
+            "ALL",
+            "--user",
+            "65534:65534",
+            "-v",
+            "/bin/busybox:/x/busybox:ro",
+            BASE_IMAGE,
+            "/x/busybox",
+            "adjtimex",
+        ],
         capture_output=True,
         check=False,
     )
