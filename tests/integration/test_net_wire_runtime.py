@@ -1,0 +1,227 @@
+"""The daemon's runtime under a tier that makes the bot's network namespace itself
+(``Tier.makes_netns``, as the container tier does): the instance reserves its link for the
+plan, the tier calls ``wire_net(pid)`` once the bot's namespaces exist and before its command
+runs, each restart is wired again into the new namespace, and a stop for good removes the link.
+
+The tier here is the namespace tier made to behave like a container engine: bubblewrap makes
+the bot's network namespace (``--unshare-net``: only ``lo``) instead of joining the link's, and
+the bot stays blocked until ``wire_net`` has run with its pid. Real bots (bubblewrap, their own
+uid), a real :class:`LinkManager`, a fake gateway in its gateway namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from helpers import PY, session_uid_base
+from test_net_links import FakeGateway
+
+from clawpen.daemon.runtime import Instance, Services
+from clawpen.daemon.store import Store
+from clawpen.logs.upkeep import Compressor
+from clawpen.net.links import LinkManager
+from clawpen.net.types import PROXY_PORT
+from clawpen.plan.build import HostFacts
+from clawpen.plan.model import Plan
+from clawpen.sandbox.namespace import INHERIT, NamespaceTier, Sandbox
+from clawpen.sandbox.procs import become_subreaper
+from clawpen.sandbox.seccomp import default_policy
+from clawpen.sandbox.tier import Stdio
+from clawpen.spec.models import Bot
+
+pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.netns]
+
+BOT = r"""
+import json, os, socket, time
+gw = open("/etc/resolv.conf").read().split()[-1]
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect((gw, int(os.environ["PORT"])))
+    got = "open:" + s.recv(64).decode().strip()
+except OSError as e:
+    got = "error:" + (e.strerror or str(e))
+print(json.dumps({"ifs": sorted(n for _, n in socket.if_nameindex()), "gw": gw, "got": got}), flush=True)
+time.sleep(60)
+"""
+
+
+class WiringSandbox(Sandbox):
+    """bubblewrap's sandbox, wired (``wire_net``) after its namespaces exist, before it runs."""
+
+    wire: Callable[[int], None] | None = None
+
+    def _read_child_pid(self) -> int:
+        child = super()._read_child_pid()
+        if self.wire is not None:
+            self.wire(child)  # bwrap is still blocked on its block fd: the bot has not started
+        return child
+
+
+class WiringTier(NamespaceTier):
+    """The namespace tier, but making the bot's network namespace itself (``makes_netns``)."""
+
+    makes_netns = True
+
+    def __init__(self, state: Path) -> None:
+        super().__init__(state)
+        self.wired: list[int] = []  # the pids wire_net was called with
+
+    def start(
+        self,
+        plan: Plan,
+        *,
+        cgroup_name: str | None = None,
+        stdio: Stdio = INHERIT,
+        status_fd: int | None = None,
+        secrets: Mapping[str, bytes] = MappingProxyType({}),
+        wire_net: Callable[[int], None] | None = None,
+    ) -> Sandbox:
+        become_subreaper()
+        # no link in what bwrap sees: it makes a network namespace of its own
+        sandbox = WiringSandbox(
+            self, plan._replace(link=None), cgroup_name=cgroup_name or plan.bot, stdio=stdio, secrets=secrets
+        )
+        if wire_net is not None:
+
+            def wire(pid: int) -> None:
+                self.wired.append(pid)
+                wire_net(pid)
+
+            sandbox.wire = wire
+        try:
+            sandbox.setup(status_fd)
+            sandbox.spawn()
+        except BaseException:
+            sandbox.teardown()
+            raise
+        return sandbox
+
+
+class Rig:
+    def __init__(self, tmp: Path) -> None:
+        self.manager = LinkManager(tmp)
+        self.gateway = FakeGateway(self.manager.gateway_netns_fd)
+        self.tier = WiringTier(tmp)
+        self.notes: list[tuple[str, str]] = []
+        self.store = Store(tmp / "clawpen.db", records=tmp / "run")
+        self.compressor = Compressor()
+        self.svc = Services(
+            tiers={"sandbox": self.tier},
+            cgroups=lambda: None,
+            store=self.store,
+            state_dir=tmp,
+            logs_dir=tmp / "logs",
+            run_dir=tmp / "run",
+            host=HostFacts.probe(),
+            seccomp=default_policy(),
+            clock=time.time,
+            record=lambda change: None,
+            bpf=lambda: b"",
+            compressor=self.compressor,
+            secrets=lambda names: {},
+            note=lambda kind, why, bot, replica: self.notes.append((kind, why)),
+            network=self.manager,
+        )
+
+    def instance(self, name: str, **network: Any) -> Instance:
+        bot = Bot.model_validate(
+            {"command": [PY, "-c", BOT], "env": {"PORT": str(PROXY_PORT)}, "network": network}
+        )
+        return Instance(self.svc, name, 0, bot, str(self.svc.state_dir))
+
+    def said(self, inst: Instance) -> list[dict[str, Any]]:
+        """The JSON lines the bot printed so far (its log)."""
+        out = []
+        for path in sorted((self.svc.logs_dir).rglob(f"{inst.log_name}*")):
+            if path.is_file():
+                for line in path.read_text(errors="replace").splitlines():
+                    at = line.find('{"ifs"')
+                    if at >= 0:
+                        out.append(json.loads(line[at:]))
+        return out
+
+    def close(self) -> None:
+        self.gateway.close()
+        self.manager.destroy()
+        self.store.close()
+        self.compressor.close(timeout=5)
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
+    monkeypatch.setenv("CLAWPEN_UID_BASE", str(session_uid_base()))
+    tmp_path.chmod(0o755)
+    r = Rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+async def until(cond: Callable[[], bool], within: float = 15) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def ns_of(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def test_the_runtime_wires_each_new_namespace_and_removes_the_link_at_stop(rig: Rig) -> None:
+    linked = rig.instance("linked", egress=["example.com:443"])
+    plain = rig.instance("plain")  # no egress: no link, the tier is given no wire_net
+
+    async def scenario() -> None:
+        linked.start()
+        plain.start()
+        await until(lambda: len(rig.said(linked)) == 1 and len(rig.said(plain)) == 1)
+        link = rig.manager.link("linked", 0)
+        assert link is not None and linked.net.link == link
+        first = linked.sandbox
+        assert first is not None and first.sandbox_pid is not None
+        assert rig.tier.wired == [first.sandbox_pid]  # once, for the linked bot only
+        # the link's path is the namespace the tier made for the bot
+        assert ns_of(link.netns) == ns_of(f"/proc/{first.sandbox_pid}/ns/net")
+        said = rig.said(linked)[0]
+        assert said == {"ifs": ["eth0", "lo"], "gw": link.gw_addr, "got": "open:gateway"}
+        assert (link.bot_addr, link.gw_addr, PROXY_PORT) in rig.gateway.seen
+        # negative control: the unlinked bot's namespace has only lo, and no way out
+        alone = rig.said(plain)[0]
+        assert alone["ifs"] == ["lo"] and alone["got"].startswith("error:"), alone
+
+        # a restart is a new namespace: wired again, same addresses
+        linked.restart()
+        await until(lambda: len(rig.said(linked)) == 2)
+        second = linked.sandbox
+        assert second is not None and second.sandbox_pid not in (None, first.sandbox_pid)
+        assert rig.tier.wired == [first.sandbox_pid, second.sandbox_pid]
+        again = rig.manager.link("linked", 0)
+        assert again is not None and again.bot_addr == link.bot_addr
+        assert ns_of(link.netns) == ns_of(f"/proc/{second.sandbox_pid}/ns/net")
+        assert rig.said(linked)[1]["got"] == "open:gateway"
+        assert [p for p, _, port in rig.gateway.seen if port == PROXY_PORT].count(link.bot_addr) == 2
+
+        # stopped for good: the link and the mount are gone
+        for inst in (linked, plain):
+            inst.stop()
+            await inst.stopped()
+        assert rig.manager.link("linked", 0) is None
+        assert rig.manager.by_source(link.bot_addr) is None
+        assert not os.path.exists(link.netns)
+        ifs = Path("/proc/self/mountinfo").read_text()
+        assert f" {link.netns} " not in ifs
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert not [n for n in rig.notes if n[0] in ("error", "network")], rig.notes
