@@ -12,6 +12,7 @@ uid), a real :class:`LinkManager`, a fake gateway in its gateway namespace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -107,13 +108,17 @@ class WiringTier(NamespaceTier):
 
 
 class Rig:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, gateway: FakeGateway | None = None) -> None:
         self.manager = LinkManager(tmp)
-        self.gateway = FakeGateway(self.manager.gateway_netns_fd)
+        self.own_gateway = gateway is None
+        # (a fake gateway's listeners stay bound while its threads wait in accept: a second
+        # daemon on the same gateway namespace shares the first one's)
+        self.gateway = FakeGateway(self.manager.gateway_netns_fd) if gateway is None else gateway
         self.tier = WiringTier(tmp)
         self.notes: list[tuple[str, str]] = []
         self.store = Store(tmp / "clawpen.db", records=tmp / "run")
         self.compressor = Compressor()
+        self.closed = False
         self.svc = Services(
             tiers={"sandbox": self.tier},
             cgroups=lambda: None,
@@ -149,11 +154,18 @@ class Rig:
                         out.append(json.loads(line[at:]))
         return out
 
-    def close(self) -> None:
-        self.gateway.close()
-        self.manager.destroy()
-        self.store.close()
-        self.compressor.close(timeout=5)
+    def close(self, *, destroy: bool = True) -> None:
+        """``destroy``: remove every link too (else: a daemon exit, which leaves them to the next)."""
+        if destroy:
+            if self.own_gateway:
+                self.gateway.close()
+            self.manager.destroy()
+        else:
+            self.manager.close()
+        if not self.closed:
+            self.closed = True
+            self.store.close()
+            self.compressor.close(timeout=5)
 
 
 @pytest.fixture
@@ -225,3 +237,67 @@ def test_the_runtime_wires_each_new_namespace_and_removes_the_link_at_stop(rig: 
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
     assert not [n for n in rig.notes if n[0] in ("error", "network")], rig.notes
+
+
+def test_a_restarted_daemon_adopts_the_wired_link_and_wires_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLAWPEN_UID_BASE", str(session_uid_base()))
+    tmp_path.chmod(0o755)
+    old = Rig(tmp_path)
+    inst = old.instance("kept", egress=["example.com:443"])
+    loop = asyncio.new_event_loop()
+    new: Rig | None = None
+    again: Instance | None = None
+    try:
+
+        async def first_daemon() -> None:
+            inst.start()
+            await until(lambda: len(old.said(inst)) == 1)
+            assert inst.task is not None
+            inst.task.cancel()  # the daemon exits; the bot keeps running, its link too
+            with contextlib.suppress(asyncio.CancelledError):
+                await inst.task
+
+        loop.run_until_complete(asyncio.wait_for(first_daemon(), 60))
+        rest = asyncio.all_tasks(loop)
+        for task in rest:  # what the daemon's exit cancels with it
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+        link = old.manager.link("kept", 0)
+        assert link is not None and inst.sandbox is not None
+        pid = inst.sandbox.sandbox_pid
+        (row,) = old.store.instances("kept")
+        old.close(destroy=False)
+        assert ns_of(link.netns) == ns_of(f"/proc/{pid}/ns/net")  # still there, still its own
+
+        new = rig = Rig(tmp_path, old.gateway)  # the next daemon: a new manager, the same state
+        again = adopter = new.instance("kept", egress=["example.com:443"])
+
+        async def second_daemon() -> None:
+            assert adopter.adopt(row)
+            await until(lambda: adopter.net.link is not None)
+            assert adopter.net.link == link
+            assert rig.manager.by_source(link.bot_addr) is not None
+            assert rig.tier.wired == []  # adopted: nothing wired
+            adopter.restart()  # its next namespace is wired by this daemon, same addresses
+            await until(lambda: len(rig.said(adopter)) == 2)
+            assert adopter.sandbox is not None and adopter.sandbox.sandbox_pid not in (None, pid)
+            assert rig.tier.wired == [adopter.sandbox.sandbox_pid]
+            assert ns_of(link.netns) == ns_of(f"/proc/{adopter.sandbox.sandbox_pid}/ns/net")
+            assert rig.said(adopter)[1]["got"] == "open:gateway"
+            adopter.stop()
+            await adopter.stopped()
+            assert not os.path.exists(link.netns)
+
+        loop.run_until_complete(asyncio.wait_for(second_daemon(), 60))
+    finally:
+        for one in (inst, again):
+            if one is not None and one.sandbox is not None:  # a failure midway: no bot left
+                one.sandbox.kill(monitor=True)
+                with contextlib.suppress(Exception):
+                    one.sandbox.teardown()
+        loop.close()
+        if new is not None:
+            new.close()
+        old.close()
