@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -119,6 +120,7 @@ class Rig:
         self.store = Store(tmp / "clawpen.db", records=tmp / "run")
         self.compressor = Compressor()
         self.closed = False
+        self.made: list[Instance] = []
         self.svc = Services(
             tiers={"sandbox": self.tier},
             cgroups=lambda: None,
@@ -137,11 +139,13 @@ class Rig:
             network=self.manager,
         )
 
-    def instance(self, name: str, **network: Any) -> Instance:
+    def instance(self, name: str, script: str = BOT, **network: Any) -> Instance:
         bot = Bot.model_validate(
-            {"command": [PY, "-c", BOT], "env": {"PORT": str(PROXY_PORT)}, "network": network}
+            {"command": [PY, "-c", script], "env": {"PORT": str(PROXY_PORT)}, "network": network}
         )
-        return Instance(self.svc, name, 0, bot, str(self.svc.state_dir))
+        inst = Instance(self.svc, name, 0, bot, str(self.svc.state_dir))
+        self.made.append(inst)
+        return inst
 
     def said(self, inst: Instance) -> list[dict[str, Any]]:
         """The JSON lines the bot printed so far (its log)."""
@@ -157,6 +161,13 @@ class Rig:
     def close(self, *, destroy: bool = True) -> None:
         """``destroy``: remove every link too (else: a daemon exit, which leaves them to the next)."""
         if destroy:
+            for inst in self.made:  # a test that failed midway leaves no bot and no relay
+                if inst.sandbox is not None:
+                    inst.sandbox.kill(monitor=True)
+                    with contextlib.suppress(Exception):
+                        inst.sandbox.teardown()
+                if inst.net.relay is not None:
+                    inst.net.relay.stop()
             if self.own_gateway:
                 self.gateway.close()
             self.manager.destroy()
@@ -301,3 +312,75 @@ def test_a_restarted_daemon_adopts_the_wired_link_and_wires_the_next_start(
         if new is not None:
             new.close()
         old.close()
+
+
+SERVER = r"""
+import os, socket
+token = os.urandom(4).hex()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8000))
+s.listen(8)
+ifs = ",".join(sorted(n for _, n in socket.if_nameindex()))
+while True:
+    c, _ = s.accept()
+    c.sendall(f"{token} {ifs}\n".encode())
+    c.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def fetch(port: int) -> str:
+    """The line a published port answers with on the host's loopback ("" when nothing does)."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+    except OSError:
+        return ""
+    try:
+        return (await asyncio.wait_for(reader.readline(), 2)).decode().strip()
+    except (OSError, TimeoutError):
+        return ""
+    finally:
+        writer.close()
+
+
+def test_published_ports_follow_each_new_namespace_the_tier_makes(rig: Rig) -> None:
+    p_linked, p_plain = free_port(), free_port()
+    linked = rig.instance("pub", SERVER, egress=["example.com:443"], publish=[f"127.0.0.1:{p_linked}:8000"])
+    plain = rig.instance("lone", SERVER, publish=[f"127.0.0.1:{p_plain}:8000"])  # no link
+
+    async def scenario() -> None:
+        linked.start()
+        plain.start()
+        got: dict[int, str] = {}
+
+        async def answered(port: int, differs: str = "") -> str:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                line = await fetch(port)
+                if line and line != differs:
+                    return line
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"port {port} did not answer anew")
+
+        got[p_linked] = await answered(p_linked)
+        got[p_plain] = await answered(p_plain)
+        # the relay reaches the bot in the namespace the tier made: through the link's path
+        # (a bind of that namespace) for the linked bot, /proc/<pid>/ns/net for the other
+        assert got[p_linked].endswith(" eth0,lo"), got
+        assert got[p_plain].endswith(" lo"), got
+        # a new container: the relay follows it to its new namespace
+        linked.restart()
+        again = await answered(p_linked, differs=got[p_linked])
+        assert again.endswith(" eth0,lo") and again != got[p_linked]
+        for inst in (linked, plain):
+            inst.stop()
+            await inst.stopped()
+        assert await fetch(p_linked) == "" and await fetch(p_plain) == ""  # the relays stopped
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
