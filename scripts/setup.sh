@@ -9,7 +9,10 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # For the test suite: systemd-analyze checks the daemon's hardened unit offline; iperf3 measures
 # shaping; Prometheus (and promtool) scrapes /metrics and checks exported rules; Chromium is driven
 # by Playwright for the dashboard.
-[ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium)
+# The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
+# the locally built base image (no registry), a static busybox, docker-compose for the exported file.
+[ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
+  docker-compose)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -82,6 +82,7 @@ COMMAND_MODULES = (
     "clawpen.cli_releases",
     "clawpen.cli_snapshot",
     "clawpen.cli_storage",
+    "clawpen.cli_image",
     "clawpen.api.cli",
 )
 
@@ -116,6 +117,7 @@ COMMAND_INDEX = {
     **dict.fromkeys(("diff", "release", "rollback"), "clawpen.cli_releases"),
     "snapshot": "clawpen.cli_snapshot",
     "storage": "clawpen.cli_storage",
+    "image": "clawpen.cli_image",
 }
 
 
@@ -305,6 +307,8 @@ def cmd_plan(ns: argparse.Namespace) -> int:
         what = m.source if m.kind in ("ro", "rw", "symlink") else (f"{m.size} bytes" if m.size else "")
         print(f"  {m.kind:<10} {m.dest:<24} {what or ''}")
     print(f"seccomp   {len(plan.seccomp.errno_syscalls)} syscalls denied on {', '.join(plan.seccomp.arches)}")
+    if plan.container is not None:  # the bot itself runs under the engine's default seccomp profile
+        print(f"image     {plan.container.image} (engine {plan.container.engine}; seccomp: the engine's)")
     if ns.argv:
         print("bwrap     " + " ".join(data["bwrap_argv"]))
     return 0

@@ -1,4 +1,5 @@
-"""``clawpen metrics``, ``alerts``, ``export prometheus-rules`` and ``top``: parse, call, render."""
+"""``clawpen metrics``, ``alerts``, ``export prometheus-rules`` and ``top``: parse, call, render.
+(``export compose`` is :func:`clawpen.cli_image.export_compose`.)"""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def add_commands(sub: Any) -> None:
     sil.add_argument("rule", metavar="RULE")
     sil.add_argument("--for", dest="duration", default="2h", metavar="DURATION", help='default "2h"')
     al_sub.add_parser("test", help="send a test message to every notification URL")
-    ex = sub.add_parser("export", help="write the alert rules for Prometheus")
-    ex.add_argument("what", choices=["prometheus-rules"])
+    ex = sub.add_parser("export", help="write the alert rules for Prometheus, or a Compose file")
+    ex.add_argument("what", choices=["prometheus-rules", "compose"])
     ex.add_argument(
         "-f", "--file", default="clawpen.toml", metavar="FILE", help="spec file (default clawpen.toml)"
     )
@@ -149,6 +150,10 @@ def cmd_alerts(ns: argparse.Namespace) -> int:
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
+    if ns.what == "compose":
+        from clawpen.cli_image import export_compose
+
+        return export_compose(ns)
     from clawpen.alerts.rules import rules_from
     from clawpen.fsutil import write_atomic
     from clawpen.metrics.prom import rules_yaml

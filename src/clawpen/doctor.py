@@ -6,7 +6,8 @@ the way clawpen starts bwrap), seccomp, libseccomp + pyseccomp, the cgroup layou
 v1/hybrid), each controller, and creating (then removing) a test cgroup. ``host`` checks follow
 clawpen's deployment practice (alert above 85% CPU or under 500 MB available memory; a dedicated
 host has >= 4 cores and 8 GB): CPU, load, memory, swap, disk under the state directory, network
-(read from /proc and /sys; nothing is contacted).
+(read from /proc and /sys; nothing is contacted). ``container tier`` (optional: a warning when
+no engine answers): the engine, its version, cgroup driver, rootless, userns-remap, the base image.
 
 Warnings (``ok`` and ``warn``) do not fail :func:`checks_ok`. All I/O goes through :class:`Probe`
 so tests can fake the host. ``detail`` and ``hint`` are single lines.
@@ -28,9 +29,12 @@ from pathlib import Path
 
 import psutil
 
+from clawpen.container.image import BASE_TAG
+from clawpen.container.report import EngineReport
+from clawpen.errors import ClawpenError
 from clawpen.sandbox.cgroups import V1_CONTROLLERS, V2_CONTROLLERS
 
-SANDBOX, HOST = "sandbox tier", "host"
+SANDBOX, HOST, CONTAINER = "sandbox tier", "host", "container tier"
 GiB = 1024**3
 NOBODY = 65534
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -141,6 +145,15 @@ class Probe:
         lib = ctypes.CDLL("libseccomp.so.2")
         lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)  # major, minor, micro
         return ".".join(map(str, lib.seccomp_version().contents))
+
+    def container_engine(self) -> EngineReport | ClawpenError:
+        """The container engine's report, or why there is none (the error, not raised)."""
+        from clawpen.container.report import engine_report
+
+        try:
+            return engine_report()
+        except ClawpenError as err:
+            return err
 
     def module_version(self, name: str) -> str:
         """Import module ``name`` and return its ``__version__``; raises ImportError/OSError."""
@@ -443,6 +456,21 @@ def _network(p: Probe) -> list[Check]:
     return [_host("network", True, f"up: {', '.join(up)}; default route {', '.join(routes)}", None)]
 
 
+def _engine(p: Probe) -> list[Check]:
+    found = p.container_engine()
+    if not isinstance(found, EngineReport):
+        why = f"{found.what}; the container tier is optional"
+        return [Check(CONTAINER, "engine", True, why, found.hint, warn=True)]
+    mode = "rootless" if found.rootless else "rootful"
+    remap = "on" if found.userns_remap else "off"
+    detail = f"{found.engine} {found.version} at {found.socket} ({mode}, userns-remap {remap}, "
+    detail += f"cgroup driver {found.cgroup_driver}, cgroup v{found.cgroup_version})"
+    base = Check(CONTAINER, "base image", True, f"{BASE_TAG} is there", None)
+    if not found.base_image:
+        base = Check(CONTAINER, "base image", True, f"no {BASE_TAG}", "clawpen image build --base", warn=True)
+    return [Check(CONTAINER, "engine", True, detail, None), base]
+
+
 def run_checks(*, state_dir: Path, probe: Probe | None = None) -> list[Check]:
     """Every sandbox tier check, then every host check, in display order.
 
@@ -461,6 +489,7 @@ def run_checks(*, state_dir: Path, probe: Probe | None = None) -> list[Check]:
         (HOST, "memory", lambda: _memory(p)),
         (HOST, "disk", lambda: _disk(p, state_dir)),
         (HOST, "network", lambda: _network(p)),
+        (CONTAINER, "engine", lambda: _engine(p)),
     ]
     checks: list[Check] = []
     for group, name, step in steps:

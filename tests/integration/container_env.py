@@ -1,7 +1,8 @@
 """Docker for the container tier's tests: a running engine and a local base image.
 
-No registry is reachable here, so the base image is built from Debian's packages (debootstrap
-into a folder, then ``docker import``), once per machine: ``clawpen-test-base:bookworm``.
+No registry is reachable here, so the base image is built from Debian's packages by clawpen's
+own builder (:func:`clawpen.container.base.build_base`: debootstrap into a folder, then the
+engine's import), once per machine: ``clawpen-test-base:bookworm``.
 The tests start dockerd when none runs (CI's clean machine) and leave it running for the
 session; pytest's end stops the one it started.
 """
@@ -12,9 +13,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 SOCKET = "/var/run/docker.sock"
 BASE_IMAGE = "clawpen-test-base:bookworm"
@@ -69,23 +68,12 @@ def ensure_base_image(tag: str = BASE_IMAGE) -> str:
     """``tag``: Debian bookworm (minbase) with python3, built locally when missing."""
     if has_image(tag):
         return tag
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        root = Path(tmp) / "rootfs"
-        subprocess.run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                "--include=python3-minimal,ca-certificates",
-                "bookworm",
-                str(root),
-                MIRROR,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, check=True, capture_output=True)
-        if tar.stdout is not None:
-            tar.stdout.close()
-        tar.wait()
+    from clawpen.container.base import build_base
+    from clawpen.container.engine import Engine, client
+
+    api = client(Engine("docker", SOCKET), timeout=300)
+    try:
+        build_base(api, tag, mirror_url=MIRROR)
+    finally:
+        api.close()
     return tag

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from clawpen.container.report import EngineReport
 from clawpen.doctor import (
+    CONTAINER,
     HOST,
     SANDBOX,
     CgroupLayout,
@@ -26,6 +28,7 @@ from clawpen.doctor import (
     parse_cgroup_layout,
     run_checks,
 )
+from clawpen.errors import ClawpenError, HostError
 
 GiB = 1024**3
 MOUNTS_V2 = """\
@@ -109,6 +112,9 @@ class FakeProbe(Probe):
         self.runs: list[tuple[list[str], int | None]] = []
         self.mkdirs: list[str] = []
         self.disk_paths: list[str] = []
+        self.engine: EngineReport | ClawpenError = EngineReport(
+            "docker", "/run/docker.sock", "20.10.24", "cgroupfs", "2", False, False, True
+        )
 
     def read_text(self, path: str) -> str | None:
         return self.files.get(path)
@@ -153,6 +159,9 @@ class FakeProbe(Probe):
             raise self.libseccomp
         return self.libseccomp
 
+    def container_engine(self) -> EngineReport | ClawpenError:
+        return self.engine
+
     def module_version(self, name: str) -> str:
         assert name == "pyseccomp"
         return "0.1.2"
@@ -192,10 +201,13 @@ def test_healthy_v2_host_passes_with_one_line_details() -> None:
         "swap",
         "disk",
         "network",
+        "engine",
+        "base image",
     ]
     assert [c for c in checks if not c.ok or c.warn] == []
     assert checks_ok(checks)
-    assert {c.group for c in checks[:13]} == {SANDBOX} and {c.group for c in checks[13:]} == {HOST}
+    assert {c.group for c in checks[:13]} == {SANDBOX} and {c.group for c in checks[13:19]} == {HOST}
+    assert {c.group for c in checks[19:]} == {CONTAINER}
     found = by_name(checks)
     assert found["kernel"].detail == "6.1.0 (>= 5.10)"
     assert found["bubblewrap"].detail == "bwrap 0.8.0 at /usr/bin/bwrap"
@@ -528,3 +540,42 @@ def test_this_host_passes_the_sandbox_tier_checks(tmp_path: Path) -> None:
     assert Probe().run(["id", "-u"], 65534) == (0, "65534")
     assert Probe().read_text("/nonexistent/clawpen") is None
     assert re.fullmatch(r"\d+\.\d+\.\d+", Probe().libseccomp_version())
+
+
+def test_container_engine_is_described_and_its_absence_only_warns() -> None:
+    probe = FakeProbe()
+    probe.engine = EngineReport(
+        "podman", "/run/podman/podman.sock", "4.3.1", "systemd", "2", True, True, False
+    )
+    found = by_name(run_checks(state_dir=STATE, probe=probe))
+    assert found["engine"].detail == (
+        f"podman 4.3.1 at {probe.engine.socket} (rootless, userns-remap on, cgroup driver systemd, cgroup v2)"
+    )
+    assert (found["base image"].ok, found["base image"].warn) == (True, True)
+    assert found["base image"].hint == "clawpen image build --base"
+    probe.engine = HostError("no container engine is running", where="container engine", hint="start one")
+    checks = run_checks(state_dir=STATE, probe=probe)
+    engine = by_name(checks)["engine"]
+    assert (engine.ok, engine.warn, engine.hint) == (True, True, "start one")
+    assert engine.detail.startswith("no container engine is running")
+    assert "base image" not in by_name(checks)
+    assert checks_ok(checks)  # the container tier is optional
+
+
+@pytest.mark.docker
+def test_this_hosts_engine_is_reported_from_its_answers() -> None:
+    """The real probe against the running dockerd: the facts match what `docker info` says."""
+    import subprocess
+
+    found = Probe().container_engine()
+    assert isinstance(found, EngineReport), found
+    info = json.loads(
+        subprocess.run(["docker", "info", "--format", "{{json .}}"], capture_output=True, check=True).stdout
+    )
+    assert (found.engine, found.cgroup_driver, found.version) == (
+        "docker",
+        info["CgroupDriver"],
+        info["ServerVersion"],
+    )
+    assert found.rootless == any("rootless" in o for o in info["SecurityOptions"])
+    assert found.userns_remap == any("name=userns" in o for o in info["SecurityOptions"])

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from clawpen.container.tier import ContainerTier
 from clawpen.daemon import ops_storage
 from clawpen.daemon.ops_validate import sweep_copies
 from clawpen.daemon.runtime import Services
@@ -61,13 +62,14 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
     store = Store(state / "clawpen.db", records=state / "run")
-    sandbox = NamespaceTier(state)  # the only place a tier is named; "container" and "vm" come later
+    sandbox = NamespaceTier(state)  # the only place tiers are named; "vm" comes later
+    container = ContainerTier(state)  # its engine is reached on first use: none here fails only its bots
     policy = default_policy()
     compressor = Compressor()
 
     def services(daemon: Daemon) -> Services:
         return Services(
-            tiers={sandbox.name: sandbox},
+            tiers={sandbox.name: sandbox, container.name: container},
             cgroups=sandbox.cgroup_host,
             store=store,
             state_dir=state,

@@ -35,6 +35,9 @@ ETC_ALLOWED = (
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SECRETS_DIR = "/run/secrets"
 NAMESPACES = ("user", "pid", "mount", "ipc", "uts", "cgroup", "net")
+# A container's own namespaces (the engine makes them; no user namespace: the bot's uid is a host
+# uid; on cgroup v1 Docker shares the host's cgroup namespace): what `exec` and `cmd` checks join.
+CONTAINER_NAMESPACES = ("pid", "mount", "ipc", "uts", "net")
 SHM_SIZE = 16 << 20
 RUN_SIZE = 1 << 20
 PROXY_PORT = 3128  # clawpen.net.types.PROXY_PORT (not imported: the run path stays lean)
@@ -108,6 +111,47 @@ def _env(policy: BotPolicy, ident: Identity, link: NetLink | None) -> tuple[tupl
     return tuple(env.items())
 
 
+def _sandbox_mounts(policy: BotPolicy, ident: Identity, host: HostFacts, link: NetLink | None) -> list[Mount]:
+    """The sandbox tier's root: the host's system folders read-only, generated /etc files,
+    private /proc, /dev, /tmp, /run, then the bot's binds, all read-only at the end."""
+    mounts: list[Mount] = [Mount("ro", "/usr", source="/usr")]
+    for path, target in host.system_dirs:
+        mounts.append(Mount("symlink", path, source=target) if target else Mount("ro", path, source=path))
+    mounts += [Mount("ro", f"/etc/{e}", source=f"/etc/{e}") for e in host.etc_entries]
+    mounts += _etc_files(policy, ident, link)
+    mounts += [
+        Mount("proc", "/proc"),
+        Mount("dev", "/dev"),
+        _tmp(policy),
+        Mount("tmpfs", "/dev/shm", size=SHM_SIZE, mode=0o1777),
+        Mount("tmpfs", "/run", size=RUN_SIZE, mode=0o755),
+        Mount("dir", "/var", mode=0o755),
+        Mount("symlink", "/var/tmp", source="../tmp"),
+    ]
+    return [*mounts, *_binds(policy), Mount("remount-ro", "/")]
+
+
+def _tmp(policy: BotPolicy) -> Mount:
+    size = policy.tmp if policy.disk is None else min(policy.tmp, policy.disk)
+    return Mount("tmpfs", "/tmp", size=size, mode=0o1777)
+
+
+def _container_mounts(policy: BotPolicy) -> list[Mount]:
+    """The container tier's: a private /tmp and the bot's binds on the image's read-only root."""
+    return [_tmp(policy), *_binds(policy)]
+
+
+def _binds(policy: BotPolicy) -> list[Mount]:
+    """The bot's own: workspace, its read-only and writable mounts, its secrets."""
+    mounts = []
+    if policy.workspace:
+        mounts.append(Mount("rw", WORKSPACE, source=policy.workspace, pin=True))
+    mounts += [Mount("ro", dest, source=src, pin=True) for src, dest in policy.ro]
+    mounts += [Mount("rw", dest, source=src, pin=True) for src, dest in policy.rw]
+    mounts += [Mount("secret", f"{SECRETS_DIR}/{name}", source=name, mode=0o400) for name in policy.secrets]
+    return mounts
+
+
 def build_plan(
     policy: BotPolicy,
     ident: Identity,
@@ -132,38 +176,17 @@ def build_plan(
             where=f"bots.{policy.name}.resources.cpus",
             hint=f"use a value from 0.01 to {host.cpu_count}",
         )
-    mounts: list[Mount] = [Mount("ro", "/usr", source="/usr")]
-    for path, target in host.system_dirs:
-        mounts.append(Mount("symlink", path, source=target) if target else Mount("ro", path, source=path))
-    mounts += [Mount("ro", f"/etc/{e}", source=f"/etc/{e}") for e in host.etc_entries]
-    mounts += _etc_files(policy, ident, link)
-    mounts += [
-        Mount("proc", "/proc"),
-        Mount("dev", "/dev"),
-        Mount(
-            "tmpfs",
-            "/tmp",
-            size=policy.tmp if policy.disk is None else min(policy.tmp, policy.disk),
-            mode=0o1777,
-        ),
-        Mount("tmpfs", "/dev/shm", size=SHM_SIZE, mode=0o1777),
-        Mount("tmpfs", "/run", size=RUN_SIZE, mode=0o755),
-        Mount("dir", "/var", mode=0o755),
-        Mount("symlink", "/var/tmp", source="../tmp"),
-    ]
-    if policy.workspace:
-        mounts.append(Mount("rw", WORKSPACE, source=policy.workspace, pin=True))
-    mounts += [Mount("ro", dest, source=src, pin=True) for src, dest in policy.ro]
-    mounts += [Mount("rw", dest, source=src, pin=True) for src, dest in policy.rw]
-    mounts += [Mount("secret", f"{SECRETS_DIR}/{name}", source=name, mode=0o400) for name in policy.secrets]
-    mounts.append(Mount("remount-ro", "/"))
+    if policy.container is not None:  # the image brings its own system: only the bot's binds
+        mounts = _container_mounts(policy)
+    else:
+        mounts = _sandbox_mounts(policy, ident, host, link)
     quota = None if policy.cpus is None else max(1000, round(policy.cpus * 100_000))
     return Plan(
         bot=policy.name,
         command=policy.command,
         identity=ident,
         hostname=policy.name,
-        namespaces=NAMESPACES,
+        namespaces=NAMESPACES if policy.container is None else CONTAINER_NAMESPACES,
         mounts=tuple(mounts),
         env=_env(policy, ident, link),
         cwd=WORKSPACE if policy.workspace else "/tmp",
@@ -182,6 +205,7 @@ def build_plan(
         die_with_parent=die_with_parent,
         secret_env=policy.secret_env,
         link=link,
+        container=policy.container,
     )
 
 

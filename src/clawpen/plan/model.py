@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
+from clawpen.spec.container import ContainerSettings
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 MountKind = Literal["ro", "rw", "tmpfs", "proc", "dev", "dir", "symlink", "data", "secret", "remount-ro"]
@@ -131,6 +132,7 @@ class Plan(NamedTuple):
     secret_env: tuple[str, ...] = ()  # vault secrets also given as environment variables
     link: NetLink | None = None  # set when network == "link"
     workspace_adopt: bool = False  # an existing workspace with other owners may be chowned to the bot
+    container: ContainerSettings | None = None  # tier = "container": its image and engine
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as printed by ``clawpen plan --json``."""

@@ -31,6 +31,7 @@ from clawpen.spec.deploy import Deploy, SnapshotSettings
 from clawpen.spec.fieldtypes import Cpus, DiskSize, Duration, PositiveDuration, Size
 from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
+from clawpen.spec.imagebuild import ImageBuild, check_image_ref
 from clawpen.spec.netlimits import NetworkLimits
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 from clawpen.spec.snapshots import BotSnapshots
@@ -317,6 +318,12 @@ class Bot(_Model):
         False, description="hand an existing workspace holding files of other owners to the bot's uid (chown)"
     )
     tier: Literal["sandbox", "container", "vm"] = "sandbox"
+    image: str | ImageBuild | None = Field(
+        None, description='tier = "container": "name:tag", or { context = "./bot" } to build one'
+    )
+    engine: Literal["auto", "docker", "podman"] = Field(
+        "auto", description='tier = "container": its engine (auto: Docker, else Podman)'
+    )
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Resources()
     filesystem: Filesystem = Filesystem()
@@ -355,17 +362,40 @@ class Bot(_Model):
     @field_validator("tier", mode="before")
     @classmethod
     def _tier(cls, v: object) -> object:
-        """Only ``sandbox`` runs bots yet; ``container`` and ``vm`` are planned tiers. (Left out,
-        the field still shows as ``"sandbox"`` in the stored policy, as it always has: the policy
-        hash of existing bots does not change.)"""
-        if isinstance(v, str) and v != "sandbox":
-            planned = v in ("container", "vm")
+        """``sandbox`` and ``container`` run bots; ``vm`` is a planned tier. (Left out, the field
+        still shows as ``"sandbox"`` in the stored policy, as it always has: the policy hash of
+        existing bots does not change.)"""
+        if isinstance(v, str) and v not in ("sandbox", "container"):
+            planned = v == "vm"
             raise rules.RuleViolation(
                 f"tier {v!r} is not available yet" if planned else f"there is no tier {v!r}",
-                'the "container" and "vm" tiers are planned; use tier = "sandbox" (bubblewrap '
-                "namespaces, cgroups and seccomp), or leave tier out",
+                'the "vm" tier is planned; use tier = "sandbox" (bubblewrap namespaces, cgroups and '
+                'seccomp) or tier = "container" (an image on Docker or Podman), or leave tier out',
             )
         return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | ImageBuild | None) -> str | ImageBuild | None:
+        return check_image_ref(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _image_needs_container(self) -> Bot:
+        from clawpen.spec.container import check_image_field
+
+        check_image_field(self.tier, self.image)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``image`` and ``engine`` when unset, so the stored policy (and its hash) of a
+        sandbox bot is what it was before the container tier existed."""
+        data: dict[str, Any] = handler(self)
+        if data.get("image") is None:
+            data.pop("image", None)
+        if data.get("engine") == "auto":
+            data.pop("engine", None)
+        return data
 
     @field_validator("workspace")
     @classmethod
@@ -387,6 +417,11 @@ class Bot(_Model):
             return rules.check_mount(raw, writable=writable, base_dir=base_dir)
 
         r, n = self.resources, self.network
+        container = None
+        if self.tier == "container":
+            from clawpen.spec.container import for_bot
+
+            container = for_bot(self, name, base_dir)
         return pol.BotPolicy(
             name=name,
             command=tuple(self.command),
@@ -417,6 +452,7 @@ class Bot(_Model):
             net_limits=DEFAULT_NET_LIMITS if n.limits is None else n.limits.record(),
             secrets=tuple(self.secrets),
             secret_env=tuple(self.secret_env),
+            container=container,
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from clawpen.errors import ConfigError, PolicyError, UsageError
 from clawpen.spec import bounds, rules, units
+from clawpen.spec.container import ContainerSettings
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
 
 DEFAULT_CPUS = 1.0
@@ -60,6 +61,7 @@ class BotPolicy(NamedTuple):
     secret_env: tuple[str, ...] = ()  # of those, the ones also set as environment variables
     workspace_adopt: bool = False  # hand an existing folder with files of other owners to the bot
     net_limits: NetLimits = DEFAULT_NET_LIMITS  # quotas at the gateway (network.limits)
+    container: ContainerSettings | None = None  # tier = "container": image and engine
 
 
 def check_memory(value: int) -> int:

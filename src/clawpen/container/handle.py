@@ -1,0 +1,223 @@
+"""A running container bot, as the daemon's supervisor uses it
+(:class:`clawpen.sandbox.tier.RunningSandbox`).
+
+The host pid clawpen watches is the container's init (Docker's ``--init``): its pidfd turns
+readable when the container ends. The bot's namespaces are reached through that pid (`exec`,
+``cmd`` checks through :mod:`clawpen.sandbox.enter`; sockets through
+:mod:`clawpen.sandbox.netsock`); signals and the exit status go through the engine; accounting
+comes from clawpen's cgroup ``clawpen/<cgroup>``, the container's cgroup parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from clawpen.errors import SandboxError
+from clawpen.procfs import pid_start_time
+from clawpen.sandbox.tier import RunResult, SandboxRecord, result_from_status
+
+if TYPE_CHECKING:
+    import socket
+    import subprocess
+    from collections.abc import Sequence
+    from typing import IO
+
+    from docker.models.containers import Container
+
+    from clawpen.container.files import InstanceFiles
+    from clawpen.plan.model import Plan
+    from clawpen.sandbox.cgroups import Cgroup, CgroupStats
+
+    _Stream = int | IO[bytes] | None
+
+EXIT_UNKNOWN = 255
+WAIT_TIMEOUT = 10.0
+
+
+def _seconds(stamp: str | None) -> float | None:
+    """Docker's RFC 3339 time (nanoseconds, ``Z``) as a Unix time; None for its zero time."""
+    if not stamp or stamp.startswith("0001-"):
+        return None
+    text = stamp.rstrip("Z")
+    whole, _, frac = text.partition(".")
+    try:
+        base = datetime.fromisoformat(whole + "+00:00").timestamp()
+    except ValueError:
+        return None
+    return base + (float(f"0.{frac[:9]}") if frac.isdigit() else 0.0)
+
+
+def result_from_state(state: dict[str, Any], *, fallback_started: float) -> RunResult:
+    """How a container ended, from ``docker inspect``'s ``State`` (pure)."""
+    started = _seconds(state.get("StartedAt")) or fallback_started
+    finished = _seconds(state.get("FinishedAt")) or time.time()
+    code = state.get("ExitCode")
+    result = result_from_status(
+        EXIT_UNKNOWN if not isinstance(code, int) else code,
+        oom=bool(state.get("OOMKilled")),
+        duration_s=max(0.0, finished - started),
+    )
+    if not isinstance(code, int):
+        return result._replace(message="exit status lost: the engine reported none")
+    return result
+
+
+def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
+    """Remove clawpen's cgroup around a container in every hierarchy the engine made it in (on v1
+    also cpuset, devices, name=systemd and the unified one, which clawpen itself does not use)."""
+    with contextlib.suppress(SandboxError):
+        cgroup.remove()
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            points = [ln.split()[1] for ln in f if ln.split()[2:3] in (["cgroup"], ["cgroup2"])]
+    except OSError:
+        return
+    base = os.path.basename(os.path.dirname(cgroup.dirs[0])) if cgroup.dirs else "clawpen"
+    deadline = time.monotonic() + timeout
+    for point in points:
+        path = f"{point}/{base}/{cgroup.name}"
+        while True:
+            try:
+                os.rmdir(path)
+            except OSError as err:
+                if err.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+            break
+
+
+class ContainerSandbox:
+    """One container bot instance this daemon started or adopted."""
+
+    def __init__(
+        self,
+        container: Container,
+        pid: int,
+        cgroup: Cgroup,
+        files: InstanceFiles,
+        *,
+        started_at: float,
+        uid: int,
+    ) -> None:
+        self.container = container
+        self._pid = pid
+        self._pid_start = pid_start_time(pid)
+        self.cgroup = cgroup
+        self.files = files
+        self.started_at = started_at
+        self.uid = uid
+        self._removed = False
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def sandbox_pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def cgroup_name(self) -> str:
+        return self.cgroup.name
+
+    def exit_fd(self) -> int:
+        if self._pidfd is None:  # already gone (and reaped by the engine's shim): readable now
+            return os.eventfd(1, os.EFD_CLOEXEC)
+        return os.dup(self._pidfd)
+
+    def signal(self, signum: int) -> None:
+        """``signum`` to the container's init (Docker's init forwards it to the bot), by the pidfd
+        taken at start: what ``docker kill`` does, without a call to the engine on the daemon's
+        event loop (a stuck engine cannot stall it) and without a pid reuse race."""
+        if self._pidfd is None:
+            return  # it had ended before we looked
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signum)
+
+    def kill(self, *, monitor: bool = False) -> None:
+        """SIGKILL to the init of the container's pid namespace: the kernel kills the rest."""
+        self.signal(signal.SIGKILL)
+
+    def stats(self) -> CgroupStats:
+        return self.cgroup.stats()
+
+    def record(self) -> SandboxRecord:
+        return SandboxRecord(self._pid, self._pid, self._pid_start, self.cgroup.name)
+
+    def collect(self) -> RunResult:
+        """How it ended, from the engine (it waits the moment the engine needs to notice)."""
+        import docker.errors
+
+        try:
+            self.container.wait(timeout=WAIT_TIMEOUT)
+            self.container.reload()
+        except docker.errors.NotFound:
+            return result_from_state({}, fallback_started=self.started_at)
+        except (docker.errors.DockerException, OSError) as err:  # what the engine said last
+            self.container.attrs.setdefault("State", {}).setdefault("Error", str(err))
+        state = self.container.attrs.get("State") or {}
+        result = result_from_state(state, fallback_started=self.started_at)
+        stats = self.cgroup.stats()
+        cpu = None if stats.cpu_usage_ns is None else stats.cpu_usage_ns / 1e9
+        return result._replace(cpu_s=cpu, memory_peak=stats.memory_peak_bytes)
+
+    def teardown(self) -> None:
+        """Remove the container, its host files (secrets) and clawpen's cgroup around it."""
+        import docker.errors
+
+        if not self._removed:
+            with contextlib.suppress(docker.errors.NotFound):
+                try:
+                    self.container.remove(force=True)
+                except (docker.errors.DockerException, OSError) as err:
+                    raise SandboxError(
+                        f"cannot remove container {self.container.name}: {err}",
+                        where="container: teardown",
+                        hint="is the engine running? (docker info)",
+                    ) from None
+            self._removed = True
+        self.files.remove()
+        remove_parent(self.cgroup)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def enter(
+        self,
+        plan: Plan,
+        command: Sequence[str],
+        *,
+        bpf: bytes,
+        stdin: _Stream = None,
+        stdout: _Stream = None,
+        stderr: _Stream = None,
+        start_timeout: float = 10.0,
+    ) -> subprocess.Popen[bytes]:
+        from clawpen.sandbox.enter import enter
+
+        return enter(
+            self._pid,
+            plan,
+            self.cgroup,
+            command,
+            bpf=bpf,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_timeout=start_timeout,
+        )
+
+    def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
+        from clawpen.sandbox.netsock import netns_socket
+
+        return netns_socket(self._pid, host, uid)
