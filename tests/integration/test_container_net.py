@@ -181,7 +181,6 @@ def test_a_container_bot_reaches_only_its_allowlist_through_the_gateway(
     assert wait_for(lambda: "BOX {" in d.cli("logs", "box").stdout, 40, interval=0.2)
     line = next(ln for ln in d.cli("logs", "box").stdout.splitlines() if "BOX {" in ln)
     out = ast.literal_eval(line[line.index("BOX {") + 4 :])
-    print(out)
     box = _bot_addr(d.home, "box.0")
 
     # the engine gave it no network; clawpen's link is its only way out
@@ -225,6 +224,23 @@ def test_a_container_bot_reaches_only_its_allowlist_through_the_gateway(
     assert ("transparent", "www.allowed.test", "allowed") in kinds, rows
     assert ("proxy", "other.test", "denied") in kinds, rows
     assert any(r["verdict"] == "denied" and peer in json.dumps(r) for r in rows), rows
+
+    # a restart is a new container, so a new namespace: wired again, same address
+    d.cli("restart", "box")
+
+    def second_run() -> bool:
+        return d.cli("logs", "box").stdout.count("BOX {") == 2
+
+    assert wait_for(second_run, 60, interval=0.3)
+    line = [ln for ln in d.cli("logs", "box").stdout.splitlines() if "BOX {" in ln][-1]
+    again = ast.literal_eval(line[line.index("BOX {") + 4 :])
+    assert "host=www.allowed.test path=/p" in again["proxied"], again
+    (cid2,) = _containers(d.home)
+    info2 = json.loads(subprocess.run(["docker", "inspect", cid2], capture_output=True, text=True).stdout)[0]
+    pid2 = int(info2["State"]["Pid"])
+    assert cid2 != cid and pid2 != pid
+    assert _ns(str(d.home / "netns" / "box.0")) == _ns(f"/proc/{pid2}/ns/net")
+    assert _bot_addr(d.home, "box.0") == box
 
     # down: the container, its link and the bind of its namespace are gone
     d.cli("down")
