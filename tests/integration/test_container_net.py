@@ -248,3 +248,83 @@ def test_a_container_bot_reaches_only_its_allowlist_through_the_gateway(
     assert not (d.home / "netns" / "box.0").exists()
     links = subprocess.run(["ip", "-n", d.ns, "-o", "link"], capture_output=True, text=True).stdout
     assert ": cb" not in links
+
+
+SERVE = r"""
+import os, socket, sys
+token = os.urandom(4).hex()
+ifs = ",".join(sorted(n for _, n in socket.if_nameindex()))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 8000))
+s.listen(8)
+print("serving", token, flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(f"{token} {ifs}\n".encode())
+    c.close()
+"""
+
+
+def _free_port(ns: str) -> int:
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        s = socket_in(fd)
+    finally:
+        os.close(fd)
+    with s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fetch(ns: str, port: int) -> str:
+    """What a published port on the loopback of the daemon's host namespace answers ("": none)."""
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        s = socket_in(fd)
+    finally:
+        os.close(fd)
+    with s:
+        s.settimeout(3)
+        try:
+            s.connect(("127.0.0.1", port))
+            return s.recv(128).decode().strip()
+        except OSError:
+            return ""
+
+
+def test_published_ports_reach_container_bots_with_and_without_a_link(
+    box_world: tuple[Daemon, FakeDNS],
+) -> None:
+    d, _dns = box_world
+    p_linked, p_plain = _free_port(d.ns), _free_port(d.ns)
+    argv = json.dumps(["python3", "-c", SERVE])
+    d.write(f"""
+        [bots.linked]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = {argv}
+        network = {{ egress = ["www.allowed.test:80"], publish = ["127.0.0.1:{p_linked}:8000"] }}
+
+        [bots.plain]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = {argv}
+        network = {{ publish = ["127.0.0.1:{p_plain}:8000"] }}
+        """)
+    d.cli("up")
+    for bot in ("linked", "plain"):
+        d.wait_state(bot, "running", timeout=60)
+    assert wait_for(lambda: _fetch(d.ns, p_linked) != "" and _fetch(d.ns, p_plain) != "", 30, interval=0.2)
+    first = _fetch(d.ns, p_linked)
+    # the relay reaches each bot's own loopback in the namespace the engine made: through the
+    # link's path for the linked bot, through /proc/<pid>/ns/net for the other
+    assert first.endswith(" eth0,lo"), first
+    assert _fetch(d.ns, p_plain).endswith(" lo"), _fetch(d.ns, p_plain)
+    # a restart is a new container: the relay follows it
+    d.cli("restart", "linked")
+    assert wait_for(lambda: _fetch(d.ns, p_linked) not in ("", first), 60, interval=0.3)
+    assert _fetch(d.ns, p_linked).endswith(" eth0,lo")
+    d.cli("down")
+    assert wait_for(lambda: not _containers(d.home), 30)
+    assert _fetch(d.ns, p_linked) == "" and _fetch(d.ns, p_plain) == ""

@@ -138,7 +138,6 @@ def test_a_built_image_gets_a_tag_from_its_context_and_dockerfile(tmp_path: Path
     [
         ('build = { steps = [["true"]] }\n', "build", "Dockerfile"),
         ('filesystem = { rw = ["data"] }\n', "filesystem.rw", "workspace"),
-        ('network = { publish = ["127.0.0.1:18080:8080"] }\n', "network.publish", 'tier = "sandbox"'),
         ("resources = { io_weight = 100 }\n", "resources.io_weight", "remove io_weight"),
     ],
 )
