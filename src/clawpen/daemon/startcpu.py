@@ -13,20 +13,54 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from clawpen.errors import SandboxError
 from clawpen.spec.startcpu import allowance
 
 if TYPE_CHECKING:
-    from clawpen.daemon.watchers import Verdict, Watched
+    from clawpen.plan.build import HostFacts
+    from clawpen.plan.model import Plan
+    from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
+    from clawpen.spec.models import Bot
+
+
+class _Services(Protocol):
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    @property
+    def note(self) -> Callable[[str, str, str, int], None]: ...
+    @property
+    def host(self) -> HostFacts: ...
+    @property
+    def cgroups(self) -> Callable[[], CgroupHost | None]: ...
+
+
+class Starting(Protocol):
+    """What the allowance uses of the bot replica (``daemon/runtime.py`` ``Instance``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def replica(self) -> int: ...
+    @property
+    def svc(self) -> _Services: ...
+    @property
+    def bot(self) -> Bot: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def health(self) -> str | None: ...
+    def plan(self) -> Plan: ...
+
 
 POLL = 0.1  # seconds between looks at the health status while the allowance lasts
 KIND = "start-cpus"
 
 
-async def start_allowance(inst: Watched, sandbox: RunningSandbox, *, poll: float = POLL) -> Verdict:
+async def start_allowance(inst: Starting, sandbox: RunningSandbox, *, poll: float = POLL) -> None:
     """Grant ``start_cpus`` from the start until healthy or ``start_for``; never stops the bot."""
     res, svc = inst.bot.resources, inst.svc
     grant = allowance(
