@@ -1,12 +1,11 @@
 """A validate copy does not outlive its validate by more than a deadline (issue 21's open ends,
 item 3): the daemon removes a copy its client left (killed outright) once the scenarios' total
-time + a margin has passed, and a removal by the client cancels that."""
+time + a margin has passed; the deadline of a removed copy never touches a later one."""
 
 from __future__ import annotations
 
 import glob
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -113,7 +112,7 @@ def test_a_copy_whose_client_was_killed_is_removed_after_its_deadline(daemon: Da
             client.stdout.close()
 
 
-def test_validate_sets_its_scenarios_time_as_the_deadline_and_a_removal_cancels_it(
+def test_validate_sends_its_scenarios_time_and_an_old_deadline_spares_a_new_copy(
     daemon: DaemonCli,
 ) -> None:
     (daemon.spec.parent / "data").mkdir()
@@ -135,14 +134,24 @@ def test_validate_sets_its_scenarios_time_as_the_deadline_and_a_removal_cancels_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    started = [r for r in reasons(daemon) if r.startswith("started a throwaway copy")]
-    assert started == [
-        f"started a throwaway copy of {BOT} for validate (removed after {want:.0f}s at the latest)"
-    ]
-    assert copy_status(daemon) is not None  # the killed CLI removed nothing
-    # a removal by a client cancels the deadline: no second removal, no deadline event later
-    removed = Client(daemon.home).call("validate_copy_remove", copy=COPY)
-    assert removed["removed"] is True
+    client = Client(daemon.home)
+    try:
+        started = [r for r in reasons(daemon) if r.startswith("started a throwaway copy")]
+        text = f"started a throwaway copy of {BOT} for validate (removed after {want:.0f}s at the latest)"
+        assert started == [text], started
+        assert copy_status(daemon) is not None  # the killed CLI removed nothing
+    finally:
+        assert client.call("validate_copy_remove", copy=COPY)["removed"] is True
     assert copy_status(daemon) is None and not copy_cgroup(daemon)
-    assert not any("after its deadline" in r for r in reasons(daemon))
-    assert os.path.exists(daemon.home / "daemon.pid")
+    # a removed copy's deadline spares a new copy of the same name (the timer is cancelled, and checks)
+    client.call("validate_copy_start", bot=BOT, deadline=2.0)
+    client.call("validate_copy_remove", copy=COPY)
+    client.call("validate_copy_start", bot=BOT, deadline=60.0)
+    try:
+        assert wait_for(lambda: (copy_status(daemon) or {}).get("sandbox_pid"), 10)
+        time.sleep(3.0)  # past the first copy's deadline
+        assert copy_status(daemon) is not None and copy_cgroup(daemon)
+        assert not any("after its deadline" in r for r in reasons(daemon)), reasons(daemon)
+    finally:
+        client.call("validate_copy_remove", copy=COPY)
+    assert copy_status(daemon) is None
