@@ -9,9 +9,11 @@ from each restart; a ``start-cpus`` event says when and why it ended. A change o
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 import pytest
-from helpers import DaemonCli, wait_for
+from helpers import DaemonCli, alive, wait_for
 
 from clawpen.paths import cgroup_scope
 from clawpen.sandbox.cgroups import detect
@@ -102,3 +104,51 @@ def test_without_a_health_check_it_lasts_start_for_and_comes_back_at_each_restar
     assert wait_for(lambda: quota_of(daemon, "scpu2") == 25_000, 6, interval=0.05), quota_of(daemon, "scpu2")
     assert wait_for(lambda: len(events_of(daemon, "scpu2", "start-cpus")) == 2, 5, interval=0.1)
     assert events_of(daemon, "plain", "start-cpus") == []
+
+
+def test_a_new_daemon_carries_on_an_allowance_it_adopts_and_grants_none_that_had_ended(
+    daemon: DaemonCli,
+) -> None:
+    daemon.write("""
+        [bots.scpu3]
+        command = ["sleep", "300"]
+        resources = { cpus = 0.5, start_cpus = 64 }
+        health = { cmd = ["test", "-e", "/tmp/ready"], interval = "1s", start_period = "60s" }
+    """)
+    daemon.cli("up", "--detach")
+    daemon.wait_state("scpu3", "running")
+    assert wait_for(lambda: quota_of(daemon, "scpu3") == CORES * PERIOD, 5, interval=0.05)
+    pid = daemon.ps()["scpu3"]["pid"]
+    kill_daemon(daemon)  # during the allowance: the bot runs on with it
+    assert quota_of(daemon, "scpu3") == CORES * PERIOD
+    assert daemon.ps()["scpu3"]["pid"] == pid  # a new daemon, the same (adopted) bot
+    time.sleep(1.0)
+    assert quota_of(daemon, "scpu3") == CORES * PERIOD  # carried on: not healthy yet
+    assert events_of(daemon, "scpu3", "start-cpus") == []
+    daemon.cli("exec", "scpu3", "--", "touch", "/tmp/ready")
+    assert wait_for(lambda: quota_of(daemon, "scpu3") == 50_000, 10, interval=0.05), quota_of(daemon, "scpu3")
+    assert wait_for(lambda: events_of(daemon, "scpu3", "start-cpus"), 5, interval=0.1)
+    # after it ended: the next daemon adopts the bot and grants nothing again (no boost, no event)
+    kill_daemon(daemon)
+    seen = set()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        seen.add(quota_of(daemon, "scpu3"))
+        if daemon.ps()["scpu3"]["health"] == "healthy":
+            break
+        time.sleep(0.05)
+    assert daemon.ps()["scpu3"]["pid"] == pid and daemon.ps()["scpu3"]["health"] == "healthy"
+    time.sleep(0.5)
+    seen.add(quota_of(daemon, "scpu3"))
+    assert seen == {50_000}, seen
+    assert len(events_of(daemon, "scpu3", "start-cpus")) == 1
+
+
+def kill_daemon(daemon: DaemonCli) -> None:
+    """SIGKILL the daemon (its bots run on), then start a new one (``ps`` does)."""
+    old = daemon.pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    assert wait_for(lambda: not alive(old), 10)
+    daemon.cli("ps")
+    assert daemon.pid() not in (None, old)

@@ -19,8 +19,9 @@ def test_v1_raises_and_lowers_the_quota_and_keeps_the_other_limits(
 ) -> None:
     cg = v1_host(kernel, tmp_path / "cg").create("bot", LIMITS)
     cpu = tmp_path / "cg" / "cpu,cpuacct" / "clawpen" / "bot"
-    assert read(cpu / "cpu.cfs_quota_us") == "20000"
+    assert read(cpu / "cpu.cfs_quota_us") == "20000" and cg.cpu_quota() == 20_000
     cg.set_cpu_quota(200_000)
+    assert cg.cpu_quota() == 200_000
     assert (read(cpu / "cpu.cfs_quota_us"), read(cpu / "cpu.cfs_period_us")) == ("200000", "100000")
     cg.set_cpu_quota(20_000)
     assert read(cpu / "cpu.cfs_quota_us") == "20000"
@@ -32,6 +33,7 @@ def test_v2_writes_cpu_max(kernel: FakeKernel, tmp_path: Path) -> None:
     cg = v2_host(kernel, root).create("bot", LIMITS)
     cg.set_cpu_quota(150_000, 100_000)
     assert read(root / "clawpen" / "bot" / "cpu.max") == "150000 100000"
+    assert cg.cpu_quota() == 150_000
     assert read(root / "clawpen" / "bot" / "memory.max") == str(64 << 20)
 
 
@@ -39,11 +41,14 @@ def test_without_a_cpu_controller_it_is_a_named_error(kernel: FakeKernel, tmp_pa
     cg = v2_host(kernel, tmp_path / "cg", offered="memory pids").create(
         "bot", CgroupLimits(memory_max=1 << 26)
     )
+    assert cg.cpu_quota() is None
     with pytest.raises(SandboxError) as err:
         cg.set_cpu_quota(100_000)
     assert err.value.where == "cgroups: cpu quota"
     # a cgroup gone meanwhile (the bot exited): the write's error names the step
-    gone = v1_host(kernel, tmp_path / "cg1").attach("never-made")
+    host1 = v1_host(kernel, tmp_path / "cg1")
+    assert host1.create("free", CgroupLimits()).cpu_quota() is None  # -1: no limit
+    gone = host1.attach("never-made")
     with pytest.raises(SandboxError) as err:
         gone.set_cpu_quota(100_000)
     assert "cpu quota" in (err.value.where or "")

@@ -4,9 +4,9 @@
 A watcher of each run (:func:`clawpen.daemon.watchers.for_instance`): right after the start it
 raises the bot's cgroup CPU quota to the allowance, waits for the first passing health check
 (``inst.health`` turns ``healthy``) or for ``start_for``, then sets the quota back to ``cpus`` and
-records a ``start-cpus`` event saying when and why. A daemon that adopts a running bot whose
-allowance is over puts the quota back at once (a daemon that died during the allowance leaves
-it raised), without an event.
+records a ``start-cpus`` event saying when and why. A daemon that adopts a running bot carries
+on with the allowance only if the cgroup still has it (the earlier daemon died during it) and
+its time is not over; otherwise it makes sure the quota is ``cpus``, without an event.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
     from clawpen.spec.models import Bot
+    from clawpen.supervisor.states import BotStateMachine
 
 
 class _Services(Protocol):
@@ -53,11 +54,14 @@ class Starting(Protocol):
     def started_at(self) -> float | None: ...
     @property
     def health(self) -> str | None: ...
+    @property
+    def machine(self) -> BotStateMachine: ...
     def plan(self) -> Plan: ...
 
 
 POLL = 0.1  # seconds between looks at the health status while the allowance lasts
 KIND = "start-cpus"
+ADOPTED_AFTER = 1.0  # seconds between a run's start and its `running` state: adopted, not started
 
 
 async def start_allowance(inst: Starting, sandbox: RunningSandbox, *, poll: float = POLL) -> None:
@@ -83,15 +87,20 @@ async def start_allowance(inst: Starting, sandbox: RunningSandbox, *, poll: floa
     began = inst.started_at or svc.clock()
     deadline = began + grant.seconds
     loop = asyncio.get_running_loop()
-    if svc.clock() >= deadline:  # adopted after its allowance: make sure it is over
-        with contextlib.suppress(SandboxError):
-            await loop.run_in_executor(None, cgroup.set_cpu_quota, steady, period)
-        return None
-    try:
-        await loop.run_in_executor(None, cgroup.set_cpu_quota, round(grant.cpus * period), period)
-    except SandboxError as err:
-        note(f"start_cpus {grant.cpus:g} not granted: {err.what}")
-        return None
+    boost = round(grant.cpus * period)
+    if adopted(inst):  # the earlier daemon's run: its allowance goes on only if it had not ended
+        current = await loop.run_in_executor(None, cgroup.cpu_quota)
+        if current != boost or svc.clock() >= deadline:
+            if current != steady:  # a daemon that died as the allowance ended
+                with contextlib.suppress(SandboxError):
+                    await loop.run_in_executor(None, cgroup.set_cpu_quota, steady, period)
+            return None
+    else:
+        try:
+            await loop.run_in_executor(None, cgroup.set_cpu_quota, boost, period)
+        except SandboxError as err:
+            note(f"start_cpus {grant.cpus:g} not granted: {err.what}")
+            return None
     while True:
         now = svc.clock()
         if grant.until_healthy and inst.health == "healthy":
@@ -109,3 +118,10 @@ async def start_allowance(inst: Starting, sandbox: RunningSandbox, *, poll: floa
         return None
     note(f"start_cpus {grant.cpus:g} ended, cpus {grant.steady:g} now: {why}")
     return None
+
+
+def adopted(inst: Starting) -> bool:
+    """Whether this run was adopted from an earlier daemon: a start's watchers begin at its
+    ``running`` transition, made at its start time; an adopted run's is the adoption, later."""
+    started, since = inst.started_at, inst.machine.since
+    return started is not None and since is not None and since - started > ADOPTED_AFTER

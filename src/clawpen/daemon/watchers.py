@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.spec.schedule import ActiveWindow, CronSpec
 from clawpen.supervisor.states import BotState as S
+from clawpen.supervisor.states import BotStateMachine
 
 if TYPE_CHECKING:
     from clawpen.plan.build import HostFacts
@@ -75,6 +76,8 @@ class Watched(Protocol):
     def started_at(self) -> float | None: ...
     @property
     def tracker(self) -> RestartTracker: ...
+    @property
+    def machine(self) -> BotStateMachine: ...
     def plan(self) -> Plan: ...
     def transition(self, state: S, reason: str) -> None: ...
 

@@ -316,6 +316,12 @@ class Cgroup:
             _write(f"{cpu}/cpu.cfs_period_us", b"%d" % period_us, "cpu quota")
             _write(f"{cpu}/cpu.cfs_quota_us", b"%d" % quota_us, "cpu quota")
 
+    def cpu_quota(self) -> int | None:
+        """The CPU quota in microseconds per period; None without a cpu controller or a limit."""
+        v2 = self.version == 2
+        text = (self._read("cpu", "cpu.max" if v2 else "cpu.cfs_quota_us") or b"").split()
+        return int(text[0]) if text and text[0].isdigit() else None
+
     def add(self, pid: int) -> None:
         """Move process ``pid`` (its whole thread group) into the cgroup in every hierarchy."""
         data = b"%d" % pid
