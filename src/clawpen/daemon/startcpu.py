@@ -89,7 +89,10 @@ async def start_allowance(inst: Starting, sandbox: RunningSandbox, *, poll: floa
     loop = asyncio.get_running_loop()
     boost = round(grant.cpus * period)
     if adopted(inst):  # the earlier daemon's run: its allowance goes on only if it had not ended
-        current = await loop.run_in_executor(None, cgroup.cpu_quota)
+        try:
+            current = await loop.run_in_executor(None, cgroup.cpu_quota)
+        except SandboxError:  # unreadable: put cpus back (a watcher must never raise)
+            current = None
         if current != boost or svc.clock() >= deadline:
             if current != steady:  # a daemon that died as the allowance ended
                 with contextlib.suppress(SandboxError):
