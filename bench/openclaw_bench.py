@@ -3,7 +3,7 @@
 
 Run as root (the daemon starts the bot as its own uid in a cgroup)::
 
-    .venv/bin/python bench/openclaw_bench.py [--rounds 3] [--cpus N] [--json out.json]
+    .venv/bin/python bench/openclaw_bench.py [--rounds 3] [--cpus N] [--start-cpus N] [--json out.json]
 
 One OpenClaw build serves both sides: ``clawpen init --template openclaw`` and a first
 ``clawpen up`` build it (npm downloads cached in /var/cache/clawpen-test/openclaw, as the
@@ -21,7 +21,10 @@ the same. Only one gateway runs at a time. Each round, in this order:
 4. clawpen restart: ``clawpen restart openclaw`` -> the old gateway gone, then ready.
 
 Medians over the rounds, ratios clawpen / bare; goals: fresh <= 1.2x, restart <= 1.05x. The
-template's ``cpus = 1`` is kept unless ``--cpus`` changes it (bare has no limit). Exits 0 when
+template's resources are used as they are (``cpus = 1``, and ``start_cpus = 2`` until the first
+passing health check, capped at the host's cores) unless ``--cpus`` or ``--start-cpus`` change
+them (``--start-cpus 0`` removes the allowance; a ``start_cpus`` not above ``--cpus`` is removed
+too); bare has no limit. Exits 0 when
 both goals are met, 1 when one is missed, 2 when the benchmark cannot run. Everything started
 is stopped and the temporary folder removed.
 """
@@ -140,7 +143,36 @@ def reserved(host: str) -> list[str]:
     return sorted(f"{a}/32" for a in addrs if not a.is_global)
 
 
-def prepare(cp: Clawpen, cpus: float | None) -> Path:
+def fit_resources(text: str, cpus: float | None, start_cpus: float | None) -> str:
+    """The template's ``resources`` with ``cpus``/``start_cpus`` changed (None: as they are;
+    ``start_cpus`` 0: removed; also removed when it would not be above ``cpus``)."""
+    line = re.search(r"^resources = \{.*\}$", text, re.MULTILINE)
+    if line is None or not re.search(r"\bcpus = [0-9.]+", line.group(0)):
+        raise BenchError("the template has no resources = { cpus = ... }")
+    res = line.group(0)
+    if cpus is not None:
+        res = re.sub(r"\bcpus = [0-9.]+", f"cpus = {cpus:g}", res, count=1)
+    if start_cpus is not None:
+        if re.search(r"\bstart_cpus = ", res):
+            res = re.sub(r"\bstart_cpus = [0-9.]+", f"start_cpus = {start_cpus:g}", res, count=1)
+        else:
+            res = res.replace("cpus = ", f"start_cpus = {start_cpus:g}, cpus = ", 1)
+    now_cpus, now_start = resources_of(res)
+    if now_start is not None and (now_start == 0 or (now_cpus is not None and now_start <= now_cpus)):
+        res = re.sub(r"\bstart_cpus = [0-9.]+, ", "", res, count=1)
+    return text[: line.start()] + res + text[line.end() :]
+
+
+def resources_of(text: str) -> tuple[float | None, float | None]:
+    """``cpus`` and ``start_cpus`` of a spec's (first) ``resources = {...}`` line."""
+    line = re.search(r"^resources = \{.*\}$", text, re.MULTILINE)
+    res = line.group(0) if line else ""
+    cpus = re.search(r"(?<!start_)\bcpus = ([0-9.]+)", res)
+    start = re.search(r"\bstart_cpus = ([0-9.]+)", res)
+    return (float(cpus.group(1)) if cpus else None, float(start.group(1)) if start else None)
+
+
+def prepare(cp: Clawpen, cpus: float | None, start_cpus: float | None) -> Path:
     """init the template, fit its build to this machine, build and start it once."""
     cp.cli("init", "--template", "openclaw", str(cp.spec_dir))
     toml = cp.spec_dir / "clawpen.toml"
@@ -151,10 +183,7 @@ def prepare(cp: Clawpen, cpus: float | None) -> Path:
         extra += "allow_private = [" + ", ".join(f'"{p}"' for p in private) + "]\n"
     CACHE.mkdir(parents=True, exist_ok=True)
     text = text.replace("[bots.openclaw.build]\n", "[bots.openclaw.build]\n" + extra, 1)
-    if cpus is not None:
-        text, n = re.subn(r"cpus = [0-9.]+", f"cpus = {cpus:g}", text, count=1)
-        if n != 1:
-            raise BenchError("the template has no cpus = ...")
+    text = fit_resources(text, cpus, start_cpus)
     toml.write_text(text)
     cp.cli("secrets", "set", "OPENCLAW_GATEWAY_TOKEN", stdin=TOKEN)
     t0 = time.monotonic()
@@ -255,7 +284,7 @@ class Bare:
 
 
 # --------------------------------------------------------------------------------------- main
-def run(rounds: int, cpus: float | None) -> dict[str, Any]:
+def run(rounds: int, cpus: float | None, start_cpus: float | None = None) -> dict[str, Any]:
     for port in (PORT, BARE_PORT):
         if not port_free(port):
             raise BenchError(f"something already listens on 127.0.0.1:{port}")
@@ -263,11 +292,12 @@ def run(rounds: int, cpus: float | None) -> dict[str, Any]:
     base.chmod(0o755)
     cp = Clawpen(base)
     bare: Bare | None = None
+    used: tuple[float | None, float | None] = (None, None)
     keys = ("bare fresh", "bare restart", "clawpen fresh", "clawpen restart")
     times: dict[str, list[float]] = {k: [] for k in keys}
     split: dict[str, list[float]] = {k: [] for k in keys[2:]}  # until the CLI returned
     try:
-        prepare(cp, cpus)
+        used = resources_of(prepare(cp, cpus, start_cpus).read_text())
         out = cp.build_output()
         bare = Bare(base, out, cp.spec_dir / "openclaw" / "start.sh")
         version = json.loads((out / "node_modules/openclaw/package.json").read_text())["version"]
@@ -293,7 +323,10 @@ def run(rounds: int, cpus: float | None) -> dict[str, Any]:
     return {
         "openclaw": version,
         "build_output_mb": int(size.stdout.split()[0]),
-        "cpus": cpus if cpus is not None else "template (1)",
+        "cpus": used[0],
+        "start_cpus": used[1],  # capped at the host's cores by the daemon
+        "host_cores": os.cpu_count(),
+        "resources_from": "template" if cpus is None and start_cpus is None else "changed",
         "rounds": rounds,
         "times_s": times,
         "median_s": med,
@@ -307,18 +340,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cpus", type=float, default=None, help="the template's cpus (default: as is)")
+    ap.add_argument(
+        "--start-cpus", type=float, default=None, help="the template's start_cpus (default: as is; 0: none)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the figures as JSON")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         log("run as root")
         return 2
     try:
-        res = run(args.rounds, args.cpus)
+        res = run(args.rounds, args.cpus, args.start_cpus)
     except (BenchError, OSError, subprocess.SubprocessError) as err:
         log(f"cannot run: {err}")
         return 2
     med = res["median_s"]
-    print(f"openclaw {res['openclaw']}, build output {res['build_output_mb']} MiB, cpus {res['cpus']}")
+    start = f", start_cpus {res['start_cpus']:g}" if res["start_cpus"] is not None else ", no start_cpus"
+    print(
+        f"openclaw {res['openclaw']}, build output {res['build_output_mb']} MiB, cpus {res['cpus']:g}{start}"
+        f" ({res['resources_from']}; host cores {res['host_cores']})"
+    )
     print(f"{'':18} {'median':>8}   rounds")
     for key, values in res["times_s"].items():
         print(f"{key:18} {med[key]:7.2f}s   " + " ".join(f"{v:.2f}" for v in values))

@@ -6,7 +6,11 @@ another network namespace; a connection outside its allowlist is denied and logg
 stays within the 2 GiB limit; `clawpen validate --quick` passes on it and
 `clawpen validate --hostile` reports every action contained; start.sh wrote OpenClaw's config
 file once, and a restart neither rewrites it nor loses a user's edit (OpenClaw reads the edited
-value). Printed (run with -s): the build output's size, the one figure the template and
+value); the gateway token reads back with `secrets get --force` on a run without a terminal
+(refused without it) and a provider key goes into the vault and the spec with one `secrets
+add-to ... --env`, as the template and `init` say, and reaches the gateway after `up`; the
+template's start-up CPU allowance (start_cpus) ends at the first passing health check, and that
+check is a health event. Printed (run with -s): the build output's size, the one figure the template and
 docs/templates.md name, and a restart's time to ready (speed: bench/openclaw_bench.py). npm
 downloads are kept in /var/cache/clawpen-test/openclaw, so a re-run installs from the cache.
 """
@@ -14,6 +18,7 @@ downloads are kept in /var/cache/clawpen-test/openclaw, so a re-run installs fro
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -23,6 +28,8 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 from template_env import fit_build, template_daemon
+
+from clawpen.spec.loader import load_spec
 
 pytestmark = [
     pytest.mark.root,
@@ -34,6 +41,7 @@ pytestmark = [
 
 PORT = 18789
 TOKEN = "e2e-" + "7" * 40
+KEY = "sk-ant-e2e-" + "3" * 30  # not a real key: nothing calls the provider
 
 
 def _port_free() -> bool:
@@ -71,6 +79,7 @@ def test_openclaw_end_to_end() -> None:
             d.json("status", "openclaw"),
             d.cli("logs", "openclaw").stdout[-3000:],
         )
+        _allowance_ended_when_healthy(d)
         # the real gateway, Node 24, on the host's loopback
         assert _readyz()["ready"] is True
         ver = d.cli("exec", "openclaw", "--", "node", "--version").stdout.strip()
@@ -122,8 +131,58 @@ def test_openclaw_end_to_end() -> None:
         assert {a["verdict"] for a in actions} == {"contained"}
         # after validate: a restart's health is unknown for an interval (30 s), which --quick checks
         _config_written_once(d, spec_dir / "openclaw-data" / ".openclaw" / "openclaw.json")
+        _token_and_provider_key(d, toml)
         _broken_upgrade_is_rolled_back(d, toml)
     assert _port_free()
+
+
+def _allowance_ended_when_healthy(d) -> None:  # type: ignore[no-untyped-def]
+    """The template's start_cpus = 2 over cpus = 1 (none on a 1-core host: capped at the cores)."""
+    health = [e["reason"] for e in d.events("openclaw") if e["kind"] == "health"]
+    assert health and health[0].startswith("starting -> healthy: HTTP 200"), health
+
+    def ended() -> list[str]:
+        return [e["reason"] for e in d.events("openclaw") if e["kind"] == "start-cpus"]
+
+    if (os.cpu_count() or 1) >= 2:  # the event follows the first pass within a poll (0.1 s)
+        assert wait_for(ended, 5, interval=0.1), d.events("openclaw")
+        [text] = ended()
+        assert text.startswith("start_cpus 2 ended, cpus 1 now: healthy after "), text
+    else:
+        assert ended() == []
+    print(f"openclaw start-up allowance: {ended()}")
+
+
+def _token_and_provider_key(d, toml: Path) -> None:  # type: ignore[no-untyped-def]
+    """The token and provider-key flows as documented (the template's head, `init`'s hints)."""
+    refused = d.cli("secrets", "get", "OPENCLAW_GATEWAY_TOKEN", check=False)  # stdout: a pipe
+    assert refused.returncode == 2 and TOKEN not in refused.stdout + refused.stderr, refused
+    got = d.cli("secrets", "get", "OPENCLAW_GATEWAY_TOKEN", "--force").stdout
+    assert got == TOKEN, got
+    # the very value the gateway has
+    inside = d.cli("exec", "openclaw", "--", "cat", "/run/secrets/OPENCLAW_GATEWAY_TOKEN").stdout
+    assert inside == TOKEN
+    add = d.cli("secrets", "add-to", "openclaw", "ANTHROPIC_API_KEY", "--env", "-f", str(toml), stdin=KEY)
+    assert "added ANTHROPIC_API_KEY to [bots.openclaw] secrets and secret_env" in add.stderr, add.stderr
+    bot = load_spec(toml).spec.bots["openclaw"]
+    assert bot.secrets == ["OPENCLAW_GATEWAY_TOKEN", "ANTHROPIC_API_KEY"], bot.secrets
+    assert bot.secret_env == ["OPENCLAW_GATEWAY_TOKEN", "ANTHROPIC_API_KEY"], bot.secret_env
+    assert KEY not in toml.read_text()  # the value is in the vault only
+    d.cli("up", "-f", str(toml), "--wait-timeout", "300", timeout=1200)
+    inst = d.json("status", "openclaw")["instances"][0]
+    assert inst["state"] == "running" and inst["health"] == "healthy", inst
+    assert _readyz()["ready"] is True
+    # the gateway's environment and /run/secrets hold it (compared inside: never printed)
+    same = d.cli(
+        "exec", "openclaw", "--", "node", "-e",
+        "const fs = require('fs'); const v = fs.readFileSync('/run/secrets/ANTHROPIC_API_KEY', 'utf8');"
+        f"process.exit(process.env.ANTHROPIC_API_KEY === v && v === '{KEY}' ? 0 : 3)",
+        check=False,
+    )  # fmt: skip
+    assert same.returncode == 0, same
+    pid = d.json("status", "openclaw")["instances"][0]["pid"]
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert KEY.encode() not in argv and TOKEN.encode() not in argv
 
 
 def _build_size(state: Path) -> None:

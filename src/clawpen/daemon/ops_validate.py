@@ -12,12 +12,16 @@ for a look afterwards) but is no stored bot: ``ps``/``status`` do not
 list it; ``validate_copy_status`` shows it.
 
 ``validate_copy_remove`` stops it and removes everything (sandbox, cgroup, link, temporary
-folder). A record ``<state>/validate/copies/<copy>.json`` names the temporary folder; a daemon
-start removes what a killed or interrupted validate left (:func:`sweep_copies`).
+folder). A copy still there after its deadline (the request's ``deadline``, which validate sets to
+its scenarios' total time + a margin; else the daemon's own figure of it) is removed the same way,
+with an event: its validate was killed or is stuck. A record
+``<state>/validate/copies/<copy>.json`` names the temporary folder; a daemon start removes what
+a killed or interrupted validate left (:func:`sweep_copies`), the daemon having died with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -29,6 +33,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
+from clawpen.daemon.copy_deadline import copy_deadline
 from clawpen.daemon.ops_bots import InstanceStatus
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Store
@@ -55,6 +60,7 @@ class Daemon(Protocol):
 
 
 SUFFIX = "_validate"
+MAX_DEADLINE = 86400.0  # a day: a copy never outlives it
 TEMP_ROOT = "/var/tmp"
 Name = Annotated[str, Field(max_length=200)]
 
@@ -62,6 +68,9 @@ Name = Annotated[str, Field(max_length=200)]
 class CopyRequest(Request):
     bot: Name
     workspace: Literal["copy", "empty"] = "copy"
+    # seconds after which the daemon removes the copy if no validate removed it (None: the
+    # scenarios' total for the bot's spec + a margin, :func:`clawpen.daemon.copy_deadline.copy_deadline`)
+    deadline: float | None = Field(None, gt=0, le=MAX_DEADLINE)
 
 
 class CopyName(Request):
@@ -191,6 +200,30 @@ def sweep_copies(daemon: Daemon) -> None:
 
 
 def operations(daemon: Daemon) -> list[Operation[Any]]:
+    expiries: dict[str, asyncio.Task[None]] = {}  # copy -> its deadline's timer
+
+    async def drop(copy: str) -> bool:
+        """Stop the copy and remove everything; whether it was there."""
+        found = copy in daemon.instances
+        await daemon.halt(copy)
+        for row in daemon.store.instances(copy):
+            daemon.store.drop_instance(copy, row.replica)
+        _remove_files(daemon, copy, _records(daemon.services.state_dir) / f"{copy}.json")
+        return found
+
+    async def expire(copy: str, inst: Instance, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if daemon.instances.get(copy) != [inst]:
+            return
+        expiries.pop(copy, None)
+        await drop(copy)
+        daemon.note(
+            "validate",
+            f"removed the throwaway validate copy after its deadline ({seconds:.0f}s): the validate "
+            "that started it did not remove it (killed or stuck)",
+            copy,
+        )
+
     async def start(req: CopyRequest, _call: Call) -> dict[str, Any]:
         name = daemon.known_bot(req.bot)
         copy = f"{name}{SUFFIX}"
@@ -205,8 +238,6 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
         source = bot.to_policy(name, base_dir).workspace if bot.workspace else None
         tmp = workspace = None
         if source is not None:
-            import asyncio
-
             tmp, workspace = await asyncio.to_thread(
                 _make_workspace, source, req.workspace, f"clawpen-validate-{name}-"
             )
@@ -222,7 +253,15 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
         inst = _Copy(svc, copy, 0, bot.model_copy(update=update), base_dir)
         daemon.instances[copy] = [inst]
         inst.start()
-        daemon.note("validate", f"started a throwaway copy of {name} for validate", copy)
+        seconds = req.deadline if req.deadline is not None else copy_deadline(policy["spec"])
+        expiries[copy] = asyncio.get_running_loop().create_task(
+            expire(copy, inst, seconds), name=f"validate copy {copy} deadline"
+        )
+        daemon.note(
+            "validate",
+            f"started a throwaway copy of {name} for validate (removed after {seconds:.0f}s at the latest)",
+            copy,
+        )
         return {
             "bot": name,
             "name": copy,
@@ -245,11 +284,10 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
 
     async def remove(req: CopyName, _call: Call) -> dict[str, Any]:
         copy = _copy_name(req.copy_)
-        found = copy in daemon.instances
-        await daemon.halt(copy)
-        for row in daemon.store.instances(copy):
-            daemon.store.drop_instance(copy, row.replica)
-        _remove_files(daemon, copy, _records(daemon.services.state_dir) / f"{copy}.json")
+        timer = expiries.pop(copy, None)
+        if timer is not None:
+            timer.cancel()
+        found = await drop(copy)
         if found:
             daemon.note("validate", "removed the throwaway validate copy", copy)
         return {"name": copy, "removed": found}

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.spec.schedule import ActiveWindow, CronSpec
 from clawpen.supervisor.states import BotState as S
+from clawpen.supervisor.states import BotStateMachine
 
 if TYPE_CHECKING:
+    from clawpen.plan.build import HostFacts
     from clawpen.plan.model import Plan
+    from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
     from clawpen.spec.models import Bot
     from clawpen.supervisor.backoff import RestartTracker
@@ -45,6 +48,12 @@ class _Services(Protocol):
     def clock(self) -> Callable[[], float]: ...
     @property
     def bpf(self) -> Callable[[], bytes]: ...
+    @property
+    def note(self) -> Callable[[str, str, str, int], None]: ...  # kind, reason, bot, replica
+    @property
+    def host(self) -> HostFacts: ...
+    @property
+    def cgroups(self) -> Callable[[], CgroupHost | None]: ...
 
 
 class Watched(Protocol):
@@ -56,6 +65,10 @@ class Watched(Protocol):
     health_at: float | None  # when it was made (the services' clock)
 
     @property
+    def name(self) -> str: ...
+    @property
+    def replica(self) -> int: ...
+    @property
     def svc(self) -> _Services: ...
     @property
     def bot(self) -> Bot: ...
@@ -63,6 +76,8 @@ class Watched(Protocol):
     def started_at(self) -> float | None: ...
     @property
     def tracker(self) -> RestartTracker: ...
+    @property
+    def machine(self) -> BotStateMachine: ...
     def plan(self) -> Plan: ...
     def transition(self, state: S, reason: str) -> None: ...
 
@@ -82,6 +97,10 @@ def for_instance(inst: Watched, sandbox: RunningSandbox) -> list[Coroutine[Any, 
         found.append(memory_pressure(inst, sandbox))
     if inst.bot.health:
         found.append(health(inst, sandbox))
+    if inst.bot.resources.start_cpus is not None:
+        from clawpen.daemon.startcpu import start_allowance
+
+        found.append(start_allowance(inst, sandbox))
     if inst.bot.workspace and inst.bot.resources.disk:  # (the plan holds the resolved path)
         plan = inst.plan()
         if plan.disk_max and plan.workspace:
@@ -166,8 +185,11 @@ async def health(inst: Watched, sandbox: RunningSandbox) -> Verdict:
             await asyncio.sleep(START_RETRY)
             continue
         result = await check(spec, sandbox, plan=plan, bpf=bpf)
+        before = tracker.status
         verdict = tracker.record(result, inst.svc.clock())
         inst.health = tracker.status
+        if tracker.status != before:
+            note_health(inst, before, tracker.status, result.detail)
         inst.health_detail, inst.health_at = result.detail, inst.svc.clock()
         inst.health_latency_s = result.latency_s
         if verdict is HV.BECAME_UNHEALTHY:
@@ -179,3 +201,12 @@ async def health(inst: Watched, sandbox: RunningSandbox) -> Verdict:
             inst.transition(S.RUNNING, f"health check passes again ({result.latency_s * 1000:.0f} ms)")
         if result.ok:
             inst.tracker.record_healthy(inst.svc.clock())
+
+
+def note_health(inst: Watched, before: str, after: str, detail: str) -> None:
+    """A ``health`` event for a change of health status, with the check's result (a change only:
+    not every check); a first pass says how long after the start it came."""
+    text = f"{before} -> {after}: {detail}"
+    if before == "starting" and inst.started_at is not None:
+        text += f" ({inst.svc.clock() - inst.started_at:.1f}s after the start)"
+    inst.svc.note("health", text, inst.name, inst.replica)

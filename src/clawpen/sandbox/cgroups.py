@@ -304,6 +304,24 @@ class Cgroup:
             _write(f"{io}/blkio.bfq.weight", b"%d" % _clamp(limits.io_weight, 1, 1000), step, optional=True)
             _write(f"{io}/blkio.weight", b"%d" % _clamp(limits.io_weight, 10, 1000), step, optional=True)
 
+    def set_cpu_quota(self, quota_us: int, period_us: int = 100_000) -> None:
+        """Change a running cgroup's CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_*``); raises without
+        a cpu controller or when the write fails. The processes keep running."""
+        cpu = self._roles.get("cpu")
+        if cpu is None:
+            raise SandboxError(f"the cgroup {self.name} has no cpu controller", where="cgroups: cpu quota")
+        if self.version == 2:
+            _write(f"{cpu}/cpu.max", b"%d %d" % (quota_us, period_us), "cpu quota")
+        else:
+            _write(f"{cpu}/cpu.cfs_period_us", b"%d" % period_us, "cpu quota")
+            _write(f"{cpu}/cpu.cfs_quota_us", b"%d" % quota_us, "cpu quota")
+
+    def cpu_quota(self) -> int | None:
+        """The CPU quota in microseconds per period; None without a cpu controller or a limit."""
+        v2 = self.version == 2
+        text = (self._read("cpu", "cpu.max" if v2 else "cpu.cfs_quota_us") or b"").split()
+        return int(text[0]) if text and text[0].isdigit() else None
+
     def add(self, pid: int) -> None:
         """Move process ``pid`` (its whole thread group) into the cgroup in every hierarchy."""
         data = b"%d" % pid

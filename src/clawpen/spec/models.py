@@ -60,6 +60,12 @@ class Resources(_Model):
     )
     tmp: Size = Field(pol.DEFAULT_TMP, description="size of the private /tmp")
     io_weight: int | None = Field(None, description="relative disk IO weight, 1-10000")
+    start_cpus: Cpus | None = Field(
+        None, description="CPU share from each start until healthy (above cpus; capped at the host's cores)"
+    )
+    start_for: PositiveDuration | None = Field(
+        None, description='how long start_cpus lasts at most (default "60s"; "10m" with a health check)'
+    )
 
     @field_validator("memory", "pids", "nofile", "io_weight", "disk", "tmp")
     @classmethod
@@ -73,6 +79,23 @@ class Resources(_Model):
             "tmp": pol.check_tmp,
         }
         return None if v is None else checks[str(info.field_name)](v)
+
+    @model_validator(mode="after")
+    def _start_allowance(self) -> Resources:
+        from clawpen.spec.startcpu import check_allowance
+
+        check_allowance(self.cpus, self.start_cpus, self.start_for)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without the start-up allowance when unset: the stored policy (and its hash) of a bot
+        that sets none is what it was before these fields existed."""
+        data: dict[str, Any] = handler(self)
+        for key in ("start_cpus", "start_for"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class Filesystem(_Model):

@@ -21,6 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clawpen.daemon.copy_deadline import checks_time as _checks_time
+from clawpen.daemon.copy_deadline import copy_deadline, freeze_deadline
+from clawpen.daemon.copy_deadline import restart_deadline as restart_deadline  # noqa: PLC0414 (report's)
+
 Check = dict[str, Any]
 COPY_SUFFIX = "_validate"
 
@@ -91,17 +95,6 @@ class Daemon:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.1)
-
-
-def restart_deadline(spec: dict[str, Any]) -> float:
-    restart = spec.get("restart") or {}
-    health = spec.get("health") or {}
-    return float(restart.get("backoff_initial", 1.0)) + float(health.get("start_period", 0.0)) + 60.0
-
-
-def _checks_time(health: dict[str, Any]) -> float:
-    """How long the health check may take to give a verdict: (retries + 1) intervals."""
-    return float(health.get("interval", 30.0)) * (int(health.get("retries", 3)) + 1)
 
 
 def _new_start(before: dict[str, Any], state: str = "running") -> Callable[[dict[str, Any]], bool]:
@@ -175,8 +168,7 @@ def frozen(d: Daemon, target: str, spec: dict[str, Any], where: str) -> Check:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
-    retries, interval = int(health.get("retries", 3)), float(health.get("interval", 30.0))
-    deadline = (retries + 1) * (interval + float(health.get("timeout", 5.0))) + restart_deadline(spec)
+    deadline = freeze_deadline(health, spec)
     back = d.wait(target, _new_start(before), deadline)
     for pid in pids:  # if it was not restarted, let it go on
         with contextlib.suppress(OSError):
@@ -194,7 +186,8 @@ def frozen(d: Daemon, target: str, spec: dict[str, Any], where: str) -> Check:
 
 def on_copy(d: Daemon, bot: str, spec: dict[str, Any], workspace: str) -> list[Check]:
     """Start a throwaway copy of ``bot``, run the failure scenarios on it, remove it (always)."""
-    started = d.call("validate_copy_start", bot=bot, workspace=workspace)
+    # the daemon removes the copy after the scenarios' total + a margin if this process is killed
+    started = d.call("validate_copy_start", bot=bot, workspace=workspace, deadline=copy_deadline(spec))
     copy = str(started["name"])
     try:
         ws = started.get("workspace_from")
