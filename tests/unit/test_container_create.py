@@ -139,6 +139,7 @@ def test_a_built_image_gets_a_tag_from_its_context_and_dockerfile(tmp_path: Path
         ('build = { steps = [["true"]] }\n', "build", "Dockerfile"),
         ('filesystem = { rw = ["data"] }\n', "filesystem.rw", "workspace"),
         ("resources = { io_weight = 100 }\n", "resources.io_weight", "remove io_weight"),
+        ("resources = { cpus = 1, start_cpus = 2 }\n", "resources.start_cpus", "remove start_cpus"),
     ],
 )
 def test_fields_the_container_tier_cannot_honour_are_plan_time_errors(

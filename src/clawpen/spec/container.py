@@ -62,6 +62,7 @@ def check_fields(
     build: bool,
     rw: bool,
     io_weight: bool = False,
+    start_cpus: bool = False,
 ) -> None:
     """Refuse the fields the container tier cannot honour (PolicyError with the field's path)."""
     refused = {
@@ -79,6 +80,12 @@ def check_fields(
             io_weight,
             "io_weight in the container tier: not yet (the engine's blkio weight needs BFQ)",
             "remove io_weight, or run the bot in the sandbox tier",
+        ),
+        "resources.start_cpus": (
+            start_cpus,
+            "start_cpus in the container tier: not yet (the engine sets the CPU quota on the "
+            "container's own cgroup, which clawpen does not change while it runs)",
+            "remove start_cpus (and start_for), or run the bot in the sandbox tier",
         ),
     }
     for field, (present, what, hint) in refused.items():
@@ -107,6 +114,7 @@ def for_bot(bot: Any, name: str, base_dir: str) -> ContainerSettings:
         build=bot.build is not None,
         rw=bool(bot.filesystem.rw),
         io_weight=bot.resources.io_weight is not None,
+        start_cpus=bot.resources.start_cpus is not None,
     )
     if bot.image is None:  # the model refuses it; a policy is never built without one
         raise PolicyError(f"{name} has no image", where=f"bots.{name}.image", hint='add image = "name:tag"')
