@@ -29,7 +29,7 @@ from clawpen.netns import socket_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap]
 
-# the base image's python3 is python3-minimal (no json, no http): sockets by hand, a repr out
+# sockets by hand, a repr out: nothing beyond the interpreter's core is assumed of the image
 BOX = r"""
 import os, socket, sys
 def talk(addr, port, request, name=None):

@@ -27,7 +27,7 @@ from conftest import daemon_at
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
 SECRET = "ctr-s3cret-value-1234"
-LISTENER = (  # python3-minimal has no http.server
+LISTENER = (  # a bare socket listener: no dependence on the image's http.server
     "import socket; s = socket.socket(); s.bind(('127.0.0.1', 47913)); s.listen()\\n"
     "while True: s.accept()[0].close()"
 )

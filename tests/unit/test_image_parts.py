@@ -122,7 +122,7 @@ def test_base_image_command_and_trim(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert debootstrap_argv(tmp_path / "r") == [
         "debootstrap",
         "--variant=minbase",
-        "--include=python3-minimal,ca-certificates",
+        "--include=python3,ca-certificates",
         "bookworm",
         str(tmp_path / "r"),
         "http://mirror.example/debian",

@@ -1,6 +1,6 @@
 """The slim base image, built from Debian's packages: no registry involved.
 
-``debootstrap --variant=minbase`` with ``python3-minimal`` and ``ca-certificates`` into a folder
+``debootstrap --variant=minbase`` with ``python3`` and ``ca-certificates`` into a folder
 under /var/tmp (Debian's mirror, or ``CLAWPEN_DEBIAN_MIRROR``), trimmed (apt's caches and lists,
 documentation but the copyright files, man pages), then streamed as a tar to the engine's import
 (``docker import``), with ``LANG`` set and the label ``clawpen.image=base``. Needs root
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import docker
 
 SUITE = "bookworm"
-PACKAGES = ("python3-minimal", "ca-certificates")
+PACKAGES = ("python3", "ca-certificates")  # python3: the whole standard library (ssl, http, ctypes)
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # trimmed after debootstrap: caches and documentation nobody reads in a bot's container
 TRIM = ("var/cache/apt", "var/lib/apt/lists", "usr/share/man", "usr/share/info", "usr/share/locale")
