@@ -116,7 +116,7 @@ def _policies(ns: argparse.Namespace) -> list[Any]:
 
 def _hostile(ns: argparse.Namespace) -> int:
     from clawpen.validate.actions import ACTIONS
-    from clawpen.validate.hostile import Outcome, all_contained, run_hostile
+    from clawpen.validate.hostile import Outcome, all_contained, run_hostile, run_notes
 
     known = {a.id for a in ACTIONS} | {a.group for a in ACTIONS}
     unknown = [o for o in ns.only if o not in known]
@@ -127,6 +127,7 @@ def _hostile(ns: argparse.Namespace) -> int:
             hint=f"groups: {', '.join(sorted({a.group for a in ACTIONS}))}; ids: see docs/validate.md",
         )
     marks = {"contained": "ok", "escaped": "ESCAPED", "control-failed": "no-control", "error": "ERROR"}
+    marks["not-judged"] = "NOT-JUDGED"
     safe = termsafe.for_stream(sys.stdout)  # what a hostile action printed is the bot's text
     report: dict[str, Any] = {}
     ok = True
@@ -147,12 +148,14 @@ def _hostile(ns: argparse.Namespace) -> int:
             print(f"{'BOT':<14} {'RESULT':<10} {'ACTION':<24} INSIDE   [CONTROL OUTSIDE]")
         outcomes = run_hostile(policy, state_dir(), only=set(ns.only) or None, progress=show)
         counts = {v: sum(o.verdict == v for o in outcomes) for v in marks}
+        notes += run_notes(policy, outcomes)
         report[policy.name] = {"counts": counts, "actions": [o.to_dict() for o in outcomes], "notes": notes}
         ok = ok and all_contained(outcomes)
         if not ns.json:
             print(
                 f"{policy.name}: {counts['contained']} of {len(outcomes)} contained, {counts['escaped']} "
                 f"escaped, {counts['control-failed']} without a working control, {counts['error']} errors"
+                + (f", {counts['not-judged']} not judged" if counts["not-judged"] else "")
             )
             for note in notes:
                 print(f"note: {note}")
