@@ -15,7 +15,7 @@ Stable API (imported by the gateway and the link manager):
 * :func:`entered` ``(netns_fd)``: a ``with`` block with the calling thread in that namespace.
 * :func:`create_persistent` / :func:`remove_persistent`: a new namespace kept alive by a bind
   mount on a file (like ``ip netns add``, but at a path of clawpen's choosing), so it survives
-  the daemon.
+  the daemon; :func:`bind_persistent` keeps a process's namespace the same way.
 * :func:`open_netns`: an ``O_RDONLY`` fd for a namespace path or ``/proc/PID/ns/net``.
 """
 
@@ -159,6 +159,24 @@ def create_persistent(path: str, setup: Callable[[], None] | None = None) -> int
         remove_persistent(path)
         raise
     return open_netns(path)
+
+
+def bind_persistent(path: str, pid: int) -> int:
+    """Keep the network namespace of host process ``pid`` alive by a bind mount on ``path`` (like
+    ``ip netns attach``; whatever was mounted there is unmounted first); return its fd."""
+    src = f"/proc/{pid}/ns/net"
+    remove_persistent(path)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "a"):
+        pass
+    try:
+        _check(
+            _libc.mount(src.encode(), path.encode(), None, MS_BIND, None), "cannot bind-mount namespace", path
+        )
+        return open_netns(path)
+    except BaseException:
+        remove_persistent(path)
+        raise
 
 
 def remove_persistent(path: str) -> None:

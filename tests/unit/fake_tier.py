@@ -200,6 +200,7 @@ class FakeTier:
     """Starts fake sandboxes from a list of scripts (the last one repeats)."""
 
     name = "sandbox"
+    makes_netns = False
 
     def __init__(self, loop: VirtualLoop, scripts: Sequence[Script] = (Script(),)) -> None:
         self.loop = loop
@@ -224,6 +225,7 @@ class FakeTier:
         stdio: Stdio = NO_STDIO,
         status_fd: int | None = None,
         secrets: Mapping[str, bytes] = {},
+        wire_net: Callable[[int], None] | None = None,
     ) -> FakeSandbox:
         if self.fail_start is not None:
             raise self.fail_start

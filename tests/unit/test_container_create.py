@@ -138,8 +138,6 @@ def test_a_built_image_gets_a_tag_from_its_context_and_dockerfile(tmp_path: Path
     [
         ('build = { steps = [["true"]] }\n', "build", "Dockerfile"),
         ('filesystem = { rw = ["data"] }\n', "filesystem.rw", "workspace"),
-        ('network = { egress = ["api.example.com:443"] }\n', "network.egress", 'tier = "sandbox"'),
-        ('network = { publish = ["127.0.0.1:18080:8080"] }\n', "network.publish", 'tier = "sandbox"'),
         ("resources = { io_weight = 100 }\n", "resources.io_weight", "remove io_weight"),
     ],
 )
@@ -151,6 +149,23 @@ def test_fields_the_container_tier_cannot_honour_are_plan_time_errors(
         plan_of(tmp_path, CONTAINER + extra)
     assert err.value.where == f"bots.a.{field}" and hint in (err.value.hint or "")
     assert plan_of(tmp_path, 'command = ["true"]\n' + extra).container is None  # the sandbox tier takes it
+
+
+def test_a_container_bot_with_egress_plans_its_link_and_resolves_at_the_gateway(tmp_path: Path) -> None:
+    from clawpen.plan.model import NetLink
+
+    link = NetLink("/state/netns/a.0", "10.213.0.6", "10.213.0.5", 30, "eth0")
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text("[bots.a]\n" + CONTAINER + 'network = { egress = ["api.example.com:443"] }\n')
+    bot = parse_spec_text(spec.read_text(), spec).spec.bots["a"]
+    plan = build_plan(
+        bot.to_policy("a", str(tmp_path)), IDENT, HostFacts.probe(), default_policy(), link=link
+    )
+    kw = kwargs_of(plan)
+    assert plan.network == "link" and kw["network_mode"] == "none"  # the link is clawpen's, not the engine's
+    assert kw["dns"] == ["10.213.0.5"]
+    assert kw["environment"]["HTTPS_PROXY"] == "http://10.213.0.5:3128"
+    assert "dns" not in kwargs_of(plan_of(tmp_path, CONTAINER))  # no link: the engine's default (no network)
 
 
 def test_a_sandbox_bot_stores_no_container_fields(tmp_path: Path) -> None:

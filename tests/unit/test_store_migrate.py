@@ -285,3 +285,20 @@ def test_an_action_is_not_failed_by_an_audit_log_that_cannot_be_written(tmp_path
         note.kind == "audit" and "could not be written" in note.reason and "root did token_ls" in note.reason
     )
     store.close()
+
+
+def test_events_of_two_stores_on_one_database_are_all_kept(tmp_path: Path) -> None:
+    """The daemon's Store and a CLI command's (firewall) on the same database: the one whose
+    highest id is stale moves its events past the other's instead of failing as duplicates."""
+    path = tmp_path / "clawpen.db"
+    daemon, cli = Store(path), Store(path)
+    daemon.add_event("note", "from the daemon")
+    cli.add_event("firewall", "from the CLI")  # the same next id as the daemon's first
+    later = daemon.add_event("note", "the daemon again")
+    reasons = [e.reason for e in Store(path).events(limit=10)]
+    assert sorted(reasons) == ["from the CLI", "from the daemon", "the daemon again"]
+    assert later.id == 2  # handed out before the save; the saved row moved past the CLI's
+    ids = [e.id for e in Store(path).events(limit=10)]
+    assert len(set(ids)) == 3
+    daemon.close()
+    cli.close()

@@ -180,4 +180,6 @@ def create_kwargs(
         )
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
+    if plan.link is not None:  # names resolve at the gateway, as in the sandbox's resolv.conf
+        kwargs["dns"] = [plan.link.gw_addr]
     return kwargs

@@ -108,7 +108,7 @@ class ContainerTier:
             raise SandboxError(
                 f"{plan.bot} has a network link, but nothing wires it into its container",
                 where="container: network",
-                hint="egress in the container tier is not wired in this clawpen yet",
+                hint="run it under the daemon, which wires the link: clawpen up",
             )
         name = cgroup_name or f"{plan.bot}.0"
         api = self.client(plan.container.engine)

@@ -355,7 +355,8 @@ class Instance:
         return [("out", paths["out"]), ("err", paths["err"])]
 
     async def _start_sandbox(self) -> RunningSandbox:
-        await self.net.attach()
+        tier = self.tier
+        await self.net.attach(reserve=tier.makes_netns)
         self.health = "starting" if self.bot.health else None  # a new process: until checked
         self.health_latency_s = self.health_detail = self.health_at = None
         plan = self.plan()
@@ -369,7 +370,7 @@ class Instance:
             status_path = self._paths()["status"]
             status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             loop = asyncio.get_running_loop()
-            tier = self.tier
+            wire_net = self.net.wirer() if tier.makes_netns else None
             sandbox = await loop.run_in_executor(
                 None,
                 lambda: tier.start(
@@ -378,6 +379,7 @@ class Instance:
                     stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
                     status_fd=status_fd,
                     secrets=self._secrets,
+                    wire_net=wire_net,
                 ),
             )
         except BaseException:

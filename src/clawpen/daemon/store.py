@@ -195,12 +195,26 @@ class Store:
             )
         return True
 
+    def _renumber(self, events: list[Event]) -> list[Event]:
+        """Another process's Store on the same database (the CLI's firewall commands) may have
+        written events since this one read the highest id: under the write lock, move this one's
+        unsaved events past it, so they are saved, not refused as duplicates."""
+        if not events:
+            return events
+        top = int(self.db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        if top < events[0].id:
+            return events
+        moved = [e._replace(id=top + 1 + i) for i, e in enumerate(events)]
+        self._next_event = max(self._next_event, moved[-1].id + 1)
+        return moved
+
     def _write(self, events: list[Event]) -> None:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             for statements in self._pending.values():
                 for sql, params in statements:
                     self.db.execute(sql, params)
+            events = self._renumber(events)
             self.db.executemany(
                 "INSERT INTO events (id, at, bot, replica, kind, from_state, to_state, reason) "
                 "VALUES (?,?,?,?,?,?,?,?)",

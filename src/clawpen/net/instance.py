@@ -4,7 +4,11 @@
   :meth:`clawpen.net.links.LinkManager.attach` before its first start; the link is kept across
   restarts (the new sandbox runs in the same namespace, with the same address) and removed
   when the instance stops for good. After a daemon restart, an adopted instance takes its link
-  back (:meth:`LinkManager.adopt`).
+  back (:meth:`LinkManager.adopt`). Under a tier that makes the bot's namespace itself (a
+  container engine, ``Tier.makes_netns``) the link is only reserved before the start (its
+  addresses, for the plan) and wired into each new container's namespace by the tier through
+  ``start(wire_net=...)`` (:meth:`InstanceNetwork.wirer`, :meth:`LinkManager.wire`): same
+  addresses on every restart, a new veth into each new namespace.
 * **published ports**: replica 0 binds each ``publish`` entry and hands the listeners to a
   relay *process* of its own (:mod:`clawpen.net.portrelay`, started and adopted through
   :class:`clawpen.net.relayctl.RelayControl`), so published ports keep answering while the
@@ -87,8 +91,10 @@ class InstanceNetwork:
     def _wants_link(self) -> bool:
         return self.inst.svc.network is not None and bool(self.inst.bot.network.egress)
 
-    async def attach(self) -> None:
-        """Give a bot with egress its namespace and link (once; kept across restarts)."""
+    async def attach(self, *, reserve: bool = False) -> None:
+        """Give a bot with egress its namespace and link (once; kept across restarts). With
+        ``reserve`` (a tier that makes the bot's namespace itself): only the link's addresses,
+        for the plan; :meth:`wirer` wires it into each new namespace."""
         net = self.inst.svc.network
         if net is None or not self._wants_link or self.link is not None:
             return
@@ -96,7 +102,24 @@ class InstanceNetwork:
         net.ready()
         policy = inst.bot.to_policy(inst.name, inst.base_dir)
         loop = asyncio.get_running_loop()
-        self.link = await loop.run_in_executor(None, net.attach, inst.name, inst.replica, policy)
+        make = net.reserve if reserve else net.attach
+        self.link = await loop.run_in_executor(None, make, inst.name, inst.replica, policy)
+
+    def wirer(self) -> Callable[[int], None] | None:
+        """For a tier that makes the bot's namespace: ``start``'s ``wire_net``, which wires the
+        link (after :meth:`attach` with ``reserve``) into the namespace of the host pid it is
+        given, replacing the previous container's link. Blocking: it runs in the executor
+        thread the tier's start runs in. ``None`` for a bot without a link."""
+        net = self.inst.svc.network
+        if net is None or self.link is None:
+            return None
+        inst = self.inst
+        policy = inst.bot.to_policy(inst.name, inst.base_dir)
+
+        def wire(pid: int) -> None:
+            self.link = net.wire(inst.name, inst.replica, policy, pid)
+
+        return wire
 
     async def adopt(self) -> None:
         """After a daemon restart: take back the link of a sandbox that kept running."""

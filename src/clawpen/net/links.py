@@ -23,9 +23,18 @@ API (used by the runtime, the gateway and the build steps):
 
 * ``attach(bot, replica, policy) -> Link``: create (or return the existing) link; shapes it
   when ``policy.bandwidth`` is set. Blocking (~10 ms): call it from an executor thread.
-* ``detach(bot, replica)``: delete the link and the bot's namespace (no error if absent).
+* ``reserve(bot, replica, policy) -> Link`` then ``wire(bot, replica, policy, pid) -> Link``:
+  for a tier that makes the bot's namespace itself (a container engine, ``Tier.makes_netns``).
+  ``reserve`` holds the address block and gives the plan its link before the start; ``wire``
+  (called by the tier through ``start(wire_net=...)``, once the namespace exists and before the
+  bot's command runs) bind-mounts ``/proc/<pid>/ns/net`` at the link's usual path and sets it
+  up exactly as ``attach`` sets up a namespace of its own (sysctls, veth, addresses, routes,
+  IPv6, shaping; the netlink side is :mod:`clawpen.net.veth`). Each new container is wired
+  again: the link of the previous one is removed first (same block, same addresses).
+* ``detach(bot, replica)``: delete the link and the bot's namespace (no error if absent); for a
+  wired link: the veth and the mount (the namespace itself ends with the container).
 * ``adopt(bot, replica, policy) -> Link | None``: after a daemon restart, take over the link of
-  a bot that still runs (``None`` when its namespace is gone).
+  a bot that still runs (``None`` when its namespace is gone); by path, so also a wired link.
 * ``link(bot, replica) -> Link | None``; ``by_source(addr) -> BotLink | None`` (the gateway's
   :class:`~clawpen.net.types.LinkRegistry`, by ``bot_addr`` or ``bot_addr6``);
   ``gateway_netns_fd`` (created on first use).
@@ -36,7 +45,6 @@ namespace (:func:`clawpen.netns.socket_in`), never a socket of the daemon's own 
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
@@ -49,7 +57,7 @@ from typing import Any, NamedTuple
 from clawpen import netns
 from clawpen.errors import ConfigError, HostError
 from clawpen.fsutil import write_atomic
-from clawpen.net import nft, nftlimit, shape
+from clawpen.net import nft, nftlimit, veth
 from clawpen.net.learn import LearnStarts
 from clawpen.net.types import LINK6_EXTRA_BITS, LINK_PREFIX, BotLink, canonical, ipv6_of
 from clawpen.plan.model import NetLink
@@ -57,19 +65,7 @@ from clawpen.spec.policy import BotPolicy
 from clawpen.spec.quotas import NetLimits
 
 DEFAULT_SUBNET = "10.213.0.0/16"
-BOT_IF = "eth0"
-NETLINK_ROUTE = 0
-IFA_F_NODAD = 0x02
-# per-interface IPv6 settings of both ends of an IPv6 link: no DAD wait, no router
-# advertisements, no autoconfigured addresses, no router solicitations, no forwarding
-IPV6_QUIET = (
-    ("accept_dad", "0"),
-    ("dad_transmits", "0"),
-    ("accept_ra", "0"),
-    ("autoconf", "0"),
-    ("router_solicitations", "0"),
-    ("forwarding", "0"),
-)
+BOT_IF = veth.BOT_IF
 
 
 class Link(NamedTuple):
@@ -102,33 +98,6 @@ class Link(NamedTuple):
     def for_plan(self, egress: tuple[str, ...] | str = ()) -> NetLink:
         """The record the planner takes (:class:`clawpen.plan.model.NetLink`)."""
         return NetLink(self.netns, self.bot_addr, self.gw_addr, self.prefixlen, BOT_IF, egress)
-
-
-def _ipr(fd: int) -> Any:
-    """A pyroute2 IPRoute whose netlink socket lives in the namespace ``fd``."""
-    from pyroute2 import IPRoute
-
-    sock = netns.socket_in(fd, socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-    return IPRoute(use_socket=sock)
-
-
-def _sysctls(ipv6: bool) -> None:
-    """For the calling thread's (new) namespace: no forwarding; IPv6 off, or quiet (
-    :data:`IPV6_QUIET` for every interface made from now on, e.g. the bot's ``eth0``)."""
-    netns.write_sysctl("net/ipv4/ip_forward", "0")
-    for scope in ("all", "default"):
-        with contextlib.suppress(FileNotFoundError):  # kernel without IPv6
-            if not ipv6:
-                netns.write_sysctl(f"net/ipv6/conf/{scope}/disable_ipv6", "1")
-            for key, value in IPV6_QUIET if ipv6 else (("forwarding", "0"),):
-                netns.write_sysctl(f"net/ipv6/conf/{scope}/{key}", value)
-
-
-def _ipv6_on(ifname: str) -> None:
-    """Turn IPv6 on for ``ifname`` of the calling thread's namespace, quiet (see IPV6_QUIET)."""
-    for key, value in IPV6_QUIET:  # before IPv6 comes up: its link-local address skips DAD
-        netns.write_sysctl(f"net/ipv6/conf/{ifname}/{key}", value)
-    netns.write_sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
 
 
 class LinkManager:
@@ -194,7 +163,7 @@ class LinkManager:
 
     def _gateway(self) -> int:
         def setup() -> None:
-            _sysctls(ipv6=False)
+            veth.sysctls(ipv6=False)
             netns.loopback_up()
 
         # No netlink here (pyroute2 cannot run inside a running event loop, and the gateway may
@@ -292,97 +261,94 @@ class LinkManager:
             if live is not None:  # network.ipv6 changed: the link is made again (same block)
                 self._unregister(live)
                 del self._links[(bot, replica)]
-            gw_fd = self.gateway_netns_fd
-            key = f"{bot}.{replica}"
-            index = self._allocate(key)
-            gw_addr, bot_addr = self._block(index)
-            link = Link(
-                bot,
-                replica,
-                index,
-                f"{LINK_PREFIX}{index}",
-                bot_addr,
-                gw_addr,
-                30,
-                str(self.dir / key),
-                policy.ipv6,
-            )
-            self._remove(link, gw_fd)  # leftovers of an earlier daemon (or the live link)
-            try:
-                self._create(link, gw_fd, policy)
-            except BaseException as exc:
-                self._remove(link, gw_fd)
-                if isinstance(exc, HostError | KeyboardInterrupt):
-                    raise
-                raise HostError(
-                    f"cannot set up the network link of {key}: {exc}",
-                    where=f"link {link.ifname}",
-                    hint="clawpen doctor; the host needs veth and nf_tables support",
-                ) from exc
-            self._alloc[key] = index
+            return self._make(self._new_link(bot, replica, policy), policy)
+
+    def reserve(self, bot: str, replica: int, policy: BotPolicy) -> Link:
+        """The link a tier that makes the bot's namespace itself will get (for the plan: its
+        addresses and path), with its address block held; nothing is made until :meth:`wire`.
+        The live link when there is one (the block stays the same across restarts)."""
+        with self._lock:
+            live = self._links.get((bot, replica))
+            if live is not None and live.ipv6 == policy.ipv6:
+                return live
+            link = self._new_link(bot, replica, policy)
+            self._alloc[f"{bot}.{replica}"] = link.block
             self._save()
-            self._register(link, policy)
             return link
 
-    def _create(self, link: Link, gw_fd: int, policy: BotPolicy) -> None:
-        bot_fd = netns.create_persistent(link.netns, setup=lambda: _sysctls(policy.ipv6))
-        ipg = ipb = None
+    def wire(self, bot: str, replica: int, policy: BotPolicy, pid: int) -> Link:
+        """Wire the instance's link into the existing network namespace of host process ``pid``
+        (a container's, made by its engine): the namespace is bind-mounted at the link's path
+        and set up as :meth:`attach` sets up one of its own. An earlier link of the instance
+        (the namespace of its previous container) is removed first. Blocking: executor thread."""
+        with self._lock:
+            live = self._links.pop((bot, replica), None)
+            link = self._new_link(bot, replica, policy)
+            if live is not None:
+                self._unregister(live)
+                if live.ifname != link.ifname:  # the subnet changed since: another block
+                    self._remove(live, self.gateway_netns_fd)
+            return self._make(link, policy, pid)
+
+    def _new_link(self, bot: str, replica: int, policy: BotPolicy) -> Link:
+        key = f"{bot}.{replica}"
+        index = self._allocate(key)
+        gw_addr, bot_addr = self._block(index)
+        return Link(
+            bot,
+            replica,
+            index,
+            f"{LINK_PREFIX}{index}",
+            bot_addr,
+            gw_addr,
+            30,
+            str(self.dir / key),
+            policy.ipv6,
+        )
+
+    def _make(self, link: Link, policy: BotPolicy, pid: int | None = None) -> Link:
+        """Make ``link`` (in a new namespace, or in ``pid``'s), replacing what its path and
+        interface name held; record and register it."""
+        gw_fd = self.gateway_netns_fd
+        key = f"{link.bot}.{link.replica}"
+        self._remove(link, gw_fd)  # leftovers of an earlier daemon (or the live link)
         try:
-            ipg, ipb = _ipr(gw_fd), _ipr(bot_fd)
-            ipg.link("add", ifname=link.ifname, kind="veth", peer={"ifname": BOT_IF, "net_ns_fd": bot_fd})
-            gw_if = ipg.link_lookup(ifname=link.ifname)[0]
-            ipg.addr("add", index=gw_if, address=link.gw_addr, prefixlen=link.prefixlen)
-            if link.ipv6:
-                netns.netns_thread_call(gw_fd, lambda: _ipv6_on(link.ifname))
-                _addr6(ipg, gw_if, link.gw_addr6, link.prefixlen6)
-            ipg.link("set", index=gw_if, state="up")
-            bot_if = ipb.link_lookup(ifname=BOT_IF)[0]
-            ipb.link("set", index=1, state="up")
-            ipb.addr("add", index=bot_if, address=link.bot_addr, prefixlen=link.prefixlen)
-            if link.ipv6:
-                _addr6(ipb, bot_if, link.bot_addr6, link.prefixlen6)
-            ipb.link("set", index=bot_if, state="up")
-            ipb.route("add", dst="default", gateway=link.gw_addr)
-            if link.ipv6:
-                ipb.route("add", family=socket.AF_INET6, dst="::/0", gateway=link.gw_addr6)
-            if policy.bandwidth:
-                shape.set_rate(ipg, gw_if, policy.bandwidth, policy.burst)
-                shape.set_rate(ipb, bot_if, policy.bandwidth, policy.burst)
+            self._create(link, gw_fd, policy, pid)
+        except BaseException as exc:
+            self._remove(link, gw_fd)
+            if isinstance(exc, HostError | KeyboardInterrupt):
+                raise
+            raise HostError(
+                f"cannot set up the network link of {key}: {exc}",
+                where=f"link {link.ifname}",
+                hint="clawpen doctor; the host needs veth and nf_tables support",
+            ) from exc
+        self._alloc[key] = link.block
+        self._save()
+        self._register(link, policy)
+        return link
+
+    def _create(self, link: Link, gw_fd: int, policy: BotPolicy, pid: int | None = None) -> None:
+        if pid is None:
+            bot_fd = netns.create_persistent(link.netns, setup=lambda: veth.sysctls(policy.ipv6))
+        else:
+            bot_fd = veth.bind_pid(link.netns, pid)
+        try:
+            if pid is not None:
+                mine, gws = os.fstat(bot_fd), os.fstat(gw_fd)
+                if (mine.st_dev, mine.st_ino) == (gws.st_dev, gws.st_ino):
+                    raise HostError(f"pid {pid} runs in the gateway namespace", where=link.netns)
+                netns.netns_thread_call(bot_fd, lambda: veth.sysctls(policy.ipv6))
+            veth.build(link, gw_fd, bot_fd, policy)
         finally:
-            for ipr in (ipg, ipb):
-                if ipr is not None:
-                    ipr.close()
             os.close(bot_fd)
 
     def _shape(self, link: Link, policy: BotPolicy) -> None:
         """Apply (or lift) the policy's bandwidth on both ends of a live link."""
-        bot_fd = netns.open_netns(link.netns)
-        ipg = ipb = None
-        try:
-            ipg, ipb = _ipr(self.gateway_netns_fd), _ipr(bot_fd)
-            ends = ((ipg, ipg.link_lookup(ifname=link.ifname)), (ipb, ipb.link_lookup(ifname=BOT_IF)))
-            for ipr, found in ends:
-                if not found:
-                    continue
-                if policy.bandwidth:
-                    shape.set_rate(ipr, found[0], policy.bandwidth, policy.burst)
-                else:
-                    shape.clear(ipr, found[0])
-        finally:
-            for ipr in (ipg, ipb):
-                if ipr is not None:
-                    ipr.close()
-            os.close(bot_fd)
+        veth.reshape(link, self.gateway_netns_fd, policy)
 
     def _remove(self, link: Link, gw_fd: int) -> None:
-        ipg = _ipr(gw_fd)
-        try:
-            for index in ipg.link_lookup(ifname=link.ifname):
-                with contextlib.suppress(Exception):
-                    ipg.link("del", index=index)
-        finally:
-            ipg.close()
-        netns.remove_persistent(link.netns)
+        veth.remove(link, gw_fd)
 
     def detach(self, bot: str, replica: int) -> None:
         """Delete the instance's link and namespace and free its addresses (absent: no error)."""
@@ -410,7 +376,7 @@ class LinkManager:
             path = str(self.dir / key)
             if index is None or not netns.is_mounted_netns(path):
                 return None
-            ipg = _ipr(self.gateway_netns_fd)
+            ipg = veth.ipr(self.gateway_netns_fd)
             try:
                 found = ipg.link_lookup(ifname=f"{LINK_PREFIX}{index}")
                 if not found:
@@ -466,11 +432,6 @@ class LinkManager:
                 self.detach(name, int(number))
             self.close()
             netns.remove_persistent(self.gw_path)
-
-
-def _addr6(ipr: Any, index: int, address: str, prefixlen: int) -> None:
-    """Add an IPv6 address without duplicate address detection (usable at once)."""
-    ipr.addr("add", index=index, address=address, prefixlen=prefixlen, flags=IFA_F_NODAD)
 
 
 def for_daemon(state_dir: Path, daemon: Any) -> LinkManager:

@@ -61,8 +61,6 @@ def check_fields(
     *,
     build: bool,
     rw: bool,
-    egress: bool,
-    publish: bool,
     io_weight: bool = False,
 ) -> None:
     """Refuse the fields the container tier cannot honour (PolicyError with the field's path)."""
@@ -76,17 +74,6 @@ def check_fields(
             rw,
             "a container bot's only writable host folder is its workspace",
             "use the workspace (at /workspace), or mount the folder read-only (filesystem.ro)",
-        ),
-        "network.egress": (
-            egress,
-            "egress in the container tier: not yet (the gateway link into a container's network "
-            "namespace is still being built)",
-            'run this bot with tier = "sandbox" for now, or remove egress (loopback only)',
-        ),
-        "network.publish": (
-            publish,
-            "published ports in the container tier: not yet",
-            'run this bot with tier = "sandbox" for now, or remove publish',
         ),
         "resources.io_weight": (
             io_weight,
@@ -119,8 +106,6 @@ def for_bot(bot: Any, name: str, base_dir: str) -> ContainerSettings:
         name,
         build=bot.build is not None,
         rw=bool(bot.filesystem.rw),
-        egress=not bot.network.isolated,
-        publish=bool(bot.network.publish),
         io_weight=bot.resources.io_weight is not None,
     )
     if bot.image is None:  # the model refuses it; a policy is never built without one
