@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import SandboxError
 from clawpen.procfs import pid_start_time
+from clawpen.sandbox.cgroups import Cgroup
 from clawpen.sandbox.tier import RunResult, SandboxRecord, result_from_status
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from clawpen.container.files import InstanceFiles
     from clawpen.plan.model import Plan
-    from clawpen.sandbox.cgroups import Cgroup, CgroupStats
+    from clawpen.sandbox.cgroups import CgroupStats
 
     _Stream = int | IO[bytes] | None
 
@@ -90,6 +91,28 @@ def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
                     time.sleep(0.01)
                     continue
             break
+
+
+def _cgroup_dirs(pid: int) -> list[str]:
+    """The cgroup directories (in this mount namespace) that process ``pid`` is in, one per
+    hierarchy mounted here; ``[]`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            member = [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [ln.split() for ln in f]
+    except OSError:
+        return []
+    found: list[str] = []
+    for _, controllers, path in member:
+        wanted = set(controllers.split(",")) - {""}
+        for fields in mounts:
+            if len(fields) < 4 or fields[2] not in ("cgroup", "cgroup2"):
+                continue
+            if (fields[2] == "cgroup2" and not wanted) or (wanted and wanted <= set(fields[3].split(","))):
+                found.append(fields[1] + path.rstrip("/") if path != "/" else fields[1])
+                break
+    return found
 
 
 class ContainerSandbox:
@@ -192,6 +215,16 @@ class ContainerSandbox:
             os.close(self._pidfd)
             self._pidfd = None
 
+    def own_cgroup(self) -> Cgroup:
+        """The container's own cgroup, as its init is in it: the engine's, under clawpen's
+        ``clawpen/<cgroup>``, in every hierarchy (memory, pids, devices, cpuset...). A command
+        entered into the container joins it, as ``docker exec`` does: clawpen's parent has none
+        of the container's limits. Falls back to clawpen's cgroup when the init is gone."""
+        dirs = _cgroup_dirs(self._pid)
+        if not dirs:
+            return self.cgroup
+        return Cgroup(self.cgroup.name, self.cgroup.version, {str(i): d for i, d in enumerate(dirs)})
+
     def enter(
         self,
         plan: Plan,
@@ -208,7 +241,7 @@ class ContainerSandbox:
         return enter(
             self._pid,
             plan,
-            self.cgroup,
+            self.own_cgroup(),
             command,
             bpf=bpf,
             stdin=stdin,
