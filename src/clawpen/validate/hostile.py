@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -46,6 +45,7 @@ from clawpen.validate.context import (
     PY,
     Context,
 )
+from clawpen.validate.entered import Inside
 from clawpen.validate.sysprobe import FORCE_ENV as SYSPROBE_ENV
 
 
@@ -59,16 +59,6 @@ class Outcome(NamedTuple):
 
     def to_dict(self) -> dict[str, str]:
         return self._asdict()
-
-
-def _last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                data = json.loads(line)
-                if isinstance(data, dict) and "did" in data:
-                    return data
-    return None
 
 
 class _Pipes:
@@ -107,7 +97,7 @@ class _Pipes:
             os.close(fds.pop())
 
 
-def _run_inside(ctx: Context, tier: Tier, action: Action) -> tuple[dict[str, Any] | None, str, str]:
+def _run_inside(ctx: Context, tier: Tier, action: Action) -> Inside:
     """The probe in a throwaway sandbox of ``tier`` (its Tier and RunningSandbox protocols only):
     (its JSON, how the run ended, stderr tail)."""
     from clawpen.plan.build import HostFacts, build_plan
@@ -142,7 +132,7 @@ def _run_inside(ctx: Context, tier: Tier, action: Action) -> tuple[dict[str, Any
     finally:
         pipes.close(pipes.writers)
         pipes.close(pipes.readers)
-    inside = _last_json(text)
+    inside = probes.last_json(text)
     if inside is None and ctx.python in errtext and ("No such file" in errtext or "not found" in errtext):
         missing = f"the sandbox has no {ctx.python} to run the probe"
         inside = {"did": False, "detail": missing, "judged": False}
@@ -170,7 +160,7 @@ def _run_control(
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return None, "timed out"
-    return _last_json(proc.stdout), proc.stderr.strip()[-200:]
+    return probes.last_json(proc.stdout), proc.stderr.strip()[-200:]
 
 
 def judge(action: Action, inside: dict[str, Any] | None, reason: str, host_escape: str | None,
@@ -195,8 +185,10 @@ def _via(result: dict[str, Any]) -> str:
     return f" (via {via}: {SYSPROBE_NOTE})" if via else ""
 
 
-def run_action(ctx: Context, tier: Tier, action: Action) -> Outcome:
-    inside, reason, errtext = _run_inside(ctx, tier, action)
+def run_action(ctx: Context, inside_run: Callable[[Action], Inside], action: Action) -> Outcome:
+    """One action: its probe run by ``inside_run`` (in a fresh sandbox, or entered into a running
+    one), the host's check, and the positive control."""
+    inside, reason, errtext = inside_run(action)
     host_escape = action.host_check(ctx) if action.host_check else None
     used_sysprobe = inside is not None and bool(inside.get("via"))
     control, cerr = _run_control(ctx, action, sysprobe=used_sysprobe)
@@ -217,9 +209,13 @@ def run_hostile(
     *,
     only: set[str] | None = None,
     progress: Callable[[Outcome], None] | None = None,
+    entered: bool = False,
 ) -> list[Outcome]:
-    """Run every built-in action (or those in ``only``) against ``policy``; root only."""
+    """Run every built-in action (or those in ``only``) against ``policy``; root only. Each in a
+    fresh sandbox of the bot's tier, or with ``entered`` into one running sandbox of the bot, as
+    ``clawpen exec`` enters it (:mod:`clawpen.validate.entered`)."""
     from clawpen.sandbox.namespace import NamespaceTier
+    from clawpen.validate.entered import EnteredRunner, runner_bpf
 
     if os.geteuid() != 0:
         raise HostError(
@@ -231,16 +227,22 @@ def run_hostile(
     tier, built = _tier_for(policy, state, sandboxes)
     ctx = Context(policy, state)  # no host change yet
     outcomes: list[Outcome] = []
+    runner: EnteredRunner | None = None
     try:
         ctx.open(sandboxes, built)
+        if entered:
+            runner = EnteredRunner(ctx, tier, runner_bpf(ctx))
         for action in ACTIONS:
             if only and action.id not in only and action.group not in only:
                 continue
-            outcome = run_action(ctx, tier, action)
+            inside_run = runner or (lambda a: _run_inside(ctx, tier, a))
+            outcome = run_action(ctx, inside_run, action)
             outcomes.append(outcome)
             if progress:
                 progress(outcome)
     finally:
+        if runner is not None:
+            runner.close()
         ctx.close()
     return outcomes
 
@@ -256,12 +258,18 @@ def _tier_for(policy: BotPolicy, state: Path, sandboxes: Tier) -> tuple[Tier, st
     return ContainerTier(state), build(cache_dir(state))
 
 
-def run_notes(policy: BotPolicy, outcomes: list[Outcome]) -> list[str]:
+def run_notes(policy: BotPolicy, outcomes: list[Outcome], *, entered: bool = False) -> list[str]:
     """What the report says about how the actions ran in this bot's tier."""
     notes = []
-    if policy.container is not None:
+    if entered:
         notes.append(
-            f"container tier: each action ran in a throwaway container of {policy.container.image} "
+            "--exec: each action was entered into one running sandbox of the bot, as clawpen exec and "
+            "cmd health checks enter it (the bot's namespaces, uid, cgroup and clawpen's seccomp filter)"
+        )
+    if policy.container is not None:
+        how = "entered into a container" if entered else "ran in a throwaway container"
+        notes.append(
+            f"container tier: each action {how} of {policy.container.image} "
             "(same uid, limits, seccomp, read-only root; no network: loopback only)"
         )
     via = [o.id for o in outcomes if SYSPROBE_NOTE in o.inside]

@@ -13,6 +13,22 @@ where ``did`` means "the action worked". Arguments come from the runner (paths, 
 
 from __future__ import annotations
 
+import contextlib
+import json
+from typing import Any
+
+
+def last_json(text: str) -> dict[str, Any] | None:
+    """A probe's answer: the last JSON line of its output with a ``did`` key, or None."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if isinstance(data, dict) and "did" in data:
+                    return data
+    return None
+
+
 PRELUDE = r"""
 import errno, os, socket, sys, time
 A = sys.argv[1:]
