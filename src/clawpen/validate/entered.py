@@ -99,7 +99,8 @@ class EnteredRunner:
             return
         with contextlib.suppress(Exception):
             sandbox.kill()
-            ended_within(sandbox, PROBE_TIMEOUT)
+            if ended_within(sandbox, PROBE_TIMEOUT):
+                sandbox.collect()  # reaps the sandbox tier's monitor
         with contextlib.suppress(Exception):
             sandbox.teardown()
 

@@ -120,13 +120,19 @@ def _run_inside(ctx: Context, tier: Tier, action: Action) -> Inside:
             )
         finally:
             os.close(null)
+        ended = False
         try:
-            timed_out = not ended_within(sandbox, PROBE_TIMEOUT)
+            ended = ended_within(sandbox, PROBE_TIMEOUT)
+            timed_out = not ended
             if timed_out:
                 sandbox.kill()
-                ended_within(sandbox, PROBE_TIMEOUT)
+                ended = ended_within(sandbox, PROBE_TIMEOUT)
             result = sandbox.collect()
+            ended = True
         finally:
+            if not ended:  # interrupted (Ctrl-C): it must end before its teardown
+                sandbox.kill()
+                ended_within(sandbox, PROBE_TIMEOUT)
             sandbox.teardown()
         text, errtext = pipes.read()
     finally:
