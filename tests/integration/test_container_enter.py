@@ -101,3 +101,44 @@ def test_an_entered_command_is_held_by_the_containers_memory_and_pids_limits(
     code, out = _entered(bot, "python3", "-c", FORKS, "40")
     assert code == 0 and out.startswith("refused 11\nforked "), out
     assert int(out.split()[-1]) < 24
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Any]:
+    from clawpen.paths import cgroup_scope
+    from conftest import daemon_at
+
+    ensure_base_image()
+    home = tmp_path / "state"
+    try:
+        with daemon_at(home) as d:
+            yield d
+    finally:
+        left = subprocess.run(
+            ["docker", "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if left:
+            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+
+
+def test_clawpen_exec_into_a_container_bot_is_held_by_its_memory_limit(daemon: Any) -> None:
+    daemon.write(f"""
+        [bots.held]
+        tier = "container"
+        image = "{BASE_IMAGE}"
+        command = ["sleep", "300"]
+        [bots.held.resources]
+        memory = "64M"
+        pids = 24
+    """)
+    daemon.cli("up")
+    row = daemon.wait_state("held", "running")
+    got = daemon.cli("exec", "held", "--", "cat", "/proc/self/cgroup")
+    assert got.stdout == Path(f"/proc/{row['pid']}/cgroup").read_text()  # the container's own cgroup
+    ok = daemon.cli("exec", "held", "--", "python3", "-c", HOG, "16", check=False)
+    assert (ok.returncode, ok.stdout) == (0, "allocated 16\n"), ok  # positive control
+    hog = daemon.cli("exec", "held", "--", "python3", "-c", HOG, "160", check=False)
+    assert hog.returncode == 137 and "allocated" not in hog.stdout, hog  # OOM-killed at 64M

@@ -115,6 +115,15 @@ def _cgroup_dirs(pid: int) -> list[str]:
     return found
 
 
+def cgroup_of(pid: int, parent: Cgroup) -> Cgroup:
+    """The cgroup container init ``pid`` is in, in every hierarchy (the engine's cgroup of the
+    container, under clawpen's ``parent``); ``parent`` itself when the init is gone."""
+    dirs = _cgroup_dirs(pid)
+    if not dirs:
+        return parent
+    return Cgroup(parent.name, parent.version, {str(i): d for i, d in enumerate(dirs)})
+
+
 class ContainerSandbox:
     """One container bot instance this daemon started or adopted."""
 
@@ -220,10 +229,7 @@ class ContainerSandbox:
         ``clawpen/<cgroup>``, in every hierarchy (memory, pids, devices, cpuset...). A command
         entered into the container joins it, as ``docker exec`` does: clawpen's parent has none
         of the container's limits. Falls back to clawpen's cgroup when the init is gone."""
-        dirs = _cgroup_dirs(self._pid)
-        if not dirs:
-            return self.cgroup
-        return Cgroup(self.cgroup.name, self.cgroup.version, {str(i): d for i, d in enumerate(dirs)})
+        return cgroup_of(self._pid, self.cgroup)
 
     def enter(
         self,
