@@ -93,26 +93,43 @@ def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
             break
 
 
-def _cgroup_dirs(pid: int) -> list[str]:
-    """The cgroup directories (in this mount namespace) that process ``pid`` is in, one per
-    hierarchy mounted here; ``[]`` when it is gone."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            member = [ln.rstrip("\n").split(":", 2) for ln in f if ln.count(":") >= 2]
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            mounts = [ln.split() for ln in f]
-    except OSError:
-        return []
+def cgroup_dirs(member: str, mountinfo: str) -> list[str]:
+    """The cgroup directories a process is in, one per hierarchy mounted here (pure): ``member``
+    is its ``/proc/PID/cgroup``, ``mountinfo`` this mount namespace's ``/proc/self/mountinfo``
+    (only mounts of a hierarchy's root count: a bind of a sub-folder would give wrong paths)."""
+    roots: list[tuple[str, set[str]]] = []  # (mount point, controllers; empty for cgroup2)
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, after = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(after) < 3 or fields[3] != "/":
+            continue
+        if after[0] == "cgroup2":
+            roots.append((fields[4], set()))
+        elif after[0] == "cgroup":
+            roots.append((fields[4], set(after[2].split(","))))
     found: list[str] = []
-    for _, controllers, path in member:
-        wanted = set(controllers.split(",")) - {""}
-        for fields in mounts:
-            if len(fields) < 4 or fields[2] not in ("cgroup", "cgroup2"):
-                continue
-            if (fields[2] == "cgroup2" and not wanted) or (wanted and wanted <= set(fields[3].split(","))):
-                found.append(fields[1] + path.rstrip("/") if path != "/" else fields[1])
+    for line in member.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        wanted = set(parts[1].split(",")) - {""}
+        for point, options in roots:
+            if (not wanted and not options) or (wanted and wanted <= options):
+                found.append(point if parts[2] == "/" else point + parts[2].rstrip("/"))
                 break
     return found
+
+
+def _cgroup_dirs(pid: int) -> list[str]:
+    """:func:`cgroup_dirs` of process ``pid``; ``[]`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            member = f.read()
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            mountinfo = f.read()
+    except OSError:
+        return []
+    return cgroup_dirs(member, mountinfo)
 
 
 def cgroup_of(pid: int, parent: Cgroup) -> Cgroup:
