@@ -29,6 +29,12 @@ def add_commands(sub: Any) -> None:
     val.add_argument(
         "--only", action="append", default=[], metavar="ID", help="--hostile: only this action or group"
     )
+    val.add_argument(
+        "--exec",
+        dest="exec_path",
+        action="store_true",
+        help="--hostile: enter each action into one running sandbox of the bot, as clawpen exec does",
+    )
     val.add_argument("--quick", action="store_true", help="skip the failure scenarios (kill, restart)")
     val.add_argument(
         "--live", action="store_true", help="run the failure scenarios on the live bot (default: on a copy)"
@@ -116,7 +122,7 @@ def _policies(ns: argparse.Namespace) -> list[Any]:
 
 def _hostile(ns: argparse.Namespace) -> int:
     from clawpen.validate.actions import ACTIONS
-    from clawpen.validate.hostile import Outcome, all_contained, run_hostile
+    from clawpen.validate.hostile import Outcome, all_contained, run_hostile, run_notes
 
     known = {a.id for a in ACTIONS} | {a.group for a in ACTIONS}
     unknown = [o for o in ns.only if o not in known]
@@ -127,6 +133,7 @@ def _hostile(ns: argparse.Namespace) -> int:
             hint=f"groups: {', '.join(sorted({a.group for a in ACTIONS}))}; ids: see docs/validate.md",
         )
     marks = {"contained": "ok", "escaped": "ESCAPED", "control-failed": "no-control", "error": "ERROR"}
+    marks["not-judged"] = "NOT-JUDGED"
     safe = termsafe.for_stream(sys.stdout)  # what a hostile action printed is the bot's text
     report: dict[str, Any] = {}
     ok = True
@@ -145,14 +152,18 @@ def _hostile(ns: argparse.Namespace) -> int:
 
         if not ns.json:
             print(f"{'BOT':<14} {'RESULT':<10} {'ACTION':<24} INSIDE   [CONTROL OUTSIDE]")
-        outcomes = run_hostile(policy, state_dir(), only=set(ns.only) or None, progress=show)
+        outcomes = run_hostile(
+            policy, state_dir(), only=set(ns.only) or None, progress=show, entered=ns.exec_path
+        )
         counts = {v: sum(o.verdict == v for o in outcomes) for v in marks}
+        notes += run_notes(policy, outcomes, entered=ns.exec_path)
         report[policy.name] = {"counts": counts, "actions": [o.to_dict() for o in outcomes], "notes": notes}
         ok = ok and all_contained(outcomes)
         if not ns.json:
             print(
                 f"{policy.name}: {counts['contained']} of {len(outcomes)} contained, {counts['escaped']} "
                 f"escaped, {counts['control-failed']} without a working control, {counts['error']} errors"
+                + (f", {counts['not-judged']} not judged" if counts["not-judged"] else "")
             )
             for note in notes:
                 print(f"note: {note}")
@@ -164,8 +175,9 @@ def _hostile(ns: argparse.Namespace) -> int:
 def cmd_validate(ns: argparse.Namespace) -> int:
     if ns.hostile:
         return _hostile(ns)
-    if ns.only:
-        raise UsageError("--only goes with --hostile", where="clawpen validate", hint="add --hostile")
+    if ns.only or ns.exec_path:
+        flag = "--only" if ns.only else "--exec"
+        raise UsageError(f"{flag} goes with --hostile", where="clawpen validate", hint="add --hostile")
     from clawpen.validate.report import render, validate_release
 
     if ns.live and ns.empty_workspace:

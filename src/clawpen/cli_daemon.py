@@ -434,10 +434,15 @@ def cmd_exec(ns: argparse.Namespace) -> int:
         seccomp=policy,
         link=link,
     )
+    cgroup = detect().attach(target["cgroup"])
+    if plan.container is not None:  # join the container's own cgroup, as docker exec does
+        from clawpen.container.handle import cgroup_of
+
+        cgroup = cgroup_of(int(target["sandbox_pid"]), cgroup)
     proc = enter(
         int(target["sandbox_pid"]),
         plan,
-        detect().attach(target["cgroup"]),
+        cgroup,
         command,
         bpf=bpf_for(policy, state / "cache"),
         new_group=False,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import SandboxError
 from clawpen.procfs import pid_start_time
+from clawpen.sandbox.cgroups import Cgroup
 from clawpen.sandbox.tier import RunResult, SandboxRecord, result_from_status
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from clawpen.container.files import InstanceFiles
     from clawpen.plan.model import Plan
-    from clawpen.sandbox.cgroups import Cgroup, CgroupStats
+    from clawpen.sandbox.cgroups import CgroupStats
 
     _Stream = int | IO[bytes] | None
 
@@ -90,6 +91,54 @@ def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
                     time.sleep(0.01)
                     continue
             break
+
+
+def cgroup_dirs(member: str, mountinfo: str) -> list[str]:
+    """The cgroup directories a process is in, one per hierarchy mounted here (pure): ``member``
+    is its ``/proc/PID/cgroup``, ``mountinfo`` this mount namespace's ``/proc/self/mountinfo``
+    (only mounts of a hierarchy's root count: a bind of a sub-folder would give wrong paths)."""
+    roots: list[tuple[str, set[str]]] = []  # (mount point, controllers; empty for cgroup2)
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, after = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(after) < 3 or fields[3] != "/":
+            continue
+        if after[0] == "cgroup2":
+            roots.append((fields[4], set()))
+        elif after[0] == "cgroup":
+            roots.append((fields[4], set(after[2].split(","))))
+    found: list[str] = []
+    for line in member.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        wanted = set(parts[1].split(",")) - {""}
+        for point, options in roots:
+            if (not wanted and not options) or (wanted and wanted <= options):
+                found.append(point if parts[2] == "/" else point + parts[2].rstrip("/"))
+                break
+    return found
+
+
+def _cgroup_dirs(pid: int) -> list[str]:
+    """:func:`cgroup_dirs` of process ``pid``; ``[]`` when it is gone."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            member = f.read()
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            mountinfo = f.read()
+    except OSError:
+        return []
+    return cgroup_dirs(member, mountinfo)
+
+
+def cgroup_of(pid: int, parent: Cgroup) -> Cgroup:
+    """The cgroup container init ``pid`` is in, in every hierarchy (the engine's cgroup of the
+    container, under clawpen's ``parent``); ``parent`` itself when the init is gone."""
+    dirs = _cgroup_dirs(pid)
+    if not dirs:
+        return parent
+    return Cgroup(parent.name, parent.version, {str(i): d for i, d in enumerate(dirs)})
 
 
 class ContainerSandbox:
@@ -192,6 +241,13 @@ class ContainerSandbox:
             os.close(self._pidfd)
             self._pidfd = None
 
+    def own_cgroup(self) -> Cgroup:
+        """The container's own cgroup, as its init is in it: the engine's, under clawpen's
+        ``clawpen/<cgroup>``, in every hierarchy (memory, pids, devices, cpuset...). A command
+        entered into the container joins it, as ``docker exec`` does: clawpen's parent has none
+        of the container's limits. Falls back to clawpen's cgroup when the init is gone."""
+        return cgroup_of(self._pid, self.cgroup)
+
     def enter(
         self,
         plan: Plan,
@@ -208,7 +264,7 @@ class ContainerSandbox:
         return enter(
             self._pid,
             plan,
-            self.cgroup,
+            self.own_cgroup(),
             command,
             bpf=bpf,
             stdin=stdin,

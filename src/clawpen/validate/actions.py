@@ -33,6 +33,10 @@ def _scratch(c: Context, side: Side) -> str:
     return "/workspace" if side == "in" else str(c.control_dir)
 
 
+def _dir(c: Context, side: Side) -> list[str]:
+    return [_scratch(c, side)]
+
+
 def _one(value: Callable[[Context], str]) -> Callable[[Context, Side], list[str]]:
     return lambda c, s: [_scratch(c, s), value(c)]
 
@@ -115,13 +119,15 @@ ACTIONS: tuple[Action, ...] = (
         "proc.pidfd-host", "processes", "pidfd_open a host process (same uid)", p.PIDFD, "bot",
         _one(lambda c: str(c.victim_pid)),
     ),
-    Action("proc.ptrace", "processes", "ptrace another process", p.PTRACE, "nobody"),
+    Action("proc.ptrace", "processes", "ptrace another process", p.PTRACE, "nobody", _dir),
     Action(
         "proc.fork-bomb", "processes", "fork past the pids limit", p.FORK_BOMB, "nobody",
         _one(lambda c: str(c.fork_bound)), killed_ok=True,
     ),
-    Action("proc.cgroup-escape", "processes", "move a process out of its cgroup", p.CGROUP_ESCAPE, "root"),
-    Action("proc.priority", "processes", "raise its CPU priority (nice -10)", p.PRIORITY, "root"),
+    Action(
+        "proc.cgroup-escape", "processes", "move a process out of its cgroup", p.CGROUP_ESCAPE, "root", _dir
+    ),
+    Action("proc.priority", "processes", "raise its CPU priority (nice -10)", p.PRIORITY, "root", _dir),
     # privilege
     Action(
         "priv.setuid", "privilege", "gain root through a setuid-root binary", p.SETUID, "nobody",
@@ -135,13 +141,13 @@ ACTIONS: tuple[Action, ...] = (
         "priv.mountns", "privilege", "create a mount namespace", p.UNSHARE, "root", _one(lambda c: "mount")
     ),
     Action("priv.chroot", "privilege", "chroot", p.CHROOT, "root", _one(lambda c: "")),
-    Action("priv.keyctl", "privilege", "use the kernel keyring", p.KEYCTL, "nobody"),
-    Action("priv.bpf", "privilege", "create a BPF map", p.BPF, "root"),
-    Action("priv.perf", "privilege", "open a perf event", p.PERF, "root"),
-    Action("priv.module", "privilege", "load a kernel module", p.MODULE, "root"),
-    Action("priv.raw-socket", "privilege", "open a raw socket", p.RAW_SOCKET, "root"),
-    Action("priv.clock", "privilege", "set the system clock", p.SET_CLOCK, "root"),
-    Action("priv.capabilities", "privilege", "hold effective capabilities", p.CAPABILITIES, "root"),
+    Action("priv.keyctl", "privilege", "use the kernel keyring", p.KEYCTL, "nobody", _dir),
+    Action("priv.bpf", "privilege", "create a BPF map", p.BPF, "root", _dir),
+    Action("priv.perf", "privilege", "open a perf event", p.PERF, "root", _dir),
+    Action("priv.module", "privilege", "load a kernel module", p.MODULE, "root", _dir),
+    Action("priv.raw-socket", "privilege", "open a raw socket", p.RAW_SOCKET, "root", _dir),
+    Action("priv.clock", "privilege", "set the system clock", p.SET_CLOCK, "root", _dir),
+    Action("priv.capabilities", "privilege", "hold effective capabilities", p.CAPABILITIES, "root", _dir),
     # resources
     Action(
         "res.memory", "resources", "allocate past the memory limit", p.MEMORY, "nobody",

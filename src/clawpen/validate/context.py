@@ -101,6 +101,10 @@ class Context:
 
         self.policy, self.state = policy, state
         self.ident = identity_for(policy.name, state)
+        # the probes' python: the host's (every sandbox sees its /usr), or the image's in its PATH
+        self.python = PY if policy.container is None else "python3"
+        # the throwaway sandboxes' instance name: never a live bot's ("_" is no bot-name character)
+        self.cgroup_name = f"{policy.name}_hostile{os.getpid()}.0"
         self.token = f"clawpen-hostile-{secrets.token_hex(6)}"
         self.base = Path(tempfile.gettempdir()) / self.token  # created by open(), removed by close()
         self.workspace = self.base / "ws"
@@ -142,8 +146,11 @@ class Context:
     def victim_alive(self) -> bool:
         return self._victim is not None and self._victim.poll() is None
 
-    def open(self, tier: Any) -> None:
+    def open(self, tier: Any, sysprobe: str | None = None) -> None:
+        """Set the fixtures up; the peer bot runs in ``tier``. ``sysprobe``: the built
+        :mod:`clawpen.validate.sysprobe`, copied into the probes' scratch folders."""
         from clawpen.sandbox.namespace import prepare_workspace
+        from clawpen.validate.sysprobe import install
 
         self.base.mkdir(mode=0o755)
         self.base.chmod(0o755)
@@ -157,6 +164,8 @@ class Context:
             shutil.copy2("/usr/bin/id", suid)
             os.chown(suid, 0, 0)
             suid.chmod(0o4755)
+            if sysprobe is not None:
+                install(sysprobe, folder)
         tcp = _listener("tcp", ("127.0.0.1", 0), self.token.encode(), self._stop)
         self.listen_port = tcp.getsockname()[1]
         self._sockets += [tcp, _listener("unix", "\0" + self.abstract_name, self.token.encode(), self._stop)]

@@ -11,7 +11,12 @@ root, uid 65534, or the bot's own uid, whichever makes the comparison fair. The 
 * ``escaped``: the action worked inside, or the host shows its effect;
 * ``control-failed``: contained inside, but it did not work outside either, so this host
   cannot show that the containment is what stopped it;
+* ``not-judged``: the probe could not attempt the action in this sandbox (e.g. the image has no
+  python3); never counted as contained;
 * ``error``: the probe gave no answer (setup failed, crashed).
+
+The sandboxes are the bot's tier's (``tier = "container"``: a container of the bot's image per
+action, through the Tier and RunningSandbox protocols only); the peer bot is always a sandbox.
 
 Host fixtures the actions need (a victim process of the bot's uid, a loopback service, an
 abstract socket, a marker in /root, a second "peer" bot with a secret and a loopback service)
@@ -21,15 +26,15 @@ are set up once per run by :class:`Context` and always removed.
 from __future__ import annotations
 
 import contextlib
-import json
+import fcntl
 import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from clawpen.errors import HostError
+from clawpen.sandbox.tier import Tier
 from clawpen.spec.policy import BotPolicy
 from clawpen.validate import probes
 from clawpen.validate.actions import ACTIONS, Action
@@ -40,13 +45,15 @@ from clawpen.validate.context import (
     PY,
     Context,
 )
+from clawpen.validate.entered import Inside
+from clawpen.validate.sysprobe import FORCE_ENV as SYSPROBE_ENV
 
 
 class Outcome(NamedTuple):
     id: str
     group: str
     title: str
-    verdict: str  # contained | escaped | control-failed | error
+    verdict: str  # contained | escaped | control-failed | not-judged | error
     inside: str
     control: str
 
@@ -54,44 +61,95 @@ class Outcome(NamedTuple):
         return self._asdict()
 
 
-def _last_json(text: str) -> dict[str, Any] | None:
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                data = json.loads(line)
-                if isinstance(data, dict) and "did" in data:
-                    return data
-    return None
+class _Pipes:
+    """The probe's stdout and stderr: two named pipes in the run's folder (the container tier binds
+    a pipe by its path; the sandbox tier takes the descriptor), read once the run has ended."""
+
+    def __init__(self, folder: Path) -> None:
+        self.readers: list[int] = []
+        self.writers: list[int] = []
+        for name in ("out", "err"):
+            path = folder / f"probe-{name}"
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            os.mkfifo(path, 0o600)
+            self.readers.append(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            self.writers.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            with contextlib.suppress(OSError):  # room for a long traceback: nothing blocks the probe
+                fcntl.fcntl(self.writers[-1], fcntl.F_SETPIPE_SZ, 1 << 20)
+
+    def read(self) -> tuple[str, str]:
+        """What the probe wrote (closes the pipes)."""
+        self.close(self.writers)
+        texts = []
+        for fd in self.readers:
+            data = b""
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(fd, 1 << 16):
+                    data += chunk
+            texts.append(data.decode(errors="replace"))
+        self.close(self.readers)
+        return texts[0], texts[1]
+
+    @staticmethod
+    def close(fds: list[int]) -> None:
+        while fds:
+            os.close(fds.pop())
 
 
-def _run_inside(ctx: Context, tier: Any, action: Action) -> tuple[dict[str, Any] | None, str, str]:
-    """The probe in a throwaway sandbox: (its JSON, how the run ended, stderr tail)."""
+def _run_inside(ctx: Context, tier: Tier, action: Action) -> Inside:
+    """The probe in a throwaway sandbox of ``tier`` (its Tier and RunningSandbox protocols only):
+    (its JSON, how the run ended, stderr tail)."""
     from clawpen.plan.build import HostFacts, build_plan
     from clawpen.sandbox.seccomp import default_policy
-    from clawpen.sandbox.tier import Stdio
+    from clawpen.sandbox.tier import Stdio, ended_within
 
-    argv = (PY, "-c", probes.PRELUDE + action.code, *action.args(ctx, "in"))
+    argv = (ctx.python, "-c", probes.PRELUDE + action.code, *action.args(ctx, "in"))
     policy = ctx.policy._replace(command=argv, workspace=str(ctx.workspace))
     plan = build_plan(policy, ctx.ident, HostFacts.probe(), default_policy())
     dummy = {name: b"clawpen-hostile-dummy" for name in policy.secrets}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    pipes = _Pipes(ctx.base)
+    try:
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            sandbox = tier.start(plan, stdio=Stdio(null, out.fileno(), err.fileno()), secrets=dummy)
+            sandbox = tier.start(
+                plan,
+                cgroup_name=ctx.cgroup_name,
+                stdio=Stdio(null, pipes.writers[0], pipes.writers[1]),
+                secrets=dummy,
+            )
         finally:
             os.close(null)
+        ended = False
         try:
-            result = sandbox.wait(PROBE_TIMEOUT)
+            ended = ended_within(sandbox, PROBE_TIMEOUT)
+            timed_out = not ended
+            if timed_out:
+                sandbox.kill()
+                ended = ended_within(sandbox, PROBE_TIMEOUT)
+            result = sandbox.collect()
+            ended = True
         finally:
+            if not ended:  # interrupted (Ctrl-C): it must end before its teardown
+                sandbox.kill()
+                ended_within(sandbox, PROBE_TIMEOUT)
             sandbox.teardown()
-        out.seek(0)
-        err.seek(0)
-        text, errtext = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    return _last_json(text), str(result.reason), errtext.strip()[-200:]
+        text, errtext = pipes.read()
+    finally:
+        pipes.close(pipes.writers)
+        pipes.close(pipes.readers)
+    inside = probes.last_json(text)
+    if inside is None and ctx.python in errtext and ("No such file" in errtext or "not found" in errtext):
+        missing = f"the sandbox has no {ctx.python} to run the probe"
+        inside = {"did": False, "detail": missing, "judged": False}
+    return inside, "timeout" if timed_out else str(result.reason), errtext.strip()[-200:]
 
 
-def _run_control(ctx: Context, action: Action) -> tuple[dict[str, Any] | None, str]:
+def _run_control(
+    ctx: Context, action: Action, *, sysprobe: bool = False
+) -> tuple[dict[str, Any] | None, str]:
     argv = [PY, "-c", probes.PRELUDE + action.code, *action.args(ctx, "out")]
+    env = {**CONTROL_ENV, SYSPROBE_ENV: "1"} if sysprobe else CONTROL_ENV
     kw: dict[str, Any] = {}
     if action.control == "nobody":
         kw = {"user": NOBODY, "group": NOBODY, "extra_groups": []}
@@ -104,11 +162,11 @@ def _run_control(ctx: Context, action: Action) -> tuple[dict[str, Any] | None, s
     try:
         proc = subprocess.run(
             argv, check=False, capture_output=True, text=True, timeout=PROBE_TIMEOUT, cwd=ctx.control_dir,
-            env=CONTROL_ENV, close_fds=True, **kw,
+            env=env, close_fds=True, **kw,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return None, "timed out"
-    return _last_json(proc.stdout), proc.stderr.strip()[-200:]
+    return probes.last_json(proc.stdout), proc.stderr.strip()[-200:]
 
 
 def judge(action: Action, inside: dict[str, Any] | None, reason: str, host_escape: str | None,
@@ -117,24 +175,37 @@ def judge(action: Action, inside: dict[str, Any] | None, reason: str, host_escap
     killed = reason in ("oom", "signaled", "disk") and action.killed_ok
     if host_escape or (inside is not None and inside["did"]):
         return "escaped"
+    if inside is not None and inside.get("judged") is False:
+        return "not-judged"
     if inside is None and not killed:
         return "error"
     ok = control is not None and (action.control_ok(control) if action.control_ok else bool(control["did"]))
     return "contained" if ok else "control-failed"
 
 
-def run_action(ctx: Context, tier: Any, action: Action) -> Outcome:
-    inside, reason, errtext = _run_inside(ctx, tier, action)
+SYSPROBE_NOTE = "no ctypes in the sandbox's python3"
+
+
+def _via(result: dict[str, Any]) -> str:
+    via = result.get("via")
+    return f" (via {via}: {SYSPROBE_NOTE})" if via else ""
+
+
+def run_action(ctx: Context, inside_run: Callable[[Action], Inside], action: Action) -> Outcome:
+    """One action: its probe run by ``inside_run`` (in a fresh sandbox, or entered into a running
+    one), the host's check, and the positive control."""
+    inside, reason, errtext = inside_run(action)
     host_escape = action.host_check(ctx) if action.host_check else None
-    control, cerr = _run_control(ctx, action)
+    used_sysprobe = inside is not None and bool(inside.get("via"))
+    control, cerr = _run_control(ctx, action, sysprobe=used_sysprobe)
     verdict = judge(action, inside, reason, host_escape, control)
     if inside is not None:
-        seen = str(inside["detail"])
+        seen = str(inside["detail"]) + _via(inside)
     else:
         seen = f"run ended: {reason}" + (f" ({errtext})" if errtext else "")
     if host_escape:
         seen = f"{seen}; host: {host_escape}"
-    ctl = str(control["detail"]) if control is not None else f"no answer ({cerr})"
+    ctl = str(control["detail"]) + _via(control) if control is not None else f"no answer ({cerr})"
     return Outcome(action.id, action.group, action.title, verdict, seen, f"{action.control}: {ctl}")
 
 
@@ -144,9 +215,13 @@ def run_hostile(
     *,
     only: set[str] | None = None,
     progress: Callable[[Outcome], None] | None = None,
+    entered: bool = False,
 ) -> list[Outcome]:
-    """Run every built-in action (or those in ``only``) against ``policy``; root only."""
+    """Run every built-in action (or those in ``only``) against ``policy``; root only. Each in a
+    fresh sandbox of the bot's tier, or with ``entered`` into one running sandbox of the bot, as
+    ``clawpen exec`` enters it (:mod:`clawpen.validate.entered`)."""
     from clawpen.sandbox.namespace import NamespaceTier
+    from clawpen.validate.entered import EnteredRunner, runner_bpf
 
     if os.geteuid() != 0:
         raise HostError(
@@ -154,21 +229,65 @@ def run_hostile(
             where="validate --hostile",
             hint="run it as root (sudo clawpen validate --hostile)",
         )
-    tier = NamespaceTier(state, kill_grace=2.0)
+    sandboxes = NamespaceTier(state, kill_grace=2.0)  # the peer bot's tier, and a sandbox bot's
+    tier, built = _tier_for(policy, state, sandboxes)
     ctx = Context(policy, state)  # no host change yet
     outcomes: list[Outcome] = []
+    runner: EnteredRunner | None = None
     try:
-        ctx.open(tier)
+        ctx.open(sandboxes, built)
+        if entered:
+            runner = EnteredRunner(ctx, tier, runner_bpf(ctx))
         for action in ACTIONS:
             if only and action.id not in only and action.group not in only:
                 continue
-            outcome = run_action(ctx, tier, action)
+            inside_run = runner or (lambda a: _run_inside(ctx, tier, a))
+            outcome = run_action(ctx, inside_run, action)
             outcomes.append(outcome)
             if progress:
                 progress(outcome)
     finally:
+        if runner is not None:
+            runner.close()
         ctx.close()
     return outcomes
+
+
+def _tier_for(policy: BotPolicy, state: Path, sandboxes: Tier) -> tuple[Tier, str | None]:
+    """The bot's tier, and the syscall probe its sandboxes need (None: their python has ctypes)."""
+    if policy.container is None:
+        return sandboxes, None
+    from clawpen.container.tier import ContainerTier
+    from clawpen.paths import cache_dir
+    from clawpen.validate.sysprobe import build
+
+    return ContainerTier(state), build(cache_dir(state))
+
+
+def run_notes(policy: BotPolicy, outcomes: list[Outcome], *, entered: bool = False) -> list[str]:
+    """What the report says about how the actions ran in this bot's tier."""
+    notes = []
+    if entered:
+        notes.append(
+            "--exec: each action was entered into one running sandbox of the bot, as clawpen exec and "
+            "cmd health checks enter it (the bot's namespaces, uid, cgroup and clawpen's seccomp filter)"
+        )
+    if policy.container is not None:
+        how = "entered into a container" if entered else "ran in a throwaway container"
+        notes.append(
+            f"container tier: each action {how} of {policy.container.image} "
+            "(same uid, limits, seccomp, read-only root; no network: loopback only)"
+        )
+    via = [o.id for o in outcomes if SYSPROBE_NOTE in o.inside]
+    if via:
+        notes.append(
+            f"the sandbox's python3 has no ctypes: {len(via)} actions ({', '.join(via)}) ran "
+            "clawpen-sysprobe (a static helper copied into the throwaway workspace), as did their controls"
+        )
+    judged = [o.id for o in outcomes if o.verdict == "not-judged"]
+    if judged:
+        notes.append(f"not judged in this tier (never counted as contained): {', '.join(judged)}")
+    return notes
 
 
 def all_contained(outcomes: list[Outcome]) -> bool:

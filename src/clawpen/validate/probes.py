@@ -1,7 +1,11 @@
 """The probe programs of ``clawpen validate --hostile``: small Python scripts (stdlib + ctypes only).
 
 Each script runs with Debian's ``/usr/bin/python3`` (the host's ``/usr``, which every sandbox
-sees read-only), once inside a throwaway sandbox and once on the host as the positive control.
+sees read-only; in the container tier the image's ``python3``), once inside a throwaway sandbox
+and once on the host as the positive control. Where python3 has no ctypes (``python3-minimal``)
+the actions that need a raw system call exec ``clawpen-sysprobe`` instead
+(:mod:`clawpen.validate.sysprobe`, its JSON line says ``"via"``); a probe that cannot attempt
+its action at all says ``"judged": false``. The output is written without the json module.
 It attempts one hostile action and prints one JSON line: ``{"did": true|false, "detail": ...}``
 where ``did`` means "the action worked". Arguments come from the runner (paths, pids, ports);
 ``A[0]`` is always the probe's scratch folder (``/workspace`` inside, a host folder outside).
@@ -9,21 +13,53 @@ where ``did`` means "the action worked". Arguments come from the runner (paths, 
 
 from __future__ import annotations
 
+import contextlib
+import json
+from typing import Any
+
+
+def last_json(text: str) -> dict[str, Any] | None:
+    """A probe's answer: the last JSON line of its output with a ``did`` key, or None."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                if isinstance(data, dict) and "did" in data:
+                    return data
+    return None
+
+
 PRELUDE = r"""
-import ctypes, errno, json, os, socket, sys, time
+import errno, os, socket, sys, time
 A = sys.argv[1:]
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
+try:
+    import ctypes
+except ImportError:  # python3-minimal (a slim container image): see SYSPROBE
+    ctypes = None
+SYSPROBE = ctypes is None or os.environ.get("CLAWPEN_HOSTILE_SYSPROBE") == "1"
+if ctypes is not None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
 def en(e):
     return errno.errorcode.get(e, str(e))
 def sc(*a):
     ctypes.set_errno(0)
     r = libc.syscall(*[ctypes.c_long(x) if isinstance(x, int) else x for x in a])
     return r, ctypes.get_errno()
-def out(did, detail=""):
-    sys.stdout.write(json.dumps({"did": bool(did), "detail": str(detail)[:300]}) + "\n")
+def js(s):
+    return '"' + "".join(c if c >= " " and c not in '"\\' else "\\u%04x" % ord(c) for c in s) + '"'
+def out(did, detail="", judged=True):
+    tail = "" if judged else ', "judged": false'
+    did = "true" if did else "false"
+    sys.stdout.write('{"did": %s, "detail": %s%s}\n' % (did, js(str(detail)[:300]), tail))
     sys.stdout.flush()
     os._exit(0)
+def sysprobe(*args):
+    path = os.path.join(A[0], "clawpen-sysprobe")
+    try:
+        os.execv(path, [path, *args])
+    except OSError as e:
+        out(False, "no ctypes here, and clawpen-sysprobe cannot run: " + en(e.errno), judged=False)
 def attempt(fn):
     try:
         r = fn()
@@ -81,6 +117,8 @@ attempt(lambda: "read through the link: " + open(link).read().strip()[:40])
 """
 
 MOUNT = r"""
+if SYSPROBE:
+    sysprobe("mount", A[1], os.path.join(A[0], "mnt"))
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
 os.makedirs(os.path.join(A[0], "mnt"), exist_ok=True)
 ctypes.set_errno(0)
@@ -125,11 +163,15 @@ attempt(lambda: os.kill(int(A[1]), 0) or f"signal 0 to pid {A[1]} delivered")
 """
 
 PIDFD = r"""
+if SYSPROBE:
+    sysprobe("pidfd", A[1])
 r = sc(434, int(A[1]), 0)
 call(r, f"pidfd_open({A[1]})")
 """
 
 PTRACE = r"""
+if SYSPROBE:
+    sysprobe("ptrace")
 libc.ptrace.restype = ctypes.c_long
 libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 sleeper = os.fork()
@@ -203,6 +245,8 @@ out("euid=0(" in p.stdout, (p.stdout or p.stderr).strip())
 """
 
 UNSHARE = r"""
+if SYSPROBE:
+    sysprobe("unshare", A[1])
 flags = {"user": 0x10000000, "net": 0x40000000, "mount": 0x00020000}[A[1]]
 pid = os.fork()
 if pid == 0:
@@ -225,6 +269,8 @@ out(code == 0, "chroot " + ("ok" if code == 0 else en(code)))
 """
 
 KEYCTL = r"""
+if SYSPROBE:
+    sysprobe("keyctl")
 pid = os.fork()
 if pid == 0:
     r, e = sc(250, 1, 0)  # KEYCTL_JOIN_SESSION_KEYRING, anonymous
@@ -234,6 +280,8 @@ out(code == 0, "keyctl(JOIN_SESSION_KEYRING) " + ("ok" if code == 0 else en(code
 """
 
 BPF = r"""
+if SYSPROBE:
+    sysprobe("bpf")
 attr = (ctypes.c_uint32 * 32)(2, 4, 4, 1)  # BPF_MAP_TYPE_ARRAY, key 4, value 4, 1 entry
 r, e = sc(321, 0, ctypes.addressof(attr), ctypes.sizeof(attr))
 if r >= 0:
@@ -242,6 +290,8 @@ out(r >= 0, "bpf(BPF_MAP_CREATE) " + ("ok" if r >= 0 else en(e)))
 """
 
 PERF = r"""
+if SYSPROBE:
+    sysprobe("perf")
 attr = (ctypes.c_uint32 * 32)()
 attr[0], attr[1] = 1, 128  # PERF_TYPE_SOFTWARE, size
 attr[2] = 0  # PERF_COUNT_SW_CPU_CLOCK
@@ -253,6 +303,8 @@ out(r >= 0, "perf_event_open " + ("ok" if r >= 0 else en(e)))
 """
 
 MODULE = r"""
+if SYSPROBE:
+    sysprobe("module")
 fd = os.open("/dev/null", os.O_RDONLY)
 empty = ctypes.create_string_buffer(b"")
 r, e = sc(313, fd, ctypes.addressof(empty), 0)
@@ -268,6 +320,8 @@ attempt(f)
 """
 
 SET_CLOCK = r"""
+if SYSPROBE:
+    sysprobe("clock")
 class Ts(ctypes.Structure):
     _fields_ = [("sec", ctypes.c_long), ("nsec", ctypes.c_long)]
 ts = Ts()
@@ -325,9 +379,9 @@ out(True, f"wrote {n >> 20} MiB")
 """
 
 FDS = r"""
-import resource
 bound = int(A[1])
 if A[2:] == ["raise"]:
+    import resource  # not in python3-minimal: only the control raises its limit
     resource.setrlimit(resource.RLIMIT_NOFILE, (bound + 64, bound + 64))
 fds = []
 try:

@@ -1,0 +1,65 @@
+"""clawpen's static system-call probe (``sysprobe.c``) for sandboxes whose python3 has no ctypes.
+
+A container image brings its own python3; Debian's ``python3-minimal`` (the usual slim base) has
+no ctypes, json or resource. The Python probes (:mod:`clawpen.validate.probes`) then hand the
+actions that need a raw system call (mount, unshare, ptrace, keyctl, pidfd_open, bpf,
+perf_event_open, finit_module, clock_settime) to this small static program, copied into the
+probe's scratch folder, and the report names it (``via``). The positive control on the host
+then runs the same program, so both sides attempt the action the same way. It is compiled once
+with the host's gcc into clawpen's cache, named by the source's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from clawpen.errors import HostError
+
+SOURCE = "sysprobe.c"
+NAME = "clawpen-sysprobe"  # its name in the probe's scratch folder
+FORCE_ENV = "CLAWPEN_HOSTILE_SYSPROBE"  # set on the control when the inside probe used it
+HINT = "apt-get install gcc libc6-dev (validate --hostile builds its static syscall probe once)"
+
+
+def build(cache: Path) -> str:
+    """The path of the built probe for this clawpen's source, building it when missing."""
+    source = resources.files("clawpen.validate").joinpath(SOURCE).read_bytes()
+    path = cache / f"{NAME}-{hashlib.sha256(source).hexdigest()[:12]}"
+    if path.is_file() and os.access(path, os.X_OK):
+        return str(path)
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise HostError("gcc is missing: it builds the hostile run's syscall probe", hint=HINT)
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        src = Path(tmp) / SOURCE
+        src.write_bytes(source)
+        out = Path(tmp) / NAME
+        done = subprocess.run(
+            [gcc, "-static", "-Os", "-s", "-o", str(out), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise HostError(
+                f"cannot build the hostile run's syscall probe: {done.stderr.strip()[-400:]}", hint=HINT
+            )
+        os.chmod(out, 0o755)  # noqa: S103 - the bot's uid and nobody run it
+        os.replace(out, path)
+    return str(path)
+
+
+def install(built: str, folder: Path) -> None:
+    """Copy the probe into a scratch folder (root-owned, 0755: runnable, not writable, by the bot)."""
+    target = folder / NAME
+    shutil.copyfile(built, target)
+    os.chown(target, 0, 0)
+    target.chmod(0o755)
