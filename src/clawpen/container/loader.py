@@ -12,15 +12,11 @@ cache, named by the source's hash (a new clawpen builds its own; a running bot k
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
-from importlib import resources
 from pathlib import Path
 
-from clawpen.errors import HostError, SandboxError
+from clawpen.errors import SandboxError
+from clawpen.staticbin import build_static
 
 SOURCE = "seccomp_exec.c"
 HINT = "apt-get install gcc libc6-dev (the container tier builds its static seccomp loader once)"
@@ -28,33 +24,14 @@ HINT = "apt-get install gcc libc6-dev (the container tier builds its static secc
 
 def loader(cache: Path) -> str:
     """The path of the built loader for this clawpen's source, building it when missing."""
-    source = resources.files("clawpen.container").joinpath(SOURCE).read_bytes()
-    path = cache / f"clawpen-seccomp-exec-{hashlib.sha256(source).hexdigest()[:12]}"
-    if path.is_file() and os.access(path, os.X_OK):
-        return str(path)
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise HostError("gcc is missing: it builds the container tier's seccomp loader", hint=HINT)
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        src = Path(tmp) / SOURCE
-        src.write_bytes(source)
-        out = Path(tmp) / "loader"
-        done = subprocess.run(
-            [gcc, "-static", "-Os", "-s", "-o", str(out), str(src)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise HostError(
-                f"cannot build the container tier's seccomp loader: {done.stderr.strip()[-400:]}",
-                hint=HINT,
-            )
-        os.chmod(out, 0o755)  # noqa: S103 - the bot uid runs it (read-only bind)
-        os.replace(out, path)  # atomic: a concurrent start sees the old name missing or this file
-    return str(path)
+    return build_static(
+        "clawpen.container",
+        SOURCE,
+        "clawpen-seccomp-exec",
+        cache,
+        what="the container tier's seccomp loader",
+        hint=HINT,
+    )
 
 
 def write_program(folder: Path, program: bytes) -> str:

@@ -11,15 +11,11 @@ with the host's gcc into clawpen's cache, named by the source's hash.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
-import tempfile
-from importlib import resources
 from pathlib import Path
 
-from clawpen.errors import HostError
+from clawpen.staticbin import build_static
 
 SOURCE = "sysprobe.c"
 NAME = "clawpen-sysprobe"  # its name in the probe's scratch folder
@@ -29,32 +25,9 @@ HINT = "apt-get install gcc libc6-dev (validate --hostile builds its static sysc
 
 def build(cache: Path) -> str:
     """The path of the built probe for this clawpen's source, building it when missing."""
-    source = resources.files("clawpen.validate").joinpath(SOURCE).read_bytes()
-    path = cache / f"{NAME}-{hashlib.sha256(source).hexdigest()[:12]}"
-    if path.is_file() and os.access(path, os.X_OK):
-        return str(path)
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise HostError("gcc is missing: it builds the hostile run's syscall probe", hint=HINT)
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        src = Path(tmp) / SOURCE
-        src.write_bytes(source)
-        out = Path(tmp) / NAME
-        done = subprocess.run(
-            [gcc, "-static", "-Os", "-s", "-o", str(out), str(src)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            raise HostError(
-                f"cannot build the hostile run's syscall probe: {done.stderr.strip()[-400:]}", hint=HINT
-            )
-        os.chmod(out, 0o755)  # noqa: S103 - the bot's uid and nobody run it
-        os.replace(out, path)
-    return str(path)
+    return build_static(
+        "clawpen.validate", SOURCE, NAME, cache, what="the hostile run's syscall probe", hint=HINT
+    )
 
 
 def install(built: str, folder: Path) -> None:
