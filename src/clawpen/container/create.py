@@ -17,6 +17,7 @@ reader never means EPIPE).
 from __future__ import annotations
 
 import os
+import resource
 from typing import Any, NamedTuple
 
 from clawpen.errors import PolicyError
@@ -116,8 +117,12 @@ def create_kwargs(
     files: HostFiles,
     cgroup_parent: str | None,
     secret_env: tuple[str, ...] = (),
+    engine: str = "docker",
+    engine_memory: bool = True,
 ) -> dict[str, Any]:
-    """``client.containers.create(**create_kwargs(...))`` for ``plan`` (see the module's docs)."""
+    """``client.containers.create(**create_kwargs(...))`` for ``plan`` (see the module's docs), on
+    ``engine`` (``docker`` or ``podman``: see :func:`podman_kwargs`); ``engine_memory=False``:
+    the memory limit is not the engine's, clawpen sets it on the cgroup parent."""
     from docker.types import LogConfig, Ulimit
 
     if plan.container is None:
@@ -168,7 +173,7 @@ def create_kwargs(
     }
     if cg.pids_max is not None:
         kwargs["pids_limit"] = cg.pids_max
-    if cg.memory_max is not None:
+    if cg.memory_max is not None and engine_memory:
         kwargs["mem_limit"] = cg.memory_max
         kwargs["memswap_limit"] = cg.memory_max + cg.swap_max  # swap off by default
     if cg.cpu_quota_us is not None:
@@ -180,4 +185,33 @@ def create_kwargs(
         )
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
-    return kwargs
+    return podman_kwargs(kwargs, nproc=_host_nproc()) if engine == "podman" else kwargs
+
+
+def _host_nproc() -> int:
+    """This process's RLIMIT_NPROC, at most the kernel's pid_max."""
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    try:
+        with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
+            pid_max = int(f.read())
+    except (OSError, ValueError):
+        pid_max = 1 << 22
+    return pid_max if soft == resource.RLIM_INFINITY else min(soft, pid_max)
+
+
+def podman_kwargs(kwargs: dict[str, Any], *, nproc: int) -> dict[str, Any]:
+    """Docker's arguments as Podman's Docker API takes them, with the same effect (pure):
+
+    - its tmpfs options know no ``uid=``/``gid=``: ``U`` makes the tmpfs the container user's;
+    - rootful, it raises RLIMIT_NPROC to 1048576 where Docker leaves the engine's own: a root
+      without CAP_SYS_RESOURCE (a host that is itself a container) cannot, and the container
+      fails to start; clawpen gives it ``nproc`` (the daemon's own, at most pid_max) instead.
+    """
+    from docker.types import Ulimit
+
+    tmpfs = dict(kwargs["tmpfs"])
+    if SECRETS_DIR in tmpfs:
+        opts = [o for o in tmpfs[SECRETS_DIR].split(",") if not o.startswith(("uid=", "gid="))]
+        tmpfs[SECRETS_DIR] = ",".join([*opts, "U"])
+    ulimits = [*kwargs["ulimits"], Ulimit(name="nproc", soft=nproc, hard=nproc)]
+    return {**kwargs, "tmpfs": tmpfs, "ulimits": ulimits}
