@@ -202,7 +202,9 @@ class ContainerTier:
             except docker.errors.ImageNotFound:
                 raise self._missing_image(plan) from None
             except docker.errors.APIError as err:
-                if err.status_code != 409 or attempt == 2:
+                # the name is taken: Docker says 409, Podman 500 "... is already in use"
+                taken = err.status_code == 409 or "already in use" in str(err.explanation or "")
+                if not taken or attempt == 2:
                     raise
                 self._remove_stale(api, str(kwargs["name"]))
         raise AssertionError("unreachable")
