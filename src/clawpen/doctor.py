@@ -148,7 +148,9 @@ class Probe:
         lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)  # major, minor, micro
         return ".".join(map(str, lib.seccomp_version().contents))
 
-    def container_engine(self, wanted: Literal["auto", "docker", "podman"] = "auto") -> EngineReport | ClawpenError:
+    def container_engine(
+        self, wanted: Literal["auto", "docker", "podman"] = "auto"
+    ) -> EngineReport | ClawpenError:
         """The container engine's report, or why there is none (the error, not raised)."""
         from clawpen.container.report import engine_report
 

@@ -71,7 +71,9 @@ def stop_started_dockerd() -> None:
 def _podman_answers() -> bool:
     if not os.path.exists(PODMAN_SOCKET):
         return False
-    done = subprocess.run([*PODMAN_CLI, "version", "--format", "{{.Server.Version}}"], capture_output=True, check=False)
+    done = subprocess.run(
+        [*PODMAN_CLI, "version", "--format", "{{.Server.Version}}"], capture_output=True, check=False
+    )
     return done.returncode == 0
 
 
@@ -149,7 +151,9 @@ def stop_started_podman() -> None:
 
 def has_image(tag: str, cli: list[str] | None = None) -> bool:
     return (
-        subprocess.run([*(cli or ["docker"]), "image", "inspect", tag], capture_output=True, check=False).returncode
+        subprocess.run(
+            [*(cli or ["docker"]), "image", "inspect", tag], capture_output=True, check=False
+        ).returncode
         == 0
     )
 

@@ -163,7 +163,9 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(
     assert SECRET not in json.dumps(info)  # secret_env's value never reaches the engine's config
     assert "CLAWPEN_SECRET_ENV=API_TOKEN" in info["Config"]["Env"]  # type: ignore[index]
     # Podman's API lists the capabilities it dropped (all of its defaults) where Docker says ALL
-    assert host["CapDrop"] == ["ALL"] if engine == DOCKER else not host["CapAdd"] and "SETUID" in host["CapDrop"]
+    assert (
+        host["CapDrop"] == ["ALL"] if engine == DOCKER else not host["CapAdd"] and "SETUID" in host["CapDrop"]
+    )
     assert host["ReadonlyRootfs"] and not host["Privileged"]
     assert host["NetworkMode"] == "none" and host["RestartPolicy"]["Name"] == "no"
     assert "no-new-privileges" in host["SecurityOpt"] and host["LogConfig"]["Type"] == "none"
@@ -395,7 +397,9 @@ def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_star
         _tier_start(tmp_path / "b", "touch /workspace/ran", broken, engine=engine.name)
     assert not (tmp_path / "b" / "ws" / "ran").exists()  # the command never ran
     gone = subprocess.run(
-        [*engine.cli, "ps", "-a", "-q", "--filter", "name=clawpen-ctier-gate-0"], capture_output=True, text=True
+        [*engine.cli, "ps", "-a", "-q", "--filter", "name=clawpen-ctier-gate-0"],
+        capture_output=True,
+        text=True,
     )
     assert gone.stdout.strip() == "" and not list((tmp_path / "b" / "state" / "run").glob("*.ctr"))
 

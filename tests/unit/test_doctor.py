@@ -560,12 +560,14 @@ def test_container_engine_is_described_and_its_absence_only_warns() -> None:
     # both engines answer: each is reported, Docker first (the one `engine = "auto"` picks)
     probe.engine = FakeProbe().engine
     found = by_name(run_checks(state_dir=STATE, probe=probe))
-    assert found["engine"].detail.startswith("docker 20.10.24") and found["engine (podman)"].detail.startswith(
-        "podman 4.3.1"
-    )
+    assert found["engine"].detail.startswith("docker 20.10.24") and found[
+        "engine (podman)"
+    ].detail.startswith("podman 4.3.1")
     assert found["base image (podman)"].hint == "clawpen image build --base --engine podman"
     # Docker's socket is there but it does not answer: a warning, with Podman still reported
-    probe.engine = HostError("the docker engine at /run/docker.sock does not answer", where="e", hint="restart")
+    probe.engine = HostError(
+        "the docker engine at /run/docker.sock does not answer", where="e", hint="restart"
+    )
     found = by_name(run_checks(state_dir=STATE, probe=probe))
     assert (found["engine"].warn, found["engine"].hint) == (True, "restart")
     assert not found["engine (podman)"].warn
@@ -607,7 +609,9 @@ def test_this_hosts_podman_is_reported_from_its_answers() -> None:
 
     found = Probe().container_engine("podman")
     assert isinstance(found, EngineReport), found
-    info = json.loads(subprocess.run(["podman", "info", "--format", "json"], capture_output=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(["podman", "info", "--format", "json"], capture_output=True, check=True).stdout
+    )
     assert (found.engine, found.socket, found.rootless) == ("podman", "/run/podman/podman.sock", False)
     assert found.cgroup_driver == info["host"]["cgroupManager"]
     assert found.version == info["version"]["Version"]

@@ -22,8 +22,8 @@ from clawpen.container import create, loader
 from clawpen.container.files import InstanceFiles, static_busybox, write_secrets
 from clawpen.container.handle import ContainerSandbox, oom_eventfd, remove_parent
 from clawpen.errors import ClawpenError, HostError, SandboxError
-from clawpen.plan.model import CgroupLimits
 from clawpen.paths import cache_dir
+from clawpen.plan.model import CgroupLimits
 from clawpen.procfs import pid_start_time
 from clawpen.sandbox.seccomp import bpf_for
 from clawpen.sandbox.tier import RunningSandbox, RunResult, SandboxRecord, Stdio
@@ -178,7 +178,9 @@ class ContainerTier:
         except BaseException:
             files.remove()
             raise
-        return self._launch(api, plan, name, kwargs, files=files, secrets=values, wire_net=wire_net, engine=engine)
+        return self._launch(
+            api, plan, name, kwargs, files=files, secrets=values, wire_net=wire_net, engine=engine
+        )
 
     def _missing_image(self, plan: Plan) -> HostError:
         assert plan.container is not None
@@ -316,4 +318,6 @@ class ContainerTier:
         files = InstanceFiles(self.run_dir, record.cgroup, owner.st_uid, owner.st_gid)
         cgroup = self._cgroup(record.cgroup)
         oom = oom_eventfd(cgroup) if engine == "podman" and cgroup.version == 1 else None
-        return ContainerSandbox(container, pid, cgroup, files, started_at=started_at, uid=owner.st_uid, oom_fd=oom)
+        return ContainerSandbox(
+            container, pid, cgroup, files, started_at=started_at, uid=owner.st_uid, oom_fd=oom
+        )
