@@ -3,6 +3,7 @@ honour, and the plan -> `docker create` arguments (hardened by default)."""
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from clawpen.container import create
 from clawpen.container.handle import result_from_state
-from clawpen.container.tier import container_name
+from clawpen.container.tier import container_name, host_nproc
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import ClawpenError, PolicyError
 from clawpen.plan.build import HostFacts, build_plan
@@ -194,6 +195,7 @@ def test_podman_gets_the_same_limits_in_the_form_its_api_takes(tmp_path: Path) -
         files=FILES,
         cgroup_parent="/clawpen/a.0",
         engine="podman",
+        nproc=4096,
         engine_memory=False,
     )
     # its tmpfs knows no uid=/gid=: U makes /run/secrets the container user's (the bot's uid)
@@ -201,8 +203,9 @@ def test_podman_gets_the_same_limits_in_the_form_its_api_takes(tmp_path: Path) -
     assert "uid=" in docker["tmpfs"]["/run/secrets"]
     # rootful Podman would raise RLIMIT_NPROC past what a root without CAP_SYS_RESOURCE may
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in podman["ulimits"]}
+    assert limits["nproc"] == (4096, 4096) and limits["nofile"] == (1024, 1024)
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    assert 0 < limits["nproc"][0] == limits["nproc"][1] <= pid_max and limits["nofile"] == (1024, 1024)
+    assert 0 < host_nproc() <= min(pid_max, resource.getrlimit(resource.RLIMIT_NPROC)[0])
     assert "nproc" not in {u["Name"] for u in docker["ulimits"]}
     # the memory limit moves to clawpen's cgroup parent (the tier sets it there); the rest is Docker's
     assert "mem_limit" not in podman and docker["mem_limit"] == 128 << 20

@@ -17,7 +17,6 @@ reader never means EPIPE).
 from __future__ import annotations
 
 import os
-import resource
 from typing import Any, NamedTuple
 
 from clawpen.errors import PolicyError
@@ -118,11 +117,13 @@ def create_kwargs(
     cgroup_parent: str | None,
     secret_env: tuple[str, ...] = (),
     engine: str = "docker",
+    nproc: int = 0,
     engine_memory: bool = True,
 ) -> dict[str, Any]:
     """``client.containers.create(**create_kwargs(...))`` for ``plan`` (see the module's docs), on
-    ``engine`` (``docker`` or ``podman``: see :func:`podman_kwargs`); ``engine_memory=False``:
-    the memory limit is not the engine's, clawpen sets it on the cgroup parent."""
+    ``engine`` (``docker`` or ``podman``: see :func:`podman_kwargs`, which gives ``nproc``);
+    ``engine_memory=False``: the memory limit is not the engine's, clawpen sets it on the cgroup
+    parent."""
     from docker.types import LogConfig, Ulimit
 
     if plan.container is None:
@@ -185,18 +186,7 @@ def create_kwargs(
         )
     if cgroup_parent is not None:
         kwargs["cgroup_parent"] = cgroup_parent
-    return podman_kwargs(kwargs, nproc=_host_nproc()) if engine == "podman" else kwargs
-
-
-def _host_nproc() -> int:
-    """This process's RLIMIT_NPROC, at most the kernel's pid_max."""
-    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
-    try:
-        with open("/proc/sys/kernel/pid_max", encoding="ascii") as f:
-            pid_max = int(f.read())
-    except (OSError, ValueError):
-        pid_max = 1 << 22
-    return pid_max if soft == resource.RLIM_INFINITY else min(soft, pid_max)
+    return podman_kwargs(kwargs, nproc=nproc) if engine == "podman" else kwargs
 
 
 def podman_kwargs(kwargs: dict[str, Any], *, nproc: int) -> dict[str, Any]:
@@ -205,7 +195,8 @@ def podman_kwargs(kwargs: dict[str, Any], *, nproc: int) -> dict[str, Any]:
     - its tmpfs options know no ``uid=``/``gid=``: ``U`` makes the tmpfs the container user's;
     - rootful, it raises RLIMIT_NPROC to 1048576 where Docker leaves the engine's own: a root
       without CAP_SYS_RESOURCE (a host that is itself a container) cannot, and the container
-      fails to start; clawpen gives it ``nproc`` (the daemon's own, at most pid_max) instead.
+      fails to start; clawpen gives it ``nproc`` (the daemon's own, at most pid_max: see
+      :func:`clawpen.container.tier.host_nproc`) instead.
     """
     from docker.types import Ulimit
 

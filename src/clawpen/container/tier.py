@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,6 +44,16 @@ def container_name(cgroup_name: str) -> str:
     """``clawpen-<bot>-<replica>`` from the instance's cgroup name ``<scope><bot>.<replica>``."""
     bot, _, replica = cgroup_name.rpartition(".")
     return f"clawpen-{bot}-{replica}" if bot else f"clawpen-{cgroup_name}"
+
+
+def host_nproc() -> int:
+    """This process's RLIMIT_NPROC, at most the kernel's pid_max (what a Podman container gets)."""
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 1 << 22
+    return pid_max if soft == resource.RLIM_INFINITY else min(soft, pid_max)
 
 
 def podman_started(pid: int, cgroup: Cgroup, plan: Plan) -> int | None:
@@ -173,6 +184,7 @@ class ContainerTier:
                 cgroup_parent=f"/{CGROUP_BASE}/{name}",
                 secret_env=secret_env,
                 engine=engine,
+                nproc=host_nproc() if engine == "podman" else 0,
                 engine_memory=not podman_v1,
             )
         except BaseException:
