@@ -6,9 +6,9 @@ engine's import), once per machine: ``clawpen-test-base:bookworm``.
 The tests start dockerd when none runs (CI's clean machine) and leave it running for the
 session; pytest's end stops the one it started. The same for Podman's Docker-compatible API
 service (``podman system service``), whose store gets the same base image (``docker save`` into
-``podman load``). Several pytest processes may share one machine: starting Podman's service is
-serialised by a lock file, each session holds a shared lock on it while it runs, and the session
-that started the service stops it at its end only when no other session holds the lock.
+``podman load``). Several pytest processes may share one machine: checking and starting Podman's
+service is serialised by a lock file, each session using it holds a shared lock on another, and
+the session that started the service stops it at its end only when no other session holds that.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import shutil
+import signal
 import subprocess
 import time
 
@@ -25,10 +27,11 @@ BASE_IMAGE = "clawpen-test-base:bookworm"
 MIRROR = os.environ.get("CLAWPEN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PODMAN_SOCKET = "/run/podman/podman.sock"
 PODMAN_LOCK = "/run/clawpen-test-podman.lock"
+PODMAN_USERS = "/run/clawpen-test-podman.users"
 PODMAN_LOG = "/var/log/clawpen-test-podman.log"
 PODMAN_CLI = ["docker", "-H", f"unix://{PODMAN_SOCKET}"]  # the docker CLI, on Podman's Docker API
 _started: list[subprocess.Popen[bytes]] = []
-_podman: dict[str, object] = {}  # "lock": this session's open lock file; "proc": the service it started
+_podman: dict[str, object] = {}  # "users": this session's shared lock; "pidfd": the service it started
 
 
 def _answers() -> bool:
@@ -79,44 +82,45 @@ def _podman_answers() -> bool:
 
 def ensure_podman(timeout: float = 30.0) -> str | None:
     """Start Podman's API service when Podman is installed and none answers, and put the base
-    image in its store; None when ready, else why not. Idempotent across pytest processes."""
-    if "lock" not in _podman:
-        if not shutil.which("podman") or os.geteuid() != 0:
-            return "needs Podman, as root (apt-get install podman catatonit)"
-        lock = open(PODMAN_LOCK, "a")  # noqa: SIM115 - held (shared) for the session
-        _podman["lock"] = lock
-    lock = _podman["lock"]
-    assert hasattr(lock, "fileno")
-    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one starter at a time
-    try:
+    image in its store; None when ready, else why not. Idempotent across pytest processes: the
+    check and the start happen under an exclusive lock (``PODMAN_LOCK``); each session that uses
+    the service holds a shared lock on ``PODMAN_USERS`` until its end."""
+    if not shutil.which("podman") or os.geteuid() != 0:
+        return "needs Podman, as root (apt-get install podman catatonit)"
+    with open(PODMAN_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one session checks or starts at a time
+        if "users" not in _podman:
+            users = open(PODMAN_USERS, "a")  # noqa: SIM115 - held (shared) for the session
+            fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+            _podman["users"] = users
         why = _start_podman(timeout) if not _podman_answers() else None
         if why is None and not has_image(BASE_IMAGE, PODMAN_CLI):
             why = _load_base_into_podman()
-    finally:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_SH)  # in use by this session until it ends
     return why
 
 
 def _start_podman(timeout: float) -> str | None:
+    """Start the service detached (no child of this process: it may outlive the session, see
+    :func:`stop_started_podman`), held by a pidfd."""
     os.makedirs(os.path.dirname(PODMAN_SOCKET), exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(PODMAN_SOCKET)  # a dead service's
-    log = open(PODMAN_LOG, "ab")  # noqa: SIM115 - the service's for its life
-    proc = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{PODMAN_SOCKET}"],
-        stdout=log,
-        stderr=log,
+    script = 'podman system service --time=0 "$1" >>"$2" 2>&1 </dev/null & echo $!'
+    started = subprocess.run(
+        ["sh", "-c", script, "sh", f"unix://{PODMAN_SOCKET}", PODMAN_LOG],
+        capture_output=True,
+        text=True,
+        check=True,
         start_new_session=True,
     )
-    log.close()
-    _podman["proc"] = proc
+    pidfd = os.pidfd_open(int(started.stdout))
+    _podman["pidfd"] = pidfd
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _podman_answers():
             return None
-        if proc.poll() is not None:
-            return f"podman system service exited with {proc.returncode} (see {PODMAN_LOG})"
-        time.sleep(0.1)
+        if select.select([pidfd], [], [], 0.1)[0]:
+            return f"podman system service exited (see {PODMAN_LOG})"
     return f"podman system service did not answer in {timeout:g}s (see {PODMAN_LOG})"
 
 
@@ -133,20 +137,26 @@ def _load_base_into_podman() -> str | None:
 
 
 def stop_started_podman() -> None:
-    """Stop the service this session started, unless another session still uses it."""
-    lock, proc = _podman.pop("lock", None), _podman.pop("proc", None)
-    if lock is None:
+    """Stop the service this session started, unless another session still uses it (then it
+    stays running, as a service the tests of a later session find)."""
+    users, pidfd = _podman.pop("users", None), _podman.pop("pidfd", None)
+    if users is None:
         return
-    assert hasattr(lock, "fileno") and hasattr(lock, "close")
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        proc = None  # another session's tests use it: it stays running
-    if isinstance(proc, subprocess.Popen):
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-    lock.close()
+    assert hasattr(users, "fileno") and hasattr(users, "close")
+    with open(PODMAN_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # no session checks the service meanwhile
+        try:
+            fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            last = True
+        except BlockingIOError:  # another session's tests use it
+            last = False
+        if isinstance(pidfd, int):
+            if last:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                select.select([pidfd], [], [], 30)
+            os.close(pidfd)
+        users.close()
 
 
 def has_image(tag: str, cli: list[str] | None = None) -> bool:
