@@ -227,3 +227,9 @@ def test_an_engine_socket_elsewhere_comes_from_its_clients_variable(
         detect("podman")
     sock.touch()  # positive control: where the variable points, the engine is found
     assert detect("podman") == (("podman", str(sock)))
+    # and a container bot may not mount that socket (nor its folder) either
+    plan = plan_of(tmp_path, CONTAINER)
+    for source in (str(sock), str(tmp_path)):
+        bound = plan._replace(mounts=(*plan.mounts, Mount("ro", "/x", source=source, pin=True)))
+        with pytest.raises(PolicyError, match="engine's socket"):
+            kwargs_of(bound)

@@ -72,8 +72,10 @@ def _bind(source: str, target: str, *, read_only: bool) -> dict[str, Any]:
 
 def _check_source(bot: str, source: str) -> None:
     """Never the engine's socket (root on the host for whoever holds it)."""
+    from clawpen.container.engine import socket_of
+
     real = os.path.realpath(source)
-    for sock in ENGINE_SOCKETS:
+    for sock in (*ENGINE_SOCKETS, socket_of("docker"), socket_of("podman")):  # also where they listen
         if real == os.path.realpath(sock) or os.path.realpath(sock).startswith(real.rstrip("/") + "/"):
             raise PolicyError(
                 f"refusing to mount {source}: it is or holds the container engine's socket ({sock}), "
