@@ -112,6 +112,7 @@ def _start_podman(timeout: float) -> str | None:
         text=True,
         check=True,
         start_new_session=True,
+        cwd=os.path.dirname(PODMAN_SOCKET),  # conmon writes a file "oom" into it on an OOM kill
     )
     pidfd = os.pidfd_open(int(started.stdout))
     _podman["pidfd"] = pidfd
