@@ -10,10 +10,12 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # shaping; Prometheus (and promtool) scrapes /metrics and checks exported rules; Chromium is driven
 # by Playwright for the dashboard.
 # The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
-# the locally built base image (no registry), a static busybox, docker-compose for the exported file;
-# Podman (the tests start its Docker-compatible API service) with catatonit, its --init.
+# The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
+# the locally built base image (no registry), a static busybox (the start gate), gcc and libc6-dev
+# (the static seccomp loader, built once), docker-compose for the exported file; Podman (the tests
+# start its Docker-compatible API service) with catatonit, its --init.
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
-  docker-compose podman catatonit)
+  gcc libc6-dev docker-compose podman catatonit)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
