@@ -10,7 +10,6 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # shaping; Prometheus (and promtool) scrapes /metrics and checks exported rules; Chromium is driven
 # by Playwright for the dashboard.
 # The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
-# The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
 # the locally built base image (no registry), a static busybox (the start gate), gcc and libc6-dev
 # (the static seccomp loader, built once), docker-compose for the exported file; Podman (the tests
 # start its Docker-compatible API service) with catatonit, its --init.
