@@ -4,6 +4,11 @@
 Run as root with a Docker engine and the image (tests build ``clawpen-test-base:bookworm``)::
 
     .venv/bin/python bench/container_bench.py [--runs 10] [--image clawpen-test-base:bookworm]
+        [--engine podman]
+
+With ``--engine podman`` (Podman's API service running, the image in its store) clawpen starts
+the bot on Podman and the anchor is ``podman run --rm`` with the same arguments (and the nproc
+and nofile limits clawpen gives it on Podman).
 
 Both sides start the same image with the same uid, limits, read-only root and no network, and
 are timed from the call to the bot's first byte on stdout ("ready"), interleaved (ABAB) after
@@ -62,9 +67,10 @@ def clawpen_start(tier: ContainerTier, plan: Plan, run: Path, i: int) -> float:
     return took
 
 
-def docker_start(image: str, uid: int, i: int) -> float:
+def docker_start(image: str, uid: int, i: int, engine: str = "docker") -> float:
+    limits = ["--ulimit", "nproc=32768:32768", "--ulimit", "nofile=1024:1024"] if engine == "podman" else []
     argv = [
-        "docker", "run", "--rm", "--name", f"clawpen-test-bench-{i}", "--network", "none",
+        engine, "run", *limits, "--rm", "--name", f"clawpen-test-bench-{i}", "--network", "none",
         "--user", f"{uid}:{uid}", "--read-only", "--tmpfs", "/tmp:size=64m", "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges", "--memory", "512m", "--memory-swap", "512m",
         "--cpus", "1", "--pids-limit", "256", "--init", image, "sh", "-c", SCRIPT,
@@ -74,7 +80,7 @@ def docker_start(image: str, uid: int, i: int) -> float:
     assert proc.stdout is not None
     first_byte(proc.stdout.fileno())
     took = time.perf_counter() - start
-    subprocess.run(["docker", "rm", "-f", f"clawpen-test-bench-{i}"], capture_output=True, check=False)
+    subprocess.run([engine, "rm", "-f", f"clawpen-test-bench-{i}"], capture_output=True, check=False)
     proc.wait(30)
     return took
 
@@ -83,16 +89,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--image", default="clawpen-test-base:bookworm")
+    ap.add_argument("--engine", choices=["docker", "podman"], default="docker")
     args = ap.parse_args()
-    if os.geteuid() != 0 or not shutil.which("docker"):
-        print("needs root and Docker", file=sys.stderr)
+    if os.geteuid() != 0 or not shutil.which(args.engine):
+        print(f"needs root and {args.engine}", file=sys.stderr)
         return 2
     top = Path(tempfile.mkdtemp(prefix="clawpen-cbench-"))
     try:
         state, run = top / "state", top / "state" / "run"
         run.mkdir(parents=True, mode=0o700)
         spec = (
-            f'[bots.bench]\ntier = "container"\nimage = "{args.image}"\ncommand = ["sh", "-c", "{SCRIPT}"]\n'
+            f'[bots.bench]\ntier = "container"\nimage = "{args.image}"\nengine = "{args.engine}"\n'
+            f'command = ["sh", "-c", "{SCRIPT}"]\n'
         )
         bot = parse_spec_text(spec, top / "clawpen.toml").spec.bots["bench"]
         plan = instance_plan(
@@ -102,10 +110,10 @@ def main() -> int:
         ours: list[float] = []
         theirs: list[float] = []
         clawpen_start(tier, plan, run, 0)  # warm-up
-        docker_start(args.image, plan.identity.uid, 0)
+        docker_start(args.image, plan.identity.uid, 0, args.engine)
         for i in range(1, args.runs + 1):
             ours.append(clawpen_start(tier, plan, run, i))
-            theirs.append(docker_start(args.image, plan.identity.uid, i))
+            theirs.append(docker_start(args.image, plan.identity.uid, i, args.engine))
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
@@ -114,7 +122,7 @@ def main() -> int:
 
     ratio = statistics.median(ours) / statistics.median(theirs)
     print(f"container start to first output, {args.runs} runs each, interleaved ({args.image})")
-    for label, xs in (("clawpen ContainerTier.start", ours), ("docker run --rm (CLI)", theirs)):
+    for label, xs in (("clawpen ContainerTier.start", ours), (f"{args.engine} run --rm (CLI)", theirs)):
         print(f"  {label:<28} p50 {statistics.median(xs) * 1000:7.1f} ms  p90 {p(xs, 9) * 1000:7.1f} ms")
     print(f"  ratio {ratio:.2f}x (target <= {TARGET}x): {'met' if ratio <= TARGET else 'NOT met'}")
     return 0 if ratio <= TARGET else 1

@@ -11,9 +11,10 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # by Playwright for the dashboard.
 # The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
 # the locally built base image (no registry), a static busybox (the start gate), gcc and libc6-dev
-# (the static seccomp loader, built once), docker-compose for the exported file.
+# (the static seccomp loader, built once), docker-compose for the exported file; Podman (the tests
+# start its Docker-compatible API service) with catatonit, its --init.
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
-  gcc libc6-dev docker-compose)
+  gcc libc6-dev docker-compose podman catatonit)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -22,6 +22,11 @@ def _requirement_missing(marker: str) -> str | None:
         from tests.integration.container_env import ensure_dockerd
 
         return ensure_dockerd()  # starts dockerd when installed and none runs
+    if marker == "podman":
+        from tests.integration.container_env import ensure_dockerd, ensure_podman
+
+        # Podman's service, started when installed and none runs, with the base image (from Docker's)
+        return ensure_dockerd() or ensure_podman()
     if marker == "netns" and (os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft")):
         return "needs root, iproute2 and nftables (apt-get install iproute2 nftables)"
     if marker == "browser" and not shutil.which("chromium"):
@@ -32,7 +37,7 @@ def _requirement_missing(marker: str) -> str | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker in ("root", "bwrap", "docker", "netns", "browser", "prometheus"):
+    for marker in ("root", "bwrap", "docker", "podman", "netns", "browser", "prometheus"):
         if item.get_closest_marker(marker):
             missing = _requirement_missing(marker)
             if missing:
@@ -42,8 +47,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from tests.integration.container_env import stop_started_dockerd
+    from tests.integration.container_env import stop_started_dockerd, stop_started_podman
 
+    stop_started_podman()
     stop_started_dockerd()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if IN_CI and reporter is not None and reporter.stats.get("skipped"):

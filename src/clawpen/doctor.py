@@ -7,7 +7,8 @@ v1/hybrid), each controller, and creating (then removing) a test cgroup. ``host`
 clawpen's deployment practice (alert above 85% CPU or under 500 MB available memory; a dedicated
 host has >= 4 cores and 8 GB): CPU, load, memory, swap, disk under the state directory, network
 (read from /proc and /sys; nothing is contacted). ``container tier`` (optional: a warning when
-no engine answers): the engine, its version, cgroup driver, rootless, userns-remap, the base image.
+no engine answers): each engine that answers (Docker Engine, Podman's Docker API), its version,
+cgroup driver, rootless, userns-remap, the base image in its store.
 
 Warnings (``ok`` and ``warn``) do not fail :func:`checks_ok`. All I/O goes through :class:`Probe`
 so tests can fake the host. ``detail`` and ``hint`` are single lines.
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import psutil
 
@@ -146,12 +148,14 @@ class Probe:
         lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)  # major, minor, micro
         return ".".join(map(str, lib.seccomp_version().contents))
 
-    def container_engine(self) -> EngineReport | ClawpenError:
+    def container_engine(
+        self, wanted: Literal["auto", "docker", "podman"] = "auto"
+    ) -> EngineReport | ClawpenError:
         """The container engine's report, or why there is none (the error, not raised)."""
         from clawpen.container.report import engine_report
 
         try:
-            return engine_report()
+            return engine_report(wanted)
         except ClawpenError as err:
             return err
 
@@ -457,18 +461,34 @@ def _network(p: Probe) -> list[Check]:
 
 
 def _engine(p: Probe) -> list[Check]:
-    found = p.container_engine()
-    if not isinstance(found, EngineReport):
-        why = f"{found.what}; the container tier is optional"
-        return [Check(CONTAINER, "engine", True, why, found.hint, warn=True)]
+    """Each engine that answers (Docker, Podman), the first as ``engine`` and ``base image``, a
+    second as ``engine (podman)``...; an engine whose socket is there but does not answer warns."""
+    checks: list[Check] = []
+    for name in ("docker", "podman"):
+        found = p.container_engine(name)
+        tail = "" if not any(c.name == "engine" for c in checks) else f" ({name})"
+        if isinstance(found, EngineReport):
+            checks += _engine_checks(found, tail)
+        elif "is not running" not in found.what:  # its socket is there: it should answer
+            checks.append(Check(CONTAINER, f"engine{tail}", True, found.what, found.hint, warn=True))
+    if not any(c.ok and not c.warn for c in checks):
+        found = p.container_engine()
+        if not isinstance(found, EngineReport):
+            why = f"{found.what}; the container tier is optional"
+            return [Check(CONTAINER, "engine", True, why, found.hint, warn=True)]
+    return checks
+
+
+def _engine_checks(found: EngineReport, tail: str) -> list[Check]:
     mode = "rootless" if found.rootless else "rootful"
     remap = "on" if found.userns_remap else "off"
     detail = f"{found.engine} {found.version} at {found.socket} ({mode}, userns-remap {remap}, "
     detail += f"cgroup driver {found.cgroup_driver}, cgroup v{found.cgroup_version})"
-    base = Check(CONTAINER, "base image", True, f"{BASE_TAG} is there", None)
+    base = Check(CONTAINER, f"base image{tail}", True, f"{BASE_TAG} is there", None)
     if not found.base_image:
-        base = Check(CONTAINER, "base image", True, f"no {BASE_TAG}", "clawpen image build --base", warn=True)
-    return [Check(CONTAINER, "engine", True, detail, None), base]
+        hint = "clawpen image build --base" + (f" --engine {found.engine}" if tail else "")
+        base = Check(CONTAINER, f"base image{tail}", True, f"no {BASE_TAG}", hint, warn=True)
+    return [Check(CONTAINER, f"engine{tail}", True, detail, None), base]
 
 
 def run_checks(*, state_dir: Path, probe: Probe | None = None) -> list[Check]:

@@ -4,21 +4,34 @@ No registry is reachable here, so the base image is built from Debian's packages
 own builder (:func:`clawpen.container.base.build_base`: debootstrap into a folder, then the
 engine's import), once per machine: ``clawpen-test-base:bookworm``.
 The tests start dockerd when none runs (CI's clean machine) and leave it running for the
-session; pytest's end stops the one it started.
+session; pytest's end stops the one it started. The same for Podman's Docker-compatible API
+service (``podman system service``), whose store gets the same base image (``docker save`` into
+``podman load``). Several pytest processes may share one machine: checking and starting Podman's
+service is serialised by a lock file, each session using it holds a shared lock on another, and
+the session that started the service stops it at its end only when no other session holds that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import select
 import shutil
+import signal
 import subprocess
 import time
 
 SOCKET = "/var/run/docker.sock"
 BASE_IMAGE = "clawpen-test-base:bookworm"
 MIRROR = os.environ.get("CLAWPEN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+PODMAN_SOCKET = "/run/podman/podman.sock"
+PODMAN_LOCK = "/run/clawpen-test-podman.lock"
+PODMAN_USERS = "/run/clawpen-test-podman.users"
+PODMAN_LOG = "/var/log/clawpen-test-podman.log"
+PODMAN_CLI = ["docker", "-H", f"unix://{PODMAN_SOCKET}"]  # the docker CLI, on Podman's Docker API
 _started: list[subprocess.Popen[bytes]] = []
+_podman: dict[str, object] = {}  # "users": this session's shared lock; "pidfd": the service it started
 
 
 def _answers() -> bool:
@@ -58,9 +71,101 @@ def stop_started_dockerd() -> None:
     _started.clear()
 
 
-def has_image(tag: str) -> bool:
+def _podman_answers() -> bool:
+    if not os.path.exists(PODMAN_SOCKET):
+        return False
+    done = subprocess.run(
+        [*PODMAN_CLI, "version", "--format", "{{.Server.Version}}"], capture_output=True, check=False
+    )
+    return done.returncode == 0
+
+
+def ensure_podman(timeout: float = 30.0) -> str | None:
+    """Start Podman's API service when Podman is installed and none answers, and put the base
+    image in its store; None when ready, else why not. Idempotent across pytest processes: the
+    check and the start happen under an exclusive lock (``PODMAN_LOCK``); each session that uses
+    the service holds a shared lock on ``PODMAN_USERS`` until its end."""
+    if not shutil.which("podman") or os.geteuid() != 0:
+        return "needs Podman, as root (apt-get install podman catatonit)"
+    with open(PODMAN_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # one session checks or starts at a time
+        if "users" not in _podman:
+            users = open(PODMAN_USERS, "a")  # noqa: SIM115 - held (shared) for the session
+            fcntl.flock(users.fileno(), fcntl.LOCK_SH)
+            _podman["users"] = users
+        why = _start_podman(timeout) if not _podman_answers() else None
+        if why is None and not has_image(BASE_IMAGE, PODMAN_CLI):
+            why = _load_base_into_podman()
+    return why
+
+
+def _start_podman(timeout: float) -> str | None:
+    """Start the service detached (no child of this process: it may outlive the session, see
+    :func:`stop_started_podman`), held by a pidfd."""
+    os.makedirs(os.path.dirname(PODMAN_SOCKET), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(PODMAN_SOCKET)  # a dead service's
+    script = 'podman system service --time=0 "$1" >>"$2" 2>&1 </dev/null & echo $!'
+    started = subprocess.run(
+        ["sh", "-c", script, "sh", f"unix://{PODMAN_SOCKET}", PODMAN_LOG],
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+        cwd=os.path.dirname(PODMAN_SOCKET),  # conmon writes a file "oom" into it on an OOM kill
+    )
+    pidfd = os.pidfd_open(int(started.stdout))
+    _podman["pidfd"] = pidfd
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _podman_answers():
+            return None
+        if select.select([pidfd], [], [], 0.1)[0]:
+            return f"podman system service exited (see {PODMAN_LOG})"
+    return f"podman system service did not answer in {timeout:g}s (see {PODMAN_LOG})"
+
+
+def _load_base_into_podman() -> str | None:
+    """The base image, as Docker has it (built when missing), into Podman's store."""
+    ensure_base_image()
+    save = subprocess.Popen(["docker", "save", BASE_IMAGE], stdout=subprocess.PIPE)
+    load = subprocess.run(["podman", "load"], stdin=save.stdout, capture_output=True, check=False)
+    assert save.stdout is not None
+    save.stdout.close()
+    if save.wait() != 0 or load.returncode != 0:
+        return f"cannot load {BASE_IMAGE} into podman: {load.stderr.decode(errors='replace')}"
+    return None
+
+
+def stop_started_podman() -> None:
+    """Stop the service this session started, unless another session still uses it (then it
+    stays running, as a service the tests of a later session find)."""
+    users, pidfd = _podman.pop("users", None), _podman.pop("pidfd", None)
+    if users is None:
+        return
+    assert hasattr(users, "fileno") and hasattr(users, "close")
+    with open(PODMAN_LOCK, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # no session checks the service meanwhile
+        try:
+            fcntl.flock(users.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            last = True
+        except BlockingIOError:  # another session's tests use it
+            last = False
+        if isinstance(pidfd, int):
+            if last:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                select.select([pidfd], [], [], 30)
+            os.close(pidfd)
+        users.close()
+
+
+def has_image(tag: str, cli: list[str] | None = None) -> bool:
     return (
-        subprocess.run(["docker", "image", "inspect", tag], capture_output=True, check=False).returncode == 0
+        subprocess.run(
+            [*(cli or ["docker"]), "image", "inspect", tag], capture_output=True, check=False
+        ).returncode
+        == 0
     )
 
 

@@ -1,5 +1,6 @@
-"""The container tier with real Docker: a bot in its own hardened container, supervised by the
-daemon like a sandbox bot (logs, restarts, re-adoption after a daemon SIGKILL, `down`).
+"""The container tier with real Docker and real Podman (its Docker-compatible API): a bot in its
+own hardened container, supervised by the daemon like a sandbox bot (logs, restarts, re-adoption
+after a daemon SIGKILL, `down`). Tests taking ``engine`` run on both engines.
 
 The daemon names its containers ``clawpen-<scope><bot>-<replica>`` (the scope: a short id of the
 test's state directory), labelled ``clawpen.state=<state dir>``; the fixture removes any the
@@ -16,9 +17,10 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
-from container_env import BASE_IMAGE, ensure_base_image
+from container_env import BASE_IMAGE, PODMAN_CLI, PODMAN_SOCKET, ensure_base_image
 from helpers import CLAWPEN, DaemonCli, alive, wait_for
 
 from clawpen.errors import SandboxError
@@ -34,17 +36,51 @@ LISTENER = (  # a bare socket listener: no dependence on the image's http.server
 COUNTER = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.01; done"
 
 
-def _containers(home: Path) -> list[dict[str, object]]:
+class Engine(NamedTuple):
+    """An engine under test: its name, the docker CLI talking to it, the spec's lines for it."""
+
+    name: str
+    cli: list[str]
+
+    @property
+    def image(self) -> str:
+        return f'image = "{BASE_IMAGE}"\nengine = "{self.name}"'
+
+
+DOCKER = Engine("docker", ["docker"])
+PODMAN = Engine("podman", PODMAN_CLI)
+
+
+@pytest.fixture(params=[DOCKER, pytest.param(PODMAN, marks=pytest.mark.podman)], ids=["docker", "podman"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return request.param  # type: ignore[no-any-return]
+
+
+def _containers(home: Path, cli: list[str] = DOCKER.cli) -> list[dict[str, object]]:
     out = subprocess.run(
-        ["docker", "ps", "-a", "-q", "--filter", f"label=clawpen.state={home}"],
+        [*cli, "ps", "-a", "-q", "--filter", f"label=clawpen.state={home}"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
     if not out:
         return []
-    found = subprocess.run(["docker", "inspect", *out], capture_output=True, text=True, check=True)
+    found = subprocess.run([*cli, "inspect", *out], capture_output=True, text=True, check=True)
     return json.loads(found.stdout)  # type: ignore[no-any-return]
+
+
+def _remove_left(home: Path) -> None:
+    """Remove what a test left under this daemon's names or label, on either engine."""
+    for cli in (DOCKER.cli, PODMAN.cli) if os.path.exists(PODMAN_SOCKET) else (DOCKER.cli,):
+        named = subprocess.run(
+            [*cli, "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        left = [str(c["Id"]) for c in _containers(home, cli)] + named
+        if left:
+            subprocess.run([*cli, "rm", "-f", *left], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -55,15 +91,7 @@ def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
         with daemon_at(home) as d:
             yield d
     finally:
-        named = subprocess.run(  # also what the test made under this daemon's names
-            ["docker", "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        left = [str(c["Id"]) for c in _containers(home)] + named
-        if left:
-            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+        _remove_left(home)
 
 
 def set_secret(env: dict[str, str], name: str, value: str) -> None:
@@ -83,7 +111,9 @@ def _uids(pid: int) -> set[int]:
     return found
 
 
-def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: DaemonCli) -> None:
+def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(
+    daemon: DaemonCli, engine: Engine
+) -> None:
     set_secret(daemon.env, "API_TOKEN", SECRET)
     probe = (
         "stat -c 'secret %a %u' /run/secrets/API_TOKEN; echo token=$(cat /run/secrets/API_TOKEN); "
@@ -96,7 +126,7 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     daemon.write(f"""
         [bots.box]
         tier = "container"
-        image = "{BASE_IMAGE}"
+        {engine.image}
         command = ["sh", "-c", "{probe}"]
         workspace = "ws"
         secrets = ["API_TOKEN"]
@@ -127,15 +157,19 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     assert (daemon.spec.parent / "ws" / "ok").exists()
     assert "ifaces=lo," in logs  # no network but loopback
     assert " err to-stderr" in logs
-    (info,) = _containers(daemon.home)
+    (info,) = _containers(daemon.home, engine.cli)
     host = info["HostConfig"]
     assert isinstance(host, dict)
     assert SECRET not in json.dumps(info)  # secret_env's value never reaches the engine's config
     assert "CLAWPEN_SECRET_ENV=API_TOKEN" in info["Config"]["Env"]  # type: ignore[index]
-    assert host["CapDrop"] == ["ALL"] and host["ReadonlyRootfs"] and not host["Privileged"]
+    # Podman's API lists the capabilities it dropped (all of its defaults) where Docker says ALL
+    assert (
+        host["CapDrop"] == ["ALL"] if engine == DOCKER else not host["CapAdd"] and "SETUID" in host["CapDrop"]
+    )
+    assert host["ReadonlyRootfs"] and not host["Privileged"]
     assert host["NetworkMode"] == "none" and host["RestartPolicy"]["Name"] == "no"
     assert "no-new-privileges" in host["SecurityOpt"] and host["LogConfig"]["Type"] == "none"
-    assert host["Memory"] == 128 << 20 and host["PidsLimit"] == 64 and host["Init"]
+    assert host["PidsLimit"] == 64 and host["Init"]
     assert str(host["CgroupParent"]).startswith("/clawpen/")
     assert not any("docker.sock" in str(m.get("Source")) for m in info["Mounts"])  # type: ignore[union-attr]
     writable = {m["Destination"] for m in info["Mounts"] if m["RW"]}  # type: ignore[index,union-attr]
@@ -144,6 +178,9 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     labels = info["Config"]["Labels"]  # type: ignore[index]
     cgroup = Path("/sys/fs/cgroup/memory/clawpen") / labels["clawpen.cgroup"]
     assert int((cgroup / "memory.usage_in_bytes").read_text()) > 0
+    # the memory limit: the engine's; on Podman (cgroup v1) that of clawpen's cgroup around it
+    limit = host["Memory"] if engine == DOCKER else int((cgroup / "memory.limit_in_bytes").read_text())
+    assert limit == 128 << 20
     # `clawpen exec` enters the container's namespaces as the bot's uid (its files, not the host's)
     got = daemon.cli(
         "exec", "box", "--", "sh", "-c", "id -u; cat /workspace/ok && echo seen; touch /x", check=False
@@ -160,33 +197,33 @@ def test_a_container_bot_runs_hardened_as_its_uid_and_down_removes_it(daemon: Da
     events = daemon.events("box")
     assert any(e.get("to_state") == "stopped" for e in events), events
     assert not any(e["kind"] == "kill" for e in events), "needed SIGKILL"
-    assert _containers(daemon.home) == []
+    assert _containers(daemon.home, engine.cli) == []
     assert not list(daemon.home.glob("run/*.ctr")) and not cgroup.exists()
     assert not alive(row["pid"])
 
 
 def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopted(
-    daemon: DaemonCli,
+    daemon: DaemonCli, engine: Engine
 ) -> None:
     daemon.write(f"""
         [bots.count]
         tier = "container"
-        image = "{BASE_IMAGE}"
+        {engine.image}
         command = ["sh", "-c", "{COUNTER}"]
         [bots.crash]
         tier = "container"
-        image = "{BASE_IMAGE}"
+        {engine.image}
         command = ["sh", "-c", "echo up; sleep 0.2; exit 3"]
         restart = {{ backoff_initial = "0.1s", max_restarts = 50 }}
         [bots.hog]
         tier = "container"
-        image = "{BASE_IMAGE}"
+        {engine.image}
         command = ["python3", "-c", "b = bytearray(256 << 20)"]
         resources = {{ memory = "32M" }}
         restart = {{ policy = "no" }}
         [bots.web]
         tier = "container"
-        image = "{BASE_IMAGE}"
+        {engine.image}
         command = ["python3", "-c", "{LISTENER}"]
         health = {{ tcp = "127.0.0.1:47913", interval = "0.3s", timeout = "1s" }}
     """)
@@ -223,7 +260,7 @@ def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopte
     )
     assert daemon.ps()["count"]["pid"] != pid
     daemon.cli("down")
-    assert _containers(daemon.home) == []
+    assert _containers(daemon.home, engine.cli) == []
 
 
 @pytest.mark.bwrap
@@ -259,6 +296,7 @@ def test_no_engine_or_no_image_fails_only_that_bot(daemon: DaemonCli) -> None:
         image = "{BASE_IMAGE}"
         command = ["sleep", "300"]
     """)
+    daemon.env["CONTAINER_HOST"] = f"unix://{daemon.home}/no-podman.sock"  # where no Podman listens
     daemon.cli("up", check=False)
     daemon.wait_state("plain", "running")  # the daemon and a sandbox bot run without podman
     daemon.wait_state("podman", "failed")
@@ -286,6 +324,7 @@ def _tier_start(
     *,
     image: str = BASE_IMAGE,
     secrets: dict[str, bytes] | None = None,
+    engine: str = "auto",
 ) -> tuple[object, dict[str, int]]:
     """ContainerTier.start on a plan built as the daemon builds it, stdout on a named pipe."""
     from clawpen.container.tier import ContainerTier
@@ -299,7 +338,7 @@ def _tier_start(
     (state / "run").mkdir(parents=True, mode=0o700)
     spec = tmp_path / "clawpen.toml"
     spec.write_text(
-        f'[bots.gate]\ntier = "container"\nimage = "{image}"\nworkspace = "ws"\n'
+        f'[bots.gate]\ntier = "container"\nimage = "{image}"\nengine = "{engine}"\nworkspace = "ws"\n'
         f'command = ["sh", "-c", "{command}"]\n'
     )
     bot = parse_spec_text(spec.read_text(), spec).spec.bots["gate"]
@@ -325,7 +364,9 @@ def _tier_start(
             os.close(fd)
 
 
-def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_start(tmp_path: Path) -> None:
+def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_start(
+    tmp_path: Path, engine: Engine
+) -> None:
     ensure_base_image()
     seen: list[int] = []
 
@@ -337,7 +378,7 @@ def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_star
         marker.write_text("yes")
         os.chown(marker, os.stat(tmp_path / "ws").st_uid, -1)
 
-    sandbox, pipes = _tier_start(tmp_path, "cat /workspace/wired; echo; exit 7", wire)
+    sandbox, pipes = _tier_start(tmp_path, "cat /workspace/wired; echo; exit 7", wire, engine=engine.name)
     try:
         assert sandbox.pid == seen[0]  # type: ignore[attr-defined]
         result = sandbox.collect()  # type: ignore[attr-defined]
@@ -353,10 +394,12 @@ def test_the_bot_runs_only_after_wire_net_returned_and_its_error_aborts_the_star
         raise RuntimeError("no link")
 
     with pytest.raises(RuntimeError, match="no link"):
-        _tier_start(tmp_path / "b", "touch /workspace/ran", broken)
+        _tier_start(tmp_path / "b", "touch /workspace/ran", broken, engine=engine.name)
     assert not (tmp_path / "b" / "ws" / "ran").exists()  # the command never ran
     gone = subprocess.run(
-        ["docker", "ps", "-a", "-q", "--filter", "name=clawpen-ctier-gate-0"], capture_output=True, text=True
+        [*engine.cli, "ps", "-a", "-q", "--filter", "name=clawpen-ctier-gate-0"],
+        capture_output=True,
+        text=True,
     )
     assert gone.stdout.strip() == "" and not list((tmp_path / "b" / "state" / "run").glob("*.ctr"))
 
@@ -393,16 +436,16 @@ def _children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
 
-def test_clawpen_seccomp_filter_stacks_on_the_engines(daemon: DaemonCli) -> None:
+def test_clawpen_seccomp_filter_stacks_on_the_engines(daemon: DaemonCli, engine: Engine) -> None:
     """adjtimex (reading the kernel clock's state) is allowed by Docker's default filter and
     denied by clawpen's: the bot is refused, the host (positive control) is not; from the host
     the bot carries two filters, the engine's init one."""
     host = subprocess.run(["/bin/busybox", "adjtimex"], capture_output=True, check=False)
     assert host.returncode == 0  # the positive control: the call works outside the container
+    podman_limits = ["--ulimit", "nproc=1024:1024", "--ulimit", "nofile=1024:1024"]  # see podman_kwargs
     engine_only = subprocess.run(  # and in a container with the engine's filter alone
         [
-            "docker",
-            "run",
+            *(["podman", "run", *podman_limits] if engine == PODMAN else ["docker", "run"]),
             "--rm",
             "--network",
             "none",
@@ -427,7 +470,7 @@ def test_clawpen_seccomp_filter_stacks_on_the_engines(daemon: DaemonCli) -> None
     daemon.write(f"""
         [bots.sc]
         tier = "container"
-        image = "{BASE_IMAGE}"
+        {engine.image}
         command = ["sh", "-c", "{probe}"]
     """)
     daemon.cli("up")

@@ -3,6 +3,7 @@ honour, and the plan -> `docker create` arguments (hardened by default)."""
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 
 from clawpen.container import create
 from clawpen.container.handle import result_from_state
-from clawpen.container.tier import container_name
+from clawpen.container.tier import container_name, host_nproc
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import ClawpenError, PolicyError
 from clawpen.plan.build import HostFacts, build_plan
@@ -188,6 +189,9 @@ def test_how_a_container_ended_comes_from_the_engines_state() -> None:
     assert (killed.reason, killed.signal) == ("signaled", 9)
     oom = result_from_state({"ExitCode": 137, "OOMKilled": True}, fallback_started=0)
     assert oom.reason == "oom"
+    # Podman on cgroup v1 says OOMKilled false: clawpen's own verdict (the kernel's notice) holds
+    seen = result_from_state({"ExitCode": 137, "OOMKilled": False}, fallback_started=0, oom=True)
+    assert seen.reason == "oom"
     lost = result_from_state({}, fallback_started=0)
     assert lost.exit_code == 255 and "lost" in lost.message
 
@@ -195,3 +199,53 @@ def test_how_a_container_ended_comes_from_the_engines_state() -> None:
 def test_container_names_follow_the_instance() -> None:
     assert container_name("app.0") == "clawpen-app-0"
     assert container_name("s1234abcd-app.3") == "clawpen-s1234abcd-app-3"
+
+
+def test_podman_gets_the_same_limits_in_the_form_its_api_takes(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, CONTAINER + '[bots.a.resources]\nmemory = "128M"\n')
+    docker = kwargs_of(plan)
+    podman = create.create_kwargs(
+        plan,
+        name="clawpen-a-0",
+        labels={"clawpen.bot": "a"},
+        files=FILES,
+        cgroup_parent="/clawpen/a.0",
+        engine="podman",
+        nproc=4096,
+        engine_memory=False,
+    )
+    # its tmpfs knows no uid=/gid=: U makes /run/secrets the container user's (the bot's uid)
+    assert podman["tmpfs"]["/run/secrets"] == f"rw,nosuid,nodev,noexec,size={4 << 20},mode=0500,U"
+    assert "uid=" in docker["tmpfs"]["/run/secrets"]
+    # rootful Podman would raise RLIMIT_NPROC past what a root without CAP_SYS_RESOURCE may
+    limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in podman["ulimits"]}
+    assert limits["nproc"] == (4096, 4096) and limits["nofile"] == (1024, 1024)
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    assert 0 < host_nproc() <= min(pid_max, resource.getrlimit(resource.RLIMIT_NPROC)[0])
+    assert "nproc" not in {u["Name"] for u in docker["ulimits"]}
+    # the memory limit moves to clawpen's cgroup parent (the tier sets it there); the rest is Docker's
+    assert "mem_limit" not in podman and docker["mem_limit"] == 128 << 20
+    same = {k for k in docker if k not in ("tmpfs", "ulimits", "mem_limit", "memswap_limit")}
+    assert {k: podman[k] for k in same} == {k: docker[k] for k in same}
+
+
+def test_an_engine_socket_elsewhere_comes_from_its_clients_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clawpen.container.engine import detect, socket_of
+    from clawpen.errors import HostError
+
+    sock = tmp_path / "podman.sock"
+    monkeypatch.setenv("CONTAINER_HOST", f"unix://{sock}")
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")  # not a unix socket: the default stays
+    assert socket_of("podman") == str(sock) and socket_of("docker") == "/run/docker.sock"
+    with pytest.raises(HostError, match="the podman engine is not running"):
+        detect("podman")
+    sock.touch()  # positive control: where the variable points, the engine is found
+    assert detect("podman") == (("podman", str(sock)))
+    # and a container bot may not mount that socket (nor its folder) either
+    plan = plan_of(tmp_path, CONTAINER)
+    for source in (str(sock), str(tmp_path)):
+        bound = plan._replace(mounts=(*plan.mounts, Mount("ro", "/x", source=source, pin=True)))
+        with pytest.raises(PolicyError, match="engine's socket"):
+            kwargs_of(bound)

@@ -115,6 +115,9 @@ class FakeProbe(Probe):
         self.engine: EngineReport | ClawpenError = EngineReport(
             "docker", "/run/docker.sock", "20.10.24", "cgroupfs", "2", False, False, True
         )
+        self.podman: EngineReport | ClawpenError = HostError(
+            "the podman engine is not running", where="container engine", hint="start podman"
+        )
 
     def read_text(self, path: str) -> str | None:
         return self.files.get(path)
@@ -159,8 +162,8 @@ class FakeProbe(Probe):
             raise self.libseccomp
         return self.libseccomp
 
-    def container_engine(self) -> EngineReport | ClawpenError:
-        return self.engine
+    def container_engine(self, wanted: str = "auto") -> EngineReport | ClawpenError:
+        return self.podman if wanted == "podman" else self.engine
 
     def module_version(self, name: str) -> str:
         assert name == "pyseccomp"
@@ -544,16 +547,32 @@ def test_this_host_passes_the_sandbox_tier_checks(tmp_path: Path) -> None:
 
 def test_container_engine_is_described_and_its_absence_only_warns() -> None:
     probe = FakeProbe()
-    probe.engine = EngineReport(
+    probe.engine = HostError("the docker engine is not running", where="container engine", hint="start it")
+    probe.podman = EngineReport(
         "podman", "/run/podman/podman.sock", "4.3.1", "systemd", "2", True, True, False
     )
     found = by_name(run_checks(state_dir=STATE, probe=probe))
     assert found["engine"].detail == (
-        f"podman 4.3.1 at {probe.engine.socket} (rootless, userns-remap on, cgroup driver systemd, cgroup v2)"
+        f"podman 4.3.1 at {probe.podman.socket} (rootless, userns-remap on, cgroup driver systemd, cgroup v2)"
     )
     assert (found["base image"].ok, found["base image"].warn) == (True, True)
     assert found["base image"].hint == "clawpen image build --base"
+    # both engines answer: each is reported, Docker first (the one `engine = "auto"` picks)
+    probe.engine = FakeProbe().engine
+    found = by_name(run_checks(state_dir=STATE, probe=probe))
+    assert found["engine"].detail.startswith("docker 20.10.24") and found[
+        "engine (podman)"
+    ].detail.startswith("podman 4.3.1")
+    assert found["base image (podman)"].hint == "clawpen image build --base --engine podman"
+    # Docker's socket is there but it does not answer: a warning, with Podman still reported
+    probe.engine = HostError(
+        "the docker engine at /run/docker.sock does not answer", where="e", hint="restart"
+    )
+    found = by_name(run_checks(state_dir=STATE, probe=probe))
+    assert (found["engine"].warn, found["engine"].hint) == (True, "restart")
+    assert not found["engine (podman)"].warn
     probe.engine = HostError("no container engine is running", where="container engine", hint="start one")
+    probe.podman = HostError("the podman engine is not running", where="container engine", hint="start one")
     checks = run_checks(state_dir=STATE, probe=probe)
     engine = by_name(checks)["engine"]
     assert (engine.ok, engine.warn, engine.hint) == (True, True, "start one")
@@ -579,3 +598,23 @@ def test_this_hosts_engine_is_reported_from_its_answers() -> None:
     )
     assert found.rootless == any("rootless" in o for o in info["SecurityOptions"])
     assert found.userns_remap == any("name=userns" in o for o in info["SecurityOptions"])
+
+
+@pytest.mark.root
+@pytest.mark.podman
+def test_this_hosts_podman_is_reported_from_its_answers() -> None:
+    """The real probe against Podman's API service (started by the tests): what `podman info`
+    says; and the doctor lists it next to Docker."""
+    import subprocess
+
+    found = Probe().container_engine("podman")
+    assert isinstance(found, EngineReport), found
+    info = json.loads(
+        subprocess.run(["podman", "info", "--format", "json"], capture_output=True, check=True).stdout
+    )
+    assert (found.engine, found.socket, found.rootless) == ("podman", "/run/podman/podman.sock", False)
+    assert found.cgroup_driver == info["host"]["cgroupManager"]
+    assert found.version == info["version"]["Version"]
+    checks = by_name(run_checks(state_dir=STATE))
+    assert checks["engine"].detail.startswith("docker ")  # Docker answers too, and comes first
+    assert checks["engine (podman)"].detail.startswith(f"podman {found.version} at /run/podman/podman.sock")

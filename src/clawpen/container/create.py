@@ -72,8 +72,10 @@ def _bind(source: str, target: str, *, read_only: bool) -> dict[str, Any]:
 
 def _check_source(bot: str, source: str) -> None:
     """Never the engine's socket (root on the host for whoever holds it)."""
+    from clawpen.container.engine import socket_of
+
     real = os.path.realpath(source)
-    for sock in ENGINE_SOCKETS:
+    for sock in (*ENGINE_SOCKETS, socket_of("docker"), socket_of("podman")):  # also where they listen
         if real == os.path.realpath(sock) or os.path.realpath(sock).startswith(real.rstrip("/") + "/"):
             raise PolicyError(
                 f"refusing to mount {source}: it is or holds the container engine's socket ({sock}), "
@@ -116,8 +118,14 @@ def create_kwargs(
     files: HostFiles,
     cgroup_parent: str | None,
     secret_env: tuple[str, ...] = (),
+    engine: str = "docker",
+    nproc: int = 0,
+    engine_memory: bool = True,
 ) -> dict[str, Any]:
-    """``client.containers.create(**create_kwargs(...))`` for ``plan`` (see the module's docs)."""
+    """``client.containers.create(**create_kwargs(...))`` for ``plan`` (see the module's docs), on
+    ``engine`` (``docker`` or ``podman``: see :func:`podman_kwargs`, which gives ``nproc``);
+    ``engine_memory=False``: the memory limit is not the engine's, clawpen sets it on the cgroup
+    parent."""
     from docker.types import LogConfig, Ulimit
 
     if plan.container is None:
@@ -168,7 +176,7 @@ def create_kwargs(
     }
     if cg.pids_max is not None:
         kwargs["pids_limit"] = cg.pids_max
-    if cg.memory_max is not None:
+    if cg.memory_max is not None and engine_memory:
         kwargs["mem_limit"] = cg.memory_max
         kwargs["memswap_limit"] = cg.memory_max + cg.swap_max  # swap off by default
     if cg.cpu_quota_us is not None:
@@ -182,4 +190,23 @@ def create_kwargs(
         kwargs["cgroup_parent"] = cgroup_parent
     if plan.link is not None:  # names resolve at the gateway, as in the sandbox's resolv.conf
         kwargs["dns"] = [plan.link.gw_addr]
-    return kwargs
+    return podman_kwargs(kwargs, nproc=nproc) if engine == "podman" else kwargs
+
+
+def podman_kwargs(kwargs: dict[str, Any], *, nproc: int) -> dict[str, Any]:
+    """Docker's arguments as Podman's Docker API takes them, with the same effect (pure):
+
+    - its tmpfs options know no ``uid=``/``gid=``: ``U`` makes the tmpfs the container user's;
+    - rootful, it raises RLIMIT_NPROC to 1048576 where Docker leaves the engine's own: a root
+      without CAP_SYS_RESOURCE (a host that is itself a container) cannot, and the container
+      fails to start; clawpen gives it ``nproc`` (the daemon's own, at most pid_max: see
+      :func:`clawpen.container.tier.host_nproc`) instead.
+    """
+    from docker.types import Ulimit
+
+    tmpfs = dict(kwargs["tmpfs"])
+    if SECRETS_DIR in tmpfs:
+        opts = [o for o in tmpfs[SECRETS_DIR].split(",") if not o.startswith(("uid=", "gid="))]
+        tmpfs[SECRETS_DIR] = ",".join([*opts, "U"])
+    ulimits = [*kwargs["ulimits"], Ulimit(name="nproc", soft=nproc, hard=nproc)]
+    return {**kwargs, "tmpfs": tmpfs, "ulimits": ulimits}

@@ -20,6 +20,9 @@ EngineName = Literal["docker", "podman"]
 DOCKER_SOCKET = "/run/docker.sock"
 PODMAN_SOCKET = "/run/podman/podman.sock"
 SOCKETS: dict[EngineName, str] = {"docker": DOCKER_SOCKET, "podman": PODMAN_SOCKET}
+# Where a host's engine listens elsewhere (rootless Podman: $XDG_RUNTIME_DIR/podman/podman.sock):
+# the variable each engine's own client reads, when it names a unix socket.
+HOST_VARS: dict[EngineName, str] = {"docker": "DOCKER_HOST", "podman": "CONTAINER_HOST"}
 HINTS: dict[EngineName, str] = {
     "docker": "start Docker Engine (systemctl start docker, or dockerd) — Debian's package is docker.io",
     "podman": "start Podman's API service: podman system service --time=0 unix:///run/podman/podman.sock",
@@ -33,13 +36,20 @@ class Engine(NamedTuple):
     socket: str
 
 
+def socket_of(name: EngineName) -> str:
+    """The engine's API socket: ``DOCKER_HOST`` / ``CONTAINER_HOST`` when it is ``unix://PATH``,
+    else the rootful default."""
+    value = os.environ.get(HOST_VARS[name], "")
+    return value.removeprefix("unix://") if value.startswith("unix:///") else SOCKETS[name]
+
+
 def detect(wanted: Literal["auto", "docker", "podman"] = "auto") -> Engine:
     """The engine ``wanted`` names, or with ``auto`` the first whose socket exists (Docker
     first); HostError naming how to start one when none is there."""
     names: tuple[EngineName, ...] = ("docker", "podman") if wanted == "auto" else (wanted,)
     for name in names:
-        if os.path.exists(SOCKETS[name]):
-            return Engine(name, SOCKETS[name])
+        if os.path.exists(socket_of(name)):
+            return Engine(name, socket_of(name))
     raise HostError(
         "no container engine is running" if wanted == "auto" else f"the {wanted} engine is not running",
         where="container engine",

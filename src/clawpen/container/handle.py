@@ -54,14 +54,15 @@ def _seconds(stamp: str | None) -> float | None:
     return base + (float(f"0.{frac[:9]}") if frac.isdigit() else 0.0)
 
 
-def result_from_state(state: dict[str, Any], *, fallback_started: float) -> RunResult:
-    """How a container ended, from ``docker inspect``'s ``State`` (pure)."""
+def result_from_state(state: dict[str, Any], *, fallback_started: float, oom: bool = False) -> RunResult:
+    """How a container ended, from ``docker inspect``'s ``State`` (pure); ``oom``: clawpen saw
+    the OOM killer at work (Podman on cgroup v1 leaves ``OOMKilled`` false)."""
     started = _seconds(state.get("StartedAt")) or fallback_started
     finished = _seconds(state.get("FinishedAt")) or time.time()
     code = state.get("ExitCode")
     result = result_from_status(
         EXIT_UNKNOWN if not isinstance(code, int) else code,
-        oom=bool(state.get("OOMKilled")),
+        oom=oom or bool(state.get("OOMKilled")),
         duration_s=max(0.0, finished - started),
     )
     if not isinstance(code, int):
@@ -71,18 +72,22 @@ def result_from_state(state: dict[str, Any], *, fallback_started: float) -> RunR
 
 def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
     """Remove clawpen's cgroup around a container in every hierarchy the engine made it in (on v1
-    also cpuset, devices, name=systemd and the unified one, which clawpen itself does not use)."""
-    with contextlib.suppress(SandboxError):
-        cgroup.remove()
+    also cpuset, devices, name=systemd and the unified one, which clawpen itself does not use),
+    with the ``conmon`` cgroup Podman makes in it for the container's monitor and never removes."""
     try:
         with open("/proc/self/mounts", encoding="utf-8") as f:
             points = [ln.split()[1] for ln in f if ln.split()[2:3] in (["cgroup"], ["cgroup2"])]
     except OSError:
-        return
+        points = []
     base = os.path.basename(os.path.dirname(cgroup.dirs[0])) if cgroup.dirs else "clawpen"
+    paths = [f"{point}/{base}/{cgroup.name}" for point in points]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.rmdir(f"{path}/conmon")
+    with contextlib.suppress(SandboxError):
+        cgroup.remove()
     deadline = time.monotonic() + timeout
-    for point in points:
-        path = f"{point}/{base}/{cgroup.name}"
+    for path in paths:
         while True:
             try:
                 os.rmdir(path)
@@ -141,6 +146,29 @@ def cgroup_of(pid: int, parent: Cgroup) -> Cgroup:
     return Cgroup(parent.name, parent.version, {str(i): d for i, d in enumerate(dirs)})
 
 
+def oom_eventfd(cgroup: Cgroup) -> int | None:
+    """An eventfd the kernel signals when the memory limit of ``cgroup`` (cgroup v1) leaves no
+    choice but the OOM killer (``cgroup.event_control`` on ``memory.oom_control``); None where
+    there is no such file."""
+    for folder in cgroup.dirs:
+        control = os.path.join(folder, "memory.oom_control")
+        if not os.path.exists(control):
+            continue
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with open(os.path.join(folder, "cgroup.event_control"), "w", encoding="ascii") as f:
+                    f.write(f"{efd} {cfd}")
+            finally:
+                os.close(cfd)
+        except OSError:
+            os.close(efd)
+            return None
+        return efd
+    return None
+
+
 class ContainerSandbox:
     """One container bot instance this daemon started or adopted."""
 
@@ -153,8 +181,10 @@ class ContainerSandbox:
         *,
         started_at: float,
         uid: int,
+        oom_fd: int | None = None,
     ) -> None:
         self.container = container
+        self.oom_fd = oom_fd  # see oom_eventfd: where the engine's OOMKilled cannot be trusted
         self._pid = pid
         self._pid_start = pid_start_time(pid)
         self.cgroup = cgroup
@@ -215,10 +245,18 @@ class ContainerSandbox:
         except (docker.errors.DockerException, OSError) as err:  # what the engine said last
             self.container.attrs.setdefault("State", {}).setdefault("Error", str(err))
         state = self.container.attrs.get("State") or {}
-        result = result_from_state(state, fallback_started=self.started_at)
         stats = self.cgroup.stats()
+        result = result_from_state(state, fallback_started=self.started_at, oom=self._oom_signalled())
         cpu = None if stats.cpu_usage_ns is None else stats.cpu_usage_ns / 1e9
         return result._replace(cpu_s=cpu, memory_peak=stats.memory_peak_bytes)
+
+    def _oom_signalled(self) -> bool:
+        if self.oom_fd is None:
+            return False
+        try:
+            return os.eventfd_read(self.oom_fd) > 0
+        except BlockingIOError:
+            return False
 
     def teardown(self) -> None:
         """Remove the container, its host files (secrets) and clawpen's cgroup around it."""
@@ -237,9 +275,10 @@ class ContainerSandbox:
             self._removed = True
         self.files.remove()
         remove_parent(self.cgroup)
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        for fd in (self._pidfd, self.oom_fd):
+            if fd is not None:
+                os.close(fd)
+        self._pidfd = self.oom_fd = None
 
     def own_cgroup(self) -> Cgroup:
         """The container's own cgroup, as its init is in it: the engine's, under clawpen's

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from clawpen.container import create, loader
 from clawpen.container.files import InstanceFiles, static_busybox, write_secrets
-from clawpen.container.handle import ContainerSandbox, remove_parent
+from clawpen.container.handle import ContainerSandbox, oom_eventfd, remove_parent
 from clawpen.errors import ClawpenError, HostError, SandboxError
 from clawpen.paths import cache_dir
+from clawpen.plan.model import CgroupLimits
 from clawpen.procfs import pid_start_time
 from clawpen.sandbox.seccomp import bpf_for
 from clawpen.sandbox.tier import RunningSandbox, RunResult, SandboxRecord, Stdio
@@ -44,6 +46,38 @@ def container_name(cgroup_name: str) -> str:
     return f"clawpen-{bot}-{replica}" if bot else f"clawpen-{cgroup_name}"
 
 
+def host_nproc() -> int:
+    """This process's RLIMIT_NPROC, at most the kernel's pid_max (what a Podman container gets)."""
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 1 << 22
+    return pid_max if soft == resource.RLIM_INFINITY else min(soft, pid_max)
+
+
+def podman_started(pid: int, cgroup: Cgroup, plan: Plan) -> int | None:
+    """What Podman needs once its container runs (the bot's command has not started yet).
+
+    Its monitor, conmon (the init's parent), lives in ``<cgroup parent>/conmon``: it is never the
+    OOM killer's pick. On cgroup v1, Podman removes the container's own cgroup as soon as it
+    ends, with the only count of its OOM kills (a v1 parent's ``oom_kill`` counts only its own),
+    and its ``OOMKilled`` stays false: the memory limit is clawpen's cgroup's around the container
+    instead of the engine's (see ``engine_memory`` in :func:`create.create_kwargs`), and the
+    kernel's OOM notification on it is the verdict (the eventfd returned). The bot cannot run
+    before the limit is set: the gate is still closed.
+    """
+    with contextlib.suppress(OSError):
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        if Path(f"/proc/{parent}/comm").read_text().strip() == "conmon":
+            Path(f"/proc/{parent}/oom_score_adj").write_text("-1000")
+    limits = plan.cgroup
+    if cgroup.version != 1 or limits.memory_max is None:
+        return None
+    cgroup.apply(CgroupLimits(memory_max=limits.memory_max, swap_max=limits.swap_max))
+    return oom_eventfd(cgroup)
+
+
 def _replica(cgroup_name: str) -> int:
     tail = cgroup_name.rpartition(".")[2]
     return int(tail) if tail.isdigit() else 0
@@ -59,15 +93,20 @@ class ContainerTier:
         self.state = state
         self.run_dir = state / "run"
         self._cgroups = cgroup_host
-        self._clients: dict[str, docker.DockerClient] = {}
+        self._clients: dict[str, tuple[docker.DockerClient, str]] = {}
 
     # ------------------------------------------------------------------ engine and cgroups
     def client(self, wanted: str = "auto") -> docker.DockerClient:
         """The engine's client (made once per engine choice); HostError when none answers."""
+        return self.engine(wanted)[0]
+
+    def engine(self, wanted: str = "auto") -> tuple[docker.DockerClient, str]:
+        """The engine's client and name (``auto``: the one detected); HostError when none answers."""
         if wanted not in self._clients:
             from clawpen.container.engine import client, detect
 
-            self._clients[wanted] = client(detect(wanted))  # type: ignore[arg-type]
+            found = detect(wanted)  # type: ignore[arg-type]
+            self._clients[wanted] = (client(found), found.name)
         return self._clients[wanted]
 
     def cgroup_host(self) -> CgroupHost:
@@ -111,13 +150,14 @@ class ContainerTier:
                 hint="run it under the daemon, which wires the link: clawpen up",
             )
         name = cgroup_name or f"{plan.bot}.0"
-        api = self.client(plan.container.engine)
+        api, engine = self.engine(plan.container.engine)
         busybox = static_busybox()
         ident = plan.identity
         if plan.workspace:
             from clawpen.sandbox.workspace import prepare_workspace
 
             prepare_workspace(plan.workspace, ident.uid, ident.gid, adopt=plan.workspace_adopt)
+        podman_v1 = engine == "podman" and self.cgroup_host().version == 1  # see podman_started
         files = InstanceFiles(self.run_dir, name, ident.uid, ident.gid)
         values = {n: secrets[n] for n in secrets}
         files.make()
@@ -143,11 +183,16 @@ class ContainerTier:
                 files=host,
                 cgroup_parent=f"/{CGROUP_BASE}/{name}",
                 secret_env=secret_env,
+                engine=engine,
+                nproc=host_nproc() if engine == "podman" else 0,
+                engine_memory=not podman_v1,
             )
         except BaseException:
             files.remove()
             raise
-        return self._launch(api, plan, name, kwargs, files=files, secrets=values, wire_net=wire_net)
+        return self._launch(
+            api, plan, name, kwargs, files=files, secrets=values, wire_net=wire_net, engine=engine
+        )
 
     def _missing_image(self, plan: Plan) -> HostError:
         assert plan.container is not None
@@ -171,7 +216,9 @@ class ContainerTier:
             except docker.errors.ImageNotFound:
                 raise self._missing_image(plan) from None
             except docker.errors.APIError as err:
-                if err.status_code != 409 or attempt == 2:
+                # the name is taken: Docker says 409, Podman 500 "... is already in use"
+                taken = err.status_code == 409 or "already in use" in str(err.explanation or "")
+                if not taken or attempt == 2:
                     raise
                 self._remove_stale(api, str(kwargs["name"]))
         raise AssertionError("unreachable")
@@ -186,6 +233,7 @@ class ContainerTier:
         files: InstanceFiles,
         secrets: Mapping[str, bytes],
         wire_net: Callable[[int], None] | None,
+        engine: str = "docker",
     ) -> ContainerSandbox:
         import docker.errors
         import requests
@@ -205,6 +253,8 @@ class ContainerTier:
             sandbox = ContainerSandbox(
                 container, pid, self._cgroup(name), files, started_at=time.time(), uid=plan.identity.uid
             )
+            if engine == "podman":
+                sandbox.oom_fd = podman_started(pid, sandbox.cgroup, plan)
             if secrets:
                 write_secrets(pid, secrets, plan.identity.uid, plan.identity.gid)
             if wire_net is not None:
@@ -262,10 +312,12 @@ class ContainerTier:
             except (docker.errors.DockerException, OSError, HostError):
                 continue
             if container.labels.get(f"{create.LABEL}.state") == str(self.state):
-                return self._adopt(container, record, started_at)
+                return self._adopt(container, record, started_at, engine)
         return None
 
-    def _adopt(self, container: Container, record: SandboxRecord, started_at: float) -> RunningSandbox | None:
+    def _adopt(
+        self, container: Container, record: SandboxRecord, started_at: float, engine: str
+    ) -> RunningSandbox | None:
         state = container.attrs.get("State") or {}
         pid = int(state.get("Pid") or 0)
         if not state.get("Running") or pid != record.pid or pid_start_time(pid) != record.pid_start:
@@ -277,4 +329,7 @@ class ContainerTier:
         assert record.cgroup is not None
         files = InstanceFiles(self.run_dir, record.cgroup, owner.st_uid, owner.st_gid)
         cgroup = self._cgroup(record.cgroup)
-        return ContainerSandbox(container, pid, cgroup, files, started_at=started_at, uid=owner.st_uid)
+        oom = oom_eventfd(cgroup) if engine == "podman" and cgroup.version == 1 else None
+        return ContainerSandbox(
+            container, pid, cgroup, files, started_at=started_at, uid=owner.st_uid, oom_fd=oom
+        )
