@@ -421,3 +421,44 @@ class Sink:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def peer_recorder(sock: Any) -> Iterator[tuple[int, list[str]]]:
+    """Serve on the bound socket ``sock`` (listening here): answer ``host`` to each connection and
+    record its peer's address; yields (port, peers) and closes the socket after."""
+    sock.listen(16)
+    peers: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, peer = sock.accept()
+            except OSError:
+                return
+            peers.append(peer[0])
+            conn.sendall(b"host\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield sock.getsockname()[1], peers
+    finally:
+        sock.close()
+
+
+def run_hostile(
+    home: Path, cwd: Path, uid_base: int, *args: str, timeout: float = 280
+) -> subprocess.CompletedProcess[str]:
+    """``clawpen validate --hostile ARGS`` on state ``home`` from ``cwd`` (its spec folder)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
+    env.update(CLAWPEN_HOME=str(home), CLAWPEN_UID_BASE=str(uid_base))
+    return subprocess.run(
+        [CLAWPEN, "validate", "--hostile", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )

@@ -15,14 +15,13 @@ import ipaddress
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from container_env import BASE_IMAGE, ensure_base_image
 from gateway_env import FakeDNS
-from helpers import wait_for
+from helpers import peer_recorder, wait_for
 from test_gateway_daemon import Daemon, world  # noqa: F401 (the fixture)
 
 from clawpen.netns import socket_in
@@ -116,24 +115,8 @@ def host_loopback(box_world: tuple[Daemon, FakeDNS]) -> Iterator[tuple[int, list
     s = socket_in(fd)
     os.close(fd)
     s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    peers: list[str] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, peer = s.accept()
-            except OSError:
-                return
-            peers.append(peer[0])
-            conn.sendall(b"host\n")
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield s.getsockname()[1], peers
-    finally:
-        s.close()
+    with peer_recorder(s) as served:
+        yield served
 
 
 def _bot_addr(home: Path, key: str) -> str:

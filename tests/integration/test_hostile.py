@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CLAWPEN
+from helpers import run_hostile
 
 from conftest import UID_BASE
 
@@ -34,17 +34,7 @@ def spec_dir() -> Iterator[Path]:
 
 
 def _hostile(home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
-    env.update(CLAWPEN_HOME=str(home), CLAWPEN_UID_BASE=str(UID_BASE))
-    return subprocess.run(
-        [CLAWPEN, "validate", "--hostile", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=240,
-        check=False,
-    )
+    return run_hostile(home, cwd, UID_BASE, *args)
 
 
 def _traces() -> set[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from container_env import BASE_IMAGE, ensure_base_image
-from helpers import CLAWPEN
+from helpers import CLAWPEN, run_hostile
 
 from clawpen.validate.actions import ACTIONS
 from conftest import UID_BASE
@@ -52,17 +52,7 @@ def spec_dir() -> Iterator[Path]:
 
 
 def _hostile(home: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
-    env.update(CLAWPEN_HOME=str(home), CLAWPEN_UID_BASE=str(UID_BASE))
-    return subprocess.run(
-        [CLAWPEN, "validate", "--hostile", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=280,
-        check=False,
-    )
+    return run_hostile(home, cwd, UID_BASE, *args)
 
 
 def _spec(folder: Path, bot: str, image: str, resources: str) -> None:

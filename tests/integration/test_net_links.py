@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import PY, session_uid_base
+from helpers import PY, peer_recorder, session_uid_base
 
 from clawpen import netns
 from clawpen.errors import UsageError
@@ -106,24 +106,8 @@ def host_server() -> Iterator[tuple[int, list[str]]]:
     """A TCP server on the host's loopback (the test's own namespace) recording its peers."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    s.listen(16)
-    peers: list[str] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, peer = s.accept()
-            except OSError:
-                return
-            peers.append(peer[0])
-            conn.sendall(b"host\n")
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield s.getsockname()[1], peers
-    finally:
-        s.close()
+    with peer_recorder(s) as served:
+        yield served
 
 
 def run_bot(

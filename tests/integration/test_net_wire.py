@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import peer_recorder, wait_for
 from test_net_links import FakeGateway
 
 from clawpen import netns
@@ -117,24 +117,8 @@ def host_server() -> Iterator[tuple[int, list[str]]]:
     """A TCP service on the host's loopback (the test's own namespace) recording its peers."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    s.listen(8)
-    peers: list[str] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, peer = s.accept()
-            except OSError:
-                return
-            peers.append(peer[0])
-            conn.sendall(b"host\n")
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield s.getsockname()[1], peers
-    finally:
-        s.close()
+    with peer_recorder(s) as served:
+        yield served
 
 
 def test_a_wired_namespace_reaches_only_the_gateway_and_an_unwired_one_nothing(
