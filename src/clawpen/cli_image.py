@@ -161,7 +161,6 @@ def _ls(ns: argparse.Namespace) -> int:
 def export_compose(ns: argparse.Namespace) -> int:
     """``clawpen export compose``: the spec's container bots as a Compose file."""
     from clawpen.container.compose import compose_text, from_spec
-    from clawpen.fsutil import write_atomic
     from clawpen.paths import state_dir
     from clawpen.sandbox.users import identity_for
     from clawpen.spec.loader import load_spec
@@ -180,18 +179,24 @@ def export_compose(ns: argparse.Namespace) -> int:
             where=f"{ns.file} bots",
             hint='the export is for bots with tier = "container" (and an image)',
         )
-    text = compose_text(bots)
-    if ns.output:
-        out = Path(ns.output)
+    return write_export(ns.output, compose_text(bots), f" ({len(bots)} bot{'s' if len(bots) != 1 else ''})")
+
+
+COMMANDS = {"image": cmd_image}
+
+
+def write_export(output: str | None, text: str, note: str = "") -> int:
+    """An export's text to ``-o OUTPUT`` (written atomically; its folder must exist) or stdout."""
+    from clawpen.fsutil import write_atomic
+
+    if output:
+        out = Path(output)
         if not out.parent.is_dir():
             raise UsageError(
                 f"folder {out.parent} does not exist", where="clawpen export -o", hint="create it first"
             )
         write_atomic(out, text.encode())
-        print(f"wrote {out} ({len(bots)} bot{'s' if len(bots) != 1 else ''})", file=sys.stderr)
+        print(f"wrote {out}{note}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
-
-
-COMMANDS = {"image": cmd_image}

@@ -11,7 +11,6 @@ import select
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from clawpen import termsafe
@@ -155,23 +154,13 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
         return export_compose(ns)
     from clawpen.alerts.rules import rules_from
-    from clawpen.fsutil import write_atomic
     from clawpen.metrics.prom import rules_yaml
     from clawpen.spec.loader import load_spec
 
     spec = load_spec(ns.file).spec
-    text = rules_yaml(rules_from(spec.monitoring))
-    if ns.output:
-        out = Path(ns.output)
-        if not out.parent.is_dir():
-            raise UsageError(
-                f"folder {out.parent} does not exist", where="clawpen export -o", hint="create it first"
-            )
-        write_atomic(out, text.encode())
-        print(f"wrote {out}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0
+    from clawpen.cli_image import write_export
+
+    return write_export(ns.output, rules_yaml(rules_from(spec.monitoring)))
 
 
 # ---------------------------------------------------------------- top

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # `clawpen run` loads this module (seccomp) and need not pay for pathlib
+    from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -22,3 +25,10 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to descriptor ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

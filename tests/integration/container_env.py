@@ -21,6 +21,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 SOCKET = "/var/run/docker.sock"
 BASE_IMAGE = "clawpen-test-base:bookworm"
@@ -182,3 +185,28 @@ def ensure_base_image(tag: str = BASE_IMAGE) -> str:
     finally:
         api.close()
     return tag
+
+
+@contextlib.contextmanager
+def container_daemon(home: Path) -> Iterator[Any]:
+    """A test daemon (conftest's ``daemon_at``) on state ``home``, the base image ready; the
+    containers it leaves under its names are removed after, on both engines."""
+    from clawpen.paths import cgroup_scope
+    from conftest import daemon_at
+
+    ensure_base_image()
+    try:
+        with daemon_at(home) as d:
+            yield d
+    finally:
+        for cli in (["docker"], ["podman"]):
+            if shutil.which(cli[0]) is None:
+                continue
+            left = subprocess.run(
+                [*cli, "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            if left:
+                subprocess.run([*cli, "rm", "-f", *left], capture_output=True, check=False)

@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from api_fixtures import free_port
-from container_env import BASE_IMAGE, ensure_base_image
+from container_env import BASE_IMAGE, container_daemon
 from helpers import DaemonCli, wait_for
-
-from clawpen.paths import cgroup_scope
-from conftest import daemon_at
 
 pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.netns]
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -31,20 +27,8 @@ VERDICT = re.compile(r"^\s*(allowed|refused)\s+([^:]+?)(?::|$)")
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
-    ensure_base_image()
-    home = tmp_path / "state"
-    try:
-        with daemon_at(home) as d:
-            yield d
-    finally:
-        left = subprocess.run(
-            ["docker", "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if left:
-            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    with container_daemon(tmp_path / "state") as d:
+        yield d
 
 
 def verdicts(logs: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from container_env import BASE_IMAGE, ensure_base_image
+from container_env import BASE_IMAGE, container_daemon, ensure_base_image
 
 pytestmark = [pytest.mark.root, pytest.mark.docker]
 HOG = """
@@ -105,23 +105,8 @@ def test_an_entered_command_is_held_by_the_containers_memory_and_pids_limits(
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Any]:
-    from clawpen.paths import cgroup_scope
-    from conftest import daemon_at
-
-    ensure_base_image()
-    home = tmp_path / "state"
-    try:
-        with daemon_at(home) as d:
-            yield d
-    finally:
-        left = subprocess.run(
-            ["docker", "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if left:
-            subprocess.run(["docker", "rm", "-f", *left], capture_output=True, check=False)
+    with container_daemon(tmp_path / "state") as d:
+        yield d
 
 
 def test_clawpen_exec_into_a_container_bot_is_held_by_its_memory_limit(daemon: Any) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from clawpen.errors import HostError, SandboxError
+from clawpen.fsutil import write_all
 
 BUSYBOX_HOST = "/bin/busybox"
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -67,9 +68,7 @@ def write_secrets(pid: int, secrets: Mapping[str, bytes], uid: int, gid: int) ->
             fd = os.open(name, flags, 0o400, dir_fd=fds[-1])
             try:
                 os.fchown(fd, uid, gid)
-                view = memoryview(value)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, value)
             finally:
                 os.close(fd)
     except OSError as err:

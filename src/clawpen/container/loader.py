@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from clawpen.errors import SandboxError
+from clawpen.fsutil import write_all
 from clawpen.staticbin import build_static
 
 SOURCE = "seccomp_exec.c"
@@ -42,9 +43,7 @@ def write_program(folder: Path, program: bytes) -> str:
             path.unlink()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
         try:
-            view = memoryview(program)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, program)
         finally:
             os.close(fd)
     except OSError as err:

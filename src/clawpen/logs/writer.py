@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from clawpen.errors import HostError, UsageError
+from clawpen.fsutil import write_all
 from clawpen.logs import store
 from clawpen.logs.budget import (
     DEFAULT_BURST,
@@ -350,9 +351,7 @@ class LogWriter:
         return True
 
     def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        write_all(self._fd, data)
 
     def _failed(self, step: str, err: OSError, lines: int) -> None:
         """A write, open or rotation failed (with ``notify``): pause, count, tell."""

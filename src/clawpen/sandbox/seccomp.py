@@ -32,6 +32,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import SandboxError
+from clawpen.fsutil import write_all
 from clawpen.plan.model import SeccompPolicy
 
 if TYPE_CHECKING:  # pathlib costs ~5 ms to import on Python 3.11; the cache only needs os
@@ -121,9 +122,7 @@ def program_fd(program: bytes) -> int:
 
     fd = os.memfd_create("clawpen-seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        view = memoryview(program)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, program)
         os.lseek(fd, 0, os.SEEK_SET)
         seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
