@@ -404,6 +404,11 @@ def main() -> int:
             print(f"kept {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if work.exists():  # e.g. a file still being written: one more try, then say so
+                time.sleep(1.0)
+                shutil.rmtree(work, ignore_errors=True)
+            if work.exists():
+                print(f"could not remove {work}", file=sys.stderr)
     return code
 
 
