@@ -755,9 +755,22 @@ def _host_true_seconds() -> float:
 
 
 def _host_process_count(cp: Clawpen) -> int:
-    """Processes on the host, except the bots of other clawpen users (other uid ranges), which
-    come and go with whatever else runs on this machine."""
-    return len([p for p in processes() if p.uid < UID_FLOOR or p.uid in cp.uids])
+    """The processes on the host where this test's can be: those of its bot uids, those under this
+    pytest (clawpen, bubblewrap), and the non-bot ones orphaned to init (a process that outlives
+    its parents lands there, or on pytest). Not those of the test processes running alongside
+    (scripts/test.sh's groups, other sessions): they live under their own pytest, or are bots
+    of other uid ranges, and come and go on their own."""
+    procs = processes()
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p.pid)
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in mine:
+                mine.add(child)
+                todo.append(child)
+    return len([p for p in procs if p.uid in cp.uids or p.pid in mine or (p.ppid == 1 and p.uid < UID_FLOOR)])
 
 
 def test_fork_bomb_is_contained(clawpen: Clawpen) -> None:
