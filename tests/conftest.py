@@ -19,7 +19,17 @@ TESTS = Path(__file__).resolve().parent
 # and a test function ("path::name"); the split follows measured durations (README.md, Development).
 WAIT_GROUP = frozenset(
     {
+        # npm and pip downloads through the gateway (~330 s and ~110 s)
         "integration/test_openclaw_e2e.py",
+        "integration/test_templates.py",
+        # restic snapshots, restores and tier copies (~290 s)
+        "integration/test_storage_tiers.py",
+        "integration/test_rollback_data.py",
+        "integration/test_snapshot_lifecycle.py",
+        "integration/test_snapshot_schedule.py",
+        "integration/test_snapshots.py",
+        # a build step waiting on its stall timer (~30 s)
+        "integration/test_build_stall_net.py",
     }
 )
 GROUPS = ("main", "wait")

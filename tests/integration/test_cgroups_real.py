@@ -268,11 +268,14 @@ def test_memory_limit_oom_kills(make: Make, spawn: Callable[..., subprocess.Pope
 
 def test_cpu_quota_throttles(make: Make, spawn: Callable[..., subprocess.Popen[str]]) -> None:
     outside = 0.0
-    for _ in range(3):  # positive control: a free CPU gives it nearly all 1.5 s (retried: busy host)
+    # positive control: unlimited, it uses far more than the limited run may (0.5 s), even on a
+    # host whose two cores other test processes share (scripts/test.sh's parallel groups);
+    # a free CPU gives it nearly all 1.5 s (retried: busy host)
+    for _ in range(3):
         outside = max(outside, float(run(spawn(HOG))))
-        if outside > 1.2:
+        if outside > 0.9:
             break
-    assert outside > 1.2
+    assert outside > 0.9
     cg = make(DEFAULT, CgroupLimits(memory_max=64 * MiB, pids_max=16, cpu_quota_us=20_000))
     inside = spawn(HOG)
     cg.add(inside.pid)
