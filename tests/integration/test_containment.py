@@ -838,9 +838,15 @@ def test_cpu_hog_is_held_to_its_quota(clawpen: Clawpen) -> None:
     cpu = inside.json()["cpu"]
     assert 0.2 < cpu < 0.8, cpu
     assert_no_live_bot_process(clawpen)
-    # control: outside, the same loop gets (nearly) a whole core
-    host = host_py(CPU_PROBE, user=NOBODY).json()["cpu"]
-    assert host > 1.5, host
+    # control: outside, the same loop gets far more than the quota lets through (0.8 s): (nearly)
+    # a whole core when one is free, at least 1.2 s on a host whose two cores other test
+    # processes share (scripts/test.sh's parallel groups; retried: busy host)
+    host = 0.0
+    for _ in range(3):
+        host = max(host, host_py(CPU_PROBE, user=NOBODY).json()["cpu"])
+        if host > 1.2:
+            break
+    assert host > 1.2, host
 
 
 # --------------------------------------------------------------------------------------------
