@@ -838,15 +838,16 @@ def test_cpu_hog_is_held_to_its_quota(clawpen: Clawpen) -> None:
     cpu = inside.json()["cpu"]
     assert 0.2 < cpu < 0.8, cpu
     assert_no_live_bot_process(clawpen)
-    # control: outside, the same loop gets far more than the quota lets through (0.8 s): (nearly)
-    # a whole core when one is free, at least 1.2 s on a host whose two cores other test
-    # processes share (scripts/test.sh's parallel groups; retried: busy host)
+    # control: outside, the same loop gets more than the quota let through, and more than the
+    # bound above: (nearly) a whole core when one is free; less, but still that much, on a host
+    # whose cores other test processes share (scripts/test.sh's parallel groups; retried)
+    need = max(0.8, 1.5 * cpu)
     host = 0.0
     for _ in range(3):
         host = max(host, host_py(CPU_PROBE, user=NOBODY).json()["cpu"])
-        if host > 1.2:
+        if host > need:
             break
-    assert host > 1.2, host
+    assert host > need, (host, cpu)
 
 
 # --------------------------------------------------------------------------------------------
