@@ -755,8 +755,8 @@ def _host_true_seconds() -> float:
 
 
 def _host_process_count(cp: Clawpen) -> int:
-    """The processes on the host where this test's can be: those of its bot uids, those under this
-    pytest (clawpen, bubblewrap), and the non-bot ones orphaned to init (a process that outlives
+    """The processes on the host where this test's own can be: those of its bot uids, those under
+    this pytest (clawpen, bubblewrap), and the non-bot ones orphaned to init (a process that outlives
     its parents lands there, or on pytest). Not those of the test processes running alongside
     (scripts/test.sh's groups, other sessions): they live under their own pytest, or are bots
     of other uid ranges, and come and go on their own."""
