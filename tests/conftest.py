@@ -11,6 +11,28 @@ from pathlib import Path
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TESTS = Path(__file__).resolve().parent
+
+# scripts/test.sh runs the suite as pytest processes in parallel, one per group (--group):
+# "wait" holds the tests that mostly wait (package downloads, timers, dockerd) and every test
+# marked `docker`; "main" holds the rest (CPU-bound). Entries are paths under tests/, or a path
+# and a test function ("path::name"); the split follows measured durations (README.md, Development).
+WAIT_GROUP = frozenset(
+    {
+        # npm and pip downloads through the gateway (~330 s and ~110 s)
+        "integration/test_openclaw_e2e.py",
+        "integration/test_templates.py",
+        # restic snapshots, restores and tier copies (~290 s)
+        "integration/test_storage_tiers.py",
+        "integration/test_rollback_data.py",
+        "integration/test_snapshot_lifecycle.py",
+        "integration/test_snapshot_schedule.py",
+        "integration/test_snapshots.py",
+        # a build step waiting on its stall timer (~30 s)
+        "integration/test_build_stall_net.py",
+    }
+)
+GROUPS = ("main", "wait")
 
 
 def _requirement_missing(marker: str) -> str | None:
@@ -36,6 +58,41 @@ def _requirement_missing(marker: str) -> str | None:
     return None
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--group",
+        choices=GROUPS,
+        default=None,
+        help="run only this group of scripts/test.sh's parallel split (tests/conftest.py WAIT_GROUP)",
+    )
+
+
+def group_of(item: pytest.Item) -> str:
+    """The group of scripts/test.sh's split a test runs in: "wait" or "main"."""
+    if item.get_closest_marker("docker") or item.get_closest_marker("podman"):
+        return "wait"
+    path = item.path.resolve()
+    rel = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else str(path)
+    name = getattr(item, "originalname", item.name)
+    return "wait" if rel in WAIT_GROUP or f"{rel}::{name}" in WAIT_GROUP else "main"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [e for e in WAIT_GROUP if not (TESTS / e.split("::")[0]).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py WAIT_GROUP names no such test file: {sorted(missing)}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group = config.getoption("--group")
+    if group is None:
+        return
+    keep = [item for item in items if group_of(item) == group]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if group_of(item) != group])
+        items[:] = keep
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in ("root", "bwrap", "docker", "podman", "netns", "browser", "prometheus"):
         if item.get_closest_marker(marker):
@@ -47,10 +104,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from tests.integration.container_env import stop_started_dockerd, stop_started_podman
+    from tests.integration.container_env import stop_started_podman
 
+    # a dockerd the tests started stays: another group may still use it (scripts/test.sh stops it);
+    # Podman's service is stopped by the session that started it, when no other session uses it
     stop_started_podman()
-    stop_started_dockerd()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if IN_CI and reporter is not None and reporter.stats.get("skipped"):
         reporter.write_line("CI: skipped tests count as failures", red=True)

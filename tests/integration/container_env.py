@@ -1,14 +1,15 @@
-"""Docker for the container tier's tests: a running engine and a local base image.
+"""Docker and Podman for the container tier's tests: running engines and a local base image.
 
 No registry is reachable here, so the base image is built from Debian's packages by clawpen's
 own builder (:func:`clawpen.container.base.build_base`: debootstrap into a folder, then the
 engine's import), once per machine: ``clawpen-test-base:bookworm``.
-The tests start dockerd when none runs (CI's clean machine) and leave it running for the
-session; pytest's end stops the one it started. The same for Podman's Docker-compatible API
-service (``podman system service``), whose store gets the same base image (``docker save`` into
-``podman load``). Several pytest processes may share one machine: checking and starting Podman's
-service is serialised by a lock file, each session using it holds a shared lock on another, and
-the session that started the service stops it at its end only when no other session holds that.
+The tests start dockerd when none runs (CI's clean machine), once for all the test processes
+running at the same time, and leave it running; scripts/test.sh stops it at its end
+(``python -m tests.integration.container_env stop``). Podman's Docker-compatible API service
+(``podman system service``) is started the same way when a test needs it, and its store gets the
+same base image (``docker save`` into ``podman load``): checking and starting it is serialised by a
+lock file, each session using it holds a shared lock on another, and the session that started the
+service stops it at its end only when no other session holds that.
 """
 
 from __future__ import annotations
@@ -20,20 +21,29 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 SOCKET = "/var/run/docker.sock"
 BASE_IMAGE = "clawpen-test-base:bookworm"
 MIRROR = os.environ.get("CLAWPEN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# shared by every test process of the machine: who starts dockerd, and which one it started
+LOCK = "/run/clawpen-test-dockerd.lock"  # held (exclusive) to start or stop it
+USERS = "/run/clawpen-test-dockerd.users"  # held (shared) by every process that used it, for life
+PIDFILE = "/run/clawpen-test-dockerd.pid"  # the dockerd the tests started
+LOG = "/var/log/clawpen-test-dockerd.log"
+# this process's: the dockerd it started (a Popen dropped while its process runs warns) and its
+# shared lock on USERS (kept open until the process ends)
+_children: list[subprocess.Popen[bytes]] = []
+_uses: list[IO[str]] = []
 PODMAN_SOCKET = "/run/podman/podman.sock"
 PODMAN_LOCK = "/run/clawpen-test-podman.lock"
 PODMAN_USERS = "/run/clawpen-test-podman.users"
 PODMAN_LOG = "/var/log/clawpen-test-podman.log"
 PODMAN_CLI = ["docker", "-H", f"unix://{PODMAN_SOCKET}"]  # the docker CLI, on Podman's Docker API
-_started: list[subprocess.Popen[bytes]] = []
 _podman: dict[str, object] = {}  # "users": this session's shared lock; "pidfd": the service it started
 
 
@@ -46,32 +56,93 @@ def _answers() -> bool:
     return done.returncode == 0
 
 
+def _recorded_dockerd() -> int | None:
+    """The pid in PIDFILE when it is still a live dockerd (a stale file names nothing)."""
+    try:
+        pid = int(Path(PIDFILE).read_text())
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return pid if comm == "dockerd" and _alive(pid) else None
+
+
 def ensure_dockerd(timeout: float = 60.0) -> str | None:
-    """Start dockerd when it is installed and none answers; None when one answers, else why not."""
+    """Start dockerd when it is installed and none answers; None when one answers, else why not.
+
+    Several pytest processes (scripts/test.sh runs groups in parallel) may ask at once: the
+    start happens under an exclusive lock on LOCK, so exactly one dockerd is started and the
+    others wait, then find it answering. The one started is recorded in PIDFILE and left running
+    when the session ends; ``stop_test_dockerd`` (scripts/test.sh, at its end) stops it, unless
+    a process that used it still runs.
+    """
+    _use()
     if _answers():
         return None
     if not shutil.which("dockerd") or os.geteuid() != 0:
         return "needs a running Docker engine (apt-get install docker.io)"
-    log = open("/var/log/clawpen-test-dockerd.log", "ab")  # noqa: SIM115 - dockerd's for its life
-    proc = subprocess.Popen(["dockerd", "--log-level=warn"], stdout=log, stderr=log, start_new_session=True)
-    log.close()
-    _started.append(proc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
         if _answers():
-            return None
-        if proc.poll() is not None:
-            return f"dockerd exited with {proc.returncode} (see /var/log/clawpen-test-dockerd.log)"
-        time.sleep(0.2)
-    return "dockerd did not answer within a minute (see /var/log/clawpen-test-dockerd.log)"
+            return None  # another test process started it while this one waited
+        if _recorded_dockerd() is None:  # else one is starting (its starter died waiting): wait too
+            log = open(LOG, "ab")  # noqa: SIM115 - dockerd's for its life
+            proc = subprocess.Popen(
+                ["dockerd", "--log-level=warn"], stdout=log, stderr=log, start_new_session=True
+            )
+            log.close()
+            _children.append(proc)
+            Path(PIDFILE).write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _answers():
+                return None
+            if all(p.poll() is not None for p in _children) and _recorded_dockerd() is None:
+                return f"dockerd exited (see {LOG})"
+            time.sleep(0.2)
+    return f"dockerd did not answer within {timeout:.0f}s (see {LOG})"
 
 
-def stop_started_dockerd() -> None:
-    for proc in _started:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-    _started.clear()
+def _use() -> None:
+    """Mark this process as a user of dockerd until it ends (a shared lock on USERS)."""
+    if not _uses and os.geteuid() == 0:
+        users = open(USERS, "a")  # noqa: SIM115 - held until this process ends
+        fcntl.flock(users, fcntl.LOCK_SH)
+        _uses.append(users)
+
+
+def stop_test_dockerd(timeout: float = 30.0) -> bool:
+    """Stop the dockerd a test started (PIDFILE) when no process that used it still runs (test
+    processes of other runs on this machine); True when one was stopped.
+
+    Never called from a pytest session (another one may still use the engine): scripts/test.sh
+    calls it once every group has ended. A dockerd the tests did not start is left alone.
+    """
+    with open(LOCK, "a") as lock, open(USERS, "a") as users:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # in use: the last run to end stops it
+        pid = _recorded_dockerd()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(PIDFILE)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _podman_answers() -> bool:
@@ -210,3 +281,10 @@ def container_daemon(home: Path) -> Iterator[Any]:
             ).stdout.split()
             if left:
                 subprocess.run([*cli, "rm", "-f", *left], capture_output=True, check=False)
+
+
+if __name__ == "__main__":  # python -m tests.integration.container_env stop  (scripts/test.sh)
+    if sys.argv[1:] != ["stop"]:
+        sys.exit("usage: python -m tests.integration.container_env stop")
+    if stop_test_dockerd():
+        print("stopped the dockerd the tests started")

@@ -755,9 +755,22 @@ def _host_true_seconds() -> float:
 
 
 def _host_process_count(cp: Clawpen) -> int:
-    """Processes on the host, except the bots of other clawpen users (other uid ranges), which
-    come and go with whatever else runs on this machine."""
-    return len([p for p in processes() if p.uid < UID_FLOOR or p.uid in cp.uids])
+    """The processes on the host where this test's own can be: those of its bot uids, those under
+    this pytest (clawpen, bubblewrap), and the non-bot ones orphaned to init (a process that outlives
+    its parents lands there, or on pytest). Not those of the test processes running alongside
+    (scripts/test.sh's groups, other sessions): they live under their own pytest, or are bots
+    of other uid ranges, and come and go on their own."""
+    procs = processes()
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p.pid)
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in mine:
+                mine.add(child)
+                todo.append(child)
+    return len([p for p in procs if p.uid in cp.uids or p.pid in mine or (p.ppid == 1 and p.uid < UID_FLOOR)])
 
 
 def test_fork_bomb_is_contained(clawpen: Clawpen) -> None:
@@ -825,9 +838,16 @@ def test_cpu_hog_is_held_to_its_quota(clawpen: Clawpen) -> None:
     cpu = inside.json()["cpu"]
     assert 0.2 < cpu < 0.8, cpu
     assert_no_live_bot_process(clawpen)
-    # control: outside, the same loop gets (nearly) a whole core
-    host = host_py(CPU_PROBE, user=NOBODY).json()["cpu"]
-    assert host > 1.5, host
+    # control: outside, the same loop gets more than the quota let through, and more than the
+    # bound above: (nearly) a whole core when one is free; less, but still that much, on a host
+    # whose cores other test processes share (scripts/test.sh's parallel groups; retried)
+    need = max(0.8, 1.5 * cpu)
+    host = 0.0
+    for _ in range(3):
+        host = max(host, host_py(CPU_PROBE, user=NOBODY).json()["cpu"])
+        if host > need:
+            break
+    assert host > need, (host, cpu)
 
 
 # --------------------------------------------------------------------------------------------

@@ -202,7 +202,8 @@ def test_a_million_line_burst_arrives_complete_and_in_order(daemon: Daemon) -> N
     assert numbers == [str(i).encode() for i in range(1, 1_000_001)]
 
 
-def _bot_processes(uid_floor: int, name: str) -> list[int]:
+def _bot_processes(bot_uid: int, name: str) -> list[int]:
+    """The processes of the bot's own uid (not a bot of another test running alongside)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -210,7 +211,7 @@ def _bot_processes(uid_floor: int, name: str) -> list[int]:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
                 uid = int((entry / "status").read_text().split("Uid:")[1].split()[0])
                 comm = (entry / "comm").read_text().strip()
-                if uid >= uid_floor and comm != "bwrap" and any(name.encode() in a for a in argv):
+                if uid == bot_uid and comm != "bwrap" and any(name.encode() in a for a in argv):
                     out.append(int(entry.name))
     return out
 
@@ -225,7 +226,8 @@ def test_failing_health_check_restarts_the_bot(daemon: Daemon) -> None:
     daemon.cli("up")
     first = daemon.wait_state("web", "running")["pid"]
     assert wait_for(lambda: daemon.ps()["web"].get("health") == "healthy", 10, interval=0.1)
-    servers = _bot_processes(UID_BASE, "http.server")
+    uid = int(json.loads((daemon.home / "users.json").read_text())["web"])
+    servers = _bot_processes(uid, "http.server")
     assert servers
     for pid in servers:  # wedge the server: alive, but no longer answering
         os.kill(pid, signal.SIGSTOP)

@@ -343,18 +343,20 @@ def zombie_children(comm: str) -> list[int]:
 def test_stop_leaves_no_zombie_in_a_subreaper_caller(
     start_bot: Callable[..., Bot], subreaper: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # zombies an earlier test of this session left (a `sleep` it never waited for) are not ours
+    before = set(zombie_children("sleep"))
     bot = start_bot("hreap", "sleep", "300")
     for _ in range(20):
         stop(bot.enter("sleep", "298"))
-    assert not zombie_children("sleep")
+    assert not set(zombie_children("sleep")) - before
     # positive control: without reaping the helper's group, a command that outlives its killed
     # helper is re-parented to us and stays a zombie
     monkeypatch.setattr(enter_mod, "_reap_group", lambda pgid: None)
     for _ in range(200):
         stop(bot.enter("sleep", "297"))
-        if wait_for(lambda: zombie_children("sleep"), 0.05):
+        if wait_for(lambda: set(zombie_children("sleep")) - before, 0.05):
             break
-    left = zombie_children("sleep")
+    left = sorted(set(zombie_children("sleep")) - before)
     assert left, "the control never produced a re-parented zombie"
     for pid in left:
         os.waitpid(pid, 0)
