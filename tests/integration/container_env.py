@@ -14,6 +14,7 @@ service stops it at its end only when no other session holds that.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import os
@@ -108,6 +109,7 @@ def _use() -> None:
         users = open(USERS, "a")  # noqa: SIM115 - held until this process ends
         fcntl.flock(users, fcntl.LOCK_SH)
         _uses.append(users)
+        atexit.register(users.close)  # the lock goes with the process; closed, not left to the GC
 
 
 def stop_test_dockerd(timeout: float = 30.0) -> bool:
