@@ -68,6 +68,26 @@ def test_bad_uid_base_is_refused(clawpen: Clawpen) -> None:
     assert "CLAWPEN_UID_BASE" in result.stderr and "hint:" in result.stderr
 
 
+def test_a_sigint_while_the_sandbox_is_being_built_never_leaves_the_bot_running(clawpen: Clawpen) -> None:
+    """SIGINT as soon as the bot's first process exists (clawpen may still be finishing the
+    set-up), and at moments before: clawpen always ends, and no process of the bot's uid is left
+    (a signal during the set-up is held, then forwarded)."""
+    uid = clawpen.uid("early")
+    for delay in (None, None, None, None, None, 0.15, 0.3):
+        proc = clawpen.popen("--name", "early", "--", "sh", "-c", "echo ready; exec sleep 30")
+        if delay is None:  # the moment the sandbox's first process of the bot's uid shows
+            assert wait_for(lambda: of_uids([uid]), 10, interval=0.0005)
+        else:
+            time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            clawpen.stop(proc)
+            raise AssertionError(f"clawpen run did not end after a SIGINT ({delay})") from None
+        assert wait_for(lambda: not [p for p in of_uids([uid]) if not p.zombie], 10), delay
+
+
 def test_sigint_reaches_the_bot_at_once(clawpen: Clawpen) -> None:
     proc = clawpen.popen(
         "--", "sh", "-c", 'trap "echo got-int; exit 5" INT; echo ready; while :; do sleep 0.05; done'

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType, MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clawpen.errors import ClawpenError, HostError, SandboxError, UsageError
 from clawpen.paths import cache_dir
@@ -83,12 +83,32 @@ class NamespaceTier:
     def run(
         self, plan: Plan, *, timeout: float | None = None, secrets: Mapping[str, bytes] = MappingProxyType({})
     ) -> RunResult:
-        """Run ``plan`` in the foreground (``clawpen run``): stdio inherited, signals forwarded."""
-        sandbox = self.start(plan, secrets=secrets)
+        """Run ``plan`` in the foreground (``clawpen run``): stdio inherited, signals forwarded.
+        The handlers are in place before bubblewrap starts: a signal that comes while the sandbox
+        is being built is held and forwarded once the bot runs, never left to kill clawpen alone
+        (which would leave the bot running)."""
+        box: dict[str, Any] = {"sandbox": None, "held": None}
+
+        def hold(signum: int, _frame: FrameType | None) -> None:
+            target = box["sandbox"]
+            if target is not None:
+                target.pending_signal = signum
+            else:
+                box["held"] = signum
+
+        old = {s: signal.signal(s, hold) for s in FORWARDED_SIGNALS}
         try:
-            return sandbox.wait(timeout)
+            sandbox = self.start(plan, secrets=secrets)
+            box["sandbox"] = sandbox
+            if box["held"] is not None and sandbox.pending_signal is None:
+                sandbox.pending_signal = box["held"]
+            try:
+                return sandbox.wait(timeout)
+            finally:
+                sandbox.teardown()
         finally:
-            sandbox.teardown()
+            for s, handler in old.items():
+                signal.signal(s, handler)
 
     def start(
         self,
@@ -418,6 +438,8 @@ class Sandbox(CgroupHandle):
         poller.register(wake_r, select.POLLIN)
         old = {s: signal.signal(s, self._on_signal) for s in FORWARDED_SIGNALS}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        if self.pending_signal is not None:  # came before these handlers (run() held it)
+            os.write(wake_w, b"\0")
         try:
             while True:
                 now = time.monotonic()
