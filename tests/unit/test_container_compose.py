@@ -154,3 +154,21 @@ def test_cli_refuses_a_spec_without_container_bots(
     assert cli.main(["export", "compose", "-f", str(tmp_path / "clawpen.toml"), "-o", str(out)]) == 2
     assert "has no container bots to export" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_build_steps_and_start_cpus_are_noted_not_dropped(tmp_path: Path) -> None:
+    (tmp_path / "clawpen.toml").write_text(
+        '[bots.built]\ntier = "container"\nimage = "img:1"\ncommand = ["sh", "/opt/bot/run.sh"]\n'
+        "resources = { cpus = 0.5, start_cpus = 2 }\n"
+        'build = { steps = [["sh", "-c", "echo x > /opt/bot/run.sh"]] }\n'
+        '[bots.plain]\ntier = "container"\nimage = "img:1"\ncommand = ["true"]\n'
+    )
+    loaded = load_spec(tmp_path / "clawpen.toml")
+    bots = from_spec(loaded.spec, loaded.base_dir, lambda n: (7, 8))
+    text = compose_text(bots)
+    built = text.split("# built:")[1].split("# plain:")[0]
+    assert "build steps are not run: run them yourself and bind their output read-only at /opt/bot" in built
+    assert "start_cpus 2 (the start-up CPU allowance) is not granted: cpus holds" in built
+    plain = text.split("# plain:")[1].split("services:")[0]
+    assert "build steps" not in plain and "start_cpus" not in plain  # the control: nothing to note
+    assert compose_dict(bots)["services"]["built"]["cpus"] == 0.5

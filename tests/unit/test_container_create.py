@@ -64,7 +64,9 @@ def test_create_arguments_are_hardened_by_default(tmp_path: Path) -> None:
     secrets = f"rw,nosuid,nodev,noexec,size={4 << 20},mode=0500,uid={IDENT.uid},gid={IDENT.gid}"
     assert kw["tmpfs"]["/run/secrets"] == secrets
     assert kw["mem_limit"] == kw["memswap_limit"] == 128 << 20  # no swap
-    assert (kw["cpu_quota"], kw["cpu_period"], kw["pids_limit"]) == (50_000, 100_000, 256)
+    assert kw["pids_limit"] == 256
+    # the CPU quota is clawpen's, on the cgroup parent (where start_cpus changes it), not the engine's
+    assert not {"cpu_quota", "cpu_period", "nano_cpus", "cpu_shares"} & set(kw)
     limits = {u["Name"]: (u["Soft"], u["Hard"]) for u in kw["ulimits"]}
     assert limits["nofile"] == (1024, 1024) and limits["core"] == (0, 0) and limits["fsize"][0] == 10 << 30
     # the gate is a constant script; the bot's argv follows it as arguments, never spliced in
@@ -137,10 +139,8 @@ def test_a_built_image_gets_a_tag_from_its_context_and_dockerfile(tmp_path: Path
 @pytest.mark.parametrize(
     ("extra", "field", "hint"),
     [
-        ('build = { steps = [["true"]] }\n', "build", "Dockerfile"),
         ('filesystem = { rw = ["data"] }\n', "filesystem.rw", "workspace"),
         ("resources = { io_weight = 100 }\n", "resources.io_weight", "remove io_weight"),
-        ("resources = { cpus = 1, start_cpus = 2 }\n", "resources.start_cpus", "remove start_cpus"),
     ],
 )
 def test_fields_the_container_tier_cannot_honour_are_plan_time_errors(
@@ -249,3 +249,54 @@ def test_an_engine_socket_elsewhere_comes_from_its_clients_variable(
         bound = plan._replace(mounts=(*plan.mounts, Mount("ro", "/x", source=source, pin=True)))
         with pytest.raises(PolicyError, match="engine's socket"):
             kwargs_of(bound)
+
+
+def test_a_container_bot_builds_in_the_sandbox_tier_and_binds_the_output_read_only(tmp_path: Path) -> None:
+    from clawpen.daemon.build_steps import BUILD_TIER, BuildResult, step_policy, with_build
+
+    body = CONTAINER + 'build = { steps = [["sh", "-c", "echo built > /opt/bot/x"]] }\n'
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text("[bots.a]\n" + body)
+    bot = parse_spec_text(spec.read_text(), spec).spec.bots["a"]
+    # the steps: a sandbox-tier policy (the host's /usr), writing the output at build.mount
+    staging, cache = tmp_path / "stage", tmp_path / "cache"
+    steps = step_policy("a", bot, str(tmp_path), staging, cache)
+    assert BUILD_TIER == "sandbox" and steps.container is None
+    assert (str(staging), "/opt/bot") in steps.rw
+    step_plan = build_plan(steps, IDENT, HostFacts.probe(), default_policy())
+    assert step_plan.container is None and any(m.dest == "/usr" for m in step_plan.mounts)
+    # the bot: still a container bot, its output a read-only bind at /opt/bot
+    out = tmp_path / "out"
+    out.mkdir()
+    built = with_build(bot, BuildResult("a", "k", out, False, 0.0))
+    plan = build_plan(built.to_policy("a", str(tmp_path)), IDENT, HostFacts.probe(), default_policy())
+    assert plan.container is not None and plan.container.image == "clawpen-test-base:bookworm"
+    binds = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in kwargs_of(plan)["mounts"]}
+    assert binds["/opt/bot"] == (str(out), True)
+    assert "/opt/bot" not in {m["Target"] for m in kwargs_of(plan_of(tmp_path, CONTAINER))["mounts"]}
+
+
+def test_start_cpus_is_planned_for_a_container_bot(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, CONTAINER + "resources = { cpus = 0.5, start_cpus = 2 }\n")
+    assert plan.container is not None and plan.cgroup.cpu_quota_us == 50_000  # the steady quota
+    assert "cpu_quota" not in kwargs_of(plan)
+
+
+def test_the_cpu_quota_goes_on_the_cgroup_around_the_container(tmp_path: Path) -> None:
+    from clawpen.container.tier import cpu_limit
+    from clawpen.errors import SandboxError
+    from clawpen.sandbox.cgroups import Cgroup
+
+    plan = plan_of(tmp_path, CONTAINER + "resources = { cpus = 0.25 }\n")
+    folder = tmp_path / "cpu"
+    folder.mkdir()
+    for name in ("cpu.cfs_period_us", "cpu.cfs_quota_us", "cpu.max"):  # a cgroup's files exist
+        (folder / name).write_text("")
+    cpu_limit(Cgroup("a.0", 1, {"cpu": str(folder)}), plan)
+    got = {f: (folder / f).read_text() for f in ("cpu.cfs_period_us", "cpu.cfs_quota_us")}
+    assert got == {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "25000"}
+    cpu_limit(Cgroup("a.0", 2, {"cpu": str(folder)}), plan)
+    assert (folder / "cpu.max").read_text() == "25000 100000"
+    # no cpu controller: the start fails rather than running the bot without its limit
+    with pytest.raises(SandboxError, match="no cpu controller"):
+        cpu_limit(Cgroup("a.0", 1, {"memory": str(folder)}), plan)

@@ -10,7 +10,8 @@ check, and ``network_mode: none`` when the bot has no egress and publishes no po
 What Compose cannot hold is said in the file's comments, never silently dropped: clawpen's egress
 gateway (allowlist, DNS, connection log) does not exist outside clawpen, so a bot with egress or
 published ports gets an ordinary, unfiltered network; also the disk cap, bandwidth, io weight,
-``secret_env``, http/tcp health checks, CLAWPEN_REPLICA and clawpen's seccomp deny-list.
+``secret_env``, http/tcp health checks, build steps, ``start_cpus``, CLAWPEN_REPLICA and
+clawpen's seccomp deny-list.
 
 :func:`compose_dict` is pure (bots in, dict out); :func:`compose_text` renders it as YAML with
 the comments.
@@ -54,6 +55,8 @@ class ComposeBot:
     health_timeout: float = 5.0
     health_retries: int = 3
     health_start: float = 0.0
+    build_mount: str | None = None  # the bot's build steps' output mount (clawpen runs the steps)
+    start_cpus: float | None = None  # the start-up CPU allowance (clawpen grants it)
 
 
 def _seconds(value: float) -> str:
@@ -84,6 +87,12 @@ def service_notes(bot: ComposeBot) -> list[str]:
         )
     if bot.health_kind:
         notes.append(f"{bot.health_kind} health check is not exported (Compose runs checks inside the image)")
+    if bot.build_mount is not None:
+        notes.append(
+            f"build steps are not run: run them yourself and bind their output read-only at {bot.build_mount}"
+        )
+    if bot.start_cpus is not None:
+        notes.append(f"start_cpus {bot.start_cpus:g} (the start-up CPU allowance) is not granted: cpus holds")
     if bot.replicas > 1:
         notes.append("CLAWPEN_REPLICA is not set per replica")
     notes.append("clawpen's seccomp deny-list is not applied (the engine's default profile is)")
@@ -237,6 +246,8 @@ def compose_bot(name: str, bot: Any, base_dir: Path, *, image: str, uid: int, gi
         health_timeout=health.timeout if health else 5.0,
         health_retries=health.retries if health else 3,
         health_start=health.start_period if health else 0.0,
+        build_mount=bot.build.mount if bot.build is not None else None,
+        start_cpus=bot.resources.start_cpus,
     )
 
 

@@ -2,7 +2,8 @@
 
 Hardened by default, against Docker's own defaults (CIS Docker Benchmark, section 5): the bot's
 own host uid (never 0), every capability dropped, no-new-privileges, a read-only root with a
-private /tmp, the plan's pids/memory/cpu/nofile limits (swap off), no privileges, no host
+private /tmp, the plan's pids/memory/nofile limits (swap off; the CPU quota is clawpen's, on the
+cgroup parent: see :func:`clawpen.container.tier.cpu_limit`), no privileges, no host
 namespaces, no engine network (``none``: the link is clawpen's), no engine restart policy and
 no engine log (clawpen supervises and logs), an init, the container's cgroup under clawpen's
 tree. The only writable bind is the workspace; the engine's socket is never mounted.
@@ -179,9 +180,8 @@ def create_kwargs(
     if cg.memory_max is not None and engine_memory:
         kwargs["mem_limit"] = cg.memory_max
         kwargs["memswap_limit"] = cg.memory_max + cg.swap_max  # swap off by default
-    if cg.cpu_quota_us is not None:
-        kwargs["cpu_period"] = cg.cpu_period_us
-        kwargs["cpu_quota"] = cg.cpu_quota_us
+    # no cpu_quota/cpu_period: the CPU quota is on clawpen's cgroup around the container (the
+    # cgroup parent), where the start-up allowance changes it (see clawpen.container.tier.cpu_limit)
     if files.secrets:  # filled by the tier before the gate opens; read-only to the bot (0500/0400)
         kwargs["tmpfs"][SECRETS_DIR] = (
             f"rw,nosuid,nodev,noexec,size={SECRETS_SIZE},mode=0500,uid={uid},gid={gid}"

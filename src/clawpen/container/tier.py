@@ -3,10 +3,11 @@
 One container per instance, named ``clawpen-<bot>-<replica>`` (the bot's cgroup name, whose
 prefix keeps two daemons apart), created hardened (:mod:`clawpen.container.create`), with the
 container's cgroup under clawpen's ``clawpen/<bot>.<replica>`` (metrics come from the same
-cgroup code as the sandbox tier's). Start: create, start, read the init's host pid, let the
-network helper wire the link into the container's network namespace (``wire_net``), then open
-the gate: the bot's command runs only after that. The engine's client is made on first use: a
-daemon without an engine still starts, and starting a container bot then fails with a HostError.
+cgroup code as the sandbox tier's, and the CPU quota is set there: :func:`cpu_limit`). Start:
+create, start, read the init's host pid, let the network helper wire the link into the
+container's network namespace (``wire_net``), then open the gate: the bot's command runs only
+after that. The engine's client is made on first use: a daemon without an engine still starts,
+and starting a container bot then fails with a HostError.
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def podman_started(pid: int, cgroup: Cgroup, plan: Plan) -> int | None:
         return None
     cgroup.apply(CgroupLimits(memory_max=limits.memory_max, swap_max=limits.swap_max))
     return oom_eventfd(cgroup)
+
+
+def cpu_limit(cgroup: Cgroup, plan: Plan) -> None:
+    """Put the plan's CPU quota on clawpen's cgroup around the container (the engine's cgroup
+    parent ``clawpen/<bot>.<replica>``) rather than on the engine's own cgroup of the container:
+    the quota of a parent holds for everything under it, and it is the cgroup the start-up
+    allowance (:mod:`clawpen.daemon.startcpu`) changes while the bot runs. Called once the
+    container runs, before the gate opens: the bot's command never runs without it. A cgroup
+    without a cpu controller fails the start (SandboxError): the limit is never dropped."""
+    limits = plan.cgroup
+    if limits.cpu_quota_us is not None:
+        cgroup.set_cpu_quota(limits.cpu_quota_us, limits.cpu_period_us)
 
 
 def _replica(cgroup_name: str) -> int:
@@ -253,6 +266,7 @@ class ContainerTier:
             sandbox = ContainerSandbox(
                 container, pid, self._cgroup(name), files, started_at=time.time(), uid=plan.identity.uid
             )
+            cpu_limit(sandbox.cgroup, plan)
             if engine == "podman":
                 sandbox.oom_fd = podman_started(pid, sandbox.cgroup, plan)
             if secrets:

@@ -6,7 +6,8 @@ with a ``build`` section:
 1. the cache key is the hash of the steps, env, egress, memory, mount and the content of the
    ``inputs`` files; ``<state>-build/<bot>/<key>`` exists -> cached, nothing runs;
 2. otherwise every step runs, one after the other, in its own sandbox built from the bot's
-   policy (its uid, limits, read-only mounts; no workspace, no secrets) with the build's own
+   policy (its uid, limits, read-only mounts; no workspace, no secrets; the sandbox tier, also
+   for a container bot, whose container gets the output as a read-only bind) with the build's own
    egress allowlist (a gateway link of its own, replica ``BUILD_REPLICA``), writing into a
    staging folder mounted read-write at ``mount`` (``/opt/bot``) and a persistent cache folder
    at ``/build-cache``; each output line is shown (``clawpen up`` progress, ``build.log``);
@@ -45,6 +46,7 @@ _log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from clawpen.sandbox.tier import Tier
 
+BUILD_TIER = "sandbox"  # a container bot's steps too: on the host, their output bound into the image
 BUILD_REPLICA = 999  # the link key of a bot's build sandbox (replicas are 0..63)
 KEEP_BUILDS = 3  # per bot, the most recently used ones (``keep``); the running bot's is never removed
 
@@ -92,13 +94,16 @@ def _mkdir(path: Path, mode: int, uid: int = 0, gid: int = 0) -> Path:
 
 def step_policy(name: str, bot: Bot, base_dir: str, staging: Path, cache: Path) -> BotPolicy:
     """The bot's policy turned into its build's: build egress, rw output and cache, no workspace,
-    no secrets, no published ports."""
+    no secrets, no published ports; always a sandbox-tier policy (``container=None``): a container
+    bot's steps run on the host in the sandbox tier, and the bot gets their output as a read-only
+    bind (so it must run on the image's userland)."""
     build = bot.build
     if build is None:
         raise ConfigError(f"bot {name} has no build section", where=f"bots.{name}.build")
     pol = bot.to_policy(name, base_dir)
     env = {**dict(pol.env), "HOME": f"{CACHE_MOUNT}/home", **build.env}
     return pol._replace(
+        container=None,
         workspace=None,
         env=tuple(env.items()),
         memory=build.memory or pol.memory,
@@ -136,7 +141,7 @@ def run_build(  # noqa: PLR0917
     build = bot.build
     if build is None:
         raise ConfigError(f"bot {name} has no build section", where=f"bots.{name}.build")
-    tier = tier_for(svc.tiers, bot.tier, name)
+    tier = tier_for(svc.tiers, BUILD_TIER, name)
     key = cache_key(build, base_dir)
     root = _mkdir(build_root(svc.state_dir), 0o711)
     bot_dir = _mkdir(root / name, 0o711)

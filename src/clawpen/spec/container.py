@@ -56,21 +56,14 @@ def check_image_field(tier: str, image: object) -> None:
         )
 
 
-def check_fields(
-    bot: str,
-    *,
-    build: bool,
-    rw: bool,
-    io_weight: bool = False,
-    start_cpus: bool = False,
-) -> None:
-    """Refuse the fields the container tier cannot honour (PolicyError with the field's path)."""
+def check_fields(bot: str, *, rw: bool, io_weight: bool = False) -> None:
+    """Refuse the fields the container tier cannot honour (PolicyError with the field's path).
+
+    ``build`` steps are honoured: they run on the host in the sandbox tier, and their output is a
+    read-only bind at ``build.mount`` (it must run on the image's userland). ``start_cpus`` too:
+    the CPU quota is on clawpen's cgroup around the container, which the allowance changes.
+    """
     refused = {
-        "build": (
-            build,
-            "build steps run on the host against the sandbox tier's /usr",
-            "put the steps in the image's Dockerfile (RUN ...), and build it: clawpen image build " + bot,
-        ),
         "filesystem.rw": (
             rw,
             "a container bot's only writable host folder is its workspace",
@@ -80,12 +73,6 @@ def check_fields(
             io_weight,
             "io_weight in the container tier: not yet (the engine's blkio weight needs BFQ)",
             "remove io_weight, or run the bot in the sandbox tier",
-        ),
-        "resources.start_cpus": (
-            start_cpus,
-            "start_cpus in the container tier: not yet (the engine sets the CPU quota on the "
-            "container's own cgroup, which clawpen does not change while it runs)",
-            "remove start_cpus (and start_for), or run the bot in the sandbox tier",
         ),
     }
     for field, (present, what, hint) in refused.items():
@@ -109,13 +96,7 @@ def settings(
 def for_bot(bot: Any, name: str, base_dir: str) -> ContainerSettings:
     """A container bot's settings, once the fields the tier cannot honour are refused. ``bot``:
     a :class:`clawpen.spec.models.Bot` (not imported: that module imports this one)."""
-    check_fields(
-        name,
-        build=bot.build is not None,
-        rw=bool(bot.filesystem.rw),
-        io_weight=bot.resources.io_weight is not None,
-        start_cpus=bot.resources.start_cpus is not None,
-    )
+    check_fields(name, rw=bool(bot.filesystem.rw), io_weight=bot.resources.io_weight is not None)
     if bot.image is None:  # the model refuses it; a policy is never built without one
         raise PolicyError(f"{name} has no image", where=f"bots.{name}.image", hint='add image = "name:tag"')
     image = bot.image if isinstance(bot.image, str) else (bot.image.context, bot.image.dockerfile)
