@@ -71,7 +71,8 @@ def test_bad_uid_base_is_refused(clawpen: Clawpen) -> None:
 def test_a_sigint_while_the_sandbox_is_being_built_never_leaves_the_bot_running(clawpen: Clawpen) -> None:
     """SIGINT as soon as the bot's first process exists (clawpen may still be finishing the
     set-up), and at moments before: clawpen always ends, and no process of the bot's uid is left
-    (a signal during the set-up is held, then forwarded)."""
+    (a signal during the set-up cancels the run; one right after it is forwarded, and a bot that
+    never got it is killed after the grace period)."""
     uid = clawpen.uid("early")
     for delay in (None, None, None, None, None, 0.15, 0.3):
         proc = clawpen.popen("--name", "early", "--", "sh", "-c", "echo ready; exec sleep 30")
@@ -81,7 +82,7 @@ def test_a_sigint_while_the_sandbox_is_being_built_never_leaves_the_bot_running(
             time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         try:
-            proc.communicate(timeout=15)
+            proc.communicate(timeout=40)  # the kill grace (10 s) on a loaded host, at most
         except subprocess.TimeoutExpired:
             clawpen.stop(proc)
             raise AssertionError(f"clawpen run did not end after a SIGINT ({delay})") from None

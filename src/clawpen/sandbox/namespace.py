@@ -85,8 +85,9 @@ class NamespaceTier:
     ) -> RunResult:
         """Run ``plan`` in the foreground (``clawpen run``): stdio inherited, signals forwarded.
         The handlers are in place before bubblewrap starts: a signal that comes while the sandbox
-        is being built is held and forwarded once the bot runs, never left to kill clawpen alone
-        (which would leave the bot running)."""
+        is being built cancels the run (the sandbox is killed as soon as it exists: bubblewrap
+        would not pass the signal on before the bot's command runs), never left to kill clawpen
+        alone, which would leave the bot running."""
         box: dict[str, Any] = {"sandbox": None, "held": None}
 
         def hold(signum: int, _frame: FrameType | None) -> None:
@@ -100,8 +101,8 @@ class NamespaceTier:
         try:
             sandbox = self.start(plan, secrets=secrets)
             box["sandbox"] = sandbox
-            if box["held"] is not None and sandbox.pending_signal is None:
-                sandbox.pending_signal = box["held"]
+            if box["held"] is not None:
+                sandbox.kill()  # a Ctrl-C during the set-up: cancel, at once
             try:
                 return sandbox.wait(timeout)
             finally:
