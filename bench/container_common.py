@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -113,19 +112,14 @@ class Clawpen:
         return done.stdout
 
     def call(self, op: str, **args: Any) -> Any:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(str(self.state / "clawpen.sock"))
-            sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = sock.recv(1 << 16)
-                if not chunk:
-                    break
-                buf += chunk
-        reply = json.loads(buf)
-        if not reply.get("ok"):
-            raise BenchError(f"daemon: {op}: {reply.get('error')}")
-        return reply["result"]
+        """The daemon's reply to ``op``, through clawpen's own client (its framing, heartbeats)."""
+        from clawpen.daemon.client import Client
+        from clawpen.errors import ClawpenError
+
+        try:
+            return Client(self.state).call(op, autostart=False, **args)
+        except ClawpenError as err:
+            raise BenchError(f"daemon: {op}: {err}") from None
 
     def pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):

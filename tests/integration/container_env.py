@@ -18,7 +18,6 @@ import atexit
 import contextlib
 import fcntl
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from clawpen.sandbox.procs import readable  # poll, never select()
 
 SOCKET = "/var/run/docker.sock"
 BASE_IMAGE = "clawpen-test-base:bookworm"
@@ -196,7 +197,7 @@ def _start_podman(timeout: float) -> str | None:
     while time.monotonic() < deadline:
         if _podman_answers():
             return None
-        if select.select([pidfd], [], [], 0.1)[0]:
+        if readable(pidfd, 0.1):
             return f"podman system service exited (see {PODMAN_LOG})"
     return f"podman system service did not answer in {timeout:g}s (see {PODMAN_LOG})"
 
@@ -231,7 +232,7 @@ def stop_started_podman() -> None:
             if last:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-                select.select([pidfd], [], [], 30)
+                readable(pidfd, 30)
             os.close(pidfd)
         users.close()
 
