@@ -206,6 +206,7 @@ def build_plan(
         secret_env=policy.secret_env,
         link=link,
         container=policy.container,
+        vm=policy.vm,
     )
 
 

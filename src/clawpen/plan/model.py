@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 from clawpen.spec.container import ContainerSettings
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
+from clawpen.spec.vm import VmSettings
 
 MountKind = Literal["ro", "rw", "tmpfs", "proc", "dev", "dir", "symlink", "data", "secret", "remount-ro"]
 
@@ -133,6 +134,7 @@ class Plan(NamedTuple):
     link: NetLink | None = None  # set when network == "link"
     workspace_adopt: bool = False  # an existing workspace with other owners may be chowned to the bot
     container: ContainerSettings | None = None  # tier = "container": its image and engine
+    vm: VmSettings | None = None  # tier = "vm": the guest's kernel, memory, CPUs and root
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, as printed by ``clawpen plan --json``."""

@@ -15,6 +15,7 @@ from clawpen.errors import ConfigError, PolicyError, UsageError
 from clawpen.spec import bounds, rules, units
 from clawpen.spec.container import ContainerSettings
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS, NetLimits
+from clawpen.spec.vm import VmSettings
 
 DEFAULT_CPUS = 1.0
 DEFAULT_MEMORY = 512 << 20
@@ -62,6 +63,7 @@ class BotPolicy(NamedTuple):
     workspace_adopt: bool = False  # hand an existing folder with files of other owners to the bot
     net_limits: NetLimits = DEFAULT_NET_LIMITS  # quotas at the gateway (network.limits)
     container: ContainerSettings | None = None  # tier = "container": image and engine
+    vm: VmSettings | None = None  # tier = "vm": kernel, memory, CPUs, root filesystem
 
 
 def check_memory(value: int) -> int:
