@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from clawpen import __version__
-from clawpen.errors import ClawpenError, UsageError
+from clawpen.errors import ClawpenError, HostError, UsageError
 
 if TYPE_CHECKING:
     from clawpen.plan.model import Plan
@@ -246,6 +246,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from clawpen.sandbox.tier import EXIT_NOT_FOUND
 
     plan = _plan_from_args(ns)
+    if plan.vm is not None:  # never run a vm bot in the namespace tier instead
+        raise HostError(
+            "clawpen run cannot start a vm bot yet",
+            where=f"bots.{plan.bot}.tier",
+            hint='check its settings with clawpen plan -f FILE BOT; to run it now, use tier = "sandbox"',
+        )
     missing = _missing_command(plan)
     if missing:
         _err(
@@ -309,6 +315,15 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     print(f"seccomp   {len(plan.seccomp.errno_syscalls)} syscalls denied on {', '.join(plan.seccomp.arches)}")
     if plan.container is not None:  # the bot itself runs under the engine's default seccomp profile
         print(f"image     {plan.container.image} (engine {plan.container.engine}; seccomp: the engine's)")
+    if plan.vm is not None:
+        from clawpen.spec.units import format_size
+
+        vm = plan.vm
+        ports = ", ".join(map(str, vm.ports)) or "none"
+        print(
+            f"vm        kernel {vm.kernel}, memory {format_size(vm.memory)}, cpus {vm.cpus}, "
+            f"rootfs {vm.rootfs}, forwarded guest ports {ports}"
+        )
     if ns.argv:
         print("bwrap     " + " ".join(data["bwrap_argv"]))
     return 0

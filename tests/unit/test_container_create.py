@@ -108,8 +108,8 @@ def test_image_is_required_with_the_container_tier_and_refused_without(tmp_path:
         plan_of(tmp_path, 'image = "debian:12"\ncommand = ["true"]\n')
     with pytest.raises(ClawpenError, match="not an image reference"):
         plan_of(tmp_path, 'tier = "container"\nimage = "Bad Image"\ncommand = ["true"]\n')
-    with pytest.raises(ClawpenError, match="tier 'vm' is not available yet"):
-        plan_of(tmp_path, 'tier = "vm"\ncommand = ["true"]\n')
+    with pytest.raises(ClawpenError, match="image is set, but the bot runs in the vm tier"):
+        plan_of(tmp_path, 'tier = "vm"\nimage = "debian:12"\ncommand = ["true"]\n')
     plan = plan_of(
         tmp_path, 'tier = "container"\nimage = "debian:12"\nengine = "podman"\ncommand = ["true"]\n'
     )

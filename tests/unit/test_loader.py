@@ -134,7 +134,7 @@ def test_several_problems_are_all_listed(tmp_path):
         """
         [bots.a]
         command = []
-        tier = "vm"
+        tier = "vmm"
     """,
     )
     with pytest.raises(ConfigError) as err:

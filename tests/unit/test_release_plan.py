@@ -94,9 +94,9 @@ def test_the_tier_field_left_out_keeps_the_stored_policy_hash_of_earlier_release
 
 
 @pytest.mark.parametrize(
-    ("tier", "what"), [("vm", "tier 'vm' is not available yet"), ("docker", "there is no tier 'docker'")]
+    ("tier", "what"), [("vmm", "there is no tier 'vmm'"), ("docker", "there is no tier 'docker'")]
 )
-def test_a_tier_other_than_sandbox_or_container_is_refused_naming_the_planned_one(
+def test_a_tier_other_than_sandbox_container_or_vm_is_refused_naming_them(
     tmp_path: Path, tier: str, what: str
 ) -> None:
     spec = tmp_path / "clawpen.toml"
@@ -104,7 +104,7 @@ def test_a_tier_other_than_sandbox_or_container_is_refused_naming_the_planned_on
     with pytest.raises(ConfigError) as err:
         load_spec(spec)
     assert err.value.what == what and err.value.where == f"{spec}:3 bots.a.tier"
-    assert 'the "vm" tier is planned' in (err.value.hint or "")
+    assert 'tier = "vm" (a QEMU virtual machine)' in (err.value.hint or "")
     spec.write_text('[bots.a]\ncommand = ["true"]\ntier = "sandbox"\n')  # the positive control
     assert load_spec(spec).spec.bots["a"].tier == "sandbox"
 

@@ -51,6 +51,7 @@ class HostFacts(NamedTuple):
     cpu_count: int
     system_dirs: tuple[tuple[str, str | None], ...]  # (path, symlink target) or (path, None) for a dir
     etc_entries: tuple[str, ...]
+    memory: int | None = None  # MemTotal in bytes (a VM gets at most half); None: not known
 
     @classmethod
     def probe(cls) -> HostFacts:
@@ -61,7 +62,21 @@ class HostFacts(NamedTuple):
             elif os.path.isdir(path):
                 dirs.append((path, None))
         etc = tuple(e for e in ETC_ALLOWED if os.path.exists(f"/etc/{e}"))
-        return cls(cpu_count=os.cpu_count() or 1, system_dirs=tuple(dirs), etc_entries=etc)
+        return cls(
+            cpu_count=os.cpu_count() or 1, system_dirs=tuple(dirs), etc_entries=etc, memory=_mem_total()
+        )
+
+
+def _mem_total() -> int | None:
+    """The host's MemTotal (``/proc/meminfo``) in bytes, or None when it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _etc_files(policy: BotPolicy, ident: Identity, link: NetLink | None) -> tuple[Mount, ...]:
@@ -176,6 +191,10 @@ def build_plan(
             where=f"bots.{policy.name}.resources.cpus",
             hint=f"use a value from 0.01 to {host.cpu_count}",
         )
+    if policy.vm is not None:
+        from clawpen.spec.vm import check_host
+
+        check_host(policy.vm, policy.name, cpu_count=host.cpu_count, host_memory=host.memory)
     if policy.container is not None:  # the image brings its own system: only the bot's binds
         mounts = _container_mounts(policy)
     else:

@@ -36,6 +36,7 @@ from clawpen.spec.netlimits import NetworkLimits
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 from clawpen.spec.snapshots import BotSnapshots
 from clawpen.spec.storage import StorageSettings
+from clawpen.spec.vmspec import VmTable, check_tier_field
 
 
 class _Model(BaseModel):
@@ -347,6 +348,9 @@ class Bot(_Model):
     engine: Literal["auto", "docker", "podman"] = Field(
         "auto", description='tier = "container": its engine (auto: Docker, else Podman)'
     )
+    vm: VmTable | None = Field(
+        None, description='tier = "vm": the guest\'s kernel, memory, cpus and rootfs (all optional)'
+    )
     env: dict[str, str] = Field(default_factory=dict)
     resources: Resources = Resources()
     filesystem: Filesystem = Filesystem()
@@ -385,22 +389,29 @@ class Bot(_Model):
     @field_validator("tier", mode="before")
     @classmethod
     def _tier(cls, v: object) -> object:
-        """``sandbox`` and ``container`` run bots; ``vm`` is a planned tier. (Left out, the field
-        still shows as ``"sandbox"`` in the stored policy, as it always has: the policy hash of
-        existing bots does not change.)"""
-        if isinstance(v, str) and v not in ("sandbox", "container"):
-            planned = v == "vm"
+        """``sandbox``, ``container`` or ``vm``. (Left out, the field still shows as
+        ``"sandbox"`` in the stored policy, as it always has: the policy hash of existing bots does
+        not change.)"""
+        if isinstance(v, str) and v not in ("sandbox", "container", "vm"):
             raise rules.RuleViolation(
-                f"tier {v!r} is not available yet" if planned else f"there is no tier {v!r}",
-                'the "vm" tier is planned; use tier = "sandbox" (bubblewrap namespaces, cgroups and '
-                'seccomp) or tier = "container" (an image on Docker or Podman), or leave tier out',
+                f"there is no tier {v!r}",
+                'use tier = "sandbox" (bubblewrap namespaces, cgroups and seccomp), tier = "container" '
+                '(an image on Docker or Podman) or tier = "vm" (a QEMU virtual machine), or leave tier out',
             )
         return v
 
     @field_validator("image")
     @classmethod
-    def _image(cls, v: str | ImageBuild | None) -> str | ImageBuild | None:
+    def _image(cls, v: str | ImageBuild | None, info: ValidationInfo) -> str | ImageBuild | None:
+        check_tier_field("image", info.data.get("tier"), v)
         return check_image_ref(v) if isinstance(v, str) else v
+
+    @field_validator("engine", "vm")
+    @classmethod
+    def _tier_field(cls, v: object, info: ValidationInfo) -> object:
+        """The fields of one tier, refused with another (at their own key: a clear line)."""
+        check_tier_field(str(info.field_name), info.data.get("tier"), v)
+        return v
 
     @model_validator(mode="after")
     def _image_needs_container(self) -> Bot:
@@ -411,11 +422,12 @@ class Bot(_Model):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without ``image`` and ``engine`` when unset, so the stored policy (and its hash) of a
-        sandbox bot is what it was before the container tier existed."""
+        """Without ``image``, ``engine`` and ``vm`` when unset, so the stored policy (and its hash)
+        of a sandbox bot is what it was before the container and vm tiers existed."""
         data: dict[str, Any] = handler(self)
-        if data.get("image") is None:
-            data.pop("image", None)
+        for key in ("image", "vm"):
+            if data.get(key) is None:
+                data.pop(key, None)
         if data.get("engine") == "auto":
             data.pop("engine", None)
         return data
@@ -445,6 +457,11 @@ class Bot(_Model):
             from clawpen.spec.container import for_bot
 
             container = for_bot(self, name, base_dir)
+        vm = None
+        if self.tier == "vm":
+            from clawpen.spec import vmspec
+
+            vm = vmspec.for_bot(self, name, base_dir)
         return pol.BotPolicy(
             name=name,
             command=tuple(self.command),
@@ -476,6 +493,7 @@ class Bot(_Model):
             secrets=tuple(self.secrets),
             secret_env=tuple(self.secret_env),
             container=container,
+            vm=vm,
         )
 
 
