@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from clawpen import __version__
-from clawpen.errors import ClawpenError, HostError, UsageError
+from clawpen.errors import ClawpenError, UsageError
 
 if TYPE_CHECKING:
     from clawpen.plan.model import Plan
@@ -246,12 +246,6 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from clawpen.sandbox.tier import EXIT_NOT_FOUND
 
     plan = _plan_from_args(ns)
-    if plan.vm is not None:  # never run a vm bot in the namespace tier instead
-        raise HostError(
-            "clawpen run cannot start a vm bot yet",
-            where=f"bots.{plan.bot}.tier",
-            hint='check its settings with clawpen plan -f FILE BOT; to run it now, use tier = "sandbox"',
-        )
     missing = _missing_command(plan)
     if missing:
         _err(
@@ -261,7 +255,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
         )
         return EXIT_NOT_FOUND
     secrets = _secret_values(plan)
-    result = NamespaceTier(state_dir()).run(plan, timeout=ns.timeout, secrets=secrets)
+    tier = NamespaceTier(state_dir())
+    if plan.vm is not None:  # tier = "vm": QEMU in that same sandbox
+        from clawpen.vm.tier import VmTier
+
+        result = VmTier(state_dir(), tier).run(plan, timeout=ns.timeout, secrets=secrets)
+    else:
+        result = tier.run(plan, timeout=ns.timeout, secrets=secrets)
     _report(result, ns.json)
     return result.exit_code
 

@@ -26,6 +26,7 @@ from clawpen.plan.build import HostFacts
 from clawpen.sandbox.namespace import NamespaceTier
 from clawpen.sandbox.seccomp import bpf_for, default_policy
 from clawpen.vault.store import Vault
+from clawpen.vm.tier import VmTier
 
 SWEEP_INTERVAL = 3600.0
 FLUSH_INTERVAL = 5.0  # how often changes kept in memory (a full disk) are written again
@@ -62,14 +63,15 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
     store = Store(state / "clawpen.db", records=state / "run")
-    sandbox = NamespaceTier(state)  # the only place tiers are named; "vm" comes later
+    sandbox = NamespaceTier(state)  # the only place tiers are named
     container = ContainerTier(state)  # its engine is reached on first use: none here fails only its bots
+    vm = VmTier(state, sandbox)  # QEMU in the bot's namespace sandbox; KVM probed on first use
     policy = default_policy()
     compressor = Compressor()
 
     def services(daemon: Daemon) -> Services:
         return Services(
-            tiers={sandbox.name: sandbox, container.name: container},
+            tiers={sandbox.name: sandbox, container.name: container, vm.name: vm},
             cgroups=sandbox.cgroup_host,
             store=store,
             state_dir=state,

@@ -343,6 +343,7 @@ class Sandbox(CgroupHandle):
             self.args_fd,
             *fds.data.values(),
             *fds.pinned.values(),
+            *self.stdio.extra,
         )
         self.started = time.monotonic()
         try:

@@ -83,6 +83,7 @@ class Stdio(NamedTuple):
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None
+    extra: tuple[int, ...] = ()  # more descriptors the command inherits, under their own numbers
 
 
 class SandboxRecord(NamedTuple):

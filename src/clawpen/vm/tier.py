@@ -1,0 +1,270 @@
+"""The VM tier (``tier = "vm"``): the bot runs in a QEMU guest, QEMU in the bot's namespace sandbox.
+
+:class:`VmTier` turns the bot's plan into a plan that runs QEMU (:mod:`clawpen.vm.layout`) and
+hands it to the namespace tier, so QEMU runs as the bot's host uid, in the bot's cgroup (with the
+VM's memory and CPU limits), under clawpen's seccomp filter and QEMU's own (``-sandbox on``), in
+the bot's network namespace (its user-mode network stack opens its sockets there: the guest's
+traffic meets the gateway, allowlist, DNS and connection log as a sandbox bot's does), seeing no
+host file but what it shares. The guest's initramfs carries clawpen's init and its orders
+(:mod:`clawpen.vm.initrd`); the kernel is Debian's (:mod:`clawpen.vm.kernel`).
+
+:class:`VmSandbox` is the running VM as the supervisor sees it: SIGTERM is an ACPI power-down
+through QMP (the guest's init passes it to the bot as SIGTERM), and how the bot ended is what the
+guest's init wrote on the status port, not QEMU's own exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from clawpen.errors import ClawpenError, SandboxError
+from clawpen.paths import cache_dir
+from clawpen.sandbox.tier import (
+    EXIT_OOM,
+    EXIT_SETUP,
+    RunningSandbox,
+    RunResult,
+    SandboxRecord,
+    Stdio,
+    ended_within,
+)
+from clawpen.staticbin import build_static
+from clawpen.vm import accel as accel_mod
+from clawpen.vm import initrd, kernel, layout, qmp
+
+if TYPE_CHECKING:
+    import socket
+    import subprocess
+    from collections.abc import Sequence
+    from typing import IO
+
+    from clawpen.plan.model import Plan
+    from clawpen.sandbox.cgroups import CgroupStats
+    from clawpen.sandbox.namespace import NamespaceTier
+
+    _Stream = int | IO[bytes] | None
+
+INIT_HINT = "install gcc (it builds clawpen's guest init, once), or use the sandbox tier"
+
+
+class VmTier:
+    """Runs a bot in a QEMU guest (a :class:`~clawpen.sandbox.tier.Tier`)."""
+
+    name = "vm"
+    makes_netns = False  # QEMU runs in the netns the daemon made for the bot, as a sandbox bot does
+
+    def __init__(self, state: Path, sandbox: NamespaceTier, *, accel: str | None = None) -> None:
+        self._state = state
+        self._sandbox = sandbox
+        self._accel = accel  # None: probed on first use
+        self.accel_reason = ""
+
+    def accel(self) -> str:
+        if self._accel is None:
+            found = accel_mod.probe()
+            self._accel, self.accel_reason = found.name, found.reason
+        return self._accel
+
+    def ctl_dir(self, cgroup_name: str) -> Path:
+        return self._state / "vm" / cgroup_name.replace("/", "_")
+
+    def _prepare(
+        self, plan: Plan, cgroup_name: str, secrets: Mapping[str, bytes], stdio: tuple[int, int]
+    ) -> tuple[Plan, dict[str, bytes]]:
+        if plan.vm is None:
+            raise SandboxError("the plan has no vm settings", where="vm", hint='set tier = "vm"')
+        cache = cache_dir(self._state)
+        guest = kernel.resolve(plan.vm.kernel, cache)
+        init = build_static(
+            "clawpen.vm", "init.c", "clawpen-vminit", cache, what="the guest's init", hint=INIT_HINT
+        )
+        base = initrd.base_archive(init, guest.modules, cache)
+        ctl = self.ctl_dir(cgroup_name)
+        shutil.rmtree(ctl, ignore_errors=True)
+        ctl.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        ctl.mkdir(mode=0o700)
+        os.chown(ctl, plan.identity.uid, plan.identity.gid)
+        secret_env = {n: secrets[n].decode(errors="replace") for n in plan.secret_env if n in secrets}
+        vm = layout.layout(
+            plan,
+            kernel=str(guest.image),
+            ctl=str(ctl),
+            modules=initrd.module_names(guest.modules),
+            accel=self.accel(),
+            secret_env=secret_env,
+            stdio=stdio,
+        )
+        image = initrd.instance_image(base, initrd.boot_orders(vm.orders))
+        return vm.plan, {**secrets, layout.INITRD_SECRET: image}
+
+    def run(
+        self, plan: Plan, *, timeout: float | None = None, secrets: Mapping[str, bytes] = MappingProxyType({})
+    ) -> RunResult:
+        """Run the VM bot in the foreground (``clawpen run``-like: stdio inherited)."""
+        box = self.start(plan, secrets=secrets)
+        try:
+            if not ended_within(box, timeout):
+                box.kill()
+                ended_within(box, 10.0)
+            return box.collect()
+        except BaseException:  # Ctrl-C: the VM goes with clawpen
+            box.kill()
+            ended_within(box, 10.0)
+            raise
+        finally:
+            box.teardown()
+
+    def start(
+        self,
+        plan: Plan,
+        *,
+        cgroup_name: str | None = None,
+        stdio: Stdio = Stdio(),  # noqa: B008 - an immutable record
+        status_fd: int | None = None,
+        secrets: Mapping[str, bytes] = MappingProxyType({}),
+        wire_net: Callable[[int], None] | None = None,
+    ) -> VmSandbox:
+        name = cgroup_name or f"{plan.bot}-{os.getpid()}"
+        out, err = _write_only(stdio.stdout, 1), _write_only(stdio.stderr, 2)
+        try:
+            qplan, qsecrets = self._prepare(plan, name, secrets, (out, err))
+            inner = self._sandbox.start(
+                qplan,
+                cgroup_name=name,
+                stdio=stdio._replace(extra=(out, err)),
+                status_fd=status_fd,
+                secrets=qsecrets,
+            )
+        finally:
+            os.close(out)
+            os.close(err)
+        return VmSandbox(inner, self.ctl_dir(name))
+
+    def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> VmSandbox | None:
+        inner = self._sandbox.adopt(record, status=status, started_at=started_at)
+        if inner is None or record.cgroup is None:
+            return None
+        return VmSandbox(inner, self.ctl_dir(record.cgroup))
+
+
+def _write_only(fd: int | None, default: int) -> int:
+    """A write-only descriptor of the stream ``fd`` (``None``: clawpen's own ``default``): QEMU's
+    fd sets hand a descriptor to a file chardev only when its access mode is the one asked for,
+    and the daemon's log pipes are open read-write."""
+    return os.open(f"/proc/self/fd/{default if fd is None else fd}", os.O_WRONLY)
+
+
+class VmSandbox:
+    """A running VM bot (a :class:`~clawpen.sandbox.tier.RunningSandbox`) over the namespace
+    sandbox that runs its QEMU."""
+
+    def __init__(self, inner: RunningSandbox, ctl: Path) -> None:
+        self.inner = inner
+        self.ctl = ctl
+
+    @property
+    def pid(self) -> int:
+        return self.inner.pid
+
+    @property
+    def sandbox_pid(self) -> int | None:
+        return self.inner.sandbox_pid
+
+    @property
+    def cgroup_name(self) -> str | None:
+        return self.inner.cgroup_name
+
+    def exit_fd(self) -> int:
+        return self.inner.exit_fd()
+
+    def signal(self, signum: int) -> None:
+        """SIGTERM and SIGINT: an ACPI power-down (the guest's init sends the bot SIGTERM); QEMU
+        that does not answer QMP gets the signal itself. Others are not passed into a guest."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                qmp.command(self.ctl, "system_powerdown", timeout=1.0)
+            except ClawpenError:
+                self.inner.signal(signum)
+            return
+        if signum == signal.SIGKILL:
+            self.inner.kill()
+            return
+        raise SandboxError(
+            f"signal {signal.Signals(signum).name} cannot be sent into a VM bot",
+            where="signal",
+            hint="stop or restart the bot (a power-down sends the bot SIGTERM)",
+        )
+
+    def kill(self, *, monitor: bool = False) -> None:
+        self.inner.kill(monitor=monitor)
+
+    def stats(self) -> CgroupStats:
+        return self.inner.stats()
+
+    def record(self) -> SandboxRecord:
+        return self.inner.record()
+
+    def guest_status(self) -> list[str]:
+        """The lines the guest's init wrote on its status port (``started T``, then how the bot
+        ended)."""
+        with contextlib.suppress(OSError):
+            return (self.ctl / "status").read_text(errors="replace").splitlines()
+        return []
+
+    def collect(self) -> RunResult:
+        """How the bot ended, as the guest's init reported it; QEMU's own end when it could not
+        (QEMU killed, the guest crashed or never booted)."""
+        outer = self.inner.collect()
+        ends = [line.split() for line in self.guest_status() if line.startswith(("exit ", "signal "))]
+        if not ends:
+            if outer.reason == "exited" and outer.exit_code == 0:
+                return outer._replace(
+                    exit_code=EXIT_SETUP,
+                    reason="setup-failed",
+                    message="the guest stopped before its bot did (its kernel's errors are in its stderr)",
+                )
+            return outer
+        end = ends[-1]
+        if end[0] == "exit":
+            return outer._replace(exit_code=int(end[1]), reason="exited", signal=None, message="")
+        signum = int(end[1])
+        if "oom" in end[2:]:
+            return outer._replace(
+                exit_code=EXIT_OOM,
+                reason="oom",
+                signal=None,
+                message="killed by the guest's OOM killer: VM memory full",
+            )
+        return outer._replace(exit_code=128 + signum, reason="signaled", signal=signum, message="")
+
+    def teardown(self) -> None:
+        self.inner.teardown()
+        shutil.rmtree(self.ctl, ignore_errors=True)
+
+    def enter(
+        self,
+        plan: Plan,
+        command: Sequence[str],
+        *,
+        bpf: bytes,
+        stdin: _Stream = None,
+        stdout: _Stream = None,
+        stderr: _Stream = None,
+        start_timeout: float = 10.0,
+    ) -> subprocess.Popen[bytes]:
+        raise SandboxError(
+            "commands cannot be run inside a VM bot yet (no guest agent)",
+            where="exec",
+            hint="use an http or tcp health check; read the bot's files in its workspace",
+        )
+
+    def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
+        """A socket in the bot's network namespace: QEMU forwards the guest's ports there."""
+        return self.inner.open_socket(host, uid=uid)
