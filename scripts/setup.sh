@@ -12,9 +12,9 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # The container tier's tests: Docker Engine (the tests start dockerd; not here), debootstrap for
 # the locally built base image (no registry), a static busybox (the start gate), gcc and libc6-dev
 # (the static seccomp loader, built once), docker-compose for the exported file; Podman (the tests
-# start its Docker-compatible API service) with catatonit, its --init.
+# start its Docker-compatible API service) with catatonit, its --init. The VM tier's: QEMU.
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
-  gcc libc6-dev docker-compose podman catatonit)
+  gcc libc6-dev docker-compose podman catatonit qemu-system-x86)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -51,6 +51,10 @@ def _requirement_missing(marker: str) -> str | None:
         return ensure_dockerd() or ensure_podman()
     if marker == "netns" and (os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft")):
         return "needs root, iproute2 and nftables (apt-get install iproute2 nftables)"
+    if marker == "vm":
+        from tests.integration.vm_env import missing
+
+        return missing()
     if marker == "browser" and not shutil.which("chromium"):
         return "needs Debian's chromium (apt-get install chromium)"
     if marker == "prometheus" and not shutil.which("prometheus"):
@@ -94,7 +98,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker in ("root", "bwrap", "docker", "podman", "netns", "browser", "prometheus"):
+    for marker in ("root", "bwrap", "docker", "podman", "netns", "vm", "browser", "prometheus"):
         if item.get_closest_marker(marker):
             missing = _requirement_missing(marker)
             if missing:

@@ -37,3 +37,12 @@ def probe(qemu: str = QEMU, *, timeout: float = 10.0) -> Accel:
         return Accel("kvm", "/dev/kvm runs QEMU's vCPUs")
     last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
     return Accel("tcg", f"/dev/kvm is present but QEMU cannot run a vCPU on it ({last[:160]}): TCG")
+
+
+def tsc_khz(tool: str) -> int:
+    """The host's TSC rate in kHz, measured by clawpen's ``tsc.c`` (0 when it cannot tell)."""
+    try:
+        done = subprocess.run([tool], capture_output=True, text=True, timeout=10, check=False)
+        return int(done.stdout.strip() or 0)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return 0

@@ -23,6 +23,7 @@ INITRD = "/vm/initrd"
 CTL = "/vm/ctl"
 QMP = f"{CTL}/qmp"
 STATUS = f"{CTL}/status"
+CONSOLE = f"{CTL}/console"  # the guest kernel's errors (the tier quotes them when a boot fails)
 INITRD_SECRET = "clawpen:vm-initrd"  # noqa: S105 - the key the tier hands the image under (never a vault name)
 QEMU = "/usr/bin/qemu-system-x86_64"
 TB_SIZE_MIB = 64  # TCG's translation cache (QEMU's default is 1 GiB)
@@ -83,9 +84,9 @@ def _qemu_mounts(plan: Plan, kernel: str, ctl: str) -> list[Mount]:
         Mount("dev", "/dev"),
         Mount("tmpfs", "/tmp", size=16 * MIB, mode=0o1777),
         Mount("dir", "/vm", mode=0o755),
-        Mount("ro", KERNEL, source=kernel),
+        Mount("ro", KERNEL, source=kernel, pin=True),
         Mount("secret", INITRD, source=INITRD_SECRET, mode=0o400),
-        Mount("rw", CTL, source=ctl),
+        Mount("rw", CTL, source=ctl, pin=True),
     ]
 
 
@@ -110,7 +111,13 @@ def guest_orders(
 
 
 def qemu_argv(
-    vm: VmSettings, shares: list[tuple[str, ...]], *, accel: str, net: bool, stdio: tuple[int, int]
+    vm: VmSettings,
+    shares: list[tuple[str, ...]],
+    *,
+    accel: str,
+    net: bool,
+    stdio: tuple[int, int],
+    tsc_khz: int | None = None,
 ) -> list[str]:
     """QEMU's command line inside the sandbox (paths are the sandbox's); ``stdio``: the numbers of
     the write-only descriptors of the bot's stdout and stderr that QEMU inherits."""
@@ -125,12 +132,15 @@ def qemu_argv(
     argv += ["-m", f"{vm.memory // MIB}M", "-smp", str(vm.cpus)]
     argv += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
     argv += ["-kernel", KERNEL, "-initrd", INITRD]
-    argv += ["-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"]
+    cmdline = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"
+    if tsc_khz:  # TCG: the host's TSC rate, so the guest skips a calibration a CPU quota can break
+        cmdline += f" tsc_early_khz={tsc_khz} tsc=reliable"
+    argv += ["-append", cmdline]
     # The guest kernel's own messages (errors only) go to the bot's stderr.
     # Standard streams by descriptor (QEMU's fd sets: the sandbox's uid may not reopen the daemon's
     # pipes by path); the tier hands them over write-only.
     argv += ["-add-fd", f"fd={stdio[0]},set=1,opaque=stdout", "-add-fd", f"fd={stdio[1]},set=2,opaque=stderr"]
-    argv += ["-chardev", "file,id=con,path=/dev/fdset/2,append=on", "-serial", "chardev:con"]
+    argv += ["-chardev", f"file,id=con,path={CONSOLE}", "-serial", "chardev:con"]
     argv += ["-device", "virtio-serial-device"]
     for port, path in (("stdout", "/dev/fdset/1"), ("stderr", "/dev/fdset/2"), ("status", STATUS)):
         argv += ["-chardev", f"file,id={port},path={path},append=on"]
@@ -156,6 +166,7 @@ def layout(
     accel: str,
     secret_env: dict[str, str],
     stdio: tuple[int, int],
+    tsc_khz: int | None = None,
 ) -> VmLayout:
     """The sandbox plan that runs the VM of ``plan`` (whose ``vm`` is set), and the guest's orders
     (which hold ``secret_env``'s values: they go into the in-memory initramfs only)."""
@@ -166,7 +177,7 @@ def layout(
     mounts = [*_qemu_mounts(plan, kernel, ctl), *tree, Mount("remount-ro", "/")]
     cg = plan.cgroup
     qplan = plan._replace(
-        command=tuple(qemu_argv(vm, share_orders, accel=accel, net=net, stdio=stdio)),
+        command=tuple(qemu_argv(vm, share_orders, accel=accel, net=net, stdio=stdio, tsc_khz=tsc_khz)),
         mounts=tuple(mounts),
         env=(("PATH", "/usr/bin:/bin"), ("HOME", "/tmp"), ("LANG", "C.UTF-8")),
         cwd="/",

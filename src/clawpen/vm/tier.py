@@ -52,6 +52,11 @@ if TYPE_CHECKING:
     _Stream = int | IO[bytes] | None
 
 INIT_HINT = "install gcc (it builds clawpen's guest init, once), or use the sandbox tier"
+# QEMU resolves these as the bot's uid (bubblewrap binds by path), so they live outside clawpen's
+# 0700 state folder: the kernel fetched for "auto" (public data) and each VM's control folder
+# (its QMP socket and status file, 0700 and the bot's; the parent 0711, names not listable).
+KERNEL_CACHE = Path("/var/cache/clawpen")
+CTL_ROOT = Path("/run/clawpen-vm")
 
 
 class VmTier:
@@ -65,6 +70,7 @@ class VmTier:
         self._sandbox = sandbox
         self._accel = accel  # None: probed on first use
         self.accel_reason = ""
+        self._tsc_khz: int | None = None
 
     def accel(self) -> str:
         if self._accel is None:
@@ -72,8 +78,25 @@ class VmTier:
             self._accel, self.accel_reason = found.name, found.reason
         return self._accel
 
+    def tsc_khz(self) -> int | None:
+        """The host's TSC rate for a TCG guest (measured once), None under KVM."""
+        if self.accel() != "tcg":
+            return None
+        if self._tsc_khz is None:
+            tool = build_static(
+                "clawpen.vm",
+                "tsc.c",
+                "clawpen-tsc",
+                cache_dir(self._state),
+                what="the TSC probe",
+                hint=INIT_HINT,
+            )
+            self._tsc_khz = accel_mod.tsc_khz(tool)
+        return self._tsc_khz or None
+
     def ctl_dir(self, cgroup_name: str) -> Path:
-        return self._state / "vm" / cgroup_name.replace("/", "_")
+        """The VM's control folder; ``cgroup_name`` carries the daemon's scope (one per state)."""
+        return CTL_ROOT / cgroup_name.replace("/", "_")
 
     def _prepare(
         self, plan: Plan, cgroup_name: str, secrets: Mapping[str, bytes], stdio: tuple[int, int]
@@ -81,7 +104,7 @@ class VmTier:
         if plan.vm is None:
             raise SandboxError("the plan has no vm settings", where="vm", hint='set tier = "vm"')
         cache = cache_dir(self._state)
-        guest = kernel.resolve(plan.vm.kernel, cache)
+        guest = kernel.resolve(plan.vm.kernel, KERNEL_CACHE)
         init = build_static(
             "clawpen.vm", "init.c", "clawpen-vminit", cache, what="the guest's init", hint=INIT_HINT
         )
@@ -89,6 +112,7 @@ class VmTier:
         ctl = self.ctl_dir(cgroup_name)
         shutil.rmtree(ctl, ignore_errors=True)
         ctl.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(ctl.parent, 0o711)
         ctl.mkdir(mode=0o700)
         os.chown(ctl, plan.identity.uid, plan.identity.gid)
         secret_env = {n: secrets[n].decode(errors="replace") for n in plan.secret_env if n in secrets}
@@ -100,6 +124,7 @@ class VmTier:
             accel=self.accel(),
             secret_env=secret_env,
             stdio=stdio,
+            tsc_khz=self.tsc_khz(),
         )
         image = initrd.instance_image(base, initrd.boot_orders(vm.orders))
         return vm.plan, {**secrets, layout.INITRD_SECRET: image}
@@ -188,6 +213,9 @@ class VmSandbox:
         """SIGTERM and SIGINT: an ACPI power-down (the guest's init sends the bot SIGTERM); QEMU
         that does not answer QMP gets the signal itself. Others are not passed into a guest."""
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if not any(line.startswith("started") for line in self.guest_status()):
+                self.inner.signal(signum)  # still booting: no bot to stop yet, QEMU quits at once
+                return
             try:
                 qmp.command(self.ctl, "system_powerdown", timeout=1.0)
             except ClawpenError:
@@ -228,7 +256,7 @@ class VmSandbox:
                 return outer._replace(
                     exit_code=EXIT_SETUP,
                     reason="setup-failed",
-                    message="the guest stopped before its bot did (its kernel's errors are in its stderr)",
+                    message=f"the guest stopped before its bot ran{self._console()}",
                 )
             return outer
         end = ends[-1]
@@ -243,6 +271,17 @@ class VmSandbox:
                 message="killed by the guest's OOM killer: VM memory full",
             )
         return outer._replace(exit_code=128 + signum, reason="signaled", signal=signum, message="")
+
+    def _console(self) -> str:
+        """The end of the guest kernel's console (its errors), for a message."""
+        try:
+            with open(self.ctl / "console", "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 600))
+                tail = f.read().decode(errors="replace").strip()
+        except OSError:
+            return ""
+        lines = [line for line in tail.splitlines()[-4:] if "reboot: Power down" not in line]
+        return f"; the guest kernel said: {' | '.join(lines)}" if lines else ""
 
     def teardown(self) -> None:
         self.inner.teardown()

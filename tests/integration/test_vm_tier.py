@@ -1,0 +1,154 @@
+"""The VM tier under QEMU (TCG on this machine): a bot in a guest of its own, supervised by the
+daemon like a sandbox bot (logs, secrets, its workspace, restarts, re-adoption after a daemon
+SIGKILL, a clean stop through an ACPI power-down), QEMU itself confined as the bot's host uid.
+
+Every test names the shared test kernel (vm_env.guest_kernel: Debian's, fetched once).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import CLAWPEN, DaemonCli, alive, wait_for
+from vm_env import guest_kernel
+
+from conftest import daemon_at
+
+pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.vm]
+SECRET = "vm-s3cret-value-5678"
+BOOT = 90  # seconds a boot may take under TCG on a loaded 2-core machine
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
+    with daemon_at(tmp_path / "state") as d:
+        yield d
+
+
+def vm_table(memory: str = "256M") -> str:
+    return f'tier = "vm"\nvm = {{ kernel = "{guest_kernel()}", memory = "{memory}" }}\n'
+
+
+def set_secret(d: DaemonCli, name: str, value: str) -> None:
+    import subprocess
+
+    subprocess.run([CLAWPEN, "secrets", "set", name], input=value + "\n", text=True, env=d.env, check=True)
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def _qemu_pid(root: int) -> int:
+    """The QEMU process under the sandbox's bubblewrap (its only descendant running QEMU)."""
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if os.readlink(f"/proc/{pid}/exe").endswith("/qemu-system-x86_64"):
+            return pid
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    raise AssertionError(f"no QEMU under {root}")
+
+
+def test_a_vm_bot_boots_logs_keeps_its_secrets_and_stops_cleanly(daemon: DaemonCli, tmp_path: Path) -> None:
+    set_secret(daemon, "API_TOKEN", SECRET)
+    canary = tmp_path / f"canary-{uuid.uuid4().hex}"
+    canary.write_text("host secret\n")
+    canary.chmod(0o644)  # readable by every host uid: only the VM boundary keeps it from the bot
+    (daemon.spec.parent / "ws").mkdir()
+    probe = (
+        "echo kernel=$(uname -r) uid=$(id -u) host=$(hostname); "
+        "stat -c 'secret %a %u' /run/secrets/API_TOKEN; echo token=$(cat /run/secrets/API_TOKEN); echo env=$API_TOKEN; "
+        "touch /usr/x 2>/dev/null && echo usr-writable || echo usr-readonly; "
+        f"cat {canary} 2>/dev/null && echo canary-read || echo canary-unreachable; "
+        "ls /proc/1/root/ >/dev/null 2>&1; echo hello > /workspace/hello && echo workspace-writable; "
+        "touch /tmp/t && echo tmp-writable; echo to-stderr >&2; "
+        "trap 'echo got-sigterm; exit 0' TERM; while :; do sleep 1; done"
+    )
+    daemon.write(f"""
+        [bots.vmbox]
+        {vm_table()}
+        command = ["/bin/sh", "-c", "{probe}"]
+        workspace = "ws"
+        secrets = ["API_TOKEN"]
+        secret_env = ["API_TOKEN"]
+        restart = {{ policy = "no" }}
+        resources = {{ pids = 64 }}
+    """)
+    daemon.cli("up", timeout=120)
+    row = daemon.wait_state("vmbox", "running", timeout=30)
+    assert wait_for(lambda: "tmp-writable" in daemon.cli("logs", "vmbox").stdout, BOOT), daemon.cli(
+        "logs", "vmbox"
+    ).stdout
+    logs = daemon.cli("logs", "vmbox").stdout
+    uid = os.stat(daemon.spec.parent / "ws").st_uid
+    assert uid >= 1_900_000_000
+    # the guest runs Debian's kernel, not the host's, and the bot as its uid there
+    assert f"kernel={Path(guest_kernel()).name.removeprefix('vmlinuz-')}" in logs and f"uid={uid}" in logs
+    assert "host=vmbox" in logs
+    assert f"secret 400 {uid}" in logs
+    assert "token=[REDACTED:API_TOKEN]" in logs and "env=[REDACTED:API_TOKEN]" in logs and SECRET not in logs
+    assert "usr-readonly" in logs and "workspace-writable" in logs  # read-only root; the positive control
+    assert (daemon.spec.parent / "ws" / "hello").read_text() == "hello\n"
+    # the canary: readable on the host by any uid (the positive control), never inside the guest
+    assert (
+        canary.read_text() == "host secret\n" and "canary-unreachable" in logs and "canary-read" not in logs
+    )
+    assert " err to-stderr" in logs
+    # QEMU, from the host: the bot's uid, no capability, no new privileges, seccomp on
+    qemu = _qemu_pid(row["pid"])
+    status = _status(qemu)
+    assert {int(u) for u in status["Uid"].split()} == {uid}
+    assert status["CapEff"].strip("0\n") == "" and status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    # the secret is in no file under the state folder
+    assert not any(SECRET.encode() in p.read_bytes() for p in daemon.home.rglob("*") if p.is_file())
+    started = time.monotonic()
+    daemon.cli("down", timeout=60)
+    assert time.monotonic() - started < 20  # the power-down reached the bot as SIGTERM
+    assert "got-sigterm" in daemon.cli("logs", "vmbox").stdout
+    events = daemon.events("vmbox")
+    assert not any(e["kind"] == "kill" for e in events), "needed SIGKILL"
+    assert not alive(qemu)
+
+
+def test_a_crashed_vm_bot_restarts_and_a_new_daemon_adopts_it(daemon: DaemonCli) -> None:
+    daemon.write(f"""
+        [bots.crashy]
+        {vm_table()}
+        command = ["/bin/sh", "-c", "echo boot-$(cat /proc/sys/kernel/random/boot_id); sleep 2; exit 7"]
+        restart = {{ policy = "on-failure", max_restarts = 5 }}
+        [bots.steady]
+        {vm_table()}
+        command = ["/bin/sh", "-c", "echo steady-up; exec sleep 600"]
+    """)
+    daemon.cli("up", timeout=120)
+    # crash -> restart: two boots (two guest boot ids), each ending with exit code 7
+    assert wait_for(lambda: daemon.cli("logs", "crashy").stdout.count("boot-") >= 2, 2 * BOOT)
+    exits = [e for e in daemon.events("crashy") if e.get("to_state") == "exited"]
+    assert exits and exits[0]["reason"] == "exited with code 7", exits  # the bot's code, not QEMU's
+    ids = {
+        line.split("boot-")[1] for line in daemon.cli("logs", "crashy").stdout.splitlines() if "boot-" in line
+    }
+    assert len(ids) >= 2
+    # a daemon SIGKILL leaves the VM running; the next daemon adopts it (same pid, no new boot)
+    assert wait_for(lambda: "steady-up" in daemon.cli("logs", "steady").stdout, BOOT)
+    before = daemon.ps()["steady"]
+    pid = daemon.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not alive(pid), 10)
+    assert alive(before["pid"])
+    daemon.cli("up", timeout=120)
+    after = daemon.wait_state("steady", "running")
+    assert after["pid"] == before["pid"]
+    assert daemon.cli("logs", "steady").stdout.count("steady-up") == 1
+    daemon.cli("down", timeout=60)
+    assert not alive(before["pid"])
