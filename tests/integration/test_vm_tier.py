@@ -66,7 +66,8 @@ def test_a_vm_bot_boots_logs_keeps_its_secrets_and_stops_cleanly(daemon: DaemonC
     (daemon.spec.parent / "ws").mkdir()
     probe = (
         "echo kernel=$(uname -r) uid=$(id -u) host=$(hostname); "
-        "stat -c 'secret %a %u' /run/secrets/API_TOKEN; echo token=$(cat /run/secrets/API_TOKEN); echo env=$API_TOKEN; "
+        "stat -c 'secret %a %u' /run/secrets/API_TOKEN; echo token=$(cat /run/secrets/API_TOKEN); "
+        "echo env=$API_TOKEN; "
         "touch /usr/x 2>/dev/null && echo usr-writable || echo usr-readonly; "
         f"cat {canary} 2>/dev/null && echo canary-read || echo canary-unreachable; "
         "ls /proc/1/root/ >/dev/null 2>&1; echo hello > /workspace/hello && echo workspace-writable; "
