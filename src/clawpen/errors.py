@@ -67,6 +67,11 @@ class SandboxError(ClawpenError):
     exit_code = 125
 
 
+class NotReady(SandboxError):
+    """The sandbox runs but its bot has not started yet (a VM's guest still booting): a health
+    check's failure then does not count, and its start period begins once the bot runs."""
+
+
 class InternalError(ClawpenError):
     """An operation failed on a bug (an exception nobody raised on purpose): the daemon logs its
     traceback and answers with this short error (exit 1, HTTP 500), never "bad request"."""

@@ -153,3 +153,28 @@ def test_a_crashed_vm_bot_restarts_and_a_new_daemon_adopts_it(daemon: DaemonCli)
     assert daemon.cli("logs", "steady").stdout.count("steady-up") == 1
     daemon.cli("down", timeout=60)
     assert not alive(before["pid"])
+
+
+def test_a_vm_bot_on_its_loopback_is_health_checked_and_published(daemon: DaemonCli) -> None:
+    """As in the other tiers, a server on the bot's 127.0.0.1 is what `publish` and the health
+    check reach (QEMU forwards the port into the guest; init's relay dials the guest's loopback)."""
+    from api_fixtures import free_port
+
+    (daemon.spec.parent / "site").mkdir()
+    (daemon.spec.parent / "site" / "index.html").write_text("served from the guest\n")
+    port = free_port()
+    daemon.write(f"""
+        [bots.web]
+        {vm_table()}
+        command = ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/site"]
+        filesystem = {{ ro = ["./site:/site"] }}
+        health = {{ http = "http://127.0.0.1:8000/", interval = "2s", timeout = "2s", retries = 3 }}
+        network = {{ publish = ["127.0.0.1:{port}:8000"] }}
+    """)
+    daemon.cli("up", timeout=120)
+    assert wait_for(lambda: daemon.ps().get("web", {}).get("health") == "healthy", BOOT), daemon.ps()
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as reply:
+        assert reply.read() == b"served from the guest\n"
+    daemon.cli("down", timeout=60)

@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
-from clawpen.errors import SandboxError
+from clawpen.errors import NotReady, SandboxError
 from clawpen.sandbox.enter import enter, stop
 from clawpen.sandbox.netsock import netns_socket
 from clawpen.sandbox.netsock import sandbox_address as sandbox_address  # noqa: PLC0414 (re-export)
@@ -65,6 +65,7 @@ class HealthResult(NamedTuple):
     ok: bool
     detail: str
     latency_s: float
+    not_ready: bool = False  # the sandbox's bot had not started yet (NotReady): not counted
 
 
 class Verdict(enum.Enum):
@@ -133,6 +134,10 @@ class HealthTracker:
         """Count ``result`` (made at ``now``) and say what it means."""
         self.last, self.last_at = result, now
         self.checks += 1
+        if result.not_ready:  # nothing to check yet: the start period runs from the bot's start
+            self.restart(now)
+            self.last, self.last_at, self.checks = result, now, 1
+            return Verdict.STILL_OK
         if result.ok:
             self.failures = 0
             was_unhealthy = self.status == "unhealthy"
@@ -366,6 +371,8 @@ async def check(
                 ok, detail = False, "no check given (http, tcp or cmd)"
     except TimeoutError:
         ok, detail = False, f"timed out after {spec.timeout:g}s"
+    except NotReady as err:
+        return HealthResult(False, err.what[:_DETAIL_MAX], time.monotonic() - started, not_ready=True)
     except SandboxError as err:
         ok, detail = False, err.what
     except OSError as err:  # "connection refused", "connection reset by peer"; asyncio rewrites strerror

@@ -10,7 +10,12 @@
  *
  * Keys: mod NAME | root TAG | share TAG DEST | tmpfs DEST SIZE MODE | hostname NAME | net 1 |
  * uid N | gid N | cwd PATH | arg S | env K=V | nofile N | fsize N | core N | pids N |
- * cgroup2 1 | exec 1 (run as root: a test guest) .
+ * cgroup2 1 | exec 1 (run as root: a test guest) | fwd PORT RELAY .
+ *
+ * fwd: QEMU forwards the bot's published and health-checked PORT from the bot's network
+ * namespace to the guest's RELAY port, where a relay of init's (as nobody) takes each connection
+ * to 127.0.0.1:PORT, or to the guest's address when nothing listens on loopback: a bot listening
+ * on 127.0.0.1, as in the other tiers, is reached.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -208,6 +213,71 @@ static void set_limit(int res, long v) {
     if (setrlimit(res, &rl) != 0) die("setrlimit");
 }
 
+/* Copy both ways between a and b until both sides have closed. */
+static void pump(int a, int b) {
+    struct pollfd p[2] = {{.fd = a, .events = POLLIN}, {.fd = b, .events = POLLIN}};
+    int open_in[2] = {1, 1};
+    char buf[65536];
+    while (open_in[0] || open_in[1]) {
+        if (poll(p, 2, -1) < 0 && errno != EINTR) return;
+        for (int i = 0; i < 2; i++) {
+            if (!open_in[i] || !(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t n = read(p[i].fd, buf, sizeof buf);
+            if (n <= 0) {
+                open_in[i] = 0;
+                p[i].events = 0;
+                p[i].fd = -1;
+                shutdown(i ? a : b, SHUT_WR);
+                continue;
+            }
+            for (ssize_t off = 0; off < n;) {
+                ssize_t w = write(i ? a : b, buf + off, n - off);
+                if (w <= 0) return;
+                off += w;
+            }
+        }
+    }
+}
+
+static int dial(const char *addr, int port) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, addr, &sa.sin_addr);
+    if (s >= 0 && connect(s, (struct sockaddr *)&sa, sizeof sa) == 0) return s;
+    if (s >= 0) close(s);
+    return -1;
+}
+
+/* The relay of one forwarded port (a child of init, as nobody; see the header). */
+static void relay(int port, int listen_port) {
+    if (fork() != 0) return;
+    signal(SIGCHLD, SIG_IGN); /* connection children reap themselves */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(listen_port)};
+    if (bind(s, (struct sockaddr *)&sa, sizeof sa) || listen(s, 64)) {
+        say("relay for port %d: %s", port, strerror(errno));
+        _exit(1);
+    }
+    if (setgroups(0, NULL) || setresgid(65534, 65534, 65534) || setresuid(65534, 65534, 65534)) _exit(1);
+    for (;;) {
+        int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) continue;
+        if (fork() == 0) {
+            close(s);
+            int b = dial("127.0.0.1", port);
+            if (b < 0) b = dial("10.0.2.15", port);
+            if (b >= 0) pump(c, b);
+            _exit(0);
+        }
+        close(c);
+    }
+}
+
 static pid_t run_bot(int outfd, int errport) {
     char *argv[MAXTOK], *envp[MAXTOK];
     int na = 0, ne = 0;
@@ -335,6 +405,11 @@ int main(void) {
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd >= 0) pfd[npfd++] = (struct pollfd){.fd = fd, .events = POLLIN};
     }
+    for (int i = 0; i + 2 < ntok; i++)
+        if (!strcmp(tok[i], "fwd")) {
+            relay(atoi(tok[i + 1]), atoi(tok[i + 2]));
+            i += 2;
+        }
     long ooms = oom_kills();
     pid_t bot = run_bot(outport, errport);
     if (status >= 0) {

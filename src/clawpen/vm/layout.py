@@ -31,6 +31,7 @@ OVERHEAD = 256 * MIB  # QEMU's own memory above the guest's RAM, in its cgroup
 QEMU_PIDS = 512  # QEMU's threads: vCPUs, the 9p worker pool, I/O
 QEMU_NOFILE = 8192  # 9p keeps a host descriptor per file the guest holds open
 GUEST_NET = "10.0.2.15"  # QEMU user-mode networking's guest address (init.c)
+RELAY_BASE = 61000  # the guest's relay port of the i-th forwarded port (init.c "fwd")
 _SHARED_KINDS = ("ro", "symlink", "data", "secret", "dir", "rw")
 
 
@@ -99,6 +100,8 @@ def guest_orders(
     orders += [("root", "root"), *shares, ("hostname", plan.hostname)]
     if plan.link is not None or (plan.vm is not None and plan.vm.ports):
         orders.append(("net", "1"))
+    ports = plan.vm.ports if plan.vm is not None else ()
+    orders += [("fwd", str(p), str(RELAY_BASE + i)) for i, p in enumerate(ports)]
     orders += [("uid", str(plan.identity.uid)), ("gid", str(plan.identity.gid)), ("cwd", plan.cwd)]
     orders += [("nofile", str(rl.nofile)), ("core", str(rl.core))]
     if rl.fsize is not None:
@@ -151,7 +154,7 @@ def qemu_argv(
         argv += ["-fsdev", opts + (",readonly=on" if ro else "")]
         argv += ["-device", f"virtio-9p-device,fsdev={tag},mount_tag={tag}"]
     if net:
-        forwards = "".join(f",hostfwd=tcp::{p}-:{p}" for p in vm.ports)
+        forwards = "".join(f",hostfwd=tcp::{p}-:{RELAY_BASE + i}" for i, p in enumerate(vm.ports))
         argv += ["-netdev", f"user,id=net0,ipv6=off{forwards}", "-device", "virtio-net-device,netdev=net0"]
     argv += ["-qmp", f"unix:{QMP},server=on,wait=off"]
     return argv

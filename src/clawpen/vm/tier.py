@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from clawpen.errors import ClawpenError, SandboxError
+from clawpen.errors import ClawpenError, NotReady, SandboxError
 from clawpen.paths import cache_dir
 from clawpen.sandbox.tier import (
     EXIT_OOM,
@@ -213,7 +213,7 @@ class VmSandbox:
         """SIGTERM and SIGINT: an ACPI power-down (the guest's init sends the bot SIGTERM); QEMU
         that does not answer QMP gets the signal itself. Others are not passed into a guest."""
         if signum in (signal.SIGTERM, signal.SIGINT):
-            if not any(line.startswith("started") for line in self.guest_status()):
+            if not self._started():
                 self.inner.signal(signum)  # still booting: no bot to stop yet, QEMU quits at once
                 return
             try:
@@ -305,5 +305,11 @@ class VmSandbox:
         )
 
     def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
-        """A socket in the bot's network namespace: QEMU forwards the guest's ports there."""
+        """A socket in the bot's network namespace: QEMU forwards the guest's ports there.
+        NotReady while the guest boots (a health check's start period begins with the bot)."""
+        if not self._started():
+            raise NotReady("the guest is still booting", where="health")
         return self.inner.open_socket(host, uid=uid)
+
+    def _started(self) -> bool:
+        return any(line.startswith("started") for line in self.guest_status())
