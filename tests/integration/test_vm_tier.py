@@ -178,3 +178,19 @@ def test_a_vm_bot_on_its_loopback_is_health_checked_and_published(daemon: Daemon
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as reply:
         assert reply.read() == b"served from the guest\n"
     daemon.cli("down", timeout=60)
+
+
+def test_clawpen_run_runs_a_vm_bot_in_its_guest_and_exits_with_its_code(tmp_path: Path) -> None:
+    import subprocess
+
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text(
+        f'[bots.once]\n{vm_table()}command = ["/bin/sh", "-c", "echo guest=$(uname -r); exit 5"]\n'
+    )
+    env = {**os.environ, "CLAWPEN_HOME": str(tmp_path / "state")}
+    done = subprocess.run(
+        [CLAWPEN, "run", "-f", str(spec), "once"], capture_output=True, text=True, env=env, timeout=180
+    )
+    assert done.returncode == 5, done
+    assert f"guest={Path(guest_kernel()).name.removeprefix('vmlinuz-')}" in done.stdout
+    assert os.uname().release not in done.stdout  # the host's kernel did not run it

@@ -117,16 +117,6 @@ def test_clawpen_plan_shows_the_vm_settings(tmp_path: Path, capsys: pytest.Captu
     assert json.loads(capsys.readouterr().out)["vm"]["memory"] == 256 * MIB
 
 
-def test_clawpen_run_refuses_a_vm_bot_rather_than_run_it_in_the_sandbox_tier(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    marker = tmp_path / "ran"
-    spec = write(tmp_path, f'tier = "vm"\ncommand = ["touch", "{marker}"]\n')
-    assert main(["run", "-f", str(spec), "a"]) == 1
-    assert "cannot start a vm bot" in capsys.readouterr().err
-    assert not marker.exists()
-
-
 # the stored policy of other tiers -------------------------------------------------------------------
 
 
