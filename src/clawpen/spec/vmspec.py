@@ -156,6 +156,16 @@ def _kernel(kernel: str, name: str) -> str:
     if kernel == "auto":
         return kernel
     where = f"bots.{name}.vm.kernel"
+    try:  # QEMU reads it as the bot's uid, through a bind: the mount rules apply (never clawpen's files)
+        kernel = rules.check_host_path(kernel, writable=False, base_dir="/", base_is_spec=False)
+    except rules.RuleViolation as err:
+        raise PolicyError(f"vm.kernel: {err}", where=where, hint=err.hint) from None
+    if kernel_release(kernel) is None:
+        raise PolicyError(
+            f"vm.kernel resolves to {kernel}, which is not named {KERNEL_PREFIX}RELEASE",
+            where=where,
+            hint="name the kernel file itself, as installed (e.g. /boot/vmlinuz-6.1.0-28-amd64)",
+        )
     if not os.path.isfile(kernel):
         raise PolicyError(
             f"vm.kernel {kernel} is not a file on this host",

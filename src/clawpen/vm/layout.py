@@ -42,13 +42,26 @@ class VmLayout(NamedTuple):
     orders: tuple[tuple[str, ...], ...]
 
 
-def _guest_tree(plan: Plan) -> tuple[list[Mount], list[tuple[str, ...]]]:
-    """The bot's mounts re-rooted under GUEST_ROOT, and the guest's share/tmpfs orders."""
+def _system(m: Mount) -> bool:
+    """A bind of the host's system (/usr, /etc entries), not one of the bot's own."""
+    return m.kind == "ro" and not m.pin and not m.dest.startswith("/run")
+
+
+def _guest_tree(
+    plan: Plan, image: tuple[str, frozenset[str]] | None
+) -> tuple[list[Mount], list[tuple[str, ...]]]:
+    """The bot's mounts re-rooted under GUEST_ROOT, and the guest's share/tmpfs orders.
+    ``image``: ``rootfs = "image:PATH"``'s PATH and which of the system binds it has: the guest's
+    system comes from there instead of the host."""
     tree: list[Mount] = []
     orders: list[tuple[str, ...]] = []
     dests = [m.dest for m in plan.mounts]
     for m in plan.mounts:
         dest = GUEST_ROOT + m.dest
+        if image is not None and _system(m):
+            if m.dest in image[1]:
+                tree.append(m._replace(dest=dest, source=image[0] + m.dest))
+            continue
         if m.kind in ("proc", "dev"):
             tree.append(Mount("dir", dest, mode=0o755))
         elif m.kind == "tmpfs":
@@ -76,8 +89,7 @@ def _qemu_mounts(plan: Plan, kernel: str, ctl: str) -> list[Mount]:
     system = [
         m
         for m in plan.mounts
-        if (m.kind in ("ro", "symlink") and not m.pin and not m.dest.startswith("/run"))
-        or (m.kind == "data" and m.dest.startswith("/etc/"))
+        if _system(m) or m.kind == "symlink" or (m.kind == "data" and m.dest.startswith("/etc/"))
     ]
     return [
         *system,
@@ -170,11 +182,14 @@ def layout(
     secret_env: dict[str, str],
     stdio: tuple[int, int],
     tsc_khz: int | None = None,
+    image_has: frozenset[str] = frozenset(),
 ) -> VmLayout:
     """The sandbox plan that runs the VM of ``plan`` (whose ``vm`` is set), and the guest's orders
-    (which hold ``secret_env``'s values: they go into the in-memory initramfs only)."""
+    (which hold ``secret_env``'s values: they go into the in-memory initramfs only).
+    ``image_has``: with ``rootfs = "image:PATH"``, the system binds' paths that PATH has."""
     vm = plan.vm if plan.vm is not None else VmSettings()
-    tree, shares = _guest_tree(plan)
+    root = vm.image_root
+    tree, shares = _guest_tree(plan, None if root is None else (root, image_has))
     share_orders = [o for o in shares if o[0] == "share"]
     net = plan.link is not None or bool(vm.ports)
     mounts = [*_qemu_mounts(plan, kernel, ctl), *tree, Mount("remount-ro", "/")]
@@ -197,3 +212,8 @@ def layout(
     )
     orders = guest_orders(plan, modules, shares, secret_env)
     return VmLayout(qplan, tuple(orders))
+
+
+def image_binds(plan: Plan) -> list[str]:
+    """The system binds' paths an image root would have to give (the tier checks which it has)."""
+    return [m.dest for m in plan.mounts if _system(m)]

@@ -57,6 +57,23 @@ INIT_HINT = "install gcc (it builds clawpen's guest init, once), or use the sand
 # (its QMP socket and status file, 0700 and the bot's; the parent 0711, names not listable).
 KERNEL_CACHE = Path("/var/cache/clawpen")
 CTL_ROOT = Path("/run/clawpen-vm")
+CTL_SIZE = 256 << 10
+STATUS_MAX = 4096  # bytes of the status file read (the guest writes two short lines)
+
+
+def _run(argv: list[str], what: str) -> None:
+    import subprocess
+
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    if done.returncode != 0:
+        raise SandboxError(f"cannot {what}: {done.stderr.strip()[-200:]}", where="vm", hint="clawpen doctor")
+
+
+def release_ctl(ctl: Path) -> None:
+    """Unmount and remove a VM's control folder (left by a run that ended, or never was)."""
+    if os.path.ismount(ctl):
+        _run(["umount", "--lazy", str(ctl)], "unmount the VM's control folder")
+    shutil.rmtree(ctl, ignore_errors=True)
 
 
 class VmTier:
@@ -110,11 +127,16 @@ class VmTier:
         )
         base = initrd.base_archive(init, guest.modules, cache)
         ctl = self.ctl_dir(cgroup_name)
-        shutil.rmtree(ctl, ignore_errors=True)
+        release_ctl(ctl)
         ctl.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
         os.chmod(ctl.parent, 0o711)  # noqa: S103 - traversable by QEMU's uid, not listable
         ctl.mkdir(mode=0o700)
-        os.chown(ctl, plan.identity.uid, plan.identity.gid)
+        # A tmpfs of its own, small: what QEMU writes there (the status port, the console) comes
+        # from the guest, which must not fill the host's /run.
+        opts = (
+            f"size={CTL_SIZE},mode=0700,uid={plan.identity.uid},gid={plan.identity.gid},nosuid,nodev,noexec"
+        )
+        _run(["mount", "-t", "tmpfs", "-o", opts, "clawpen-vm", str(ctl)], "mount the VM's control folder")
         secret_env = {n: secrets[n].decode(errors="replace") for n in plan.secret_env if n in secrets}
         vm = layout.layout(
             plan,
@@ -125,6 +147,7 @@ class VmTier:
             secret_env=secret_env,
             stdio=stdio,
             tsc_khz=self.tsc_khz(),
+            image_has=_image_has(plan),
         )
         image = initrd.instance_image(base, initrd.boot_orders(vm.orders))
         return vm.plan, {**secrets, layout.INITRD_SECRET: image}
@@ -177,6 +200,26 @@ class VmTier:
         if inner is None or record.cgroup is None:
             return None
         return VmSandbox(inner, self.ctl_dir(record.cgroup))
+
+
+def _parse_end(line: str) -> tuple[str, int, bool] | None:
+    """``exit N`` / ``signal N [oom]`` from the status port; anything else (the guest could be
+    hostile) is None. Codes are kept to what a process can end with."""
+    words = line.split()
+    if len(words) < 2 or words[0] not in ("exit", "signal") or not words[1].isdigit() or len(words[1]) > 3:
+        return None
+    code = int(words[1])
+    if code > (255 if words[0] == "exit" else 64):
+        return None
+    return words[0], code, words[2:] == ["oom"]
+
+
+def _image_has(plan: Plan) -> frozenset[str]:
+    """Which of the plan's system binds a ``rootfs = "image:PATH"`` tree has."""
+    root = plan.vm.image_root if plan.vm is not None else None
+    if root is None:
+        return frozenset()
+    return frozenset(d for d in layout.image_binds(plan) if os.path.lexists(root + d))
 
 
 def _write_only(fd: int | None, default: int) -> int:
@@ -242,15 +285,17 @@ class VmSandbox:
     def guest_status(self) -> list[str]:
         """The lines the guest's init wrote on its status port (``started T``, then how the bot
         ended)."""
-        with contextlib.suppress(OSError):
-            return (self.ctl / "status").read_text(errors="replace").splitlines()
-        return []
+        try:
+            with open(self.ctl / "status", "rb") as f:
+                return f.read(STATUS_MAX).decode(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def collect(self) -> RunResult:
         """How the bot ended, as the guest's init reported it; QEMU's own end when it could not
         (QEMU killed, the guest crashed or never booted)."""
         outer = self.inner.collect()
-        ends = [line.split() for line in self.guest_status() if line.startswith(("exit ", "signal "))]
+        ends = [end for end in map(_parse_end, self.guest_status()) if end is not None]
         if not ends:
             if outer.reason == "exited" and outer.exit_code == 0:
                 return outer._replace(
@@ -259,11 +304,11 @@ class VmSandbox:
                     message=f"the guest stopped before its bot ran{self._console()}",
                 )
             return outer
-        end = ends[-1]
-        if end[0] == "exit":
-            return outer._replace(exit_code=int(end[1]), reason="exited", signal=None, message="")
-        signum = int(end[1])
-        if "oom" in end[2:]:
+        kind, code, oom = ends[0]
+        if kind == "exit":
+            return outer._replace(exit_code=code, reason="exited", signal=None, message="")
+        signum = code
+        if oom:
             return outer._replace(
                 exit_code=EXIT_OOM,
                 reason="oom",
@@ -285,7 +330,8 @@ class VmSandbox:
 
     def teardown(self) -> None:
         self.inner.teardown()
-        shutil.rmtree(self.ctl, ignore_errors=True)
+        with contextlib.suppress(ClawpenError):
+            release_ctl(self.ctl)
 
     def enter(
         self,
