@@ -194,3 +194,31 @@ def test_clawpen_run_runs_a_vm_bot_in_its_guest_and_exits_with_its_code(tmp_path
     assert done.returncode == 5, done
     assert f"guest={Path(guest_kernel()).name.removeprefix('vmlinuz-')}" in done.stdout
     assert os.uname().release not in done.stdout  # the host's kernel did not run it
+
+
+def test_a_vm_bot_with_an_image_root_sees_that_system_not_the_hosts(daemon: DaemonCli) -> None:
+    """``rootfs = "image:PATH"``: the guest's /usr comes from the tree (a static busybox here),
+    the host's /usr is not in the guest (its python3 is the positive control, on the host)."""
+    import shutil
+
+    tree = daemon.spec.parent / "image"
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "share").mkdir()
+    (tree / "usr" / "share" / "image-id").write_text("busybox-image\n")
+    busybox = shutil.which("busybox")
+    assert busybox is not None and Path("/usr/bin/python3").exists()
+    shutil.copy(busybox, tree / "usr" / "bin" / "busybox")
+    for tool in ("sh", "cat", "echo", "test", "ls"):
+        (tree / "usr" / "bin" / tool).symlink_to("busybox")
+    probe = "cat /usr/share/image-id; test -e /usr/bin/python3 && echo host-usr || echo no-host-usr"
+    daemon.write(f"""
+        [bots.imaged]
+        tier = "vm"
+        vm = {{ kernel = "{guest_kernel()}", memory = "256M", rootfs = "image:./image" }}
+        command = ["/bin/sh", "-c", "{probe}"]
+        restart = {{ policy = "no" }}
+    """)
+    daemon.cli("up", timeout=120, check=False)
+    assert wait_for(lambda: "host-usr" in daemon.cli("logs", "imaged").stdout, BOOT)
+    logs = daemon.cli("logs", "imaged").stdout
+    assert "busybox-image" in logs and "no-host-usr" in logs and " host-usr" not in logs, logs
