@@ -8,7 +8,8 @@ clawpen's deployment practice (alert above 85% CPU or under 500 MB available mem
 host has >= 4 cores and 8 GB): CPU, load, memory, swap, disk under the state directory, network
 (read from /proc and /sys; nothing is contacted). ``container tier`` (optional: a warning when
 no engine answers): each engine that answers (Docker Engine, Podman's Docker API), its version,
-cgroup driver, rootless, userns-remap, the base image in its store.
+cgroup driver, rootless, userns-remap, the base image in its store. ``vm tier`` (optional):
+QEMU, KVM or TCG and why, the guest kernel (:mod:`clawpen.vm.report`).
 
 Warnings (``ok`` and ``warn``) do not fail :func:`checks_ok`. All I/O goes through :class:`Probe`
 so tests can fake the host. ``detail`` and ``hint`` are single lines.
@@ -16,31 +17,24 @@ so tests can fake the host. ``detail`` and ``hint`` are single lines.
 
 from __future__ import annotations
 
-import ctypes
-import importlib
 import os
 import re
-import shutil
 import socket
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal
-
-import psutil
 
 from clawpen.container.image import BASE_TAG
 from clawpen.container.report import EngineReport
-from clawpen.errors import ClawpenError
+from clawpen.doctor_probe import RUNTIME_PATH
+from clawpen.doctor_probe import Probe as Probe  # noqa: PLC0414 (re-export: tests fake it)
 from clawpen.sandbox.cgroups import V1_CONTROLLERS, V2_CONTROLLERS
 
-SANDBOX, HOST, CONTAINER = "sandbox tier", "host", "container tier"
+SANDBOX, HOST, CONTAINER, VM = "sandbox tier", "host", "container tier", "vm tier"
 GiB = 1024**3
 NOBODY = 65534
 CGROUP_ROOT = "/sys/fs/cgroup"
-RUNTIME_PATH = "/usr/bin:/bin"  # the PATH clawpen starts bwrap with
 MIN_KERNEL, REC_KERNEL = (5, 3), (5, 10)
 MIN_BWRAP, REC_LIBSECCOMP = (0, 8, 0), (2, 5, 0)
 CPU_BUSY_PCT, HOST_CORES, HOST_MEMORY = 85.0, 4, 8 * 10**9
@@ -70,98 +64,6 @@ class Check:
 
 
 _sb, _host = partial(Check, SANDBOX), partial(Check, HOST)
-
-
-class Probe:
-    """The host as the checks see it, backed by the OS; tests subclass it and override methods."""
-
-    def read_text(self, path: str) -> str | None:
-        """The file's text, or ``None`` when it is missing or unreadable."""
-        try:
-            return Path(path).read_text(errors="replace")
-        except OSError:
-            return None
-
-    def listdir(self, path: str) -> list[str]:
-        try:
-            return sorted(os.listdir(path))
-        except OSError:
-            return []
-
-    def exists(self, path: str) -> bool:
-        return os.path.exists(path)
-
-    def which(self, name: str) -> str | None:
-        return shutil.which(name)
-
-    def euid(self) -> int:
-        return os.geteuid()
-
-    def run(self, argv: Sequence[str], as_uid: int | None = None, timeout: float = 10.0) -> tuple[int, str]:
-        """Run ``argv`` as uid/gid ``as_uid`` with no supplementary groups (as clawpen starts bwrap)
-        and ``PATH=/usr/bin:/bin``; return the exit status and stdout+stderr."""
-        try:
-            proc = subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env={"PATH": RUNTIME_PATH},
-                cwd="/",
-                timeout=timeout,
-                check=False,
-                user=as_uid,
-                group=as_uid,
-                extra_groups=None if as_uid is None else [],
-            )
-        except subprocess.TimeoutExpired:
-            return 124, f"timed out after {timeout:g} s"
-        except OSError as exc:
-            return 127, exc.strerror or str(exc)
-        return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace").strip()
-
-    def mkdir_rmdir(self, path: str) -> str | None:
-        """Create and remove directory ``path``: ``None`` on success, else why it failed."""
-        try:
-            os.mkdir(path, 0o755)
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        try:
-            os.rmdir(path)
-        except OSError as exc:
-            return f"created but cannot remove {path}: {exc.strerror}"
-        return None
-
-    def disk_usage(self, path: str) -> tuple[int, int]:
-        """Size and space available to unprivileged users, in bytes."""
-        st = os.statvfs(path)
-        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-
-    def cpu_count(self) -> int:
-        return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
-
-    def cpu_percent(self) -> float:
-        return float(psutil.cpu_percent(interval=0.2))
-
-    def libseccomp_version(self) -> str:
-        """The version of libseccomp.so.2; raises OSError/AttributeError when it cannot be used."""
-        lib = ctypes.CDLL("libseccomp.so.2")
-        lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)  # major, minor, micro
-        return ".".join(map(str, lib.seccomp_version().contents))
-
-    def container_engine(
-        self, wanted: Literal["auto", "docker", "podman"] = "auto"
-    ) -> EngineReport | ClawpenError:
-        """The container engine's report, or why there is none (the error, not raised)."""
-        from clawpen.container.report import engine_report
-
-        try:
-            return engine_report(wanted)
-        except ClawpenError as err:
-            return err
-
-    def module_version(self, name: str) -> str:
-        """Import module ``name`` and return its ``__version__``; raises ImportError/OSError."""
-        return str(getattr(importlib.import_module(name), "__version__", "?"))
 
 
 @dataclass(frozen=True)
@@ -510,6 +412,7 @@ def run_checks(*, state_dir: Path, probe: Probe | None = None) -> list[Check]:
         (HOST, "disk", lambda: _disk(p, state_dir)),
         (HOST, "network", lambda: _network(p)),
         (CONTAINER, "engine", lambda: _engine(p)),
+        (VM, "qemu", lambda: [Check(VM, *f) for f in p.vm_findings()]),
     ]
     checks: list[Check] = []
     for group, name, step in steps:

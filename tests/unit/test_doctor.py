@@ -29,6 +29,7 @@ from clawpen.doctor import (
     run_checks,
 )
 from clawpen.errors import ClawpenError, HostError
+from clawpen.vm.report import Finding as VmFinding
 
 GiB = 1024**3
 MOUNTS_V2 = """\
@@ -165,6 +166,9 @@ class FakeProbe(Probe):
     def container_engine(self, wanted: str = "auto") -> EngineReport | ClawpenError:
         return self.podman if wanted == "podman" else self.engine
 
+    def vm_findings(self) -> list[VmFinding]:
+        return [VmFinding("qemu", True, "/usr/bin/qemu-system-x86_64: QEMU emulator version 7.2.22")]
+
     def module_version(self, name: str) -> str:
         assert name == "pyseccomp"
         return "0.1.2"
@@ -206,11 +210,12 @@ def test_healthy_v2_host_passes_with_one_line_details() -> None:
         "network",
         "engine",
         "base image",
+        "qemu",
     ]
     assert [c for c in checks if not c.ok or c.warn] == []
     assert checks_ok(checks)
     assert {c.group for c in checks[:13]} == {SANDBOX} and {c.group for c in checks[13:19]} == {HOST}
-    assert {c.group for c in checks[19:]} == {CONTAINER}
+    assert {c.group for c in checks[19:21]} == {CONTAINER} and checks[21].group == "vm tier"
     found = by_name(checks)
     assert found["kernel"].detail == "6.1.0 (>= 5.10)"
     assert found["bubblewrap"].detail == "bwrap 0.8.0 at /usr/bin/bwrap"
@@ -619,3 +624,20 @@ def test_this_hosts_podman_is_reported_from_its_answers() -> None:
     checks = by_name(run_checks(state_dir=STATE))
     assert checks["engine"].detail.startswith("docker ")  # Docker answers too, and comes first
     assert checks["engine (podman)"].detail.startswith(f"podman {found.version} at /run/podman/podman.sock")
+
+
+def test_the_vm_tier_is_optional_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No QEMU: a warning with the package to install, never a failure; the real findings on this
+    host name QEMU, the accelerator with its reason, and the guest kernel."""
+    import shutil as shutil_mod
+
+    from clawpen.vm import report
+
+    real = report.findings()
+    names = [f.name for f in real]
+    if shutil_mod.which("qemu-system-x86_64"):
+        assert names[:2] == ["qemu", "accelerator"] and "guest kernel" in names
+        assert any(f.name == "accelerator" and ("KVM" in f.detail or "TCG" in f.detail) for f in real)
+    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    (missing,) = report.findings()
+    assert missing.ok and missing.warn and "qemu-system-x86" in (missing.hint or "")
