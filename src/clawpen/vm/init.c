@@ -22,7 +22,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/filter.h>
 #include <linux/input.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
@@ -278,6 +280,34 @@ static void relay(int port, int listen_port) {
     }
 }
 
+/* clawpen's seccomp program for the bot (the sandbox tier's, compiled on the host by libseccomp):
+ * the same refusals inside the guest as in the other tiers. None in the initramfs: no filter. */
+static unsigned char bpf[1 << 18];
+static ssize_t bpf_len = -1;
+
+static void read_seccomp(void) { /* from the initramfs, before the switch of root */
+    int fd = open("/clawpen/seccomp.bpf", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n;
+    bpf_len = 0;
+    while ((n = read(fd, bpf + bpf_len, sizeof bpf - bpf_len)) > 0) bpf_len += n;
+    close(fd);
+}
+
+static void load_seccomp(void) {
+    if (bpf_len < 0) return;
+    if (bpf_len == 0 || bpf_len % sizeof(struct sock_filter)) {
+        say("the seccomp program is malformed");
+        _exit(125);
+    }
+    struct sock_fprog fprog = {.len = (unsigned short)(bpf_len / sizeof(struct sock_filter)),
+                               .filter = (struct sock_filter *)bpf};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog) != 0) {
+        say("cannot load the seccomp filter: %s", strerror(errno));
+        _exit(125);
+    }
+}
+
 static pid_t run_bot(int outfd, int errport) {
     char *argv[MAXTOK], *envp[MAXTOK];
     int na = 0, ne = 0;
@@ -320,6 +350,7 @@ static pid_t run_bot(int outfd, int errport) {
         say("chdir %s: %s", cwd, strerror(errno));
         _exit(125);
     }
+    load_seccomp(); /* last: the filter also refuses what the steps above use */
     for (int i = 0; envp[i]; i++) putenv(envp[i]);
     extern char **environ;
     char *clean[MAXTOK];
@@ -335,6 +366,7 @@ int main(void) {
     mount("sysfs", "/sys", "sysfs", 0, NULL);
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     load_boot();
+    read_seccomp();
     for (int i = 0; i + 1 < ntok; i++)
         if (!strcmp(tok[i], "mod")) insmod(tok[++i]);
     const char *root = get("root");
@@ -380,6 +412,8 @@ int main(void) {
             mkdir("/sys/fs/cgroup/bot", 0755);
         }
     }
+    if (!get("exec")) /* as in the sandbox tier (bubblewrap's --disable-userns): no user namespaces */
+        write_file("/proc/sys/user/max_user_namespaces", "0");
     const char *host = get("hostname");
     if (host) sethostname(host, strlen(host));
     net_up();

@@ -97,12 +97,16 @@ def boot_orders(pairs: Iterable[tuple[str, ...]]) -> bytes:
     return bytes(out)
 
 
-def instance_image(base: Path, orders: bytes) -> bytes:
-    """The whole initramfs of one instance: the shared archive, then the orders."""
+def instance_image(base: Path, orders: bytes, seccomp: bytes | None = None) -> bytes:
+    """The whole initramfs of one instance: the shared archive, then the orders (and the bot's
+    seccomp program, which the init loads before the bot's command)."""
     shared = base.read_bytes()
     # Linux reads the next archive from a 4-byte boundary: pad the compressed one with NULs.
     shared += b"\0" * (-len(shared) % 4)
-    return shared + cpio([("clawpen", DIR, b""), ("clawpen/boot", FILE, orders)])
+    own = [("clawpen", DIR, b""), ("clawpen/boot", FILE, orders)]
+    if seccomp is not None:
+        own.append(("clawpen/seccomp.bpf", FILE, seccomp))
+    return shared + cpio(own)
 
 
 def module_names(modules_dir: Path) -> list[str]:

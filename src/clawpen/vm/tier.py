@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from clawpen.errors import ClawpenError, NotReady, SandboxError
 from clawpen.paths import cache_dir
+from clawpen.sandbox import seccomp
 from clawpen.sandbox.tier import (
     EXIT_OOM,
     EXIT_SETUP,
@@ -149,7 +150,8 @@ class VmTier:
             tsc_khz=self.tsc_khz(),
             image_has=_image_has(plan),
         )
-        image = initrd.instance_image(base, initrd.boot_orders(vm.orders))
+        bpf = seccomp.bpf_for(plan.seccomp, cache)  # the bot's own filter, loaded by the guest's init
+        image = initrd.instance_image(base, initrd.boot_orders(vm.orders), bpf)
         return vm.plan, {**secrets, layout.INITRD_SECRET: image}
 
     def run(
