@@ -71,6 +71,8 @@ def test_a_vm_bot_boots_logs_keeps_its_secrets_and_stops_cleanly(daemon: DaemonC
         "touch /usr/x 2>/dev/null && echo usr-writable || echo usr-readonly; "
         f"cat {canary} 2>/dev/null && echo canary-read || echo canary-unreachable; "
         "ls /proc/1/root/ >/dev/null 2>&1; echo hello > /workspace/hello && echo workspace-writable; "
+        "awk '/^Seccomp:/ {print \\\"seccomp=\\\" $2}' /proc/self/status; "
+        "unshare -U true 2>/dev/null && echo userns-allowed || echo userns-refused; "
         "touch /tmp/t && echo tmp-writable; echo to-stderr >&2; "
         "trap 'echo got-sigterm; exit 0' TERM; while :; do sleep 1; done"
     )
@@ -104,6 +106,8 @@ def test_a_vm_bot_boots_logs_keeps_its_secrets_and_stops_cleanly(daemon: DaemonC
         canary.read_text() == "host secret\n" and "canary-unreachable" in logs and "canary-read" not in logs
     )
     assert " err to-stderr" in logs
+    # the bot's own seccomp filter and no user namespaces, inside the guest as in the sandbox tier
+    assert "seccomp=2" in logs and "userns-refused" in logs and "userns-allowed" not in logs
     # QEMU, from the host: the bot's uid, no capability, no new privileges, seccomp on
     qemu = _qemu_pid(row["pid"])
     status = _status(qemu)
