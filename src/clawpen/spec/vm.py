@@ -14,7 +14,8 @@ from clawpen.errors import PolicyError
 
 MIB = 1 << 20
 DEFAULT_MEMORY = 1 << 30  # the practice's example: "memory = 1G"
-MIN_MEMORY = 64 * MIB  # Debian's kernel, the initramfs and a small bot; less does not boot reliably
+MIN_MEMORY = 128 * MIB  # Debian's kernel and its virtio buffers, the initramfs, a small bot (96M ran out)
+GUEST_OVERHEAD = 160 * MIB  # the guest kernel's own memory and page cache, above the bot's limit
 MODULES_ROOT = "/lib/modules"
 KERNEL_PREFIX = "vmlinuz-"
 

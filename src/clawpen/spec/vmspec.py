@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from clawpen.errors import PolicyError
 from clawpen.spec import rules
 from clawpen.spec.fieldtypes import Size
-from clawpen.spec.vm import DEFAULT_MEMORY, KERNEL_PREFIX, MIN_MEMORY, VmSettings, kernel_release, modules_dir
+from clawpen.spec.vm import (
+    DEFAULT_MEMORY,
+    GUEST_OVERHEAD,
+    KERNEL_PREFIX,
+    MIN_MEMORY,
+    VmSettings,
+    kernel_release,
+    modules_dir,
+)
 
 IMAGE = "image:"
 MAX_VCPUS = 255  # a bound on typos; the host's own CPU count is checked when the bot is planned
@@ -107,7 +115,9 @@ def for_bot(bot: Any, name: str, base_dir: str) -> VmSettings:
     if table.memory is not None:
         memory, memory_field = table.memory, "vm.memory"
     elif "memory" in res_set and bot.resources.memory is not None:
-        memory, memory_field = bot.resources.memory, "resources.memory"
+        # the bot keeps its own limit inside the guest (a cgroup there); the guest's kernel and
+        # page cache get GUEST_OVERHEAD on top
+        memory, memory_field = bot.resources.memory + GUEST_OVERHEAD, "resources.memory"
     else:
         memory, memory_field = DEFAULT_MEMORY, "vm.memory"
     if memory < MIN_MEMORY:
@@ -115,7 +125,7 @@ def for_bot(bot: Any, name: str, base_dir: str) -> VmSettings:
             f"the VM's memory ({memory} bytes, from {memory_field}) is below {MIN_MEMORY >> 20}M, "
             "too little for the guest's kernel and init",
             where=f"bots.{name}.{memory_field}",
-            hint='give the guest at least 64M, e.g. vm = { memory = "1G" }',
+            hint='give the guest at least 128M, e.g. vm = { memory = "1G" }',
         )
     if table.cpus is not None:
         cpus = table.cpus

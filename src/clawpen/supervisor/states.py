@@ -75,7 +75,10 @@ TRANSITIONS: Mapping[BotState, frozenset[BotState]] = MappingProxyType(
         _S.UNHEALTHY: frozenset({_S.RUNNING, _S.STOPPING, _S.EXITED, _S.OOM}),
         _S.STOPPING: frozenset({_S.STOPPED, _S.SCHEDULED_OFF, _S.EXITED, _S.OOM}),
         _S.STOPPED: frozenset({_S.STARTING, _S.SCHEDULED_OFF}),
-        _S.EXITED: frozenset({_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF}),
+        # EXITED -> FAILED: a run that ended before its bot ran (a VM whose guest could not boot)
+        _S.EXITED: frozenset(
+            {_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF, _S.FAILED}
+        ),
         _S.OOM: frozenset({_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF}),
         _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPED, _S.SCHEDULED_OFF}),
         _S.CRASHLOOP: frozenset({_S.STARTING, _S.STOPPED}),

@@ -9,7 +9,7 @@
  * the status port ("exit N", "signal N", "signal 9 oom") and powers the guest off.
  *
  * Keys: mod NAME | root TAG | share TAG DEST | tmpfs DEST SIZE MODE | hostname NAME | net 1 |
- * uid N | gid N | cwd PATH | arg S | env K=V | nofile N | fsize N | core N | pids N |
+ * uid N | gid N | cwd PATH | arg S | env K=V | nofile N | fsize N | core N | pids N | memory N |
  * cgroup2 1 | exec 1 (run as root: a test guest) | fwd PORT RELAY .
  *
  * fwd: QEMU forwards the bot's published and health-checked PORT from the bot's network
@@ -332,7 +332,7 @@ static pid_t run_bot(int outfd, int errport) {
     if (null >= 0) dup2(null, 0);
     if (outfd >= 0) dup2(outfd, 1);
     if (errport >= 0) dup2(errport, 2);
-    if (get("pids") || get("cgroup2")) write_file("/sys/fs/cgroup/bot/cgroup.procs", "0");
+    if (get("pids") || get("memory") || get("cgroup2")) write_file("/sys/fs/cgroup/bot/cgroup.procs", "0");
     set_limit(RLIMIT_NOFILE, getnum("nofile", -1));
     set_limit(RLIMIT_CORE, getnum("core", 0));
     set_limit(RLIMIT_FSIZE, getnum("fsize", -1));
@@ -394,22 +394,26 @@ int main(void) {
     umount2("/dev", MNT_DETACH);
     if (chdir("/newroot") || mount(".", "/", NULL, MS_MOVE, NULL) || chroot(".") || chdir("/"))
         die("switch root");
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) die("/proc");
+    /* hidepid: the bot sees its own processes, as in its pid namespace in the sandbox tier */
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, get("exec") ? NULL : "hidepid=invisible"))
+        die("/proc");
     if (mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL)) die("/sys");
     if (mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, NULL)) die("/dev");
     mkdir("/dev/pts", 0755);
     mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666,mode=0620");
     mkdir("/dev/shm", 01777);
     mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m");
-    if (get("pids") || get("cgroup2")) {
+    if (get("pids") || get("memory") || get("cgroup2")) { /* the bot's limits, in a cgroup of its own */
         if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
             die("cgroup2");
+        mkdir("/sys/fs/cgroup/bot", 0755);
         if (get("pids")) {
-            mkdir("/sys/fs/cgroup/bot", 0755);
             write_file("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
             write_file("/sys/fs/cgroup/bot/pids.max", get("pids"));
-        } else {
-            mkdir("/sys/fs/cgroup/bot", 0755);
+        }
+        if (get("memory")) {
+            write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+            write_file("/sys/fs/cgroup/bot/memory.max", get("memory"));
         }
     }
     if (!get("exec")) /* as in the sandbox tier (bubblewrap's --disable-userns): no user namespaces */

@@ -120,6 +120,8 @@ def guest_orders(
         orders.append(("fsize", str(rl.fsize)))
     if plan.cgroup.pids_max is not None:
         orders.append(("pids", str(plan.cgroup.pids_max)))
+    if plan.cgroup.memory_max is not None:  # the bot's own limit, in a cgroup of the guest
+        orders.append(("memory", str(plan.cgroup.memory_max)))
     orders += [("arg", a) for a in plan.command]
     orders += [("env", f"{k}={v}") for k, v in (*plan.env, *secret_env.items())]
     return orders
