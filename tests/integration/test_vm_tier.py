@@ -226,3 +226,24 @@ def test_a_vm_bot_with_an_image_root_sees_that_system_not_the_hosts(daemon: Daem
     assert wait_for(lambda: "host-usr" in daemon.cli("logs", "imaged").stdout, BOOT)
     logs = daemon.cli("logs", "imaged").stdout
     assert "busybox-image" in logs and "no-host-usr" in logs and " host-usr" not in logs, logs
+
+
+def test_a_vm_bot_over_its_memory_is_killed_as_oom_inside_its_guest(daemon: DaemonCli) -> None:
+    """resources.memory holds inside the guest (the bot's cgroup there): a bot that grows past
+    it ends as `oom`, while a small allocation (the positive control) passes."""
+    grow = "b = bytearray(16 << 20); print('small-ok', flush=True); b = bytearray(400 << 20); print('big-ok')"
+    daemon.write(f"""
+        [bots.hog]
+        {vm_table("512M")}
+        command = ["python3", "-c", "{grow}"]
+        resources = {{ memory = "96M" }}
+        restart = {{ policy = "no" }}
+    """)
+    daemon.cli("up", timeout=120, check=False)
+
+    def oom() -> bool:
+        return any(e.get("to_state") == "oom" for e in daemon.events("hog"))
+
+    assert wait_for(oom, BOOT), daemon.events("hog")
+    logs = daemon.cli("logs", "hog").stdout
+    assert "small-ok" in logs and "big-ok" not in logs

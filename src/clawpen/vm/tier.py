@@ -315,7 +315,7 @@ class VmSandbox:
                 exit_code=EXIT_OOM,
                 reason="oom",
                 signal=None,
-                message="killed by the guest's OOM killer: VM memory full",
+                message="killed by the OOM killer in its guest: memory limit reached",
             )
         return outer._replace(exit_code=128 + signum, reason="signaled", signal=signum, message="")
 
