@@ -259,3 +259,19 @@ def test_more_vcpus_than_the_host_has_are_refused(tmp_path: Path, capsys: pytest
     code, err = cli_plan(tmp_path, VM + f"vm = {{ cpus = {count + 1} }}\n", capsys)
     assert code == 2 and "(bots.a.vm.cpus)" in err and f"this host has ({count})" in err, err
     assert cli_plan(tmp_path, VM + f"vm = {{ cpus = {count} }}\n", capsys)[0] == 0
+
+
+def test_a_kernel_among_clawpens_own_files_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QEMU reads the kernel as the bot's uid, and a guest root could read it back from memory:
+    a "kernel" in clawpen's state folder (its vault, its key) must never be handed to it."""
+    state = tmp_path / "state"
+    kernel = kernel_tree(state / "vault")
+    monkeypatch.setenv("CLAWPEN_HOME", str(state))
+    (tmp_path / "spec").mkdir()
+    code, err = cli_plan(tmp_path / "spec", VM + f'vm = {{ kernel = "{kernel}" }}\n', capsys)
+    assert code == 2 and "(bots.a.vm.kernel)" in err, err
+    # the positive control: the same tree outside the state folder is accepted
+    ok = kernel_tree(tmp_path / "elsewhere")
+    assert policy_of(tmp_path / "spec", VM + f'vm = {{ kernel = "{ok}" }}\n').vm is not None
