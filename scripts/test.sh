@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: lint, types, unit and integration tests (integration needs root).
 #
-# Without arguments, three parts run at the same time: lint (ruff, mypy, import layers) and two
-# pytest processes, `--group main` (unit and most integration tests) and `--group wait` (the
-# tests that mostly wait, and every `docker` test; tests/conftest.py WAIT_GROUP). Each part's
+# Without arguments, four parts run at the same time: lint (ruff, mypy, import layers) and three
+# pytest processes, `--group main` (unit and most integration tests), `--group wait` (the
+# tests that mostly wait, and every `docker` test; tests/conftest.py WAIT_GROUP) and `--group vm`
+# (every `vm` test: QEMU guests under TCG, CPU-bound, started first as the longest). Each part's
 # output is printed when it ends; the script fails when any part fails.
 # With arguments: lint, then one pytest with those arguments (bash scripts/test.sh tests/unit -x).
 # At the end, a dockerd the tests started is stopped (unless test processes of another run use it).
@@ -43,6 +44,7 @@ trap 'stop_parts; exit 130' INT TERM
 trap stop_dockerd EXIT
 
 # no cache plugin: two pytest processes would overwrite each other's .pytest_cache/lastfailed
+start_part vm .venv/bin/python -m pytest -p no:cacheprovider --group vm
 start_part main .venv/bin/python -m pytest -p no:cacheprovider --group main
 start_part wait .venv/bin/python -m pytest -p no:cacheprovider --group wait
 start_part lint bash -c "set -euo pipefail; $(declare -f lint); lint"

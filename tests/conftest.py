@@ -32,7 +32,7 @@ WAIT_GROUP = frozenset(
         "integration/test_build_stall_net.py",
     }
 )
-GROUPS = ("main", "wait")
+GROUPS = ("main", "wait", "vm")
 
 
 def _requirement_missing(marker: str) -> str | None:
@@ -73,6 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def group_of(item: pytest.Item) -> str:
     """The group of scripts/test.sh's split a test runs in: "wait" or "main"."""
+    if item.get_closest_marker("vm"):  # QEMU guests: CPU-bound, a part of their own
+        return "vm"
     if item.get_closest_marker("docker") or item.get_closest_marker("podman"):
         return "wait"
     path = item.path.resolve()
