@@ -58,3 +58,28 @@ def fit_build(toml: Path, cache_name: str, hosts: tuple[str, ...]) -> None:
     new, n = re.subn(r"(?m)^(\[bots\.\w+\.build\]\n)", lambda m: m.group(1) + extra, text)
     assert n == 1, "the template has no build section"
     toml.write_text(new)
+
+
+def openclaw_in_tier(d: DaemonCli, spec_dir: Path, tier_lines: str, *, wait: int, timeout: int) -> Path:
+    """The OpenClaw template with ``tier_lines`` added to its bot (nothing else changed), one
+    model provider enabled (so the bot has a gateway link), its token set, and `up` (waiting
+    ``wait`` s for health); the spec's path. The bot's last logs are printed if `up` fails."""
+    from test_openclaw_e2e import TOKEN
+
+    d.cli("init", "--template", "openclaw", str(spec_dir))
+    toml = spec_dir / "clawpen.toml"
+    fit_build(toml, "openclaw", ("registry.npmjs.org",))
+    text = toml.read_text()
+    assert text.count("[bots.openclaw]\n") == 1
+    text = text.replace("[bots.openclaw]\n", f"[bots.openclaw]\n{tier_lines}")
+    assert '# "api.anthropic.com:443",' in text
+    toml.write_text(text.replace('# "api.anthropic.com:443",', '"api.anthropic.com:443",'))
+    d.spec = toml
+    d.cli("secrets", "set", "OPENCLAW_GATEWAY_TOKEN", stdin=TOKEN)
+    try:
+        up = d.cli("up", "-f", str(toml), "--wait-timeout", str(wait), timeout=timeout)
+    except AssertionError:
+        print(d.cli("logs", "openclaw", check=False).stdout[-3000:])
+        raise
+    assert "start openclaw" in up.stdout, up.stdout
+    return toml

@@ -41,7 +41,9 @@ def verdicts(logs: str) -> dict[str, str]:
     return found
 
 
-def test_the_demo_bots_keep_their_guarantees_in_the_container_tier(daemon: DaemonCli) -> None:
+def demo_spec(daemon: DaemonCli, name: str, tier_lines: str, *, health_extra: str = "") -> int:
+    """Write the demo's bots twice, in the sandbox tier (``demo``) and in another (``name``, with
+    ``tier_lines``), and its web bot in that tier published on a free host port (returned)."""
     for folder in ("bot", "fetcher"):
         shutil.copytree(DEMO / folder, daemon.spec.parent / folder)
     port = free_port()
@@ -49,17 +51,22 @@ def test_the_demo_bots_keep_their_guarantees_in_the_container_tier(daemon: Daemo
         'command = ["python3", "/app/bot.py"]\nresources = { cpus = 0.5, memory = "128M", pids = 64, '
         'nofile = 256 }\nfilesystem = { ro = ["./bot:/app"] }\nrestart = { policy = "no" }\n'
     )
-    container = f'tier = "container"\nimage = "{BASE_IMAGE}"\n'
     daemon.write(
         f"[bots.demo]\nworkspace = './ws-sandbox'\n{demo}\n"
-        f"[bots.cdemo]\nworkspace = './ws-container'\n{container}{demo}\n"
-        f"[bots.web]\n{container}"
+        f"[bots.{name}]\nworkspace = './ws-{name}'\n{tier_lines}{demo}\n"
+        f"[bots.web]\n{tier_lines}"
         'command = ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/app"]\n'
         'resources = { cpus = 0.5, memory = "96M", pids = 32 }\nfilesystem = { ro = ["./bot:/app"] }\n'
-        'health = { http = "http://127.0.0.1:8000/", interval = "2s", timeout = "2s", retries = 3 }\n'
+        'health = { http = "http://127.0.0.1:8000/", interval = "2s", timeout = "2s", retries = 3'
+        f"{health_extra} }}\n"
         'restart = { policy = "always" }\n'
         f'network = {{ publish = ["127.0.0.1:{port}:8000"] }}\n'
     )
+    return port
+
+
+def test_the_demo_bots_keep_their_guarantees_in_the_container_tier(daemon: DaemonCli) -> None:
+    port = demo_spec(daemon, "cdemo", f'tier = "container"\nimage = "{BASE_IMAGE}"\n')
     daemon.cli("up")
     for bot in ("demo", "cdemo"):
         assert wait_for(lambda b=bot: "open files limit" in daemon.cli("logs", b).stdout, 30), bot
@@ -74,7 +81,7 @@ def test_the_demo_bots_keep_their_guarantees_in_the_container_tier(daemon: Daemo
     assert container_v["create a user namespace"] == "refused"
     # the positive controls: the workspace and /tmp are writable in both tiers
     assert container_v["append to /workspace/visits.log"] == "allowed" == container_v["write /tmp/scratch"]
-    assert (daemon.spec.parent / "ws-container" / "visits.log").exists()
+    assert (daemon.spec.parent / "ws-cdemo" / "visits.log").exists()
     # the web bot: healthy, and published on the host's loopback like a sandbox bot
     assert wait_for(lambda: daemon.ps().get("web", {}).get("health") == "healthy", 30), daemon.ps().get("web")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/bot.py", timeout=5) as reply:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from container_env import BASE_IMAGE, ensure_base_image
 from helpers import wait_for
-from template_env import fit_build, template_daemon
+from template_env import openclaw_in_tier, template_daemon
 from test_openclaw_e2e import PORT, TOKEN, _allowance_ended_when_healthy, _port_free, _readyz
 
 from clawpen.paths import cgroup_scope
@@ -78,26 +78,8 @@ def test_the_openclaw_template_runs_in_the_container_tier() -> None:
     assert _port_free(), f"something already listens on 127.0.0.1:{PORT}; stop it first"
     ensure_base_image()
     with template_daemon() as (d, spec_dir):
-        d.cli("init", "--template", "openclaw", str(spec_dir))
-        toml = spec_dir / "clawpen.toml"
-        fit_build(toml, "openclaw", ("registry.npmjs.org",))
-        text = toml.read_text()
-        # the switch: two lines in the template's bot, nothing else changed
-        assert text.count("[bots.openclaw]\n") == 1
-        text = text.replace(
-            "[bots.openclaw]\n", f'[bots.openclaw]\ntier = "container"\nimage = "{BASE_IMAGE}"\n'
-        )
-        # one model provider, as the sandbox e2e: the bot gets a gateway link into its container
-        assert '# "api.anthropic.com:443",' in text
-        toml.write_text(text.replace('# "api.anthropic.com:443",', '"api.anthropic.com:443",'))
-        d.spec = toml
-        d.cli("secrets", "set", "OPENCLAW_GATEWAY_TOKEN", stdin=TOKEN)
-        try:
-            up = d.cli("up", "-f", str(toml), "--wait-timeout", "300", timeout=800)
-        except AssertionError:
-            print(d.cli("logs", "openclaw", check=False).stdout[-3000:])
-            raise
-        assert "start openclaw" in up.stdout, up.stdout
+        switch = f'tier = "container"\nimage = "{BASE_IMAGE}"\n'
+        openclaw_in_tier(d, spec_dir, switch, wait=300, timeout=800)
         builds = [e["reason"] for e in d.events("openclaw") if e["kind"] == "build"]
         assert any("built in" in r or "cached" in r for r in builds), builds
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import wait_for
-from template_env import fit_build, template_daemon
+from template_env import openclaw_in_tier, template_daemon
 from test_openclaw_container_e2e import _invoke
 from test_openclaw_e2e import PORT, TOKEN, _port_free, _readyz
 from vm_env import guest_kernel
@@ -50,25 +50,8 @@ def _leftovers(home: Path) -> list[str]:
 def test_the_openclaw_template_runs_in_the_vm_tier() -> None:
     assert _port_free(), f"something already listens on 127.0.0.1:{PORT}; stop it first"
     with template_daemon() as (d, spec_dir):
-        d.cli("init", "--template", "openclaw", str(spec_dir))
-        toml = spec_dir / "clawpen.toml"
-        fit_build(toml, "openclaw", ("registry.npmjs.org",))
-        text = toml.read_text()
-        # the switch: two lines in the template's bot, nothing else changed
-        assert text.count("[bots.openclaw]\n") == 1
-        text = text.replace(
-            "[bots.openclaw]\n", f'[bots.openclaw]\ntier = "vm"\nvm = {{ kernel = "{guest_kernel()}" }}\n'
-        )
-        assert '# "api.anthropic.com:443",' in text
-        toml.write_text(text.replace('# "api.anthropic.com:443",', '"api.anthropic.com:443",'))
-        d.spec = toml
-        d.cli("secrets", "set", "OPENCLAW_GATEWAY_TOKEN", stdin=TOKEN)
-        try:
-            up = d.cli("up", "-f", str(toml), "--wait-timeout", "900", timeout=1300)
-        except AssertionError:
-            print(d.cli("logs", "openclaw", check=False).stdout[-3000:])
-            raise
-        assert "start openclaw" in up.stdout, up.stdout
+        switch = f'tier = "vm"\nvm = {{ kernel = "{guest_kernel()}" }}\n'
+        openclaw_in_tier(d, spec_dir, switch, wait=900, timeout=1300)
 
         def healthy() -> bool:
             inst = d.json("status", "openclaw")["instances"][0]

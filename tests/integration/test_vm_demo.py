@@ -9,15 +9,13 @@ guest's loopback, is health-checked and published on the host's loopback as in t
 
 from __future__ import annotations
 
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_fixtures import free_port
 from helpers import DaemonCli, wait_for
-from test_container_demo import DEMO, verdicts
+from test_container_demo import demo_spec, verdicts
 from vm_env import guest_kernel
 
 from conftest import daemon_at
@@ -33,25 +31,8 @@ def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
 
 
 def test_the_demo_bots_keep_their_guarantees_in_the_vm_tier(daemon: DaemonCli) -> None:
-    for folder in ("bot", "fetcher"):
-        shutil.copytree(DEMO / folder, daemon.spec.parent / folder)
-    port = free_port()
-    demo = (
-        'command = ["python3", "/app/bot.py"]\nresources = { cpus = 0.5, memory = "128M", pids = 64, '
-        'nofile = 256 }\nfilesystem = { ro = ["./bot:/app"] }\nrestart = { policy = "no" }\n'
-    )
     vm = f'tier = "vm"\nvm = {{ kernel = "{guest_kernel()}" }}\n'
-    daemon.write(
-        f"[bots.demo]\nworkspace = './ws-sandbox'\n{demo}\n"
-        f"[bots.vdemo]\nworkspace = './ws-vm'\n{vm}{demo}\n"
-        f"[bots.web]\n{vm}"
-        'command = ["python3", "-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/app"]\n'
-        'resources = { cpus = 0.5, memory = "96M", pids = 32 }\nfilesystem = { ro = ["./bot:/app"] }\n'
-        'health = { http = "http://127.0.0.1:8000/", interval = "2s", timeout = "2s", retries = 3, '
-        'start_period = "5s" }\n'
-        'restart = { policy = "always" }\n'
-        f'network = {{ publish = ["127.0.0.1:{port}:8000"] }}\n'
-    )
+    port = demo_spec(daemon, "vdemo", vm, health_extra=', start_period = "5s"')
     daemon.cli("up", "--wait-timeout", "240", timeout=300)
     for bot in ("demo", "vdemo"):
         assert wait_for(lambda b=bot: "open files limit" in daemon.cli("logs", b).stdout, BOOT), (
@@ -66,7 +47,7 @@ def test_the_demo_bots_keep_their_guarantees_in_the_vm_tier(daemon: DaemonCli) -
     assert in_vm["create a user namespace"] == "refused"
     # the positive controls: the workspace and /tmp are writable in both tiers
     assert in_vm["append to /workspace/visits.log"] == "allowed" == in_vm["write /tmp/scratch"]
-    assert (daemon.spec.parent / "ws-vm" / "visits.log").exists()
+    assert (daemon.spec.parent / "ws-vdemo" / "visits.log").exists()
     # the web bot: healthy, and published on the host's loopback like a sandbox bot
     assert wait_for(lambda: daemon.ps().get("web", {}).get("health") == "healthy", BOOT), daemon.ps().get(
         "web"
