@@ -60,13 +60,32 @@ def host_loopback(world: tuple[Daemon, FakeDNS]) -> Iterator[tuple[int, list[str
         yield served
 
 
+# a DNS query sent straight to the fake internet's resolver over UDP (QEMU relays the guest's
+# datagrams as its own sockets in the bot's namespace)
+UDP = r"""
+def udp_dns(addr, name):
+    import struct
+    q = struct.pack(">6H", 0x4242, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    try:
+        s.sendto(q, (addr, 53))
+        return "answer:" + s.recv(512)[:2].hex()
+    except OSError as e:
+        return "error:" + (e.strerror or str(e))
+    finally:
+        s.close()
+"""
 # the guest's view of QEMU's user-mode stack: 10.0.2.2 is an alias of the loopback of the
 # namespace QEMU runs in (the bot's own, never the daemon's host's)
-SLIRP = BOX.replace(
+SLIRP = BOX.replace("def req(", UDP + "def req(").replace(
     '"host_loopback": talk("127.0.0.1", host_port, ""),',
     '"host_loopback": talk("127.0.0.1", host_port, ""),\n'
     '    "slirp_host": talk("10.0.2.2", host_port, ""),\n'
-    '    "denied_ip": talk("45.79.1.11", 80, req("/i", "other.test")),',
+    '    "denied_ip": talk("45.79.1.11", 80, req("/i", "other.test")),\n'
+    '    "udp_direct": udp_dns("45.79.1.53", "udp-direct.test"),\n'
+    '    "udp_gateway": udp_dns(gw, "www.allowed.test"),',
 )
 
 
@@ -87,7 +106,7 @@ def test_a_vm_bot_reaches_only_its_allowlist_through_the_gateway(
     assert wait_for(lambda: "from 127.0.0.1" in d.cli("logs", "peer").stdout, 10)  # its listener works
     peer = _bot_addr(d.home, "peer.0")
 
-    assert "slirp_host" in SLIRP
+    assert "slirp_host" in SLIRP and "udp_direct" in SLIRP
     argv = ["/usr/bin/python3", "-c", SLIRP, str(port), peer]
     d.write(
         GATEWAY
@@ -116,6 +135,11 @@ def test_a_vm_bot_reaches_only_its_allowlist_through_the_gateway(
     assert "hello from" not in str(out["denied_direct"]), out
     assert "hello from" not in str(out["denied_ip"]), out  # by address, past the gateway's DNS
     assert "www.allowed.test" in dns.asked
+    # the gateway answered its DNS and forwarded only allowed names; a datagram straight to the
+    # resolver never got there (the gateway forwards no packet)
+    assert out["udp_direct"] == "error:timed out", out
+    assert out["udp_gateway"] == "answer:4242", out  # the positive control: the same query works
+    assert "udp-direct.test" not in dns.asked and "other.test" not in dns.asked, dns.asked
     # the daemon host's loopback: neither the guest's 127.0.0.1 nor slirp's host alias (the bot's
     # namespace's loopback) is it; the positive control: the service answers in the host namespace
     assert out["host_loopback"] == "error:Connection refused", out
