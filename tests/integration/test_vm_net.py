@@ -15,6 +15,7 @@ import ast
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -312,3 +313,47 @@ def test_a_vm_bot_serving_on_its_loopback_is_published_and_healthy(
     world: tuple[Daemon, FakeDNS],  # noqa: F811
 ) -> None:
     _published_web(world[0], "127.0.0.1")
+
+
+LISTEN = (
+    "import socket, time; s = socket.socket(); s.bind(('0.0.0.0', 8000)); s.listen(8); "
+    "print('up', flush=True); time.sleep(600)"
+)
+
+
+def test_a_tcp_health_check_of_a_vm_bot_needs_a_listener_in_the_guest(
+    world: tuple[Daemon, FakeDNS],  # noqa: F811
+) -> None:
+    """QEMU accepts on a forwarded port in the bot's namespace whatever the guest does, then asks
+    the guest: the check must see the guest's refusal, not QEMU's accept."""
+    d = world[0]
+    health = (
+        '[bots.{}.health]\ntcp = "127.0.0.1:8000"\ninterval = "1s"\ntimeout = "3s"\nstart_period = "90s"\n'
+    )
+    d.write(
+        f"""
+        [bots.mute]
+        {vm_table()}
+        command = ["/bin/sh", "-c", "echo up; exec sleep 600"]
+        """
+        + health.format("mute")
+        + f"""
+        [bots.open]
+        {vm_table()}
+        command = ["/usr/bin/python3", "-c", "{LISTEN}"]
+        """
+        + health.format("open")
+    )
+    d.cli("up", "--detach")
+    for bot in ("mute", "open"):
+        assert wait_for(lambda b=bot: "up" in d.cli("logs", b).stdout, BOOT, interval=0.3)
+    # the positive control: a guest listener makes the check pass
+    assert wait_for(lambda: d.ps()["open"].get("health") == "healthy", 20, interval=0.3), d.ps()["open"]
+    # nothing listens in the other guest: its checks keep failing (QEMU's accept is not enough)
+    assert wait_for(lambda: "closed at once" in str(d.ps()["mute"].get("health_detail")), 20, interval=0.3), (
+        d.ps()["mute"]
+    )
+    for _ in range(4):
+        time.sleep(1)
+        assert d.ps()["mute"].get("health") == "starting", d.ps()["mute"]
+    d.cli("down", timeout=60)

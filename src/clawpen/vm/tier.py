@@ -304,6 +304,13 @@ class VmSandbox:
             hint="use an http or tcp health check; read the bot's files in its workspace",
         )
 
+    # --- health checks (an edit of the vmnet helper's; see /work/brief/vmnet-notes.md) ---
+    accepts_first = True  # QEMU's forwards accept before the guest does (daemon/health.py's tcp check)
+
     def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
-        """A socket in the bot's network namespace: QEMU forwards the guest's ports there."""
+        """A socket in the bot's network namespace: QEMU forwards the guest's ports there. Refused
+        until the guest reported "started": before, QEMU holds a connection to a forwarded port
+        open while the guest does not answer yet."""
+        if not any(line.startswith("started") for line in self.guest_status()):
+            raise SandboxError("the guest has not started yet", where="health", hint="wait for its boot")
         return self.inner.open_socket(host, uid=uid)
