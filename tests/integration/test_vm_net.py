@@ -252,8 +252,21 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
+server = http.server.ThreadingHTTPServer(("{bind}", 8000), H)
 print("serving", flush=True)
-http.server.ThreadingHTTPServer(("{bind}", 8000), H).serve_forever()
+def probe():  # no egress: QEMU's network is there for the forwards only
+    import socket
+    def try_(addr, port):
+        try:
+            socket.create_connection((addr, port), timeout=5).close()
+            return "connected"
+        except OSError as e:
+            return "error:" + (e.strerror or str(e))
+    out = {{"internet": try_("45.79.1.10", 80), "host": try_("45.79.1.1", 80), "slirp": try_("10.0.2.2", 9)}}
+    print("EGRESS " + repr(out), flush=True)
+import threading
+threading.Thread(target=probe, daemon=True).start()
+server.serve_forever()
 """
 
 
@@ -298,6 +311,9 @@ def _published_web(d: Daemon, bind: str) -> None:
     assert healthy, (d.ps()["web"], d.cli("logs", "web").stdout)
     got = _http_get(d.ns, port)
     assert got.startswith("HTTP/1.0 200") and got.endswith("vm-web /hi\n"), got
+    # a NIC for the forwards, but no egress: nothing outside the guest answers it
+    out = _report(d, "web", "EGRESS")
+    assert all(str(v).startswith("error:") for v in out.values()), out
     d.cli("down", timeout=60)
     assert _http_get(d.ns, port) == ""
 
