@@ -11,8 +11,11 @@ if TYPE_CHECKING:  # `clawpen run` loads this module (seccomp) and need not pay 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one:
-    write a temporary file beside it, fsync, rename over, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write a temporary file beside it, fsync, rename over, fsync the folder. The temporary name is
+    the calling thread's own: threads of one process may write the same path at once."""
+    import threading
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)

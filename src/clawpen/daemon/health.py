@@ -14,6 +14,9 @@ Outcomes of one check (:func:`check_once`, bounded by the spec's ``timeout``):
   anything else is not: ``"HTTP 503"``.
 * ``tcp``: healthy once the connection is accepted. Host names (both kinds) are looked up in
   the sandbox's own ``/etc/hosts`` (``localhost``, the bot's name); nothing else is reachable.
+  A target whose ``accepts_first`` is true (a VM bot: QEMU accepts on the guest's behalf, then
+  connects to the guest) is healthy only if the connection is not closed within
+  :data:`FORWARD_GRACE`.
 * ``cmd``: healthy when it exits 0; otherwise ``"exit 1: <last line of its output>"``. On
   timeout it is killed (its whole process group).
 * any kind: ``"connection refused"``, ``"timed out after 5s"``, ``"the sandbox ... is gone"``.
@@ -57,6 +60,7 @@ _DETAIL_MAX = 200
 _TAIL_MAX = 4096
 START_GAP = 0.25  # seconds before the second check while the bot starts (then doubling)
 START_GAP_MAX = 5.0  # the longest gap between checks until one passes (Docker's start_interval)
+FORWARD_GRACE = 1.0  # seconds a forwarded tcp check waits for the server behind to refuse
 
 
 class HealthResult(NamedTuple):
@@ -249,8 +253,19 @@ async def _http(url: str, where: Target, uid: int | None) -> tuple[bool, str]:
 
 async def _tcp(addr: str, where: Target, uid: int | None) -> tuple[bool, str]:
     host, port = parse_tcp(addr)
-    (await _connect(host, port, where, uid)).close()
-    return True, "connected"
+    sock = await _connect(host, port, where, uid)
+    with sock:
+        if not getattr(where, "accepts_first", False):
+            return True, "connected"
+        # A forwarder accepted (QEMU's user-mode network for a VM bot), then asks the server behind
+        # it: a refusal there closes this connection at once; data or silence means it was taken.
+        try:
+            got = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 1), FORWARD_GRACE)
+        except TimeoutError:
+            return True, "connected"
+        if not got:
+            return False, "connection closed at once (nothing listens behind the forward)"
+        return True, "connected"
 
 
 async def _exited(proc: subprocess.Popen[bytes]) -> None:

@@ -356,6 +356,9 @@ class VmSandbox:
             hint="use an http or tcp health check; read the bot's files in its workspace",
         )
 
+    # --- health checks (an edit of the vmnet helper's; see /work/brief/vmnet-notes.md) ---
+    accepts_first = True  # QEMU's forwards accept before the guest does (daemon/health.py's tcp check)
+
     def open_socket(self, host: str, *, uid: int | None = None) -> tuple[socket.socket, str]:
         """A socket in the bot's network namespace: QEMU forwards the guest's ports there.
         NotReady while the guest boots (a health check's start period begins with the bot)."""
