@@ -10,6 +10,9 @@ tmpfs on /tmp, /run and /var/tmp, one writable share for results (``RESULTS`` in
 controller can be bound elsewhere) and ``exec 1`` (the command runs as root). The command's
 stdout and stderr are virtio-serial ports written to files, the init reports how it ended on a
 third ("exit N", "signal N"), and the guest kernel's console goes to a fourth file.
+
+QEMU runs as root, unconfined (unlike the VM tier's, in the bot's sandbox): it is test code that
+exports the host's / read-only and only a fresh results folder writable.
 """
 
 from __future__ import annotations
@@ -102,9 +105,13 @@ def run(command: Sequence[str], *, env: Mapping[str, str], cwd: str, work: Path,
     for port in ("stdout", "stderr", "status", "console"):
         (work / port).touch()
     with subprocess.Popen(
-        qemu_argv(work, accel.tsc_khz(tsc)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    ) as qemu:  # fmt: skip
+        qemu_argv(work, accel.tsc_khz(tsc)),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as qemu:
         try:
             said, _ = qemu.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -115,8 +122,8 @@ def run(command: Sequence[str], *, env: Mapping[str, str], cwd: str, work: Path,
         return (work / name).read_text(errors="replace")
 
     console = text("console") + (f"\n--- QEMU ---\n{said}" if said.strip() else "")
-    status = text("status").strip().splitlines()
-    return GuestRun(status[-1] if status else "", text("stdout"), text("stderr"), console, work / "results")
+    ends = [line for line in text("status").splitlines() if not line.startswith("started ")]
+    return GuestRun(ends[-1] if ends else "", text("stdout"), text("stderr"), console, work / "results")
 
 
 def main() -> None:
