@@ -255,10 +255,10 @@ class Clawpen:
 
 def remove_stale_cgroups(clawpen_pid: int) -> None:
     """rmdir the cgroups (``clawpen/<bot>-<pid>``) of a clawpen process that was SIGKILLed."""
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        for cg in hierarchy.glob(f"clawpen/*-{clawpen_pid}"):
-            with contextlib.suppress(OSError):
-                cg.rmdir()
+    root = Path("/sys/fs/cgroup")  # cgroup v2: clawpen/NAME at the root; v1: one per hierarchy
+    for cg in [*root.glob(f"clawpen/*-{clawpen_pid}"), *root.glob(f"*/clawpen/*-{clawpen_pid}")]:
+        with contextlib.suppress(OSError):
+            cg.rmdir()
 
 
 class DaemonCli:

@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.root, pytest.mark.bwrap]
 
 
 def cgroup_dirs(name_glob: str) -> list[Path]:
-    return [cg for h in Path("/sys/fs/cgroup").iterdir() for cg in h.glob(f"clawpen/{name_glob}")]
+    root = Path("/sys/fs/cgroup")  # cgroup v2: clawpen/NAME at the root; v1: one per hierarchy
+    return [*root.glob(f"clawpen/{name_glob}"), *root.glob(f"*/clawpen/{name_glob}")]
 
 
 def test_no_zombie_and_no_cgroup_after_a_run(clawpen: Clawpen, pub: Path) -> None:
@@ -25,9 +26,10 @@ def test_no_zombie_and_no_cgroup_after_a_run(clawpen: Clawpen, pub: Path) -> Non
     assert result.rc == 0, result.err
     left = of_uids([uid])
     assert not left, f"left in the process table: {left}"
-    # positive control: while a run is going on, its cgroup exists
+    # positive control: while a run is going on, its cgroup exists (and the bot runs: stopped
+    # before that, clawpen would be SIGKILLed and its cgroup removed by the helper instead)
     proc = clawpen.popen("--name", "life", "--", "sleep", "30")
-    assert wait_for(lambda: cgroup_dirs(f"life-{proc.pid}"), 10)
+    assert wait_for(lambda: cgroup_dirs(f"life-{proc.pid}") and of_uids([uid]), 30)
     clawpen.stop(proc)
     assert not cgroup_dirs(f"life-{proc.pid}")
 
