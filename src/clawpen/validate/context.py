@@ -28,6 +28,7 @@ NOBODY = 65534
 PEER_BOT = "clawpen-hpeer"
 PEER_SECRET = "HOSTILE_PEER_TOKEN"  # noqa: S105 (a name, not a value)
 PROBE_TIMEOUT = 60.0
+VM_BOOT = 90.0  # what a guest's boot may add to a probe's run (TCG on a loaded 2-core host)
 CONTROL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -127,7 +128,8 @@ class Context:
         self.file_bound = (policy.disk or 64 << 30) + MiB
         self.tmp_bound = (policy.tmp if policy.disk is None else min(policy.tmp, policy.disk)) + 8 * MiB
         self.pid1_digest = hashlib.sha256(Path("/proc/1/cmdline").read_bytes()).hexdigest()
-        self.victim_marker = f"{100 + secrets.randbelow(100)}.{secrets.randbelow(10**9):09d}"
+        # sleep's seconds: it outlives any run (a vm bot's boots one guest per action), close() ends it
+        self.victim_marker = f"{100000 + secrets.randbelow(100000)}.{secrets.randbelow(10**9):09d}"
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._victim: subprocess.Popen[bytes] | None = None
@@ -136,7 +138,8 @@ class Context:
         self.listen_port = 0
 
     def memory_target(self, side: Side) -> int:
-        target = (self.policy.memory or 1 << 30) + 64 * MiB
+        vm = self.policy.vm  # a guest's bound is its RAM (QEMU's cgroup adds QEMU's own overhead)
+        target = (vm.memory if vm is not None else self.policy.memory or 1 << 30) + 64 * MiB
         return target if side == "in" else min(target, 256 * MiB)
 
     @property
