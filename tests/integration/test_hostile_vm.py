@@ -1,11 +1,13 @@
 """`clawpen validate --hostile` on a `tier = "vm"` bot: each action runs for real in a throwaway
 guest (QEMU under TCG here) as the bot's uid, its positive control on the host.
 
-The same actions on the same policy in the sandbox tier are the comparison: the actions both
-tiers contain get the same verdict; the kernel-attack actions the sandbox tier refuses (seccomp)
-reach the guest's own kernel in the vm tier, which allows some of them (user namespaces, the
-keyring, io_uring): "vm-boundary", with the guest's boot id, never the host's. Negative: a vm
-bot without a disk cap lets the file-size action through, and the validator says "escaped".
+The same actions on the same policy in the sandbox tier are the comparison (the positive
+control of the verdicts): the actions both tiers contain get the same verdict; the kernel-attack
+actions reach the guest's own kernel in the vm tier, which refuses them as the sandbox tier does
+(the guest's init loads the bot's seccomp filter) and whose answer names a boot id that is not the
+host's: "vm-boundary". Negative: a vm bot without a disk cap lets the file-size action through,
+and the validator says "escaped". And the guest's init reads a bot argument that equals one of
+its order keys ("exec", "net") as an argument, never as an order.
 """
 
 from __future__ import annotations
@@ -18,24 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_hostile
+from helpers import CLAWPEN, run_hostile
 from vm_env import guest_kernel
 
 from clawpen.validate.hostile import host_boot_id
 from conftest import UID_BASE
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.vm]
-# one guest boot per action (about 10 s each under TCG): a sample of every group
-SAME = [
-    "fs.read-shadow",
-    "fs.write-usr",
-    "proc.signal-host",
-    "res.memory",
-    "net.host-loopback",
-    "sec.other-bot-env",
-]
-KERNEL = ["priv.userns", "priv.keyctl", "priv.io-uring", "priv.module"]
-GUEST_ALLOWS = {"priv.userns", "priv.keyctl", "priv.io-uring"}  # Debian's kernel, to an unprivileged uid
+# one guest boot per action (10 to 30 s each under TCG): a sample (docs/validate.md has a whole run)
+SAME = ["fs.write-usr", "proc.signal-host", "res.memory"]
+KERNEL = ["priv.keyctl", "priv.io-uring", "priv.netns"]  # the probe of priv.netns takes the argument "net"
 RESOURCES = 'resources = { pids = 48, nofile = 256, disk = "32M", tmp = "16M" }\n'
 
 
@@ -86,22 +80,21 @@ def test_a_vm_bot_gets_the_sandbox_verdicts_and_its_kernel_attacks_meet_the_gues
     assert "EROFS" in guest["fs.write-usr"]["inside"] and "created" in guest["fs.write-usr"]["control"]
     # the guest's memory is its RAM: the guest kernel's OOM killer ended the probe
     assert "oom" in guest["res.memory"]["inside"] or "MemoryError" in guest["res.memory"]["inside"]
-    assert "read the secret" not in guest["sec.other-bot-env"]["inside"]
-    # the kernel attacks: refused by the sandbox tier, met by the guest's own kernel in the vm tier
+    # the kernel attacks: refused by the sandbox tier; in the vm tier they met the guest's own
+    # kernel (another boot id), which refused them the same way (the bot's seccomp filter there)
     host = host_boot_id()[:8]
     for aid in KERNEL:
-        assert plain[aid]["verdict"] == "contained" and "ok" not in plain[aid]["inside"], plain[aid]
+        assert plain[aid]["verdict"] == "contained" and " ok" not in plain[aid]["inside"], plain[aid]
         assert guest[aid]["verdict"] == "vm-boundary", guest[aid]
-        assert "boot id" in guest[aid]["inside"] and f"boot id {host}" not in guest[aid]["inside"]
-        allowed = "the guest's own kernel allowed it" in guest[aid]["inside"]
-        assert allowed == (aid in GUEST_ALLOWS), guest[aid]
-    # the positive controls of the kernel attacks worked on the host for both bots
-    assert (
-        "unshare(user) ok" in guest["priv.userns"]["control"]
-        and "io_uring_setup ok" in plain["priv.io-uring"]["control"]
-    )
+        refused = plain[aid]["inside"] + " (the guest's own kernel refused it, boot id "
+        assert guest[aid]["inside"].startswith(refused), (guest[aid], plain[aid])
+        assert f"boot id {host}" not in guest[aid]["inside"]
+        # the positive control: the same action works on the host, for either bot
+        assert " ok" in guest[aid]["control"] and " ok" in plain[aid]["control"], (guest[aid], plain[aid])
     notes = " ".join(report["bots"]["guest"]["notes"])
-    assert "vm tier" in notes and "contained by the VM boundary (4 kernel-attack actions" in notes
+    assert (
+        "vm tier" in notes and f"contained by the VM boundary ({len(KERNEL)} kernel-attack actions" in notes
+    )
     assert report["bots"]["guest"]["counts"]["vm-boundary"] == len(KERNEL)
     assert "VM boundary" not in " ".join(report["bots"]["plain"]["notes"])
     assert _traces() <= before  # no probe file, marker or fixture left behind
@@ -119,3 +112,22 @@ def test_a_vm_bot_without_a_disk_cap_is_reported_as_an_escape(tmp_path: Path, sp
     line = next(line for line in proc.stdout.splitlines() if line.startswith("loose "))
     assert "ESCAPED" in line and "res.file-size" in line, proc.stdout
     assert "0 of 1 contained" in proc.stdout
+
+
+def test_a_bot_argument_that_is_an_order_key_stays_an_argument(tmp_path: Path, spec_dir: Path) -> None:
+    """init.c once read any token "exec" as its order "exec 1" (the bot ran as root in the guest)
+    and "net" as "net 1" (no network device: the guest did not boot)."""
+    (spec_dir / "clawpen.toml").write_text(
+        f'[bots.args]\n{_vm()}command = ["/bin/sh", "-c", "echo uid=$(id -u) args=$0,$1", "exec", "net"]\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
+    env.update(CLAWPEN_HOME=str(tmp_path / "state"), CLAWPEN_UID_BASE=str(UID_BASE))
+    done = subprocess.run(
+        [CLAWPEN, "run", "-f", "clawpen.toml", "--timeout", "240", "args"],
+        cwd=spec_dir, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(line for line in done.stdout.splitlines() if line.startswith("uid="))
+    uid, args = line.split()
+    assert args == "args=exec,net", line
+    assert int(uid.removeprefix("uid=")) >= 1_900_000_000, line  # the bot's uid, not root

@@ -138,8 +138,10 @@ class Context:
         self.listen_port = 0
 
     def memory_target(self, side: Side) -> int:
-        vm = self.policy.vm  # a guest's bound is its RAM (QEMU's cgroup adds QEMU's own overhead)
-        target = (vm.memory if vm is not None else self.policy.memory or 1 << 30) + 64 * MiB
+        # a vm bot without resources.memory: its bound is the guest's RAM (with it: a cgroup there)
+        vm = self.policy.vm
+        limit = self.policy.memory or (vm.memory if vm is not None else 1 << 30)
+        target = limit + 64 * MiB
         return target if side == "in" else min(target, 256 * MiB)
 
     @property

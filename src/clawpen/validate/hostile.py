@@ -47,8 +47,8 @@ from clawpen.validate.context import (
     CONTROL_ENV,
     NOBODY,
     PROBE_TIMEOUT,
-    VM_BOOT,
     PY,
+    VM_BOOT,
     Context,
 )
 from clawpen.validate.entered import Inside
