@@ -131,3 +131,20 @@ def test_a_bot_argument_that_is_an_order_key_stays_an_argument(tmp_path: Path, s
     uid, args = line.split()
     assert args == "args=exec,net", line
     assert int(uid.removeprefix("uid=")) >= 1_900_000_000, line  # the bot's uid, not root
+
+
+def test_a_guest_image_without_python_is_not_judged(tmp_path: Path, spec_dir: Path) -> None:
+    """rootfs = "image:PATH" without python3: the probe cannot run in the guest; the action is
+    not judged (never contained, exit 1), and its control still ran on the host."""
+    (spec_dir / "img" / "usr").mkdir(parents=True)
+    (spec_dir / "img").chmod(0o755)
+    (spec_dir / "clawpen.toml").write_text(
+        f'[bots.bare]\n{_vm()}command = ["true"]\n'.replace(
+            'memory = "256M"', 'memory = "256M", rootfs = "image:./img"'
+        )
+    )
+    proc = run_hostile(tmp_path / "state", spec_dir, UID_BASE, "--json", "--only", "priv.keyctl", timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (action,) = json.loads(proc.stdout)["bots"]["bare"]["actions"]
+    assert action["verdict"] == "not-judged" and "no python3 to run the probe" in action["inside"], action
+    assert "keyctl(JOIN_SESSION_KEYRING) ok" in action["control"]

@@ -103,7 +103,9 @@ class Context:
         self.policy, self.state = policy, state
         self.ident = identity_for(policy.name, state)
         # the probes' python: the host's (every sandbox sees its /usr), or the image's in its PATH
-        self.python = PY if policy.container is None else "python3"
+        # (a container's, or a vm bot's rootfs = "image:PATH")
+        image = policy.container is not None or (policy.vm is not None and policy.vm.image_root is not None)
+        self.python = "python3" if image else PY
         # the throwaway sandboxes' instance name: never a live bot's ("_" is no bot-name character)
         self.cgroup_name = f"{policy.name}_hostile{os.getpid()}.0"
         self.token = f"clawpen-hostile-{secrets.token_hex(6)}"

@@ -295,15 +295,18 @@ def run_hostile(
 
 def _tier_for(policy: BotPolicy, state: Path, sandboxes: NamespaceTier) -> tuple[Tier, str | None]:
     """The bot's tier, and the syscall probe its sandboxes need (None: their python has ctypes)."""
+    from clawpen.paths import cache_dir
+    from clawpen.validate.sysprobe import build
+
     if policy.vm is not None:
         from clawpen.vm.tier import VmTier
 
-        return VmTier(state, sandboxes), None  # the guest's python is the host's (its /usr, shared)
+        # the guest's python: the host's (its /usr, shared), or an image's that may lack ctypes
+        built = build(cache_dir(state)) if policy.vm.image_root is not None else None
+        return VmTier(state, sandboxes), built
     if policy.container is None:
         return sandboxes, None
     from clawpen.container.tier import ContainerTier
-    from clawpen.paths import cache_dir
-    from clawpen.validate.sysprobe import build
 
     return ContainerTier(state), build(cache_dir(state))
 
