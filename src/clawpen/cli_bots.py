@@ -134,10 +134,21 @@ def _hostile(ns: argparse.Namespace) -> int:
         )
     marks = {"contained": "ok", "escaped": "ESCAPED", "control-failed": "no-control", "error": "ERROR"}
     marks["not-judged"] = "NOT-JUDGED"
+    marks["vm-boundary"] = "ok-vm"  # a kernel-attack action that met the guest's kernel
     safe = termsafe.for_stream(sys.stdout)  # what a hostile action printed is the bot's text
     report: dict[str, Any] = {}
     ok = True
-    for given in _policies(ns):
+    policies = _policies(ns)
+    if ns.exec_path and any(p.vm is not None for p in policies):  # refused before any bot runs
+        vm_bot = next(p.name for p in policies if p.vm is not None)
+        raise UsageError(
+            f"--exec cannot enter vm bot {vm_bot!r}: a running guest runs nothing but its bot "
+            "(no guest agent)",
+            where="clawpen validate --hostile --exec",
+            hint="drop --exec (each action then runs in a throwaway guest of the bot's policy), "
+            "or name another bot",
+        )
+    for given in policies:
         policy, notes = given, []
         if policy.egress:
             notes.append(
@@ -161,7 +172,9 @@ def _hostile(ns: argparse.Namespace) -> int:
         ok = ok and all_contained(outcomes)
         if not ns.json:
             print(
-                f"{policy.name}: {counts['contained']} of {len(outcomes)} contained, {counts['escaped']} "
+                f"{policy.name}: {counts['contained'] + counts['vm-boundary']} of {len(outcomes)} contained"
+                + (f" ({counts['vm-boundary']} by the VM boundary)" if counts["vm-boundary"] else "")
+                + f", {counts['escaped']} "
                 f"escaped, {counts['control-failed']} without a working control, {counts['error']} errors"
                 + (f", {counts['not-judged']} not judged" if counts["not-judged"] else "")
             )

@@ -36,7 +36,7 @@ STRIP_CTYPES = (
 )
 SYSCALL_ACTIONS = {
     "fs.mount", "proc.pidfd-host", "proc.ptrace", "priv.userns", "priv.netns", "priv.mountns",
-    "priv.keyctl", "priv.bpf", "priv.perf", "priv.module", "priv.clock",
+    "priv.keyctl", "priv.bpf", "priv.perf", "priv.module", "priv.clock", "priv.io-uring", "priv.userfaultfd",
 }  # fmt: skip
 
 

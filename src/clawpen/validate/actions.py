@@ -13,6 +13,16 @@ from clawpen.validate.context import Context, Side
 # who runs the positive control on the host
 Control = Literal["root", "nobody", "bot", "root-mountns", "root-peer-netns"]
 
+# The kernel-attack actions: each reaches a kernel interface (a system call, a sysctl, a device
+# node) that the sandbox and container tiers can only refuse (seccomp, capabilities), as a bug
+# behind it is a bug of the host's kernel. In the vm tier each runs against the guest's own kernel:
+# whether that kernel allows it or not, the host's kernel never sees it ("vm-boundary").
+KERNEL_ATTACKS = frozenset({
+    "fs.mount", "fs.proc-sys", "fs.drop-caches", "fs.mknod", "proc.ptrace", "priv.userns",
+    "priv.netns", "priv.mountns", "priv.keyctl", "priv.bpf", "priv.perf", "priv.module",
+    "priv.clock", "priv.io-uring", "priv.userfaultfd",
+})  # fmt: skip
+
 
 class Action(NamedTuple):
     id: str
@@ -27,6 +37,11 @@ class Action(NamedTuple):
     host_check: Callable[[Context], str | None] | None = None
     # when the control's own "did" is too strict (e.g. no metadata server here)
     control_ok: Callable[[dict[str, object]], bool] | None = None
+
+    @property
+    def kernel(self) -> bool:
+        """A kernel-attack action (:data:`KERNEL_ATTACKS`)."""
+        return self.id in KERNEL_ATTACKS
 
 
 def _scratch(c: Context, side: Side) -> str:
@@ -145,6 +160,11 @@ ACTIONS: tuple[Action, ...] = (
     Action("priv.bpf", "privilege", "create a BPF map", p.BPF, "root", _dir),
     Action("priv.perf", "privilege", "open a perf event", p.PERF, "root", _dir),
     Action("priv.module", "privilege", "load a kernel module", p.MODULE, "root", _dir),
+    Action("priv.io-uring", "privilege", "set up an io_uring", p.IO_URING, "root", _dir),
+    Action(
+        "priv.userfaultfd", "privilege", "open a userfaultfd (user faults only)", p.USERFAULTFD, "nobody",
+        _dir,
+    ),
     Action("priv.raw-socket", "privilege", "open a raw socket", p.RAW_SOCKET, "root", _dir),
     Action("priv.clock", "privilege", "set the system clock", p.SET_CLOCK, "root", _dir),
     Action("priv.capabilities", "privilege", "hold effective capabilities", p.CAPABILITIES, "root", _dir),

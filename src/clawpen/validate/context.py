@@ -28,6 +28,7 @@ NOBODY = 65534
 PEER_BOT = "clawpen-hpeer"
 PEER_SECRET = "HOSTILE_PEER_TOKEN"  # noqa: S105 (a name, not a value)
 PROBE_TIMEOUT = 60.0
+VM_BOOT = 90.0  # what a guest's boot may add to a probe's run (TCG on a loaded 2-core host)
 CONTROL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -102,7 +103,9 @@ class Context:
         self.policy, self.state = policy, state
         self.ident = identity_for(policy.name, state)
         # the probes' python: the host's (every sandbox sees its /usr), or the image's in its PATH
-        self.python = PY if policy.container is None else "python3"
+        # (a container's, or a vm bot's rootfs = "image:PATH")
+        image = policy.container is not None or (policy.vm is not None and policy.vm.image_root is not None)
+        self.python = "python3" if image else PY
         # the throwaway sandboxes' instance name: never a live bot's ("_" is no bot-name character)
         self.cgroup_name = f"{policy.name}_hostile{os.getpid()}.0"
         self.token = f"clawpen-hostile-{secrets.token_hex(6)}"
@@ -127,7 +130,8 @@ class Context:
         self.file_bound = (policy.disk or 64 << 30) + MiB
         self.tmp_bound = (policy.tmp if policy.disk is None else min(policy.tmp, policy.disk)) + 8 * MiB
         self.pid1_digest = hashlib.sha256(Path("/proc/1/cmdline").read_bytes()).hexdigest()
-        self.victim_marker = f"{100 + secrets.randbelow(100)}.{secrets.randbelow(10**9):09d}"
+        # sleep's seconds: it outlives any run (a vm bot's boots one guest per action), close() ends it
+        self.victim_marker = f"{100000 + secrets.randbelow(100000)}.{secrets.randbelow(10**9):09d}"
         self._stop = threading.Event()
         self._sockets: list[socket.socket] = []
         self._victim: subprocess.Popen[bytes] | None = None
@@ -136,7 +140,10 @@ class Context:
         self.listen_port = 0
 
     def memory_target(self, side: Side) -> int:
-        target = (self.policy.memory or 1 << 30) + 64 * MiB
+        # a vm bot without resources.memory: its bound is the guest's RAM (with it: a cgroup there)
+        vm = self.policy.vm
+        limit = self.policy.memory or (vm.memory if vm is not None else 1 << 30)
+        target = limit + 64 * MiB
         return target if side == "in" else min(target, 256 * MiB)
 
     @property

@@ -13,10 +13,15 @@ root, uid 65534, or the bot's own uid, whichever makes the comparison fair. The 
   cannot show that the containment is what stopped it;
 * ``not-judged``: the probe could not attempt the action in this sandbox (e.g. the image has no
   python3); never counted as contained;
+* ``vm-boundary`` (the vm tier only): a kernel-attack action (:data:`~clawpen.validate.actions.
+  KERNEL_ATTACKS`) ran against the guest's own kernel (its answer names a boot id that is not the
+  host's) and the host shows no trace; whether the guest's kernel allowed it or not, the host's
+  kernel never saw it. Counted as contained;
 * ``error``: the probe gave no answer (setup failed, crashed).
 
 The sandboxes are the bot's tier's (``tier = "container"``: a container of the bot's image per
-action, through the Tier and RunningSandbox protocols only); the peer bot is always a sandbox.
+action; ``tier = "vm"``: a throwaway guest per action, the probe run by the guest's init as the
+bot's uid; through the Tier and RunningSandbox protocols only); the peer bot is always a sandbox.
 
 Host fixtures the actions need (a victim process of the bot's uid, a loopback service, an
 abstract socket, a marker in /root, a second "peer" bot with a secret and a loopback service)
@@ -31,9 +36,9 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from clawpen.errors import HostError
+from clawpen.errors import HostError, UsageError
 from clawpen.sandbox.tier import Tier
 from clawpen.spec.policy import BotPolicy
 from clawpen.validate import probes
@@ -43,17 +48,21 @@ from clawpen.validate.context import (
     NOBODY,
     PROBE_TIMEOUT,
     PY,
+    VM_BOOT,
     Context,
 )
 from clawpen.validate.entered import Inside
 from clawpen.validate.sysprobe import FORCE_ENV as SYSPROBE_ENV
+
+if TYPE_CHECKING:
+    from clawpen.sandbox.namespace import NamespaceTier
 
 
 class Outcome(NamedTuple):
     id: str
     group: str
     title: str
-    verdict: str  # contained | escaped | control-failed | not-judged | error
+    verdict: str  # contained | vm-boundary | escaped | control-failed | not-judged | error
     inside: str
     control: str
 
@@ -104,7 +113,8 @@ def _run_inside(ctx: Context, tier: Tier, action: Action) -> Inside:
     from clawpen.sandbox.seccomp import default_policy
     from clawpen.sandbox.tier import Stdio, ended_within
 
-    argv = (ctx.python, "-c", probes.PRELUDE + action.code, *action.args(ctx, "in"))
+    kernel_id = probes.KERNEL_ID if ctx.policy.vm is not None else ""
+    argv = (ctx.python, "-c", probes.PRELUDE + kernel_id + action.code, *action.args(ctx, "in"))
     policy = ctx.policy._replace(command=argv, workspace=str(ctx.workspace))
     plan = build_plan(policy, ctx.ident, HostFacts.probe(), default_policy())
     dummy = {name: b"clawpen-hostile-dummy" for name in policy.secrets}
@@ -122,7 +132,7 @@ def _run_inside(ctx: Context, tier: Tier, action: Action) -> Inside:
             os.close(null)
         ended = False
         try:
-            ended = ended_within(sandbox, PROBE_TIMEOUT)
+            ended = ended_within(sandbox, PROBE_TIMEOUT + (VM_BOOT if ctx.policy.vm is not None else 0.0))
             timed_out = not ended
             if timed_out:
                 sandbox.kill()
@@ -170,10 +180,16 @@ def _run_control(
 
 
 def judge(action: Action, inside: dict[str, Any] | None, reason: str, host_escape: str | None,
-          control: dict[str, Any] | None) -> str:  # fmt: skip
-    """The verdict for one action from what happened inside, on the host, and in the control."""
+          control: dict[str, Any] | None, *, host_boot: str | None = None) -> str:  # fmt: skip
+    """The verdict for one action from what happened inside, on the host, and in the control.
+    ``host_boot``: the host kernel's boot id, in the vm tier (its kernel-attack actions that ran
+    on another kernel are ``vm-boundary``)."""
     killed = reason in ("oom", "signaled", "disk") and action.killed_ok
-    if host_escape or (inside is not None and inside["did"]):
+    if host_escape:
+        return "escaped"
+    if host_boot is not None and action.kernel and on_guest_kernel(inside, host_boot):
+        return "vm-boundary"
+    if inside is not None and inside["did"]:
         return "escaped"
     if inside is not None and inside.get("judged") is False:
         return "not-judged"
@@ -183,7 +199,21 @@ def judge(action: Action, inside: dict[str, Any] | None, reason: str, host_escap
     return "contained" if ok else "control-failed"
 
 
+def on_guest_kernel(inside: dict[str, Any] | None, host_boot: str) -> bool:
+    """The probe answered and named a kernel (boot id) that is not the host's."""
+    if inside is None or inside.get("judged") is False:
+        return False
+    boot = inside.get("boot")
+    return isinstance(boot, str) and boot not in ("", "unknown", host_boot)
+
+
+def host_boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
 SYSPROBE_NOTE = "no ctypes in the sandbox's python3"
+GUEST_ALLOWED = "the guest's own kernel allowed it"
+GUEST_REFUSED = "the guest's own kernel refused it"
 
 
 def _via(result: dict[str, Any]) -> str:
@@ -198,9 +228,13 @@ def run_action(ctx: Context, inside_run: Callable[[Action], Inside], action: Act
     host_escape = action.host_check(ctx) if action.host_check else None
     used_sysprobe = inside is not None and bool(inside.get("via"))
     control, cerr = _run_control(ctx, action, sysprobe=used_sysprobe)
-    verdict = judge(action, inside, reason, host_escape, control)
+    host_boot = host_boot_id() if ctx.policy.vm is not None else None
+    verdict = judge(action, inside, reason, host_escape, control, host_boot=host_boot)
     if inside is not None:
         seen = str(inside["detail"]) + _via(inside)
+        if verdict == "vm-boundary":
+            how = GUEST_ALLOWED if inside["did"] else GUEST_REFUSED
+            seen = f"{seen} ({how}, boot id {str(inside['boot'])[:8]})"
     else:
         seen = f"run ended: {reason}" + (f" ({errtext})" if errtext else "")
     if host_escape:
@@ -229,6 +263,12 @@ def run_hostile(
             where="validate --hostile",
             hint="run it as root (sudo clawpen validate --hostile)",
         )
+    if entered and policy.vm is not None:
+        raise UsageError(
+            "--exec cannot enter a vm bot: commands cannot be run inside a running guest (no guest agent)",
+            where="clawpen validate --hostile --exec",
+            hint="drop --exec: each action then runs in a throwaway guest of the bot's policy",
+        )
     sandboxes = NamespaceTier(state, kill_grace=2.0)  # the peer bot's tier, and a sandbox bot's
     tier, built = _tier_for(policy, state, sandboxes)
     ctx = Context(policy, state)  # no host change yet
@@ -253,13 +293,20 @@ def run_hostile(
     return outcomes
 
 
-def _tier_for(policy: BotPolicy, state: Path, sandboxes: Tier) -> tuple[Tier, str | None]:
+def _tier_for(policy: BotPolicy, state: Path, sandboxes: NamespaceTier) -> tuple[Tier, str | None]:
     """The bot's tier, and the syscall probe its sandboxes need (None: their python has ctypes)."""
+    from clawpen.paths import cache_dir
+    from clawpen.validate.sysprobe import build
+
+    if policy.vm is not None:
+        from clawpen.vm.tier import VmTier
+
+        # the guest's python: the host's (its /usr, shared), or an image's that may lack ctypes
+        built = build(cache_dir(state)) if policy.vm.image_root is not None else None
+        return VmTier(state, sandboxes), built
     if policy.container is None:
         return sandboxes, None
     from clawpen.container.tier import ContainerTier
-    from clawpen.paths import cache_dir
-    from clawpen.validate.sysprobe import build
 
     return ContainerTier(state), build(cache_dir(state))
 
@@ -278,6 +325,19 @@ def run_notes(policy: BotPolicy, outcomes: list[Outcome], *, entered: bool = Fal
             f"container tier: each action {how} of {policy.container.image} "
             "(same uid, limits, seccomp, read-only root; no network: loopback only)"
         )
+    if policy.vm is not None:
+        notes.append(
+            "vm tier: each action ran in a throwaway guest of the bot's policy (the guest's kernel, "
+            "the bot's uid there; QEMU in the bot's sandbox on the host; no network: no gateway link)"
+        )
+        boundary = [o.id for o in outcomes if o.verdict == "vm-boundary"]
+        if boundary:
+            allowed = [o.id for o in outcomes if o.verdict == "vm-boundary" and GUEST_ALLOWED in o.inside]
+            notes.append(
+                f"contained by the VM boundary ({len(boundary)} kernel-attack actions: "
+                f"{', '.join(boundary)}): they reached the guest's own kernel, never the host's"
+                + (f"; the guest's kernel allowed {', '.join(allowed)}" if allowed else "")
+            )
     via = [o.id for o in outcomes if SYSPROBE_NOTE in o.inside]
     if via:
         notes.append(
@@ -290,8 +350,11 @@ def run_notes(policy: BotPolicy, outcomes: list[Outcome], *, entered: bool = Fal
     return notes
 
 
+CONTAINED = ("contained", "vm-boundary")
+
+
 def all_contained(outcomes: list[Outcome]) -> bool:
-    return bool(outcomes) and all(o.verdict == "contained" for o in outcomes)
+    return bool(outcomes) and all(o.verdict in CONTAINED for o in outcomes)
 
 
 def action_ids() -> Iterator[str]:

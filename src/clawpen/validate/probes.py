@@ -46,10 +46,11 @@ def sc(*a):
     ctypes.set_errno(0)
     r = libc.syscall(*[ctypes.c_long(x) if isinstance(x, int) else x for x in a])
     return r, ctypes.get_errno()
+BOOT = ""  # set by KERNEL_ID: the boot id of the kernel the probe ran on, in its answer
 def js(s):
     return '"' + "".join(c if c >= " " and c not in '"\\' else "\\u%04x" % ord(c) for c in s) + '"'
 def out(did, detail="", judged=True):
-    tail = "" if judged else ', "judged": false'
+    tail = ("" if judged else ', "judged": false') + (', "boot": ' + js(BOOT) if BOOT else "")
     did = "true" if did else "false"
     sys.stdout.write('{"did": %s, "detail": %s%s}\n' % (did, js(str(detail)[:300]), tail))
     sys.stdout.flush()
@@ -69,6 +70,15 @@ def attempt(fn):
 def call(r_e, what):
     r, e = r_e
     out(r >= 0, what + (" ok" if r >= 0 else " " + en(e)))
+"""
+
+# After PRELUDE in the vm tier: each answer names the kernel it ran on (its boot id), so the
+# runner can tell the guest's kernel from the host's.
+KERNEL_ID = r"""
+try:
+    BOOT = open("/proc/sys/kernel/random/boot_id").read().strip()
+except OSError:
+    BOOT = "unknown"
 """
 
 # --- filesystem ------------------------------------------------------------------------------
@@ -310,6 +320,25 @@ empty = ctypes.create_string_buffer(b"")
 r, e = sc(313, fd, ctypes.addressof(empty), 0)
 # "did": the call reached the module loader (which rejects /dev/null), i.e. it was not refused
 out(e != errno.EPERM, "finit_module(/dev/null) " + en(e))
+"""
+
+IO_URING = r"""
+if SYSPROBE:
+    sysprobe("io_uring")
+params = (ctypes.c_uint32 * 30)()  # struct io_uring_params (120 bytes), zeroed
+r, e = sc(425, 1, ctypes.addressof(params))
+if r >= 0:
+    os.close(r)
+out(r >= 0, "io_uring_setup " + ("ok" if r >= 0 else en(e)))
+"""
+
+USERFAULTFD = r"""
+if SYSPROBE:
+    sysprobe("userfaultfd")
+r, e = sc(323, os.O_CLOEXEC | 1)  # UFFD_USER_MODE_ONLY: allowed to any uid unless refused
+if r >= 0:
+    os.close(r)
+out(r >= 0, "userfaultfd " + ("ok" if r >= 0 else en(e)))
 """
 
 RAW_SOCKET = r"""

@@ -118,6 +118,13 @@ int main(int argc, char **argv) {
         syscall(SYS_finit_module, fd, "", 0);
         /* "did": the call reached the module loader (which rejects /dev/null), i.e. not refused */
         out(errno != EPERM, "finit_module(/dev/null) %s", en(errno));
+    } else if (!strcmp(what, "io_uring")) {
+        uint32_t params[30] = {0}; /* struct io_uring_params */
+        r = syscall(SYS_io_uring_setup, 1, params);
+        out(r >= 0, "io_uring_setup %s", r >= 0 ? "ok" : en(errno));
+    } else if (!strcmp(what, "userfaultfd")) {
+        r = syscall(SYS_userfaultfd, O_CLOEXEC | 1); /* UFFD_USER_MODE_ONLY */
+        out(r >= 0, "userfaultfd %s", r >= 0 ? "ok" : en(errno));
     } else if (!strcmp(what, "clock")) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);

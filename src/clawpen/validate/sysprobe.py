@@ -3,10 +3,10 @@
 A container image brings its own python3; Debian's ``python3-minimal`` (the usual slim base) has
 no ctypes, json or resource. The Python probes (:mod:`clawpen.validate.probes`) then hand the
 actions that need a raw system call (mount, unshare, ptrace, keyctl, pidfd_open, bpf,
-perf_event_open, finit_module, clock_settime) to this small static program, copied into the
-probe's scratch folder, and the report names it (``via``). The positive control on the host
-then runs the same program, so both sides attempt the action the same way. It is compiled once
-with the host's gcc into clawpen's cache, named by the source's hash.
+perf_event_open, finit_module, clock_settime, io_uring_setup, userfaultfd) to this small static
+program, copied into the probe's scratch folder, and the report names it (``via``). The positive
+control on the host then runs the same program, so both sides attempt the action the same way.
+It is compiled once with the host's gcc into clawpen's cache, named by the source's hash.
 """
 
 from __future__ import annotations

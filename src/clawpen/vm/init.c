@@ -90,9 +90,19 @@ static void load_boot(void) {
     }
 }
 
+/* [vmhostile] How many values follow an order's key: every walk over the orders steps from key
+ * to key, so a value (the bot's argument "exec" or "net", a hostname "mod") is never read as a
+ * key (validate --hostile's priv.netns, whose probe takes the argument "net", found it). */
+static int arity(const char *key) {
+    if (!strcmp(key, "share") || !strcmp(key, "fwd")) return 2;
+    if (!strcmp(key, "tmpfs")) return 3;
+    return 1;
+}
+#define EACH_ORDER(i) for (int i = 0; i + 1 < ntok; i += 1 + arity(tok[i]))
+
 /* The value after key (the first occurrence), or NULL. */
 static const char *get(const char *key) {
-    for (int i = 0; i + 1 < ntok; i++)
+    EACH_ORDER(i)
         if (!strcmp(tok[i], key)) return tok[i + 1];
     return NULL;
 }
@@ -311,9 +321,9 @@ static void load_seccomp(void) {
 static pid_t run_bot(int outfd, int errport) {
     char *argv[MAXTOK], *envp[MAXTOK];
     int na = 0, ne = 0;
-    for (int i = 0; i + 1 < ntok; i++) {
-        if (!strcmp(tok[i], "arg")) argv[na++] = tok[++i];
-        else if (!strcmp(tok[i], "env")) envp[ne++] = tok[++i];
+    EACH_ORDER(i) {
+        if (!strcmp(tok[i], "arg")) argv[na++] = tok[i + 1];
+        else if (!strcmp(tok[i], "env")) envp[ne++] = tok[i + 1];
     }
     argv[na] = NULL;
     envp[ne] = NULL;
@@ -367,26 +377,24 @@ int main(void) {
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     load_boot();
     read_seccomp();
-    for (int i = 0; i + 1 < ntok; i++)
-        if (!strcmp(tok[i], "mod")) insmod(tok[++i]);
+    EACH_ORDER(i)
+        if (!strcmp(tok[i], "mod")) insmod(tok[i + 1]);
     const char *root = get("root");
     if (!root) {
         say("no root share");
         halt();
     }
     mount9p(root, "/newroot", 1);
-    for (int i = 0; i + 2 < ntok; i++) {
+    EACH_ORDER(i) {
         char dest[4096];
-        if (!strcmp(tok[i], "share")) {
+        if (!strcmp(tok[i], "share") && i + 2 < ntok) {
             snprintf(dest, sizeof dest, "/newroot%s", tok[i + 2]);
             mount9p(tok[i + 1], dest, 0);
-            i += 2;
         } else if (!strcmp(tok[i], "tmpfs") && i + 3 < ntok) {
             char opts[128];
             snprintf(dest, sizeof dest, "/newroot%s", tok[i + 1]);
             snprintf(opts, sizeof opts, "size=%s,mode=%s", tok[i + 2], tok[i + 3]);
             if (mount("tmpfs", dest, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0) die(dest);
-            i += 3;
         }
     }
     umount2("/proc", MNT_DETACH);
@@ -443,11 +451,8 @@ int main(void) {
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd >= 0) pfd[npfd++] = (struct pollfd){.fd = fd, .events = POLLIN};
     }
-    for (int i = 0; i + 2 < ntok; i++)
-        if (!strcmp(tok[i], "fwd")) {
-            relay(atoi(tok[i + 1]), atoi(tok[i + 2]));
-            i += 2;
-        }
+    EACH_ORDER(i)
+        if (!strcmp(tok[i], "fwd") && i + 2 < ntok) relay(atoi(tok[i + 1]), atoi(tok[i + 2]));
     long ooms = oom_kills();
     pid_t bot = run_bot(outport, errport);
     if (status >= 0) {
