@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -462,3 +463,14 @@ def run_hostile(
         timeout=timeout,
         check=False,
     )
+
+
+def socket_in_ns(name: str) -> socket.socket:
+    """A TCP socket of the network namespace /run/netns/NAME (the test's own)."""
+    from clawpen.netns import socket_in
+
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return socket_in(fd)
+    finally:
+        os.close(fd)

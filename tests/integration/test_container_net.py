@@ -21,10 +21,8 @@ from pathlib import Path
 import pytest
 from container_env import BASE_IMAGE, ensure_base_image
 from gateway_env import FakeDNS
-from helpers import peer_recorder, wait_for
+from helpers import peer_recorder, socket_in_ns, wait_for
 from test_gateway_daemon import Daemon, world  # noqa: F401 (the fixture)
-
-from clawpen.netns import socket_in
 
 pytestmark = [pytest.mark.docker, pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap]
 
@@ -111,9 +109,7 @@ def box_world(world: tuple[Daemon, FakeDNS]) -> Iterator[tuple[Daemon, FakeDNS]]
 @pytest.fixture
 def host_loopback(box_world: tuple[Daemon, FakeDNS]) -> Iterator[tuple[int, list[str]]]:
     """A TCP service on the loopback of the daemon's host namespace, recording its peers."""
-    fd = os.open(f"/run/netns/{box_world[0].ns}", os.O_RDONLY | os.O_CLOEXEC)
-    s = socket_in(fd)
-    os.close(fd)
+    s = socket_in_ns(box_world[0].ns)
     s.bind(("127.0.0.1", 0))
     with peer_recorder(s) as served:
         yield served
@@ -186,11 +182,7 @@ def test_a_container_bot_reaches_only_its_allowlist_through_the_gateway(
     # the host's loopback is not reachable (the container's 127.0.0.1 is its own); the positive
     # control: the service answers in the host namespace
     assert out["host_loopback"] == "error:Connection refused", out
-    fd = os.open(f"/run/netns/{d.ns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        c = socket_in(fd)
-    finally:
-        os.close(fd)
+    c = socket_in_ns(d.ns)
     with c:
         c.settimeout(3)
         c.connect(("127.0.0.1", port))
@@ -250,11 +242,7 @@ while True:
 
 
 def _free_port(ns: str) -> int:
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        s = socket_in(fd)
-    finally:
-        os.close(fd)
+    s = socket_in_ns(ns)
     with s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -262,11 +250,7 @@ def _free_port(ns: str) -> int:
 
 def _fetch(ns: str, port: int) -> str:
     """What a published port on the loopback of the daemon's host namespace answers ("": none)."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        s = socket_in(fd)
-    finally:
-        os.close(fd)
+    s = socket_in_ns(ns)
     with s:
         s.settimeout(3)
         try:

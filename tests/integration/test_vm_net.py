@@ -14,18 +14,15 @@ from __future__ import annotations
 import ast
 import ipaddress
 import json
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 from gateway_env import FakeDNS
-from helpers import peer_recorder, wait_for
+from helpers import peer_recorder, socket_in_ns, wait_for
 from test_container_net import BOX, PEER, _bot_addr, _fetch, _free_port
 from test_gateway_daemon import Daemon, world  # noqa: F401 (the fixture)
 from vm_env import guest_kernel
-
-from clawpen.netns import socket_in
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap, pytest.mark.vm]
 BOOT = 90  # seconds a boot may take under TCG on a loaded 2-core machine
@@ -53,9 +50,7 @@ def _report(d: Daemon, bot: str, tag: str) -> dict[str, object]:
 @pytest.fixture
 def host_loopback(world: tuple[Daemon, FakeDNS]) -> Iterator[tuple[int, list[str]]]:  # noqa: F811
     """A TCP service on the loopback of the daemon's host namespace, recording its peers."""
-    fd = os.open(f"/run/netns/{world[0].ns}", os.O_RDONLY | os.O_CLOEXEC)
-    s = socket_in(fd)
-    os.close(fd)
+    s = socket_in_ns(world[0].ns)
     s.bind(("127.0.0.1", 0))
     with peer_recorder(s) as served:
         yield served
@@ -145,11 +140,7 @@ def test_a_vm_bot_reaches_only_its_allowlist_through_the_gateway(
     # namespace's loopback) is it; the positive control: the service answers in the host namespace
     assert out["host_loopback"] == "error:Connection refused", out
     assert str(out["slirp_host"]).startswith("error:"), out
-    fd = os.open(f"/run/netns/{d.ns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        c = socket_in(fd)
-    finally:
-        os.close(fd)
+    c = socket_in_ns(d.ns)
     with c:
         c.settimeout(3)
         c.connect(("127.0.0.1", port))
@@ -272,11 +263,7 @@ server.serve_forever()
 
 def _http_get(ns: str, port: int) -> str:
     """The body a GET / on ``127.0.0.1:port`` of the daemon's host namespace answers ("": none)."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        s = socket_in(fd)
-    finally:
-        os.close(fd)
+    s = socket_in_ns(ns)
     with s:
         s.settimeout(5)
         try:
