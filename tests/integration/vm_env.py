@@ -1,14 +1,13 @@
 """The VM tier's test set-up: QEMU from Debian and one guest kernel for the whole test run.
 
 The kernel (Debian's linux-image-amd64, only the image and the guest's modules are kept) is
-fetched once into :data:`KERNEL_CACHE`, outside any test's state folder, under a lock (the two
+fetched once into :data:`KERNEL_CACHE`, outside any test's state folder, under clawpen's lock (the two
 pytest groups of scripts/test.sh run at once); tests name it with ``vm.kernel = "..."``, so no
 test daemon downloads its own.
 """
 
 from __future__ import annotations
 
-import fcntl
 import shutil
 from pathlib import Path
 
@@ -32,8 +31,4 @@ def missing() -> str | None:
 
 def guest_kernel() -> str:
     """The path of the shared test kernel (``vmlinuz-RELEASE`` in an unpacked package tree)."""
-    KERNEL_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
-    with open(KERNEL_CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        found = kernel.cached(KERNEL_CACHE) or kernel.fetch_debian(KERNEL_CACHE)
-    return str(found.image)
+    return str(kernel.resolve("auto", KERNEL_CACHE).image)  # fetched once, under clawpen's lock

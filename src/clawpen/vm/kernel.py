@@ -8,6 +8,7 @@ kept (about 14 MB).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -71,7 +72,10 @@ def resolve(setting: str, cache: Path, *, fetch: bool = True) -> GuestKernel:
         return found
     if not fetch:
         raise HostError("no guest kernel yet: the first VM bot fetches Debian's", hint=HINT)
-    return fetch_debian(cache)
+    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with open(cache / ".vm-kernel.lock", "w") as lock:  # two VM bots starting at once fetch once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return cached(cache) or fetch_debian(cache)
 
 
 def _run(argv: list[str], cwd: str, what: str) -> None:

@@ -192,6 +192,10 @@ class VmTier:
                 status_fd=status_fd,
                 secrets=qsecrets,
             )
+        except BaseException:  # nothing of a start that failed stays mounted
+            with contextlib.suppress(ClawpenError):
+                release_ctl(self.ctl_dir(name))
+            raise
         finally:
             os.close(out)
             os.close(err)
