@@ -15,9 +15,13 @@ tests/integration/vm_env.py into /var/cache/clawpen-tests)::
    accelerator, memory, virtio devices, 9p root share, the same init and orders: built once
    from clawpen.vm.layout / clawpen.vm.initrd, the initramfs written to a file beforehand, the
    host's / as the read-only 9p root instead of the sandbox's tree), timed from the spawn to the
-   first byte the guest writes on the stdout port. Alternated (ABAB) after a warm-up each;
-   median and p90; also the time to the end (the guest powers off after the bot's exit). Goal
-   <= 1.1x.
+   first byte the guest writes on the stdout port, twice: in the bench's own (root) cpu cgroup,
+   and "beside": in a cpu cgroup of its own under clawpen's ``clawpen/`` parent, no limit set
+   (on cgroup v1 all bots share that parent's weight: on a host where other bots run, the fair
+   anchor competes for the CPU as a bot does). Rounds rotate the three after a warm-up; median,
+   p90, the time to the end (the guest powers off after the bot's exit) and QEMU's CPU seconds
+   at the first line (the work done, whatever the load); then clawpen's own costs before QEMU
+   starts, each alone. Goal <= 1.1x against the beside anchor.
 2. ``memory``   an idle VM bot (``sleep 600``, 256M guest) against the same bot in the sandbox
    tier, both through a daemon of the bench's own: the cgroup's memory (``ps``: memory.current
    or v1's usage, page cache included) sampled over a window after settling, and QEMU's RSS.
