@@ -16,6 +16,7 @@ guest's init wrote on the status port, not QEMU's own exit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from clawpen.errors import ClawpenError, NotReady, SandboxError
+from clawpen.fsutil import write_atomic
 from clawpen.paths import cache_dir
 from clawpen.sandbox import seccomp
 from clawpen.sandbox.tier import (
@@ -92,25 +94,42 @@ class VmTier:
 
     def accel(self) -> str:
         if self._accel is None:
-            found = accel_mod.probe()
-            self._accel, self.accel_reason = found.name, found.reason
+            self._host_probes()
+        assert self._accel is not None
         return self._accel
 
     def tsc_khz(self) -> int | None:
         """The host's TSC rate for a TCG guest (measured once), None under KVM."""
-        if self.accel() != "tcg":
-            return None
-        if self._tsc_khz is None:
+        if self._accel is None:
+            self._host_probes()
+        return self._tsc_khz if self._accel == "tcg" and self._tsc_khz else None
+
+    def _host_probes(self) -> None:
+        """KVM or TCG, and the TSC rate: probed once per host boot and QEMU (kept in clawpen's
+        cache, so each `clawpen run` does not pay ~0.2 s for them)."""
+        cache = cache_dir(self._state)
+        key = f"{_boot_id()}:{_mtime(accel_mod.QEMU)}"
+        saved = cache / "vm-host.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            data = json.loads(saved.read_text())
+            if data["key"] == key:
+                self._accel, self.accel_reason, self._tsc_khz = (
+                    data["accel"],
+                    data["reason"],
+                    int(data["tsc_khz"]),
+                )
+                return
+        found = accel_mod.probe()
+        self._accel, self.accel_reason, self._tsc_khz = found.name, found.reason, 0
+        if found.name == "tcg":
             tool = build_static(
-                "clawpen.vm",
-                "tsc.c",
-                "clawpen-tsc",
-                cache_dir(self._state),
-                what="the TSC probe",
-                hint=INIT_HINT,
+                "clawpen.vm", "tsc.c", "clawpen-tsc", cache, what="the TSC probe", hint=INIT_HINT
             )
             self._tsc_khz = accel_mod.tsc_khz(tool)
-        return self._tsc_khz or None
+        record = {"key": key, "accel": self._accel, "reason": self.accel_reason, "tsc_khz": self._tsc_khz}
+        with contextlib.suppress(OSError):
+            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(saved, json.dumps(record).encode(), mode=0o600)
 
     def ctl_dir(self, cgroup_name: str) -> Path:
         """The VM's control folder; ``cgroup_name`` carries the daemon's scope (one per state)."""
@@ -206,6 +225,18 @@ class VmTier:
         if inner is None or record.cgroup is None:
             return None
         return VmSandbox(inner, self.ctl_dir(record.cgroup))
+
+
+def _boot_id() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return "?"
+
+
+def _mtime(path: str) -> int:
+    with contextlib.suppress(OSError):
+        return os.stat(path).st_mtime_ns
+    return 0
 
 
 def _parse_end(line: str) -> tuple[str, int, bool] | None:
