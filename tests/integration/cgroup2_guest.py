@@ -31,6 +31,7 @@ from clawpen.staticbin import build_static
 from clawpen.vm import accel, initrd, kernel
 
 RESULTS = "/tmp/guest-results"  # the writable share's mount point in the guest
+REPO = Path(__file__).resolve().parents[2]  # shared read-only at its own path
 MEMORY_MIB = 2048
 CPUS = 2
 CACHE = KERNEL_CACHE / "cgroup2-guest"  # the static init and the shared initramfs part
@@ -61,6 +62,8 @@ def _orders(modules: Sequence[str], command: Sequence[str], env: Mapping[str, st
     # tmpfs first: the results share is mounted on a folder made in the guest's /tmp
     orders += [("tmpfs", "/tmp", "768M", "1777"), ("tmpfs", "/run", "64M", "755")]
     orders += [("tmpfs", "/var/tmp", "64M", "1777"), ("share", "results", RESULTS)]
+    # the repository (its tests and .venv) at its own path, also when that is under /tmp (a CI clone)
+    orders += [("share", "repo", str(REPO))]
     orders += [("hostname", "cgroup2-guest"), ("cgroup2", "1"), ("exec", "1"), ("cwd", cwd)]
     orders += [("nofile", "65536")]
     orders += [("arg", a) for a in command]
@@ -84,7 +87,8 @@ def qemu_argv(work: Path, tsc_khz: int) -> list[str]:
     for port in ("stdout", "stderr", "status"):
         argv += ["-chardev", f"file,id={port},path={work / port},append=on"]
         argv += ["-device", f"virtserialport,chardev={port},name=org.clawpen.{port}"]
-    for tag, path, ro in (("root", "/", True), ("results", str(work / "results"), False)):
+    shares = (("root", "/", True), ("results", str(work / "results"), False), ("repo", str(REPO), True))
+    for tag, path, ro in shares:
         opts = f"local,id={tag},path={path},security_model=none,multidevs=remap"
         argv += ["-fsdev", opts + (",readonly=on" if ro else "")]
         argv += ["-device", f"virtio-9p-device,fsdev={tag},mount_tag={tag}"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pytest
+
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Identity
 from clawpen.sandbox.seccomp import default_policy
@@ -110,3 +112,33 @@ def test_a_hostile_guests_status_lines_are_read_safely() -> None:
         "\0" * 50,
     ):
         assert _parse_end(hostile) is None, hostile
+
+
+def test_two_vms_starting_at_once_both_get_the_tsc_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon starts VMs in threads: the second must not see TCG before the rate is known (a
+    TCG guest started without it calibrated its clock under a CPU quota and hung at boot)."""
+    import threading
+    import time
+
+    from clawpen.vm import accel, tier
+
+    def slow_tsc(tool: str) -> int:
+        time.sleep(0.3)  # the measurement takes time; a second thread asks meanwhile
+        return 2_596_000
+
+    monkeypatch.setattr(accel, "probe", lambda *a, **k: accel.Accel("tcg", "no KVM here"))
+    monkeypatch.setattr(accel, "tsc_khz", slow_tsc)
+    monkeypatch.setattr(tier, "build_static", lambda *a, **k: "/bin/true")
+    vm = tier.VmTier(tmp_path, None)  # type: ignore[arg-type]
+    got: list[int | None] = []
+    threads = [threading.Thread(target=lambda: got.append(vm.tsc_khz())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [2_596_000, 2_596_000]
+    # kept for the next process (clawpen run): no new measurement, the same answer
+    monkeypatch.setattr(accel, "tsc_khz", lambda tool: 0)
+    assert tier.VmTier(tmp_path, None).tsc_khz() == 2_596_000  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -91,45 +92,46 @@ class VmTier:
         self._accel = accel  # None: probed on first use
         self.accel_reason = ""
         self._tsc_khz: int | None = None
+        self._probe_lock = threading.Lock()
 
     def accel(self) -> str:
-        if self._accel is None:
-            self._host_probes()
-        assert self._accel is not None
-        return self._accel
+        return self._host_probes()[0]
 
     def tsc_khz(self) -> int | None:
         """The host's TSC rate for a TCG guest (measured once), None under KVM."""
-        if self._accel is None:
-            self._host_probes()
-        return self._tsc_khz if self._accel == "tcg" and self._tsc_khz else None
+        accel, khz = self._host_probes()
+        return khz if accel == "tcg" and khz else None
 
-    def _host_probes(self) -> None:
-        """KVM or TCG, and the TSC rate: probed once per host boot and QEMU (kept in clawpen's
-        cache, so each `clawpen run` does not pay ~0.2 s for them)."""
+    def _host_probes(self) -> tuple[str, int]:
+        """KVM or TCG, and the TSC rate, answered together: VMs start in threads of the daemon,
+        and a guest started with a half-set answer (TCG without the rate) can hang at boot."""
+        with self._probe_lock:
+            if self._accel is None:
+                self._accel, self.accel_reason, self._tsc_khz = self._probe_host()
+            return self._accel, self._tsc_khz or 0
+
+    def _probe_host(self) -> tuple[str, str, int]:
+        """Probed once per host boot and QEMU, and kept in clawpen's cache (each `clawpen run`
+        would pay ~0.2 s for them)."""
         cache = cache_dir(self._state)
         key = f"{_boot_id()}:{_mtime(accel_mod.QEMU)}"
         saved = cache / "vm-host.json"
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             data = json.loads(saved.read_text())
             if data["key"] == key:
-                self._accel, self.accel_reason, self._tsc_khz = (
-                    data["accel"],
-                    data["reason"],
-                    int(data["tsc_khz"]),
-                )
-                return
+                return str(data["accel"]), str(data["reason"]), int(data["tsc_khz"])
         found = accel_mod.probe()
-        self._accel, self.accel_reason, self._tsc_khz = found.name, found.reason, 0
+        khz = 0
         if found.name == "tcg":
             tool = build_static(
                 "clawpen.vm", "tsc.c", "clawpen-tsc", cache, what="the TSC probe", hint=INIT_HINT
             )
-            self._tsc_khz = accel_mod.tsc_khz(tool)
-        record = {"key": key, "accel": self._accel, "reason": self.accel_reason, "tsc_khz": self._tsc_khz}
+            khz = accel_mod.tsc_khz(tool)
+        record = {"key": key, "accel": found.name, "reason": found.reason, "tsc_khz": khz}
         with contextlib.suppress(OSError):
             cache.mkdir(mode=0o700, parents=True, exist_ok=True)
             write_atomic(saved, json.dumps(record).encode(), mode=0o600)
+        return found.name, found.reason, khz
 
     def ctl_dir(self, cgroup_name: str) -> Path:
         """The VM's control folder; ``cgroup_name`` carries the daemon's scope (one per state)."""
