@@ -68,9 +68,13 @@ EXE = 0o100755
 FILE = 0o100400
 
 
-def base_archive(init: str, modules_dir: Path, cache: Path) -> Path:
-    """The shared part (gzip), cached under ``cache`` by the init's and modules' identity."""
-    mods = module_order(modules_dir)
+def base_archive(
+    init: str, modules_dir: Path, cache: Path, mods: list[tuple[str, Path]] | None = None
+) -> Path:
+    """The shared part (gzip), cached under ``cache`` by the init's and modules' identity.
+    ``mods``: :func:`module_order` of ``modules_dir`` when the caller has it already (it reads
+    every module file)."""
+    mods = module_order(modules_dir) if mods is None else mods
     key = hashlib.sha256(Path(init).name.encode() + str(modules_dir).encode())
     for name, path in mods:
         st = path.stat()

@@ -43,7 +43,8 @@ class GuestKernel(NamedTuple):
 
 
 def configured(path: str) -> GuestKernel:
-    """The kernel of ``vm.kernel = PATH``: modules from /lib/modules/RELEASE."""
+    """The kernel at ``PATH`` (``vm.kernel``, or one fetched into the cache): its modules from the
+    ``lib/modules/RELEASE`` of the package tree it sits in, else /lib/modules/RELEASE."""
     from clawpen.spec.vm import modules_dir
 
     image = Path(path)
@@ -58,9 +59,7 @@ def cached(cache: Path) -> GuestKernel | None:
     found = sorted(folder.glob("*/boot/vmlinuz-*")) if folder.is_dir() else []
     if not found:
         return None
-    image = found[-1]
-    release = image.name.removeprefix("vmlinuz-")
-    return GuestKernel(image, image.parent.parent / "lib" / "modules" / release / "kernel", release)
+    return configured(str(found[-1]))  # an unpacked package tree: its own lib/modules
 
 
 def resolve(setting: str, cache: Path, *, fetch: bool = True) -> GuestKernel:

@@ -147,7 +147,8 @@ class VmTier:
         init = build_static(
             "clawpen.vm", "init.c", "clawpen-vminit", cache, what="the guest's init", hint=INIT_HINT
         )
-        base = initrd.base_archive(init, guest.modules, cache)
+        mods = initrd.module_order(guest.modules)  # read once: the archive's key and the orders
+        base = initrd.base_archive(init, guest.modules, cache, mods)
         ctl = self.ctl_dir(cgroup_name)
         release_ctl(ctl)
         ctl.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -164,7 +165,7 @@ class VmTier:
             plan,
             kernel=str(guest.image),
             ctl=str(ctl),
-            modules=initrd.module_names(guest.modules),
+            modules=[name for name, _ in mods],
             accel=self.accel(),
             secret_env=secret_env,
             stdio=stdio,
