@@ -189,7 +189,11 @@ def test_flooding_bot_cannot_starve_another_bots_dns(bench: Bench) -> None:
     assert flood["sent"] > 20 * (BURST + RATE * elapsed), flood
     assert flood["answered"] <= BURST + RATE * (elapsed + 1) + 1, flood
     latencies.sort()
-    assert latencies[-1] < 0.2, latencies  # p99 of 20: the worst one
+    # Starved, the victim's queries would be dropped with the flood's (a 3 s timeout) or wait
+    # behind its queue. The median shows the fair share; the worst one allows for the CI
+    # machine's other suites (emulated VMs) taking the CPU for a moment.
+    assert latencies[len(latencies) // 2] < 0.05, latencies
+    assert latencies[-1] < 1.0, latencies
     assert max(queued) <= QUEUE_TOTAL
     assert rss() - rss_before < 64 << 20  # nothing grew with the flood
     # Rows: a few aggregated ones for the whole flood, every query counted in them.
