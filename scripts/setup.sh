@@ -13,8 +13,9 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # the locally built base image (no registry), a static busybox (the start gate), gcc and libc6-dev
 # (the static seccomp loader, built once), docker-compose for the exported file; Podman (the tests
 # start its Docker-compatible API service) with catatonit, its --init. The VM tier's: QEMU.
+# Failover (cluster) tests: etcd (the tests start a 3-member cluster in a network namespace).
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
-  gcc libc6-dev docker-compose podman catatonit qemu-system-x86)
+  gcc libc6-dev docker-compose podman catatonit qemu-system-x86 etcd-server etcd-client)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
