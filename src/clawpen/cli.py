@@ -83,6 +83,7 @@ COMMAND_MODULES = (
     "clawpen.cli_snapshot",
     "clawpen.cli_storage",
     "clawpen.cli_image",
+    "clawpen.cli_cluster",
     "clawpen.api.cli",
 )
 
@@ -118,6 +119,7 @@ COMMAND_INDEX = {
     "snapshot": "clawpen.cli_snapshot",
     "storage": "clawpen.cli_storage",
     "image": "clawpen.cli_image",
+    **dict.fromkeys(("cluster", "failover"), "clawpen.cli_cluster"),
 }
 
 

@@ -19,6 +19,7 @@ from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import HostError
+from clawpen.ha.component import HaRegistry
 from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.net.instance import sweep_orphan_relays
 from clawpen.paths import cache_dir
@@ -47,6 +48,7 @@ def components(state: Path) -> list[Component]:
     """Every component, in start order (each module adds its own line here)."""
     found: list[Component] = []
     found.append(__import__("clawpen.logs.component", fromlist=["_"]).LogSpaceComponent(state))
+    found.append(__import__("clawpen.ha.component", fromlist=["_"]).HaComponent(state))
     found.append(__import__("clawpen.metrics.service", fromlist=["Monitor"]).Monitor(state))
     found.append(__import__("clawpen.api.component", fromlist=["ApiComponent"]).ApiComponent(state))
     found.append(__import__("clawpen.net.component", fromlist=["GatewayComponent"]).GatewayComponent(state))
@@ -68,6 +70,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     vm = VmTier(state, sandbox)  # QEMU in the bot's namespace sandbox; KVM probed on first use
     policy = default_policy()
     compressor = Compressor()
+    ha = HaRegistry()  # filled by the failover component (clawpen.ha.component)
 
     def services(daemon: Daemon) -> Services:
         return Services(
@@ -86,6 +89,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
             secrets=lambda names: Vault(state).values_for(names) if names else {},
             note=daemon.note,
             network=__import__("clawpen.net.links", fromlist=["for_daemon"]).for_daemon(state, daemon),
+            ha=ha,
         )
 
     daemon = Daemon(store, services)

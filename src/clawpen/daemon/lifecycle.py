@@ -78,10 +78,16 @@ def instance_plan(
     host: HostFacts,
     seccomp: SeccompPolicy,
     link: Link | None = None,
+    extra_env: tuple[tuple[str, str], ...] = (),
+    extra_secrets: tuple[str, ...] = (),
 ) -> Plan:
-    """The plan of one replica of a daemon-managed bot (also what `clawpen exec` enters)."""
+    """The plan of one replica of a daemon-managed bot (also what `clawpen exec` enters);
+    ``extra_env``/``extra_secrets``: the daemon's own (an HA term's fencing token)."""
     policy = bot.to_policy(name, base_dir)
-    policy = policy._replace(env=(*policy.env, ("CLAWPEN_REPLICA", str(replica))))
+    policy = policy._replace(
+        env=(*policy.env, ("CLAWPEN_REPLICA", str(replica)), *extra_env),
+        secrets=(*policy.secrets, *extra_secrets),
+    )
     ident = identity_for(name, state_dir)
     net = None if link is None else link.for_plan(policy.egress)
     return build_plan(policy, ident, host, seccomp, die_with_parent=False, link=net)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from clawpen.daemon import hagate
 from clawpen.daemon import watchers as watch
 from clawpen.daemon.lifecycle import describe, instance_plan, open_fifos, settle, terminate
 from clawpen.daemon.store import Instance as InstanceRow
@@ -45,6 +46,7 @@ from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 from clawpen.vault.redact import Redactor
 
 if TYPE_CHECKING:
+    from clawpen.ha.component import HaRegistry
     from clawpen.net.links import LinkManager
     from clawpen.sandbox.cgroups import CgroupHost
 
@@ -71,6 +73,7 @@ class Services(NamedTuple):
     secrets: Callable[[list[str]], dict[str, bytes]]  # vault values by name
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
     network: LinkManager | None = None  # per-bot namespaces and links (bots with egress)
+    ha: HaRegistry | None = None  # the failover agents of HA bots (ha/component.py)
 
 
 REQUESTED = {Outcome.STOP: "stop requested", Outcome.RESTART: "restart requested"}
@@ -255,7 +258,7 @@ class Instance:
                     self.transition(S.STOPPED, "stopped by request")
                     return
                 self._request = None
-                if await self._outside_window():
+                if await self._outside_window() or await hagate.until_primary(self):
                     continue
                 self.transition(S.STARTING, "start requested" if self._manual_start else "restarting")
                 try:
@@ -273,6 +276,10 @@ class Instance:
             result = await self._finish(sandbox, outcome)
             self.sandbox = None
             self.last = result
+            hagate.bot_down(self)
+            if outcome is Outcome.DEMOTED:
+                self.transition(S.STANDBY, self._why)
+                continue
             if outcome is Outcome.STOP:
                 self.tracker.record_manual_stop(self.svc.clock())
                 self.transition(S.STOPPED, f"stopped by request ({describe(result)})")
@@ -342,6 +349,8 @@ class Instance:
             host=self.svc.host,
             seccomp=self.svc.seccomp,
             link=self.net.link,
+            extra_env=hagate.env(self),
+            extra_secrets=tuple(hagate.files(self)),
         )
 
     def _paths(self, *, legacy: bool = False) -> dict[str, Path]:
@@ -378,7 +387,7 @@ class Instance:
                     cgroup_name=self.cgroup_name,
                     stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
                     status_fd=status_fd,
-                    secrets=self._secrets,
+                    secrets={**self._secrets, **hagate.files(self)},
                     wire_net=wire_net,
                 ),
             )
@@ -414,7 +423,7 @@ class Instance:
         pidfd = sandbox.exit_fd()
         loop.add_reader(pidfd, settle, exited)
         self._wake.clear()
-        watchers = {loop.create_task(w) for w in watch.for_instance(self, sandbox)}
+        watchers = {loop.create_task(w) for w in [*watch.for_instance(self, sandbox), *hagate.watchers(self)]}
         try:
             while True:
                 if self._request is not None:
@@ -480,7 +489,7 @@ class Instance:
 
     async def _terminate(self, sandbox: RunningSandbox) -> None:
         """SIGTERM every process of the bot, then SIGKILL them after the grace period."""
-        grace = self.bot.restart.stop_grace
+        grace = 0.0 if hagate.urgent(self) else self.bot.restart.stop_grace
         await terminate(sandbox, grace, lambda kind, why: self.svc.note(kind, why, self.name, self.replica))
 
     # ---------------------------------------------------------------- views

@@ -326,6 +326,8 @@ def judge(inst: Instance, now: float, settle: float = SETTLE) -> tuple[bool | No
         return (True, "running") if since is not None and now - since >= settle else (None, "running")
     if state is S.SCHEDULED_OFF:
         return True, "outside its active window"
+    if state is S.STANDBY:
+        return True, "standby (another host is its primary)"
     last = inst.last
     if state is S.STOPPED and last is not None and last.reason == "exited" and last.exit_code == 0:
         return True, "completed (exit 0)"

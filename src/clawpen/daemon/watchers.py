@@ -38,6 +38,7 @@ class Outcome(enum.Enum):
     UNHEALTHY = "unhealthy"  # the health check failed `retries` times
     MEMORY = "memory-pressure"  # memory stayed above the share of its limit
     DISK = "disk"  # the workspace grew past the bot's disk cap
+    DEMOTED = "demoted"  # an HA bot's host is no longer its primary
 
 
 Verdict = tuple[Outcome, str] | None

@@ -18,6 +18,8 @@ States (a process exists only in the four *active* ones, see :func:`is_active`):
                    will not help until the cause is fixed
     scheduled_off  no process because the time is outside the bot's ``active`` window; the
                    window's next opening starts it
+    standby        no process because another host is the primary of this HA bot (``ha``);
+                   becoming primary starts it
 
 ``exited`` and ``oom`` are short-lived: the caller asks :class:`clawpen.supervisor.backoff.
 RestartTracker` what to do and moves on to ``starting`` (immediate restart), ``backoff``,
@@ -63,27 +65,29 @@ class BotState(StrEnum):
     CRASHLOOP = "crashloop"
     FAILED = "failed"
     SCHEDULED_OFF = "scheduled_off"
+    STANDBY = "standby"
 
 
 _S = BotState
 
 TRANSITIONS: Mapping[BotState, frozenset[BotState]] = MappingProxyType(
     {
-        _S.CREATED: frozenset({_S.STARTING, _S.STOPPED, _S.SCHEDULED_OFF}),
+        _S.CREATED: frozenset({_S.STARTING, _S.STOPPED, _S.SCHEDULED_OFF, _S.STANDBY}),
         _S.STARTING: frozenset({_S.RUNNING, _S.FAILED, _S.EXITED, _S.OOM, _S.STOPPING}),
         _S.RUNNING: frozenset({_S.UNHEALTHY, _S.STOPPING, _S.EXITED, _S.OOM}),
         _S.UNHEALTHY: frozenset({_S.RUNNING, _S.STOPPING, _S.EXITED, _S.OOM}),
-        _S.STOPPING: frozenset({_S.STOPPED, _S.SCHEDULED_OFF, _S.EXITED, _S.OOM}),
-        _S.STOPPED: frozenset({_S.STARTING, _S.SCHEDULED_OFF}),
+        _S.STOPPING: frozenset({_S.STOPPED, _S.SCHEDULED_OFF, _S.STANDBY, _S.EXITED, _S.OOM}),
+        _S.STOPPED: frozenset({_S.STARTING, _S.SCHEDULED_OFF, _S.STANDBY}),
         # EXITED -> FAILED: a run that ended before its bot ran (a VM whose guest could not boot)
         _S.EXITED: frozenset(
-            {_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF, _S.FAILED}
+            {_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF, _S.FAILED, _S.STANDBY}
         ),
-        _S.OOM: frozenset({_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF}),
-        _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPED, _S.SCHEDULED_OFF}),
-        _S.CRASHLOOP: frozenset({_S.STARTING, _S.STOPPED}),
-        _S.FAILED: frozenset({_S.STARTING, _S.STOPPED}),
+        _S.OOM: frozenset({_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF, _S.STANDBY}),
+        _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPED, _S.SCHEDULED_OFF, _S.STANDBY}),
+        _S.CRASHLOOP: frozenset({_S.STARTING, _S.STOPPED, _S.STANDBY}),
+        _S.FAILED: frozenset({_S.STARTING, _S.STOPPED, _S.STANDBY}),
         _S.SCHEDULED_OFF: frozenset({_S.STARTING, _S.STOPPED}),
+        _S.STANDBY: frozenset({_S.STARTING, _S.STOPPED}),
     }
 )
 """Every allowed move: ``to in TRANSITIONS[from]``. Covers every :class:`BotState`."""
