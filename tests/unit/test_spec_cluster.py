@@ -142,6 +142,10 @@ def test_a_local_sync_repository_is_checked_like_a_storage_tier(tmp_path: Path) 
     warm = f'[storage]\nwarm = {{ repository = "{state_dir() / "repo"}" }}\n'
     with pytest.raises(PolicyError, match="state folder"):
         load(tmp_path, warm)
+    # a path through /proc (realpath of /proc/1/root raised PermissionError before): a clear error
+    with pytest.raises(ConfigError, match="/proc"):
+        load(tmp_path, '[storage]\nwarm = { repository = "/proc/1/root/srv" }\n')
+    assert load(tmp_path, f'[storage]\nwarm = {{ repository = "{repo}" }}\n').spec.storage.warm is not None
 
 
 # ----------------------------------------------------------------------------- refusals
