@@ -277,7 +277,7 @@ HEALTH = [
     {"tcp": "127.0.0.1:5000"},
     {"cmd": ["true"], "retries": 2},
 ]
-NOT_GENERATED = ("firewall", "build", "schedule", "notify", "builtin")  # need a consistent set
+NOT_GENERATED = ("firewall", "build", "schedule", "notify", "builtin", "ha")  # need a consistent set
 
 
 @st.composite
@@ -402,6 +402,7 @@ SWEEP_PATHS = [
     *_leaf_paths(SCHEMA["properties"]["gateway"], ("gateway",)),
     *_leaf_paths(SCHEMA["properties"]["monitoring"], ("monitoring",)),
     *_leaf_paths(SCHEMA["properties"]["host"], ("host",)),
+    *_leaf_paths(SCHEMA["properties"]["cluster"], ("cluster",)),
     ("version",),
 ]
 

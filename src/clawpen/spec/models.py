@@ -27,6 +27,7 @@ from clawpen.spec import bounds, listen, rules, units
 from clawpen.spec import policy as pol
 from clawpen.spec.alerts import MonitoringConfig
 from clawpen.spec.build import BuildSpec
+from clawpen.spec.cluster import ClusterSettings, HaTable, check_bot_ha, check_spec_ha
 from clawpen.spec.deploy import Deploy, SnapshotSettings
 from clawpen.spec.fieldtypes import Cpus, DiskSize, Duration, PositiveDuration, Size
 from clawpen.spec.gateway import GatewayConfig
@@ -368,6 +369,12 @@ class Bot(_Model):
     build: BuildSpec | None = Field(None, description="steps run once per release before the bot starts")
     # not in the stored policy (exclude): changing it never restarts the bot (spec/snapshots.py)
     snapshots: BotSnapshots | None = Field(None, exclude=True, description="scheduled workspace snapshots")
+    # last: its checks look at the fields above (replicas, tier, schedule, workspace)
+    ha: HaTable | None = Field(
+        None,
+        description='primary/backup failover across the hosts of [cluster]: { mode = "primary-backup", '
+        'hosts = ["a", "b"], check = {...}, sync = {...} }',
+    )
 
     @model_validator(mode="after")
     def _secret_names(self) -> Bot:
@@ -406,6 +413,11 @@ class Bot(_Model):
         check_tier_field("image", info.data.get("tier"), v)
         return check_image_ref(v) if isinstance(v, str) else v
 
+    @field_validator("ha")
+    @classmethod
+    def _ha(cls, v: HaTable | None, info: ValidationInfo) -> HaTable | None:
+        return check_bot_ha(v, info.data)
+
     @field_validator("engine", "vm")
     @classmethod
     def _tier_field(cls, v: object, info: ValidationInfo) -> object:
@@ -422,10 +434,10 @@ class Bot(_Model):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Without ``image``, ``engine`` and ``vm`` when unset, so the stored policy (and its hash)
-        of a sandbox bot is what it was before the container and vm tiers existed."""
+        """Without ``image``, ``engine``, ``vm`` and ``ha`` when unset, so the stored policy (and its
+        hash) of a sandbox bot is what it was before the container and vm tiers and ha existed."""
         data: dict[str, Any] = handler(self)
-        for key in ("image", "vm"):
+        for key in ("image", "vm", "ha"):
             if data.get(key) is None:
                 data.pop(key, None)
         if data.get("engine") == "auto":
@@ -508,6 +520,9 @@ class Spec(_Model):
     deploy: Deploy = Deploy()
     snapshots: SnapshotSettings = SnapshotSettings()
     storage: StorageSettings = StorageSettings()
+    cluster: ClusterSettings | None = Field(
+        None, description="the etcd cluster the daemons join (for bots with ha) and this host's name"
+    )
 
     @field_validator("bots", mode="before")
     @classmethod
@@ -529,6 +544,11 @@ class Spec(_Model):
             if clash:
                 raise rules.RuleViolation(clash, "give each published port its own host port")
         return v
+
+    @model_validator(mode="after")
+    def _ha_needs_cluster(self) -> Spec:
+        check_spec_ha(self.cluster, self.bots)
+        return self
 
 
 def json_schema() -> dict[str, Any]:

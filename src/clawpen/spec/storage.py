@@ -14,7 +14,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from clawpen.spec import rules
+from clawpen.spec import bounds, rules
 from clawpen.spec.fieldtypes import PositiveDuration
 from clawpen.spec.snapshots import KeepCounts
 
@@ -40,7 +40,7 @@ def check_local(path: str, *, what: str, state_dir: str) -> str:
             f"{what} {path!r} is not an absolute path",
             'give an absolute folder on another disk, e.g. "/mnt/disk2/clawpen-warm"',
         )
-    real = os.path.realpath(path)
+    real = bounds.check_source(path, "/", what)  # no /proc, /sys, /dev; resolvable (else realpath raises)
     rules.check_location(
         real,
         shown=path if path == real else f"{path} (= {real})",
@@ -50,6 +50,26 @@ def check_local(path: str, *, what: str, state_dir: str) -> str:
         spec_dir=None,
     )
     return path
+
+
+def check_repository(v: str, info: ValidationInfo) -> str:
+    """A restic repository: a backend URL (``sftp:``, ``rest:``, ``s3:``...) on one line, or an
+    absolute local folder (:func:`check_local`). Also ``ha.sync.repository``'s rule."""
+    if v.startswith(_BACKENDS):
+        if any(c in v for c in "\0\n\r"):
+            raise rules.RuleViolation(f"repository {v!r} holds a control character", "one line")
+        return v
+    return check_local(v, what="the repository", state_dir=_state_dir(info))
+
+
+def check_env_secrets(v: list[str]) -> list[str]:
+    """The vault secrets handed to restic's environment for a backend (``env_secrets``)."""
+    for name in v:
+        if not _SECRET_NAME.match(name):
+            raise rules.RuleViolation(
+                f"{name!r} is not a secret name", "a vault secret name such as AWS_SECRET_ACCESS_KEY"
+            )
+    return v
 
 
 class HotTier(BaseModel):
@@ -84,21 +104,12 @@ class Tier(BaseModel):
     @field_validator("repository")
     @classmethod
     def _repo(cls, v: str, info: ValidationInfo) -> str:
-        if v.startswith(_BACKENDS):
-            if any(c in v for c in "\0\n\r"):
-                raise rules.RuleViolation(f"repository {v!r} holds a control character", "one line")
-            return v
-        return check_local(v, what="the repository", state_dir=_state_dir(info))
+        return check_repository(v, info)
 
     @field_validator("env_secrets")
     @classmethod
     def _secrets(cls, v: list[str]) -> list[str]:
-        for name in v:
-            if not _SECRET_NAME.match(name):
-                raise rules.RuleViolation(
-                    f"{name!r} is not a secret name", "a vault secret name such as AWS_SECRET_ACCESS_KEY"
-                )
-        return v
+        return check_env_secrets(v)
 
 
 class StorageSettings(BaseModel):
