@@ -14,7 +14,9 @@ from clawpen.paths import state_dir
 def add_commands(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="the failover cluster: hosts, and who runs each HA bot")
     actions = cluster.add_subparsers(dest="cluster_cmd", metavar="ACTION", required=True)
-    status = actions.add_parser("status", help="hosts, their health, each HA bot's primary, term and copy age")
+    status = actions.add_parser(
+        "status", help="hosts, their health, each HA bot's primary, term and copy age"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     failover = sub.add_parser(
         "failover", help="hand an HA bot over to its backup (stop, ship the workspace, start there)"

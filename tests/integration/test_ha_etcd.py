@@ -31,7 +31,12 @@ def test_one_winner_per_term_and_each_term_a_larger_token(server: EtcdServer) ->
     won_a, token1, _ = a.create(key, "a", lease=la)
     won_b, _, holder = b.create(key, "b", lease=lb)
     assert won_a and not won_b
-    assert holder is not None and holder.value == b"a" and holder.create_revision == token1 and holder.lease == la
+    assert (
+        holder is not None
+        and holder.value == b"a"
+        and holder.create_revision == token1
+        and holder.lease == la
+    )
     a.revoke(la)  # the term ends: the key goes with its lease
     assert b.get(key) is None
     won_b, token2, _ = b.create(key, "b", lease=lb)

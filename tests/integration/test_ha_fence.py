@@ -62,7 +62,9 @@ def test_an_unrenewed_deadline_kills_the_bot_and_a_renewed_one_does_not(
     members = cgroups.detect().attach(name)
 
     async def scenario() -> dict[str, object]:
-        await client.checked({"op": "arm", "bot": "b", "cgroup": name, "deadline": now() + 1.0, "lease": 7, "token": 42})
+        await client.checked(
+            {"op": "arm", "bot": "b", "cgroup": name, "deadline": now() + 1.0, "lease": 7, "token": 42}
+        )
         for _ in range(4):  # positive control: moved forward, the deadline never comes
             await asyncio.sleep(0.5)
             await client.checked({"op": "extend", "bot": "b", "deadline": now() + 1.0})
@@ -90,7 +92,9 @@ def test_the_fence_outlives_its_daemon_and_a_new_one_finds_its_guards(
     name, proc = guarded
 
     async def first() -> None:
-        await client.checked({"op": "arm", "bot": "b", "cgroup": name, "deadline": now() + 30, "lease": 9, "token": 5})
+        await client.checked(
+            {"op": "arm", "bot": "b", "cgroup": name, "deadline": now() + 30, "lease": 9, "token": 5}
+        )
         await client.close()  # the daemon is gone (its connection closed)
 
     asyncio.run(first())
@@ -113,7 +117,9 @@ def test_a_fence_told_to_stop_kills_what_it_guards(
     name, proc = guarded
 
     async def arm() -> None:
-        await client.checked({"op": "arm", "bot": "b", "cgroup": name, "deadline": now() + 60, "lease": 1, "token": 1})
+        await client.checked(
+            {"op": "arm", "bot": "b", "cgroup": name, "deadline": now() + 60, "lease": 1, "token": 1}
+        )
         await client.close()
 
     asyncio.run(arm())

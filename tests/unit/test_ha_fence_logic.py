@@ -13,8 +13,12 @@ def make() -> tuple[Fence, list[str], list[float]]:
 
 def test_deadlines_fire_once_in_order_and_only_when_past() -> None:
     fence, killed, t = make()
-    assert fence.handle({"op": "arm", "bot": "a", "cgroup": "a.0", "deadline": 105, "lease": 1, "token": 3})["ok"]
-    assert fence.handle({"op": "arm", "bot": "b", "cgroup": "b.0", "deadline": 102, "lease": 2, "token": 4})["ok"]
+    assert fence.handle({"op": "arm", "bot": "a", "cgroup": "a.0", "deadline": 105, "lease": 1, "token": 3})[
+        "ok"
+    ]
+    assert fence.handle({"op": "arm", "bot": "b", "cgroup": "b.0", "deadline": 102, "lease": 2, "token": 4})[
+        "ok"
+    ]
     assert fence.expire() == 2.0 and killed == []
     t[0] = 102.0
     assert fence.expire() == 3.0 and killed == ["b.0"]

@@ -15,7 +15,7 @@ from clawpen.supervisor.states import BotState
 if TYPE_CHECKING:
     from clawpen.daemon.runtime import Instance
 
-TOKEN_FILE = "CLAWPEN_FENCING_TOKEN"  # /run/secrets/CLAWPEN_FENCING_TOKEN in the sandbox
+TOKEN_FILE = "CLAWPEN_FENCING_TOKEN"  # noqa: S105 - a file name, not a secret; /run/secrets/CLAWPEN_FENCING_TOKEN in the sandbox
 NO_AGENT_RETRY = 5.0
 
 

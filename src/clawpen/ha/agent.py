@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -222,10 +223,10 @@ class Agent:
             kv = await self._read_leader()
             if kv is None and await self._campaign():
                 return
-            if kv is not None and policy.check_url and kv.value.decode() != c.host:
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + policy.check_interval
-                    await self._check(kv)
+            checking = kv is not None and policy.check_url and kv.value.decode() != c.host
+            if kv is not None and checking and time.monotonic() >= next_check:
+                next_check = time.monotonic() + policy.check_interval
+                await self._check(kv)
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), c.poll)
@@ -322,7 +323,6 @@ class Agent:
 
     # ------------------------------------------------------------ primary
     async def _hold(self) -> None:
-        c = self.c
         shipping = None
         if self.shipper is not None and self.policy.sync_interval:
             shipping = asyncio.get_running_loop().create_task(self._ship_every(self.policy.sync_interval))
@@ -338,11 +338,13 @@ class Agent:
         assert shipper is not None
         while self.role is Role.PRIMARY:
             await asyncio.sleep(interval)
-            term = self.token or 0
             try:
-                shipped = await c.run(lambda: shipper.ship(term=term, reason="interval"), timeout=interval * 10)
+                shipped = await c.run(
+                    functools.partial(shipper.ship, term=self.token or 0, reason="interval"),
+                    timeout=interval * 10,
+                )
                 self.copy = shipped
-                await c.run(lambda: c.etcd.put(c.key(self.bot, "synced"), json.dumps(shipped)))
+                await c.run(functools.partial(c.etcd.put, c.key(self.bot, "synced"), json.dumps(shipped)))
             except ClawpenError as err:
                 c.note("failover", f"shipping the workspace failed: {err.what}", self.bot)
 
@@ -422,13 +424,25 @@ class Agent:
             except ClawpenError as err:
                 c.note("failover", f"the final shipping of the workspace failed: {err.what}", bot)
         if planned or snapshot:
-            note = json.dumps({"from": c.host, "to": order.get("to"), "snapshot": snapshot, "term": self.token})
+            to = order.get("to") or self._successor()
+            note = json.dumps({"from": c.host, "to": to, "snapshot": snapshot, "term": self.token})
             lease = await c.run(lambda: c.etcd.grant(c.ttl * HANDOVER_TTL_FACTOR))
             await c.run(lambda: c.etcd.put(c.key(bot, "handover"), note, lease=lease))
         with contextlib.suppress(ClawpenError):
             await c.run(lambda: c.etcd.delete(c.key(bot, "demote")))
         await self._release(f"stepped down: {order.get('why', '')}")
-        c.note("failover", f"{c.host} stepped down from term {order.get('term')} ({order.get('why', '')})", bot)
+        c.note(
+            "failover", f"{c.host} stepped down from term {order.get('term')} ({order.get('why', '')})", bot
+        )
+
+    def _successor(self) -> str | None:
+        """The host a handover goes to when none is named: the next of ``ha.hosts`` after this
+        one that the cluster knows (registered), else the next one."""
+        hosts = self.policy.hosts
+        me = hosts.index(self.c.host) if self.c.host in hosts else -1
+        others = [h for h in (hosts[(me + i) % len(hosts)] for i in range(1, len(hosts))) if h != self.c.host]
+        known = [h for h in others if h in self.c.addresses]
+        return (known or others or [None])[0]
 
     async def _wait_bot_down(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
@@ -155,15 +156,15 @@ class HaComponent:
                            "pid": os.getpid(), "since": time.time()})  # fmt: skip
         while True:
             try:
-                if self._host_lease is None or await c.run(lambda: c.etcd.keepalive(self._host_lease or 0)) <= 0:
-                    self._host_lease = await c.run(lambda: c.etcd.grant(c.ttl))
-                    lease = self._host_lease
-                    await c.run(lambda: c.etcd.put(key, body, lease=lease))
+                held = self._host_lease
+                if held is None or await c.run(functools.partial(c.etcd.keepalive, held)) <= 0:
+                    held = self._host_lease = await c.run(functools.partial(c.etcd.grant, c.ttl))
+                    await c.run(functools.partial(c.etcd.put, key, body, lease=held))
                 hosts = await c.run(lambda: c.etcd.prefix(f"{c.prefix}/hosts/"))
                 c.addresses.update({kv.key.rsplit("/", 1)[1]: json.loads(kv.value).get("address", "")
                                     for kv in hosts})  # fmt: skip
             except (ClawpenError, ValueError):
-                self._host_lease = None if self._host_lease is None else self._host_lease
+                pass  # etcd away: the next round tries again (a lease that expired meanwhile is renewed)
             await asyncio.sleep(c.ttl / 3)
 
     async def stop(self) -> None:
@@ -182,14 +183,16 @@ class HaComponent:
         registry = self.registry
         assert registry is not None
         if self.cluster is None:
-            return {"host": registry.host, "endpoints": [], "problem": registry.problem or "no [cluster] in the spec",
-                    "hosts": [], "bots": []}  # fmt: skip
+            problem = registry.problem or "no [cluster] in the spec"
+            return {"host": registry.host, "endpoints": [], "problem": problem, "hosts": [], "bots": []}
         return await cluster_view(self.cluster, registry)
 
     async def _failover(self, req: FailoverRequest, _call: Call) -> dict[str, Any]:
         registry, c = self.registry, self.cluster
         if registry is None or c is None:
-            raise UsageError("this daemon is in no cluster", where="[cluster]", hint="add [cluster] to the spec")
+            raise UsageError(
+                "this daemon is in no cluster", where="[cluster]", hint="add [cluster] to the spec"
+            )
         agent = registry.agent(req.bot)
         if agent is None:
             raise UsageError(
@@ -202,7 +205,9 @@ class HaComponent:
         key = c.key(req.bot, "leader")
         kv = await c.run(lambda: c.etcd.get(key))
         if kv is None:
-            raise UsageError(f"bot {req.bot} has no primary now", where=req.bot, hint="see `clawpen cluster status`")
+            raise UsageError(
+                f"bot {req.bot} has no primary now", where=req.bot, hint="see `clawpen cluster status`"
+            )
         before = kv.value.decode()
         if req.to == before:
             raise UsageError(f"{before} is already the primary of {req.bot}", where="--to")
@@ -214,7 +219,12 @@ class HaComponent:
             await asyncio.sleep(0.1)
             now = await c.run(lambda: c.etcd.get(key))
             if now is not None and now.create_revision != kv.create_revision:
-                return {"bot": req.bot, "before": before, "after": now.value.decode(), "term": now.create_revision}
+                return {
+                    "bot": req.bot,
+                    "before": before,
+                    "after": now.value.decode(),
+                    "term": now.create_revision,
+                }
         raise UsageError(
             f"bot {req.bot} was not handed over within {req.wait:g}s", where=req.bot,
             hint="see `clawpen cluster status` and `clawpen events`",

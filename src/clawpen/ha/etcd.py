@@ -143,18 +143,14 @@ class Etcd:
                     if attempt == 0 and self.config.user and "token" in text.lower():
                         self._token = None  # expired or revoked: authenticate again, once
                         continue
-                    raise HostError(
-                        f"etcd refused {what}: {text}", where=endpoint, hint=HINT
-                    ) from None
+                    raise HostError(f"etcd refused {what}: {text}", where=endpoint, hint=HINT) from None
                 except OSError as err:  # TLS files missing, ...
                     last = f"{endpoint}: {err}"
                     break
                 with self._lock:
                     self._current = index
                 return result
-        raise EtcdUnavailable(
-            f"etcd did not answer {what} ({last})", where=", ".join(endpoints), hint=HINT
-        )
+        raise EtcdUnavailable(f"etcd did not answer {what} ({last})", where=", ".join(endpoints), hint=HINT)
 
     # ------------------------------------------------------------ leases
     def grant(self, ttl: int) -> int:
@@ -197,9 +193,7 @@ class Etcd:
         return int(reply.get("header", {}).get("revision", 0))
 
     def delete(self, key: str) -> bool:
-        reply = self.call(
-            "a delete", lambda c: c.post(c.get_url("/kv/deleterange"), json={"key": _b64(key)})
-        )
+        reply = self.call("a delete", lambda c: c.post(c.get_url("/kv/deleterange"), json={"key": _b64(key)}))
         return int(reply.get("deleted", 0)) > 0
 
     def txn(self, compare: Sequence[dict[str, Any]], success: Sequence[dict[str, Any]],

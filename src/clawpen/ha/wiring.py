@@ -47,7 +47,7 @@ def cluster_for(settings: ClusterSettings, state: Path, daemon: Notes, executor:
         ttl=max(2, math.ceil(settings.lease)),
         poll=settings.poll,
         executor=executor,
-        note=lambda kind, reason, bot: daemon.note(kind, reason, bot),
+        note=daemon.note,
     )
 
 

@@ -1,0 +1,166 @@
+"""Failover between two daemons (two state directories, hosts "a" and "b") on one real etcd:
+a primary's daemon frozen (SIGSTOP) loses its bot to the fence before the backup starts its
+own, the new term's token is larger, the old primary comes back as standby; a planned
+`clawpen failover` hands over with no moment of two primaries.
+
+Each bot appends "<host> <token> <time>" to a shared file every 50 ms: the checker reads every
+moment each instance believed it was primary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from conftest import daemon_at
+from etcd_env import Etcd, etcd_at
+from helpers import DaemonCli, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.slow]
+
+BOT = r"""
+while :; do
+  echo "$CLAWPEN_HA_HOST $CLAWPEN_FENCING_TOKEN $(cat /run/secrets/CLAWPEN_FENCING_TOKEN) $(date +%s.%N)" >> {log}
+  sleep 0.05
+done
+"""
+
+
+def spec(etcd: Etcd, shared: Path) -> str:
+    script = BOT.replace("{log}", str(shared / "primary.log"))
+    return f"""
+        [cluster]
+        endpoints = ["{etcd.url}"]
+        lease = "3s"
+        poll = "200ms"
+
+        [bots.pen]
+        command = ["sh", "-c", '''{script}''']
+        filesystem.rw = ["{shared}"]
+        restart.stop_grace = "1s"
+        ha = {{ mode = "primary-backup", hosts = ["a", "b"] }}
+    """
+
+
+class Terms:
+    """The shared log: for each (host, token), the first and last moment it wrote."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def spans(self) -> dict[tuple[str, int], tuple[float, float]]:
+        found: dict[tuple[str, int], tuple[float, float]] = {}
+        if not self.path.exists():
+            return found
+        for line in self.path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 4:
+                continue  # a line cut by a kill
+            host, token, file_token, at = parts[0], int(parts[1]), int(parts[2]), float(parts[3])
+            assert token == file_token, line  # the env and the file agree
+            first, last = found.get((host, token), (at, at))
+            found[(host, token)] = (min(first, at), max(last, at))
+        return found
+
+    def overlaps(self) -> list[str]:
+        spans = sorted(self.spans().items(), key=lambda kv: kv[1][0])
+        bad = []
+        for (k1, (_, end1)), (k2, (start2, _)) in zip(spans, spans[1:], strict=False):
+            if start2 <= end1:
+                bad.append(f"{k1} until {end1:.3f} overlaps {k2} from {start2:.3f}")
+        return bad
+
+    def primary_now(self, within: float = 0.5) -> set[str]:
+        now = time.time()
+        return {host for (host, _), (_, last) in self.spans().items() if now - last < within}
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[DaemonCli, DaemonCli, Terms, Etcd]]:
+    shared = Path(tempfile.mkdtemp(prefix="clawpen-ha-", dir="/tmp"))
+    shared.chmod(0o777)
+    (shared / "primary.log").touch(mode=0o666)
+    os.chmod(shared / "primary.log", 0o666)
+    with ExitStack() as stack:
+        etcd = stack.enter_context(etcd_at(tmp_path))
+        a = stack.enter_context(daemon_at(tmp_path / "a"))
+        b = stack.enter_context(daemon_at(tmp_path / "b"))
+        for name, d in (("a", a), ("b", b)):
+            d.env["CLAWPEN_CLUSTER_HOST"] = name
+            d.write(spec(etcd, shared))
+        try:
+            yield a, b, Terms(shared / "primary.log"), etcd
+        finally:
+            for d in (a, b):  # a stopped daemon cannot stop its bots
+                pid = d.pid()
+                if pid:
+                    os.kill(pid, signal.SIGCONT)
+            stack.close()
+            import shutil
+
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_frozen_primary_loses_its_bot_before_the_backup_starts(
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+) -> None:
+    a, b, terms, _ = pair
+    a.cli("up")
+    a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    assert wait_for(lambda: terms.primary_now() == {"a"}, 10)
+    ((_, token_a),) = terms.spans().keys()
+    pid = a.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the primary's daemon freezes: no renewal any more
+    frozen_at = time.time()
+    try:
+        assert wait_for(lambda: "b" in terms.primary_now(), 20), terms.spans()
+        took = min(start for (host, _), (start, _) in terms.spans().items() if host == "b") - frozen_at
+        assert wait_for(lambda: "a" not in terms.primary_now(), 1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert terms.overlaps() == []
+    tokens = {host: token for (host, token) in terms.spans()}
+    assert tokens["b"] > token_a
+    assert took < 3 + 0.2 + 3, took  # the lease + a poll (+ the start of a sandbox, slack)
+    # The old primary wakes up: it learns its term is over and rests as standby, never running.
+    a.wait_state("pen", "standby", timeout=15)
+    time.sleep(1.0)
+    assert terms.primary_now() == {"b"} and terms.overlaps() == []
+    assert "killed bot pen" in (a.home / "ha-fence.log").read_text()
+
+
+def test_a_planned_failover_hands_over_with_no_two_primaries(
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+) -> None:
+    a, b, terms, _ = pair
+    a.cli("up")
+    a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    status = b.json("cluster", "status")
+    assert status["host"] == "b" and status["problem"] is None  # type: ignore[index]
+    assert {h["host"] for h in status["hosts"]} == {"a", "b"}  # type: ignore[index]
+    (row,) = status["bots"]  # type: ignore[index]
+    assert row["primary"] == "a" and row["here"] == "standby"
+    done = b.cli("failover", "pen", "--json")
+    assert '"after": "b"' in done.stdout, done.stdout
+    b.wait_state("pen", "running", timeout=30)
+    a.wait_state("pen", "standby", timeout=30)
+    assert wait_for(lambda: terms.primary_now() == {"b"}, 10)
+    assert terms.overlaps() == []
+    # and back, named: --to a
+    b.cli("failover", "pen", "--to", "a")
+    a.wait_state("pen", "running", timeout=30)
+    assert wait_for(lambda: terms.primary_now() == {"a"}, 10)
+    assert terms.overlaps() == []
+    assert len(terms.spans()) == 3  # three terms, three tokens
+    kinds = [e["kind"] for e in a.events("pen")]
+    assert "failover" in kinds
