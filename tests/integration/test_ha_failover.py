@@ -8,6 +8,7 @@ moment each instance believed it was primary."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import tempfile
@@ -17,26 +18,28 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from conftest import daemon_at
 from etcd_env import Etcd, etcd_at
-from helpers import DaemonCli, wait_for
+from helpers import DaemonCli, alive, wait_for
+
+from conftest import daemon_at
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.slow]
 
 BOT = r"""
 while :; do
-  echo "$CLAWPEN_HA_HOST $CLAWPEN_FENCING_TOKEN $(cat /run/secrets/CLAWPEN_FENCING_TOKEN) $(date +%s.%N)" >> {log}
+  echo "$CLAWPEN_HA_HOST $CLAWPEN_FENCING_TOKEN $(cat /run/secrets/CLAWPEN_FENCING_TOKEN) \
+    $(date +%s.%N)" >> {log}
   sleep 0.05
 done
 """
 
 
-def spec(etcd: Etcd, shared: Path) -> str:
+def spec(etcd: Etcd, shared: Path, lease: str = "3s") -> str:
     script = BOT.replace("{log}", str(shared / "primary.log"))
     return f"""
         [cluster]
         endpoints = ["{etcd.url}"]
-        lease = "3s"
+        lease = "{lease}"
         poll = "200ms"
 
         [bots.pen]
@@ -70,7 +73,7 @@ class Terms:
     def overlaps(self) -> list[str]:
         spans = sorted(self.spans().items(), key=lambda kv: kv[1][0])
         bad = []
-        for (k1, (_, end1)), (k2, (start2, _)) in zip(spans, spans[1:], strict=False):
+        for (k1, (_, end1)), (k2, (start2, _)) in itertools.pairwise(spans):
             if start2 <= end1:
                 bad.append(f"{k1} until {end1:.3f} overlaps {k2} from {start2:.3f}")
         return bad
@@ -164,3 +167,27 @@ def test_a_planned_failover_hands_over_with_no_two_primaries(
     assert len(terms.spans()) == 3  # three terms, three tokens
     kinds = [e["kind"] for e in a.events("pen")]
     assert "failover" in kinds
+
+
+def test_a_daemon_killed_and_restarted_within_the_lease_keeps_its_term_and_bot(
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+) -> None:
+    a, b, terms, etcd = pair
+    shared = terms.path.parent
+    for d in (a, b):
+        d.write(spec(etcd, shared, lease="10s"))
+    a.cli("up")
+    before = a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    pid = a.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not alive(pid), 5)
+    after = a.wait_state("pen", "running", timeout=30)  # `clawpen ps` started a new daemon: it adopted
+    assert after["pid"] == before["pid"]
+    time.sleep(12)  # longer than the lease: the new daemon renews it
+    assert terms.primary_now() == {"a"} and len(terms.spans()) == 1 and terms.overlaps() == []
+    assert b.ps()["pen"]["state"] == "standby"
+    kinds = [(e["kind"], e.get("reason", "")) for e in a.events("pen")]
+    assert any("adopted" in reason or "primary" in reason for _, reason in kinds), kinds
