@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from etcd_env import Etcd, etcd_at
-from helpers import DaemonCli, alive, wait_for
+from helpers import DaemonCli, Sink, alive, wait_for
 
 from conftest import daemon_at
 
@@ -34,7 +34,7 @@ done
 """
 
 
-def spec(etcd: Etcd, shared: Path, lease: str = "3s") -> str:
+def spec(etcd: Etcd, shared: Path, lease: str = "3s", extra: str = "") -> str:
     script = BOT.replace("{log}", str(shared / "primary.log"))
     return f"""
         [cluster]
@@ -47,6 +47,7 @@ def spec(etcd: Etcd, shared: Path, lease: str = "3s") -> str:
         filesystem.rw = ["{shared}"]
         restart.stop_grace = "1s"
         ha = {{ mode = "primary-backup", hosts = ["a", "b"] }}
+        {extra}
     """
 
 
@@ -110,9 +111,11 @@ def pair(tmp_path: Path) -> Iterator[tuple[DaemonCli, DaemonCli, Terms, Etcd]]:
 
 
 def test_a_frozen_primary_loses_its_bot_before_the_backup_starts(
-    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd], sink: Sink
 ) -> None:
-    a, b, terms, _ = pair
+    a, b, terms, etcd = pair
+    notify = f'[monitoring.builtin]\nhost_defaults = false\n[monitoring.notify]\nurls = ["{sink.url}"]\n'
+    b.write(spec(etcd, terms.path.parent, extra=notify))
     a.cli("up")
     a.wait_state("pen", "running", timeout=30)
     b.cli("up")
@@ -138,6 +141,12 @@ def test_a_frozen_primary_loses_its_bot_before_the_backup_starts(
     time.sleep(1.0)
     assert terms.primary_now() == {"b"} and terms.overlaps() == []
     assert "killed bot pen" in (a.home / "ha-fence.log").read_text()
+    # the backup's daemon told a person (an HTTP sink): it is primary now, and why
+    assert wait_for(lambda: any(t.startswith("[FAILOVER] pen") for t in sink.titles()), 15, 0.2), (
+        sink.titles()
+    )
+    bodies = [str(m.get("message")) for m in sink.got]
+    assert any("b is primary" in body for body in bodies), bodies
 
 
 def test_a_planned_failover_hands_over_with_no_two_primaries(

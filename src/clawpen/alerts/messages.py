@@ -94,6 +94,14 @@ def rollback_message(reason: str, at: float) -> Message:
     )  # fmt: skip
 
 
+def failover_message(bot: str, reason: str, at: float) -> Message:
+    """A failover step of an HA bot (the daemon's ``failover`` event), for every notifier."""
+    return _daemon_event(
+        "failover", f"[FAILOVER] {bot} on {{host}}", reason, at,
+        "`clawpen cluster status` and `clawpen events`",
+    )  # fmt: skip
+
+
 def snapshot_failed_message(reason: str, at: float) -> Message:
     """A failed scheduled snapshot (the daemon's ``snapshot-failed`` event), for every notifier."""
     return _daemon_event(

@@ -246,7 +246,8 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
         record = records / f"{copy}.json"
         record.write_text(json.dumps({"bot": name, "tmp": tmp, "spec": policy["spec"]}))
         net = bot.network.model_copy(update={"publish": []})
-        update: dict[str, Any] = {"network": net, "replicas": 1, "schedule": None}
+        # no ha: a copy is never a primary (it would wait in standby, or take a term)
+        update: dict[str, Any] = {"network": net, "replicas": 1, "schedule": None, "ha": None}
         if workspace is not None:
             update |= {"workspace": workspace, "workspace_adopt": True}
         svc = daemon.services._replace(logs_dir=daemon.services.state_dir / "validate" / "logs")

@@ -17,6 +17,7 @@ from clawpen.alerts.engine import Alert, Change, Engine, Notice
 from clawpen.alerts.messages import (
     fmt_value,
     message,
+    failover_message,
     rollback_message,
     snapshot_failed_message,
     test_message,
@@ -40,6 +41,7 @@ from clawpen.spec.units import UnitError, parse_duration
 _log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from clawpen.ha.component import HaRegistry
     from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
     from clawpen.spec.models import Bot, Spec
@@ -52,6 +54,9 @@ class _Services(Protocol):
 
     @property
     def logs_dir(self) -> Path: ...
+
+    @property
+    def ha(self) -> HaRegistry | None: ...
 
 
 class _Replica(Protocol):
@@ -294,6 +299,8 @@ class Monitor:
                 self.dispatcher.submit(rollback_message(event.reason, event.at))
             elif event.kind == "snapshot-failed":  # clawpen.daemon.snapshot_schedule.FAILED
                 self.dispatcher.submit(snapshot_failed_message(event.reason, event.at))
+            elif event.kind == "failover":  # clawpen.ha.agent: a term won, lost or handed over
+                self.dispatcher.submit(failover_message(event.bot or "?", event.reason, event.at))
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         if probes is not None:
@@ -306,6 +313,8 @@ class Monitor:
             values.setdefault("host", {}).update(self.prober.values())
         for target, counts in self.logwatch.scan([v.target for v in views], now).items():
             values.setdefault(target, {}).update(counts)
+        for target, ha in ha_values(self.daemon.services.ha, now).items():
+            values.setdefault(target, {}).update(ha)
         self.storage.add(now, values)
         changes, notices = self.engine.evaluate(now, values, hold=self.collector.fresh)
         self._after_evaluation(changes, notices)
@@ -455,4 +464,16 @@ def _thin(points: list[list[float]], step: int) -> list[list[float]]:
     for i in range(0, len(points), step):
         chunk = points[i : i + step]
         out.append([chunk[0][0], round(sum(p[1] for p in chunk) / len(chunk), 4)])
+    return out
+
+
+def ha_values(registry: HaRegistry | None, now: float) -> dict[str, dict[str, float]]:
+    """Per HA bot of this host: primary here or not, and the age of its last shipped copy."""
+    out: dict[str, dict[str, float]] = {}
+    for bot, agent in (registry.agents if registry is not None else {}).items():
+        values = {"ha_primary": 1.0 if str(agent.role) == "primary" else 0.0}
+        shipped = (agent.copy or {}).get("time")
+        if isinstance(shipped, int | float):
+            values["ha_copy_age_seconds"] = round(max(0.0, now - shipped), 1)
+        out[bot] = values
     return out
