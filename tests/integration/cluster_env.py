@@ -24,6 +24,7 @@ Use :func:`cluster` (a ``with`` block that removes everything, also on failure):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from helpers import NetnsDaemon, alive, daemons_of, kill_uids, of_uids, session_uid_base, wait_for
 
@@ -73,6 +74,14 @@ def nsenter(ns: str) -> list[str]:
 
 def _env(env: dict[str, str] | None) -> dict[str, str]:
     return {"PATH": PATH_ENV, "LANG": "C.UTF-8", **(env or {})}
+
+
+def _call_in(ns: str, fn: Callable[[], T]) -> T:
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return netns_thread_call(fd, fn)
+    finally:
+        os.close(fd)
 
 
 def _ns_exists(ns: str) -> bool:
@@ -124,6 +133,11 @@ class Fabric:
             check=False,
         )
 
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` in a thread in the fabric's namespace: a server socket made there (bound to
+        :attr:`gateway`, say) is reachable from every host that is not partitioned."""
+        return _call_in(self.ns, fn)
+
     def host(self, name: str) -> SimHost:
         """A new simulated host ``name`` (a-z0-9, at most 10 characters) on this fabric."""
         if not NAME.fullmatch(name) or name in self.hosts or name == "fab":
@@ -147,6 +161,7 @@ class SimHost:
         self.fabric, self.name, self.address = fabric, name, address
         self.ns = f"clawpen-t-{fabric.tag}-{name}"
         self.partitioned = False
+        self.popens: list[subprocess.Popen[str]] = []  # killed by close()
         self._uid_base = session_uid_base() + 4096 * (1 + len(fabric.hosts))  # a block per host
         try:
             ip("netns", "add", self.ns)
@@ -199,20 +214,19 @@ class SimHost:
         )
 
     def popen(
-        self, argv: Sequence[str], env: dict[str, str] | None = None, **kw: object
+        self, argv: Sequence[str], env: dict[str, str] | None = None, **kw: Any
     ) -> subprocess.Popen[str]:
-        """Start ``argv`` inside this host's network namespace (text mode; the caller waits)."""
+        """Start ``argv`` inside this host's network namespace (text mode). It is SIGKILLed by
+        :meth:`close` if still running (a process would keep the namespace alive)."""
         kw.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.Popen(self.argv(argv), env=_env(env), text=True, **kw)  # type: ignore[call-overload, no-any-return]
+        proc: subprocess.Popen[str] = subprocess.Popen(self.argv(argv), env=_env(env), text=True, **kw)
+        self.popens.append(proc)
+        return proc
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` in a thread of this process that joined the host's namespace: the sockets it
         makes (an etcd3gw client's connections) stay in the host's namespace."""
-        fd = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return netns_thread_call(fd, fn)
-        finally:
-            os.close(fd)
+        return _call_in(self.ns, fn)
 
     def etcdctl(
         self, *args: str, endpoints: Sequence[str] | None = None, timeout: float = 2.0
@@ -312,6 +326,11 @@ class SimHost:
             assert not strict or not any(left.values()), f"host {self.name} left behind: {left}"
 
     def close(self) -> None:
+        for proc in self.popens:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError, ValueError):
+                proc.communicate(timeout=5)
         _del_ns(self.ns)
 
 
@@ -436,6 +455,26 @@ class EtcdCluster:
             if time.monotonic() >= deadline:
                 raise AssertionError(f"etcd not healthy after {timeout}s\n{self.logs()}")
             time.sleep(0.1)
+
+    def leader(self) -> int | None:
+        """The index of the current raft leader, by ``endpoint status`` of the running members
+        (None: no member names one)."""
+        eps = ",".join(self.members[i].client_url for i in self.running())
+        done = self.fabric.run(
+            [ETCDCTL, f"--endpoints={eps}", "--command-timeout=1s", "endpoint", "status", "-w", "json"],
+            env={"ETCDCTL_API": "3"},
+            timeout=10,
+        )
+        try:
+            rows = json.loads(done.stdout)
+        except ValueError:
+            return None
+        ids = {row["Endpoint"]: row["Status"]["header"]["member_id"] for row in rows}
+        leaders = {row["Status"]["leader"] for row in rows}
+        for i, m in enumerate(self.members):
+            if len(leaders) == 1 and ids.get(m.client_url) in leaders:
+                return i
+        return None
 
     def logs(self, tail: int = 15) -> str:
         out = []

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import etcd3gw
 import pytest
-from cluster_env import PARTITION_TABLE, Fabric, SimHost, bot_cgroups, cluster, leftovers, wait_dead
+from cluster_env import ETCDCTL, PARTITION_TABLE, Fabric, SimHost, bot_cgroups, cluster, leftovers, wait_dead
 from helpers import alive, daemons_of, of_uids, read_proc
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
@@ -57,17 +57,33 @@ def test_etcd_answers_every_host_survives_a_member_loss_and_a_partition(tmp_path
 
         assert b.call(gw_roundtrip) == [b"1"]
         assert value(a, "/t/from-b") == "2"
+        # a long-running command in a host (popen): a watch from the first revision sees both puts
+        watch = b.popen(
+            [ETCDCTL, f"--endpoints={ep.client_url}", "watch", "--prefix", "--rev=1", "/t/from-"],
+            env={"ETCDCTL_API": "3"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert watch.stdout is not None
+        seen = [watch.stdout.readline().strip() for _ in range(6)]  # PUT, key, value (x2)
+        watch.kill()
+        watch.wait()
+        assert seen == ["PUT", "/t/from-a", "1", "PUT", "/t/from-b", "2"], seen
 
-        # one member SIGKILLed: quorum 2/3 still answers reads and writes
-        dead = c.etcd.members[0]
+        # the leader SIGKILLed: the other two elect one (quorum 2/3) and answer reads and writes
+        k = c.etcd.leader()
+        assert k is not None
+        dead, other = c.etcd.members[k], c.etcd.members[(k + 1) % 3]
         pid = dead.proc.pid if dead.proc else -1
-        c.etcd.kill(0)
+        c.etcd.kill(k)
         assert not alive(pid)
         gone = a.etcdctl("get", "/t/from-a", endpoints=[dead.client_url], timeout=1)
         assert gone.returncode != 0, "the killed member still answers"
+        c.etcd.wait_healthy(10)
+        assert c.etcd.leader() not in (None, k)
         assert put(a, "/t/while-down", "3").returncode == 0
-        assert value(b, "/t/while-down", endpoints=[c.etcd.members[2].client_url]) == "3"
-        c.etcd.restart(0)
+        assert value(b, "/t/while-down", endpoints=[other.client_url]) == "3"
+        c.etcd.restart(k)
         c.etcd.wait_healthy(20)
         assert value(a, "/t/while-down", endpoints=[dead.client_url]) == "3", "no catch-up after restart"
 
