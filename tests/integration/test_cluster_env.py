@@ -118,10 +118,33 @@ def test_etcd_answers_every_host_survives_a_member_loss_and_a_partition(tmp_path
     assert not any(m.data.exists() for m in c.etcd.members), "data dirs left behind"
 
 
+def test_a_test_that_fails_midway_leaves_nothing(tmp_path: Path) -> None:
+    """cluster() removes everything when the test body raises: the members, a command still
+    running in a host (popen), the partition table with its namespace, the data dirs."""
+    with pytest.raises(RuntimeError, match="midway"), cluster(tmp_path) as c:
+        tag = c.fabric.tag
+        members = [m.proc.pid for m in c.etcd.members if m.proc]
+        sleeper = c.hosts["b"].popen(["sleep", "600"])
+        c.hosts["a"].partition()
+        assert alive(sleeper.pid) and all(alive(p) for p in members)
+        raise RuntimeError("the test failed midway")
+    assert leftovers(tag) == []
+    assert wait_dead([*members, sleeper.pid], 5)
+    assert not any(m.data.exists() for m in c.etcd.members)
+
+
 SPEC = """
 [bots.twin]
 command = ["sleep", "600"]
 """
+NET_SPEC = (
+    SPEC
+    + """
+[bots.web]
+command = ["sleep", "600"]
+network = { egress = ["www.example.test:443"] }
+"""
+)
 
 
 def _healthz(host: SimHost) -> dict[str, object]:
@@ -144,8 +167,9 @@ def test_two_daemons_on_two_hosts_run_the_same_bot_without_clashing(tmp_path: Pa
                 assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(h.netns_path).st_ino, (
                     "daemon not in its host"
                 )
-                d.write(SPEC)
+                d.write(NET_SPEC)  # web: a link to the daemon's gateway (its namespaces, nft tables)
                 d.cli("up")
+            wa, wb = da.wait_state("web", "running"), db.wait_state("web", "running")
             ra, rb = da.wait_state("twin", "running"), db.wait_state("twin", "running")
             pa, pb = int(ra["pid"]), int(rb["pid"])
             assert pa != pb and alive(pa) and alive(pb)
@@ -157,7 +181,8 @@ def test_two_daemons_on_two_hosts_run_the_same_bot_without_clashing(tmp_path: Pa
             assert not set(cga) & set(cgb)
             # each host has its own API on 127.0.0.1:8080 (one namespace each: no port clash)
             assert _healthz(a) and _healthz(b)
-            assert set(da.ps()) == {"twin"} and set(db.ps()) == {"twin"}
+            assert set(da.ps()) == {"twin", "web"} and set(db.ps()) == {"twin", "web"}
+            assert wa["pid"] != wb["pid"]
             # stopping one host's bot leaves the other's alone
             da.cli("down")
             assert wait_dead([pa], 10)
@@ -166,7 +191,7 @@ def test_two_daemons_on_two_hosts_run_the_same_bot_without_clashing(tmp_path: Pa
         for home in homes:
             assert daemons_of(home) == []
             assert bot_cgroups(home) == [], f"cgroups left: {bot_cgroups(home)}"
-        assert wait_dead([pa, pb], 10)
+        assert wait_dead([pa, pb, int(wa["pid"]), int(wb["pid"])], 10)
         assert [p.pid for p in of_uids(uids) if not p.zombie] == []
     finally:
         fabric.close()
