@@ -76,6 +76,14 @@ def _env(env: dict[str, str] | None) -> dict[str, str]:
     return {"PATH": PATH_ENV, "LANG": "C.UTF-8", **(env or {})}
 
 
+def _run(
+    ns: str, argv: Sequence[str], env: dict[str, str] | None, timeout: float, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*nsenter(ns), *argv], capture_output=True, text=True, input=input, env=_env(env), timeout=timeout
+    )
+
+
 def _call_in(ns: str, fn: Callable[[], T]) -> T:
     fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -124,14 +132,7 @@ class Fabric:
     def run(
         self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*nsenter(self.ns), *argv],
-            capture_output=True,
-            text=True,
-            env=_env(env),
-            timeout=timeout,
-            check=False,
-        )
+        return _run(self.ns, argv, env, timeout)
 
     def call(self, fn: Callable[[], T]) -> T:
         """``fn()`` in a thread in the fabric's namespace: a server socket made there (bound to
@@ -166,21 +167,9 @@ class SimHost:
         try:
             ip("netns", "add", self.ns)
             ip("-n", self.ns, "link", "set", "lo", "up")
-            ip(
-                "-n",
-                fabric.ns,
-                "link",
-                "add",
-                f"h-{name}",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                self.ns,
-            )
-            ip("-n", fabric.ns, "link", "set", f"h-{name}", "master", "br0", "up")
+            fab, veth = fabric.ns, f"h-{name}"
+            ip("-n", fab, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+            ip("-n", fab, "link", "set", veth, "master", "br0", "up")
             ip("-n", self.ns, "addr", "add", f"{address}/24", "dev", "eth0")
             ip("-n", self.ns, "link", "set", "eth0", "up")
             ip("-n", self.ns, "route", "add", "default", "via", fabric.gateway)
@@ -203,15 +192,7 @@ class SimHost:
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside this host's network namespace (not checked: look at returncode)."""
-        return subprocess.run(
-            self.argv(argv),
-            capture_output=True,
-            text=True,
-            input=input,
-            env=_env(env),
-            timeout=timeout,
-            check=False,
-        )
+        return _run(self.ns, argv, env, timeout, input)
 
     def popen(
         self, argv: Sequence[str], env: dict[str, str] | None = None, **kw: Any
@@ -294,21 +275,23 @@ class SimHost:
     @contextlib.contextmanager
     def daemon(self, base: Path, uid_base: int | None = None, strict: bool = True) -> Iterator[NetnsDaemon]:
         """A clawpen daemon "on" this host: state ``base/state``, a 0755 spec folder in /tmp, the
-        daemon and every ``cli()`` command inside this namespace, a uid range of this host's own
+        daemon and every ``cli()`` command in this namespace, a uid range of the host's own
         (``uid_base``, default: a block of 4,096 per host above the session's base).
 
-        Afterwards the daemon is stopped (SIGCONT first: a test may have SIGSTOPped it), then
-        whatever is left is removed: daemons, the bots' processes (their uids) and the bots'
-        cgroups (this state dir's scope). With ``strict`` any such leftover fails the test; a
-        test that SIGKILLs a daemon and starts no other passes ``strict=False``."""
+        After, the daemon is stopped (SIGCONT first: a test may have SIGSTOPped it), then what
+        is left is removed: daemons, the bots' processes (their uids), the bots' cgroups (this
+        state dir's scope). With ``strict`` a leftover fails a test that passed so far; a test
+        that SIGKILLs a daemon and starts no other passes ``strict=False``."""
         spec_dir = Path(tempfile.mkdtemp(prefix=f"clawpen-{self.name}-", dir="/tmp"))
         spec_dir.chmod(0o755)
         base.mkdir(parents=True, exist_ok=True)
         uids = uid_base or self._uid_base
         d = NetnsDaemon(base / "state", spec_dir, self.ns, uids, cli_in_ns=True)
+        failed = True  # the test's own error is the one to report, not the leftovers it causes
         try:
             d.start()
             yield d
+            failed = False
         finally:
             for pid in daemons_of(d.home):
                 with contextlib.suppress(ProcessLookupError):
@@ -323,7 +306,7 @@ class SimHost:
             kill_uids(range(uids, uids + 4096))
             cgroups = remove_cgroups(d.home)
             left = {"daemons": leaked, "bot processes": bots, "cgroups": cgroups}
-            assert not strict or not any(left.values()), f"host {self.name} left behind: {left}"
+            assert failed or not strict or not any(left.values()), f"host {self.name} left behind: {left}"
 
     def close(self) -> None:
         for proc in self.popens:
@@ -428,19 +411,12 @@ class EtcdCluster:
     def running(self) -> list[int]:
         return [i for i, m in enumerate(self.members) if self._up(m)]
 
+    def _etcdctl(self, endpoints: Sequence[str], *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--command-timeout=1s", *args]
+        return self.fabric.run(argv, env={"ETCDCTL_API": "3"}, timeout=10)
+
     def healthy(self, i: int) -> bool:
-        done = self.fabric.run(
-            [
-                ETCDCTL,
-                f"--endpoints={self.members[i].client_url}",
-                "--command-timeout=1s",
-                "endpoint",
-                "health",
-            ],
-            env={"ETCDCTL_API": "3"},
-            timeout=10,
-        )
-        return done.returncode == 0
+        return self._etcdctl([self.members[i].client_url], "endpoint", "health").returncode == 0
 
     def wait_healthy(self, timeout: float = 20) -> None:
         """Wait until every member not killed answers ``endpoint health`` (a linearizable read:
@@ -459,12 +435,8 @@ class EtcdCluster:
     def leader(self) -> int | None:
         """The index of the current raft leader, by ``endpoint status`` of the running members
         (None: no member names one)."""
-        eps = ",".join(self.members[i].client_url for i in self.running())
-        done = self.fabric.run(
-            [ETCDCTL, f"--endpoints={eps}", "--command-timeout=1s", "endpoint", "status", "-w", "json"],
-            env={"ETCDCTL_API": "3"},
-            timeout=10,
-        )
+        eps = [self.members[i].client_url for i in self.running()]
+        done = self._etcdctl(eps, "endpoint", "status", "-w", "json")
         try:
             rows = json.loads(done.stdout)
         except ValueError:
