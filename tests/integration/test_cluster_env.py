@@ -5,8 +5,11 @@
   and the member catches up after its restart;
 * a partitioned host's etcd requests fail within the timeout while the other host's still work,
   and work again after heal(); the partition table exists in that host's namespace only;
-* two clawpen daemons, one per simulated host, run the same bot from the same spec at once
-  without clashing (cgroups, uids, API port), and leave nothing behind.
+* two clawpen daemons, one per simulated host, run the same bots from the same spec at once
+  without clashing (cgroups, uids, API port, gateway links), and leave nothing behind;
+* a host's teardown removes what a SIGKILLed daemon left (and reports it), and stops a
+  SIGSTOPped one; a test body that raises midway leaves no namespace, member or process;
+* the checker's recorder (term_log.py) hears a bot on a partitioned host.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +27,8 @@ from pathlib import Path
 import etcd3gw
 import pytest
 from cluster_env import ETCDCTL, PARTITION_TABLE, Fabric, SimHost, bot_cgroups, cluster, leftovers, wait_dead
-from helpers import alive, daemons_of, of_uids, read_proc
+from helpers import alive, daemons_of, of_uids, read_proc, wait_for
+from term_log import TermLog
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
 
@@ -232,5 +237,48 @@ def test_a_host_teardown_cleans_up_after_a_killed_or_stopped_daemon(tmp_path: Pa
         assert not alive(bot) and not alive(daemon)
         assert bot_cgroups(home) == []
     finally:
+        fabric.close()
+    assert leftovers(tag) == []
+
+
+REPORTER = r"""
+import itertools, os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+for i in itertools.count():
+    s.sendto(f"{os.environ['HOST']} {i}".encode(), "/termlog/log.sock")
+    time.sleep(0.05)
+"""
+
+
+def test_a_bot_on_a_partitioned_host_still_reaches_the_term_log(tmp_path: Path) -> None:
+    """The checker's recorder (term_log.TermLog) is not on the network: a bot keeps reporting
+    while its host is cut off (the partition is real: a fabric listener becomes unreachable)."""
+    fabric = Fabric()
+    log = TermLog()
+    tag = fabric.tag
+    try:
+        a = fabric.host("a")
+        listener = fabric.call(lambda: socket.create_server((fabric.gateway, 7777)))
+        with listener, a.daemon(tmp_path / "a") as d:
+            d.write(
+                f"""
+                [bots.rep]
+                command = ["/usr/bin/python3", "-c", {json.dumps(REPORTER)}]
+                env = {{ HOST = "a" }}
+                filesystem = {{ rw = ["{log.mount}"] }}
+                """
+            )
+            d.cli("up")
+            assert wait_for(lambda: len(log.lines()) >= 3, 15), d.cli("logs", "rep").stdout
+            assert a.connects(fabric.gateway, 7777)
+            a.partition()
+            assert not a.connects(fabric.gateway, 7777), "the partition did not cut the host off"
+            seen = len(log.lines())
+            assert wait_for(lambda: len(log.lines()) >= seen + 5, 5), "no records while partitioned"
+            a.heal()
+        numbers = [int(line.split()[1]) for line in log.lines() if line.startswith("a ")]
+        assert numbers == list(range(len(numbers))), "records lost or out of order"
+    finally:
+        log.close()
         fabric.close()
     assert leftovers(tag) == []
