@@ -270,6 +270,7 @@ class DaemonCli:
         self.spec = spec_dir / "clawpen.toml"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CLAWPEN_")}
         self.env.update(CLAWPEN_HOME=str(home), CLAWPEN_UID_BASE=str(uid_base))
+        self.argv_prefix: list[str] = []  # e.g. nsenter --net=... --: the CLI runs inside that
 
     def write(self, text: str) -> None:
         self.spec.write_text(textwrap.dedent(text))
@@ -284,7 +285,7 @@ class DaemonCli:
     ) -> subprocess.CompletedProcess[str]:
         """``clawpen ARGS`` in the spec's folder; with ``token``, as that token (CLAWPEN_TOKEN)."""
         result = subprocess.run(
-            [CLAWPEN, *args],
+            [*self.argv_prefix, CLAWPEN, *args],
             capture_output=True,
             text=True,
             input=stdin,
@@ -348,12 +349,17 @@ def daemons_of(home: Path) -> list[int]:
 class NetnsDaemon(DaemonCli):
     """A DaemonCli whose daemon runs inside the test's network namespace ``ns`` (one the test
     made with `ip netns add`), which plays the host: nothing the daemon binds or creates touches
-    the machine's own namespace."""
+    the machine's own namespace. With ``cli_in_ns`` the ``clawpen`` commands run in ``ns`` too
+    (a simulated host of cluster_env: a command that starts a daemon starts it there)."""
 
-    def __init__(self, home: Path, spec_dir: Path, ns: str, uid_base: int) -> None:
+    def __init__(
+        self, home: Path, spec_dir: Path, ns: str, uid_base: int, *, cli_in_ns: bool = False
+    ) -> None:
         super().__init__(home, spec_dir, uid_base)
         self.ns = ns
         self.proc: subprocess.Popen[bytes] | None = None
+        if cli_in_ns:
+            self.argv_prefix = ["nsenter", f"--net=/run/netns/{ns}", "--"]
 
     def start(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
