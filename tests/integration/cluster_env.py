@@ -40,7 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from helpers import NetnsDaemon, alive, daemons_of, kill_uids, of_uids, session_uid_base, wait_for
+from helpers import (
+    NetnsDaemon,
+    alive,
+    daemons_of,
+    kill_fences,
+    kill_uids,
+    of_uids,
+    session_uid_base,
+    wait_for,
+)
 
 from clawpen.netns import netns_thread_call
 from clawpen.paths import cgroup_scope
@@ -273,7 +282,9 @@ class SimHost:
         return self.run(["nft", "list", "tables"]).stdout
 
     @contextlib.contextmanager
-    def daemon(self, base: Path, uid_base: int | None = None, strict: bool = True) -> Iterator[NetnsDaemon]:
+    def daemon(
+        self, base: Path, uid_base: int | None = None, strict: bool = True, env: dict[str, str] | None = None
+    ) -> Iterator[NetnsDaemon]:
         """A clawpen daemon "on" this host: state ``base/state``, a 0755 spec folder in /tmp, the
         daemon and every ``cli()`` command in this namespace, a uid range of the host's own
         (``uid_base``, default: a block of 4,096 per host above the session's base).
@@ -287,6 +298,7 @@ class SimHost:
         base.mkdir(parents=True, exist_ok=True)
         uids = uid_base or self._uid_base
         d = NetnsDaemon(base / "state", spec_dir, self.ns, uids, cli_in_ns=True)
+        d.env.update(env or {})
         failed = True  # the test's own error is the one to report, not the leftovers it causes
         try:
             d.start()
@@ -304,6 +316,7 @@ class SimHost:
                     os.kill(pid, signal.SIGKILL)
             bots = [p.pid for p in of_uids(range(uids, uids + 4096)) if not p.zombie]
             kill_uids(range(uids, uids + 4096))
+            kill_fences(d.home)
             cgroups = remove_cgroups(d.home)
             left = {"daemons": leaked, "bot processes": bots, "cgroups": cgroups}
             assert failed or not strict or not any(left.values()), f"host {self.name} left behind: {left}"

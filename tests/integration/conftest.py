@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Clawpen, DaemonCli, Sink, daemons_of, session_uid_base
+from helpers import Clawpen, DaemonCli, Sink, daemons_of, kill_fences, session_uid_base
 
 UID_BASE = session_uid_base()
 PR_SET_CHILD_SUBREAPER = 36
@@ -68,6 +68,7 @@ def daemon_at(home: Path) -> Iterator[DaemonCli]:
         leaked = daemons_of(d.home)
         for pid in leaked:
             os.kill(pid, signal.SIGKILL)
+        kill_fences(d.home)  # a failover fence outlives its daemon by design (it leaves when idle)
         assert not leaked, f"the test left daemons running: {leaked}"
 
 

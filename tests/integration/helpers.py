@@ -480,3 +480,13 @@ def socket_in_ns(name: str) -> socket.socket:
         return socket_in(fd)
     finally:
         os.close(fd)
+
+
+def kill_fences(home: Path) -> list[int]:
+    """SIGKILL the failover fences (clawpen.ha.fence) of state directory ``home``; their pids."""
+    sock = str(home / "run" / "ha-fence.sock")
+    found = [p.pid for p in processes() if "clawpen.ha.fence" in p.argv and sock in p.argv]
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found

@@ -8,10 +8,8 @@ moment each instance believed it was primary."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,84 +17,24 @@ from pathlib import Path
 
 import pytest
 from etcd_env import Etcd, etcd_at
+from ha_env import Terms, shared_dir, spec
 from helpers import DaemonCli, Sink, alive, wait_for
 
 from conftest import daemon_at
 
 pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.slow]
 
-BOT = r"""
-while :; do
-  echo "$CLAWPEN_HA_HOST $CLAWPEN_FENCING_TOKEN $(cat /run/secrets/CLAWPEN_FENCING_TOKEN) \
-    $(date +%s.%N)" >> {log}
-  sleep 0.05
-done
-"""
-
-
-def spec(etcd: Etcd, shared: Path, lease: str = "3s", extra: str = "") -> str:
-    script = BOT.replace("{log}", str(shared / "primary.log"))
-    return f"""
-        [cluster]
-        endpoints = ["{etcd.url}"]
-        lease = "{lease}"
-        poll = "200ms"
-
-        [bots.pen]
-        command = ["sh", "-c", '''{script}''']
-        filesystem.rw = ["{shared}"]
-        restart.stop_grace = "1s"
-        ha = {{ mode = "primary-backup", hosts = ["a", "b"] }}
-        {extra}
-    """
-
-
-class Terms:
-    """The shared log: for each (host, token), the first and last moment it wrote."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def spans(self) -> dict[tuple[str, int], tuple[float, float]]:
-        found: dict[tuple[str, int], tuple[float, float]] = {}
-        if not self.path.exists():
-            return found
-        for line in self.path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) != 4:
-                continue  # a line cut by a kill
-            host, token, file_token, at = parts[0], int(parts[1]), int(parts[2]), float(parts[3])
-            assert token == file_token, line  # the env and the file agree
-            first, last = found.get((host, token), (at, at))
-            found[(host, token)] = (min(first, at), max(last, at))
-        return found
-
-    def overlaps(self) -> list[str]:
-        spans = sorted(self.spans().items(), key=lambda kv: kv[1][0])
-        bad = []
-        for (k1, (_, end1)), (k2, (start2, _)) in itertools.pairwise(spans):
-            if start2 <= end1:
-                bad.append(f"{k1} until {end1:.3f} overlaps {k2} from {start2:.3f}")
-        return bad
-
-    def primary_now(self, within: float = 0.5) -> set[str]:
-        now = time.time()
-        return {host for (host, _), (_, last) in self.spans().items() if now - last < within}
-
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[DaemonCli, DaemonCli, Terms, Etcd]]:
-    shared = Path(tempfile.mkdtemp(prefix="clawpen-ha-", dir="/tmp"))
-    shared.chmod(0o777)
-    (shared / "primary.log").touch(mode=0o666)
-    os.chmod(shared / "primary.log", 0o666)
     with ExitStack() as stack:
+        shared = stack.enter_context(shared_dir())
         etcd = stack.enter_context(etcd_at(tmp_path))
         a = stack.enter_context(daemon_at(tmp_path / "a"))
         b = stack.enter_context(daemon_at(tmp_path / "b"))
         for name, d in (("a", a), ("b", b)):
             d.env["CLAWPEN_CLUSTER_HOST"] = name
-            d.write(spec(etcd, shared))
+            d.write(spec([etcd.url], shared))
         try:
             yield a, b, Terms(shared / "primary.log"), etcd
         finally:
@@ -104,10 +42,6 @@ def pair(tmp_path: Path) -> Iterator[tuple[DaemonCli, DaemonCli, Terms, Etcd]]:
                 pid = d.pid()
                 if pid:
                     os.kill(pid, signal.SIGCONT)
-            stack.close()
-            import shutil
-
-            shutil.rmtree(shared, ignore_errors=True)
 
 
 def test_a_frozen_primary_loses_its_bot_before_the_backup_starts(
@@ -115,7 +49,7 @@ def test_a_frozen_primary_loses_its_bot_before_the_backup_starts(
 ) -> None:
     a, b, terms, etcd = pair
     notify = f'[monitoring.builtin]\nhost_defaults = false\n[monitoring.notify]\nurls = ["{sink.url}"]\n'
-    b.write(spec(etcd, terms.path.parent, extra=notify))
+    b.write(spec([etcd.url], terms.path.parent, extra=notify))
     a.cli("up")
     a.wait_state("pen", "running", timeout=30)
     b.cli("up")
@@ -184,7 +118,7 @@ def test_a_daemon_killed_and_restarted_within_the_lease_keeps_its_term_and_bot(
     a, b, terms, etcd = pair
     shared = terms.path.parent
     for d in (a, b):
-        d.write(spec(etcd, shared, lease="10s"))
+        d.write(spec([etcd.url], shared, lease="10s"))
     a.cli("up")
     before = a.wait_state("pen", "running", timeout=30)
     b.cli("up")

@@ -442,7 +442,7 @@ class Agent:
         me = hosts.index(self.c.host) if self.c.host in hosts else -1
         others = [h for h in (hosts[(me + i) % len(hosts)] for i in range(1, len(hosts))) if h != self.c.host]
         known = [h for h in others if h in self.c.addresses]
-        return (known or others or [None])[0]
+        return (known or others)[0] if others else None
 
     async def _wait_bot_down(self, timeout: float | None) -> None:
         with contextlib.suppress(TimeoutError):

@@ -19,8 +19,8 @@ suspend). The protocol is one JSON object a line on a Unix socket the daemon own
 
 Each gets ``{"ok": true}`` or ``{"ok": false, "error": "..."}``. A guard that fired stays listed
 (``"fired": true``) until disarmed, so a daemon that reconnects learns its bot was killed.
-Run as ``python -m clawpen.ha.fence SOCKET``; it leaves when nothing is armed and no daemon has
-been connected for a minute.
+Run as ``python -m clawpen.ha.fence SOCKET``; it leaves when no guard is left to fire and no
+daemon has been connected for a minute.
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ class Fence:
                 nearest = self.expire()
                 if buffers:
                     last_client = self.clock()
-                elif not self.guards and self.clock() - last_client > IDLE_EXIT:
-                    break
+                elif self.clock() - last_client > IDLE_EXIT and all(g.fired for g in self.guards.values()):
+                    break  # nothing left to guard (a fired guard has done its work) and no daemon
                 wait = IDLE_EXIT if nearest is None else min(nearest, IDLE_EXIT)
                 for key, _ in sel.select(timeout=max(0.0, wait)):
                     if key.fileobj is listener:

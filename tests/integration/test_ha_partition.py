@@ -1,0 +1,96 @@
+"""Failover under network faults, on a real 3-member etcd cluster and two simulated hosts (each
+clawpen daemon in a network namespace of its own, cluster_env.py):
+
+* the primary's host cut off (nftables in its namespace only): its bot stops before its lease
+  ends, the backup takes over after it, and after the heal the old primary rests as standby;
+* a partition shorter than the lease heals with no failover at all;
+* losing the etcd member that leads the raft changes nothing for the bot.
+
+The checker (ha_env.Terms) reads every moment each bot believed it was primary."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster_env import SimHost, cluster
+from ha_env import Terms, shared_dir, spec
+from helpers import NetnsDaemon, wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap, pytest.mark.slow]
+
+LEASE = 3.0
+
+
+@contextlib.contextmanager
+def two_hosts(tmp_path: Path) -> Iterator[tuple[SimHost, SimHost, NetnsDaemon, NetnsDaemon, Terms, object]]:
+    with cluster(tmp_path) as c, shared_dir() as shared:
+        a, b = c.hosts["a"], c.hosts["b"]
+        text = spec(c.etcd.endpoints, shared, lease=f"{LEASE:g}s")
+        with (
+            a.daemon(tmp_path / "a", env={"CLAWPEN_CLUSTER_HOST": "a"}) as da,
+            b.daemon(tmp_path / "b", env={"CLAWPEN_CLUSTER_HOST": "b"}) as db,
+        ):
+            for d in (da, db):
+                d.write(text)
+            da.cli("up")
+            da.wait_state("pen", "running", timeout=30)
+            db.cli("up")
+            db.wait_state("pen", "standby", timeout=30)
+            terms = Terms(shared / "primary.log")
+            assert wait_for(lambda: terms.primary_now() == {"a"}, 10), terms.spans()
+            try:
+                yield a, b, da, db, terms, c.etcd
+            finally:
+                with contextlib.suppress(Exception):
+                    a.heal()
+
+
+def first_moment(terms: Terms, host: str) -> float:
+    return min(start for (h, _), (start, _) in terms.spans().items() if h == host)
+
+
+def test_a_partitioned_primary_stops_before_the_backup_starts(tmp_path: Path) -> None:
+    with two_hosts(tmp_path) as (a, _b, da, db, terms, _):
+        a.partition()
+        cut = time.time()
+        assert wait_for(lambda: "b" in terms.primary_now(), 20), terms.spans()
+        took = first_moment(terms, "b") - cut
+        a_last = max(end for (h, _), (_, end) in terms.spans().items() if h == "a")
+        assert a_last < cut + LEASE, (a_last - cut)  # a's bot was gone before its lease ended
+        assert terms.overlaps() == []
+        assert took < LEASE + 0.2 + 3, took  # the lease + a poll (+ a sandbox start, slack)
+        da.wait_state("pen", "standby", timeout=15)
+        a.heal()
+        time.sleep(LEASE)  # a reaches etcd again: it must learn it lost, not come back
+        assert terms.primary_now() == {"b"} and terms.overlaps() == []
+        assert da.ps()["pen"]["state"] == "standby" and db.ps()["pen"]["state"] == "running"
+        tokens = sorted(token for (_, token) in terms.spans())
+        assert len(tokens) == 2 and tokens[0] < tokens[1]
+
+
+def test_a_partition_shorter_than_the_lease_heals_without_a_failover(tmp_path: Path) -> None:
+    with two_hosts(tmp_path) as (a, _b, da, db, terms, _):
+        a.partition()
+        time.sleep(LEASE / 3)  # one renewal lost at most
+        a.heal()
+        time.sleep(2 * LEASE)
+        assert len(terms.spans()) == 1 and terms.primary_now() == {"a"}
+        assert db.ps()["pen"]["state"] == "standby" and da.ps()["pen"]["state"] == "running"
+
+
+def test_losing_the_etcd_leader_member_changes_nothing(tmp_path: Path) -> None:
+    with two_hosts(tmp_path) as (_a, _b, _da, db, terms, etcd):
+        leader = etcd.leader()  # type: ignore[attr-defined]
+        etcd.kill(leader)  # type: ignore[attr-defined]
+        try:
+            time.sleep(3 * LEASE)  # renewals go to the other members, through the new raft leader
+            assert len(terms.spans()) == 1 and terms.primary_now() == {"a"}, terms.spans()
+            assert db.ps()["pen"]["state"] == "standby"
+            status = db.json("cluster", "status")
+            assert status["problem"] is None and status["bots"][0]["primary"] == "a"  # type: ignore[index]
+        finally:
+            etcd.restart(leader)  # type: ignore[attr-defined]
