@@ -60,7 +60,7 @@ def test_a_partitioned_primary_stops_before_the_backup_starts(tmp_path: Path) ->
         assert wait_for(lambda: "b" in terms.primary_now(), 20), terms.spans()
         took = first_moment(terms, "b") - cut
         a_last = max(end for (h, _), (_, end) in terms.spans().items() if h == "a")
-        assert a_last < cut + LEASE, (a_last - cut)  # a's bot was gone before its lease ended
+        assert a_last < cut + LEASE, a_last - cut  # a's bot was gone before its lease ended
         assert terms.overlaps() == []
         assert took < LEASE + 0.2 + 3, took  # the lease + a poll (+ a sandbox start, slack)
         da.wait_state("pen", "standby", timeout=15)

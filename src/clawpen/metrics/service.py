@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.alerts.engine import Alert, Change, Engine, Notice
 from clawpen.alerts.messages import (
+    failover_message,
     fmt_value,
     message,
-    failover_message,
     rollback_message,
     snapshot_failed_message,
     test_message,

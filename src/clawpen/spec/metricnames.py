@@ -47,7 +47,9 @@ _BOT = (
     Metric("restarts_per_hour", "bot", "count", "restarts in the last hour"),
     Metric("egress_denied_per_min", "bot", "count", "egress connections the gateway denied, per minute"),
     Metric("ha_primary", "bot", "bool", "HA bots: 1 while this host is the bot's primary, 0 as a backup"),
-    Metric("ha_copy_age_seconds", "bot", "s", "HA bots: age of the last workspace copy shipped to the backups"),
+    Metric(
+        "ha_copy_age_seconds", "bot", "s", "HA bots: age of the last workspace copy shipped to the backups"
+    ),
 )
 _HOST = (
     Metric("cpu_percent", "host", "%", "CPU use of the whole host in % (100 = every core busy)"),
