@@ -26,8 +26,20 @@ done
 """
 
 
-def spec(endpoints: list[str], shared: Path, lease: str = "3s", extra: str = "", poll: str = "200ms") -> str:
+def spec(
+    endpoints: list[str],
+    shared: Path,
+    lease: str = "3s",
+    extra: str = "",
+    poll: str = "200ms",
+    ha_more: str = "",
+    serve: int | None = None,
+) -> str:
+    """``extra``: lines after the bot's (its keys, then other tables); ``ha_more``: more keys of
+    its ``ha`` table; ``serve``: the bot also answers HTTP on 127.0.0.1:PORT (its health)."""
     script = BOT.replace("{log}", str(shared / "primary.log"))
+    if serve is not None:
+        script = f"python3 -m http.server {serve} --bind 127.0.0.1 >/dev/null 2>&1 &\n" + script
     return f"""
         [cluster]
         endpoints = {json.dumps(endpoints)}
@@ -38,7 +50,7 @@ def spec(endpoints: list[str], shared: Path, lease: str = "3s", extra: str = "",
         command = ["sh", "-c", '''{script}''']
         filesystem.rw = ["{shared}"]
         restart.stop_grace = "1s"
-        ha = {{ mode = "primary-backup", hosts = ["a", "b"] }}
+        ha = {{ mode = "primary-backup", hosts = ["a", "b"]{", " + ha_more if ha_more else ""} }}
         {extra}
     """
 

@@ -11,12 +11,15 @@ The checker (ha_env.Terms) reads every moment each bot believed it was primary."
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cluster_env import SimHost, cluster
+from cluster_env import SimHost, bot_cgroups, cluster
 from ha_env import Terms, shared_dir, spec
 from helpers import NetnsDaemon, wait_for
 
@@ -26,14 +29,17 @@ LEASE = 3.0
 
 
 @contextlib.contextmanager
-def two_hosts(tmp_path: Path) -> Iterator[tuple[SimHost, SimHost, NetnsDaemon, NetnsDaemon, Terms, object]]:
+def two_hosts(
+    tmp_path: Path, **more: Any
+) -> Iterator[tuple[SimHost, SimHost, NetnsDaemon, NetnsDaemon, Terms, object]]:
     with cluster(tmp_path) as c, shared_dir() as shared:
         a, b = c.hosts["a"], c.hosts["b"]
-        text = spec(c.etcd.endpoints, shared, lease=f"{LEASE:g}s")
-        with (
-            a.daemon(tmp_path / "a", env={"CLAWPEN_CLUSTER_HOST": "a"}) as da,
-            b.daemon(tmp_path / "b", env={"CLAWPEN_CLUSTER_HOST": "b"}) as db,
-        ):
+        text = spec(c.etcd.endpoints, shared, lease=f"{LEASE:g}s", **more)
+
+        def env(h: SimHost) -> dict[str, str]:
+            return {"CLAWPEN_CLUSTER_HOST": h.name, "CLAWPEN_CLUSTER_ADDRESS": h.address}
+
+        with a.daemon(tmp_path / "a", env=env(a)) as da, b.daemon(tmp_path / "b", env=env(b)) as db:
             for d in (da, db):
                 d.write(text)
             da.cli("up")
@@ -94,3 +100,43 @@ def test_losing_the_etcd_leader_member_changes_nothing(tmp_path: Path) -> None:
             assert status["problem"] is None and status["bots"][0]["primary"] == "a"  # type: ignore[index]
         finally:
             etcd.restart(leader)  # type: ignore[attr-defined]
+
+
+def test_a_stopped_bot_fails_the_backups_check_and_the_backup_takes_over(tmp_path: Path) -> None:
+    """SIGSTOP of the primary's bot: its daemon still renews the lease, but the backup's health
+    check of it (through its published port) fails `failures` times: the backup asks the term to
+    step down, the primary stops its bot and frees the key, the backup starts."""
+    check = 'check = { http = "http://{address}:18099/", interval = "1s", timeout = "500ms", failures = 2 }'
+    publish = 'network = { publish = ["0.0.0.0:18099:8099"], expose = true }'
+    with two_hosts(tmp_path, ha_more=check, extra=publish, serve=8099) as (a, b, da, db, terms, _):
+        assert b.run(["curl", "-sf", "-o", "/dev/null", f"http://{a.address}:18099/"]).returncode == 0
+        pid = int(da.ps()["pen"]["pid"])
+        time.sleep(2.5)  # positive control: a healthy primary is left alone
+        assert terms.primary_now() == {"a"} and len(terms.spans()) == 1
+        for _ in range(3):  # the shell loop forks `date` and `sleep`: until none is left running
+            for p in bot_pids(da, pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGSTOP)
+            time.sleep(0.1)
+        stopped = time.time()
+        assert wait_for(lambda: "b" in terms.primary_now(), 30), terms.spans()
+        took = first_moment(terms, "b") - stopped
+        assert terms.overlaps() == []
+        da.wait_state("pen", "standby", timeout=15)
+        assert took < 2 * 1.0 + 0.5 + LEASE + 3, took  # two failed checks, the step-down, a start
+        reasons = [e.get("reason", "") for e in db.events("pen")]
+        assert any("check of http://" in r for r in reasons), reasons
+
+
+def bot_pids(d: NetnsDaemon, sandbox_pid: int) -> list[int]:
+    """The processes of bot pen on daemon ``d`` (its cgroups; ``sandbox_pid``, bubblewrap, is
+    outside them and is its parent), never root's: this test SIGSTOPs them."""
+    found: set[int] = set()
+    for cg in bot_cgroups(d.home):
+        procs = cg / "cgroup.procs"
+        if cg.name.endswith("pen.0") and procs.exists():
+            found |= {int(p) for p in procs.read_text().split()}
+    assert sandbox_pid not in found and all(p > sandbox_pid for p in found), (sandbox_pid, found)
+    mine = [p for p in found if os.path.exists(f"/proc/{p}") and os.stat(f"/proc/{p}").st_uid != 0]
+    assert len(mine) >= 2, found  # the shell loop and the HTTP server at least
+    return mine

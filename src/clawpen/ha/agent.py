@@ -423,9 +423,11 @@ class Agent:
                 await c.run(lambda: c.etcd.put(c.key(bot, "synced"), json.dumps(shipped)))
             except ClawpenError as err:
                 c.note("failover", f"the final shipping of the workspace failed: {err.what}", bot)
-        if planned or snapshot:
-            to = order.get("to") or self._successor()
-            note = json.dumps({"from": c.host, "to": to, "snapshot": snapshot, "term": self.token})
+        # The note names who goes next (the named host, else the host whose check failed this
+        # one, else the next of ha.hosts): this host steps aside rather than winning again.
+        to = order.get("to") or (None if planned else order.get("by")) or self._successor()
+        note = json.dumps({"from": c.host, "to": to, "snapshot": snapshot, "term": self.token})
+        with contextlib.suppress(ClawpenError):  # without it, the key is free to all: still safe
             lease = await c.run(lambda: c.etcd.grant(c.ttl * HANDOVER_TTL_FACTOR))
             await c.run(lambda: c.etcd.put(c.key(bot, "handover"), note, lease=lease))
         with contextlib.suppress(ClawpenError):
