@@ -171,6 +171,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of clawpen.toml")
     doctor = sub.add_parser("doctor", help="check this host for what clawpen needs, with fixes")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument(
+        "--file", "-f", default="clawpen.toml", help="the spec whose [cluster] to check (if it exists)"
+    )
     for module in _command_modules(command):
         module.add_commands(sub)
     return parser
@@ -349,11 +352,12 @@ def cmd_schema(_ns: argparse.Namespace) -> int:
 
 def cmd_doctor(ns: argparse.Namespace) -> int:
     from dataclasses import asdict
+    from pathlib import Path
 
     from clawpen.doctor import checks_ok, run_checks
     from clawpen.paths import state_dir
 
-    checks = run_checks(state_dir=state_dir())
+    checks = run_checks(state_dir=state_dir(), spec_file=Path(ns.file))
     if ns.json:
         print(json.dumps([asdict(c) for c in checks], indent=2))
     else:

@@ -32,6 +32,7 @@ from clawpen.doctor_probe import Probe as Probe  # noqa: PLC0414 (re-export: tes
 from clawpen.sandbox.cgroups import V1_CONTROLLERS, V2_CONTROLLERS
 
 SANDBOX, HOST, CONTAINER, VM = "sandbox tier", "host", "container tier", "vm tier"
+CLUSTER = "failover cluster"
 GiB = 1024**3
 NOBODY = 65534
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -393,7 +394,9 @@ def _engine_checks(found: EngineReport, tail: str) -> list[Check]:
     return [Check(CONTAINER, f"engine{tail}", True, detail, None), base]
 
 
-def run_checks(*, state_dir: Path, probe: Probe | None = None) -> list[Check]:
+def run_checks(
+    *, state_dir: Path, probe: Probe | None = None, spec_file: Path = Path("clawpen.toml")
+) -> list[Check]:
     """Every sandbox tier check, then every host check, in display order.
 
     A check that crashes becomes a failed check instead of ending the doctor.
@@ -413,6 +416,7 @@ def run_checks(*, state_dir: Path, probe: Probe | None = None) -> list[Check]:
         (HOST, "network", lambda: _network(p)),
         (CONTAINER, "engine", lambda: _engine(p)),
         (VM, "qemu", lambda: [Check(VM, *f) for f in p.vm_findings()]),
+        (CLUSTER, "cluster", lambda: [Check(CLUSTER, *f) for f in p.cluster_findings(spec_file, state_dir)]),
     ]
     checks: list[Check] = []
     for group, name, step in steps:

@@ -113,6 +113,22 @@ class Probe:
 
         return findings()
 
+    def cluster_findings(self, spec_file: Path, state_dir: Path) -> list[VmFinding]:
+        """The ``[cluster]`` of ``spec_file`` (none without the file or the table)."""
+        if not spec_file.is_file():
+            return []
+        from clawpen.ha.report import findings
+        from clawpen.spec.loader import load_spec
+        from clawpen.vault.store import Vault
+
+        try:
+            settings = load_spec(spec_file).spec.cluster
+        except ClawpenError as err:
+            return [VmFinding("spec", False, f"{spec_file}: {err.what}", err.hint)]
+        if settings is None:
+            return []
+        return [VmFinding(*f) for f in findings(settings, lambda names: Vault(state_dir).values_for(names))]
+
     def module_version(self, name: str) -> str:
         """Import module ``name`` and return its ``__version__``; raises ImportError/OSError."""
         return str(getattr(importlib.import_module(name), "__version__", "?"))

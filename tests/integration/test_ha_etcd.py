@@ -3,7 +3,9 @@ that expire, an endpoint that is down, user/password authentication."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from clawpen.errors import HostError
 from clawpen.ha.etcd import Etcd, EtcdConfig, EtcdUnavailable
 
 pytestmark = [pytest.mark.slow]
+CLAWPEN = str(Path(sys.executable).with_name("clawpen"))
 
 
 @pytest.fixture
@@ -92,3 +95,27 @@ def test_user_and_password(server: EtcdServer) -> None:
     with pytest.raises(HostError) as err:
         wrong.get("/clawpen/x")
     assert "not-it" not in str(err.value.what) + str(err.value.where) + str(err.value.hint)
+
+
+def test_doctor_checks_the_specs_cluster(server: EtcdServer, tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text(f'[cluster]\nendpoints = ["{server.url}", "{dead}"]\nhost = "a"\n')
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CLAWPEN_HOME": str(tmp_path / "state")}
+    done = subprocess.run(
+        [CLAWPEN, "doctor", "--json", "--file", str(spec)], capture_output=True, text=True, env=env
+    )
+    checks = {c["name"]: c for c in json.loads(done.stdout) if c["group"] == "failover cluster"}
+    assert checks["cluster host"]["ok"] and "'a'" in checks["cluster host"]["detail"]
+    assert checks[f"etcd {server.url}"]["ok"] and "etcd 3." in checks[f"etcd {server.url}"]["detail"]
+    assert not checks[f"etcd {dead}"]["ok"] and checks[f"etcd {dead}"]["hint"]
+    assert checks["etcd quorum"]["warn"] and "single point of failure" in checks["etcd quorum"]["detail"]
+    assert done.returncode == 1  # a failed endpoint fails the doctor
+    server.stop()  # no member answers: every endpoint fails, and no quorum line pretends otherwise
+    done = subprocess.run(
+        [CLAWPEN, "doctor", "--json", "--file", str(spec)], capture_output=True, text=True, env=env
+    )
+    names = [c["name"] for c in json.loads(done.stdout) if c["group"] == "failover cluster"]
+    assert "etcd quorum" not in names and not any(
+        c["ok"] for c in json.loads(done.stdout) if c["name"].startswith("etcd ")
+    )
