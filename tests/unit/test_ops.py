@@ -36,6 +36,7 @@ from clawpen.daemon.rpc import RemoteError
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import InternalError, UsageError
+from clawpen.ha import component as ha_ops
 from clawpen.metrics import ops as metrics_ops
 from clawpen.net import ops as net_ops
 from clawpen.ops import Call, Contract, Empty, Registry
@@ -54,6 +55,7 @@ CONTRACTS: dict[str, Contract[Any]] = {
         ops_snapshots,
         ops_storage,
         ops_validate,
+        ha_ops,
     )
     for c in module.CONTRACTS
 }

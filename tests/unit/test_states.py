@@ -157,7 +157,7 @@ def test_message_lists_allowed_states_sorted():
     with pytest.raises(
         IllegalTransition,
         match=r"^bot db cannot go from backoff to running; "
-        r"allowed from backoff: scheduled_off, starting, stopped",
+        r"allowed from backoff: scheduled_off, standby, starting, stopped",
     ):
         machine.transition(S.RUNNING, "x", 0.0)
 

@@ -19,7 +19,7 @@ from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import HostError
-from clawpen.ha.component import HaRegistry
+from clawpen.ha.registry import HaRegistry
 from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.net.instance import sweep_orphan_relays
 from clawpen.paths import cache_dir

@@ -6,14 +6,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.ha.agent import Agent, Role
-from clawpen.supervisor.states import BotState
+from clawpen.ha.registry import HaRegistry
+from clawpen.spec.models import Bot
+from clawpen.supervisor.states import BotState, BotStateMachine
 
-if TYPE_CHECKING:
-    from clawpen.daemon.runtime import Instance
+
+class _Services(Protocol):
+    @property
+    def ha(self) -> HaRegistry | None: ...
+
+
+class Instance(Protocol):
+    """What this module uses of a bot replica (``daemon/runtime.py`` ``Instance``)."""
+
+    name: str
+    bot: Bot
+    machine: BotStateMachine
+    _wake: asyncio.Event
+
+    @property
+    def svc(self) -> _Services: ...
+    def transition(self, state: BotState, reason: str) -> None: ...
+    async def _sleep(self, seconds: float) -> bool: ...
+
 
 TOKEN_FILE = "CLAWPEN_FENCING_TOKEN"  # noqa: S105 - a file name, not a secret; /run/secrets/CLAWPEN_FENCING_TOKEN in the sandbox
 NO_AGENT_RETRY = 5.0
@@ -39,6 +58,8 @@ async def until_primary(inst: Instance) -> bool:
     else:
         registry = inst.svc.ha
         reason = registry.why_none(inst.name, list(inst.bot.ha.hosts)) if registry else "standby: no cluster"
+    if inst.machine.state in (BotState.CRASHLOOP, BotState.FAILED):  # a person's start: through stopped
+        inst.transition(BotState.STOPPED, "start requested")
     if inst.machine.state is not BotState.STANDBY:
         inst.transition(BotState.STANDBY, reason)
     if agent is None:

@@ -46,7 +46,7 @@ from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 from clawpen.vault.redact import Redactor
 
 if TYPE_CHECKING:
-    from clawpen.ha.component import HaRegistry
+    from clawpen.ha.registry import HaRegistry
     from clawpen.net.links import LinkManager
     from clawpen.sandbox.cgroups import CgroupHost
 

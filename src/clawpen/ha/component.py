@@ -21,28 +21,11 @@ from typing import Any, Protocol
 
 from clawpen.errors import ClawpenError, UsageError
 from clawpen.ha.agent import Agent, Cluster, Role
+from clawpen.ha.registry import HaRegistry
+from clawpen.ha.view import cluster_view
 from clawpen.host import Notes, Operations, SpecFeed
 from clawpen.ops import Call, Contract, Empty, Reply, Request
 from clawpen.spec.models import Spec
-
-
-class HaRegistry:
-    """The agents of this daemon's HA bots, by bot name (empty without a cluster)."""
-
-    def __init__(self) -> None:
-        self.agents: dict[str, Agent] = {}
-        self.host: str | None = None
-        self.problem: str | None = None  # why there is no agent (no [cluster], etcd unreachable...)
-
-    def agent(self, bot: str) -> Agent | None:
-        return self.agents.get(bot)
-
-    def why_none(self, bot: str, hosts: list[str]) -> str:
-        if self.problem:
-            return f"standby: {self.problem}"
-        if self.host is not None and self.host not in hosts:
-            return f"standby: this host ({self.host}) is not among ha.hosts ({', '.join(hosts)})"
-        return "standby: the failover agent is starting"
 
 
 class _Daemon(Notes, Operations, SpecFeed, Protocol):
@@ -78,6 +61,7 @@ FAILOVER = Contract(
     "failover", "operator", FailoverRequest, FailoverReply,
     "hand an HA bot over to its backup: stop, ship the workspace, start there",
 )  # fmt: skip
+CONTRACTS = (CLUSTER_STATUS, FAILOVER)
 
 
 class HaComponent:
@@ -178,8 +162,6 @@ class HaComponent:
 
     # ------------------------------------------------------------ operations
     async def _status(self, _req: Empty, _call: Call) -> dict[str, Any]:
-        from clawpen.ha.view import cluster_view
-
         registry = self.registry
         assert registry is not None
         if self.cluster is None:

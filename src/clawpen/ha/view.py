@@ -10,7 +10,7 @@ from clawpen.errors import ClawpenError
 
 if TYPE_CHECKING:
     from clawpen.ha.agent import Cluster
-    from clawpen.ha.component import HaRegistry
+    from clawpen.ha.registry import HaRegistry
 
 
 def _json(raw: bytes) -> dict[str, Any]:

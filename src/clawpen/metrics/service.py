@@ -41,7 +41,7 @@ from clawpen.spec.units import UnitError, parse_duration
 _log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from clawpen.ha.component import HaRegistry
+    from clawpen.ha.registry import HaRegistry
     from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
     from clawpen.spec.models import Bot, Spec

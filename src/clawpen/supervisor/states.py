@@ -84,8 +84,8 @@ TRANSITIONS: Mapping[BotState, frozenset[BotState]] = MappingProxyType(
         ),
         _S.OOM: frozenset({_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.CRASHLOOP, _S.SCHEDULED_OFF, _S.STANDBY}),
         _S.BACKOFF: frozenset({_S.STARTING, _S.STOPPED, _S.SCHEDULED_OFF, _S.STANDBY}),
-        _S.CRASHLOOP: frozenset({_S.STARTING, _S.STOPPED, _S.STANDBY}),
-        _S.FAILED: frozenset({_S.STARTING, _S.STOPPED, _S.STANDBY}),
+        _S.CRASHLOOP: frozenset({_S.STARTING, _S.STOPPED}),
+        _S.FAILED: frozenset({_S.STARTING, _S.STOPPED}),
         _S.SCHEDULED_OFF: frozenset({_S.STARTING, _S.STOPPED}),
         _S.STANDBY: frozenset({_S.STARTING, _S.STOPPED}),
     }
