@@ -8,6 +8,7 @@ moment each instance believed it was primary."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -110,6 +111,10 @@ def test_a_planned_failover_hands_over_with_no_two_primaries(
     assert len(terms.spans()) == 3  # three terms, three tokens
     kinds = [e["kind"] for e in a.events("pen")]
     assert "failover" in kinds
+    # the planned ones are in the audit log of the host they were asked on
+    audited = [json.loads(line) for line in (b.home / "audit.log").read_text().splitlines()]
+    failovers = [r for r in audited if r.get("action") == "failover"]
+    assert len(failovers) == 2 and failovers[1]["detail"]["to"] == "a", failovers
 
 
 def test_a_daemon_killed_and_restarted_within_the_lease_keeps_its_term_and_bot(
