@@ -12,6 +12,7 @@ file on disk or a log line. restic's environment is reduced to ``PATH``, ``LANG`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -160,11 +161,12 @@ def snapshot_time(raw: str, *, where: str) -> float:
     from datetime import datetime
 
     m = re.match(r"^([^.Z+]+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", raw)  # cut to microseconds
-    if m is None:
-        raise HostError(f"restic gave a snapshot time {raw!r} clawpen cannot read", where=where)
-    zone = m.group(3) or "Z"
-    stamp = f"{m.group(1)}.{(m.group(2) or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
-    return datetime.fromisoformat(stamp).timestamp()
+    if m is not None:
+        zone = m.group(3) or "Z"
+        stamp = f"{m.group(1)}.{(m.group(2) or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(stamp).timestamp()
+    raise HostError(f"restic gave a snapshot time {raw!r} clawpen cannot read", where=where)
 
 
 def hint_for(err: str) -> str:
