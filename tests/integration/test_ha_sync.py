@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -364,3 +365,61 @@ def test_prune_keeps_the_newest_over_both_hosts_and_only_touches_its_bot(
     assert [s.id for s in b.shipments(BOT)] == [s.id for s in made[2:]]
     assert [s.id for s in a.shipments("neighbour")] == [neighbour.id]
     assert a.prune(BOT, keep_last=2) == []
+
+
+def _locks(repo: Path) -> list[str]:
+    """restic's lock files (a lock being written is ``<id>-tmp-<n>`` first)."""
+    return [p.name for p in (repo / "locks").glob("*") if "-tmp-" not in p.name]
+
+
+def test_a_prune_holding_the_lock_never_blocks_the_backups_restore(tmp_path: Path, shared: Path) -> None:
+    """A primary stopped (or partitioned) in the middle of a prune keeps restic's exclusive lock:
+    the backup still restores; shipping waits until the lock is gone or stale."""
+    argv: list[list[str]] = []
+    a, b = _host(tmp_path, "a", argv), _host(tmp_path, "b", argv)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    for _ in range(3):
+        (ws / "f").write_bytes(os.urandom(200_000))
+        a.ship(ws, bot=BOT, host="a", term=1, reason="interval")
+    newest = a.latest(BOT)
+    assert newest is not None
+    pw = tmp_path / "pw"
+    pw.write_bytes(PASSWORD)
+    restic = ["restic", "--repo", str(shared), "--password-file", str(pw), "-q"]
+    prune = subprocess.Popen(
+        [*restic, "--cache-dir", str(tmp_path / "c-prune"), "forget", "--keep-last", "1", "--prune"]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _locks(shared) and prune.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        os.kill(prune.pid, signal.SIGSTOP)
+        assert prune.poll() is None and any((shared / "locks").glob("*")), (
+            "the prune was not caught holding its lock"
+        )
+        # positive control: a restore that takes restic's lock is refused
+        again = [
+            *restic,
+            "--cache-dir",
+            str(tmp_path / "c-x"),
+            "restore",
+            newest.id,
+            "--target",
+            str(tmp_path / "x"),
+        ]
+        locked = subprocess.run(again, capture_output=True, text=True, check=False)
+        assert locked.returncode != 0 and "locked exclusively" in locked.stderr
+        target = tmp_path / "b" / "ws"
+        target.mkdir(parents=True)
+        b.restore(BOT, newest.id, target)
+        assert (target / "f").read_bytes() == (ws / "f").read_bytes()
+        with pytest.raises(HostError, match="locked by another restic") as err:
+            b.ship(target, bot=BOT, host="b", term=2, reason="interval")
+        assert "restic unlock" in (err.value.hint or "")
+    finally:
+        prune.kill()  # SIGKILL works on a stopped process
+        prune.wait(timeout=10)
+    b.unlock_stale()  # the prune's process is gone on this host name: its lock is stale
+    shipped = b.ship(target, bot=BOT, host="b", term=2, reason="interval")
+    assert b.latest(BOT) == shipped._replace(bytes=None, added=None)

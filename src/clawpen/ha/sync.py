@@ -49,6 +49,10 @@ from clawpen.snapshots.runner import ResticRepo, forgotten_ids, snapshot_time
 REASONS = ("interval", "handover")
 """Why a snapshot was shipped: the periodic sync, or the final one of a planned handover."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # bot and host names (spec/rules.py check_bot_name)
+NO_LOCK = "--no-lock"
+"""Reading (listing, restoring) takes no lock: a prune's exclusive lock, even one a crashed host
+left, never blocks the backup's restore, and the backup's reading never blocks the primary's
+prune. A prune removing data a restore reads fails the restore, which then changes nothing."""
 _RESTORING = ".ha-restore-"  # .<workspace>.ha-restore-XXXX: a restore's fresh folder
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -112,14 +116,22 @@ class ShipRepo(ResticRepo):
         try:
             return super().run(args, what, cwd=cwd, source=source)
         except HostError as err:
-            if "wrong password" not in err.what:
-                raise
-            raise HostError(
-                err.what,
-                where=err.where,
-                hint="the vault secret that ha.sync.password_secret names must hold the same "
-                "password on every host of the bot (clawpen secrets set NAME on this one)",
-            ) from None
+            if "wrong password" in err.what:
+                raise HostError(
+                    err.what,
+                    where=err.where,
+                    hint="the vault secret that ha.sync.password_secret names must hold the same "
+                    "password on every host of the bot (clawpen secrets set NAME on this one)",
+                ) from None
+            if "`unlock` command" in err.what or "already locked" in err.what:  # restic's last line
+                raise HostError(
+                    f"restic {what} failed: the ha.sync repository is locked by another restic",
+                    where=err.where,
+                    hint="a prune holds it (the next shipment tries again), or a host that crashed "
+                    "while writing left it: restic unlock removes it once stale (30 minutes, or at "
+                    "once when its process is gone on this host name)",
+                ) from None
+            raise
 
     def ensure(self) -> bool:
         """Initialise the repository on first use; True when this call created it (False: it
@@ -251,7 +263,8 @@ class ShipRepo(ResticRepo):
         """``bot``'s shipped snapshots, oldest first (none before the first shipment)."""
         if self.is_local and not self.exists():
             return []
-        rows = _rows(self.run(["snapshots", "--json", "--tag", f"{TAG},{ha_tag(bot)}"], "snapshots"))
+        args = [NO_LOCK, "snapshots", "--json", "--tag", f"{TAG},{ha_tag(bot)}"]
+        rows = _rows(self.run(args, "snapshots"))
         return sorted((self._shipped(r) for r in rows), key=lambda s: (s.time, s.term))
 
     def latest(self, bot: str) -> Shipped | None:
@@ -261,7 +274,7 @@ class ShipRepo(ResticRepo):
 
     def find(self, bot: str, snapshot_id: str) -> Shipped:
         """``bot``'s snapshot ``snapshot_id`` (an id or a prefix restic accepts)."""
-        rows = _rows(self.run(["snapshots", "--json", snapshot_id], "snapshots"))
+        rows = _rows(self.run([NO_LOCK, "snapshots", "--json", snapshot_id], "snapshots"))
         mine = [r for r in rows if ha_tag(bot) in (r.get("tags") or [])]
         if len(mine) != 1:
             raise HostError(
@@ -301,6 +314,12 @@ class ShipRepo(ResticRepo):
         args = ["forget", "--json", "--tag", f"{TAG},{ha_tag(bot)}", "--group-by", ""]
         return forgotten_ids(self.run([*args, "--keep-last", str(keep_last), "--prune"], "forget"))
 
+    def unlock_stale(self) -> None:
+        """Remove the locks restic deems stale (``restic unlock``: a lock of a dead process of
+        this host name, or one older than 30 minutes), left by a host that crashed while it
+        wrote: until then shipping and pruning fail with "locked"."""
+        self.run(["unlock"], "unlock")
+
     # -- restoring ---------------------------------------------------------------------------
 
     def restore(
@@ -327,7 +346,7 @@ class ShipRepo(ResticRepo):
         _sweep(workspace)
         fresh = Path(tempfile.mkdtemp(prefix=f".{workspace.name}{_RESTORING}", dir=parent))
         try:
-            self.run(["restore", snap.id, "--target", str(fresh)], "restore")
+            self.run([NO_LOCK, "restore", snap.id, "--target", str(fresh)], "restore")
             if snap.digest is not None and tree_digest(fresh) != snap.digest:
                 raise HostError(
                     f"the restored workspace of {bot} differs from the handover snapshot {snap.id[:8]}",
