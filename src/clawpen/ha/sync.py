@@ -145,11 +145,12 @@ class ShipRepo(ResticRepo):
                 return False
             try:
                 self.run(["init"], "init")
-            except HostError:
-                if self.exists():
-                    return False  # another host made it meanwhile
-                self.run(["cat", "config"], "open")  # its error says why (a wrong password...)
-                raise
+            except HostError as init_err:
+                try:
+                    self.run(["cat", "config"], "open")
+                except HostError as open_err:  # a wrong password says more than "it exists"
+                    raise (open_err if "wrong password" in open_err.what else init_err) from None
+                return False  # another host made it meanwhile
         self._check_opens()
         return True
 
