@@ -169,7 +169,11 @@ def test_restore_creates_a_missing_workspace_and_works_without_rename_exchange(
     calls: list[Path] = []
     monkeypatch.setattr(sync, "_rename_exchange", lambda x, y: calls.append(y) is not None)
     (fresh / "extra").write_text("not in the snapshot")
+    crashed = fresh.parent / ".ws.ha-restore-k1ll3d"  # a restore's folder a crash left behind
+    crashed.mkdir()
+    (crashed / "half").write_bytes(b"x" * 1000)
     a.restore(BOT, shipped.id, fresh)
+    assert not crashed.exists()
     assert calls == [fresh]
     assert _manifest(fresh) == _manifest(src) and _leftovers(fresh) == []
     _no_secret_in(argv)

@@ -358,6 +358,12 @@ class ShipRepo(ResticRepo):
             if owner_uid is not None:
                 _hand_over(fresh, owner_uid, owner_gid if owner_gid is not None else owner_uid)
             _swap(fresh, workspace)
+        except OSError as err:  # reading the tree, handing it over
+            raise HostError(
+                f"cannot prepare the restored workspace of {bot}: {err.strerror} ({err.filename})",
+                where=where,
+                hint="the workspace was left as it was; the daemon runs as root to restore owners",
+            ) from None
         finally:
             shutil.rmtree(fresh, ignore_errors=True)  # the old workspace after a swap
         return snap
