@@ -113,7 +113,7 @@ class HaComponent:
         registry.problem = None
         cluster = self.cluster
         guards = await self._guards()
-        wanted = agents_for(spec, cluster, daemon.services)
+        wanted = agents_for(spec, cluster, daemon.services, self._workspace)
         for name, old in list(registry.agents.items()):  # gone from the spec, or its ha changed
             if name not in wanted or wanted[name].policy != old.policy:
                 del registry.agents[name]
@@ -130,6 +130,16 @@ class HaComponent:
             daemon.note("failover", f"a fence guard of term {guard.get('token')} was left: ended", name)
             with contextlib.suppress(ClawpenError):
                 await cluster.fence.request({"op": "disarm", "bot": name})
+
+    def _workspace(self, bot: str) -> Path | None:
+        """The real path of ``bot``'s workspace on this host (from its instance's policy)."""
+        daemon = self._daemon
+        insts = getattr(daemon, "instances", {}).get(bot) if daemon is not None else None
+        if not insts:
+            return None
+        inst = insts[0]
+        found = inst.bot.to_policy(bot, inst.base_dir).workspace
+        return None if found is None else Path(found)
 
     async def _guards(self) -> dict[str, dict[str, Any]]:
         assert self.cluster is not None
