@@ -222,5 +222,8 @@ def run_daemon(state: Path) -> int:
             where="clawpen daemon",
             hint="run it as root (sudo clawpen daemon), or let `clawpen up` start it",
         )
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: stacks to the log
     asyncio.run(serve(state))
     return 0

@@ -478,9 +478,11 @@ class Instance:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._eof.values()), 2.0)
-        for stream, fd in self._pipes.items():
-            if not self._eof[stream].done():
-                loop.remove_reader(fd)
+        for fd in self._pipes.values():
+            # always (a no-op after EOF): the timeout above cancels the EOF futures, and a fd
+            # closed while still registered leaves a stale selector key whose number the next
+            # accepted connection reuses, and that connection is then never read
+            loop.remove_reader(fd)
             os.close(fd)
         result = await loop.run_in_executor(None, sandbox.collect)
         await loop.run_in_executor(None, sandbox.teardown)
