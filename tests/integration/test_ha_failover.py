@@ -159,3 +159,87 @@ def test_a_host_that_drops_the_bot_from_its_spec_hands_the_term_on(
     # and a does not hold (or take) the term again: b keeps it past a lease
     time.sleep(4)
     assert terms.primary_now() == {"b"} and len(terms.spans()) == 2
+
+
+JOURNAL_BOT = r"""
+n=0; [ -f /workspace/journal ] && n=$(wc -l < /workspace/journal)
+while :; do
+  n=$((n+1)); echo "$CLAWPEN_HA_HOST $CLAWPEN_FENCING_TOKEN $n" >> /workspace/journal
+  echo "$CLAWPEN_HA_HOST $CLAWPEN_FENCING_TOKEN $CLAWPEN_FENCING_TOKEN $(date +%s.%N)" >> {log}
+  sleep 0.05
+done
+"""
+
+
+def test_ha_sync_ships_the_workspace_and_a_planned_failover_loses_nothing(
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+) -> None:
+    a, b, terms, etcd = pair
+    repo = terms.path.parent / "repo"
+    script = JOURNAL_BOT.replace("{log}", str(terms.path))
+    text = f"""
+        [cluster]
+        endpoints = ["{etcd.url}"]
+        lease = "3s"
+        poll = "200ms"
+
+        [bots.pen]
+        command = ["sh", "-c", '''{script}''']
+        workspace = "./data"
+        filesystem.rw = ["{terms.path.parent}"]
+        restart.stop_grace = "1s"
+
+        [bots.pen.ha]
+        mode = "primary-backup"
+        hosts = ["a", "b"]
+        sync = {{ repository = "{repo}", password_secret = "HA_SYNC_PW", interval = "5s" }}
+    """
+    for d in (a, b):
+        d.write(text)
+        d.cli("secrets", "set", "HA_SYNC_PW", stdin="the-same-on-both\n")
+    a.cli("up")
+    a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    journal_a, journal_b = a.spec.parent / "data" / "journal", b.spec.parent / "data" / "journal"
+    # an interval shipment: its age shows on the backup
+    assert wait_for(lambda: (b.json("cluster", "status")["bots"][0]["copy_age_s"] or 99) < 10, 20)  # type: ignore[index]
+    assert not journal_b.exists()  # the backup restores at a takeover, not before
+    b.cli("failover", "pen")
+    b.wait_state("pen", "running", timeout=60)
+    final_a = journal_a.read_text()  # a's bot is stopped: its last state
+    assert final_a and journal_b.exists()
+    got_b = journal_b.read_text()
+    assert got_b.startswith(final_a), (len(final_a), got_b[: len(final_a) + 80])  # not a line lost
+    assert wait_for(lambda: len(journal_b.read_text().splitlines()) > len(final_a.splitlines()) + 5, 10)
+    numbers = [int(line.split()[2]) for line in journal_b.read_text().splitlines()]
+    assert numbers == list(range(1, len(numbers) + 1))  # b's bot carried the count on
+    assert terms.overlaps() == []
+    owner = os.stat(journal_b).st_uid
+    assert owner == os.stat(b.spec.parent / "data").st_uid != 0  # handed to b's bot uid
+
+
+def test_a_killed_primary_daemon_loses_its_bot_to_the_fence_and_a_killed_bot_restarts_in_its_term(
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+) -> None:
+    a, b, terms, _ = pair
+    a.cli("up")
+    first = a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    assert wait_for(lambda: terms.primary_now() == {"a"}, 10)
+    # the bot killed: a restarts it in the same term (no failover, the same token)
+    os.kill(int(first["pid"]), signal.SIGKILL)
+    assert wait_for(lambda: a.ps()["pen"]["state"] == "running" and a.ps()["pen"]["pid"] != first["pid"], 20)
+    time.sleep(1.0)
+    assert len(terms.spans()) == 1 and terms.primary_now() == {"a"}
+    assert b.ps()["pen"]["state"] == "standby"
+    # the daemon killed for good: its fence stops the bot at the deadline, then b takes over
+    pid = a.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    assert wait_for(lambda: "b" in terms.primary_now(), 20), terms.spans()
+    a_last = max(end for (h, _), (_, end) in terms.spans().items() if h == "a")
+    assert a_last < killed + 3, a_last - killed  # within a's lease
+    assert terms.overlaps() == []
