@@ -25,7 +25,7 @@ from helpers import NetnsDaemon, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap, pytest.mark.slow]
 
-LEASE = 3.0
+LEASE = 5.0  # the test configuration (with checks every second)
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from clawpen.ha.fenceclient import FenceClient
 T = TypeVar("T")
 MARGIN_MIN = 0.5  # seconds the fence's deadline keeps before etcd's expiry, at least
 HANDOVER_TTL_FACTOR = 3  # a handover note lives this many lease TTLs
+RENEW_RETRY = 0.25  # seconds between renewals while they fail
 
 
 class Role(StrEnum):
@@ -367,21 +368,27 @@ class Agent:
 
     async def _renew_loop(self) -> None:
         c = self.c
+        wait = c.ttl / 3
         while self.role is Role.PRIMARY:
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), c.ttl / 3)
+                await asyncio.wait_for(self._poke.wait(), wait)
             if self.role is not Role.PRIMARY:
                 return
             try:
                 await self._renew()
-                demote = await c.run(lambda: c.etcd.get(c.key(self.bot, "demote")))
             except ClawpenError as err:
                 if boottime() >= self.deadline - c.margin:
                     await self._lost(f"could not renew its lease in time ({err.what})")
                     return
                 self.reason = f"primary (term {self.token}); renewing failed: {err.what}"
+                wait = RENEW_RETRY  # etcd electing a leader, a member gone: try again soon
                 continue
+            wait = c.ttl / 3
+            try:
+                demote = await c.run(lambda: c.etcd.get(c.key(self.bot, "demote")))
+            except ClawpenError:
+                continue  # the lease is renewed; the demand is read next time
             if demote is not None:
                 order = json.loads(demote.value)
                 if order.get("term") == self.token:
