@@ -55,6 +55,8 @@ def _requirement_missing(marker: str) -> str | None:
         from tests.integration.vm_env import missing
 
         return missing()
+    if marker == "etcd" and not (shutil.which("etcd") and shutil.which("etcdctl")):
+        return "needs etcd (apt-get install etcd-server etcd-client)"
     if marker == "browser" and not shutil.which("chromium"):
         return "needs Debian's chromium (apt-get install chromium)"
     if marker == "prometheus" and not shutil.which("prometheus"):

@@ -30,7 +30,7 @@ from cluster_env import ETCDCTL, PARTITION_TABLE, Fabric, SimHost, bot_cgroups, 
 from helpers import alive, daemons_of, of_uids, read_proc, wait_for
 from term_log import TermLog
 
-pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.slow, pytest.mark.etcd]
 
 
 def value(host: SimHost, key: str, endpoints: list[str] | None = None, timeout: float = 2.0) -> str | None:

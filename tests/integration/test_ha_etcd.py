@@ -17,7 +17,7 @@ from etcd_env import etcd_at, free_port
 from clawpen.errors import HostError
 from clawpen.ha.etcd import Etcd, EtcdConfig, EtcdUnavailable
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.etcd]
 CLAWPEN = str(Path(sys.executable).with_name("clawpen"))
 
 

@@ -24,7 +24,7 @@ from helpers import DaemonCli, Sink, alive, wait_for
 
 from conftest import daemon_at
 
-pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.bwrap, pytest.mark.slow, pytest.mark.etcd]
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from cluster_env import SimHost, bot_cgroups, cluster
 from ha_env import Terms, shared_dir, spec
 from helpers import NetnsDaemon, wait_for
 
-pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.bwrap, pytest.mark.slow, pytest.mark.etcd]
 
 LEASE = 5.0  # the test configuration (with checks every second)
 
