@@ -16,7 +16,7 @@ import psutil
 
 from clawpen.container.report import EngineReport
 from clawpen.errors import ClawpenError
-from clawpen.vm.report import Finding as VmFinding
+from clawpen.finding import Finding
 
 RUNTIME_PATH = "/usr/bin:/bin"  # the PATH clawpen starts bwrap with
 
@@ -108,12 +108,12 @@ class Probe:
         except ClawpenError as err:
             return err
 
-    def vm_findings(self) -> list[VmFinding]:
+    def vm_findings(self) -> list[Finding]:
         from clawpen.vm.report import findings
 
         return findings()
 
-    def cluster_findings(self, spec_file: Path, state_dir: Path) -> list[VmFinding]:
+    def cluster_findings(self, spec_file: Path, state_dir: Path) -> list[Finding]:
         """The ``[cluster]`` of ``spec_file`` (none without the file or the table)."""
         if not spec_file.is_file():
             return []
@@ -124,10 +124,10 @@ class Probe:
         try:
             settings = load_spec(spec_file).spec.cluster
         except ClawpenError as err:
-            return [VmFinding("spec", False, f"{spec_file}: {err.what}", err.hint)]
+            return [Finding("spec", False, f"{spec_file}: {err.what}", err.hint)]
         if settings is None:
             return []
-        return [VmFinding(*f) for f in findings(settings, lambda names: Vault(state_dir).values_for(names))]
+        return findings(settings, lambda names: Vault(state_dir).values_for(names))
 
     def module_version(self, name: str) -> str:
         """Import module ``name`` and return its ``__version__``; raises ImportError/OSError."""

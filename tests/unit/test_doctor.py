@@ -29,7 +29,7 @@ from clawpen.doctor import (
     run_checks,
 )
 from clawpen.errors import ClawpenError, HostError
-from clawpen.vm.report import Finding as VmFinding
+from clawpen.finding import Finding as VmFinding
 
 GiB = 1024**3
 MOUNTS_V2 = """\
@@ -168,6 +168,9 @@ class FakeProbe(Probe):
 
     def vm_findings(self) -> list[VmFinding]:
         return [VmFinding("qemu", True, "/usr/bin/qemu-system-x86_64: QEMU emulator version 7.2.22")]
+
+    def cluster_findings(self, spec_file: Path, state_dir: Path) -> list[VmFinding]:
+        return []  # no spec with a [cluster] (tests/integration/test_ha_etcd.py checks a real one)
 
     def module_version(self, name: str) -> str:
         assert name == "pyseccomp"

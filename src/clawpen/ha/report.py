@@ -6,20 +6,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
 
 from clawpen.errors import ClawpenError
+from clawpen.finding import Finding
 from clawpen.spec.cluster import ClusterSettings, host_name
 
 QUORUM_HINT = "start the members that are down (etcd needs a majority to grant or renew a lease)"
-
-
-class Finding(NamedTuple):
-    name: str
-    ok: bool
-    detail: str
-    hint: str | None = None
-    warn: bool = False
 
 
 def findings(

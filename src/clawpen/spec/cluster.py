@@ -54,6 +54,13 @@ def at(loc: tuple[str | int, ...], violation: rules.RuleViolation, value: object
     return ValidationError.from_exception_data("clawpen.toml", [detail])
 
 
+def refuse_password(data: Any, what: str, hint: str) -> Any:
+    """A table's plain ``password`` key is refused (``what``: whose password), pointing at the vault."""
+    if isinstance(data, dict) and "password" in data:
+        raise at(("password",), rules.RuleViolation(f"{what} in the spec in plain text", hint))
+    return data
+
+
 def check_host_name(name: str, what: str = "host name") -> str:
     """A host's name in the cluster: a DNS label in lowercase (letters, digits, '-'; 1-63; no
     '-' first or last). It becomes part of etcd keys (``<prefix>/hosts/<name>``)."""
@@ -141,15 +148,7 @@ class ClusterSettings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_plain_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            raise at(
-                ("password",),
-                rules.RuleViolation(
-                    "[cluster] password would keep the etcd password in the spec in plain text",
-                    _VAULT_HINT,
-                ),
-            )
-        return data
+        return refuse_password(data, "[cluster] password would keep the etcd password", _VAULT_HINT)
 
     @field_validator("endpoints")
     @classmethod
@@ -368,16 +367,12 @@ class HaSync(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_plain_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "password" in data:
-            raise at(
-                ("password",),
-                rules.RuleViolation(
-                    "ha.sync password would keep the repository's password in the spec in plain text",
-                    "keep it in the vault (clawpen secrets set HA_SYNC_PASSWORD), write password_secret = "
-                    '"HA_SYNC_PASSWORD"',
-                ),
-            )
-        return data
+        return refuse_password(
+            data,
+            "ha.sync password would keep the repository's password",
+            "keep it in the vault (clawpen secrets set HA_SYNC_PASSWORD), write password_secret = "
+            '"HA_SYNC_PASSWORD"',
+        )
 
     @field_validator("repository")
     @classmethod

@@ -6,18 +6,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from typing import NamedTuple
 
+from clawpen.finding import Finding
 from clawpen.vm import accel, kernel
 from clawpen.vm.tier import KERNEL_CACHE
-
-
-class Finding(NamedTuple):
-    name: str
-    ok: bool
-    detail: str
-    hint: str | None = None
-    warn: bool = False
 
 
 def findings() -> list[Finding]:
