@@ -47,16 +47,22 @@ def pair(tmp_path: Path) -> Iterator[tuple[DaemonCli, DaemonCli, Terms, Etcd]]:
                         os.kill(pid, signal.SIGCONT)
 
 
+def start_pair(a: DaemonCli, b: DaemonCli) -> dict[str, object]:
+    """Host a's daemon first (its bot runs: primary), then b's (standby); a's bot's row."""
+    a.cli("up")
+    row = a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    return row
+
+
 def test_a_frozen_primary_loses_its_bot_before_the_backup_starts(
     pair: tuple[DaemonCli, DaemonCli, Terms, Etcd], sink: Sink
 ) -> None:
     a, b, terms, etcd = pair
     notify = f'[monitoring.builtin]\nhost_defaults = false\n[monitoring.notify]\nurls = ["{sink.url}"]\n'
     b.write(spec([etcd.url], terms.path.parent, extra=notify))
-    a.cli("up")
-    a.wait_state("pen", "running", timeout=30)
-    b.cli("up")
-    b.wait_state("pen", "standby", timeout=30)
+    start_pair(a, b)
     assert wait_for(lambda: terms.primary_now() == {"a"}, 10)
     ((_, token_a),) = terms.spans().keys()
     pid = a.pid()
@@ -90,10 +96,7 @@ def test_a_planned_failover_hands_over_with_no_two_primaries(
     pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
 ) -> None:
     a, b, terms, _ = pair
-    a.cli("up")
-    a.wait_state("pen", "running", timeout=30)
-    b.cli("up")
-    b.wait_state("pen", "standby", timeout=30)
+    start_pair(a, b)
     status = b.json("cluster", "status")
     assert status["host"] == "b" and status["problem"] is None  # type: ignore[index]
     assert {h["host"] for h in status["hosts"]} == {"a", "b"}  # type: ignore[index]
@@ -126,10 +129,7 @@ def test_a_daemon_killed_and_restarted_within_the_lease_keeps_its_term_and_bot(
     shared = terms.path.parent
     for d in (a, b):
         d.write(spec([etcd.url], shared, lease="10s"))
-    a.cli("up")
-    before = a.wait_state("pen", "running", timeout=30)
-    b.cli("up")
-    b.wait_state("pen", "standby", timeout=30)
+    before = start_pair(a, b)
     pid = a.pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -147,10 +147,7 @@ def test_a_host_that_drops_the_bot_from_its_spec_hands_the_term_on(
     pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
 ) -> None:
     a, b, terms, etcd = pair
-    a.cli("up")
-    a.wait_state("pen", "running", timeout=30)
-    b.cli("up")
-    b.wait_state("pen", "standby", timeout=30)
+    start_pair(a, b)
     a.write(
         f'[cluster]\nendpoints = ["{etcd.url}"]\nlease = "3s"\n[bots.other]\ncommand = ["sleep", "600"]\n'
     )
@@ -199,10 +196,7 @@ def test_ha_sync_ships_the_workspace_and_a_planned_failover_loses_nothing(
     for d in (a, b):
         d.write(text)
         d.cli("secrets", "set", "HA_SYNC_PW", stdin="the-same-on-both\n")
-    a.cli("up")
-    a.wait_state("pen", "running", timeout=30)
-    b.cli("up")
-    b.wait_state("pen", "standby", timeout=30)
+    start_pair(a, b)
     journal_a, journal_b = a.spec.parent / "data" / "journal", b.spec.parent / "data" / "journal"
     # an interval shipment: its age shows on the backup
     assert wait_for(lambda: (b.json("cluster", "status")["bots"][0]["copy_age_s"] or 99) < 10, 20)  # type: ignore[index]
@@ -225,10 +219,7 @@ def test_a_killed_primary_daemon_loses_its_bot_to_the_fence_and_a_killed_bot_res
     pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
 ) -> None:
     a, b, terms, _ = pair
-    a.cli("up")
-    first = a.wait_state("pen", "running", timeout=30)
-    b.cli("up")
-    b.wait_state("pen", "standby", timeout=30)
+    first = start_pair(a, b)
     assert wait_for(lambda: terms.primary_now() == {"a"}, 10)
     # the bot killed: a restarts it in the same term (no failover, the same token)
     os.kill(int(first["pid"]), signal.SIGKILL)
