@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from etcd_env import Etcd as EtcdServer
-from etcd_env import etcd_at, free_port
+from etcd_env import etcd_at, free_port, tls_files
 
 from clawpen.errors import HostError
 from clawpen.ha.etcd import Etcd, EtcdConfig, EtcdUnavailable
@@ -119,3 +119,27 @@ def test_doctor_checks_the_specs_cluster(server: EtcdServer, tmp_path: Path) -> 
     assert "etcd quorum" not in names and not any(
         c["ok"] for c in json.loads(done.stdout) if c["name"].startswith("etcd ")
     )
+
+
+def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    ca, server_cert, server_key, client_cert, client_key = tls_files(tmp_path, "cluster")
+    _, _, _, stranger_cert, stranger_key = tls_files(tmp_path, "stranger")  # another CA's client
+    server = EtcdServer(tmp_path / "tls-data", tls=(server_cert, server_key, ca))
+    try:
+        server.start(client=(client_cert, client_key), ca=ca)
+        good = Etcd(
+            EtcdConfig((server.url,), ca_file=str(ca), cert_file=str(client_cert), key_file=str(client_key))
+        )
+        good.put("/clawpen/tls", "1")
+        assert good.get("/clawpen/tls") is not None
+        for cert, key in ((None, None), (str(stranger_cert), str(stranger_key))):
+            refused = Etcd(
+                EtcdConfig((server.url,), ca_file=str(ca), cert_file=cert, key_file=key, timeout=2.0)
+            )
+            with pytest.raises(EtcdUnavailable):  # no certificate, or one the cluster's CA did not sign
+                refused.get("/clawpen/tls")
+        unverified = Etcd(EtcdConfig((server.url,), cert_file=str(client_cert), key_file=str(client_key)))
+        with pytest.raises(EtcdUnavailable):  # the server's certificate is not one the system trusts
+            unverified.get("/clawpen/tls")
+    finally:
+        server.stop()

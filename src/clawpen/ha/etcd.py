@@ -93,6 +93,9 @@ class Etcd:
 
             url = urlsplit(endpoint)
             session = requests.Session()
+            # no proxy and no CA bundle from the environment: requests would let REQUESTS_CA_BUNDLE
+            # override the cluster's CA, and a proxy must not sit between a host and its lease
+            session.trust_env = False
             if self.config.ca_file:
                 session.verify = self.config.ca_file
             if self.config.cert_file and self.config.key_file:
@@ -240,11 +243,13 @@ class Etcd:
 
 
 def _short(err: BaseException) -> str:
-    text = " ".join(str(a) for a in err.args if a) or type(err).__name__
-    try:  # etcd's JSON error body: keep its message
-        body = json.loads(str(err.args[0])) if err.args else None
-        if isinstance(body, dict):
-            text = str(body.get("message") or body.get("error") or text)
+    """What an etcd3gw error says: etcd's own message from its JSON body, else the transport's."""
+    detail = getattr(err, "detail_text", None)  # the reply's body, or the connection error's text
+    text = " ".join([*([str(detail)] if detail else []), *(str(a) for a in err.args if a)])
+    try:
+        body = json.loads(str(detail)) if detail else None
+        if isinstance(body, dict) and (body.get("message") or body.get("error")):
+            text = str(body.get("message") or body.get("error"))
     except (ValueError, TypeError):
         pass
-    return text[:300]
+    return (text or type(err).__name__)[:300]
