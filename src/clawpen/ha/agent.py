@@ -270,8 +270,8 @@ class Agent:
             await asyncio.sleep(rank * c.poll)
             if await c.run(lambda: c.etcd.get(c.key(bot, "leader"))) is not None:
                 return False
+        sent = boottime()  # before the grant: etcd's countdown starts when it grants, after this
         lease = await c.run(lambda: c.etcd.grant(c.ttl))
-        sent = boottime()
         won, token, holder = await c.run(lambda: c.etcd.create(c.key(bot, "leader"), c.host, lease=lease))
         if not won:
             with contextlib.suppress(ClawpenError):
