@@ -311,3 +311,18 @@ def test_from_spec_rejects_unknown_policy():
     with pytest.raises(ConfigError, match="unknown restart policy 'maybe'") as err:
         RestartPolicy.from_spec(spec)
     assert "on-failure" in (err.value.hint or "")
+
+
+def test_a_new_streak_forgets_the_earlier_crashes_without_a_person() -> None:
+    """An HA bot's new term on a host: its crashes in an earlier term do not delay this one."""
+    tracker = RestartTracker(policy(backoff_initial=1, backoff_max=60), jitter="none")
+    now = 0.0
+    delays = []
+    for _ in range(5):
+        tracker.record_started(now)
+        delays.append(tracker.record_exit(1, "exited", now + 1).delay)
+        now += 2
+    assert delays[-1] > 0  # the streak grew: backing off
+    tracker.new_streak()
+    tracker.record_started(now)
+    assert tracker.record_exit(1, "exited", now + 1).delay == 0  # immediate again, like a first crash

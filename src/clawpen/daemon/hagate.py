@@ -12,6 +12,7 @@ from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.ha.agent import Agent, Role
 from clawpen.ha.registry import HaRegistry
 from clawpen.spec.models import Bot
+from clawpen.supervisor.backoff import RestartTracker
 from clawpen.supervisor.states import BotState, BotStateMachine
 
 
@@ -26,6 +27,7 @@ class Instance(Protocol):
     name: str
     bot: Bot
     machine: BotStateMachine
+    tracker: RestartTracker
     _wake: asyncio.Event
 
     @property
@@ -51,6 +53,8 @@ async def until_primary(inst: Instance) -> bool:
         return False
     agent = agent_of(inst)
     if agent is not None and await agent.confirm():
+        if inst.machine.state is BotState.STANDBY:  # a new term here: a new restart streak
+            inst.tracker.new_streak()
         return False
     if agent is not None:
         agent.bot_stopped()

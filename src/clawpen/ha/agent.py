@@ -233,12 +233,18 @@ class Agent:
     # ------------------------------------------------------------ backup
     async def _follow(self) -> None:
         policy, c = self.policy, self.c
-        next_check = 0.0
+        next_check, checked_term = 0.0, None
+        self._failed_checks = 0
         while True:
             kv = await self._read_leader()
             if kv is None and await self._campaign():
                 return
             checking = kv is not None and policy.check_url and kv.value.decode() != c.host
+            if kv is not None and checking and kv.create_revision != checked_term:
+                # a term seen for the first time: its failures start at 0, and its bot has one
+                # interval to come up before the first check
+                checked_term, self._failed_checks = kv.create_revision, 0
+                next_check = time.monotonic() + policy.check_interval
             if kv is not None and checking and time.monotonic() >= next_check:
                 next_check = time.monotonic() + policy.check_interval
                 await self._check(kv)

@@ -269,6 +269,12 @@ class RestartTracker:
         del now
         self._stable_since = None
 
+    def new_streak(self) -> None:
+        """Forget the restart streak and a crashloop without a person: an HA bot's new term on
+        this host (its crashes in an earlier term do not delay this one's restarts)."""
+        self._attempt = 0
+        self._restarts.clear()
+
     def record_manual_stop(self, now: float) -> None:
         """A person stopped the bot (also when no process was running, e.g. during backoff)."""
         del now
