@@ -8,6 +8,7 @@ moment each instance believed it was primary."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -110,6 +111,10 @@ def test_a_planned_failover_hands_over_with_no_two_primaries(
     assert len(terms.spans()) == 3  # three terms, three tokens
     kinds = [e["kind"] for e in a.events("pen")]
     assert "failover" in kinds
+    # the planned ones are in the audit log of the host they were asked on
+    audited = [json.loads(line) for line in (b.home / "audit.log").read_text().splitlines()]
+    failovers = [r for r in audited if r.get("action") == "failover"]
+    assert len(failovers) == 2 and failovers[1]["detail"]["to"] == "a", failovers
 
 
 def test_a_daemon_killed_and_restarted_within_the_lease_keeps_its_term_and_bot(
@@ -134,3 +139,23 @@ def test_a_daemon_killed_and_restarted_within_the_lease_keeps_its_term_and_bot(
     assert b.ps()["pen"]["state"] == "standby"
     kinds = [(e["kind"], e.get("reason", "")) for e in a.events("pen")]
     assert any("adopted" in reason or "primary" in reason for _, reason in kinds), kinds
+
+
+def test_a_host_that_drops_the_bot_from_its_spec_hands_the_term_on(
+    pair: tuple[DaemonCli, DaemonCli, Terms, Etcd],
+) -> None:
+    a, b, terms, etcd = pair
+    a.cli("up")
+    a.wait_state("pen", "running", timeout=30)
+    b.cli("up")
+    b.wait_state("pen", "standby", timeout=30)
+    a.write(
+        f'[cluster]\nendpoints = ["{etcd.url}"]\nlease = "3s"\n[bots.other]\ncommand = ["sleep", "600"]\n'
+    )
+    a.cli("up")
+    assert wait_for(lambda: terms.primary_now() == {"b"}, 20), terms.spans()
+    assert terms.overlaps() == []
+    assert "pen" not in a.ps()
+    # and a does not hold (or take) the term again: b keeps it past a lease
+    time.sleep(4)
+    assert terms.primary_now() == {"b"} and len(terms.spans()) == 2

@@ -168,6 +168,20 @@ class Agent:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._life(), name=f"ha {self.bot}")
 
+    async def retire(self, why: str) -> None:
+        """This host no longer runs the bot as HA (the bot left the spec, or its ``ha`` changed):
+        end the agent; a term it holds ends once its bot is down."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self.lease is not None:
+            self.urgent = False
+            self._announce(Role.STANDBY, f"standby: {why}")
+            await self._wait_bot_down(60.0)
+            await self._release(why)
+
     async def close(self) -> None:
         """The daemon stops: leave the lease and the fence as they are (a new daemon adopts them)."""
         if self._task is not None:
@@ -272,11 +286,14 @@ class Agent:
         except ClawpenError as err:
             await self._release(f"the fence could not be armed: {err.what}")
             return False
-        try:
+        keep = asyncio.get_running_loop().create_task(self._keep_renewing())
+        try:  # the lease lives through the restore
             restored = await self._restore(note.get("snapshot") if note else None)
         except ClawpenError as err:
             await self._release(f"its workspace could not be restored: {err.what}")
             raise
+        finally:
+            keep.cancel()
         with contextlib.suppress(ClawpenError):
             await c.run(lambda: c.etcd.delete(c.key(bot, "handover")))
         how = "planned handover" if note else "the leader key was free"

@@ -75,6 +75,7 @@ class HaComponent:
         self._tasks: list[asyncio.Task[None]] = []
         self._host_lease: int | None = None
         self._daemon: _Daemon | None = None
+        self._configuring = asyncio.Lock()
 
     async def start(self, daemon: Daemon) -> None:  # type: ignore[name-defined] # noqa: F821
         self._daemon = daemon
@@ -89,6 +90,10 @@ class HaComponent:
         self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
     async def _configure(self, spec: Spec) -> None:
+        async with self._configuring:  # one spec at a time, in the order they were applied
+            await self._apply(spec)
+
+    async def _apply(self, spec: Spec) -> None:
         from clawpen.ha.wiring import agents_for, cluster_for
 
         registry, daemon = self.registry, self._daemon
@@ -99,7 +104,7 @@ class HaComponent:
             return
         if self.cluster is None:
             try:
-                self.cluster = cluster_for(settings, self.state, daemon, ThreadPoolExecutor(4, "ha"))
+                self.cluster = cluster_for(settings, self.state, daemon, ThreadPoolExecutor(16, "ha"))
             except ClawpenError as err:
                 registry.problem = err.what
                 return
@@ -108,7 +113,12 @@ class HaComponent:
         registry.problem = None
         cluster = self.cluster
         guards = await self._guards()
-        for name, agent in agents_for(spec, cluster, daemon.services).items():
+        wanted = agents_for(spec, cluster, daemon.services, self._workspace)
+        for name, old in list(registry.agents.items()):  # gone from the spec, or its ha changed
+            if name not in wanted or wanted[name].policy != old.policy:
+                del registry.agents[name]
+                await old.retire("its ha table changed" if name in wanted else "no longer an HA bot here")
+        for name, agent in wanted.items():
             if name in registry.agents:
                 continue
             registry.agents[name] = agent
@@ -120,6 +130,16 @@ class HaComponent:
             daemon.note("failover", f"a fence guard of term {guard.get('token')} was left: ended", name)
             with contextlib.suppress(ClawpenError):
                 await cluster.fence.request({"op": "disarm", "bot": name})
+
+    def _workspace(self, bot: str) -> Path | None:
+        """The real path of ``bot``'s workspace on this host (from its instance's policy)."""
+        daemon = self._daemon
+        insts = getattr(daemon, "instances", {}).get(bot) if daemon is not None else None
+        if not insts:
+            return None
+        inst = insts[0]
+        found = inst.bot.to_policy(bot, inst.base_dir).workspace
+        return None if found is None else Path(found)
 
     async def _guards(self) -> dict[str, dict[str, Any]]:
         assert self.cluster is not None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,10 @@ def policy_for(name: str, bot: Bot) -> HaPolicy:
     )
 
 
-def agents_for(spec: Spec, cluster: Cluster, services: Any) -> dict[str, Agent]:
-    """An agent for every HA bot that names this host."""
+def agents_for(
+    spec: Spec, cluster: Cluster, services: Any, workspace: Callable[[str], Path | None]
+) -> dict[str, Agent]:
+    """An agent for every HA bot that names this host (``workspace(bot)``: its real path here)."""
     found: dict[str, Agent] = {}
     for name, bot in spec.bots.items():
         if bot.ha is None or cluster.host not in bot.ha.hosts:
@@ -77,6 +81,6 @@ def agents_for(spec: Spec, cluster: Cluster, services: Any) -> dict[str, Agent]:
         if bot.ha.sync is not None and bot.workspace:
             from clawpen.ha.shipping import shipper_for
 
-            shipper = shipper_for(name, bot, cluster.host, services)
+            shipper = shipper_for(name, bot, cluster.host, services, functools.partial(workspace, name))
         found[name] = Agent(cluster, policy_for(name, bot), cgroup, shipper)
     return found

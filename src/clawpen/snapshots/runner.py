@@ -12,8 +12,10 @@ file on disk or a log line. restic's environment is reduced to ``PATH``, ``LANG`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -150,6 +152,21 @@ def forgotten_ids(out: str) -> list[str]:
             for group in json.loads(line) or []:
                 gone += [str(s["id"]) for s in group.get("remove") or []]
     return gone
+
+
+def snapshot_time(raw: str, *, where: str) -> float:
+    """Seconds since the epoch of a snapshot's ``time`` as ``restic snapshots --json`` writes it
+    (nanoseconds, "Z" or an offset: "2026-12-01T10:00:00.123456789+01:00"); ``where`` names the
+    repository in the error for a time clawpen cannot read."""
+    from datetime import datetime
+
+    m = re.match(r"^([^.Z+]+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", raw)  # cut to microseconds
+    if m is not None:
+        zone = m.group(3) or "Z"
+        stamp = f"{m.group(1)}.{(m.group(2) or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
+        with contextlib.suppress(ValueError):
+            return datetime.fromisoformat(stamp).timestamp()
+    raise HostError(f"restic gave a snapshot time {raw!r} clawpen cannot read", where=where)
 
 
 def hint_for(err: str) -> str:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from clawpen.errors import HostError
 from clawpen.snapshots.restic import TAG
-from clawpen.snapshots.runner import ResticRepo, forgotten_ids
+from clawpen.snapshots.runner import ResticRepo, forgotten_ids, snapshot_time
 from clawpen.spec.snapshots import KeepCounts
 
 
@@ -97,16 +96,7 @@ class TierRepo(ResticRepo):
 
 
 def _row(row: dict[str, Any]) -> TierSnapshot:
-    from datetime import datetime
-
-    raw = str(row.get("time", ""))
-    # restic writes nanoseconds, "Z" or an offset ("2026-12-01T10:00:00.123456789+01:00"): cut to micro
-    m = re.match(r"^([^.Z+]+?)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", raw)
-    if m is None:
-        raise HostError(f"restic gave a snapshot time {raw!r} clawpen cannot read", where="storage")
-    zone = m.group(3) or "Z"
-    stamp = f"{m.group(1)}.{(m.group(2) or '0')[:6]}{'+00:00' if zone == 'Z' else zone}"
-    when = datetime.fromisoformat(stamp).timestamp()
+    when = snapshot_time(str(row.get("time", "")), where="storage")
     sid = str(row["id"])
     return TierSnapshot(
         sid, str(row.get("original") or sid), when, tuple(str(t) for t in row.get("tags") or [])
