@@ -257,3 +257,56 @@ def vrrp_round(ka: Vrrp, kb: Vrrp, vip: str, stopped_for: float = 1.0) -> dict[s
         "after_resume": after,
         "settled": settled,
     }
+
+
+# ------------------------------------------------------------------------------ planned failover data
+SYNC_SECRET, SYNC_PASSWORD = "HA_SYNC_PASSWORD", "ha-bench-restic-password-7c41"
+KEEP_SH = r"""cd /workspace
+i=$(cat counter 2>/dev/null || echo 0)
+while :; do
+  i=$((i+1))
+  echo "$CLAWPEN_HA_HOST $i" >> log
+  echo $i > counter.new && mv counter.new counter
+  sleep 0.02
+done
+"""
+
+
+def keep_bot(repo: Path, interval: str = "5s") -> str:
+    """A second HA bot (no check): it appends numbered lines to ``log`` in its workspace and
+    keeps the last number in ``counter`` (read back at its start); shipped through ``repo``."""
+    sync = f'sync = {{ repository = "{repo}", password_secret = "{SYNC_SECRET}", interval = "{interval}" }}'
+    return f"""
+[bots.keep]
+command = ["sh", "-c", '''{KEEP_SH}''']
+workspace = "./keep"
+restart.stop_grace = "1s"
+ha = {{ mode = "primary-backup", hosts = ["a", "b"], {sync} }}
+"""
+
+
+def lines_of(ws: Path) -> bytes:
+    try:
+        return (ws / "log").read_bytes()
+    except OSError:
+        return b""
+
+
+def bytes_lost(before: bytes, after: bytes) -> dict[str, Any]:
+    """``before``: the old primary's log once its bot stopped; ``after``: the new primary's. Lost:
+    the bytes of ``before`` that are not the start of ``after``; the new lines must continue the
+    numbering with no gap or repeat."""
+    n = next((i for i, (x, y) in enumerate(zip(before, after, strict=False)) if x != y), None)
+    common = before[: min(len(before), len(after)) if n is None else n]
+    old = before.decode(errors="replace").splitlines()
+    new = after[len(before) :].decode(errors="replace").splitlines() if common == before else []
+    last = int(old[-1].split()[1]) if old else 0
+    nxt = int(new[0].split()[1]) if new and len(new[0].split()) == 2 else None
+    return {
+        "before_bytes": len(before),
+        "after_bytes": len(after),
+        "lost_bytes": len(before) - len(common),
+        "last_line_before": old[-1] if old else "",
+        "first_line_after": new[0] if new else "",
+        "continues": nxt == last + 1,
+    }
