@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from clawpen.spec.models import Bot
 
 
+NOT_RUNNING: dict[str, Any] = {"netns": None, "pid": None, "start": None}  # the relay's "no bot now"
+
 class _Services(Protocol):
     @property
     def note(self) -> Callable[[str, str, str, int], None]: ...  # kind, reason, bot, replica
@@ -202,8 +204,11 @@ class InstanceNetwork:
         return True
 
     async def _write_target(self, ctl: relayctl.RelayControl) -> None:
-        target = self.target()
-        if target is None or target == self._target:
+        # not running (starting, backoff, standby...): a target that names no namespace keeps the
+        # relay up, turning connections away (with no target file at all it would leave, and be
+        # started again every few seconds)
+        target = self.target() or NOT_RUNNING
+        if target == self._target:
             return
         try:
             await asyncio.get_running_loop().run_in_executor(None, ctl.write_target, target)
