@@ -9,7 +9,8 @@ import contextlib
 from typing import Any, Protocol
 
 from clawpen.daemon.watchers import Outcome, Verdict
-from clawpen.ha.agent import Agent, Role
+from clawpen.ha.agent import Agent
+from clawpen.ha.model import Role
 from clawpen.ha.registry import HaRegistry
 from clawpen.spec.models import Bot
 from clawpen.supervisor.backoff import RestartTracker

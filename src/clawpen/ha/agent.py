@@ -26,78 +26,17 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from clawpen.errors import ClawpenError, HostError
-from clawpen.ha.etcd import KV, Etcd, EtcdUnavailable
+from clawpen.ha.etcd import KV
 from clawpen.ha.fence import now as boottime
-from clawpen.ha.fenceclient import FenceClient
+from clawpen.ha.model import Cluster, HaPolicy, Role, Shipper
 
 T = TypeVar("T")
-MARGIN_MIN = 0.5  # seconds the fence's deadline keeps before etcd's expiry, at least
 HANDOVER_TTL_FACTOR = 3  # a handover note lives this many lease TTLs
 RENEW_RETRY = 0.25  # seconds between renewals while they fail
-
-
-class Role(StrEnum):
-    STANDBY = "standby"
-    PRIMARY = "primary"
-
-
-@dataclass(frozen=True)
-class HaPolicy:
-    """What the agent needs of a bot's ``ha`` table (durations in seconds)."""
-
-    bot: str
-    hosts: tuple[str, ...]
-    check_url: str | None = None
-    check_interval: float = 30.0
-    check_timeout: float = 5.0
-    check_failures: int = 3
-    sync_interval: float | None = None
-
-
-class Shipper(Protocol):
-    """The bot's workspace shipping (``ha.sync``), blocking calls run in a thread."""
-
-    def ship(self, *, term: int, reason: str) -> dict[str, Any]: ...
-    def restore(self, snapshot: str | None) -> dict[str, Any] | None: ...
-
-
-@dataclass
-class Cluster:
-    """What every agent of this daemon shares."""
-
-    etcd: Etcd
-    fence: FenceClient
-    host: str
-    prefix: str
-    ttl: int
-    poll: float
-    executor: Executor
-    note: Callable[[str, str, str | None], None]  # kind, reason, bot
-    addresses: dict[str, str] = field(default_factory=dict)  # host name -> its registered address
-
-    def key(self, bot: str, leaf: str) -> str:
-        return f"{self.prefix}/bots/{bot}/{leaf}"
-
-    async def run(self, fn: Callable[[], T], timeout: float | None = None) -> T:
-        """``fn`` (a blocking etcd or restic call) in the cluster's threads, within ``timeout``."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(loop.run_in_executor(self.executor, fn), timeout or self.ttl)
-        except TimeoutError:
-            raise EtcdUnavailable(
-                f"no answer within {timeout or self.ttl:g}s", where=", ".join(self.etcd.config.endpoints)
-            ) from None
-
-    @property
-    def margin(self) -> float:
-        return max(MARGIN_MIN, self.ttl * 0.1)
 
 
 class Agent:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clawpen.errors import ClawpenError, UsageError
-from clawpen.ha.agent import Cluster, Role
+from clawpen.ha.model import Cluster, Role
 from clawpen.ha.registry import HaRegistry
 from clawpen.ha.view import cluster_view
 from clawpen.host import Notes, Operations, SpecFeed

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from clawpen.errors import ClawpenError
 
 if TYPE_CHECKING:
-    from clawpen.ha.agent import Cluster
+    from clawpen.ha.model import Cluster
     from clawpen.ha.registry import HaRegistry
 
 

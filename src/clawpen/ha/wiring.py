@@ -10,9 +10,10 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
-from clawpen.ha.agent import Agent, Cluster, HaPolicy, Shipper
+from clawpen.ha.agent import Agent
 from clawpen.ha.etcd import Etcd, EtcdConfig
 from clawpen.ha.fenceclient import FenceClient
+from clawpen.ha.model import Cluster, HaPolicy, Shipper
 from clawpen.host import Notes
 from clawpen.paths import cgroup_scope
 from clawpen.spec.cluster import ClusterSettings, host_name

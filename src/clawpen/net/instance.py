@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 NOT_RUNNING: dict[str, Any] = {"netns": None, "pid": None, "start": None}  # the relay's "no bot now"
 
+
 class _Services(Protocol):
     @property
     def note(self) -> Callable[[str, str, str, int], None]: ...  # kind, reason, bot, replica
