@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from clawpen.ha.fence import Fence
 
 
@@ -56,4 +58,24 @@ def test_fire_all_is_the_fail_closed_exit() -> None:
     for bot in ("a", "b"):
         fence.handle({"op": "arm", "bot": bot, "cgroup": f"{bot}.0", "deadline": 1000})
     fence.fire_all()
+    assert sorted(killed) == ["a.0", "b.0"]
+
+
+def test_a_log_that_cannot_be_written_never_stops_the_guarding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk: writing the fence's log fails; the kills go on, one guard after another."""
+    import sys
+
+    class Full:
+        def write(self, _text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sys, "stderr", Full())
+    fence, killed, t = make()
+    for bot in ("a", "b"):
+        fence.handle({"op": "arm", "bot": bot, "cgroup": f"{bot}.0", "deadline": 101})
+    t[0] = 102.0
+    assert fence.expire() is None
     assert sorted(killed) == ["a.0", "b.0"]

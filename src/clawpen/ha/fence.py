@@ -130,10 +130,11 @@ class Fence:
         late = guard.fired_at - guard.deadline
         try:
             self.kill(guard.cgroup)
-            print(f"fence: killed bot {guard.bot} (term {guard.token}): its lease was not renewed "
-                  f"({late:.3f}s after the deadline)", file=sys.stderr, flush=True)  # fmt: skip
         except Exception as err:  # keep guarding the others
-            print(f"fence: could not kill bot {guard.bot}: {err}", file=sys.stderr, flush=True)
+            _log(f"fence: could not kill bot {guard.bot}: {err}")
+            return
+        _log(f"fence: killed bot {guard.bot} (term {guard.token}): its lease was not renewed "
+             f"({late:.3f}s after the deadline)")  # fmt: skip
 
     def serve(self, path: Path, *, detach: bool = False) -> None:
         """Accept the daemon's connections on ``path`` until idle (see the module's doc);
@@ -220,6 +221,12 @@ class Fence:
             sel.unregister(conn)
             del buffers[conn]
             conn.close()
+
+
+def _log(line: str) -> None:
+    """One line to the fence's log; a full disk (or a closed log) never stops the guarding."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 class _Stop(Exception):
