@@ -131,6 +131,7 @@ class Instance:
             self.tracker.record_started(row.started_at or self.svc.clock())
         self._manual_start = False
         self._adopting = True
+        self.sandbox = sandbox  # `ps` shows its pid from now on, not once the task has run
         self.svc.note("adopt", f"adopted the running sandbox (pid {row.pid})", self.name, self.replica)
         self.task = asyncio.get_running_loop().create_task(self.run(sandbox), name=f"bot {self.label}")
         return True
