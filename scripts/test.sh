@@ -43,10 +43,12 @@ stop_parts() {
 trap 'stop_parts; exit 130' INT TERM
 trap stop_dockerd EXIT
 
-# no cache plugin: two pytest processes would overwrite each other's .pytest_cache/lastfailed
-start_part vm .venv/bin/python -m pytest -p no:cacheprovider --group vm
-start_part main .venv/bin/python -m pytest -p no:cacheprovider --group main
-start_part wait .venv/bin/python -m pytest -p no:cacheprovider --group wait
+# no cache plugin: two pytest processes would overwrite each other's .pytest_cache/lastfailed;
+# a base temp folder each: three pytest processes cleaning /tmp/pytest-of-root's numbered folders
+# at once raced, and pytest's cleanup then failed a part that had passed (an unclosed scandir)
+start_part vm .venv/bin/python -m pytest -p no:cacheprovider --group vm --basetemp "$logs/t-vm"
+start_part main .venv/bin/python -m pytest -p no:cacheprovider --group main --basetemp "$logs/t-main"
+start_part wait .venv/bin/python -m pytest -p no:cacheprovider --group wait --basetemp "$logs/t-wait"
 start_part lint bash -c "set -euo pipefail; $(declare -f lint); lint"
 
 failed=()
@@ -65,4 +67,5 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "test.sh: FAILED: ${failed[*]} (outputs in $logs)"
   exit 1
 fi
+rm -rf "$logs"/t-vm "$logs"/t-main "$logs"/t-wait  # the tests' folders; kept when a part failed
 echo "test.sh: all parts passed (outputs in $logs)"

@@ -74,7 +74,7 @@ def test_an_unrenewed_deadline_kills_the_bot_and_a_renewed_one_does_not(
         listed = await client.checked({"op": "list"})
         guard = listed["guards"][0]  # type: ignore[index]
         assert guard["fired"] and guard["token"] == 42, guard
-        assert guard["fired_at"] - stopped_at < 1.5, guard  # within the deadline (+ a tick)
+        assert guard["fired_at"] - stopped_at < 3.0, guard  # at the deadline (1 s; a loaded host's tick)
         refused = await client.request({"op": "extend", "bot": "b", "deadline": now() + 10})
         assert not refused["ok"] and "already killed" in str(refused["error"])
         await client.close()
