@@ -26,7 +26,6 @@ import contextlib
 import functools
 import json
 import time
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from clawpen.errors import ClawpenError, HostError
@@ -111,11 +110,7 @@ class Agent:
     async def retire(self, why: str) -> None:
         """This host no longer runs the bot as HA (the bot left the spec, or its ``ha`` changed):
         end the agent; a term it holds ends once its bot is down."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self.close()
         if self.lease is not None:
             self.urgent = False
             self._announce(Role.STANDBY, f"standby: {why}")
@@ -128,6 +123,7 @@ class Agent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+            self._task = None
 
     async def _life(self) -> None:
         while True:
@@ -441,7 +437,3 @@ class Agent:
 
     def poke(self) -> None:
         self._poke.set()
-
-
-async def gather_quietly(calls: list[Awaitable[Any]]) -> None:
-    await asyncio.gather(*calls, return_exceptions=True)
