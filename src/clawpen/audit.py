@@ -4,8 +4,10 @@ Each record holds ``seq`` (1, 2, ...), ``ts`` (UTC, ISO 8601), ``who``, ``action
 dict: names and counts, never a secret value), ``prev`` (hex SHA-256 of the previous line's bytes,
 64 zeros for the first) and ``hash`` (hex SHA-256 of the record's canonical JSON without
 ``hash``). :func:`verify` recomputes both, so a changed, deleted, inserted or reordered row is
-reported. The chain alone cannot show that rows were cut off the *end*; keep the last record's
-hash elsewhere (for example in a backup) to detect that.
+reported. The chain alone cannot show that rows were cut off the *end*: the daemon keeps the
+head (the last record's ``seq`` and line hash) outside the log, in its state database with the
+newest release (``audit_heads``), and :func:`check_anchors` finds a log that no longer holds a
+head recorded there (cut off, or rewritten from scratch with a new chain).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,38 @@ def verify(state_dir: Path) -> list[str]:
             problems.append(f"{where}: chain broken ({what} was changed, deleted or inserted)")
         prev_line = line
         prev_seq = seq if isinstance(seq, int) else prev_seq + 1
+    return problems
+
+
+def head_of(record: Mapping[str, Any]) -> tuple[int, str]:
+    """``(seq, line hash)`` of a record :func:`append` returned: what anchors the log's head."""
+    return int(record["seq"]), hashlib.sha256(_canonical(record)).hexdigest()
+
+
+def check_anchors(state_dir: Path, anchors: Iterable[tuple[int, str]]) -> list[str]:
+    """One message per anchor ``(seq, line hash)`` the log does not hold as written: a log cut
+    after it ("truncated") or a record there that changed ("rewritten")."""
+    hashes: dict[int, str] = {}
+    last = 0
+    for line in _lines(state_dir):
+        try:
+            seq = json.loads(line)["seq"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(seq, int):
+            hashes[seq] = line_hash(line)
+            last = max(last, seq)
+    problems = []
+    for seq, digest in sorted(set(anchors), reverse=True):
+        if seq not in hashes:
+            problems.append(
+                f"seq {seq} was recorded as written but the log ends at seq {last}: "
+                f"{seq - last} record{'s' if seq - last != 1 else ''} cut off its end"
+                if seq > last
+                else f"seq {seq} was recorded as written but is missing from the log"
+            )
+        elif hashes[seq] != digest:
+            problems.append(f"seq {seq} differs from the record written then: the log was rewritten")
     return problems
 
 

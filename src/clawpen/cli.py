@@ -84,6 +84,7 @@ COMMAND_MODULES = (
     "clawpen.cli_storage",
     "clawpen.cli_image",
     "clawpen.cli_cluster",
+    "clawpen.cli_audit",
     "clawpen.api.cli",
 )
 
@@ -120,6 +121,7 @@ COMMAND_INDEX = {
     "storage": "clawpen.cli_storage",
     "image": "clawpen.cli_image",
     **dict.fromkeys(("cluster", "failover"), "clawpen.cli_cluster"),
+    "audit": "clawpen.cli_audit",
 }
 
 

@@ -102,6 +102,18 @@ def failover_message(bot: str, reason: str, at: float) -> Message:
     )  # fmt: skip
 
 
+def audit_message(reason: str, at: float, bot: str | None = None) -> Message:
+    """A new audit finding at or above ``[audit] notify`` (the daemon's ``audit-finding`` event)."""
+    host = socket.gethostname()
+    title = reason.split(". Fix:", maxsplit=1)[0]
+    return Message(
+        f"[AUDIT] {bot + ' on ' if bot else ''}{host}: {title}",
+        f"clawpen on {host} at {_when(at)}: {reason}. See `clawpen audit --since last`.",
+        "critical",
+        "audit-finding",
+    )
+
+
 def snapshot_failed_message(reason: str, at: float) -> Message:
     """A failed scheduled snapshot (the daemon's ``snapshot-failed`` event), for every notifier."""
     return _daemon_event(

@@ -95,6 +95,20 @@ def finding(info: CheckInfo, severity: Severity, title: str, why: str, fix: str,
 
 
 @dataclass(frozen=True)
+class ReleaseFacts:
+    """What the daemon's state says about the newest release (the caller reads it: the state
+    database belongs to a layer above). ``code_changes`` maps a bot to how its code folders now
+    differ from what the release ran (empty: unchanged)."""
+
+    id: int
+    created: float
+    who: str
+    spec_path: str
+    spec_hash: str
+    code_changes: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AuditContext:
     """What the checks read. ``root`` is the system's root folder (``/`` for this host); the
     live parts (listening sockets, processes, the kernel) are read only when ``live`` is true.
@@ -110,6 +124,9 @@ class AuditContext:
     osv: Path | None = None
     online: bool = False
     now: float = field(default_factory=time.time)
+    release: ReleaseFacts | None = None
+    anchors: tuple[tuple[int, str], ...] = ()  # the audit log's heads kept in the state database
+    previous_files: dict[str, str] = field(default_factory=dict)  # watched files' hashes last time
 
     def path(self, absolute: str) -> Path:
         """``absolute`` (``/etc/ssh/sshd_config``) inside :attr:`root`."""

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from clawpen import audit
-from clawpen.daemon import ops_admin, ops_releases, ops_snapshots, ops_storage, ops_validate, ops_views, rpc
+from clawpen.daemon import (
+    auditheads,
+    ops_admin,
+    ops_releases,
+    ops_snapshots,
+    ops_storage,
+    ops_validate,
+    ops_views,
+    rpc,
+)
 from clawpen.daemon import ops_bots as ob
 from clawpen.daemon.botlocks import BotLocks
 from clawpen.daemon.runtime import Instance, Services
@@ -114,7 +123,10 @@ class Daemon:
         result = await self.ops.run(op, request, Call(who, writer))
         if op.role != "viewer":
             try:
-                audit.append(self.services.state_dir, who, name, op.contract.audit_detail(request, result))
+                rec = audit.append(
+                    self.services.state_dir, who, name, op.contract.audit_detail(request, result)
+                )
+                auditheads.record(self.store.db, *audit.head_of(rec), self.services.clock())
             except OSError as err:  # a full disk: the action happened, so say so instead of failing
                 self.note("audit", f"the audit log could not be written ({err}): {who} did {name}")
         return result

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from clawpen.errors import HostError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -82,6 +82,13 @@ CREATE TABLE IF NOT EXISTS release_bots (
     contents TEXT NOT NULL,        -- JSON: code folders' and build output's hashes (version 3)
     PRIMARY KEY (release, bot)
 );
+CREATE TABLE IF NOT EXISTS audit_heads (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    seq INTEGER NOT NULL,          -- the audit log's last record then (version 4)
+    hash TEXT NOT NULL,            -- sha256 of that record's line: the next record's prev
+    release INTEGER                -- the newest release then
+);
 """
 INDEX = "CREATE INDEX IF NOT EXISTS events_bot_at ON events (bot, at)"
 
@@ -92,6 +99,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
         "CREATE TABLE IF NOT EXISTS release_bots (release INTEGER NOT NULL, bot TEXT NOT NULL, "
         "policy_hash TEXT NOT NULL, contents TEXT NOT NULL, PRIMARY KEY (release, bot))",
+    ),
+    3: (
+        "CREATE TABLE IF NOT EXISTS audit_heads (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
+        "seq INTEGER NOT NULL, hash TEXT NOT NULL, release INTEGER)",
     ),
 }
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from clawpen.alerts.engine import Alert, Change, Engine, Notice
 from clawpen.alerts.messages import (
+    audit_message,
     failover_message,
     fmt_value,
     message,
@@ -301,6 +302,8 @@ class Monitor:
                 self.dispatcher.submit(snapshot_failed_message(event.reason, event.at))
             elif event.kind == "failover":  # clawpen.ha.agent: a term won, lost or handed over
                 self.dispatcher.submit(failover_message(event.bot or "?", event.reason, event.at))
+            elif event.kind == "audit-finding":  # clawpen.daemon.audit_schedule.FINDING
+                self.dispatcher.submit(audit_message(event.reason, event.at, event.bot))
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         if probes is not None:

@@ -26,6 +26,7 @@ from pydantic import (
 from clawpen.spec import bounds, listen, rules, units
 from clawpen.spec import policy as pol
 from clawpen.spec.alerts import MonitoringConfig
+from clawpen.spec.auditing import AuditSettings
 from clawpen.spec.build import BuildSpec
 from clawpen.spec.cluster import ClusterSettings, HaTable, check_bot_ha, check_spec_ha
 from clawpen.spec.deploy import Deploy, SnapshotSettings
@@ -523,6 +524,7 @@ class Spec(_Model):
     cluster: ClusterSettings | None = Field(
         None, description="the etcd cluster the daemons join (for bots with ha) and this host's name"
     )
+    audit: AuditSettings = AuditSettings()
 
     @field_validator("bots", mode="before")
     @classmethod

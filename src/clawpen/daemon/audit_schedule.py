@@ -1,0 +1,197 @@
+"""Scheduled audits (docs/audit.md): ``[audit]`` of the applied spec, run by the daemon.
+
+Each schedule covers groups of ``clawpen audit``: ``host`` the host, spec and configuration
+groups; ``vulnerabilities`` and ``dependencies`` the dependencies group (at the shorter of the
+two periods); ``logins = "daily"`` the logins group (``"realtime"``: a follower of the host's
+login records, wired by :mod:`clawpen.daemon.audit_logins`). When each schedule last ran is kept
+in ``<state>/audit/schedule.json``, so a restarted daemon does not audit again at once; a
+schedule that never ran first runs :data:`FIRST_DELAY` after the daemon started (not during its
+start).
+
+A run is an ``audit-run`` event (its score and what changed); each finding it newly found at or
+above ``notify`` is an ``audit-finding`` event, which the monitor sends to the notifiers
+(``[AUDIT]``). Reports are kept like those of ``clawpen audit`` (``--since last`` compares).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clawpen.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from clawpen.assess.model import AuditFinding
+    from clawpen.daemon.server import Daemon
+    from clawpen.spec.auditing import AuditSettings
+
+log = logging.getLogger(__name__)
+RUN = "audit-run"
+FINDING = "audit-finding"
+INTERVAL = 60.0  # how often the schedule is looked at
+FIRST_DELAY = 600.0  # a schedule that never ran first runs this long after the daemon started
+STATE_FILE = "audit/schedule.json"
+SCHEDULES: dict[str, tuple[str, ...]] = {
+    "host": ("host", "spec", "configuration"),
+    "dependencies": ("dependencies",),
+    "logins": ("logins",),
+}
+
+
+def periods(settings: AuditSettings) -> dict[str, float]:
+    """``{schedule: seconds}`` of the schedules that are on (real-time logins are not periodic)."""
+    from clawpen.spec.auditing import period
+
+    out: dict[str, float] = {}
+    if (p := period(settings.host)) is not None:
+        out["host"] = p
+    deps = [p for p in (period(settings.vulnerabilities), period(settings.dependencies)) if p is not None]
+    if deps:
+        out["dependencies"] = min(deps)
+    if settings.logins == "daily":
+        out["logins"] = 86400.0
+    return out
+
+
+def finding_reason(f: AuditFinding) -> str:
+    """The event text of a new finding: severity, title, where, and the fix."""
+    where = f" ({f.where})" if f.where else ""
+    return f"{f.severity.label}: {f.title}{where}. Fix: {f.fix}"
+
+
+class AuditScheduler:
+    """Runs the schedule; :meth:`tick` is one pass at ``now`` (tests call it with their clock)."""
+
+    def __init__(self, daemon: Daemon, *, clock: Callable[[], float] | None = None) -> None:
+        self.daemon = daemon
+        self.clock = clock or daemon.services.clock
+        self.state = daemon.services.state_dir
+        self._lock = asyncio.Lock()
+        self.started = self.clock()
+
+    def _last(self) -> dict[str, float]:
+        try:
+            raw = json.loads((self.state / STATE_FILE).read_text())
+            return {str(k): float(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def _mark(self, name: str, at: float) -> None:
+        last = self._last() | {name: at}
+        path = self.state / STATE_FILE
+        with contextlib.suppress(OSError):  # a full disk: it runs again next time, nothing worse
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(path, json.dumps(last).encode(), mode=0o600)
+
+    def due(self, settings: AuditSettings, now: float) -> list[str]:
+        last = self._last()
+        out = []
+        for name, every in periods(settings).items():
+            at = last.get(name)
+            if (now - at >= every) if at is not None else (now - self.started >= FIRST_DELAY):
+                out.append(name)
+        return out
+
+    async def tick(self, now: float | None = None) -> list[str]:
+        """Run every due schedule; the names run."""
+        from clawpen.spec.auditing import AuditSettings
+
+        now = self.clock() if now is None else now
+        spec = self.daemon.current_spec()
+        settings = spec.audit if spec is not None else AuditSettings()
+        ran = []
+        async with self._lock:
+            for name in self.due(settings, now):
+                await self.run(name, settings, now)
+                ran.append(name)
+        return ran
+
+    async def run(self, name: str, settings: AuditSettings, now: float) -> None:
+        from clawpen.assess import report
+        from clawpen.assess.model import Severity
+
+        groups = SCHEDULES[name]
+        ctx = await asyncio.to_thread(self._context, settings, now)
+        before = report.last(self.state, groups)
+        try:
+            result = await asyncio.to_thread(report.run, ctx, groups)
+        except Exception as err:  # a spec that no longer loads, a bug: say so, try again next period
+            log.exception("scheduled audit %s failed", name)
+            self.daemon.note(RUN, f"the scheduled {name} audit failed: {err}")
+            self._mark(name, now)
+            return
+        with contextlib.suppress(OSError):
+            report.save(self.state, result, settings.keep_reports)
+        self._mark(name, now)
+        if before is None:
+            new = result.findings
+            what = f"{len(new)} findings (first run)"
+        else:
+            changes = report.diff(before, result)
+            new = changes.new
+            what = f"{len(changes.new)} new, {len(changes.fixed)} fixed"
+        self.daemon.note(RUN, f"{name} audit ({', '.join(groups)}): risk score {result.score}, {what}")
+        threshold = Severity.parse(settings.notify)
+        for f in new:
+            if f.severity >= threshold:
+                bot = f.subject.split(":")[0] if f.group == "spec" else None
+                self.daemon.note(FINDING, finding_reason(f), bot=bot)
+
+    def _context(self, settings: AuditSettings, now: float) -> Any:
+        from clawpen.assess import report
+        from clawpen.assess.model import AuditContext
+        from clawpen.daemon import auditfacts
+
+        latest = self.daemon.store.latest_spec()
+        spec_path = Path(latest[0]) if latest is not None and Path(latest[0]).is_file() else None
+        release, anchors = auditfacts.read(self.state)
+        return AuditContext(
+            root=Path("/"),
+            live=True,
+            spec_path=spec_path,
+            state_dir=self.state,
+            osv=Path(settings.osv) if settings.osv else None,
+            online=settings.online,
+            now=now,
+            release=release,
+            anchors=anchors,
+            previous_files=report.previous_files(self.state),
+        )
+
+    async def forever(self, wake: asyncio.Event) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # never let the schedule die
+                log.exception("audit schedule")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), INTERVAL)
+            wake.clear()
+
+
+class AuditComponent:
+    """The daemon component (daemon/app.py) running an :class:`AuditScheduler` every ``INTERVAL``."""
+
+    name = "audit-schedule"
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.scheduler: AuditScheduler | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, daemon: Daemon) -> None:
+        self.scheduler = AuditScheduler(daemon)
+        wake = asyncio.Event()
+        daemon.on_spec(lambda _spec: wake.set())
+        self._task = asyncio.get_running_loop().create_task(self.scheduler.forever(wake))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
