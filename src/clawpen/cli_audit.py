@@ -42,6 +42,12 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--offline", action="store_true", help="do not ask OSV's API or the package registries")
     p.add_argument("--no-save", action="store_true", help="do not keep this report in the state folder")
+    p.add_argument(
+        "--scheduled",
+        metavar="NAME",
+        choices=("host", "dependencies", "logins"),
+        help="run that scheduled audit in the daemon now; its new findings are notified",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -95,6 +101,8 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     from clawpen.assess.model import Severity
     from clawpen.paths import state_dir
 
+    if ns.scheduled is not None:
+        return _scheduled(ns)
     state = state_dir()
     before = None
     if ns.since is not None:
@@ -139,6 +147,21 @@ def cmd_audit(ns: argparse.Namespace) -> int:
         _show(result, changes)
     if ns.fail_on is not None and report.at_least(result, Severity.parse(ns.fail_on)):
         return 1
+    return 0
+
+
+def _scheduled(ns: argparse.Namespace) -> int:
+    from clawpen.daemon.client import Client
+    from clawpen.paths import state_dir
+
+    reply = Client(state_dir()).call("audit_run", schedule=ns.scheduled)
+    if ns.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        print(
+            f"{reply['schedule']} audit: risk score {reply['score']}, {reply['new']} new finding(s), "
+            f"{reply['notified']} notified (see `clawpen events` and `clawpen audit --since last`)"
+        )
     return 0
 
 

@@ -75,6 +75,15 @@ WEIGHTS = {
     NO_RESTART.id: 1,
     NO_BANDWIDTH.id: 1,
 }
+# platforms where anyone can get a name below the domain (a bucket, an app, a tunnel): a wildcard
+# over them lets a bot send data to an attacker's own endpoint through the allowlist
+SHARED_PLATFORMS = (
+    "amazonaws.com", "cloudfront.net", "azurewebsites.net", "blob.core.windows.net", "googleapis.com",
+    "appspot.com", "firebaseio.com", "web.app", "run.app", "cloudfunctions.net", "githubusercontent.com",
+    "github.io", "herokuapp.com", "workers.dev", "pages.dev", "vercel.app", "netlify.app", "ngrok.io",
+    "ngrok-free.app", "trycloudflare.com", "glitch.me", "repl.co", "onrender.com", "fly.dev",
+    "digitaloceanspaces.com", "r2.dev", "pipedream.net", "webhook.site", "requestbin.net",
+)  # fmt: skip
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|AUTH)", re.I)
 _HARMLESS = re.compile(r"^(|true|false|yes|no|on|off|0|1|none|null|\$\{?[A-Z_]+\}?)$", re.I)
 
@@ -146,15 +155,18 @@ def bot_findings(loaded: LoadedSpec, name: str, bot: Bot) -> list[AuditFinding]:
         )
     else:
         for pattern in net.egress:
-            host, _, port = pattern.rpartition(":")
-            labels = host.lstrip("*.").split(".") if host else []
-            if host == "*" or (host.startswith("*.") and len(labels) < 2) or port in ("*", ""):
+            host = pattern.rsplit(":", 1)[0] if not pattern.startswith("[") else ""
+            if not host.startswith("*."):
+                continue
+            base = host[2:].lower()
+            if any(base == p or base.endswith("." + p) or p.endswith("." + base) for p in SHARED_PLATFORMS):
                 add(
                     EGRESS_WIDE,
                     Severity.MEDIUM,
-                    f"{name}: egress pattern {pattern!r} is wide",
-                    "a wildcard over a whole top-level domain or every port lets data out almost anywhere",
-                    'name the service\'s own domain and port, e.g. "*.telegram.org:443"',
+                    f"{name}: egress pattern {pattern!r} covers a platform anyone can publish on",
+                    "anyone can get a bucket, app or tunnel below it, so the allowlist lets data out to "
+                    "an attacker's endpoint",
+                    'name the exact host ("my-bucket.s3.amazonaws.com:443"), not the whole platform',
                     at,
                     pattern,
                 )

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clawpen.errors import UsageError
 from clawpen.fsutil import write_atomic
+from clawpen.ops import Call, Contract, Reply, Request
 
 if TYPE_CHECKING:
     from clawpen.assess.model import AuditFinding
@@ -41,6 +43,24 @@ SCHEDULES: dict[str, tuple[str, ...]] = {
     "dependencies": ("dependencies",),
     "logins": ("logins",),
 }
+
+
+class AuditRunRequest(Request):
+    schedule: str = "host"
+
+
+class AuditRunReply(Reply):
+    schedule: str
+    score: int
+    new: int
+    notified: int
+
+
+AUDIT_RUN = Contract(
+    "audit_run", "admin", AuditRunRequest, AuditRunReply,
+    "run a scheduled audit now (host, dependencies or logins); its new findings are notified",
+)  # fmt: skip
+CONTRACTS = (AUDIT_RUN,)
 
 
 def periods(settings: AuditSettings) -> dict[str, float]:
@@ -111,7 +131,19 @@ class AuditScheduler:
                 ran.append(name)
         return ran
 
-    async def run(self, name: str, settings: AuditSettings, now: float) -> None:
+    async def run_now(self, name: str) -> AuditRunReply:
+        """Run schedule ``name`` at once (the ``audit_run`` operation)."""
+        from clawpen.spec.auditing import AuditSettings
+
+        if name not in SCHEDULES:
+            hint = f"use one of {', '.join(SCHEDULES)}"
+            raise UsageError(f"{name!r} is not a scheduled audit", where="schedule", hint=hint)
+        spec = self.daemon.current_spec()
+        settings = spec.audit if spec is not None else AuditSettings()
+        async with self._lock:
+            return await self.run(name, settings, self.clock())
+
+    async def run(self, name: str, settings: AuditSettings, now: float) -> AuditRunReply:
         from clawpen.assess import report
         from clawpen.assess.model import Severity
 
@@ -124,7 +156,7 @@ class AuditScheduler:
             log.exception("scheduled audit %s failed", name)
             self.daemon.note(RUN, f"the scheduled {name} audit failed: {err}")
             self._mark(name, now)
-            return
+            return AuditRunReply(schedule=name, score=-1, new=0, notified=0)
         with contextlib.suppress(OSError):
             report.save(self.state, result, settings.keep_reports)
         self._mark(name, now)
@@ -137,10 +169,13 @@ class AuditScheduler:
             what = f"{len(changes.new)} new, {len(changes.fixed)} fixed"
         self.daemon.note(RUN, f"{name} audit ({', '.join(groups)}): risk score {result.score}, {what}")
         threshold = Severity.parse(settings.notify)
+        notified = 0
         for f in new:
             if f.severity >= threshold:
                 bot = f.subject.split(":")[0] if f.group == "spec" else None
                 self.daemon.note(FINDING, finding_reason(f), bot=bot)
+                notified += 1
+        return AuditRunReply(schedule=name, score=result.score, new=len(new), notified=notified)
 
     def _context(self, settings: AuditSettings, now: float) -> Any:
         from clawpen.assess import report
@@ -185,7 +220,12 @@ class AuditComponent:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, daemon: Daemon) -> None:
-        self.scheduler = AuditScheduler(daemon)
+        self.scheduler = scheduler = AuditScheduler(daemon)
+
+        async def op_run(req: AuditRunRequest, _call: Call) -> AuditRunReply:
+            return await scheduler.run_now(req.schedule)
+
+        daemon.add_ops([AUDIT_RUN.bind(op_run)])
         wake = asyncio.Event()
         daemon.on_spec(lambda _spec: wake.set())
         self._task = asyncio.get_running_loop().create_task(self.scheduler.forever(wake))
