@@ -217,3 +217,29 @@ def test_the_command_exit_codes(
     path.write_text(WEAK.replace("[bots.web]", "[bots.web\n"))
     assert cli.main(["audit", "--only", "spec"]) == 2  # a spec that does not load: exit 2, no traceback
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_audit_metrics_count_each_group_from_its_newest_report(tmp_path: Path) -> None:
+    from clawpen.assess.model import CheckInfo, finding
+    from clawpen.metrics.auditvals import AuditValues
+
+    state = tmp_path / "state"
+    host = CheckInfo("host.x", "host", "x", "test")
+    spec = CheckInfo("spec.y", "spec", "y", "test")
+    crit = finding(host, Severity.CRITICAL, "t", "w", "f")
+    high = finding(spec, Severity.HIGH, "t", "w", "f", subject="bot")
+
+    def rep(at: float, groups: tuple[str, ...], found: list[AuditFinding]) -> report.Report:
+        return report.Report(at, 0.1, "/", None, groups, found)
+
+    values = AuditValues(state)
+    assert values.values(100.0) == {}
+    report.save(state, rep(100.0, ("host", "spec"), [crit, high]))
+    assert values.values(110.0) == {
+        "audit_score": 22.0, "audit_critical": 1.0, "audit_high": 1.0, "audit_age_seconds": 10.0
+    }  # fmt: skip
+    report.save(state, rep(200.0, ("spec",), []))  # `--only spec`: the host's critical stays
+    got = values.values(210.0)
+    assert (got["audit_critical"], got["audit_high"], got["audit_age_seconds"]) == (1.0, 0.0, 10.0)
+    report.save(state, rep(300.0, ("host",), []))
+    assert values.values(300.0)["audit_critical"] == 0.0

@@ -117,6 +117,21 @@ def state_disk_rule() -> Rule:
     )
 
 
+def audit_rule() -> Rule:
+    """Built-in: the last audit has a critical finding (``clawpen audit`` says which and the fix)."""
+    return Rule(
+        "host_audit_critical",
+        "host",
+        "audit_critical",
+        ">",
+        0.0,
+        0.0,
+        "critical",
+        kind="builtin",
+        summary="the last audit found a critical risk: see `clawpen audit --since last`",
+    )
+
+
 def builtin_bot_rules(cfg: MonitoringConfig) -> list[Rule]:
     b = cfg.builtin
     return [
@@ -140,7 +155,7 @@ def rules_from(cfg: MonitoringConfig) -> list[Rule]:
     """Every rule of a spec's ``[monitoring]`` section, built-ins first; names are unique."""
     found: list[Rule] = []
     if cfg.builtin.enabled:
-        found += [*builtin_bot_rules(cfg), state_disk_rule()]
+        found += [*builtin_bot_rules(cfg), state_disk_rule(), audit_rule()]
     if cfg.builtin.host_defaults:
         found += host_defaults()
     for spec in cfg.alerts:

@@ -28,6 +28,7 @@ from clawpen.errors import ClawpenError, UsageError
 from clawpen.host import Event, EventFeed, Notes, Operations, SpecFeed
 from clawpen.logs.space import state_disk_values
 from clawpen.metrics import ops
+from clawpen.metrics.auditvals import AuditValues
 from clawpen.metrics.collector import Collector, InstanceView
 from clawpen.metrics.logwatch import LogWatch
 from clawpen.metrics.probes import Prober
@@ -115,6 +116,7 @@ class Monitor:
 
     def __init__(self, state: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.state = state
+        self.audit_values = AuditValues(state)
         self.clock = clock
         self.cfg = MonitoringConfig()
         self.rules: list[Rule] = []
@@ -306,6 +308,7 @@ class Monitor:
                 self.dispatcher.submit(audit_message(event.reason, event.at, event.bot))
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
+        values["host"].update(self.audit_values.values(now))  # the kept audit reports
         if probes is not None:
             try:
                 await asyncio.wait_for(probes, self.cfg.interval)

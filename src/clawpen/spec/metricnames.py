@@ -71,6 +71,10 @@ _HOST = (
     Metric("state_disk_free_bytes", "host", "bytes", "free space on the filesystem of clawpen's state dir"),
     Metric("state_disk_watermark_bytes", "host", "bytes", "below this much free space bot logs pause"),
     Metric("state_disk_low", "host", "bool", "1 while the state dir's free space is below the watermark"),
+    Metric("audit_score", "host", "points", "risk points of the last audit (clawpen audit; lower is better)"),
+    Metric("audit_critical", "host", "count", "critical findings of the last audit"),
+    Metric("audit_high", "host", "count", "high findings of the last audit"),
+    Metric("audit_age_seconds", "host", "s", "time since the last audit"),
 )
 BOT_METRICS: dict[str, Metric] = {m.name: m for m in _BOT}
 HOST_METRICS: dict[str, Metric] = {m.name: m for m in _HOST}
