@@ -557,3 +557,60 @@ def test_whole_root_weak_then_hardened_scores_better(tmp_path: Path) -> None:
     assert score(hardened) < score(weak)
     left = {f.check for f in hardened if f.severity > Severity.LOW}
     assert left == {"host.time.sync"}, left  # nothing in the root syncs the clock
+
+
+def test_legacy_iptables_drop_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[list[str]] = []
+
+    def fake(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+        asked.append(argv)
+        policy = "DROP" if argv[0] == "iptables-legacy" else "ACCEPT"
+        return subprocess.CompletedProcess(argv, 0, f"-P INPUT {policy}\n-A INPUT -i lo -j ACCEPT\n", "")
+
+    monkeypatch.setattr(hostnet, "run_command", fake)
+    (tmp_path / "net").mkdir()
+    assert hostnet.legacy_drops(tmp_path) == [] and asked == []  # no table loaded: nothing asked
+    (tmp_path / "net/ip_tables_names").write_text("nat\nfilter\n")
+    (tmp_path / "net/ip6_tables_names").write_text("filter\n")
+    drops = hostnet.legacy_drops(tmp_path)
+    assert [d["family"] for d in drops] == ["ip"] and len(asked) == 2
+
+
+def test_port_owner_decides_severity(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = [
+        hostnet.Listener("tcp", "0.0.0.0", 8080, 1),
+        hostnet.Listener("tcp", "::", 443, 2),
+        hostnet.Listener("tcp", "192.0.2.4", 9200, 3),
+        hostnet.Listener("udp", "0.0.0.0", 5353, 4),
+        hostnet.Listener("tcp", "127.0.0.1", 9464, 5),
+    ]
+    who = {
+        1: hostnet.Owner(
+            10, "python3", "clawpen.service", ("/usr/bin/python3", "-I", "-m", "clawpen", "daemon")
+        ),
+        2: hostnet.Owner(
+            11, "python3", "clawpen.service", ("/usr/bin/python3", "-I", "-m", "clawpen.net.portrelay")
+        ),
+        3: hostnet.Owner(12, "java", "elasticsearch.service", ("/usr/bin/java",)),
+    }
+    monkeypatch.setattr(hostnet, "listeners", lambda: items)
+    monkeypatch.setattr(hostnet, "owners", lambda inodes: {i: o for i, o in who.items() if i in inodes})
+    got = {f.subject: f for f in hostnet.port_findings()}
+    assert set(got) == {"tcp/0.0.0.0:8080", "tcp/[::]:443", "tcp/192.0.2.4:9200", "udp/0.0.0.0:5353"}
+    api = got["tcp/0.0.0.0:8080"]
+    assert (api.check, api.severity) == ("host.ports.clawpen_public", Severity.HIGH)
+    assert got["tcp/[::]:443"].severity is Severity.INFO  # a bot's published port: the spec group's
+    es = got["tcp/192.0.2.4:9200"]
+    assert es.severity is Severity.HIGH and "Elasticsearch" in es.title and "elasticsearch.service" in es.fix
+    unknown = got["udp/0.0.0.0:5353"]
+    assert unknown.severity is Severity.MEDIUM and "unknown process" in unknown.title
+
+
+def test_disk_layout_workspace_of_spec(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, "")
+    from clawpen.spec.loader import load_spec
+
+    live = AuditContext(root=Path("/"), live=True, spec_path=spec)
+    found = by_check(host.disk_layout(live, load_spec(spec)))
+    ws = found["host.disk.shared_with_system"]
+    assert [f.subject for f in ws] == ["bot:scraper"] and ws[0].where == str(tmp_path / "data")

@@ -282,10 +282,39 @@ def nft_state() -> tuple[set[tuple[str, str]], list[dict[str, object]]] | None:
     return found, [i["chain"] for i in c_items if "chain" in i and isinstance(i["chain"], dict)]
 
 
+def legacy_drops(proc: Path = Path("/proc")) -> list[dict[str, object]]:
+    """INPUT chains of legacy iptables (invisible to nft) whose policy is DROP, as nft-like chain
+    records. Asked only when the filter table is already loaded (asking would load the module)."""
+    out: list[dict[str, object]] = []
+    for family, names, program in (
+        ("ip", "ip_tables_names", "iptables-legacy"),
+        ("ip6", "ip6_tables_names", "ip6tables-legacy"),
+    ):
+        try:
+            loaded = (proc / "net" / names).read_text().split()
+        except OSError:
+            continue
+        if "filter" not in loaded:
+            continue
+        done = run_command([program, "-w", "-S", "INPUT"])
+        if done is not None and done.returncode == 0 and "-P INPUT DROP" in done.stdout.splitlines():
+            out.append(
+                {
+                    "family": family,
+                    "table": f"filter ({program})",
+                    "type": "filter",
+                    "hook": "input",
+                    "policy": "drop",
+                }
+            )
+    return out
+
+
 def firewall_findings(spec_has_firewall: bool) -> list[AuditFinding]:
-    """The host firewall of the current network namespace."""
+    """The host firewall of the current network namespace (nftables, and legacy iptables)."""
     state = nft_state()
     tables, chains = state if state is not None else (set(), [])
+    chains = [*chains, *legacy_drops()]
     drops = [
         c
         for c in chains
