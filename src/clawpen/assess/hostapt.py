@@ -15,7 +15,8 @@ AUTO = CheckInfo(
     "host.updates.unattended",
     "host",
     "automatic updates are on",
-    "deployment practice (automatic updates off on a bot host); Lynis PKGS-7420",
+    "deployment practice (automatic updates off on a bot host); Lynis PKGS-7420 detects the same "
+    "tool (and suggests it on)",
 )
 NO_SECURITY = CheckInfo(
     "host.updates.no_security_path",

@@ -52,7 +52,8 @@ FIREWALL = CheckInfo(
     "host.firewall.none",
     "host",
     "no host firewall drops unasked inbound traffic",
-    "CIS Debian Linux 12 benchmark, host based firewall (nftables default deny); Lynis FIRE-4512; "
+    "CIS Debian Linux 12 benchmark, host based firewall (nftables default deny); Lynis FIRE-4590, "
+    "FIRE-4540; "
     "deployment practice (its own firewall rules)",
 )
 NOT_APPLIED = CheckInfo(
