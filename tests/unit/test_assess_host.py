@@ -614,3 +614,16 @@ def test_disk_layout_workspace_of_spec(tmp_path: Path) -> None:
     found = by_check(host.disk_layout(live, load_spec(spec)))
     ws = found["host.disk.shared_with_system"]
     assert [f.subject for f in ws] == ["bot:scraper"] and ws[0].where == str(tmp_path / "data")
+
+
+def test_fifo_in_root_does_not_block(tmp_path: Path) -> None:
+    write(tmp_path, "/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
+    os.mkfifo(tmp_path / "etc/shadow")
+    found = by_check(hostusers.users(ctx(tmp_path)))  # would hang in open() without O_NONBLOCK
+    assert [f.severity for f in found["host.users.unreadable"]] == [Severity.INFO]
+
+
+def test_include_paths_of_the_live_root_are_plain() -> None:
+    live = AuditContext(root=Path("/"), live=True)
+    found = hostssh._include_targets(live, "/etc/*")
+    assert found and all(str(p).startswith("/etc/") and not str(p).startswith("//") for p in found)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -26,12 +27,22 @@ def read_text(path: Path) -> str | None:
     """The text of ``path`` (undecodable bytes replaced), or None when it is missing, unreadable,
     not a regular file or larger than :data:`MAX_FILE`."""
     try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(f.name) or os.fstat(f.fileno()).st_size > MAX_FILE:
-                return None
-            return f.read(MAX_FILE).decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never blocks us
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE:
+            os.close(fd)
+            return None
+    except OSError:
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as f:
+        try:
+            return f.read(MAX_FILE).decode("utf-8", "replace")
+        except OSError:
+            return None
 
 
 def unreadable(path: Path) -> bool:

@@ -109,7 +109,7 @@ def _include_targets(ctx: AuditContext, pattern: str) -> list[Path]:
     pure = PurePosixPath(pattern)
     if not pure.is_absolute():
         pure = PurePosixPath("/etc/ssh") / pure
-    found = sorted(glob.glob(glob.escape(str(ctx.root)) + "/" + str(pure).lstrip("/")))
+    found = sorted(glob.glob(glob.escape(str(ctx.root).rstrip("/")) + str(pure)))
     return [Path(p) for p in found]
 
 
