@@ -3,6 +3,7 @@ finding (where it was decided) and the fixed setting does not (the positive cont
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import textwrap
@@ -34,6 +35,7 @@ def by_check(findings: list[AuditFinding]) -> dict[str, list[AuditFinding]]:
     for f in findings:
         assert f.check in IDS, f"{f.check} is not in host.CHECKS"
         assert f.group == "host" and f.source and f.why and f.fix
+        assert AuditFinding.from_json(json.loads(json.dumps(f.to_json()))) == f  # reports are JSON
         out.setdefault(f.check, []).append(f)
     return out
 

@@ -165,10 +165,11 @@ def kernel(ctx: AuditContext, sysctl: Sysctl) -> list[AuditFinding]:
                 Severity.LOW,
                 "every user may create user namespaces (kernel.unprivileged_userns_clone = 1)",
                 "user namespaces open kernel code to unprivileged users, a frequent path of local "
-                "exploits; clawpen's daemon runs as root and does not need it (a bot that nests its own "
-                "sandbox, such as Chromium, does)",
-                f'add "kernel.unprivileged_userns_clone = 0" to {SYSCTL_FILE}, then `sysctl --system` '
-                "(skip it when a bot runs Chromium or another nested sandbox)",
+                "exploits; clawpen's daemon runs as root and does not need it (Debian's bubblewrap "
+                "package turns it on for rootless use)",
+                f'add "kernel.unprivileged_userns_clone = 0" to {SYSCTL_FILE} (it sorts after '
+                "50-bubblewrap.conf), then `sysctl --system`; keep it on when clawpen runs rootless (as "
+                "a user) or a bot nests its own sandbox (Chromium)",
                 where=clone[1],
                 subject="kernel.unprivileged_userns_clone",
             )
