@@ -198,7 +198,7 @@ def registry_outdated(packages: Iterable[Package]) -> tuple[list[tuple[Package, 
     index = pip_index() if any(p.ecosystem == "PyPI" for p in wanted) else DEFAULT_INDEX
     latest: dict[tuple[str, str], str | None] = {}
     out: list[tuple[Package, str]] = []
-    failed: set[str] = set()
+    failed: dict[str, list[str]] = {}
     with httpx.Client(timeout=TIMEOUT, follow_redirects=True) as client:
         for p in wanted:
             key = (p.ecosystem, p.name)
@@ -208,7 +208,7 @@ def registry_outdated(packages: Iterable[Package]) -> tuple[list[tuple[Package, 
                 else:
                     latest[key] = pypi_latest(p.name, index, client)
                 if latest[key] is None and (p.ecosystem != "npm" or npm is not None):
-                    failed.add(p.ecosystem)
+                    failed.setdefault(p.ecosystem, []).append(p.name)
             new = latest[key]
             if new is None:
                 continue
@@ -217,9 +217,7 @@ def registry_outdated(packages: Iterable[Package]) -> tuple[list[tuple[Package, 
                     out.append((p, new))
             except ValueError:
                 continue
-    for eco in sorted(failed):
+    for eco, names in sorted(failed.items()):
         where = "the npm registry" if eco == "npm" else index
-        notes.append(
-            f"{where} did not answer for some {eco} packages; they were not checked for newer versions"
-        )
+        notes.append(f"{where} gave no version of {', '.join(names)}: not checked for newer versions")
     return out, notes
