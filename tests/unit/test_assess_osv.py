@@ -290,3 +290,35 @@ def test_online_query_fetches_only_the_matching_records(fake_api: tuple[str, lis
 def test_unreachable_api_raises_unreachable() -> None:
     with pytest.raises(osv.Unreachable):
         osv.query_online([("npm", "lodash", "4.17.20")], api="http://127.0.0.1:9", timeout=2)
+
+
+def test_online_audit_uses_the_api_not_the_offline_file(
+    fake_api: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    from clawpen.assess import depaudit, deps
+    from clawpen.assess.model import AuditContext
+
+    api, seen = fake_api
+    pkgs = [
+        deps.Package("npm", "lodash", "4.17.20", "/w/package-lock.json", "web"),
+        deps.Package("npm", "x", "github:owner/x#abc", "/w/package-lock.json", "web"),
+    ]
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    ctx = AuditContext(root=tmp_path, live=False, online=True, osv=empty)
+    [f] = depaudit.vulnerable(ctx, pkgs, api=api)
+    assert (f.check, f.data["id"], f.where) == (
+        "dependencies.vulnerable",
+        "GHSA-35jh-r3h4-6jhm",
+        "/w/package-lock.json",
+    )
+    assert seen == ["/v1/querybatch", "/v1/vulns/GHSA-35jh-r3h4-6jhm"]
+
+
+def test_withdrawn_records_are_ignored() -> None:
+    record = json.loads((DATA / "GHSA-35jh-r3h4-6jhm.json").read_text())
+    db = osv.Database()
+    db.add({**record, "withdrawn": "2024-01-01T00:00:00Z"})
+    assert db.matches("npm", "lodash", "4.17.20") == []
+    db.add(record)
+    assert len(db.matches("npm", "lodash", "4.17.20")) == 1

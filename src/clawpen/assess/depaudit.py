@@ -76,7 +76,12 @@ def database(
     notes: list[AuditFinding] = []
     if ctx.online and packages:
         try:
-            return osv.query_online(((p.ecosystem, p.name, p.version) for p in packages), api=api), notes
+            readable = [
+                (p.ecosystem, p.name, p.version)
+                for p in packages
+                if versions.version_key(versions.family(p.ecosystem), p.version) is not None
+            ]  # OSV's API refuses a batch with a version it cannot read (a git URL in a lockfile)
+            return osv.query_online(readable, api=api), notes
         except osv.Unreachable as err:
             used = "used the offline file" if ctx.osv is not None else "no vulnerability data"
             notes.append(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from clawpen.errors import ConfigError
 API = "https://api.osv.dev"
 MAX_RECORD_BYTES = 16 << 20
 BATCH = 500  # querybatch's own limit is 1000 queries
+FETCHERS = 8  # records fetched at once
 
 
 def normalise(ecosystem: str, name: str) -> str:
@@ -73,7 +75,7 @@ class Database:
                 where=where,
                 hint="use an OSV export (records as in the OSV schema)",
             )
-        if rid in self.records:
+        if rid in self.records or record.get("withdrawn"):
             return
         self.records[rid] = record
         for aff in record.get("affected") or []:
@@ -299,10 +301,16 @@ def query_online(
                 resp.raise_for_status()
                 for result in resp.json().get("results") or []:
                     ids.update(str(v["id"]) for v in (result or {}).get("vulns") or [])
-            for rid in sorted(ids - set(db.records)):
+
+            def fetch(rid: str) -> Any:
                 resp = client.get(f"{api}/v1/vulns/{rid}")
                 resp.raise_for_status()
-                db.add(resp.json(), f"{api}/v1/vulns/{rid}")
+                return resp.json()
+
+            with ThreadPoolExecutor(max_workers=FETCHERS) as pool:
+                wanted = sorted(ids - set(db.records))
+                for rid, record in zip(wanted, pool.map(fetch, wanted), strict=True):
+                    db.add(record, f"{api}/v1/vulns/{rid}")
     except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError, ConfigError) as err:
         raise Unreachable(f"{type(err).__name__}: {err}") from None
     return db
