@@ -431,3 +431,18 @@ def test_bot_folders_cover_workspace_mounts_and_build_output(tmp_path: Path) -> 
         ("b", tmp_path / "conf"),
         ("b", new),
     ]
+
+
+def test_spec_paths_outside_the_root_are_read_inside_it(tmp_path: Path) -> None:
+    """Auditing a mounted root: the spec's absolute paths name folders of that root."""
+    root = tmp_path / "root"
+    write(root / "srv" / "ws" / "requirements.txt", "urllib3==1.26.4\n")
+    spec = write(tmp_path / "spec" / "clawpen.toml", '[bots.py]\ncommand = ["true"]\nworkspace = "/srv/ws"\n')
+    ctx = AuditContext(root=root, live=False, spec_path=spec, osv=DATA)
+    assert deps.bot_folders(ctx) == [("py", root / "srv" / "ws")]
+    found = depaudit.run(ctx)
+    assert [(f.check, f.subject) for f in found] == [
+        ("dependencies.vulnerable", "py:PyPI:urllib3:GHSA-q2q7-5pp4-w6pg"),
+        ("dependencies.not_checked", "registries"),
+    ]
+    assert found[0].where == "/srv/ws/requirements.txt"

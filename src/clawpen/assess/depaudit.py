@@ -15,27 +15,20 @@ from clawpen.assess import deps, osv, outdated, versions
 from clawpen.assess.model import AuditContext, AuditFinding, CheckInfo, Severity, finding
 
 G = "dependencies"
+_SCAN = "deployment practice 13 (vulnerability scan monthly)"
+_UPDATES = "deployment practice 13 (dependency updates weekly)"
 VULNERABLE = CheckInfo(
-    "dependencies.vulnerable",
-    G,
-    "a package with a known vulnerability",
-    "OSV database; practice: monthly scan",
+    "dependencies.vulnerable", G, "a package with a known vulnerability", f"OSV database (osv.dev); {_SCAN}"
 )
 OUTDATED = CheckInfo(
     "dependencies.outdated",
     G,
     "a newer version of a package is available",
-    "practice: weekly dependency updates",
+    f"{_UPDATES}; Lynis PKGS-7392; CIS Debian Linux 12 benchmark (updates and patches installed)",
 )
-NO_DATA = CheckInfo(
-    "dependencies.no_data", G, "no vulnerability data to check the packages against", "OSV database"
-)
-UNREADABLE = CheckInfo(
-    "dependencies.unreadable", G, "a lockfile or package list could not be read", "practice: monthly scan"
-)
-NOT_CHECKED = CheckInfo(
-    "dependencies.not_checked", G, "newer versions were not looked up", "practice: weekly dependency updates"
-)
+NO_DATA = CheckInfo("dependencies.no_data", G, "no vulnerability data to check the packages against", _SCAN)
+UNREADABLE = CheckInfo("dependencies.unreadable", G, "a lockfile or package list could not be read", _SCAN)
+NOT_CHECKED = CheckInfo("dependencies.not_checked", G, "newer versions were not looked up", _UPDATES)
 CHECKS = (VULNERABLE, OUTDATED, NO_DATA, UNREADABLE, NOT_CHECKED)
 
 
