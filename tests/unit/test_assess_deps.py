@@ -446,3 +446,15 @@ def test_spec_paths_outside_the_root_are_read_inside_it(tmp_path: Path) -> None:
         ("dependencies.not_checked", "registries"),
     ]
     assert found[0].where == "/srv/ws/requirements.txt"
+
+
+def test_a_huge_folder_is_searched_only_so_far(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deps, "MAX_DIRS", 3)
+    for d in ("a", "b", "c", "d"):
+        write(tmp_path / "ws" / d / "requirements.txt", "six==1.0.0\n")
+    inv = deps.Inventory()
+    deps.scan_folder(AuditContext(root=tmp_path, live=False), "b", tmp_path / "ws", inv)
+    assert [p.where for p in inv.packages] == ["/ws/a/requirements.txt", "/ws/b/requirements.txt"]
+    assert inv.unreadable == [
+        ("/ws", "the search stopped after 3 folders; packages below the rest were not read")
+    ]

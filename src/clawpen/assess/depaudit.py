@@ -54,7 +54,7 @@ def _unreadable(inv: deps.Inventory) -> list[AuditFinding]:
             Severity.INFO,
             f"could not read {where}",
             "Packages listed in a file the audit cannot read are not checked for vulnerabilities.",
-            f"fix or remove {where} ({why})",
+            f"check {where} (its format, its permissions): {why}",
             where=where,
             subject=where,
         )

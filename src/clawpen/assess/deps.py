@@ -29,6 +29,7 @@ LOCKFILES = ("npm-shrinkwrap.json", "package-lock.json")
 SKIP_DIRS = frozenset({".git", "__pycache__", ".cache", ".npm", ".hg", ".svn"})
 MAX_DEPTH = 8  # below a bot folder: app/.venv/lib/python3.X/site-packages is 5
 MAX_FILE = 64 << 20
+MAX_DIRS = 20000  # folders searched below one bot folder
 DPKG_STATUS = "/var/lib/dpkg/status"
 
 
@@ -304,8 +305,12 @@ def _newest_build(ctx: AuditContext, bot: str) -> Path | None:
 def scan_folder(ctx: AuditContext, bot: str, folder: Path, inv: Inventory) -> None:
     """Add the packages found under ``folder`` to ``inv``."""
     seen: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for count, (dirpath, dirnames, filenames) in enumerate(os.walk(folder)):
         here = Path(dirpath)
+        if count >= MAX_DIRS:
+            why = f"the search stopped after {MAX_DIRS} folders; packages below the rest were not read"
+            inv.unreadable.append((shown_path(ctx, folder), why))
+            return
         depth = len(here.relative_to(folder).parts)
         names = set(filenames)
         lock = next((here / n for n in LOCKFILES if n in names), None)
