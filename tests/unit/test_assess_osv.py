@@ -3,6 +3,7 @@ offline export's three forms and the online API (a local server speaking OSV's p
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -243,12 +244,16 @@ class FakeOsv(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.seen.append(self.path)
         queries = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["queries"]
-        results = []
-        for q in queries:
+        results: list[dict[str, Any]] = []
+        for q in queries:  # one id a page, as the real API pages long answers
             hits = self.db.matches(q["package"]["ecosystem"], q["package"]["name"], q["version"])
-            results.append(
-                {"vulns": [{"id": m.id, "modified": "2024-01-01T00:00:00Z"} for m in hits]} if hits else {}
-            )
+            page = int(q.get("page_token", "0"))
+            result: dict[str, Any] = {}
+            if hits[page:]:
+                result["vulns"] = [{"id": hits[page].id, "modified": "2024-01-01T00:00:00Z"}]
+            if hits[page + 1 :]:
+                result["next_page_token"] = str(page + 1)
+            results.append(result)
         self._send(200, {"results": results})
 
     def do_GET(self) -> None:
@@ -260,11 +265,11 @@ class FakeOsv(BaseHTTPRequestHandler):
             self._send(404, {"code": 5, "message": "Bug not found"})
 
 
-@pytest.fixture
-def fake_api() -> Iterator[tuple[str, list[str]]]:
+@contextlib.contextmanager
+def serve(db: osv.Database) -> Iterator[tuple[str, list[str]]]:
+    """A local OSV API over ``db``: its address and the paths it was asked for."""
     seen: list[str] = []
-    handler = type("H", (FakeOsv,), {"db": osv.load(DATA), "seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (FakeOsv,), {"db": db, "seen": seen}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -273,6 +278,12 @@ def fake_api() -> Iterator[tuple[str, list[str]]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[str, list[str]]]:
+    with serve(osv.load(DATA)) as api:
+        yield api
 
 
 def test_online_query_fetches_only_the_matching_records(fake_api: tuple[str, list[str]]) -> None:
@@ -285,6 +296,16 @@ def test_online_query_fetches_only_the_matching_records(fake_api: tuple[str, lis
         "/v1/vulns/GHSA-q2q7-5pp4-w6pg",
     ]
     assert [m.id for m in db.matches("npm", "lodash", "4.17.20")] == ["GHSA-35jh-r3h4-6jhm"]
+
+
+def test_online_query_follows_pages() -> None:
+    extra = json.loads((DATA / "GHSA-35jh-r3h4-6jhm.json").read_text())
+    served = osv.load(DATA)
+    served.add({**extra, "id": "GHSA-test-0000-0000"})  # a second record for lodash: two pages
+    with serve(served) as (api, seen):
+        db = osv.query_online([("npm", "lodash", "4.17.20")], api=api)
+    assert set(db.records) == {"GHSA-35jh-r3h4-6jhm", "GHSA-test-0000-0000"}
+    assert seen.count("/v1/querybatch") == 2
 
 
 def test_unreachable_api_raises_unreachable() -> None:

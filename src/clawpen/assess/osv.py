@@ -27,6 +27,7 @@ API = "https://api.osv.dev"
 MAX_RECORD_BYTES = 16 << 20
 BATCH = 500  # querybatch's own limit is 1000 queries
 FETCHERS = 8  # records fetched at once
+MAX_PAGES = 20  # querybatch pages followed for a package with many records
 
 
 def normalise(ecosystem: str, name: str) -> str:
@@ -296,11 +297,19 @@ def query_online(
     ids: set[str] = set()
     try:
         with httpx.Client(timeout=timeout) as client:
-            for start in range(0, len(queries), BATCH):
-                resp = client.post(f"{api}/v1/querybatch", json={"queries": queries[start : start + BATCH]})
-                resp.raise_for_status()
-                for result in resp.json().get("results") or []:
-                    ids.update(str(v["id"]) for v in (result or {}).get("vulns") or [])
+            for _ in range(MAX_PAGES):
+                more: list[dict[str, Any]] = []
+                for start in range(0, len(queries), BATCH):
+                    batch = queries[start : start + BATCH]
+                    resp = client.post(f"{api}/v1/querybatch", json={"queries": batch})
+                    resp.raise_for_status()
+                    for query, result in zip(batch, resp.json().get("results") or [], strict=False):
+                        ids.update(str(v["id"]) for v in (result or {}).get("vulns") or [])
+                        if (result or {}).get("next_page_token"):  # more ids for this package
+                            more.append({**query, "page_token": result["next_page_token"]})
+                if not more:
+                    break
+                queries = more
 
             def fetch(rid: str) -> Any:
                 resp = client.get(f"{api}/v1/vulns/{rid}")
