@@ -77,13 +77,16 @@ def database(
             return osv.query_online(readable, api=api), notes
         except osv.Unreachable as err:
             used = "used the offline file" if ctx.osv is not None else "no vulnerability data"
+            other = (
+                "keep the offline export current" if ctx.osv is not None else "pass an OSV export with --osv"
+            )
             notes.append(
                 finding(
                     NO_DATA,
                     Severity.INFO,
                     f"OSV API not reachable, {used}",
                     "Without current vulnerability data, packages with new advisories are not found.",
-                    "let this host reach api.osv.dev, or pass an OSV export (osv.dev's all.zip) with --osv",
+                    f"let this host reach api.osv.dev (HTTPS), or {other} (osv.dev's all.zip)",
                     subject="osv-api",
                     data={"error": str(err)},
                 )
