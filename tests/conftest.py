@@ -30,6 +30,8 @@ WAIT_GROUP = frozenset(
         "integration/test_snapshots.py",
         # a build step waiting on its stall timer (~30 s)
         "integration/test_build_stall_net.py",
+        # npm and pip against their registries (the dependency audit, ~10 s)
+        "integration/test_assess_deps_real.py",
     }
 )
 GROUPS = ("main", "wait", "vm")
