@@ -45,7 +45,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--scheduled",
         metavar="NAME",
-        choices=("host", "dependencies", "logins"),
+        choices=("host", "vulnerabilities", "dependencies", "logins"),
         help="run that scheduled audit in the daemon now; its new findings are notified",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")

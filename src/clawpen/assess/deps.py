@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clawpen.assess.hostread import read_untrusted
 from clawpen.assess.model import AuditContext, shown_path
 from clawpen.assess.osv import normalise
 
@@ -67,9 +68,7 @@ class DpkgEntry:
 
 
 def _read_json(path: Path) -> Any:
-    if path.stat().st_size > MAX_FILE:
-        raise ValueError("larger than 64 MiB")
-    return json.loads(path.read_bytes())
+    return json.loads(read_untrusted(path, MAX_FILE))
 
 
 def _manifest_deps(data: Any) -> set[str]:
@@ -166,9 +165,7 @@ def parse_requirements(path: Path) -> list[tuple[str, str]]:
     """``(name, version)`` of the exact pins (``==``/``===``, no wildcard) of a requirements file."""
     from packaging.requirements import InvalidRequirement, Requirement
 
-    if path.stat().st_size > MAX_FILE:
-        raise ValueError("larger than 64 MiB")
-    text = path.read_text(encoding="utf-8", errors="replace").replace("\\\n", " ")
+    text = read_untrusted(path, MAX_FILE).decode("utf-8", "replace").replace("\\\n", " ")
     out: list[tuple[str, str]] = []
     for raw in text.splitlines():
         line = raw.split(" #", 1)[0].split(" --", 1)[0].strip()
@@ -186,10 +183,10 @@ def parse_requirements(path: Path) -> list[tuple[str, str]]:
 
 def parse_dist_info(folder: Path) -> tuple[str, str] | None:
     """``(Name, Version)`` of an installed Python package's ``*.dist-info`` folder."""
-    from importlib.metadata import PathDistribution
+    from email.parser import BytesHeaderParser
 
-    meta = PathDistribution(folder).metadata
-    if meta is None or "Name" not in meta or "Version" not in meta:
+    meta = BytesHeaderParser().parsebytes(read_untrusted(folder / "METADATA", MAX_FILE))
+    if "Name" not in meta or "Version" not in meta:
         return None
     name, version = meta["Name"], meta["Version"]
     return (str(name), str(version)) if name and version else None

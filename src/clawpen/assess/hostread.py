@@ -5,6 +5,7 @@ that means "not installed" or an INFO finding."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -43,6 +44,26 @@ def read_text(path: Path) -> str | None:
             return f.read(MAX_FILE).decode("utf-8", "replace")
         except OSError:
             return None
+
+
+def read_untrusted(path: Path, limit: int) -> bytes:
+    """The bytes of a file a bot could have written (its workspace, its build output): opened
+    without following a final symlink and without blocking on a FIFO; only a regular file of at
+    most ``limit`` bytes is read. ValueError saying why otherwise (never the file's content)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError("a symbolic link (not followed)") from None
+        raise ValueError(err.strerror or str(err)) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit >> 20} MiB")
+    return data
 
 
 def unreadable(path: Path) -> bool:

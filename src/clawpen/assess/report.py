@@ -36,9 +36,14 @@ log = logging.getLogger(__name__)
 MODULES: dict[str, tuple[str, ...]] = {
     "host": ("clawpen.assess.host",),
     "spec": ("clawpen.assess.botspec",),
-    "dependencies": ("clawpen.assess.deps",),
+    "dependencies": ("clawpen.assess.depaudit",),
     "logins": ("clawpen.assess.logins",),
     "configuration": ("clawpen.assess.config",),
+}
+# a part of a group a schedule runs alone: (group, module:function)
+PARTS: dict[str, tuple[str, str]] = {
+    "vulnerabilities": ("dependencies", "clawpen.assess.depaudit:run_vulnerable"),
+    "outdated": ("dependencies", "clawpen.assess.depaudit:run_outdated"),
 }
 FAILED = CheckInfo("audit.failed", "configuration", "a group of checks could not run", "clawpen")
 REPORTS = "audit/reports"
@@ -56,6 +61,7 @@ class Report:
     groups: tuple[str, ...]
     findings: list[AuditFinding]
     files: dict[str, str] = field(default_factory=dict)
+    part: str = ""  # a part of PARTS run alone (a scheduled run); "" for whole groups
     exposures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -77,6 +83,7 @@ class Report:
             "root": self.root,
             "spec": self.spec,
             "groups": list(self.groups),
+            "part": self.part,
             "score": self.score,
             "counts": self.counts,
             "exposures": self.exposures,
@@ -95,6 +102,7 @@ class Report:
             findings=[AuditFinding.from_json(f) for f in raw.get("findings", [])],
             files=dict(raw.get("files", {})),
             exposures=list(raw.get("exposures", [])),
+            part=str(raw.get("part", "")),
         )
 
 
@@ -116,14 +124,22 @@ def catalogue() -> list[CheckInfo]:
     return out
 
 
-def run(ctx: AuditContext, groups: Sequence[str] = GROUPS) -> Report:
-    """Run ``groups`` on ``ctx``. A :class:`ClawpenError` (a spec that does not load) stops it."""
+def _entry(name: str) -> Any:
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function or "run")
+
+
+def run(ctx: AuditContext, groups: Sequence[str] = GROUPS, part: str = "") -> Report:
+    """Run ``groups`` on ``ctx`` (or just ``part``, a key of :data:`PARTS`). A
+    :class:`ClawpenError` (a spec that does not load) stops it."""
     started = time.monotonic()
     findings: list[AuditFinding] = []
+    if part:
+        groups = (PARTS[part][0],)
     for group in groups:
-        for name in MODULES[group]:
+        for name in (PARTS[part][1],) if part else MODULES[group]:
             try:
-                found = importlib.import_module(name).run(ctx)
+                found = _entry(name)(ctx)
             except ClawpenError:
                 raise
             except Exception as err:  # one group's bug must not lose the report
@@ -154,6 +170,7 @@ def run(ctx: AuditContext, groups: Sequence[str] = GROUPS) -> Report:
         findings=findings,
         files=config.fingerprints(ctx) if "configuration" in groups else {},
         exposures=exposures,
+        part=part,
     )
 
 
@@ -191,11 +208,13 @@ def load(path: Path) -> Report | None:
         return None
 
 
-def last(state: Path, groups: Sequence[str] | None = None) -> Report | None:
-    """The newest kept report that parses (and covered ``groups``, when given)."""
+def last(state: Path, groups: Sequence[str] | None = None, part: str | None = None) -> Report | None:
+    """The newest kept report that parses (and covered ``groups``, and was of ``part``, when given)."""
     for path in kept(state):
         report = load(path)
-        if report is not None and (groups is None or set(groups) <= set(report.groups)):
+        if report is None or (groups is not None and not set(groups) <= set(report.groups)):
+            continue
+        if part is None or report.part == part:
             return report
     return None
 
@@ -228,7 +247,7 @@ def previous_files(state: Path | None) -> dict[str, str]:
     """The watched files' hashes of the newest kept report with the configuration group."""
     if state is None:
         return {}
-    report = last(state, ("configuration",))
+    report = last(state, ("configuration",), "")
     return report.files if report else {}
 
 

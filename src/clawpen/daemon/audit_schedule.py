@@ -1,12 +1,12 @@
 """Scheduled audits (docs/audit.md): ``[audit]`` of the applied spec, run by the daemon.
 
 Each schedule covers groups of ``clawpen audit``: ``host`` the host, spec and configuration
-groups; ``vulnerabilities`` and ``dependencies`` the dependencies group (at the shorter of the
-two periods); ``logins = "daily"`` the logins group (``"realtime"``: a follower of the host's
-login records, wired by :mod:`clawpen.daemon.audit_logins`). When each schedule last ran is kept
-in ``<state>/audit/schedule.json``, so a restarted daemon does not audit again at once; a
-schedule that never ran first runs :data:`FIRST_DELAY` after the daemon started (not during its
-start).
+groups; ``vulnerabilities`` the known-vulnerability part of the dependencies group and
+``dependencies`` its outdated-package part; ``logins = "daily"`` the logins group
+(``"realtime"``: a follower of the host's login records, :mod:`clawpen.daemon.audit_logins`).
+When each schedule last ran is kept in ``<state>/audit/schedule.json``, so a restarted daemon
+does not audit again at once; a schedule that never ran first runs :data:`FIRST_DELAY` after the
+daemon started (not during its start).
 
 A run is an ``audit-run`` event (its score and what changed); each finding it newly found at or
 above ``notify`` is an ``audit-finding`` event, which the monitor sends to the notifiers
@@ -38,10 +38,12 @@ FINDING = "audit-finding"
 INTERVAL = 60.0  # how often the schedule is looked at
 FIRST_DELAY = 600.0  # a schedule that never ran first runs this long after the daemon started
 STATE_FILE = "audit/schedule.json"
-SCHEDULES: dict[str, tuple[str, ...]] = {
-    "host": ("host", "spec", "configuration"),
-    "dependencies": ("dependencies",),
-    "logins": ("logins",),
+# schedule -> (groups, part of a group run alone: clawpen.assess.report.PARTS)
+SCHEDULES: dict[str, tuple[tuple[str, ...], str]] = {
+    "host": (("host", "spec", "configuration"), ""),
+    "vulnerabilities": (("dependencies",), "vulnerabilities"),
+    "dependencies": (("dependencies",), "outdated"),
+    "logins": (("logins",), ""),
 }
 
 
@@ -58,7 +60,7 @@ class AuditRunReply(Reply):
 
 AUDIT_RUN = Contract(
     "audit_run", "admin", AuditRunRequest, AuditRunReply,
-    "run a scheduled audit now (host, dependencies or logins); its new findings are notified",
+    "run a scheduled audit now (host, vulnerabilities, dependencies, logins); new findings are notified",
 )  # fmt: skip
 CONTRACTS = (AUDIT_RUN,)
 
@@ -68,11 +70,13 @@ def periods(settings: AuditSettings) -> dict[str, float]:
     from clawpen.spec.auditing import period
 
     out: dict[str, float] = {}
-    if (p := period(settings.host)) is not None:
-        out["host"] = p
-    deps = [p for p in (period(settings.vulnerabilities), period(settings.dependencies)) if p is not None]
-    if deps:
-        out["dependencies"] = min(deps)
+    for name, every in (
+        ("host", settings.host),
+        ("vulnerabilities", settings.vulnerabilities),
+        ("dependencies", settings.dependencies),
+    ):
+        if (p := period(every)) is not None:
+            out[name] = p
     if settings.logins == "daily":
         out["logins"] = 86400.0
     return out
@@ -147,11 +151,11 @@ class AuditScheduler:
         from clawpen.assess import report
         from clawpen.assess.model import Severity
 
-        groups = SCHEDULES[name]
+        groups, part = SCHEDULES[name]
         ctx = await asyncio.to_thread(self._context, settings, now)
-        before = report.last(self.state, groups)
+        before = report.last(self.state, groups, part)
         try:
-            result = await asyncio.to_thread(report.run, ctx, groups)
+            result = await asyncio.to_thread(report.run, ctx, groups, part)
         except Exception as err:  # a spec that no longer loads, a bug: say so, try again next period
             log.exception("scheduled audit %s failed", name)
             self.daemon.note(RUN, f"the scheduled {name} audit failed: {err}")

@@ -26,7 +26,7 @@ class AuditValues:
         newest = 0.0
         for path in paths[:LOOK_BACK]:
             rep = report.load(path)
-            if rep is None:
+            if rep is None or rep.part:  # a part of a group does not stand for the whole group
                 continue
             newest = max(newest, rep.started)
             fresh = [g for g in rep.groups if g not in covered]
