@@ -8,6 +8,7 @@ what is new and what was fixed since the previous one.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -143,11 +144,17 @@ def run(ctx: AuditContext, groups: Sequence[str] = GROUPS, part: str = "") -> Re
             except ClawpenError:
                 raise
             except Exception as err:  # one group's bug must not lose the report
-                log.exception("audit group %s failed", group)
+                log.info(
+                    "audit group %s failed", group, exc_info=True
+                )  # the daemon's log; no traceback on a terminal
                 what = f"the {group} checks could not run: {type(err).__name__}: {err}"
                 why = "a check that did not run hides what it would have found"
                 fix = "run `clawpen --debug audit` and report the traceback"
-                found = [finding(FAILED, Severity.INFO, what, why, fix, subject=group)]
+                found = [
+                    dataclasses.replace(
+                        finding(FAILED, Severity.INFO, what, why, fix, subject=group), group=group
+                    )
+                ]
             findings.extend(found)
     findings.sort(
         key=lambda f: (GROUPS.index(f.group) if f.group in GROUPS else 99, -f.severity, f.check, f.subject)

@@ -54,6 +54,7 @@ def components(state: Path) -> list[Component]:
     found.append(__import__("clawpen.net.component", fromlist=["GatewayComponent"]).GatewayComponent(state))
     found.append(__import__("clawpen.daemon.snapshot_schedule", fromlist=["_"]).ScheduleComponent(state))
     found.append(__import__("clawpen.daemon.audit_schedule", fromlist=["_"]).AuditComponent(state))
+    found.append(__import__("clawpen.daemon.audit_logins", fromlist=["_"]).AuditLoginsComponent(state))
     return found
 
 
