@@ -142,6 +142,7 @@ class LoginFollower:
         self.callback = callback
         self.clock = clock
         self.zone = system_zone(root)
+        self._since = clock()
         known = None
         if state_dir is not None:
             known = KnownAddresses.load(state_dir)
@@ -229,7 +230,8 @@ class LoginFollower:
         if directory is None or self._pipe is None or shutil.which("journalctl") is None:
             return
         self._started = time.monotonic()
-        argv = journal_command(directory, follow=True, after=self._cursor)
+        # since the follower's start: what is logged while journalctl opens the journal counts
+        argv = journal_command(directory, follow=True, since=self._since, after=self._cursor)
         try:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._pipe[1], stderr=subprocess.DEVNULL

@@ -261,11 +261,16 @@ def journal_command(
     directory: Path, *, since: float | None = None, follow: bool = False, after: str | None = None
 ) -> list[str]:
     """The journalctl command that prints sshd's (and su's, sudo's) messages as JSON lines:
-    since a time, or following new ones (after the entry ``after``, a cursor, when given)."""
+    since a time, and with ``follow`` the new ones as they come (after the entry ``after``, a
+    cursor, when given; else since ``since``; else from now)."""
     argv = ["journalctl", f"--directory={directory}", "-o", "json", "--no-pager", "-q"]
     if follow:
-        argv += ["-f", f"--after-cursor={after}"] if after else ["-f", "-n", "0"]
-    elif since is not None:
+        argv.append("-f")
+        if after:
+            argv.append(f"--after-cursor={after}")
+        elif since is None:
+            argv += ["-n", "0"]
+    if since is not None and not after:
         argv.append(f"--since=@{int(since)}")
     return argv + JOURNAL_MATCHES
 
@@ -325,8 +330,8 @@ def read_journal(root: Path, *, since: float) -> tuple[list[LoginEvent], list[Un
     events: list[LoginEvent] = []
     for line in done.stdout.splitlines():
         entry = journal_entry(line)
-        if entry is not None:
-            events.extend(journal_events(entry))
+        if entry is not None:  # --since seeks: an out-of-order older entry may follow
+            events.extend(e for e in journal_events(entry) if e.at >= since)
     if done.returncode != 0 and not events:
         text = done.stderr.decode("utf-8", "replace").strip().splitlines()
         return [], [
