@@ -17,6 +17,9 @@ import pytest
 from clawpen.assess import logins
 from clawpen.assess.loginsrc import (
     LoginEvent,
+    is_host,
+    journal_command,
+    journal_dir,
     journal_entry,
     journal_events,
     line_time,
@@ -429,3 +432,21 @@ def test_detector_reports_a_burst_once_until_it_ends():
     later = [f.check for i in range(10) for f in detector.feed(fail(5000.0 + i, 41000 + i))]
     assert later == ["logins.failed_burst"]  # a new burst after a quiet hour
     assert detector.feed(LoginEvent(6000.0, "root", "root", "", "", "wtmp", "tty1"))[0].subject == "local"
+
+
+def test_journal_commands(tmp_path):
+    assert journal_command(tmp_path, since=NOW)[:2] == ["journalctl", f"--directory={tmp_path}"]
+    assert f"--since=@{int(NOW)}" in journal_command(tmp_path, since=NOW)
+    follow = journal_command(None, follow=True, since=NOW)
+    assert follow[1] == "-o" and "-f" in follow and f"--since=@{int(NOW)}" in follow
+    again = journal_command(tmp_path, follow=True, since=NOW, after="s=1;i=4")
+    assert "--after-cursor=s=1;i=4" in again and not any(a.startswith("--since") for a in again)
+    assert journal_command(tmp_path, follow=True)[-8:-7] == ["0"]  # -n 0: from now on
+    matches = journal_command(tmp_path)[-7:]
+    assert matches[::2] == [f"SYSLOG_IDENTIFIER={p}" for p in ("sshd", "sshd-session", "su", "sudo")]
+    assert journal_dir(tmp_path) is None
+    assert is_host(Path("/")) and not is_host(tmp_path)
+    (tmp_path / "run/log/journal").mkdir(parents=True)
+    assert journal_dir(tmp_path) is None  # the volatile journal only counts on this host
+    (tmp_path / "var/log/journal").mkdir(parents=True)
+    assert journal_dir(tmp_path) == tmp_path / "var/log/journal"

@@ -29,6 +29,7 @@ from clawpen.assess.logins import LEARN_SPAN, Detector, KnownAddresses, collect
 from clawpen.assess.loginsrc import (
     AUTH_LOG,
     LoginEvent,
+    is_host,
     journal_command,
     journal_dir,
     journal_entry,
@@ -231,7 +232,9 @@ class LoginFollower:
             return
         self._started = time.monotonic()
         # since the follower's start: what is logged while journalctl opens the journal counts
-        argv = journal_command(directory, follow=True, since=self._since, after=self._cursor)
+        argv = journal_command(
+            None if is_host(self.root) else directory, follow=True, since=self._since, after=self._cursor
+        )
         try:
             self._proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._pipe[1], stderr=subprocess.DEVNULL

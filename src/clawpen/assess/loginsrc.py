@@ -252,18 +252,40 @@ def _reason(err: BaseException) -> str:
 
 
 def journal_dir(root: Path) -> Path | None:
-    """The persistent journal folder of the system at ``root``, or None when it has none."""
-    path = root / JOURNAL_DIR.lstrip("/")
-    return path if path.is_dir() else None
+    """The journal folder of the system at ``root`` (persistent, or for this host also the
+    volatile /run/log/journal), or None when it has none."""
+    folders = [JOURNAL_DIR, "/run/log/journal"] if is_host(root) else [JOURNAL_DIR]
+    for folder in folders:
+        path = root / folder.lstrip("/")
+        if path.is_dir():
+            return path
+    return None
+
+
+def is_host(root: Path) -> bool:
+    """Whether ``root`` is this host's own root (its journal is then read without --directory:
+    persistent and volatile parts together)."""
+    try:
+        return root.resolve() == Path("/")
+    except OSError:
+        return False
 
 
 def journal_command(
-    directory: Path, *, since: float | None = None, follow: bool = False, after: str | None = None
+    directory: Path | None, *, since: float | None = None, follow: bool = False, after: str | None = None
 ) -> list[str]:
     """The journalctl command that prints sshd's (and su's, sudo's) messages as JSON lines:
     since a time, and with ``follow`` the new ones as they come (after the entry ``after``, a
-    cursor, when given; else since ``since``; else from now)."""
-    argv = ["journalctl", f"--directory={directory}", "-o", "json", "--no-pager", "-q"]
+    cursor, when given; else since ``since``; else from now). ``directory`` None: this host's
+    journal."""
+    argv = [
+        "journalctl",
+        *([f"--directory={directory}"] if directory else []),
+        "-o",
+        "json",
+        "--no-pager",
+        "-q",
+    ]
     if follow:
         argv.append("-f")
         if after:
@@ -320,7 +342,7 @@ def read_journal(root: Path, *, since: float) -> tuple[list[LoginEvent], list[Un
         return [], [Unreadable(JOURNAL_DIR, "journalctl is not installed (apt-get install systemd)")]
     try:
         done = subprocess.run(
-            journal_command(directory, since=since),
+            journal_command(None if is_host(root) else directory, since=since),
             capture_output=True,
             timeout=JOURNAL_TIMEOUT,
             check=False,
