@@ -182,12 +182,13 @@ def test_follower_raises_burst_and_root_findings_as_they_happen(tmp_path):
             fh.write(syslog(now + 9, "sshd", failed("203.0.113.66", 40009)))
             fh.write(syslog(now + 10, "sshd", failed("203.0.113.66", 40010)))
             fh.write(syslog(now + 11, "sshd", accepted("203.0.113.66", "root", "password")))
-        _until(follower, got, 15)
-    findings = [(g.check, g.subject) for g in got if isinstance(g, AuditFinding)]
+        _until(follower, got, 16)
+    findings = [(g.check, g.subject, g.severity) for g in got if isinstance(g, AuditFinding)]
     assert findings == [
-        ("logins.failed_burst", "203.0.113.66"),
-        ("logins.root_login", "203.0.113.66"),
-        ("logins.password_login", "root"),
+        ("logins.failed_burst", "203.0.113.66", Severity.HIGH),
+        ("logins.failed_burst", "203.0.113.66", Severity.CRITICAL),  # and then a login from it
+        ("logins.root_login", "203.0.113.66", Severity.HIGH),
+        ("logins.password_login", "root", Severity.MEDIUM),
     ]
 
 

@@ -349,6 +349,21 @@ def test_burst_of_failures_is_high_and_its_controls_are_not(tmp_path):
     assert "PasswordAuthentication no" in burst.fix
 
 
+def test_a_login_after_a_burst_from_its_address_is_critical(tmp_path):
+    start = NOW - 3600
+    lines = [classic(start + i, "sshd", failed("203.0.113.66", "bob", port=40000 + i)) for i in range(10)]
+    lines += [classic(start + i, "sshd", failed("203.0.113.77", "bob", port=41000 + i)) for i in range(10)]
+    lines.append(classic(start + 60, "sshd", accepted("203.0.113.66", "bob", "password")))
+    lines.append(classic(start + 60, "sshd", accepted("198.51.100.4", "carol")))  # control: other address
+    write_log(tmp_path, sorted(lines, key=lambda s: s[:15]))
+    found = {f.subject: f for f in logins.run(ctx_for(tmp_path, None)) if f.check == "logins.failed_burst"}
+    assert found["203.0.113.66"].severity is Severity.CRITICAL
+    assert found["203.0.113.66"].data["then"]["user"] == "bob"
+    assert "then bob logged in from it" in found["203.0.113.66"].title
+    assert found["203.0.113.77"].severity is Severity.HIGH and "then" not in found["203.0.113.77"].data
+    assert "ip saddr 203.0.113.77 drop" in found["203.0.113.77"].fix
+
+
 def test_ten_invalid_user_connections_are_a_burst(tmp_path):
     lines = []
     for i in range(10):
@@ -403,6 +418,19 @@ def test_first_run_learns_addresses_later_runs_report_new_ones(tmp_path):
     assert logins.run(ctx_for(root, state)) == []  # reported once
 
 
+def test_known_addresses_that_cannot_be_saved_are_info(tmp_path):
+    root, state = tmp_path / "root", tmp_path / "state"
+    write_log(root, [classic(NOW - 60, "sshd", accepted("203.0.113.5"))])
+    state.mkdir()
+    (state / "audit").write_text("a file where the folder should be")
+    found = logins.run(ctx_for(root, state))
+    assert checks(found) == [
+        ("logins.new_address", "learned"),
+        ("logins.unreadable", str(state / "audit/known-logins.json")),
+    ]
+    assert found[1].title.startswith("the known login addresses could not be saved")
+
+
 def test_a_broken_known_file_is_learned_again(tmp_path):
     root, state = tmp_path / "root", tmp_path / "state"
     write_log(root, [classic(NOW - 60, "sshd", accepted("203.0.113.5"))])
@@ -432,6 +460,10 @@ def test_detector_reports_a_burst_once_until_it_ends():
     later = [f.check for i in range(10) for f in detector.feed(fail(5000.0 + i, 41000 + i))]
     assert later == ["logins.failed_burst"]  # a new burst after a quiet hour
     assert detector.feed(LoginEvent(6000.0, "root", "root", "", "", "wtmp", "tty1"))[0].subject == "local"
+    # a login from the address after its burst: once more, critical; a second login is not
+    ok = LoginEvent(6100.0, "accepted", "root", "203.0.113.66", "publickey", "auth.log", "y")
+    assert [(f.check, f.severity) for f in detector.feed(ok)] == [("logins.failed_burst", Severity.CRITICAL)]
+    assert detector.feed(ok) == []
 
 
 def test_journal_commands(tmp_path):

@@ -25,6 +25,7 @@ from clawpen.assess.loginsrc import (
     read_auth_logs,
     read_journal,
     read_utmp,
+    reason,
 )
 from clawpen.assess.model import AuditContext, AuditFinding, CheckInfo, Severity, finding
 from clawpen.fsutil import write_atomic
@@ -116,30 +117,52 @@ class KnownAddresses:
 
 
 def burst_finding(
-    address: str, times: list[float], users: Iterable[str], where: str, total: int
+    address: str,
+    times: list[float],
+    users: Iterable[str],
+    where: str,
+    total: int,
+    *,
+    then: LoginEvent | None = None,
 ) -> AuditFinding:
+    """A burst of failures from ``address``; CRITICAL when a login from it succeeded after
+    (``then``): the guessing may have worked."""
     names = sorted(set(users))
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return finding(
-        FAILED_BURST,
-        Severity.HIGH,
+    title = (
         f"{len(times)} failed logins from {address} within {int(BURST_WINDOW // 60)} minutes"
-        f" (from {stamp(times[0])}; users {shown})",
-        "Many failed logins from one address in minutes are a password-guessing attack: one guess"
-        " that works gives a shell on the bot's host.",
-        f"Turn password login off ('PasswordAuthentication no' in {SSHD_CONFIG}; `clawpen host harden"
-        f" apply` does it) and allow SSH only from the admin address in [host.firewall]; to block this"
-        f" address now: nft add rule inet filter input ip saddr {address} drop",
-        where=where,
-        subject=address,
-        data={
-            "count": len(times),
-            "failed_in_window": total,
-            "first": times[0],
-            "last": times[-1],
-            "users": names,
-        },
+        f" (from {stamp(times[0])}; users {shown})"
     )
+    why = (
+        "Many failed logins from one address in minutes are a password-guessing attack: one guess"
+        " that works gives a shell on the bot's host."
+    )
+    family = "ip6" if ":" in address else "ip"
+    fix = (
+        f"Turn password login off ('PasswordAuthentication no' in {SSHD_CONFIG}; `clawpen host harden"
+        " apply` does it) and allow SSH only from the admin address in [host.firewall]; to block this"
+        f" address now (with [host.firewall] applied): nft insert rule inet clawpen_host input"
+        f" {family} saddr {address} drop"
+    )
+    severity = Severity.HIGH
+    data: dict[str, Any] = {
+        "count": len(times),
+        "failed_in_window": total,
+        "first": times[0],
+        "last": times[-1],
+        "users": names[:20],
+    }
+    if then is not None:
+        severity = Severity.CRITICAL
+        title += f", then {then.user} logged in from it at {stamp(then.at)}"
+        why += " A login from the same address succeeded afterwards: a guess may have worked."
+        fix = (
+            f"Find out now whether {then.user}'s login at {stamp(then.at)} was a person you know"
+            f" (last -i {then.user}; end its session with loginctl terminate-user {then.user}),"
+            f" change {then.user}'s password, then: {fix}"
+        )
+        data |= {"then": {"user": then.user, "at": then.at, "method": then.method, "where": then.where}}
+    return finding(FAILED_BURST, severity, title, why, fix, where=where, subject=address, data=data)
 
 
 def root_finding(address: str, events: list[LoginEvent]) -> AuditFinding:
@@ -195,11 +218,11 @@ def password_finding(user: str, events: list[LoginEvent]) -> AuditFinding:
     )
 
 
-def unreadable_finding(problem: Unreadable) -> AuditFinding:
+def unreadable_finding(problem: Unreadable, what: str = "login records could not be read") -> AuditFinding:
     return finding(
         UNREADABLE,
         Severity.INFO,
-        f"login records could not be read: {problem.where}: {problem.reason}",
+        f"{what}: {problem.where}: {problem.reason}",
         "Logins that cannot be read cannot be audited: an attack there goes unseen.",
         f"Make {problem.where} readable by root (or install what the reason names) and audit again.",
         where=problem.where,
@@ -218,7 +241,8 @@ class Detector:
     """The login rules over events fed in time order: what the follower reports as it goes.
 
     A burst is reported once when an address reaches :data:`BURST_COUNT` failures within
-    :data:`BURST_WINDOW`, and again only after it fell below; every root login, every accepted
+    :data:`BURST_WINDOW`, and again only after it fell below; a login from that address within
+    :data:`WINDOW` after its burst is reported once more, CRITICAL; every root login, every accepted
     login from an unknown address and every password login is reported. ``known`` is updated
     (and saved) when a new address is seen; None: no new-address rule."""
 
@@ -226,6 +250,7 @@ class Detector:
         self.known = known
         self._failed: dict[str, deque[tuple[float, str]]] = {}
         self._bursting: set[str] = set()
+        self._bursts: dict[str, tuple[list[float], list[str]]] = {}  # the last burst of an address
         self._invalid: dict[tuple[str, int], float] = {}  # connections whose invalid user was counted
 
     def counts(self, event: LoginEvent) -> bool:
@@ -260,12 +285,15 @@ class Detector:
             recent.append((event.at, event.user))
             if len(recent) >= BURST_COUNT and event.address not in self._bursting:
                 self._bursting.add(event.address)
-                times = [t for t, _ in recent]
-                out.append(
-                    burst_finding(event.address, times, (u for _, u in recent), event.where, len(times))
-                )
+                times, users = [t for t, _ in recent], [u for _, u in recent]
+                self._bursts[event.address] = (times, users)
+                out.append(burst_finding(event.address, times, users, event.where, len(times)))
         if not event.ok:
             return out
+        burst = self._bursts.pop(event.address, None)
+        if burst is not None and event.at - burst[0][0] <= WINDOW:  # after a burst: it may have worked
+            times, users = burst
+            out.append(burst_finding(event.address, times, users, event.where, len(times), then=event))
         if event.kind == "root":
             out.append(root_finding(event.address, [event]))
         if is_password(event):
@@ -291,10 +319,11 @@ def bursts(events: list[LoginEvent]) -> list[AuditFinding]:
         recent.append((event.at, event.user))
         if len(recent) >= BURST_COUNT and len(recent) > len(best.get(event.address, ([], [], ""))[0]):
             best[event.address] = ([t for t, _ in recent], [u for _, u in recent], event.where)
-    return [
-        burst_finding(address, times, users, where, totals[address])
-        for address, (times, users, where) in sorted(best.items())
-    ]
+    out = []
+    for address, (times, users, where) in sorted(best.items()):
+        then = next((e for e in events if e.ok and e.address == address and e.at >= times[0]), None)
+        out.append(burst_finding(address, times, users, where, totals[address], then=then))
+    return out
 
 
 def grouped(events: Iterable[LoginEvent], key: str) -> dict[str, list[LoginEvent]]:
@@ -389,5 +418,6 @@ def _new_addresses(
         try:
             known.save()
         except OSError as err:
-            out.append(unreadable_finding(Unreadable(str(known.path), f"cannot be written: {err}")))
+            problem = Unreadable(str(known.path), reason(err))
+            out.append(unreadable_finding(problem, "the known login addresses could not be saved"))
     return out

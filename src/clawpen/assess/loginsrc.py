@@ -240,11 +240,12 @@ def read_auth_logs(
             with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
                 events.extend(parse_lines(fh, now=now, zone=zone, where=shown))
         except (OSError, EOFError, gzip.BadGzipFile) as err:
-            problems.append(Unreadable(shown, _reason(err)))
+            problems.append(Unreadable(shown, reason(err)))
     return events, problems
 
 
-def _reason(err: BaseException) -> str:
+def reason(err: BaseException) -> str:
+    """An OS error's short text."""
     return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
@@ -414,7 +415,7 @@ def read_utmp(
     except FileNotFoundError:
         return [], []
     except OSError as err:
-        return [], [Unreadable(absolute, _reason(err))]
+        return [], [Unreadable(absolute, reason(err))]
     events: list[LoginEvent] = []
     for index, rec in enumerate(utmp_records(data)):
         if not rec.user or rec.at < since or (name == "wtmp" and rec.type != USER_PROCESS):
