@@ -225,3 +225,27 @@ def test_follower_on_journalctl_follow(tmp_path, monkeypatch):
         ("failed", "203.0.113.2", 200),
     ]
     assert [g.check for g in got if isinstance(g, AuditFinding)] == ["logins.root_login"]
+
+
+def test_follower_without_inotify_polls_and_knows_learned_addresses(tmp_path, monkeypatch):
+    monkeypatch.setattr(loginfollow, "_watch", lambda _folder: None)  # inotify used up
+    root, state = tmp_path / "root", tmp_path / "state"
+    now = float(int(time.time()))
+    got: list[LoginEvent | AuditFinding] = []
+    with LoginFollower(root, got.append, state_dir=state) as follower:  # no /var/log yet
+        assert follower.fileno() is None and follower.poll(0.05) == 0
+        log = root / "var/log/auth.log"
+        log.parent.mkdir(parents=True)
+        log.write_text(syslog(now, "sshd", accepted("198.51.100.4", "alice")))  # appears: read whole
+        _until(follower, got, 2)
+    assert [(g.check, g.subject) for g in got if isinstance(g, AuditFinding)] == [
+        ("logins.new_address", "198.51.100.4")
+    ]
+    # a follower started later has the address from the file and reports it no more
+    again: list[LoginEvent | AuditFinding] = []
+    with LoginFollower(root, again.append, state_dir=state) as follower:
+        with log.open("a") as fh:
+            fh.write(syslog(now + 1, "sshd", accepted("198.51.100.4", "alice")))
+        _until(follower, again, 1)
+        follower.poll(0.1)
+    assert [type(g).__name__ for g in again] == ["LoginEvent"]
