@@ -249,3 +249,25 @@ def test_follower_without_inotify_polls_and_knows_learned_addresses(tmp_path, mo
         _until(follower, again, 1)
         follower.poll(0.1)
     assert [type(g).__name__ for g in again] == ["LoginEvent"]
+
+
+def test_follower_completes_a_line_being_written_and_reads_big_rotations_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(loginfollow, "MAX_READ", 300)  # a few lines per pass
+    root = tmp_path / "root"
+    log = root / "var/log/auth.log"
+    log.parent.mkdir(parents=True)
+    now = float(int(time.time()))
+    first = syslog(now, "sshd", failed("203.0.113.1", 1))
+    log.write_text(syslog(now - 10, "sshd", failed("203.0.113.1", 0)) + first[:30])  # mid-line
+    got: list[LoginEvent | AuditFinding] = []
+    with LoginFollower(root, got.append) as follower:
+        with log.open("a") as fh:
+            fh.write(first[30:])
+            fh.writelines(syslog(now + i, "sshd", failed("203.0.113.1", 1 + i)) for i in range(1, 20))
+        log.rename(log.with_name("auth.log.1"))  # rotated before the follower read it all
+        log.write_text(syslog(now + 20, "sshd", failed("203.0.113.1", 21)))
+        _until(follower, got, 22)
+        follower.poll(0.2)
+    events = [g for g in got if isinstance(g, LoginEvent)]
+    assert [e.port for e in events] == [*range(1, 21), 21]
+    assert events[0].where == "/var/log/auth.log:2" and events[-1].where == "/var/log/auth.log:1"

@@ -77,16 +77,22 @@ class _FileTail:
                     break
                 self.offset += len(chunk)
                 self.line += chunk.count(b"\n")
+            # a line being written now is followed: its start is kept until it is complete
+            tail = os.pread(fd, min(65536, self.offset), self.offset - min(65536, self.offset))
+            self.partial = tail[tail.rfind(b"\n") + 1 :]
         return True
 
-    def _drain(self) -> list[tuple[int, str]]:
+    def _drain(self) -> tuple[list[tuple[int, str]], bool]:
+        """The complete lines appended, and whether the end of the file was reached."""
         assert self.fd is not None
         if os.fstat(self.fd).st_size < self.offset:  # truncated (copytruncate): from its start
             self.offset, self.line, self.partial = 0, 1, b""
         data = b""
+        end = False
         while len(data) < MAX_READ:
             chunk = os.pread(self.fd, min(1 << 20, MAX_READ - len(data)), self.offset)
             if not chunk:
+                end = True
                 break
             data += chunk
             self.offset += len(chunk)
@@ -97,21 +103,21 @@ class _FileTail:
         for raw in data[:cut].splitlines():
             out.append((self.line, raw.decode("utf-8", "replace")))
             self.line += 1
-        return out
+        return out, end
 
     def read(self) -> list[tuple[int, str]]:
         """``(line number, text)`` of the lines appended since the last read."""
         if self.fd is None and not self._open(at_end=False):
             return []
-        out = self._drain()  # the rest of the current file, rotated away or not
+        out, end = self._drain()  # the rest of the current file, rotated away or not
         try:
             inode = os.stat(self.path).st_ino
         except OSError:
             return out  # renamed away, no new file yet
-        if inode != self.inode:
+        if end and inode != self.inode:  # (more of the old file first: the next read)
             self.close()
             if self._open(at_end=False):
-                out += self._drain()
+                out += self._drain()[0]
         return out
 
     def close(self) -> None:
