@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clawpen.assess import logins
+from clawpen.assess import logins, loginsrc
 from clawpen.assess.loginsrc import (
     LoginEvent,
     is_host,
@@ -26,6 +26,7 @@ from clawpen.assess.loginsrc import (
     merge,
     parse_message,
     read_auth_logs,
+    read_journal,
     read_utmp,
     system_zone,
     utmp_records,
@@ -490,3 +491,48 @@ def test_journal_commands(tmp_path):
     assert journal_dir(tmp_path) is None  # the volatile journal only counts on this host
     (tmp_path / "var/log/journal").mkdir(parents=True)
     assert journal_dir(tmp_path) == tmp_path / "var/log/journal"
+
+
+def fake_journalctl(tmp_path: Path, monkeypatch, script: str) -> Path:
+    """A root with a journal folder, and a journalctl on PATH that runs ``script``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "journalctl"
+    tool.write_text("#!/bin/sh\n" + script + "\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    root = tmp_path / "root"
+    (root / "var/log/journal").mkdir(parents=True)
+    return root
+
+
+def test_a_failing_or_hanging_journalctl_is_info(tmp_path, monkeypatch):
+    root = fake_journalctl(tmp_path, monkeypatch, 'echo "Failed to open journal: Bad message" >&2; exit 1')
+    events, problems = read_journal(root, since=NOW - 60)
+    assert events == []
+    assert [p.reason for p in problems] == ["journalctl exited 1: Failed to open journal: Bad message"]
+    assert checks(logins.run(ctx_for(root, None))) == [("logins.unreadable", "/var/log/journal")]
+
+    monkeypatch.setattr(loginsrc, "JOURNAL_TIMEOUT", 0.3)
+    (tmp_path / "bin/journalctl").write_text("#!/bin/sh\nexec sleep 30\n")
+    started = time.monotonic()
+    events, problems = read_journal(root, since=NOW - 60)
+    assert time.monotonic() - started < 5
+    assert [p.reason for p in problems] == ["journalctl exited -9: stopped after 0.3 s"]
+
+
+def test_journalctl_output_is_read_as_it_streams(tmp_path, monkeypatch):
+    lines = [
+        json.dumps(
+            {
+                "__REALTIME_TIMESTAMP": str(int((NOW - i) * 1e6)),
+                "SYSLOG_IDENTIFIER": "sshd",
+                "MESSAGE": failed("203.0.113.8", port=40000 + i),
+            }
+        )
+        for i in range(3)
+    ]
+    root = fake_journalctl(tmp_path, monkeypatch, "cat <<'EOF'\n" + "\n".join(lines) + "\nnot json\nEOF")
+    events, problems = read_journal(root, since=NOW - 3600, keep=lambda e: e.port != 40001)
+    assert problems == []
+    assert [e.port for e in events] == [40000, 40002]

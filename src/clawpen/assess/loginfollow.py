@@ -155,7 +155,7 @@ class LoginFollower:
             known = KnownAddresses.load(state_dir)
             if not known.existed:
                 now = clock()
-                for event in collect(root, now=now, since=now - LEARN_SPAN)[0]:
+                for event in collect(root, now=now, since=now - LEARN_SPAN, all_from=now)[0]:
                     if event.ok and event.address:
                         known.add(event)
                 known.save()

@@ -336,19 +336,27 @@ def grouped(events: Iterable[LoginEvent], key: str) -> dict[str, list[LoginEvent
 # --- the audit ------------------------------------------------------------------------------
 
 
-def collect(root: Path, *, now: float, since: float) -> tuple[list[LoginEvent], list[Unreadable]]:
-    """The login events of every source under ``root`` since ``since``, each login once."""
+def collect(
+    root: Path, *, now: float, since: float, all_from: float | None = None
+) -> tuple[list[LoginEvent], list[Unreadable]]:
+    """The login events of every source under ``root`` since ``since``, each login once; with
+    ``all_from``, the failures before that time are left out (only accepted logins are
+    learned from older records)."""
+
+    def keep(event: LoginEvent) -> bool:
+        return all_from is None or event.ok or event.at >= all_from
+
     events: list[LoginEvent] = []
     problems: list[Unreadable] = []
     for got, bad in (
-        read_auth_logs(root, now=now, since=since),
-        read_journal(root, since=since),
+        read_auth_logs(root, now=now, since=since, keep=keep),
+        read_journal(root, since=since, keep=keep),
         read_utmp(root, "wtmp", since=since),
         read_utmp(root, "btmp", since=since),
     ):
         events.extend(got)
         problems.extend(bad)
-    return merge(e for e in events if since <= e.at), problems
+    return merge(e for e in events if since <= e.at and keep(e)), problems
 
 
 def _has_records(root: Path) -> bool:
@@ -361,7 +369,8 @@ def run(ctx: AuditContext) -> list[AuditFinding]:
     start = ctx.now - WINDOW
     known = KnownAddresses.load(ctx.state_dir) if ctx.state_dir is not None else None
     learning = known is not None and not known.existed
-    events, problems = collect(ctx.root, now=ctx.now, since=ctx.now - LEARN_SPAN if learning else start)
+    since = ctx.now - LEARN_SPAN if learning else start
+    events, problems = collect(ctx.root, now=ctx.now, since=since, all_from=start)
     out = [unreadable_finding(p) for p in problems]
     if not _has_records(ctx.root):
         out.append(

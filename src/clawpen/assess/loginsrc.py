@@ -16,7 +16,9 @@ import re
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterable, Iterator
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -30,6 +32,7 @@ AUTH_LOG = "/var/log/auth.log"
 JOURNAL_DIR = "/var/log/journal"
 WTMP = "/var/log/wtmp"
 BTMP = "/var/log/btmp"
+JOURNAL_FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_COMM,_PID,SYSLOG_PID"
 JOURNAL_TIMEOUT = 60.0  # seconds journalctl may take to print a day of sshd messages
 SKEW = 86400.0  # a year-less time up to this far past "now" is still this year (clock skew)
 
@@ -68,6 +71,9 @@ class LoginEvent:
     def ok(self) -> bool:
         """Whether the login succeeded."""
         return self.kind in ("accepted", "root")
+
+
+Keep = Callable[[LoginEvent], bool]
 
 
 @dataclass(frozen=True)
@@ -225,9 +231,10 @@ def auth_log_files(root: Path) -> list[Path]:
 
 
 def read_auth_logs(
-    root: Path, *, now: float, since: float = 0.0
+    root: Path, *, now: float, since: float = 0.0, keep: Keep | None = None
 ) -> tuple[list[LoginEvent], list[Unreadable]]:
-    """Every login event in auth.log and its rotations (files older than ``since`` skipped)."""
+    """The login events in auth.log and its rotations (files older than ``since`` skipped;
+    only the events ``keep`` accepts, when given)."""
     zone = system_zone(root)
     events: list[LoginEvent] = []
     problems: list[Unreadable] = []
@@ -238,7 +245,7 @@ def read_auth_logs(
                 continue
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-                events.extend(parse_lines(fh, now=now, zone=zone, where=shown))
+                events.extend(filter(keep, parse_lines(fh, now=now, zone=zone, where=shown)))
         except (OSError, EOFError, gzip.BadGzipFile) as err:
             problems.append(Unreadable(shown, reason(err)))
     return events, problems
@@ -286,6 +293,7 @@ def journal_command(
         "json",
         "--no-pager",
         "-q",
+        f"--output-fields={JOURNAL_FIELDS}",  # (the cursor and the times come always)
     ]
     if follow:
         argv.append("-f")
@@ -334,32 +342,48 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def read_journal(root: Path, *, since: float) -> tuple[list[LoginEvent], list[Unreadable]]:
-    """The login events of the journal under ``root`` since ``since`` (none without a journal)."""
+def read_journal(
+    root: Path, *, since: float, keep: Keep | None = None
+) -> tuple[list[LoginEvent], list[Unreadable]]:
+    """The login events of the journal under ``root`` since ``since`` (none without a journal;
+    only those ``keep`` accepts, when given). journalctl's output is read as it comes: a month
+    of a guessing attack is many lines."""
     directory = journal_dir(root)
     if directory is None:
         return [], []
     if shutil.which("journalctl") is None:
         return [], [Unreadable(JOURNAL_DIR, "journalctl is not installed (apt-get install systemd)")]
-    try:
-        done = subprocess.run(
-            journal_command(None if is_host(root) else directory, since=since),
-            capture_output=True,
-            timeout=JOURNAL_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return [], [Unreadable(JOURNAL_DIR, f"journalctl failed: {err}")]
+    argv = journal_command(None if is_host(root) else directory, since=since)
     events: list[LoginEvent] = []
-    for line in done.stdout.splitlines():
-        entry = journal_entry(line)
-        if entry is not None:  # --since seeks: an out-of-order older entry may follow
-            events.extend(e for e in journal_events(entry) if e.at >= since)
-    if done.returncode != 0 and not events:
-        text = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        return [], [
-            Unreadable(JOURNAL_DIR, f"journalctl exited {done.returncode}: {text[-1] if text else ''}")
-        ]
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        except OSError as err:
+            return [], [Unreadable(JOURNAL_DIR, f"journalctl failed: {err}")]
+        timer = threading.Timer(JOURNAL_TIMEOUT, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                entry = journal_entry(line)
+                if entry is None:
+                    continue
+                for event in journal_events(entry):  # --since seeks: an older entry may follow
+                    if event.at >= since and (keep is None or keep(event)):
+                        events.append(event)
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if code != 0 and not events:
+            errors.seek(0)
+            text = errors.read(65536).decode("utf-8", "replace").strip().splitlines()
+            why = f"stopped after {JOURNAL_TIMEOUT:g} s" if code == -9 else text[-1] if text else ""
+            return [], [Unreadable(JOURNAL_DIR, f"journalctl exited {code}: {why}")]
     return events, []
 
 
