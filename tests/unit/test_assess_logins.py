@@ -536,3 +536,21 @@ def test_journalctl_output_is_read_as_it_streams(tmp_path, monkeypatch):
     events, problems = read_journal(root, since=NOW - 3600, keep=lambda e: e.port != 40001)
     assert problems == []
     assert [e.port for e in events] == [40000, 40002]
+
+
+def test_two_writers_of_the_known_addresses_keep_each_others(tmp_path):
+    def login(addr: str) -> LoginEvent:
+        return LoginEvent(NOW, "accepted", "alice", addr, "publickey", "auth.log", "x")
+
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit/known-logins.json").write_text(
+        json.dumps({"version": 1, "addresses": {"192.0.2.1": {"first": "garbage", "users": None}}})
+    )
+    audit, daemon = logins.KnownAddresses.load(tmp_path), logins.KnownAddresses.load(tmp_path)
+    assert audit.add(login("203.0.113.5")) and not audit.add(login("192.0.2.1"))
+    assert audit.addresses["192.0.2.1"]["first"] == NOW  # a damaged value is replaced
+    audit.save()
+    daemon.add(login("198.51.100.4"))
+    daemon.save()
+    saved = json.loads((tmp_path / "audit/known-logins.json").read_text())["addresses"]
+    assert sorted(saved) == ["192.0.2.1", "198.51.100.4", "203.0.113.5"]

@@ -99,18 +99,29 @@ class KnownAddresses:
         if entry is None:
             self.addresses[event.address] = {"first": event.at, "last": event.at, "users": [event.user]}
             return True
-        entry["first"] = min(float(entry.get("first", event.at)), event.at)
-        entry["last"] = max(float(entry.get("last", event.at)), event.at)
+        entry["first"] = min(_number(entry.get("first"), event.at), event.at)
+        entry["last"] = max(_number(entry.get("last"), event.at), event.at)
         users = list(entry.get("users") or [])
         if event.user not in users:
             entry["users"] = [*users, event.user][-20:]
         return False
 
     def save(self) -> None:
+        """Write the file, with the addresses another writer (the audit, the daemon's follower)
+        added since this one read it."""
+        for address, entry in KnownAddresses.load(self.path.parent.parent).addresses.items():
+            self.addresses.setdefault(address, entry)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         data = {"version": 1, "addresses": dict(sorted(self.addresses.items()))}
         write_atomic(self.path, (json.dumps(data, indent=1) + "\n").encode(), mode=0o600)
         self.existed = True
+
+
+def _number(value: object, default: float) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return default
 
 
 # --- the findings of one event or group of events -------------------------------------------
