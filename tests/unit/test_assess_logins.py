@@ -554,3 +554,21 @@ def test_two_writers_of_the_known_addresses_keep_each_others(tmp_path):
     daemon.save()
     saved = json.loads((tmp_path / "audit/known-logins.json").read_text())["addresses"]
     assert sorted(saved) == ["192.0.2.1", "198.51.100.4", "203.0.113.5"]
+
+
+def test_the_detector_stays_bounded_under_a_distributed_brute_force() -> None:
+    from clawpen.assess import logins as mod
+    from clawpen.assess.loginsrc import LoginEvent as Ev
+
+    detector = mod.Detector(None)
+    start = 1_800_000_000.0
+    for i in range(60_000):  # one failure each from 60,000 addresses over ~17 hours
+        detector.feed(Ev(start + i, "failed", "admin", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                         "password", "auth.log", "/var/log/auth.log:1", 40000))  # fmt: skip
+    assert len(detector._failed) <= mod.MAX_TRACKED + 1
+    # a burst is still found after the pruning (positive control)
+    found = []
+    for n in range(mod.BURST_COUNT):
+        found += detector.feed(Ev(start + 70_000 + n, "failed", "root", "203.0.113.9", "password",
+                                  "auth.log", "/var/log/auth.log:2", 50000 + n))  # fmt: skip
+    assert [f.check for f in found] == ["logins.failed_burst"]

@@ -206,8 +206,10 @@ class LoginFollower:
         if fd is None:
             time.sleep(timeout)
         else:
+            waiter = select.poll()  # not select(): it fails on descriptors numbered 1,024 or more
+            waiter.register(fd, select.POLLIN)
             with contextlib.suppress(InterruptedError):
-                select.select([fd], [], [], timeout)
+                waiter.poll(timeout * 1000)
         return self.read_ready()
 
     def close(self) -> None:

@@ -248,6 +248,9 @@ def is_password(event: LoginEvent) -> bool:
 # --- the rules ------------------------------------------------------------------------------
 
 
+MAX_TRACKED = 20_000  # addresses the detector holds before it forgets the quiet ones
+
+
 class Detector:
     """The login rules over events fed in time order: what the follower reports as it goes.
 
@@ -287,8 +290,19 @@ class Detector:
             recent.popleft()
         return recent
 
+    def _prune(self, at: float) -> None:
+        """Forget addresses with no failure in the burst window and bursts older than the
+        window that follows them: a botnet's thousands of addresses over weeks stay bounded."""
+        for address in [a for a, q in self._failed.items() if not q or q[-1][0] <= at - BURST_WINDOW]:
+            del self._failed[address]
+            self._bursting.discard(address)
+        for address in [a for a, (times, _) in self._bursts.items() if at - times[0] > WINDOW]:
+            del self._bursts[address]
+
     def feed(self, event: LoginEvent) -> list[AuditFinding]:
         out: list[AuditFinding] = []
+        if len(self._failed) + len(self._bursts) > MAX_TRACKED:
+            self._prune(event.at)
         if event.address in self._bursting and len(self.failures(event.address, event.at)) < BURST_COUNT:
             self._bursting.discard(event.address)
         if self.counts(event):
