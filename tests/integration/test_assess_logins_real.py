@@ -271,3 +271,36 @@ def test_follower_completes_a_line_being_written_and_reads_big_rotations_whole(t
     events = [g for g in got if isinstance(g, LoginEvent)]
     assert [e.port for e in events] == [*range(1, 21), 21]
     assert events[0].where == "/var/log/auth.log:2" and events[-1].where == "/var/log/auth.log:1"
+
+
+def test_the_followers_journalctl_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    """A daemon that is SIGKILLed leaves no `journalctl -f` behind: journalctl's output is a pipe
+    only the daemon reads (close-on-exec), and journalctl ends when that pipe's reader is gone."""
+    import signal
+    import sys
+
+    root = tmp_path / "root"
+    write_journal(root, "x", [(time.time() - 60, "sshd", failed("203.0.113.5", 4444))])  # no auth.log
+    code = (
+        "import time, pathlib; from clawpen.assess.loginfollow import LoginFollower;"
+        f"f = LoginFollower(pathlib.Path({str(root)!r}), lambda item: None, source='journal');"
+        "print('ready', flush=True); time.sleep(120)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 1
+        child = int(children[0])
+        assert "journalctl" in Path(f"/proc/{child}/cmdline").read_text()  # it runs (positive control)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
