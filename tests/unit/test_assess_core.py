@@ -243,3 +243,13 @@ def test_audit_metrics_count_each_group_from_its_newest_report(tmp_path: Path) -
     assert (got["audit_critical"], got["audit_high"], got["audit_age_seconds"]) == (1.0, 0.0, 10.0)
     report.save(state, rep(300.0, ("host",), []))
     assert values.values(300.0)["audit_critical"] == 0.0
+
+
+def test_docs_audit_lists_every_check_with_its_source() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "audit.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line for line in doc.splitlines() if line.startswith("| `")
+    }
+    for info in [*report.catalogue(), report.FAILED]:
+        assert info.id in rows, f"docs/audit.md has no row for {info.id}"
+        assert info.source.strip(), info.id
