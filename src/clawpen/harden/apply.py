@@ -26,8 +26,9 @@ from clawpen import audit
 from clawpen.errors import ClawpenError, HostError
 from clawpen.fsutil import write_atomic
 from clawpen.harden.backup import Backup, latest, load, missing_parents
+from clawpen.harden.content import TOKEN_NAME_PREFIX
 from clawpen.harden.facts import ids, inside, is_live
-from clawpen.harden.plan import TOKEN_NAME_PREFIX, FileChange, Plan, Step
+from clawpen.harden.plan import FileChange, Plan, Step
 from clawpen.tokens import TokenStore
 
 FIREWALL_CONFIRM_WITHIN = 60.0

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 from clawpen.errors import HostError
-from clawpen.harden.plan import (
+from clawpen.harden.content import (
     AUTO_UPGRADES,
     DEFAULT_CLAWPEN,
     SSHD_DROPIN,
@@ -19,9 +19,8 @@ from clawpen.harden.plan import (
     SUDOERS,
     TOKEN_NAME_PREFIX,
     UU_ORIGINS,
-    Facts,
-    FileFact,
 )
+from clawpen.harden.plan import Facts, FileFact
 from clawpen.spec.host import Harden
 from clawpen.tokens import TokenStore
 
