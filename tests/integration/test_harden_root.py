@@ -111,3 +111,24 @@ def test_harden_a_prepared_debian_root(
     assert code == 0 and "already rolled back" in out
     assert etc_state(root) == before
     assert etc_state(Path("/"), HOST_FILES) == host_before  # this machine's own files: untouched
+
+
+def test_a_failed_step_undoes_the_user_and_files_it_made(
+    tmp_path: Path, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An earlier sshd drop-in (a cloud image's) keeps password login on: sshd -T shows that the
+    drop-in's values are not used, so the sshd step fails and every step before it is undone."""
+    root = weak_root(tmp_path / "root")
+    (root / "etc/ssh/sshd_config.d/05-cloud.conf").write_text("PasswordAuthentication yes\n")
+    spec = tmp_path / "clawpen.toml"
+    spec.write_text(f'[host.harden]\noperator_keys = ["{KEY}"]\n')
+    before = etc_state(root)
+    code, out = cli(capsys, "host", "harden", "plan", "--root", str(root), "-f", str(spec))
+    assert code == 0 and "05-cloud.conf come(s) first" in out, out
+    code, out = cli(capsys, "host", "harden", "apply", "--root", str(root), "-f", str(spec))
+    assert code == 2, out
+    assert "step sshd failed: sshd does not use the drop-in's values: passwordauthentication is yes" in out
+    assert "operator-user, operator-keys, sudoers, operator-token" in out
+    assert etc_state(root) == before
+    assert not (root / "home/clawpen-op").exists()
+    assert not (root / "var/lib/clawpen").exists()  # the token store it created: gone with its folder

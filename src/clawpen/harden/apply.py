@@ -15,9 +15,11 @@ it with bubblewrap (``chroot`` when bubblewrap is missing); useradd, usermod and
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from typing import Any
 from clawpen import audit
 from clawpen.errors import ClawpenError, HostError
 from clawpen.fsutil import write_atomic
-from clawpen.harden.backup import Backup, latest, load, missing_parents
+from clawpen.harden.backup import Backup, base_dir, latest, load, missing_parents
 from clawpen.harden.content import TOKEN_NAME_PREFIX
 from clawpen.harden.facts import ids, inside, is_live
 from clawpen.harden.plan import FileChange, Plan, Step
@@ -87,6 +89,19 @@ def _run(argv: list[str], step: str, *, timeout: float = 120) -> str:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise HardenFailed(f"{argv[0]} exited with {done.returncode}: {' | '.join(tail)}", where=step)
     return done.stdout
+
+
+@contextlib.contextmanager
+def locked(state: Path) -> Iterator[None]:
+    """One apply or rollback at a time (an exclusive flock on ``STATE/harden/.lock``)."""
+    folder = base_dir(state)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -215,13 +230,26 @@ def apply(plan: Plan, ctx: Context) -> ApplyResult:
     require_root("apply")
     if plan.empty:
         return ApplyResult(None, (), None, ("no change: the root already follows [host.harden]",))
+    with locked(ctx.state):
+        return _apply(plan, ctx)
+
+
+def _apply(plan: Plan, ctx: Context) -> ApplyResult:
     backup = Backup.create(ctx.state, ctx.root, ctx.who)
     for step in plan.changes:
         try:
             _step(ctx, step, backup)
         except (ClawpenError, OSError) as err:
             what = err.what if isinstance(err, ClawpenError) else str(err)
-            undo(ctx, backup)
+            try:
+                undo(ctx, backup)
+            except (ClawpenError, OSError) as undo_err:
+                backup.set("state", "undo-failed")
+                raise HardenFailed(
+                    f"step {step.id} failed: {what}; undoing the steps done failed too: {undo_err}",
+                    where=f"host harden apply: {step.id}",
+                    hint=f"the backup is {backup.dir}: restore what is left by hand (manifest.json lists it)",
+                ) from None
             backup.set("state", "failed")
             audit.append(
                 ctx.state,
@@ -281,6 +309,11 @@ def undo(ctx: Context, backup: Backup) -> dict[str, Any]:
 def rollback(ctx: Context, backup_id: str | None = None) -> dict[str, Any]:
     """Undo the latest apply to ``ctx.root`` (or ``backup_id``); nothing to do the second time."""
     require_root("rollback")
+    with locked(ctx.state):
+        return _rollback(ctx, backup_id)
+
+
+def _rollback(ctx: Context, backup_id: str | None) -> dict[str, Any]:
     backup = load(ctx.state, backup_id) if backup_id else latest(ctx.state, ctx.root)
     if backup is None:
         return {"id": None, "changed": False, "note": f"no harden apply to roll back for {ctx.root}"}
