@@ -17,7 +17,8 @@ from tests.integration.hostroot import lynis_index, run_in_root, weak_root
 
 from clawpen.cli import main
 
-pytestmark = [pytest.mark.root, pytest.mark.hostroot, pytest.mark.slow]
+# the first test of a machine builds the prepared root (debootstrap: a minute or several)
+pytestmark = [pytest.mark.root, pytest.mark.hostroot, pytest.mark.slow, pytest.mark.timeout(900)]
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICSN5Yu/QgXZnSUl1QllJpXze3Jw1yislyjyjloBxmYw op@test"
 HOST_FILES = ("/etc/passwd", "/etc/shadow", "/etc/group", "/etc/ssh", "/etc/sudoers.d", "/etc/apt/apt.conf.d")
