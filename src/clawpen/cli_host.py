@@ -27,7 +27,7 @@ def add_commands(sub: Any) -> None:
     }
     for name, text in helps.items():
         p = actions.add_parser(name, help=text)
-        p.add_argument("--root", default="/", metavar="DIR", help="the system's root folder (default /)")
+        p.add_argument("--root", metavar="DIR", help="the system's root folder (default /)")
         if name != "rollback":
             p.add_argument(
                 "-f",
@@ -57,10 +57,20 @@ def cmd_host(ns: argparse.Namespace) -> int:
     from clawpen.harden.session import prepare, token_state
     from clawpen.paths import state_dir
 
-    root = _root(ns.root)
+    root = _root(ns.root or "/")
     state, who = state_dir(), audit.caller()
     if ns.harden_cmd == "rollback":
         harden.require_root("rollback")
+        if ns.id and ns.root:
+            from clawpen.harden.backup import load
+
+            made_for = load(state, ns.id).manifest["root"]
+            if made_for != str(root):
+                raise UsageError(
+                    f"apply {ns.id} was made to {made_for}, not {root}",
+                    where="--root",
+                    hint="leave --root out with --id, or give the apply's root",
+                )
         out = harden.rollback(harden.Context(root, state, token_state(root, state), who), ns.id)
         if ns.json:
             print(json.dumps(out))

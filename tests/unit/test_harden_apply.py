@@ -120,3 +120,22 @@ def test_an_empty_plan_makes_no_backup(tmp_path: Path) -> None:
     result = apply(Plan(str(root), ()), Context(root, state, root / "var/lib/clawpen", "tester"))
     assert result.id is None and not (state / "harden").exists()
     assert rollback(Context(root, state, root / "var/lib/clawpen", "tester"))["changed"] is False
+
+
+def test_cli_rollback_by_id_checks_the_root(
+    tmp_path: Path, state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from clawpen.cli import main
+
+    root = weak(tmp_path)
+    before = tree(root)
+    result = apply(plan_of(root, CFG), Context(root, state, root / "var/lib/clawpen", "tester"))
+    assert result.id is not None
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(["host", "harden", "rollback", "--id", result.id, "--root", str(other)]) == 2
+    assert f"was made to {root}" in capsys.readouterr().err
+    assert main(["host", "harden", "rollback", "--id", "../x"]) == 2
+    assert main(["host", "harden", "rollback", "--id", result.id]) == 0
+    assert capsys.readouterr().out.startswith(f"rolled back {result.id}: 3 file(s) restored")
+    assert tree(root) == before

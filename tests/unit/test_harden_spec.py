@@ -3,6 +3,7 @@ changed); the CLI's refusals (a missing root, apply to this host's own root with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,21 @@ def test_apply_to_this_host_needs_yes(
     assert "host harden plan for /:" in out.out and "operator-user" in out.out
     assert "needs --yes" in out.err
     assert not (state / "harden").exists()  # nothing backed up: nothing was about to change
+
+
+def test_sudo_never_allows_a_command_others_can_change(tmp_path: Path) -> None:
+    from clawpen.harden.facts import unsafe_command
+
+    folder = tmp_path / "bin"
+    folder.mkdir(mode=0o755)
+    command = folder / "clawpen"
+    assert unsafe_command(command) is not None and "does not exist" in str(unsafe_command(command))
+    command.write_text("#!/bin/sh\n")
+    os.chmod(folder, 0o777)
+    problem = unsafe_command(command)
+    assert problem is not None and problem.startswith(f"{folder} is not root's or is writable by others")
+    os.chmod(folder, 0o755)
+    os.chmod(command, 0o757)
+    problem = unsafe_command(command)
+    assert problem is not None and problem.startswith(f"{command} is not root's")
+    assert unsafe_command(Path("/usr/bin/env")) is None  # root's, in root's folders: allowed
