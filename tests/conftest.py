@@ -57,6 +57,10 @@ def _requirement_missing(marker: str) -> str | None:
         from tests.integration.vm_env import missing
 
         return missing()
+    if marker == "hostroot":
+        from tests.integration.hostroot import missing as hostroot_missing
+
+        return hostroot_missing()
     if marker == "etcd" and not (shutil.which("etcd") and shutil.which("etcdctl")):
         return "needs etcd (apt-get install etcd-server etcd-client)"
     if marker == "browser" and not shutil.which("chromium"):
@@ -78,6 +82,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def group_of(item: pytest.Item) -> str:
     """The group of scripts/test.sh's split a test runs in: "wait" or "main"."""
     if item.get_closest_marker("vm"):  # QEMU guests: CPU-bound, a part of their own
+        return "vm"
+    if item.get_closest_marker("hostroot"):  # a debootstrap root and Lynis runs: long, a part apart
         return "vm"
     if item.get_closest_marker("docker") or item.get_closest_marker("podman"):
         return "wait"
@@ -104,7 +110,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker in ("root", "bwrap", "docker", "podman", "netns", "vm", "browser", "prometheus"):
+    for marker in ("root", "bwrap", "docker", "podman", "netns", "vm", "browser", "prometheus", "hostroot"):
         if item.get_closest_marker(marker):
             missing = _requirement_missing(marker)
             if missing:

@@ -1,4 +1,4 @@
-"""``[host]``: policy for the host itself (its firewall).
+"""``[host]``: policy for the host itself (its firewall, its hardening).
 
 ``[host.firewall]`` is the classic security-group policy for a bot host, applied by
 ``clawpen firewall apply`` as one nftables table of clawpen's own (see :mod:`clawpen.net.firewall`)::
@@ -8,12 +8,24 @@
     allow_tcp = [8080]                                   # service ports open to everyone
     allow     = [{ port = 9100, proto = "tcp", from = ["10.0.0.0/8"] }]
     # icmp_echo = false, inbound = "drop", outbound = "allow" are the defaults
+
+``[host.harden]`` is the host part of the deployment practice, applied by
+``clawpen host harden apply`` (see :mod:`clawpen.harden`)::
+
+    [host.harden]
+    operator      = "clawpen-op"                       # the operator user (password login locked)
+    operator_keys = ["ssh-ed25519 AAAAC3Nza... admin@laptop"]
+    auto_updates  = "off"                              # "off" | "security" | "all"
+    # ssh_password_login = false, ssh_root_login = false, firewall = true, snapshots = true
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
+import struct
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -203,11 +215,124 @@ class Firewall(BaseModel):
         return v
 
 
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+_RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "nobody", "sshd", "_apt", "man"})
+KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+_KEY_COMMENT = re.compile(r"^[\x20-\x7e]{0,200}$")
+_COMMAND_PATH = re.compile(r"^/[A-Za-z0-9_./+-]{1,255}$")
+
+
+def check_public_key(raw: str) -> str:
+    """``raw`` as one OpenSSH public key line (``TYPE BASE64 [comment]``, no options), or
+    RuleViolation: an unknown type, bad base64, or a blob that names another type."""
+    hint = 'paste one line of the key\'s .pub file, e.g. "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA... you@host"'
+    fields = raw.strip().split(None, 2)
+    if len(fields) < 2 or "\n" in raw or "\r" in raw:
+        raise RuleViolation(f"operator_keys entry {raw[:40]!r} is not an SSH public key line", hint)
+    kind, blob = fields[0], fields[1]
+    if kind not in KEY_TYPES:
+        raise RuleViolation(
+            f"operator_keys entry has the unknown key type {kind[:40]!r}",
+            f"use one of {', '.join(sorted(KEY_TYPES))} (no authorized_keys options before it)",
+        )
+    try:
+        data = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        raise RuleViolation(f"operator_keys entry {kind} has a key that is not valid base64", hint) from None
+    if len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+        raise RuleViolation(f"operator_keys entry {kind} has a truncated key", hint)
+    named = data[4 : 4 + struct.unpack(">I", data[:4])[0]]
+    if named != kind.encode():
+        raise RuleViolation(
+            f"operator_keys entry says {kind} but its key is a {named[:40].decode(errors='replace')!r} key",
+            hint,
+        )
+    if len(fields) == 3 and not _KEY_COMMENT.fullmatch(fields[2]):
+        raise RuleViolation("operator_keys entry has a comment with control characters", hint)
+    return " ".join(fields)
+
+
+class Harden(BaseModel):
+    """The host part of the deployment practice: an operator user whose only elevated right is
+    restarting bots, SSH password and root login off, the automatic-update policy, the host
+    firewall and the snapshot schedule. ``clawpen host harden plan`` shows every change first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operator: str = Field(
+        "clawpen-op",
+        description="the operator user: created with its password locked (SSH keys only); its only "
+        "elevated right is `clawpen restart` through sudo",
+    )
+    operator_keys: list[str] = Field(
+        default_factory=list,
+        description="the operator's SSH public keys (lines of .pub files), written to its authorized_keys",
+    )
+    ssh_password_login: bool = Field(False, description="allow SSH password login (the practice: false)")
+    ssh_root_login: bool = Field(False, description="allow SSH login as root (the practice: false)")
+    auto_updates: Literal["off", "security", "all"] = Field(
+        "off",
+        description='unattended upgrades: "off" (the practice: updates are applied by hand), '
+        '"security" (Debian security updates only) or "all"',
+    )
+    firewall: bool = Field(True, description="apply [host.firewall] too (on this host only, not on --root)")
+    snapshots: bool = Field(True, description="check that a snapshot schedule is configured (report only)")
+    clawpen_path: str | None = Field(
+        None,
+        description="the clawpen command the operator may run with sudo (default: the installed entry "
+        "point, /usr/local/bin/clawpen for another root)",
+    )
+
+    @field_validator("operator")
+    @classmethod
+    def _operator(cls, v: str) -> str:
+        if not _USER.fullmatch(v):
+            raise RuleViolation(
+                f"operator {v!r} is not a valid user name",
+                "use 1 to 31 lower-case letters, digits, _ and -, starting with a letter or _, "
+                'e.g. "clawpen-op"',
+            )
+        if v in _RESERVED_USERS:
+            raise RuleViolation(
+                f"operator {v!r} is a system account", 'name a dedicated user, e.g. "clawpen-op"'
+            )
+        return v
+
+    @field_validator("operator_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        return [check_public_key(raw) for raw in v]
+
+    @field_validator("clawpen_path")
+    @classmethod
+    def _clawpen_path(cls, v: str | None) -> str | None:
+        if v is not None and (not _COMMAND_PATH.fullmatch(v) or "/../" in f"{v}/" or "/./" in f"{v}/"):
+            raise RuleViolation(
+                f"clawpen_path {v!r} is not an absolute path without spaces or special characters",
+                'write the path of the clawpen command, e.g. "/usr/local/bin/clawpen"',
+            )
+        return v
+
+
 class HostConfig(BaseModel):
-    """Host-level policy; ``[host.firewall]`` is applied by ``clawpen firewall apply``."""
+    """Host-level policy; ``[host.firewall]`` is applied by ``clawpen firewall apply``,
+    ``[host.harden]`` by ``clawpen host harden apply``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     firewall: Firewall | None = Field(
         None, description="the host's inbound firewall (applied with `clawpen firewall apply`)"
+    )
+    harden: Harden | None = Field(
+        None, description="the host's hardening (applied with `clawpen host harden apply`)"
     )
