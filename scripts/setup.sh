@@ -14,10 +14,12 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # (the static seccomp loader, built once), docker-compose for the exported file; Podman (the tests
 # start its Docker-compatible API service) with catatonit, its --init. The VM tier's: QEMU.
 # Failover (cluster) tests: etcd (the tests start a 3-member cluster in a network namespace).
-# The login audit's tests: systemd-journal-remote writes a test journal from export format.
+# The login audit's tests: systemd-journal-remote writes a test journal from export format; the
+# prepared-host audit's: openssh-client's ssh-keygen (the operator's key; the Debian root the
+# tests build with debootstrap has its own sshd and Lynis).
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
   gcc libc6-dev docker-compose podman catatonit qemu-system-x86 etcd-server etcd-client keepalived
-  systemd-journal-remote)
+  systemd-journal-remote openssh-client)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

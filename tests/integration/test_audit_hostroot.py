@@ -91,7 +91,8 @@ def ids(report: dict, group: str | None = None) -> set[str]:
 def harden(root: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [str(REPO / ".venv/bin/clawpen"), "host", "harden", *args, "--root", str(root)]
     env = {"CLAWPEN_HOME": str(state), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    argv += ["-f", str(root / "srv/clawpen.toml")]
+    if args[0] != "rollback":
+        argv += ["-f", str(root / "srv/clawpen.toml")]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, env=env)
 
 
@@ -116,8 +117,8 @@ def test_the_weak_host_is_found_and_hardening_it_scores_better(tmp_path: Path) -
     assert expected <= found, sorted(expected - found)
     [lodash] = [f for f in before["findings"] if f["check"] == "dependencies.vulnerable"]
     assert "4.17.21" in lodash["fix"] and "bot1" in lodash["fix"]
-    [port] = [f for f in before["findings"] if f["check"] == "host.ports.public"]
-    assert "sshd" in port["title"] and ":22" in port["title"]
+    ports = [f["title"] for f in before["findings"] if f["check"] == "host.ports.public"]
+    assert any("sshd" in t and ":22" in t for t in ports), ports
     lynis_before = lynis_index(root)
 
     state = tmp_path / "state"
@@ -131,12 +132,8 @@ def test_the_weak_host_is_found_and_hardening_it_scores_better(tmp_path: Path) -
     )
     assert after["score"] < before["score"]
     assert lynis_after > lynis_before
-    fixed = {
-        "host.ssh.password_login",
-        "host.ssh.root_login",
-        "host.users.password_login",
-        "host.updates.unattended",
-    }
+    # root keeps its password (the console and `su` need one); SSH no longer takes it
+    fixed = {"host.ssh.password_login", "host.ssh.root_login", "host.updates.unattended"}
     assert not fixed & ids(after), sorted(fixed & ids(after))
     assert ids(after, "dependencies") == ids(before, "dependencies")  # harden does not touch the bots
 

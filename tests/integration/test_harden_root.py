@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.integration.hostroot import lynis_index, run_in_root, weak_root
+from tests.integration.hostroot import run_in_root, weak_root
 
 from clawpen.cli import main
 
@@ -59,7 +59,6 @@ def test_harden_a_prepared_debian_root(
     spec = tmp_path / "clawpen.toml"
     spec.write_text(f'[host.harden]\noperator_keys = ["{KEY}"]\n[snapshots]\nstate_every = "24h"\n')
     before = etc_state(root)
-    lynis_before = lynis_index(root)
 
     code, out = cli(capsys, "host", "harden", "plan", "--root", str(root), "-f", str(spec), "--json")
     assert code == 0, out
@@ -95,10 +94,7 @@ def test_harden_a_prepared_debian_root(
         line.strip() for line in sudo.stdout.split("may run the following commands", 1)[1].splitlines()[1:]
     ]
     assert [line for line in allowed if line] == ["(root) NOPASSWD: /usr/local/bin/clawpen restart *"]
-    lynis_after = lynis_index(root)
-    with capsys.disabled():
-        print(f"\nlynis hardening index: {lynis_before} before, {lynis_after} after host harden apply")
-    assert lynis_after > lynis_before
+    # Lynis's hardening index before and after: tests/integration/test_audit_hostroot.py
 
     code, out = cli(capsys, "host", "harden", "plan", "--root", str(root), "-f", str(spec), "--json")
     assert code == 0 and json.loads(out)["changes"] == 0, out  # idempotent
