@@ -45,6 +45,8 @@ step "clawpen metrics web --since 5m"
 "$clawpen" metrics web --since 5m | head -n 14 || true
 step "clawpen validate --hostile demo   (hostile actions in a throwaway sandbox with demo's policy)"
 "$clawpen" validate --hostile -f "$spec" demo | tail -n 12 || true
+step "clawpen audit --only spec,configuration   (each bot's exposure and what changed, with fixes)"
+"$clawpen" audit -f "$spec" --only spec,configuration --offline | head -n 30 || true
 step "clawpen dashboard   (the web dashboard, on this host's loopback)"
 "$clawpen" dashboard || true
 step "clawpen events"
