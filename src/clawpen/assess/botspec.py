@@ -8,6 +8,7 @@ public listener (reachable by anyone) weigh most.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -180,12 +181,17 @@ def bot_findings(loaded: LoadedSpec, name: str, bot: Bot) -> list[AuditFinding]:
                 _line(loaded, "bots", name, "network"),
             )
     for cidr in net.allow_private:
+        one = ipaddress.ip_network(cidr, strict=False)
+        single = one.prefixlen == one.max_prefixlen
         add(
             PRIVATE,
-            Severity.MEDIUM,
-            f"{name}: may reach the private network {cidr}",
-            "a compromised bot can probe and attack the machines of the local network",
-            "drop the entry unless the bot needs that exact service; narrow it to one address",
+            Severity.LOW if single else Severity.MEDIUM,
+            f"{name}: may reach the private {'address' if single else 'network'} {cidr}",
+            "a compromised bot can probe and attack "
+            + ("that machine's other services" if single else "the machines of the local network"),
+            "keep it only while the bot needs that service"
+            if single
+            else "narrow it to the one address of the service the bot needs",
             _line(loaded, "bots", name, "network", "allow_private"),
             cidr,
         )
