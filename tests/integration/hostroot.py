@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from clawpen.container.base import mirror, unmount_under
+from clawpen.harden.apply import bwrap_root_argv
 
 CACHE = Path(os.environ.get("CLAWPEN_TEST_HOSTROOT_CACHE", "/var/cache/clawpen-test"))
 VERSION = "hostroot-v1"
@@ -146,26 +147,8 @@ def weak_root(dest: Path) -> Path:
 
 
 def bwrap_argv(root: Path, argv: list[str]) -> list[str]:
-    return [
-        "bwrap",
-        "--bind",
-        str(root),
-        "/",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--unshare-pid",
-        "--unshare-net",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--die-with-parent",
-        "--setenv",
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "--",
-        *argv,
-    ]
+    """``argv`` run inside ``root`` as ``host harden`` runs its checks there."""
+    return bwrap_root_argv(root, argv)
 
 
 def run_in_root(root: Path, argv: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clawpen.daemon.snapshot_schedule import LoopComponent
 from clawpen.errors import UsageError
 from clawpen.fsutil import write_atomic
 from clawpen.ops import Call, Contract, Reply, Request
@@ -213,29 +214,17 @@ class AuditScheduler:
             wake.clear()
 
 
-class AuditComponent:
-    """The daemon component (daemon/app.py) running an :class:`AuditScheduler` every ``INTERVAL``."""
+class AuditComponent(LoopComponent[AuditScheduler]):
+    """The daemon component (daemon/app.py) running an :class:`AuditScheduler` every ``INTERVAL``
+    and serving ``audit_run``."""
 
     name = "audit-schedule"
 
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.scheduler: AuditScheduler | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, daemon: Daemon) -> None:
-        self.scheduler = scheduler = AuditScheduler(daemon)
+    def make(self, daemon: Daemon) -> AuditScheduler:
+        scheduler = AuditScheduler(daemon)
 
         async def op_run(req: AuditRunRequest, _call: Call) -> AuditRunReply:
             return await scheduler.run_now(req.schedule)
 
         daemon.add_ops([AUDIT_RUN.bind(op_run)])
-        wake = asyncio.Event()
-        daemon.on_spec(lambda _spec: wake.set())
-        self._task = asyncio.get_running_loop().create_task(self.scheduler.forever(wake))
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        return scheduler

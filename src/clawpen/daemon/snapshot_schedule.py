@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from clawpen.errors import ClawpenError
 
@@ -203,18 +203,29 @@ class Scheduler:
                 await asyncio.wait_for(wake.wait(), INTERVAL)
 
 
-class ScheduleComponent:
-    """The daemon component (daemon/app.py) running a :class:`Scheduler` every ``INTERVAL``."""
+class Looping(Protocol):
+    async def forever(self, wake: asyncio.Event) -> None: ...
 
-    name = "snapshot-schedule"
+
+S = TypeVar("S", bound=Looping)
+
+
+class LoopComponent(Generic[S]):
+    """A daemon component running its scheduler's ``forever`` (woken at once by an applied ``up``)
+    until the daemon stops; :meth:`make` builds the scheduler."""
+
+    name = "loop"
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.scheduler: Scheduler | None = None
+        self.scheduler: S | None = None
         self._task: asyncio.Task[None] | None = None
 
+    def make(self, daemon: Daemon) -> S:
+        raise NotImplementedError
+
     async def start(self, daemon: Daemon) -> None:
-        self.scheduler = Scheduler(daemon)
+        self.scheduler = self.make(daemon)
         wake = asyncio.Event()
         daemon.on_spec(lambda _spec: wake.set())  # a new schedule is looked at at once
         self._task = asyncio.get_running_loop().create_task(self.scheduler.forever(wake))
@@ -224,3 +235,12 @@ class ScheduleComponent:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class ScheduleComponent(LoopComponent[Scheduler]):
+    """The daemon component (daemon/app.py) running a :class:`Scheduler` every ``INTERVAL``."""
+
+    name = "snapshot-schedule"
+
+    def make(self, daemon: Daemon) -> Scheduler:
+        return Scheduler(daemon)

@@ -49,32 +49,26 @@ def require_root(action: str) -> None:
         )
 
 
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def bwrap_root_argv(root: Path, argv: list[str]) -> list[str]:
+    """``argv`` run by bubblewrap (as root) with ``root`` as its ``/``: its own /proc, /dev, pid,
+    network, IPC and UTS namespaces, ended with its parent."""
+    return [
+        "bwrap", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+        "--setenv", "PATH", ROOT_PATH, "--", *argv,
+    ]  # fmt: skip
+
+
 def root_argv(root: Path, argv: list[str]) -> list[str]:
     """``argv`` run with ``root`` as its ``/`` (unchanged on the live root)."""
     if is_live(root):
         return argv
-    path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    path = ROOT_PATH
     if shutil.which("bwrap"):
-        return [
-            "bwrap",
-            "--bind",
-            str(root),
-            "/",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--unshare-pid",
-            "--unshare-net",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--die-with-parent",
-            "--setenv",
-            "PATH",
-            path,
-            "--",
-            *argv,
-        ]
+        return bwrap_root_argv(root, argv)
     return ["chroot", str(root), "/usr/bin/env", f"PATH={path}", *argv]
 
 
