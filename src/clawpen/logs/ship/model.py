@@ -1,0 +1,59 @@
+"""What the shipping parts share: a record to ship, the transport protocol, the error.
+
+A :class:`Transport` carries records to one receiver. ``send`` writes a batch (it may block for
+flow control but never for an acknowledgement); ``acked`` tells whether everything sent so far
+has been acknowledged by the receiver (syslog over TCP/TLS: the kernel's send queue is empty,
+``SIOCOUTQ`` = 0, so the receiver's TCP took every byte; journal-remote: the upload's HTTP 2xx).
+The shipper moves a target's cursor only past acknowledged records, so a receiver that goes
+away loses nothing: the records after the cursor are sent again (duplicates only at that
+boundary). Every failure is a :class:`ShipError`; the shipper closes the transport, waits with
+backoff and opens it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from clawpen.errors import HostError
+
+
+class ShipError(HostError):
+    """A receiver cannot be reached, refused a record, or broke the connection."""
+
+
+@dataclass(frozen=True)
+class ShipRecord:
+    """One log record of a bot, as its log file holds it (already redacted by the writer).
+    ``log`` is the log's name (the bot, or ``bot-r2`` for replica 2); ``at`` the record's UTC
+    time (epoch seconds); ``text`` the line without its newline."""
+
+    log: str
+    bot: str
+    replica: int
+    stream: str  # "out" | "err" (clawpen's own markers come on "err")
+    at: float
+    text: bytes
+
+
+@dataclass(frozen=True)
+class ShipMeta:
+    """What every record of a batch carries besides its own fields."""
+
+    host: str
+    release: int | None
+
+
+class Transport(Protocol):
+    """One receiver (see the module doc)."""
+
+    name: str
+
+    def open(self, timeout: float) -> None: ...
+
+    def send(self, records: Sequence[ShipRecord], meta: ShipMeta) -> None: ...
+
+    def acked(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
