@@ -86,6 +86,7 @@ COMMAND_MODULES = (
     "clawpen.cli_image",
     "clawpen.cli_cluster",
     "clawpen.cli_audit",
+    "clawpen.cli_report",
     "clawpen.api.cli",
 )
 
@@ -124,6 +125,7 @@ COMMAND_INDEX = {
     "image": "clawpen.cli_image",
     **dict.fromkeys(("cluster", "failover"), "clawpen.cli_cluster"),
     "audit": "clawpen.cli_audit",
+    "report": "clawpen.cli_report",
 }
 
 
