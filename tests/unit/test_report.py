@@ -1,6 +1,6 @@
 """`clawpen report`'s logic: DOT escaping, the sections, hostile text escaped in the HTML and the
 diagram, secret values never shown, the releases' change list, the CLI's bad input (exit 2,
-nothing written). The real Graphviz, Chromium and daemon: tests/integration/test_report.py."""
+nothing written). The real Graphviz, Chromium and daemon: tests/integration/test_report_render.py."""
 
 from __future__ import annotations
 
@@ -110,6 +110,7 @@ def test_dot_text_has_only_generated_ids_and_quoted_labels() -> None:
     assert unescaped.count('"') % 2 == 0
     assert "<script>" in dot and 'alert(\\"x\\")' in dot  # the text, as text in a quoted label
     assert "bot0 -> gateway" in dot and "firewall" in dot and "port0_0 -> bot0" in dot
+    assert "firewall -> port0_0" not in dot  # 127.0.0.1: this host only
     assert "host_other" in dot
 
 

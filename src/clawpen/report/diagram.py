@@ -75,12 +75,14 @@ def build(dep: Deployment) -> str:
                 out.append(f'      bot{index[bot.name]} [label={label}, fillcolor="#e6f4e6"];')
         out.append("    }")
     ports: list[str] = []
+    local: list[bool] = []
     for bot in dep.bots:
         for p, raw in enumerate(bot.publish):
             node = f"port{index[bot.name]}_{p}"
             ports.append(node)
             out.append(f'    {node} [label={lines("published " + raw)}, shape=cds, fillcolor="#fff4d6"];')
             out.append(f"    {node} -> bot{index[bot.name]};")
+            local.append(_loopback(raw))
     out.append("  }")
     for host in dep.cluster_hosts:
         if host != dep.host:
@@ -90,8 +92,11 @@ def build(dep: Deployment) -> str:
     entry = "firewall" if dep.firewall is not None else None
     if entry:
         out.append("  internet -> firewall;")
-    for node in ports:
-        out.append(f"  {entry or 'internet'} -> {node};")
+    for node, loopback in zip(ports, local, strict=True):
+        if loopback:  # reachable from this host only: no edge from outside
+            out.append(f"  {node} [xlabel={lines('this host only')}];")
+        else:
+            out.append(f"  {entry or 'internet'} -> {node};")
     for bot in dep.bots:
         b = f"bot{index[bot.name]}"
         if bot.egress_mode == "list":
@@ -105,6 +110,17 @@ def build(dep: Deployment) -> str:
         out.append("  gateway -> internet;")
     out.append("}")
     return "\n".join(out) + "\n"
+
+
+def _loopback(raw: str) -> bool:
+    """Whether a ``publish`` entry listens on loopback only (a malformed one counts as exposed)."""
+    from clawpen.spec.publish import parse_publish
+    from clawpen.spec.rules import RuleViolation
+
+    try:
+        return parse_publish(raw).loopback
+    except (RuleViolation, ValueError):
+        return False
 
 
 def _id(text: str) -> str:

@@ -157,11 +157,13 @@ def _compromised(dep: Deployment) -> str:
             cmds.append((f"clawpen net log {n} --denied", "what it tried and was refused"))
         cmds.append((f"clawpen logs {n} --since 7d", "its own log"))
         cmds.append(("clawpen audit-log", "who changed what, recently"))
-        names = ", ".join(secrets) if secrets else "none in the vault"
-        parts.append(
-            f"<h4>{e(bot.name)}</h4><p>Secrets to rotate: {e(names)}; revoke them at their issuer too.</p>"
-            + commands(cmds)
-        )
+        if secrets:
+            says = f"Secrets to rotate: {', '.join(secrets)}; revoke the old values at their issuer too."
+        else:
+            says = "It has no vault secrets."
+        if bot.env_names:
+            says += f" Its environment ({', '.join(bot.env_names)}) may hold credentials: replace them too."
+        parts.append(f"<h4>{e(bot.name)}</h4><p>{e(says)}</p>" + commands(cmds))
     return "".join(parts)
 
 
