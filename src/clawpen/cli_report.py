@@ -69,7 +69,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
     stem = f"clawpen-report-{time.strftime('%Y-%m-%d', time.gmtime(now))}"
     html_file = out_dir / f"{stem}.html"
     try:
-        write_atomic(html_file, page.encode(), mode=0o644)
+        write_atomic(html_file, page.encode(), mode=0o600)  # the deployment's layout: its owner's
     except OSError as err:
         raise HostError(f"cannot write {html_file}: {err.strerror}", where="--output") from None
     pdf_file: Path | None = None

@@ -84,6 +84,7 @@ def print_pdf(html_file: Path, pdf_file: Path, *, timeout: float = PRINT_TIMEOUT
         )
     fd = os.open(tmp, os.O_RDONLY)
     try:
+        os.fchmod(fd, 0o600)  # as the HTML: the deployment's layout is its owner's
         os.fsync(fd)
     finally:
         os.close(fd)
