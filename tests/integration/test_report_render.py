@@ -203,12 +203,14 @@ def test_report_renders_in_chromium_and_prints(tmp_path: Path, browser: object, 
 @pytest.mark.root
 @pytest.mark.bwrap
 def test_report_shows_the_live_state_of_a_running_daemon(daemon: DaemonCli, tmp_path: Path) -> None:
-    daemon.write(LIVE_SPEC)
+    daemon.write(LIVE_SPEC.replace("-1234", "-0000"))
     daemon.cli("up")
+    daemon.write(LIVE_SPEC)
+    daemon.cli("up")  # release 2: alpha's env value changed
     out = tmp_path / "out"
     out.mkdir()
     got = json.loads(daemon.cli("report", "--output", str(out), "--json").stdout)
-    assert got["daemon"] == "running" and got["releases"] == 1
+    assert got["daemon"] == "running" and got["releases"] == 2
     text = Path(got["html"]).read_text()
     state = text.split('<section id="state">')[1].split("</section>")[0]
     assert "daemon running" in state
@@ -216,6 +218,7 @@ def test_report_shows_the_live_state_of_a_running_daemon(daemon: DaemonCli, tmp_
         assert re.search(rf"<td>{bot}</td><td>0</td><td>running</td>", state), state
     changes = text.split('<section id="changes">')[1].split("</section>")[0]
     assert re.search(r"<td>1</td><td>\d{4}-\d\d-\d\d [\d:]+ UTC</td><td>\w+", changes), changes
+    assert re.search(r"<td>2</td>.*?<td>changed alpha: env.API_TOKEN</td>", changes), changes
     assert "value-that-must-not-show" not in text
     daemon.cli("down")
     daemon.shutdown()

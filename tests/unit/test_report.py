@@ -213,6 +213,35 @@ def test_releases_read_only_with_the_bots_each_changed(tmp_path: Path) -> None:
     assert facts.releases(tmp_path / "nothing") == ((), "")
 
 
+def test_recent_releases_compared_field_by_field_names_only(tmp_path: Path) -> None:
+    from clawpen.daemon.statedb import SCHEMA
+
+    state = tmp_path / "state"
+    state.mkdir()
+    db = sqlite3.connect(state / "clawpen.db")
+    db.executescript(SCHEMA)
+    texts = [
+        '[bots.a]\ncommand = ["sleep", "1"]\n',
+        '[bots.a]\ncommand = ["sleep", "1"]\nenv = { K = "value-not-shown" }\n[bots.b]\ncommand = ["x"]\n',
+        '[bots.b]\ncommand = ["y"]\n',
+    ]
+    for rid, text in enumerate(texts, start=1):
+        db.execute(
+            "INSERT INTO releases (id, created, who, spec_path, spec_hash, spec_text, summary) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (rid, 1.0e9, "root", str(tmp_path / "clawpen.toml"), "h", text, "s"),
+        )
+    db.commit()
+    db.close()
+    rels, _ = facts.releases(state)
+    assert [r.changed for r in rels] == [
+        (),
+        ("changed a: env.K", "added b"),
+        ("removed a", "changed b: command"),
+    ]
+    assert "value-not-shown" not in repr(rels)
+
+
 def test_audit_log_keeps_changes_not_reads(tmp_path: Path) -> None:
     from clawpen import audit
 

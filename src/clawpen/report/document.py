@@ -118,12 +118,16 @@ def changes(facts: Facts) -> str:
             _utc(r.created),
             r.who,
             (f"rollback to {r.rollback_of}; " if r.rollback_of else "") + r.summary,
-            ", ".join(r.changed),
+            "; ".join(r.changed),
         )
         for r in reversed(facts.releases)
     ]
     out = "<h3>Releases</h3>"
-    out += _table(("release", "when", "who", "summary", "bots"), rels) if rels else "<p>No releases yet.</p>"
+    out += (
+        _table(("release", "when", "who", "summary", "what changed"), rels)
+        if rels
+        else "<p>No releases yet.</p>"
+    )
     recs = [
         (
             str(r.get("seq", "")),

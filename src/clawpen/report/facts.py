@@ -5,6 +5,7 @@ that is not running is said in the report, never started."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import sqlite3
@@ -18,6 +19,7 @@ from clawpen.spec.loader import LoadedSpec
 
 DB = "clawpen.db"
 MAX_RELEASES = 500
+FIELD_DIFFS = 50  # the newest releases compared field by field (each spec text parsed again)
 MAX_AUDIT_RECORDS = 500
 DAEMON_TIMEOUT = 10.0
 READ_ACTIONS = (".get", ".ls", ".list", ".show", ".status", ".verify")  # audit records that change nothing
@@ -62,6 +64,44 @@ def _changes(before: dict[str, str], after: dict[str, str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _field_changes(state: Path, ids: list[int]) -> dict[int, tuple[str, ...]]:
+    """``{release: ("changed a: command, env.K", "added b", ...)}`` for ``ids`` (the newest), each
+    against the release before it, as ``clawpen release diff`` compares them (the stored spec
+    texts parsed again; field names only, never values). A release whose spec no longer parses,
+    or the oldest one, is left out (the caller falls back to the recorded policy hashes)."""
+    from clawpen.daemon.release_diff import bot_diff, try_policies
+
+    if not ids:
+        return {}
+    db = _open(state)
+    if db is None:
+        return {}
+    try:
+        low = min(ids) - 1
+        rows = db.execute(
+            "SELECT id, spec_path, spec_text FROM releases WHERE id >= ? ORDER BY id", (low,)
+        ).fetchall()
+    except sqlite3.Error:
+        return {}
+    finally:
+        db.close()
+    parsed = {int(r[0]): try_policies({"spec_path": r[1], "spec_text": r[2]})[0] for r in rows}
+    out: dict[int, tuple[str, ...]] = {}
+    ordered = sorted(parsed)
+    for before, after in itertools.pairwise(ordered):
+        old, new = parsed[before], parsed[after]
+        if old is None or new is None or after not in ids:
+            continue
+        lines = []
+        for d in bot_diff(old, new):
+            if d.change == "changed":
+                lines.append(f"changed {d.bot}: {', '.join(d.fields)}" if d.fields else f"changed {d.bot}")
+            elif d.change != "unchanged":
+                lines.append(f"{d.change} {d.bot}")
+        out[after] = tuple(lines)
+    return out
+
+
 def releases(state: Path) -> tuple[tuple[Release, ...], str]:
     """The newest releases (oldest first) with the bots each changed, and a note when unreadable."""
     db = _open(state)
@@ -82,11 +122,13 @@ def releases(state: Path) -> tuple[tuple[Release, ...], str]:
         return (), f"the releases could not be read: {err}"
     finally:
         db.close()
+    detailed = _field_changes(state, [int(r[0]) for r in rows[:FIELD_DIFFS]])
     out: list[Release] = []
     previous: dict[str, str] | None = None
     for rid, created, who, summary, rollback_of in reversed(rows):
         now = hashes.get(int(rid))
         changed = _changes(previous, now) if previous is not None and now is not None else ()
+        changed = detailed.get(int(rid), changed)
         out.append(
             Release(
                 int(rid),
