@@ -16,10 +16,11 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # Failover (cluster) tests: etcd (the tests start a 3-member cluster in a network namespace).
 # The login audit's tests: systemd-journal-remote writes a test journal from export format; the
 # prepared-host audit's: openssh-client's ssh-keygen (the operator's key; the Debian root the
-# tests build with debootstrap has its own sshd and Lynis).
+# tests build with debootstrap has its own sshd and Lynis). Log shipping's: rsyslog with its GnuTLS
+# driver (rsyslog-gnutls; a TLS listener the tests start) and systemd-journal-remote.
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
   gcc libc6-dev docker-compose podman catatonit qemu-system-x86 etcd-server etcd-client keepalived
-  systemd-journal-remote openssh-client)
+  systemd-journal-remote openssh-client rsyslog rsyslog-gnutls)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
