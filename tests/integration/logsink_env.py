@@ -247,7 +247,7 @@ def _rsyslog_conf(folder: Path, pki: Pki, port: int, plain_port: int | None, cli
     if plain_port is not None:
         plain = f'input(type="imtcp" port="{plain_port}" address="127.0.0.1" ruleset="ship" name="plain")\n'
     return f"""
-global(workDirectory="{folder}/work" maxMessageSize="64k"
+global(workDirectory="{folder}/work"
        DefaultNetstreamDriver="gtls"
        DefaultNetstreamDriverCAFile="{pki.ca}"
        DefaultNetstreamDriverCertFile="{pki.server_cert}"
@@ -329,7 +329,7 @@ def journal_remote(tmp: Path, *, https: bool = False) -> Iterator[LogSink]:
         rows = []
         for path in files:  # one file at a time: each in its own write order
             res = subprocess.run(
-                ["journalctl", "--file", str(path), "-o", "json", "--no-pager"],
+                ["journalctl", "--file", str(path), "-o", "json", "--all", "--no-pager"],
                 capture_output=True,
                 timeout=60,
                 check=False,

@@ -103,6 +103,21 @@ def test_syslog_tls_1000_records_arrive_complete_and_in_order(tmp_path: Path) ->
     assert got == expected(recs)
 
 
+def test_syslog_long_line_is_cut_to_rsyslogs_default_maximum(tmp_path: Path) -> None:
+    """rsyslog's default maxMessageSize (8k) takes the transport's default (8096 bytes): a long line arrives
+    cut and marked, with its fields, and is not split into a second message without them."""
+    long = ShipRecord(log="web", bot="web", replica=0, stream="out", at=1_700_000_000, text=b"a" * 20_000)
+    recs = [long, *records(2)]
+    with rsyslog_tls(tmp_path) as sink:
+        ship_all(syslog_to(sink), recs)
+        got = sink.wait_lines(3)
+        time.sleep(0.3)
+        got = sink.lines()
+    assert len(got) == 3 and got[1:] == expected(recs[1:])
+    assert got[0].bot == "web" and got[0].text.endswith("a [truncated from 20000 bytes]")
+    assert len(got[0].text) > 7900
+
+
 def test_syslog_tls_with_a_client_certificate(tmp_path: Path) -> None:
     """x509/certvalid: the client certificate of the CA gets in; without one the receiver
     refuses the connection and the transport says so (at open, not after "acknowledging")."""

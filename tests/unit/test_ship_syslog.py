@@ -95,6 +95,16 @@ def test_empty_text_has_no_trailing_space() -> None:
     assert format_message(rec(b""), META).endswith(b'host="bothost"]')
 
 
+def test_a_long_text_is_cut_to_the_maximum_at_a_character_boundary() -> None:
+    text = "é".encode() * 10_000  # 20,000 bytes
+    msg = format_message(rec(text), META, max_size=8192)
+    assert len(msg) <= 8192 and msg.endswith(b" [truncated from 20000 bytes]")
+    msg.decode("utf-8")  # not cut inside a character
+    assert len(msg) >= 8192 - 1
+    fits = b"x" * (8192 - len(format_message(rec(b""), META)) - 1)
+    assert format_message(rec(fits), META, max_size=8192).endswith(fits)  # exactly the maximum: kept
+
+
 def test_octet_counting_counts_bytes_not_characters() -> None:
     body = format_message(rec("é\nnewline".encode()), META)
     framed = frame(body)
@@ -213,6 +223,10 @@ def test_export_batch_separates_entries_with_a_blank_line() -> None:
     assert batch.endswith(b"MESSAGE\n" + struct.pack("<Q", 3) + b"x\ny\n\n")
 
 
-def test_journal_url_must_be_http() -> None:
+def test_journal_url_must_be_http_without_credentials() -> None:
     with pytest.raises(ShipError, match="http"):
         JournalRemoteTransport("ftp://h", ca=None, cert=None, key=None)
+    with pytest.raises(ShipError, match="credentials") as err:
+        JournalRemoteTransport("https://user:s3cret@h:19532", ca=None, cert=None, key=None)
+    assert "s3cret" not in str(err.value)
+    JournalRemoteTransport("https://h:19532/path@x", ca=None, cert=None, key=None)  # positive control

@@ -75,6 +75,12 @@ class JournalRemoteTransport:
                 where=url,
                 hint="for example https://logs.example:19532",
             )
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise ShipError(
+                "a journal-remote URL must not carry credentials",
+                where="journal-remote URL",
+                hint="authenticate with a client certificate (cert and key) instead",
+            )
         if (cert is None) != (key is None):
             raise ShipError(
                 "a client certificate needs its key and a key its certificate",

@@ -12,7 +12,10 @@ One record is one message::
 - Structured data ``clawpen@32473`` (32473 is the documentation enterprise number, RFC 5612);
   values escape ``"``, ``\\`` and ``]`` (RFC 5424 6.3.3); ``release`` is left out when unknown.
 - MSG is the text as UTF-8 without a BOM; bytes that are not valid UTF-8 are each replaced by
-  U+FFFD (so a receiver always gets valid UTF-8).
+  U+FFFD (so a receiver always gets valid UTF-8). A message longer than ``max_message`` (8096
+  bytes, what rsyslog keeps with its default ``maxMessageSize`` of 8k) is cut and marked
+  ``[truncated from N bytes]``: rsyslog would otherwise cut it itself and take the rest for a
+  second message without fields.
 
 ``acked`` is true once the kernel's send queue is empty (``SIOCOUTQ``, which counts bytes sent
 but not yet acknowledged by the peer's TCP as well as unsent ones). ``send`` uses ``sendall``, so
@@ -43,6 +46,9 @@ FACILITY_USER = 1
 SEVERITY = {"out": 6, "err": 3}  # informational, error
 SEVERITY_OTHER = 5  # notice
 SD_ID = "clawpen@32473"
+# bytes: what rsyslog 8.2302 with its default maxMessageSize (8k) keeps of one message whole
+# (measured: longer ones are cut at 8096 and the rest arrives as a message of its own)
+MAX_MESSAGE = 8096
 SETTLE = 0.3  # seconds a TLS receiver gets to refuse our client certificate (see _settle)
 _PEER_GONE = select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL
 
@@ -75,14 +81,23 @@ def structured_data(record: ShipRecord, meta: ShipMeta) -> str:
     return "[" + SD_ID + "".join(f' {k}="{sd_escape(v)}"' for k, v in params) + "]"
 
 
-def format_message(record: ShipRecord, meta: ShipMeta, app_name: str = "clawpen") -> bytes:
-    """One RFC 5424 message (without framing)."""
+def format_message(
+    record: ShipRecord, meta: ShipMeta, app_name: str = "clawpen", max_size: int = MAX_MESSAGE
+) -> bytes:
+    """One RFC 5424 message (without framing), at most ``max_size`` bytes: a longer text is cut
+    (at a character boundary) and ends with `` [truncated from N bytes]``."""
     head = (
         f"<{pri(record.stream)}>1 {timestamp(record.at)} {_printable(meta.host, 255)} "
         f"{_printable(app_name, 48)} - {_printable(record.stream, 32)} {structured_data(record, meta)}"
-    )
-    text = record.text.decode("utf-8", errors="replace")
-    return (head + " " + text).encode("utf-8") if text else head.encode("utf-8")
+    ).encode()
+    if not record.text:
+        return head
+    text = record.text.decode("utf-8", errors="replace").encode("utf-8")
+    if len(head) + 1 + len(text) > max_size:
+        mark = f" [truncated from {len(record.text)} bytes]".encode()
+        keep = max(0, max_size - len(head) - 1 - len(mark))
+        text = text[:keep].decode("utf-8", errors="ignore").encode("utf-8") + mark
+    return head + b" " + text
 
 
 def frame(message: bytes) -> bytes:
@@ -104,6 +119,7 @@ class SyslogTransport:
         key: Path | None,
         server_name: str | None,
         app_name: str = "clawpen",
+        max_message: int = MAX_MESSAGE,
     ) -> None:
         if (cert is None) != (key is None):
             raise ShipError(
@@ -116,6 +132,7 @@ class SyslogTransport:
         self._tls, self._ca, self._cert, self._key = tls, ca, cert, key
         self._server_name = server_name or host
         self._app = app_name
+        self._max = max_message
         self._sock: socket.socket | None = None
         self._timeout = 10.0
 
@@ -215,7 +232,7 @@ class SyslogTransport:
     def send(self, records: Sequence[ShipRecord], meta: ShipMeta) -> None:
         sock = self._socket()
         self._check_peer(sock, 0)
-        data = b"".join(frame(format_message(r, meta, self._app)) for r in records)
+        data = b"".join(frame(format_message(r, meta, self._app, self._max)) for r in records)
         sock.settimeout(self._timeout)
         try:
             sock.sendall(data)
