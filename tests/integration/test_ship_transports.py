@@ -204,11 +204,13 @@ def test_journal_remote_1000_records_arrive_complete_and_in_order(tmp_path: Path
             log="web", bot="web", replica=0, stream="out", at=1_700_000_999, text=b"two\nlines and \xff"
         )
     )
+    recs.append(ShipRecord(log="web", bot="web", replica=0, stream="out", at=0.0, text=b"no time"))
     with journal_remote(tmp_path) as sink:
         ship_all(JournalRemoteTransport(sink.url, ca=None, cert=None, key=None), recs)
-        got = sink.wait_lines(1001)
+        got = sink.wait_lines(1002)
     assert got[:1000] == expected(recs[:1000])
     assert got[1000].text == "two\nlines and \ufffd"  # binary-safe: the bytes arrived as they are
+    assert got[1001].text == "no time"  # a time of 0 would abort the upload
 
 
 def test_journal_remote_https_wrong_ca_is_refused(tmp_path: Path) -> None:

@@ -211,6 +211,12 @@ def test_export_entry_has_the_fields_in_text_form() -> None:
     )
 
 
+def test_export_time_is_never_zero() -> None:
+    """journal-remote refuses a time of 0 and aborts the upload (seen with systemd 252)."""
+    zero = ShipRecord(log="web", bot="web", replica=0, stream="out", at=0.0, text=b"x")
+    assert export_entry(zero, META).startswith(b"__REALTIME_TIMESTAMP=1\n")
+
+
 def test_export_uses_the_binary_safe_form_for_newlines_and_invalid_utf8() -> None:
     assert export_field("MESSAGE", b"a\nb") == b"MESSAGE\n" + struct.pack("<Q", 3) + b"a\nb\n"
     assert export_field("MESSAGE", b"\xff") == b"MESSAGE\n\x01\x00\x00\x00\x00\x00\x00\x00\xff\n"

@@ -2,7 +2,7 @@
 
 One entry per record, a blank line between entries::
 
-    __REALTIME_TIMESTAMP=<record time in microseconds>
+    __REALTIME_TIMESTAMP=<record time in microseconds, at least 1>
     _HOSTNAME=<host>
     SYSLOG_IDENTIFIER=clawpen
     PRIORITY=6 (out) | 3 (err) | 5 (other streams)
@@ -46,7 +46,9 @@ def export_field(key: str, value: bytes) -> bytes:
 def export_entry(record: ShipRecord, meta: ShipMeta) -> bytes:
     """One journal entry (ending with the blank line)."""
     fields: list[tuple[str, bytes]] = [
-        ("__REALTIME_TIMESTAMP", str(round(record.at * 1_000_000)).encode()),
+        # journal-remote aborts the whole upload on a time of 0 or less: such a record (a log
+        # without a usable time) would block its target for ever, so it gets 1 µs instead
+        ("__REALTIME_TIMESTAMP", str(max(1, round(record.at * 1_000_000))).encode()),
         ("_HOSTNAME", meta.host.encode()),
         ("SYSLOG_IDENTIFIER", b"clawpen"),
         ("PRIORITY", str(PRIORITY.get(record.stream, PRIORITY_OTHER)).encode()),
