@@ -14,6 +14,7 @@ import pytest
 from clawpen.logs.ship.journal import JournalRemoteTransport, export_batch, export_entry, export_field
 from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord
 from clawpen.logs.ship.syslog import (
+    Formatter,
     SyslogTransport,
     format_message,
     frame,
@@ -63,6 +64,27 @@ def test_pri_is_facility_user_and_severity_of_the_stream() -> None:
 def test_timestamp_is_utc_with_microseconds() -> None:
     assert timestamp(0.5) == "1970-01-01T00:00:00.500000Z"
     assert timestamp(AT) == "2023-11-14T22:13:20.123456Z"
+
+
+def test_timestamp_rounds_into_the_next_second() -> None:
+    assert timestamp(0.9999996) == "1970-01-01T00:00:01.000000Z"
+
+
+def test_formatter_remembers_without_mixing_records() -> None:
+    """The cached header parts give the same bytes as formatting each record alone."""
+    f = Formatter()
+    metas = [META, ShipMeta(host="other", release=None)]
+    recs = [
+        ShipRecord(log="a", bot=bot, replica=r, stream=st, at=AT + dt, text=b"t")
+        for bot in ("web", "api")
+        for r in (0, 1)
+        for st in ("out", "err")
+        for dt in (0.0, 0.9999996, 1.5, 86400.25)
+    ]
+    for meta in metas:
+        for r in recs:
+            assert f.message(r, meta) == format_message(r, meta)
+    assert f.message(recs[1], META).split(b" ")[1] == b"2023-11-14T22:13:21.123456Z"
 
 
 def test_sd_values_escape_quote_backslash_and_bracket() -> None:

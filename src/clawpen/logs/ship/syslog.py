@@ -69,8 +69,14 @@ def pri(stream: str) -> int:
     return FACILITY_USER * 8 + SEVERITY.get(stream, SEVERITY_OTHER)
 
 
+def _seconds(sec: int) -> str:
+    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
 def timestamp(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds (rounded to the nearest)."""
+    sec, us = divmod(round(at * 1_000_000), 1_000_000)
+    return f"{_seconds(sec)}.{us:06d}Z"
 
 
 def structured_data(record: ShipRecord, meta: ShipMeta) -> str:
@@ -81,23 +87,66 @@ def structured_data(record: ShipRecord, meta: ShipMeta) -> str:
     return "[" + SD_ID + "".join(f' {k}="{sd_escape(v)}"' for k, v in params) + "]"
 
 
+def _utf8(text: bytes) -> bytes:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return text.decode("utf-8", errors="replace").encode("utf-8")
+    return text
+
+
+class Formatter:
+    """Formats messages; remembers the header parts a bot's records share (their structured
+    data, the second of their time), so a batch costs little more than its texts."""
+
+    _LIMIT = 4096  # remembered entries of each kind before starting over
+
+    def __init__(self, app_name: str = "clawpen", max_size: int = MAX_MESSAGE) -> None:
+        self._app = _printable(app_name, 48)
+        self._max = max_size
+        self._tail: dict[tuple[str, int, str, str, int | None], bytes] = {}
+        self._second: dict[int, bytes] = {}
+
+    def _header_tail(self, record: ShipRecord, meta: ShipMeta) -> bytes:
+        key = (record.bot, record.replica, record.stream, meta.host, meta.release)
+        tail = self._tail.get(key)
+        if tail is None:
+            if len(self._tail) >= self._LIMIT:
+                self._tail.clear()
+            tail = self._tail[key] = (
+                f" {_printable(meta.host, 255)} {self._app} - {_printable(record.stream, 32)} "
+                f"{structured_data(record, meta)}"
+            ).encode()
+        return tail
+
+    def _time(self, at: float) -> bytes:
+        sec, us = divmod(round(at * 1_000_000), 1_000_000)
+        day = self._second.get(sec)
+        if day is None:
+            if len(self._second) >= self._LIMIT:
+                self._second.clear()
+            day = self._second[sec] = _seconds(sec).encode()
+        return b"%s.%06dZ" % (day, us)
+
+    def message(self, record: ShipRecord, meta: ShipMeta) -> bytes:
+        """One RFC 5424 message (without framing), at most ``max_size`` bytes: a longer text is
+        cut (at a character boundary) and ends with `` [truncated from N bytes]``."""
+        head = b"<%d>1 %s%s" % (pri(record.stream), self._time(record.at), self._header_tail(record, meta))
+        if not record.text:
+            return head
+        text = _utf8(record.text)
+        if len(head) + 1 + len(text) > self._max:
+            mark = f" [truncated from {len(record.text)} bytes]".encode()
+            keep = max(0, self._max - len(head) - 1 - len(mark))
+            text = text[:keep].decode("utf-8", errors="ignore").encode("utf-8") + mark
+        return head + b" " + text
+
+
 def format_message(
     record: ShipRecord, meta: ShipMeta, app_name: str = "clawpen", max_size: int = MAX_MESSAGE
 ) -> bytes:
-    """One RFC 5424 message (without framing), at most ``max_size`` bytes: a longer text is cut
-    (at a character boundary) and ends with `` [truncated from N bytes]``."""
-    head = (
-        f"<{pri(record.stream)}>1 {timestamp(record.at)} {_printable(meta.host, 255)} "
-        f"{_printable(app_name, 48)} - {_printable(record.stream, 32)} {structured_data(record, meta)}"
-    ).encode()
-    if not record.text:
-        return head
-    text = record.text.decode("utf-8", errors="replace").encode("utf-8")
-    if len(head) + 1 + len(text) > max_size:
-        mark = f" [truncated from {len(record.text)} bytes]".encode()
-        keep = max(0, max_size - len(head) - 1 - len(mark))
-        text = text[:keep].decode("utf-8", errors="ignore").encode("utf-8") + mark
-    return head + b" " + text
+    """One RFC 5424 message (see :meth:`Formatter.message`)."""
+    return Formatter(app_name, max_size).message(record, meta)
 
 
 def frame(message: bytes) -> bytes:
@@ -131,8 +180,7 @@ class SyslogTransport:
         self._host, self._port = host, port
         self._tls, self._ca, self._cert, self._key = tls, ca, cert, key
         self._server_name = server_name or host
-        self._app = app_name
-        self._max = max_message
+        self._format = Formatter(app_name, max_message)
         self._sock: socket.socket | None = None
         self._timeout = 10.0
 
@@ -232,7 +280,7 @@ class SyslogTransport:
     def send(self, records: Sequence[ShipRecord], meta: ShipMeta) -> None:
         sock = self._socket()
         self._check_peer(sock, 0)
-        data = b"".join(frame(format_message(r, meta, self._app, self._max)) for r in records)
+        data = b"".join(frame(self._format.message(r, meta)) for r in records)
         sock.settimeout(self._timeout)
         try:
             sock.sendall(data)
