@@ -323,7 +323,9 @@ def journal_remote(tmp: Path, *, https: bool = False) -> Iterator[LogSink]:
     out = folder / "remote.journal"
 
     def read() -> list[Line]:
-        files = sorted(folder.glob("remote*.journal"), key=lambda p: p.stat().st_mtime)
+        # a journal not closed cleanly (SIGKILL) is renamed remote@<id>-<16 hex: time>.journal~ at
+        # the next start: those first (by name = by time), the current file last
+        files = sorted(folder.glob("remote*.journal*"), key=lambda p: (p.name == out.name, p.name))
         if not files:
             return []
         rows = []
