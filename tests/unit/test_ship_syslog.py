@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from clawpen.errors import ConfigError
 from clawpen.logs.ship.journal import JournalRemoteTransport, export_batch, export_entry, export_field
 from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord
 from clawpen.logs.ship.syslog import (
@@ -196,9 +197,9 @@ def test_refused_connection_is_a_ship_error() -> None:
 
 
 def test_cert_without_key_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ShipError, match="needs its key"):
+    with pytest.raises(ConfigError, match="needs its key"):
         SyslogTransport("h", 1, tls=True, ca=None, cert=tmp_path / "c", key=None, server_name=None)
-    with pytest.raises(ShipError, match="needs its key"):
+    with pytest.raises(ConfigError, match="needs its key"):
         JournalRemoteTransport("https://h", ca=None, cert=None, key=tmp_path / "k")
 
 
@@ -252,9 +253,9 @@ def test_export_batch_separates_entries_with_a_blank_line() -> None:
 
 
 def test_journal_url_must_be_http_without_credentials() -> None:
-    with pytest.raises(ShipError, match="http"):
+    with pytest.raises(ConfigError, match="http"):
         JournalRemoteTransport("ftp://h", ca=None, cert=None, key=None)
-    with pytest.raises(ShipError, match="credentials") as err:
+    with pytest.raises(ConfigError, match="credentials") as err:
         JournalRemoteTransport("https://user:s3cret@h:19532", ca=None, cert=None, key=None)
     assert "s3cret" not in str(err.value)
     JournalRemoteTransport("https://h:19532/path@x", ca=None, cert=None, key=None)  # positive control

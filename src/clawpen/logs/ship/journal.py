@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from clawpen.errors import ConfigError
 from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord
 
 CONTENT_TYPE = "application/vnd.fdo.journal"
@@ -72,19 +73,19 @@ class JournalRemoteTransport:
 
     def __init__(self, url: str, *, ca: Path | None, cert: Path | None, key: Path | None) -> None:
         if not url.startswith(("http://", "https://")):
-            raise ShipError(
+            raise ConfigError(
                 "a journal-remote target needs an http:// or https:// URL",
                 where=url,
                 hint="for example https://logs.example:19532",
             )
         if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            raise ShipError(
+            raise ConfigError(
                 "a journal-remote URL must not carry credentials",
                 where="journal-remote URL",
                 hint="authenticate with a client certificate (cert and key) instead",
             )
         if (cert is None) != (key is None):
-            raise ShipError(
+            raise ConfigError(
                 "a client certificate needs its key and a key its certificate",
                 where=url,
                 hint="give both cert and key, or neither",

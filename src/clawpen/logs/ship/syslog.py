@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from clawpen.errors import ConfigError
 from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord
 
 FACILITY_USER = 1
@@ -173,7 +174,7 @@ class SyslogTransport:
         max_message: int = MAX_MESSAGE,
     ) -> None:
         if (cert is None) != (key is None):
-            raise ShipError(
+            raise ConfigError(
                 "a client certificate needs its key and a key its certificate",
                 where=f"syslog {host}:{port}",
                 hint="give both cert and key, or neither",
