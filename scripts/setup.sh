@@ -17,10 +17,12 @@ APT_PACKAGES=(bubblewrap libseccomp2 python3 python3-venv python3-pip ca-certifi
 # The login audit's tests: systemd-journal-remote writes a test journal from export format; the
 # prepared-host audit's: openssh-client's ssh-keygen (the operator's key; the Debian root the
 # tests build with debootstrap has its own sshd and Lynis). `clawpen report`'s: graphviz (dot draws
-# the topology) and poppler-utils (pdftotext and pdfinfo check the printed PDF).
+# the topology) and poppler-utils (pdftotext and pdfinfo check the printed PDF). Log shipping's:
+# rsyslog with its GnuTLS driver (rsyslog-gnutls; a TLS listener the tests start) and
+# systemd-journal-remote.
 [ "${CLAWPEN_DEV:-0}" = 1 ] && APT_PACKAGES+=(systemd iperf3 prometheus chromium docker.io debootstrap busybox-static
   gcc libc6-dev docker-compose podman catatonit qemu-system-x86 etcd-server etcd-client keepalived
-  systemd-journal-remote openssh-client graphviz poppler-utils)
+  systemd-journal-remote openssh-client graphviz poppler-utils rsyslog rsyslog-gnutls)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
