@@ -156,3 +156,21 @@ def test_bot_of_replicas() -> None:
     assert bot_of("web-r2", frozenset({"web"})) == ("web", 2)
     assert bot_of("web-r2", frozenset({"web-r2"})) == ("web-r2", 0)
     assert bot_of("web-r2", None) == ("web", 2)
+
+
+def test_a_killed_daemons_unacknowledged_batch_is_counted_when_sent_again(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append(logs, 0, 100)
+    transport = MemoryTransport()
+    shipper, _ = make(tmp_path, transport, batch=30)
+    assert shipper._pass()
+    transport.fail_ack = True
+    with pytest.raises(ShipError):
+        shipper._pass()  # records 30..59 sent; the daemon is "killed" before their acknowledgement
+    again = MemoryTransport()
+    restarted, _ = make(tmp_path, again, batch=30)
+    drain(restarted)
+    assert numbers([r.text for r in again.received]) == list(range(30, 100))
+    assert restarted.status.duplicates == 30
+    assert cursor.load_all(cursor.cursor_path(tmp_path, "central"))[1] == {}

@@ -56,6 +56,13 @@ def key_of(stamp: str) -> tuple[str, int]:
     return base, int(seq or 0)
 
 
+def not_after(pos: Position, end: Position) -> bool:
+    """Whether the record ending at ``pos`` is at or before the one ending at ``end``."""
+    if pos.file == end.file and (not pos.current or pos.ino == end.ino):
+        return pos.offset <= end.offset
+    return pos.at < end.at
+
+
 def stamp_of_key(key: tuple[str, int]) -> str:
     return key[0] if key[1] == 0 else f"{key[0]}-{key[1]}"
 
@@ -82,10 +89,16 @@ def _position(raw: Any) -> Position:
 
 def load(path: Path) -> dict[str, Position]:
     """The positions per log (empty when the file does not exist); CursorProblem when it is damaged."""
+    return load_all(path)[0]
+
+
+def load_all(path: Path) -> tuple[dict[str, Position], dict[str, Position]]:
+    """The positions per log and, per log, the end of the batch that was being sent when the file
+    was written (``sending``: what was sent but not acknowledged when the daemon was killed)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except OSError as err:
         raise CursorProblem(f"cannot read {path}: {err.strerror}") from None
     try:
@@ -96,17 +109,26 @@ def load(path: Path) -> dict[str, Position]:
             or not isinstance(doc.get("logs"), dict)
         ):
             raise ValueError("not a cursor file of this version")
-        return {str(log): _position(raw) for log, raw in doc["logs"].items()}
+        sending = doc.get("sending", {})
+        if not isinstance(sending, dict):
+            raise ValueError("sending is not an object")
+        return (
+            {str(log): _position(raw) for log, raw in doc["logs"].items()},
+            {str(log): _position(raw) for log, raw in sending.items()},
+        )
     except (ValueError, UnicodeDecodeError) as err:
         raise CursorProblem(f"{path} is damaged ({err})") from None
 
 
-def save(path: Path, target: str, positions: dict[str, Position]) -> None:
-    """Write every log's position at once (atomically, fsynced)."""
+def save(
+    path: Path, target: str, positions: dict[str, Position], sending: dict[str, Position] | None = None
+) -> None:
+    """Write every log's position at once (atomically, fsynced), and the end of the batch about to
+    be sent (so that a daemon killed before its acknowledgement counts the records it sends again)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    doc = {
-        "version": VERSION,
-        "target": target,
-        "logs": {log: asdict(p) for log, p in sorted(positions.items())},
-    }
+    doc: dict[str, object] = {
+        "version": VERSION, "target": target, "logs": {log: asdict(p) for log, p in sorted(positions.items())}
+    }  # fmt: skip
+    if sending:
+        doc["sending"] = {log: asdict(p) for log, p in sorted(sending.items())}
     write_atomic(path, json.dumps(doc, indent=1).encode() + b"\n", 0o600)

@@ -137,6 +137,7 @@ class Shipper:
         self._positions: dict[str, cursor.Position] = {}
         self._readers: dict[str, LogReader] = {}
         self._transport: Transport | None = None
+        self._sending: dict[str, cursor.Position] = {}  # a killed daemon's unacknowledged batch
         self._dup_until = 0.0  # records up to this time may have been shipped before (damaged cursor)
         self._backlog_at = 0.0
         self._markers: dict[str, tuple[int, cursor.Position]] = {}
@@ -145,7 +146,7 @@ class Shipper:
     # ---------------------------------------------------------------- state
     def _load(self) -> None:
         try:
-            self._positions = cursor.load(self.path)
+            self._positions, self._sending = cursor.load_all(self.path)
         except cursor.CursorProblem as err:
             with contextlib.suppress(OSError):
                 self._dup_until = self.path.stat().st_mtime
@@ -282,9 +283,10 @@ class Shipper:
             if not got:
                 continue
             bot, replica = bot_of(log, bots)
+            sent = self._sending.get(log)
             for line in got:
                 records.append(ShipRecord(log, bot, replica, line.stream, line.at, line.text))
-                dups += line.at <= self._dup_until
+                dups += line.at <= self._dup_until or (sent is not None and cursor.not_after(line.end, sent))
             ends[log] = got[-1].end
         if not records:
             return False
@@ -292,6 +294,11 @@ class Shipper:
         assert transport is not None
         with self._lock:
             self.status.sent += len(records)
+        sending = dict(self._sending)
+        for log, end in ends.items():
+            if log not in sending or not cursor.not_after(end, sending[log]):
+                sending[log] = end
+        cursor.save(self.path, self.target.name, self._positions, sending)
         try:
             transport.send(records, self.meta())
             if not transport.acked(ACK_TIMEOUT):
@@ -303,7 +310,10 @@ class Shipper:
                 self.status.duplicates += len(records)  # they go again: some may have arrived
             raise
         self._positions.update(ends)
-        cursor.save(self.path, self.target.name, self._positions)
+        for log in ends:  # a killed daemon's batch is behind us once a batch after it is acked
+            if log in self._sending and not cursor.not_after(ends[log], self._sending[log]):
+                del self._sending[log]
+        cursor.save(self.path, self.target.name, self._positions, self._sending)
         self._markers.clear()
         with self._lock:
             self.status.acked += len(records)
