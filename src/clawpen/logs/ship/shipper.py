@@ -310,8 +310,8 @@ class Shipper:
                 self.status.duplicates += len(records)  # they go again: some may have arrived
             raise
         self._positions.update(ends)
-        for log in ends:  # a killed daemon's batch is behind us once a batch after it is acked
-            if log in self._sending and not cursor.not_after(ends[log], self._sending[log]):
+        for log, end in ends.items():  # a killed daemon's batch is behind us once one after it is acked
+            if log in self._sending and not cursor.not_after(end, self._sending[log]):
                 del self._sending[log]
         cursor.save(self.path, self.target.name, self._positions, self._sending)
         self._markers.clear()
