@@ -173,4 +173,25 @@ def test_a_killed_daemons_unacknowledged_batch_is_counted_when_sent_again(tmp_pa
     drain(restarted)
     assert numbers([r.text for r in again.received]) == list(range(30, 100))
     assert restarted.status.duplicates == 30
-    assert cursor.load_all(cursor.cursor_path(tmp_path, "central"))[1] == {}
+    assert cursor.load_all(cursor.cursor_path(tmp_path, "central")).sending == {}
+
+
+def test_backlog_is_capped_during_an_outage_and_the_marker_survives_a_restart(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append(logs, 0, 1000)
+    cap = sum(len(record(n)) for n in range(900, 1000))
+    transport = MemoryTransport()
+    shipper, notes = make(tmp_path, transport, backlog=cap)
+    shipper._failed(ShipError("connection refused"))  # the receiver is away
+    shipper._wait(0)
+    assert shipper.status.dropped == 900 and [k for k, _ in notes] == ["ship-error", "ship-dropped"]
+    assert shipper.status.lag_bytes == cap
+    saved = cursor.load_all(cursor.cursor_path(tmp_path, "central"))
+    assert saved.dropped == {"web": 900}
+    again = MemoryTransport()
+    restarted, _ = make(tmp_path, again, backlog=cap)  # a daemon restart before the receiver is back
+    drain(restarted)
+    assert again.received[0].text == marker_text(900) and again.received[0].stream == "err"
+    assert numbers([r.text for r in again.received[1:]]) == list(range(900, 1000))
+    assert cursor.load_all(cursor.cursor_path(tmp_path, "central")).dropped == {}

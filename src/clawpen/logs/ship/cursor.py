@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from clawpen.fsutil import write_atomic
 
@@ -87,18 +87,27 @@ def _position(raw: Any) -> Position:
     return Position(file, offset, float(at), ino, prev)
 
 
+class Saved(NamedTuple):
+    """A cursor file: the acknowledged positions; the end of the batch being sent when it was
+    written (what a killed daemon sent without an acknowledgement); lines passed over for the
+    backlog cap whose marker is not acknowledged yet."""
+
+    positions: dict[str, Position]
+    sending: dict[str, Position]
+    dropped: dict[str, int]
+
+
 def load(path: Path) -> dict[str, Position]:
     """The positions per log (empty when the file does not exist); CursorProblem when it is damaged."""
-    return load_all(path)[0]
+    return load_all(path).positions
 
 
-def load_all(path: Path) -> tuple[dict[str, Position], dict[str, Position]]:
-    """The positions per log and, per log, the end of the batch that was being sent when the file
-    was written (``sending``: what was sent but not acknowledged when the daemon was killed)."""
+def load_all(path: Path) -> Saved:
+    """Everything of a cursor file (see :class:`Saved`); CursorProblem when it is damaged."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {}, {}
+        return Saved({}, {}, {})
     except OSError as err:
         raise CursorProblem(f"cannot read {path}: {err.strerror}") from None
     try:
@@ -109,26 +118,34 @@ def load_all(path: Path) -> tuple[dict[str, Position], dict[str, Position]]:
             or not isinstance(doc.get("logs"), dict)
         ):
             raise ValueError("not a cursor file of this version")
-        sending = doc.get("sending", {})
-        if not isinstance(sending, dict):
-            raise ValueError("sending is not an object")
-        return (
+        sending, dropped = doc.get("sending", {}), doc.get("dropped", {})
+        if not isinstance(sending, dict) or not isinstance(dropped, dict):
+            raise ValueError("sending or dropped is not an object")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in dropped.values()):
+            raise ValueError("dropped counts")
+        return Saved(
             {str(log): _position(raw) for log, raw in doc["logs"].items()},
             {str(log): _position(raw) for log, raw in sending.items()},
+            {str(log): int(n) for log, n in dropped.items()},
         )
     except (ValueError, UnicodeDecodeError) as err:
         raise CursorProblem(f"{path} is damaged ({err})") from None
 
 
 def save(
-    path: Path, target: str, positions: dict[str, Position], sending: dict[str, Position] | None = None
+    path: Path,
+    target: str,
+    positions: dict[str, Position],
+    sending: dict[str, Position] | None = None,
+    dropped: dict[str, int] | None = None,
 ) -> None:
-    """Write every log's position at once (atomically, fsynced), and the end of the batch about to
-    be sent (so that a daemon killed before its acknowledgement counts the records it sends again)."""
+    """Write a cursor file at once (atomically, fsynced); see :class:`Saved`."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     doc: dict[str, object] = {
         "version": VERSION, "target": target, "logs": {log: asdict(p) for log, p in sorted(positions.items())}
     }  # fmt: skip
     if sending:
         doc["sending"] = {log: asdict(p) for log, p in sorted(sending.items())}
+    if dropped:
+        doc["dropped"] = dict(sorted(dropped.items()))
     write_atomic(path, json.dumps(doc, indent=1).encode() + b"\n", 0o600)

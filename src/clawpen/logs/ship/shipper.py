@@ -140,13 +140,13 @@ class Shipper:
         self._sending: dict[str, cursor.Position] = {}  # a killed daemon's unacknowledged batch
         self._dup_until = 0.0  # records up to this time may have been shipped before (damaged cursor)
         self._backlog_at = 0.0
-        self._markers: dict[str, tuple[int, cursor.Position]] = {}
+        self._dropped: dict[str, int] = {}  # lines passed over (backlog cap) until their marker is acked
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- state
     def _load(self) -> None:
         try:
-            self._positions, self._sending = cursor.load_all(self.path)
+            self._positions, self._sending, self._dropped = cursor.load_all(self.path)
         except cursor.CursorProblem as err:
             with contextlib.suppress(OSError):
                 self._dup_until = self.path.stat().st_mtime
@@ -174,7 +174,6 @@ class Shipper:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
-        self._markers.clear()
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> None:
@@ -198,14 +197,26 @@ class Shipper:
                     watch.wait(IDLE_WAIT)
                 except Exception as err:  # ShipError, or a transport's bug: the same way out
                     self._failed(err)
-                    with contextlib.suppress(Exception):
-                        self._update_lag()
-                    self.stop_event.wait(backoff)
+                    self._wait(backoff)
                     backoff = min(BACKOFF_MAX, backoff * 2)
         finally:
             watch.close()
             self._close()
             self._reset_readers()
+
+    def _wait(self, seconds: float) -> None:
+        """Wait before trying again, keeping the lag current (it grows while the receiver is away)
+        and the backlog under its cap (the oldest lines are passed over, and noted, now)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            try:
+                self._check_backlog(self._wanted_logs())
+                self._update_lag()
+            except Exception:
+                _log.exception("log target %s: backlog", self.target.name)
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stop_event.wait(min(LAG_EVERY, left)):
+                return
 
     def _open(self) -> None:
         transport = self.make_transport(self.target)
@@ -251,8 +262,9 @@ class Shipper:
                 continue
             lines, end = reader.skip(over)
             if lines and end is not None:
-                before = self._markers.get(log, (0, end))[0]
-                self._markers[log] = (before + lines, end)
+                self._positions[log] = end  # passed over for good, shipped or not
+                self._dropped[log] = self._dropped.get(log, 0) + lines
+                cursor.save(self.path, self.target.name, self._positions, self._sending, self._dropped)
                 with self._lock:
                     self.status.dropped += lines
                 self.note(
@@ -270,10 +282,10 @@ class Shipper:
         records: list[ShipRecord] = []
         ends: dict[str, cursor.Position] = {}
         now = self.clock()
-        for log, (lines, end) in self._markers.items():
+        markers = dict(self._dropped)
+        for log, lines in markers.items():
             bot, replica = bot_of(log, bots)
             records.append(ShipRecord(log, bot, replica, "err", now, marker_text(lines)))
-            ends[log] = end
         dups = 0
         for log in logs:
             room = self.settings.batch - len(records)
@@ -298,7 +310,7 @@ class Shipper:
         for log, end in ends.items():
             if log not in sending or not cursor.not_after(end, sending[log]):
                 sending[log] = end
-        cursor.save(self.path, self.target.name, self._positions, sending)
+        cursor.save(self.path, self.target.name, self._positions, sending, self._dropped)
         try:
             transport.send(records, self.meta())
             if not transport.acked(ACK_TIMEOUT):
@@ -313,8 +325,13 @@ class Shipper:
         for log, end in ends.items():  # a killed daemon's batch is behind us once one after it is acked
             if log in self._sending and not cursor.not_after(end, self._sending[log]):
                 del self._sending[log]
-        cursor.save(self.path, self.target.name, self._positions, self._sending)
-        self._markers.clear()
+        for log, lines in markers.items():  # dropped meanwhile (a check during the send): kept
+            left = self._dropped.get(log, 0) - lines
+            if left > 0:
+                self._dropped[log] = left
+            else:
+                self._dropped.pop(log, None)
+        cursor.save(self.path, self.target.name, self._positions, self._sending, self._dropped)
         with self._lock:
             self.status.acked += len(records)
             self.status.duplicates += dups
