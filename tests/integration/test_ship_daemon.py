@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PY, DaemonCli, alive, wait_for
+from helpers import PY, DaemonCli, Sink, alive, wait_for
 
 from clawpen.logs.query import read_logs
 
@@ -151,12 +151,17 @@ def local_texts(daemon: DaemonCli) -> list[str]:
     return [r.text for r in read_logs(daemon.home / "logs", "seq")]
 
 
-def test_every_line_arrives_once_in_order_across_outage_and_kill(daemon: DaemonCli, tmp_path: Path) -> None:
+def hook_env(daemon: DaemonCli, tmp_path: Path) -> None:
+    """The in-test transport, in the daemon's python (see the module doc)."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "ship_ack_transport.py").write_text(TRANSPORT)
     (hook / "sitecustomize.py").write_text(SITE)
     daemon.env["PYTHONPATH"] = str(hook)
+
+
+def test_every_line_arrives_once_in_order_across_outage_and_kill(daemon: DaemonCli, tmp_path: Path) -> None:
+    hook_env(daemon, tmp_path)
     receiver = AckReceiver()
     try:
         daemon.write(f"""
@@ -221,3 +226,53 @@ def test_every_line_arrives_once_in_order_across_outage_and_kill(daemon: DaemonC
     assert steps_back <= 3, steps_back
     print(f"lines {len(local)} received {len(got)} dups {duplicates}/{counted} steps back {steps_back}")
     assert status(daemon)["connected"]
+
+
+def test_receiver_away_past_the_backlog_cap_drops_oldest_with_marker_and_alert(
+    daemon: DaemonCli, tmp_path: Path, sink: Sink
+) -> None:
+    hook_env(daemon, tmp_path)
+    receiver = AckReceiver()
+    receiver.down()  # away from the start: nothing can be shipped
+    bot = "import time\nfor i in range(3000):\n    print('line', i, flush=True)\ntime.sleep(3600)\n"
+    try:
+        daemon.write(f"""
+            [bots.seq]
+            command = ["{PY}", "-c", {json.dumps(bot)}]
+            restart = {{ policy = "no" }}
+
+            [logs.ship]
+            backlog = "32k"
+
+            [[logs.ship.targets]]
+            name = "central"
+            type = "syslog"
+            url = "tcp://127.0.0.1:{receiver.port}"
+
+            [monitoring]
+            interval = "1s"
+
+            [monitoring.notify]
+            urls = ["{sink.url}"]
+            retry_backoff = "0.2s"
+        """)
+        daemon.cli("up", "--detach")
+        assert wait_for(lambda: len(local_texts(daemon)) == 3000, 30)
+        assert wait_for(lambda: status(daemon)["dropped"] > 0, 30), status(daemon)
+        away = status(daemon)
+        assert away["lag_bytes"] <= 32 * 1024 and not away["connected"], away
+        out = daemon.cli("events", "--json").stdout
+        events = [json.loads(line) for line in out.splitlines() if line.strip()]
+        dropped = [e for e in events if e["kind"] == "ship-dropped"]
+        assert dropped and "lines of seq not shipped: backlog over" in dropped[0]["reason"], events
+        assert wait_for(lambda: any(t.startswith("[LOG SHIPPING]") for t in sink.titles()), 20), sink.titles()
+        receiver.up()
+        assert wait_for(lambda: status(daemon)["lag_seconds"] == 0 and status(daemon)["connected"], 30)
+    finally:
+        receiver.down()
+    got = receiver.texts()
+    local = local_texts(daemon)
+    count = away["dropped"]
+    assert got[0] == f"[clawpen: {count} lines not shipped: backlog over cap]"
+    assert got[1:] == local[count:]  # the newest lines, in order; the oldest counted in the marker
+    assert 0 < count < 3000
