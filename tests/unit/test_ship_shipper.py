@@ -195,3 +195,19 @@ def test_backlog_is_capped_during_an_outage_and_the_marker_survives_a_restart(tm
     assert again.received[0].text == marker_text(900) and again.received[0].stream == "err"
     assert numbers([r.text for r in again.received[1:]]) == list(range(900, 1000))
     assert cursor.load_all(cursor.cursor_path(tmp_path, "central")).dropped == {}
+
+
+def test_logs_take_turns_and_keep_their_own_order(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append(logs, 0, 300, log="aa")
+    append(logs, 0, 300, log="bb-r1")
+    transport = MemoryTransport()
+    shipper, _ = make(tmp_path, transport, batch=100)
+    assert shipper._pass() and shipper._pass()
+    assert {r.log for r in transport.received} == {"aa", "bb-r1"}  # the second log was not held back
+    drain(shipper)
+    for log, bot, replica in (("aa", "aa", 0), ("bb-r1", "bb", 1)):
+        mine = [r for r in transport.received if r.log == log]
+        assert numbers([r.text for r in mine]) == list(range(300))
+        assert {(r.bot, r.replica) for r in mine} == {(bot, replica)}

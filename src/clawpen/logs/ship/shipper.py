@@ -142,6 +142,7 @@ class Shipper:
         self._backlog_at = 0.0
         self._dropped: dict[str, int] = {}  # lines passed over (backlog cap) until their marker is acked
         self._lock = threading.Lock()
+        self._turn = 0
 
     # ---------------------------------------------------------------- state
     def _load(self) -> None:
@@ -287,7 +288,9 @@ class Shipper:
             bot, replica = bot_of(log, bots)
             records.append(ShipRecord(log, bot, replica, "err", now, marker_text(lines)))
         dups = 0
-        for log in logs:
+        self._turn += 1  # round robin: a busy log does not hold the others back
+        start = self._turn % len(logs) if logs else 0
+        for log in logs[start:] + logs[:start]:
             room = self.settings.batch - len(records)
             if room <= 0:
                 break
