@@ -54,8 +54,8 @@ def test_logs_ship_misuse_is_a_usage_error(argv: tuple[str, list[str]]) -> None:
 def test_status_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import clawpen.cli_daemon as cli
 
-    row = {"target": "central", "connected": False, "last_ack": None, "lag_seconds": 12.5, "lag_bytes": 4096,
-           "sent": 10, "acked": 8, "dropped": 0, "duplicates": 2, "last_error": "cannot connect: refused"}  # fmt: skip
+    row = {"target": "central", "connected": False, "last_ack": None, "lag_seconds": 12.5, "lag_bytes": 4096}
+    row |= {"sent": 10, "acked": 8, "dropped": 0, "duplicates": 2, "last_error": "cannot connect: refused"}
     monkeypatch.setattr(cli, "_fetch", lambda _ns, _op: {"host": "h", "targets": [row]})
     assert _ship_status(argparse.Namespace(bot="ship", action=["status"], json=False)) == 0
     head, line = capsys.readouterr().out.splitlines()
