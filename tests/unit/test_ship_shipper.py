@@ -107,6 +107,7 @@ def test_failure_resends_from_the_cursor_and_counts_duplicates(tmp_path: Path) -
     shipper._open()
     drain(shipper)
     assert numbers([r.text for r in transport.received]) == list(range(100))  # in order, none lost
+    assert [k for k, _ in notes] == ["ship-error", "ship-ok"]  # one event per outage, and its end
     # a new shipper (a daemon restart) resumes after the last acknowledged record
     append(logs, 100, 110)
     again = MemoryTransport()

@@ -46,6 +46,7 @@ LAG_EVERY = 2.0
 DROPPED = "ship-dropped"
 CURSOR = "ship-cursor"
 ERROR = "ship-error"
+RESUMED = "ship-ok"
 _REPLICA = re.compile(r"^(?P<bot>.+)-r(?P<n>[1-9]\d*)$")
 
 
@@ -143,6 +144,7 @@ class Shipper:
         self._dropped: dict[str, int] = {}  # lines passed over (backlog cap) until their marker is acked
         self._lock = threading.Lock()
         self._turn = 0
+        self._failing = False
 
     # ---------------------------------------------------------------- state
     def _load(self) -> None:
@@ -238,7 +240,8 @@ class Shipper:
         self.status.connected = False
 
     def _failed(self, err: Exception) -> None:
-        first = not self.status.last_error
+        first = not self._failing  # one event per outage (the status keeps counting)
+        self._failing = True
         text = str(err) if isinstance(err, ShipError) else f"{type(err).__name__}: {err}"
         with self._lock:
             self.status.errors += 1
@@ -246,7 +249,7 @@ class Shipper:
             self.status.last_error_at = self.clock()
         if not isinstance(err, ShipError):
             _log.exception("log target %s", self.target.name, exc_info=err)
-        if first or self.status.errors % 100 == 0:
+        if first:
             self.note(ERROR, f"log target {self.target.name}: {text[:300]}")
         self._close()
         self._reset_readers()
@@ -339,6 +342,9 @@ class Shipper:
             self.status.acked += len(records)
             self.status.duplicates += dups
             self.status.last_ack = self.clock()
+        if self._failing:
+            self._failing = False
+            self.note(RESUMED, f"log target {self.target.name}: shipping again")
         return True
 
     def _update_lag(self) -> None:
