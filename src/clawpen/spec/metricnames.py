@@ -76,7 +76,10 @@ _HOST = (
     Metric("audit_high", "host", "count", "high findings of the last audit"),
     Metric("audit_age_seconds", "host", "s", "time since the last audit"),
     Metric(
-        "ship_lag_seconds", "host", "s", "age of the oldest log record not yet shipped to a target (0: none)",
+        "ship_lag_seconds",
+        "host",
+        "s",
+        "age of the oldest log record not yet shipped to a target (0: none)",
         "target",
     ),
 )
