@@ -1,6 +1,6 @@
 """Log shipping by a real daemon to a receiver on loopback (issue 20): every line of a bot that
-prints a numbered sequence arrives once and in order, across a receiver outage of 10 s and a
-daemon SIGKILL and restart; duplicates only at those boundaries, and counted; ``clawpen logs
+prints a numbered sequence arrives once and in order, across a receiver outage of 10 s, a
+daemon SIGKILL and a clean daemon restart; duplicates only at those boundaries, and counted; ``clawpen logs
 ship status --json`` shows the lag while the receiver is down.
 
 The daemon ships through an in-test transport with an explicit acknowledgement (each batch ends
@@ -75,8 +75,8 @@ class SyslogTransport:
                 part.close()
 """
 SITE = 'import sys, ship_ack_transport\nsys.modules["clawpen.logs.ship.syslog"] = ship_ack_transport\n'
-BOT = (
-    f"import os, time\nfor i in range({LINES}):\n    print(os.getpid(), i, flush=True)\n"
+BOT = (  # each run has its own id (the bot is pid 2 of its namespace every time)
+    f"import os, time\nrun = os.urandom(4).hex()\nfor i in range({LINES}):\n    print(run, i, flush=True)\n"
     "    time.sleep(0.004)\ntime.sleep(3600)\n"
 )
 
@@ -207,8 +207,18 @@ def test_every_line_arrives_once_in_order_across_outage_and_kill(daemon: DaemonC
             return bool(local) and all(t in got for t in local) and status(daemon)["lag_seconds"] == 0
 
         assert wait_for(caught_up, 90, interval=1), status(daemon)
-        after = status(daemon)
-        counted += after["duplicates"]
+        counted += status(daemon)["duplicates"]
+
+        # a clean restart (SIGTERM stops the bots too)
+        pid = daemon.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        assert wait_for(lambda: not alive(pid), 30)
+        before_restart = len(local_texts(daemon))
+        daemon.cli("restart", "seq")  # starts the daemon, and the bot (restart policy "no")
+        assert wait_for(lambda: len(local_texts(daemon)) > before_restart + 100, 30)  # the bot writes again
+        assert wait_for(caught_up, 90, interval=1), status(daemon)
+        counted += status(daemon)["duplicates"]
     finally:
         receiver.down()
 
