@@ -116,7 +116,8 @@ def add_commands(sub: Any) -> None:
     logs.add_argument("--tail", "-n", type=int, metavar="N", help="only the last N lines")
     logs.add_argument("--json", action="store_true", help="one JSON object per line")
     logs.add_argument("--raw", action="store_true", help=RAW_HELP)
-    logs.add_argument("bot", metavar="BOT")
+    logs.add_argument("bot", metavar="BOT", help="a bot; or `ship status`: the log targets' shipping and lag")
+    logs.add_argument("action", nargs="*", help=argparse.SUPPRESS)
 
 
 def _client() -> Any:
@@ -371,6 +372,9 @@ def cmd_releases(ns: argparse.Namespace) -> int:
 def cmd_logs(ns: argparse.Namespace) -> int:
     from clawpen.logs.query import follow, parse_since, read_logs
 
+    if ns.action:
+        return _ship_status(ns)
+
     logs_dir = state_dir() / "logs"
     now = time.time()
     since = parse_since(ns.since, now) if ns.since else None
@@ -391,6 +395,32 @@ def cmd_logs(ns: argparse.Namespace) -> int:
             out.write(f"{stamp} {rec.stream} {safe(rec.text)}\n")
         if ns.follow:
             out.flush()
+    return 0
+
+
+def _ship_status(ns: argparse.Namespace) -> int:
+    """``clawpen logs ship status [--json]``: each log target's shipping, from the daemon."""
+    if ns.bot != "ship" or ns.action != ["status"]:
+        raise UsageError(
+            f"`clawpen logs {ns.bot} {' '.join(ns.action)}` is not a command",
+            where="clawpen logs",
+            hint="`clawpen logs BOT` shows a bot's lines; `clawpen logs ship status` the log targets",
+        )
+    data = _fetch(ns, "logs_ship_status")
+    if data is None:
+        return 0
+    if not data["targets"]:
+        print("no log targets ([logs.ship] in clawpen.toml)")
+        return 0
+    print(f"{'TARGET':<16} {'STATE':<12} {'LAG':>8} {'LAG BYTES':>10} {'SENT':>9} {'ACKED':>9} "
+          f"{'DROPPED':>8} {'DUPS':>6}  LAST ACK / ERROR")  # fmt: skip
+    for t in data["targets"]:
+        state = "connected" if t["connected"] else "down"
+        last = _ago(t["last_ack"])
+        if t["last_error"] and not t["connected"]:
+            last = f"{last}; error: {t['last_error']}"
+        print(f"{t['target']:<16} {state:<12} {t['lag_seconds']:>7.1f}s {t['lag_bytes']:>10} {t['sent']:>9} "
+              f"{t['acked']:>9} {t['dropped']:>8} {t['duplicates']:>6}  {last}")  # fmt: skip
     return 0
 
 

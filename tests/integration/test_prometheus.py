@@ -72,7 +72,7 @@ def test_exported_rules_pass_promtool(daemon: DaemonCli, tmp_path: Path) -> None
         ["promtool", "check", "rules", str(out)], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 15 rules found" in check.stdout  # 6 bot + state-disk + audit built-ins, 4 host, 3 spec
+    assert "SUCCESS: 16 rules found" in check.stdout  # 6 bot, state-disk, audit, ship-lag; 4 host; 3 spec
     assert "clawpen_host_audit_critical > 0" in text
     stdout = daemon.cli("export", "prometheus-rules", "-f", str(daemon.spec)).stdout
     assert stdout == text

@@ -102,6 +102,15 @@ def failover_message(bot: str, reason: str, at: float) -> Message:
     )  # fmt: skip
 
 
+def log_shipping_message(reason: str, at: float) -> Message:
+    """Log records not shipped (the daemon's ``ship-dropped`` event: a backlog over its cap, a
+    file removed before it was shipped), for every notifier."""
+    return _daemon_event(
+        "ship-dropped", "[LOG SHIPPING] clawpen on {host}: records not shipped", reason, at,
+        "`clawpen logs ship status` and `clawpen events`",
+    )  # fmt: skip
+
+
 def audit_message(reason: str, at: float, bot: str | None = None) -> Message:
     """A new audit finding at or above ``[audit] notify`` (the daemon's ``audit-finding`` event)."""
     host = socket.gethostname()

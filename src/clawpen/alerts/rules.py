@@ -132,6 +132,21 @@ def audit_rule() -> Rule:
     )
 
 
+def ship_lag_rule() -> Rule:
+    """Built-in: a log target (``[logs.ship]``) has been more than 5 minutes behind for 5 minutes."""
+    return Rule(
+        "host_log_ship_lag",
+        "host",
+        "ship_lag_seconds",
+        ">",
+        300.0,
+        300.0,
+        "warning",
+        kind="builtin",
+        summary="a log target is more than 5 minutes behind: see `clawpen logs ship status`",
+    )
+
+
 def builtin_bot_rules(cfg: MonitoringConfig) -> list[Rule]:
     b = cfg.builtin
     return [
@@ -155,7 +170,7 @@ def rules_from(cfg: MonitoringConfig) -> list[Rule]:
     """Every rule of a spec's ``[monitoring]`` section, built-ins first; names are unique."""
     found: list[Rule] = []
     if cfg.builtin.enabled:
-        found += [*builtin_bot_rules(cfg), state_disk_rule(), audit_rule()]
+        found += [*builtin_bot_rules(cfg), state_disk_rule(), audit_rule(), ship_lag_rule()]
     if cfg.builtin.host_defaults:
         found += host_defaults()
     for spec in cfg.alerts:

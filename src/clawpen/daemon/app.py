@@ -48,6 +48,7 @@ def components(state: Path) -> list[Component]:
     """Every component, in start order (each module adds its own line here)."""
     found: list[Component] = []
     found.append(__import__("clawpen.logs.component", fromlist=["_"]).LogSpaceComponent(state))
+    found.append(__import__("clawpen.logs.ship.component", fromlist=["_"]).ShipComponent(state))
     found.append(__import__("clawpen.ha.component", fromlist=["_"]).HaComponent(state))
     found.append(__import__("clawpen.metrics.service", fromlist=["Monitor"]).Monitor(state))
     found.append(__import__("clawpen.api.component", fromlist=["ApiComponent"]).ApiComponent(state))

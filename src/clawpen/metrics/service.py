@@ -18,6 +18,7 @@ from clawpen.alerts.messages import (
     audit_message,
     failover_message,
     fmt_value,
+    log_shipping_message,
     message,
     rollback_message,
     snapshot_failed_message,
@@ -26,6 +27,7 @@ from clawpen.alerts.messages import (
 from clawpen.alerts.rules import Rule, bot_of, rules_from
 from clawpen.errors import ClawpenError, UsageError
 from clawpen.host import Event, EventFeed, Notes, Operations, SpecFeed
+from clawpen.logs.ship.component import ship_values
 from clawpen.logs.space import state_disk_values
 from clawpen.metrics import ops
 from clawpen.metrics.auditvals import AuditValues
@@ -304,11 +306,14 @@ class Monitor:
                 self.dispatcher.submit(snapshot_failed_message(event.reason, event.at))
             elif event.kind == "failover":  # clawpen.ha.agent: a term won, lost or handed over
                 self.dispatcher.submit(failover_message(event.bot or "?", event.reason, event.at))
+            elif event.kind == "ship-dropped":  # clawpen.logs.ship.shipper.DROPPED
+                self.dispatcher.submit(log_shipping_message(event.reason, event.at))
             elif event.kind == "audit-finding":  # clawpen.daemon.audit_schedule.FINDING
                 self.dispatcher.submit(audit_message(event.reason, event.at, event.bot))
         values = await loop.run_in_executor(None, self.collector.collect, now, views, denied)
         values.setdefault("host", {}).update(state_disk_values(self.state))  # the low-space alert
         values["host"].update(self.audit_values.values(now))  # the kept audit reports
+        values["host"].update(ship_values(self.state, now))  # log shipping lag per target
         if probes is not None:
             try:
                 await asyncio.wait_for(probes, self.cfg.interval)

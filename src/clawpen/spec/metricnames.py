@@ -75,6 +75,13 @@ _HOST = (
     Metric("audit_critical", "host", "count", "critical findings of the last audit"),
     Metric("audit_high", "host", "count", "high findings of the last audit"),
     Metric("audit_age_seconds", "host", "s", "time since the last audit"),
+    Metric(
+        "ship_lag_seconds",
+        "host",
+        "s",
+        "age of the oldest log record not yet shipped to a target (0: none)",
+        "target",
+    ),
 )
 BOT_METRICS: dict[str, Metric] = {m.name: m for m in _BOT}
 HOST_METRICS: dict[str, Metric] = {m.name: m for m in _HOST}

@@ -34,6 +34,7 @@ from clawpen.spec.fieldtypes import Cpus, DiskSize, Duration, PositiveDuration, 
 from clawpen.spec.gateway import GatewayConfig
 from clawpen.spec.host import HostConfig
 from clawpen.spec.imagebuild import ImageBuild, check_image_ref
+from clawpen.spec.logship import LogsSettings
 from clawpen.spec.netlimits import NetworkLimits
 from clawpen.spec.quotas import DEFAULT_NET_LIMITS
 from clawpen.spec.snapshots import BotSnapshots
@@ -525,6 +526,7 @@ class Spec(_Model):
         None, description="the etcd cluster the daemons join (for bots with ha) and this host's name"
     )
     audit: AuditSettings = AuditSettings()
+    logs: LogsSettings = LogsSettings()
 
     @field_validator("bots", mode="before")
     @classmethod
