@@ -28,6 +28,9 @@ WAIT_GROUP = frozenset(
         "integration/test_snapshot_lifecycle.py",
         "integration/test_snapshot_schedule.py",
         "integration/test_snapshots.py",
+        # log shipping across receiver outages of 10-30 s (~3 min)
+        "integration/test_ship_real.py",
+        "integration/test_ship_daemon.py",
         # a build step waiting on its stall timer (~30 s)
         "integration/test_build_stall_net.py",
         # npm and pip against their registries (the dependency audit, ~10 s)
