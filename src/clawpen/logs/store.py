@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import functools
 import gzip
 import os
 import re
@@ -74,14 +75,20 @@ def stamp_of(now: float) -> str:
     return time.strftime(_STAMP, time.gmtime(int(now)))
 
 
+@functools.lru_cache(maxsize=64)
+def _second(prefix: bytes) -> int:
+    """``2026-11-24T10:00:00`` as epoch seconds (ValueError when it is not one). Records of one
+    second share it, so strptime runs about once a second of log, not once a line."""
+    return calendar.timegm(time.strptime(prefix.decode("ascii"), "%Y-%m-%dT%H:%M:%S"))
+
+
 def parse_record_ts(line: bytes) -> float | None:
     """The epoch time at the start of a record line, or None when it does not start with one."""
     if len(line) < TS_LEN or line[19:20] != b"." or line[26:27] != b"Z":
         return None
     try:
-        base = calendar.timegm(time.strptime(line[:19].decode("ascii"), "%Y-%m-%dT%H:%M:%S"))
-        return base + int(line[20:26]) / 1_000_000
-    except ValueError:
+        return _second(line[:19]) + int(line[20:26]) / 1_000_000
+    except (ValueError, UnicodeDecodeError):
         return None
 
 

@@ -43,6 +43,9 @@ ACK_TIMEOUT = 30.0
 BACKLOG_EVERY = 5.0  # how often the unshipped bytes are summed
 IDLE_WAIT = 1.0
 LAG_EVERY = 2.0
+# after a batch that was not full, wait this long for more lines (a bot writing a little every few
+# milliseconds would otherwise cost a send, an acknowledgement and two cursor fsyncs per write)
+LINGER = 0.1
 DROPPED = "ship-dropped"
 CURSOR = "ship-cursor"
 ERROR = "ship-error"
@@ -144,6 +147,7 @@ class Shipper:
         self._dropped: dict[str, int] = {}  # lines passed over (backlog cap) until their marker is acked
         self._lock = threading.Lock()
         self._turn = 0
+        self._full = False  # the last batch was full: more lines are waiting
         self._failing = False
 
     # ---------------------------------------------------------------- state
@@ -195,6 +199,8 @@ class Shipper:
                         if time.monotonic() - lag_at >= LAG_EVERY:
                             lag_at = time.monotonic()
                             self._update_lag()
+                        if not self._full:
+                            self.stop_event.wait(LINGER)
                         continue
                     self._update_lag()
                     watch.wait(IDLE_WAIT)
@@ -308,6 +314,7 @@ class Shipper:
             ends[log] = got[-1].end
         if not records:
             return False
+        self._full = len(records) >= self.settings.batch
         transport = self._transport
         assert transport is not None
         with self._lock:
