@@ -19,7 +19,8 @@ from clawpen.errors import ClawpenError
 DB = "clawpen.db"
 
 
-def _open(state: Path) -> sqlite3.Connection | None:
+def open_readonly(state: Path) -> sqlite3.Connection | None:
+    """The state database opened read-only, or None when it is missing or unreadable."""
     path = state / DB
     if not path.exists():
         return None
@@ -59,7 +60,7 @@ def _changes(db: sqlite3.Connection, release: int, spec_path: str) -> dict[str, 
 
 def read(state: Path) -> tuple[ReleaseFacts | None, tuple[tuple[int, str], ...]]:
     """``(the newest release, the audit log's kept heads)``."""
-    db = _open(state)
+    db = open_readonly(state)
     if db is None:
         return None, ()
     try:

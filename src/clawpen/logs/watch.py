@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from inotify_simple import INotify, flags
@@ -21,10 +22,12 @@ _MASK = flags.MODIFY | flags.CREATE | flags.MOVED_FROM | flags.MOVED_TO | flags.
 
 
 class FileWatch:
-    """Wait for a change to ``path`` (a file in a folder that exists) for at most a timeout."""
+    """Wait for a change to ``path`` (a file in a folder that exists) for at most a timeout; with
+    ``accept``, to any file of ``path``'s folder whose name it takes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, accept: Callable[[str], bool] | None = None) -> None:
         self.name = path.name
+        self.accept = accept if accept is not None else self.name.__eq__
         self._ino: INotify | None = None
         try:
             ino = INotify()
@@ -54,7 +57,7 @@ class FileWatch:
                 return False
             events = self._ino.read(timeout=max(1, int(left * 1000)))
             for event in events:
-                if event.name == self.name or event.mask & (flags.Q_OVERFLOW | flags.IGNORED):
+                if event.mask & (flags.Q_OVERFLOW | flags.IGNORED) or self.accept(event.name):
                     return True
 
     def close(self) -> None:

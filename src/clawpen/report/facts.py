@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clawpen.daemon.auditfacts import open_readonly
 from clawpen.errors import ClawpenError
 from clawpen.report.model import AuditSummary, Facts, LiveState, Release, from_spec
 from clawpen.spec.loader import LoadedSpec
 
-DB = "clawpen.db"
 MAX_RELEASES = 500
 FIELD_DIFFS = 50  # the newest releases compared field by field (each spec text parsed again)
 MAX_AUDIT_RECORDS = 500
@@ -45,18 +45,6 @@ def live_state(state: Path, timeout: float = DAEMON_TIMEOUT) -> LiveState:
     return LiveState(tuple(r for r in rows if isinstance(r, dict)))
 
 
-def _open(state: Path) -> sqlite3.Connection | None:
-    path = state / DB
-    if not path.exists():
-        return None
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=2000")
-        return db
-    except sqlite3.Error:
-        return None
-
-
 def _changes(before: dict[str, str], after: dict[str, str]) -> tuple[str, ...]:
     out = [f"added {b}" for b in sorted(after) if b not in before]
     out += [f"changed {b}" for b in sorted(after) if b in before and before[b] != after[b]]
@@ -73,7 +61,7 @@ def _field_changes(state: Path, ids: list[int]) -> dict[int, tuple[str, ...]]:
 
     if not ids:
         return {}
-    db = _open(state)
+    db = open_readonly(state)
     if db is None:
         return {}
     try:
@@ -104,7 +92,7 @@ def _field_changes(state: Path, ids: list[int]) -> dict[int, tuple[str, ...]]:
 
 def releases(state: Path) -> tuple[tuple[Release, ...], str]:
     """The newest releases (oldest first) with the bots each changed, and a note when unreadable."""
-    db = _open(state)
+    db = open_readonly(state)
     if db is None:
         return (), ""
     try:

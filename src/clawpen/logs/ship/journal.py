@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from clawpen.errors import ConfigError
-from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord
+from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord, client_context
 
 CONTENT_TYPE = "application/vnd.fdo.journal"
 PRIORITY = {"out": 6, "err": 3}
@@ -97,17 +97,7 @@ class JournalRemoteTransport:
         self._acked = True
 
     def _verify(self) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(cafile=str(self._ca) if self._ca else None)
-            if self._cert is not None and self._key is not None:
-                ctx.load_cert_chain(str(self._cert), str(self._key))
-        except (OSError, ssl.SSLError) as exc:
-            raise ShipError(
-                f"cannot load the TLS files: {exc.strerror or exc.__class__.__name__}",
-                where=self.name,
-                hint="check the ca, cert and key paths of the target (PEM files, readable)",
-            ) from None
-        return ctx
+        return client_context(self.name, self._ca, self._cert, self._key)
 
     def open(self, timeout: float) -> None:
         self.close()

@@ -12,8 +12,10 @@ backoff and opens it again.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from clawpen.errors import HostError
@@ -21,6 +23,23 @@ from clawpen.errors import HostError
 
 class ShipError(HostError):
     """A receiver cannot be reached, refused a record, or broke the connection."""
+
+
+def client_context(name: str, ca: Path | None, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    """A TLS client context for target ``name``: the receiver verified against ``ca`` (the system's
+    CAs without one), ``cert``/``key`` presented when both are given, TLS 1.2 at least."""
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        if cert is not None and key is not None:
+            ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ShipError(
+            f"cannot load the TLS files: {exc.strerror or exc.__class__.__name__}",
+            where=name,
+            hint="check the ca, cert and key paths of the target (PEM files, readable)",
+        ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 @dataclass(frozen=True)

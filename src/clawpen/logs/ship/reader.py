@@ -18,20 +18,17 @@ import contextlib
 import gzip
 import os
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from inotify_simple import INotify, flags
-
 from clawpen.logs import store
 from clawpen.logs.ship.cursor import CURRENT, Position, key_of, stamp_of_key
+from clawpen.logs.watch import FileWatch
 
 BLOCK = 256 << 10
 MAX_LINE = 4 << 20  # a "line" longer than this is cut (the writer's lines are far shorter)
 Key = tuple[str, int]
-_MASK = flags.MODIFY | flags.CREATE | flags.MOVED_FROM | flags.MOVED_TO | flags.DELETE | flags.CLOSE_WRITE
 
 
 class Line(NamedTuple):
@@ -311,38 +308,11 @@ class LogReader:
         return lines, last
 
 
-class DirWatch:
+class DirWatch(FileWatch):
     """Wake on a change to a log file of one folder whose name ``accept`` takes (inotify; a
     plain sleep without it)."""
 
     def __init__(self, directory: Path, accept: Callable[[str], bool]) -> None:
-        self.accept = accept
-        self._ino: INotify | None = None
         with contextlib.suppress(OSError):
             directory.mkdir(parents=True, exist_ok=True)
-            ino = INotify()
-            try:
-                ino.add_watch(str(directory), _MASK)
-            except OSError:
-                ino.close()
-                return
-            self._ino = ino
-
-    def wait(self, timeout: float) -> bool:
-        if self._ino is None:
-            time.sleep(timeout)
-            return False
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            for event in self._ino.read(timeout=max(1, int(left * 1000))):
-                if event.mask & (flags.Q_OVERFLOW | flags.IGNORED) or self.accept(event.name):
-                    return True
-
-    def close(self) -> None:
-        if self._ino is not None:
-            with contextlib.suppress(OSError):
-                self._ino.close()
-            self._ino = None
+        super().__init__(directory / "*", accept)  # (the folder of "*": the name is not used)

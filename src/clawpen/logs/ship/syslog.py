@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from clawpen.errors import ConfigError
-from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord
+from clawpen.logs.ship.model import ShipError, ShipMeta, ShipRecord, client_context
 
 FACILITY_USER = 1
 SEVERITY = {"out": 6, "err": 3}  # informational, error
@@ -188,17 +188,7 @@ class SyslogTransport:
         self._timeout = 10.0
 
     def _context(self) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(cafile=str(self._ca) if self._ca else None)
-            if self._cert is not None and self._key is not None:
-                ctx.load_cert_chain(str(self._cert), str(self._key))
-        except (OSError, ssl.SSLError) as exc:
-            raise ShipError(
-                f"cannot load the TLS files: {exc.strerror or exc.__class__.__name__}",
-                where=self.name,
-                hint="check the ca, cert and key paths of the target (PEM files, readable)",
-            ) from None
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx = client_context(self.name, self._ca, self._cert, self._key)
         ctx.check_hostname = True
         return ctx
 
