@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from clawpen import audit, cli
 from clawpen.api.app import create_app
+from clawpen.daemon import audit_schedule as audit_ops
 from clawpen.daemon import client as client_mod
 from clawpen.daemon import (
     ops_admin,
@@ -37,6 +38,7 @@ from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.errors import InternalError, UsageError
 from clawpen.ha import component as ha_ops
+from clawpen.logs.ship import component as ship_ops
 from clawpen.metrics import ops as metrics_ops
 from clawpen.net import ops as net_ops
 from clawpen.ops import Call, Contract, Empty, Registry
@@ -56,6 +58,8 @@ CONTRACTS: dict[str, Contract[Any]] = {
         ops_storage,
         ops_validate,
         ha_ops,
+        audit_ops,
+        ship_ops,
     )
     for c in module.CONTRACTS
 }

@@ -36,7 +36,7 @@ _RETRY = 0.05
 # Operations that change nothing: asked again once when the daemon drops the connection.
 READ_ONLY_OPS = frozenset(
     {"ping", "ps", "status", "events", "releases", "release_show", "release_diff", "snapshot_ls"}
-    | {"secrets_ls", "token_ls", "cluster_status"}
+    | {"secrets_ls", "token_ls", "cluster_status", "logs_ship_status"}
 )
 # States in /proc/PID/stat of a process that cannot answer until someone acts.
 _DEAD_STATES = {"T": "stopped", "t": "stopped by a debugger", "Z": "zombie", "X": "dead"}
