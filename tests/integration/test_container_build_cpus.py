@@ -65,7 +65,7 @@ def test_a_container_bots_build_output_is_bound_read_only_and_runs_from_opt_bot(
     )
     up = daemon.cli("up", timeout=180)
     row = daemon.wait_state("cb", "running")
-    assert wait_for(lambda: "from-build" in daemon.cli("logs", "cb").stdout, 20), daemon.cli(
+    assert wait_for(lambda: "from-build" in daemon.cli("logs", "cb").stdout, 60), daemon.cli(
         "logs", "cb"
     ).stdout
     logs = daemon.cli("logs", "cb").stdout

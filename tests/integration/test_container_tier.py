@@ -238,7 +238,7 @@ def test_crash_restarts_and_a_daemon_sigkill_leaves_the_container_to_be_readopte
     exits = [e for e in daemon.events("crash") if e.get("to_state") == "exited"]
     assert exits and "exited with code 3" in str(exits[0].get("reason"))
     # the memory limit holds, and the engine's OOM verdict reaches the supervisor
-    assert wait_for(lambda: any(e.get("to_state") == "oom" for e in daemon.events("hog")), 15, interval=0.2)
+    assert wait_for(lambda: any(e.get("to_state") == "oom" for e in daemon.events("hog")), 45, interval=0.2)
     old = daemon.pid()
     assert old
     os.kill(old, signal.SIGKILL)
