@@ -207,6 +207,15 @@ class LogSink:
             proc.wait(5)
         _wait(lambda: not listening(self.port), 10, "port closed")
 
+    def pause(self) -> None:
+        """A hung receiver (SIGSTOP): its TCP still takes bytes until its buffer is full."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stderr(self) -> str:
         path = self.folder / f"{self.name}.stderr"
         return path.read_text(errors="replace") if path.exists() else ""

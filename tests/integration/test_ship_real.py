@@ -1,9 +1,10 @@
 """Log shipping by a real daemon to the real receivers (issue 20): rsyslog over TLS (RFC 5424,
 octet-counted, its own CA) and systemd-journal-remote. A bot prints a numbered sequence and,
 now and then, its API token: every line arrives exactly once and in order across a receiver
-outage of 30 s, a daemon SIGKILL and a daemon restart (duplicates only at the acknowledged
-boundary, and counted); the token never arrives (the log writer redacts it before it is stored,
-so before it is shipped); each line carries bot, replica, stream and host."""
+outage of 30 s (journal-remote stopped; rsyslog hung), a daemon SIGKILL and a daemon restart
+(duplicates only at the acknowledged boundary, and counted); the token never arrives (the log
+writer redacts it before it is stored, so before it is shipped); each line carries bot,
+replica, stream and host."""
 
 from __future__ import annotations
 
@@ -98,11 +99,16 @@ def test_every_line_arrives_once_in_order_and_no_secret(
     assert wait_for(lambda: len(texts()) >= 200, 60), (status(daemon), sink.stderr()[-2000:])
     assert status(daemon)["connected"]
 
-    sink.stop()  # an outage of 30 s, on the same port
+    # an outage of 30 s: journal-remote stopped and started on the same port; rsyslog hung
+    # (SIGSTOP): syslog over TCP has no acknowledgement of its own, so an rsyslog that exits drops
+    # what its TCP took but it had not read (docs/logs.md); a hung one keeps it
+    outage, back = (sink.pause, sink.resume) if kind == "syslog" else (sink.stop, sink.start)
+    outage()
     time.sleep(30)
     away = status(daemon)
-    assert not away["connected"] and away["lag_seconds"] > 10, away
-    sink.start()
+    if kind == "journal-remote":  # (a hung rsyslog's TCP takes a few MiB before it stalls)
+        assert away["lag_seconds"] > 10 and not away["connected"], away
+    back()
     assert wait_for(lambda: status(daemon)["lag_seconds"] == 0, 90, interval=1), status(daemon)
     counted = status(daemon)["duplicates"]
 

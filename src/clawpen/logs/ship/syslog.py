@@ -20,10 +20,11 @@ One record is one message::
 ``acked`` is true once the kernel's send queue is empty (``SIOCOUTQ``, which counts bytes sent
 but not yet acknowledged by the peer's TCP as well as unsent ones). ``send`` uses ``sendall``, so
 with TLS nothing stays inside the SSL object: every record is in the kernel as TLS records when
-it returns. The peer's TCP having a byte is not the peer having written it: a receiver that is
-stopped keeps everything (rsyslog drains on SIGTERM), but one that is SIGKILLed loses what it had
-read and not yet written (measured with rsyslog 8.2302: up to 1,744 acknowledged lines in 3 of 20
-kills, also with a Direct queue). Syslog has no application acknowledgement; RELP would. A peer that
+it returns. The peer's TCP having a byte is not the peer having written it: a receiver that hangs
+keeps it, but one that exits drops what its TCP took and it had not read (seen: 19 lines when
+rsyslog 8.2302 was stopped with SIGTERM mid-stream in a CI run), and one that is SIGKILLed also
+what it had read and not written (up to 1,744 lines in 3 of 20 kills). Syslog has no application
+acknowledgement; RELP would. A peer that
 closed or reset the connection is a :class:`ShipError` on the next ``send`` or ``acked``.
 Every socket call has a timeout (CPython waits with ``poll()``, never ``select()``).
 """
