@@ -32,7 +32,7 @@ DEFAULTS = {
 # older name of KbdInteractiveAuthentication, still accepted by sshd
 ALIASES = {"challengeresponseauthentication": "kbdinteractiveauthentication"}
 RELOAD = "then check with `sshd -t` and reload: `systemctl reload ssh`"
-DROPIN = "/etc/ssh/sshd_config.d/00-clawpen.conf"
+DROPIN = "/etc/ssh/sshd_config.d/10-clawpen-harden.conf"  # the file `clawpen host harden` writes
 ANY_ADDRESS = ("0.0.0.0", "::", "*")  # noqa: S104 (compared, never bound)
 
 _SRC = "CIS Debian Linux 12 benchmark, SSH server ({}); Lynis SSH-7408"
@@ -174,7 +174,10 @@ def _listen_host(value: str) -> str:
 
 
 def _set(key: str, value: str) -> str:
-    return f'put "{key} {value}" in {DROPIN} (drop-ins are read first: the first value wins), {RELOAD}'
+    return (
+        f'`clawpen host harden apply` ([host.harden]) does it; by hand, put "{key} {value}" in {DROPIN} '
+        f"(drop-ins are read first: the first value wins), {RELOAD}"
+    )
 
 
 def run(ctx: AuditContext) -> list[AuditFinding]:
