@@ -133,8 +133,9 @@ class V6Env(Env):
         try:
             with (
                 self.connect(bot, addr, port) as raw,
-                ctx.wrap_socket(raw, server_hostname=sni) as tls,
+                ctx.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False) as tls,
             ):
+                tls.do_handshake()  # inside the with: a refused handshake still closes the TLS socket
                 tls.sendall(f"GET /v6 HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
                 data = b""
                 while chunk := tls.recv(65536):
