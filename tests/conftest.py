@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -112,14 +113,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def unavailable(missing: str) -> NoReturn:
+    """A test's requirement is missing: skipped on a developer's machine, a failure in CI."""
+    if IN_CI:
+        pytest.fail(f"{missing} (CI must run every test)")
+    pytest.skip(missing)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in ("root", "bwrap", "docker", "podman", "netns", "vm", "browser", "prometheus", "hostroot"):
         if item.get_closest_marker(marker):
             missing = _requirement_missing(marker)
             if missing:
-                if IN_CI:
-                    pytest.fail(f"{missing} (CI must run every test)")
-                pytest.skip(missing)
+                unavailable(missing)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

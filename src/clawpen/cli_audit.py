@@ -51,7 +51,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _context(ns: argparse.Namespace, state: Path) -> tuple[Any, tuple[str, ...]]:
+def _context(ns: argparse.Namespace, state: Path) -> tuple[Any, tuple[str, ...], Any]:
+    """The audit's context, its groups, and the spec's ``[audit]`` settings (None without a spec)."""
     from clawpen.assess import report
     from clawpen.assess.model import GROUPS, AuditContext
     from clawpen.daemon import auditfacts
@@ -93,7 +94,7 @@ def _context(ns: argparse.Namespace, state: Path) -> tuple[Any, tuple[str, ...]]
         anchors=anchors,
         previous_files=report.previous_files(state) if live else {},
     )
-    return ctx, groups
+    return ctx, groups, settings
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
@@ -122,12 +123,10 @@ def cmd_audit(ns: argparse.Namespace) -> int:
                     where="--since",
                     hint="give `last` or a file from the state folder's audit/reports",
                 )
-    ctx, groups = _context(ns, state)
+    ctx, groups, settings = _context(ns, state)
     result = report.run(ctx, groups)
     if not ns.no_save and ctx.live:
-        from clawpen.spec.loader import load_spec
-
-        keep = load_spec(ctx.spec_path).spec.audit.keep_reports if ctx.spec_path else 60
+        keep = settings.keep_reports if settings is not None else 60
         try:
             report.save(state, result, keep)
         except OSError as err:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from tests.conftest import IN_CI
+from tests.conftest import unavailable
 
 from clawpen.assess import loginfollow, logins
 from clawpen.assess.loginfollow import LoginFollower
@@ -34,10 +34,7 @@ def journal_remote() -> str:
     ):
         if path and os.access(path, os.X_OK):
             return path
-    missing = "needs systemd-journal-remote (apt-get install systemd-journal-remote)"
-    if IN_CI:
-        pytest.fail(f"{missing} (CI must run every test)")
-    pytest.skip(missing)
+    unavailable("needs systemd-journal-remote (apt-get install systemd-journal-remote)")
 
 
 def write_journal(root: Path, name: str, messages: Iterable[tuple[float, str, str]]) -> Path:

@@ -28,39 +28,36 @@ def read_text(path: Path) -> str | None:
     """The text of ``path`` (undecodable bytes replaced), or None when it is missing, unreadable,
     not a regular file or larger than :data:`MAX_FILE`."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO never blocks us
-    except OSError:
+        return _read_regular(path, MAX_FILE, follow=True).decode("utf-8", "replace")
+    except ValueError:
         return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE:
-            os.close(fd)
-            return None
-    except OSError:
-        os.close(fd)
-        return None
-    with os.fdopen(fd, "rb") as f:
-        try:
-            return f.read(MAX_FILE).decode("utf-8", "replace")
-        except OSError:
-            return None
 
 
 def read_untrusted(path: Path, limit: int) -> bytes:
     """The bytes of a file a bot could have written (its workspace, its build output): opened
     without following a final symlink and without blocking on a FIFO; only a regular file of at
     most ``limit`` bytes is read. ValueError saying why otherwise (never the file's content)."""
+    return _read_regular(path, limit, follow=False)
+
+
+def _read_regular(path: Path, limit: int, *, follow: bool) -> bytes:
+    """A regular file's bytes, opened without blocking on a FIFO (a final symlink followed only
+    with ``follow``); ValueError saying why not."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, flags)
     except OSError as err:
-        if err.errno == errno.ELOOP:
+        if err.errno == errno.ELOOP and not follow:
             raise ValueError("a symbolic link (not followed)") from None
         raise ValueError(err.strerror or str(err)) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # (before fdopen, which refuses a folder)
+        os.close(fd)
+        raise ValueError("not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        data = f.read(limit + 1)
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise ValueError(err.strerror or str(err)) from None
     if len(data) > limit:
         raise ValueError(f"larger than {limit >> 20} MiB")
     return data

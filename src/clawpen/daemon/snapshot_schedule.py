@@ -15,6 +15,7 @@ sends to the notifiers (``[SNAPSHOT FAILED]``).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import re
@@ -210,7 +211,7 @@ class Looping(Protocol):
 S = TypeVar("S", bound=Looping)
 
 
-class LoopComponent(Generic[S]):
+class LoopComponent(abc.ABC, Generic[S]):
     """A daemon component running its scheduler's ``forever`` (woken at once by an applied ``up``)
     until the daemon stops; :meth:`make` builds the scheduler."""
 
@@ -221,8 +222,9 @@ class LoopComponent(Generic[S]):
         self.scheduler: S | None = None
         self._task: asyncio.Task[None] | None = None
 
+    @abc.abstractmethod
     def make(self, daemon: Daemon) -> S:
-        raise NotImplementedError
+        """The scheduler this component runs (it may also register the daemon's operations)."""
 
     async def start(self, daemon: Daemon) -> None:
         self.scheduler = self.make(daemon)

@@ -16,7 +16,7 @@ LOOK_BACK = 30  # kept reports read, newest first, to cover every group
 class AuditValues:
     def __init__(self, state: Path) -> None:
         self.state = state
-        self._key: tuple[str, int] | None = None
+        self._key: int | None = None  # the reports folder's mtime when it was last read
         self._values: dict[str, float] = {}
         self._at = 0.0
 
@@ -42,15 +42,19 @@ class AuditValues:
         }
 
     def values(self, now: float) -> dict[str, float]:
-        """The metrics now; empty when no report was kept."""
-        paths = report.kept(self.state)
-        if not paths:
-            return {}
+        """The metrics now; empty when no report was kept. The monitor asks every interval: the
+        folder is listed and read again only when a report was kept (or removed) since."""
         try:
-            key = (paths[0].name, paths[0].stat().st_mtime_ns)
+            key = report.reports_dir(self.state).stat().st_mtime_ns
         except OSError:
             return {}
         if key != self._key:
             self._key = key
-            self._load(paths)
+            paths = report.kept(self.state)
+            if paths:
+                self._load(paths)
+            else:
+                self._values = {}
+        if not self._values:
+            return {}
         return {**self._values, "audit_age_seconds": max(0.0, now - self._at)}
