@@ -18,6 +18,7 @@ from clawpen.daemon.ops_validate import sweep_copies
 from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
+from clawpen.daemon.warm import SparePool
 from clawpen.errors import HostError
 from clawpen.ha.registry import HaRegistry
 from clawpen.logs.upkeep import Compressor, retention_sweep
@@ -73,6 +74,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     vm = VmTier(state, sandbox)  # QEMU in the bot's namespace sandbox; KVM probed on first use
     policy = default_policy()
     compressor = Compressor()
+    spares = SparePool()  # warm restarts: one thread builds the bots' next sandboxes
     ha = HaRegistry()  # filled by the failover component (clawpen.ha.component)
 
     def services(daemon: Daemon) -> Services:
@@ -93,6 +95,7 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
             note=daemon.note,
             network=__import__("clawpen.net.links", fromlist=["for_daemon"]).for_daemon(state, daemon),
             ha=ha,
+            spares=spares,
         )
 
     daemon = Daemon(store, services)
@@ -180,6 +183,8 @@ async def serve(state: Path) -> None:
             leftover.unlink()
     daemon.store.close()
     daemon.services.compressor.close(timeout=30)
+    if daemon.services.spares is not None:
+        daemon.services.spares.shutdown()
 
 
 def _write_pid(daemon: Daemon, pid_file: Path) -> None:

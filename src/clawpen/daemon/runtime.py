@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from clawpen.daemon import hagate
+from clawpen.daemon import hagate, warm
 from clawpen.daemon import watchers as watch
 from clawpen.daemon.lifecycle import describe, instance_plan, open_fifos, settle, terminate
 from clawpen.daemon.store import Instance as InstanceRow
@@ -41,7 +41,7 @@ from clawpen.plan.model import Plan, SeccompPolicy
 from clawpen.sandbox.tier import RunningSandbox, RunResult, Stdio, Tier
 from clawpen.spec.models import Bot
 from clawpen.spec.schedule import ActiveWindow
-from clawpen.supervisor.backoff import RestartPolicy, RestartTracker, TrackerState
+from clawpen.supervisor.backoff import Decision, RestartPolicy, RestartTracker, TrackerState
 from clawpen.supervisor.states import BotState, BotStateMachine, Transition
 from clawpen.vault.redact import Redactor
 
@@ -74,6 +74,7 @@ class Services(NamedTuple):
     note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
     network: LinkManager | None = None  # per-bot namespaces and links (bots with egress)
     ha: HaRegistry | None = None  # the failover agents of HA bots (ha/component.py)
+    spares: warm.SparePool | None = None  # builds warm spares (None: every start is cold)
 
 
 REQUESTED = {Outcome.STOP: "stop requested", Outcome.RESTART: "restart requested"}
@@ -107,6 +108,9 @@ class Instance:
         self.task: asyncio.Task[None] | None = None
         self.net = InstanceNetwork(self)  # link (bots with egress) and published ports
         self._adopting = False
+        self.slot = 0  # which of the bot's two cgroup/pipe sets the running sandbox uses
+        self.warm = warm.Spares(self)
+        self._teardown: asyncio.Future[None] | None = None  # the last run's, finishing in a thread
 
     # ---------------------------------------------------------------- commands
     def start(self, *, manual: bool = True) -> None:
@@ -120,9 +124,11 @@ class Instance:
     def adopt(self, row: InstanceRow) -> bool:
         """Take over the sandbox of ``row`` that an earlier daemon started, if it still runs
         (False: it does not, or its tier is not here)."""
+        self.slot = warm.slot_of(row.cgroup, self.slot_cgroup(0))
         legacy = not self._paths()["out"].exists() and self._paths(legacy=True)["out"].exists()
         sandbox = adopt_row(self.svc.tiers, self.bot.tier, row, self._paths(legacy=legacy)["status"])
         if sandbox is None:
+            self.slot = 0
             return False
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
         self._pipes = {s: os.open(p, flags) for s, p in self._fifos(legacy=legacy)}
@@ -198,8 +204,13 @@ class Instance:
 
     @property
     def cgroup_name(self) -> str:
-        """``<bot>.<replica>``, prefixed for a daemon on another state dir (see paths.cgroup_scope)."""
-        return f"{cgroup_scope(self.svc.state_dir)}{self.name}.{self.replica}"
+        """The running sandbox's cgroup (see :meth:`slot_cgroup`)."""
+        return self.slot_cgroup(self.slot)
+
+    def slot_cgroup(self, slot: int) -> str:
+        """``<bot>.<replica>`` (``.b`` added for slot 1, see :mod:`clawpen.daemon.warm`),
+        prefixed for a daemon on another state dir (see paths.cgroup_scope)."""
+        return f"{cgroup_scope(self.svc.state_dir)}{self.name}.{self.replica}{warm.SLOT_SUFFIX[slot]}"
 
     @property
     def log_name(self) -> str:
@@ -241,17 +252,24 @@ class Instance:
             self.svc.note("error", f"supervisor error: {err!r}", self.name, self.replica)
             raise
         finally:
+            self.warm.drop()  # a spare never outlives its supervisor (a daemon exit included)
             await self.net.unpublish()
             if self.sandbox is None:  # stopped for good (a daemon exit leaves running bots linked)
                 await self.net.detach()
 
     async def _loop(self, adopted: RunningSandbox | None) -> None:
+        promoted: warm.Spare | None = None
         while True:
             sandbox: RunningSandbox
             if adopted is not None:
                 sandbox, adopted = adopted, None
                 self.sandbox = sandbox
                 self._persist()
+                self.warm.schedule(None)
+            elif promoted is not None:  # a warm spare, released as the last run ended
+                sandbox, promoted = self._take_over(promoted), None
+                self.transition(S.STARTING, "restarting (warm)")
+                self._running(sandbox)
             else:
                 if self._request is Outcome.STOP:
                     self._request = None
@@ -267,14 +285,16 @@ class Instance:
                 except ClawpenError as err:
                     self.transition(S.FAILED, f"{err.what} ({err.where})" if err.where else err.what)
                     return
-                self.sandbox = sandbox
-                now = self.svc.clock()
-                self.started_at = now
-                self.tracker.record_started(now, manual=self._manual_start)
-                self._manual_start = False
-                self.transition(S.RUNNING, f"pid {sandbox.pid}")
+                self._running(sandbox)
             outcome = await self._watch(sandbox)
-            result = await self._finish(sandbox, outcome)
+            decision: Decision | None = None
+            result = None
+            if outcome is Outcome.EXITED and self.warm.spare is not None:
+                # a warm restart may follow: decide and release first, the books after
+                result = sandbox.collect()  # the monitor has exited: a reap and a few cgroup reads
+                decision = self._decide(outcome, result)
+                promoted = self._release_now(decision)
+            result = await self._finish(sandbox, outcome, result)
             self.sandbox = None
             self.last = result
             hagate.bot_down(self)
@@ -291,17 +311,15 @@ class Instance:
                 )
                 self.transition(S.SCHEDULED_OFF, self._why)
                 continue
-            self.transition(S.OOM if result.reason == "oom" else S.EXITED, describe(result))
             if outcome in (Outcome.RESTART, Outcome.CRON):
+                self.transition(S.OOM if result.reason == "oom" else S.EXITED, describe(result))
                 self._manual_start = outcome is Outcome.RESTART
                 self.restarts += 1  # like pm2's restart count, asked-for restarts count too
                 continue
-            failure = outcome in (Outcome.UNHEALTHY, Outcome.MEMORY, Outcome.DISK)
-            decision = self.tracker.record_exit(
-                result.exit_code if not failure or result.exit_code else 1,
-                outcome.value if failure else result.reason,
-                self.svc.clock(),
-            )
+            if decision is None:
+                decision = self._decide(outcome, result)
+                promoted = self._release_now(decision)
+            self.transition(S.OOM if result.reason == "oom" else S.EXITED, describe(result))
             if not decision.restart:
                 self.transition(decision.next_state, decision.why)
                 return
@@ -310,6 +328,20 @@ class Instance:
                 self.transition(S.BACKOFF, decision.why)
                 if await self._sleep(decision.delay):
                     continue  # woken by a command: the loop handles it
+
+    def _decide(self, outcome: Outcome, result: RunResult) -> Decision:
+        failure = outcome in (Outcome.UNHEALTHY, Outcome.MEMORY, Outcome.DISK)
+        return self.tracker.record_exit(
+            result.exit_code if not failure or result.exit_code else 1,
+            outcome.value if failure else result.reason,
+            self.svc.clock(),
+        )
+
+    def _release_now(self, decision: Decision) -> warm.Spare | None:
+        """On an immediate restart, the released warm spare (the bot runs again from here)."""
+        if decision.restart and decision.delay <= 0 and self._request is None:
+            return self._release_spare()
+        return None
 
     async def _outside_window(self) -> bool:
         """If the bot's active window is closed: rest in scheduled_off until it opens (or a
@@ -355,20 +387,53 @@ class Instance:
         )
 
     def _paths(self, *, legacy: bool = False) -> dict[str, Path]:
-        """The bot's pipes and bubblewrap's status file: ``<bot>.<replica>.out`` ... (``legacy``:
-        ``<bot>.out``, which earlier releases shared between replicas: adopted as found)."""
-        base = self.name if legacy else f"{self.name}.{self.replica}"
-        return {k: self.svc.run_dir / f"{base}.{k}" for k in ("out", "err", "status")}
+        """The running slot's pipes and bubblewrap's status file: ``<bot>.<replica>.out`` ...
+        (``legacy``: ``<bot>.out``, which earlier releases shared between replicas: adopted as found)."""
+        if legacy:
+            return {k: self.svc.run_dir / f"{self.name}.{k}" for k in ("out", "err", "status")}
+        return warm.paths(self.svc.run_dir, self.name, self.replica, self.slot)
 
     def _fifos(self, *, legacy: bool = False) -> list[tuple[str, Path]]:
         paths = self._paths(legacy=legacy)
         return [("out", paths["out"]), ("err", paths["err"])]
 
+    def _running(self, sandbox: RunningSandbox) -> None:
+        self.sandbox = sandbox
+        now = self.svc.clock()
+        self.started_at = now
+        self.tracker.record_started(now, manual=self._manual_start)
+        self._manual_start = False
+        self.transition(S.RUNNING, f"pid {sandbox.pid}")
+        self.warm.schedule(self._teardown)
+
+    def _new_process(self) -> None:
+        self.health = "starting" if self.bot.health else None  # a new process: until checked
+        self.health_latency_s = self.health_detail = self.health_at = None
+
+    def _release_spare(self) -> warm.Spare | None:
+        """Run the bot in its warm spare, if one fits (see :mod:`clawpen.daemon.warm`)."""
+        spare = self.warm.take()
+        if spare is not None:
+            spare.sandbox.release()
+        return spare
+
+    def _take_over(self, spare: warm.Spare) -> RunningSandbox:
+        """Make a released spare the running sandbox (once the last run's pipes are closed)."""
+        self.slot, self._pipes, self._secrets = spare.slot, spare.pipes, spare.secrets
+        self._new_process()
+        return spare.sandbox
+
     async def _start_sandbox(self) -> RunningSandbox:
         tier = self.tier
         await self.net.attach(reserve=tier.makes_netns)
-        self.health = "starting" if self.bot.health else None  # a new process: until checked
-        self.health_latency_s = self.health_detail = self.health_at = None
+        promoted = self._release_spare()  # after a backoff or a requested restart
+        if promoted is not None:
+            return self._take_over(promoted)
+        if self._teardown is not None:  # the slot's last run is still being cleared
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._teardown)
+        await self.warm.sweep()  # the first start: a spare a dead daemon left waiting
+        self._new_process()
         plan = self.plan()
         self._secrets = self.svc.secrets(list(self.bot.secrets))
         self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -472,7 +537,7 @@ class Instance:
         if not fut.done():
             fut.set_result(None)
 
-    async def _finish(self, sandbox: RunningSandbox, outcome: Outcome) -> RunResult:
+    async def _finish(self, sandbox: RunningSandbox, outcome: Outcome, result: RunResult | None) -> RunResult:
         if outcome is not Outcome.EXITED:
             self.transition(S.STOPPING, self._why)
             await self._terminate(sandbox)
@@ -485,8 +550,11 @@ class Instance:
             # accepted connection reuses, and that connection is then never read
             loop.remove_reader(fd)
             os.close(fd)
-        result = await loop.run_in_executor(None, sandbox.collect)
-        await loop.run_in_executor(None, sandbox.teardown)
+        if result is not None:  # collected early (a warm restart): the teardown is not waited for
+            self._teardown = loop.run_in_executor(None, sandbox.teardown)
+        else:
+            result = await loop.run_in_executor(None, sandbox.collect)
+            await loop.run_in_executor(None, sandbox.teardown)
         self._writer.close()
         return result
 

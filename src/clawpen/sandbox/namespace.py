@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import select
 import signal
 import subprocess
 import time
@@ -35,6 +34,7 @@ from clawpen.paths import cache_dir
 from clawpen.plan.model import Plan
 from clawpen.sandbox import cgroups, seccomp
 from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
+from clawpen.sandbox.foreground import FORWARDED_SIGNALS, wait
 from clawpen.sandbox.handle import CgroupHandle
 from clawpen.sandbox.procs import become_subreaper, memfd, readable, reap
 from clawpen.sandbox.tier import (
@@ -47,16 +47,14 @@ from clawpen.sandbox.tier import (
     Stdio,
     result_from_status,
 )
-from clawpen.sandbox.workspace import disk_usage, unreachable_parent
 from clawpen.sandbox.workspace import prepare_workspace as prepare_workspace  # noqa: PLC0414 (re-export)
+from clawpen.sandbox.workspace import unreachable_parent
 from clawpen.spec.rules import check_workspace_location
 
 if TYPE_CHECKING:
     from clawpen.sandbox.adopt import AdoptedSandbox
 
 _CHILD_PID = re.compile(rb'"child-pid"\s*:\s*(\d+)')  # from bubblewrap's --info-fd JSON
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-DISK_CHECK_INTERVAL = 1.0
 INHERIT = Stdio()
 
 
@@ -120,14 +118,24 @@ class NamespaceTier:
         status_fd: int | None = None,
         secrets: Mapping[str, bytes] = MappingProxyType({}),
         wire_net: Callable[[int], None] | None = None,
+        hold: bool = False,
     ) -> Sandbox:
         """Build the sandbox and start the bot; the caller waits (``sandbox.pidfd``), then calls
         :meth:`Sandbox.collect` and :meth:`Sandbox.teardown`. ``status_fd`` receives
         bubblewrap's JSON status, including the exit code, even if the caller is gone by then.
-        ``wire_net`` is never called: this tier does not make the bot's network namespace."""
+        ``wire_net`` is never called: this tier does not make the bot's network namespace.
+
+        With ``hold`` the sandbox is built completely (mounts, cgroup, as the bot's uid in its
+        network namespace) and bubblewrap waits just before seccomp and the exec, until
+        :meth:`Sandbox.release` (a warm spare, see :meth:`prepare`)."""
         become_subreaper()
         sandbox = Sandbox(
-            self, plan, cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}", stdio=stdio, secrets=secrets
+            self,
+            plan,
+            cgroup_name=cgroup_name or f"{plan.bot}-{os.getpid()}",
+            stdio=stdio,
+            secrets=secrets,
+            hold=hold,
         )
         try:
             sandbox.setup(status_fd)
@@ -136,6 +144,22 @@ class NamespaceTier:
             sandbox.teardown()
             raise
         return sandbox
+
+    def prepare(
+        self,
+        plan: Plan,
+        *,
+        cgroup_name: str,
+        stdio: Stdio,
+        status_fd: int,
+        secrets: Mapping[str, bytes] = MappingProxyType({}),
+    ) -> Sandbox:
+        """A warm spare (a :class:`~clawpen.sandbox.tier.HoldingTier`): the sandbox of ``plan``
+        built and held before its command; :meth:`Sandbox.release` runs the bot in it. Its
+        isolation is a cold start's: the same steps build it, only the unblock waits."""
+        return self.start(
+            plan, cgroup_name=cgroup_name, stdio=stdio, status_fd=status_fd, secrets=secrets, hold=True
+        )
 
     def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> AdoptedSandbox | None:
         """The sandbox of ``record`` if its bubblewrap still runs (the same pid and start time),
@@ -166,8 +190,11 @@ class Sandbox(CgroupHandle):
         cgroup_name: str,
         stdio: Stdio,
         secrets: Mapping[str, bytes] = MappingProxyType({}),
+        hold: bool = False,
     ) -> None:
         self.secrets = secrets
+        self.hold = hold
+        self.kill_grace = tier._kill_grace
         self.tier = tier
         self.plan = plan
         self.cgroup_name = cgroup_name
@@ -302,10 +329,18 @@ class Sandbox(CgroupHandle):
     def _argv(self, status_fd: int | None) -> None:
         plan = self.plan
         self.block_r, self.block_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
+        block = self.block_r
+        if self.hold:
+            # bubblewrap takes EOF on its block fd as "go". A held spare gets the pipe opened
+            # read-write: it holds a writer itself, so if the daemon dies before releasing it,
+            # it never reads EOF and waits (until the next daemon removes it) rather than
+            # running a second, unsupervised copy of the bot. bubblewrap closes the fd once
+            # it has read the byte, before the bot's command runs.
+            block = self._keep(os.open(f"/proc/self/fd/{self.block_r}", os.O_RDWR | os.O_CLOEXEC))
         self.info_r, info_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         self.info_w = info_w
         self.bwrap_fds = BwrapFds(
-            block=self.block_r,
+            block=block,
             info=info_w,
             seccomp=self._seccomp_fd,
             status=status_fd,
@@ -365,8 +400,16 @@ class Sandbox(CgroupHandle):
             if os.path.exists(f"/proc/{child}") and self.process.poll() is None:
                 raise
             return  # bwrap failed its set-up and exited; wait() reports it
-        os.write(self.block_w, b"1")
-        self.unblocked = True
+        if not self.hold:
+            self.release()
+
+    def release(self) -> None:
+        """Let bubblewrap go on (seccomp, its pid 1, the exec of the bot): a start's last step,
+        or the whole restart of a held spare. The run is timed from here."""
+        if not self.unblocked:
+            os.write(self.block_w, b"1")
+            self.unblocked = True
+            self.started = time.monotonic()
 
     def _popen_in_link(self, passed: tuple[int | None, ...]) -> subprocess.Popen[bytes]:
         """Start bubblewrap; for a bot with a gateway link, inside the link's network namespace:
@@ -424,57 +467,9 @@ class Sandbox(CgroupHandle):
             hint="run `clawpen doctor`; bubblewrap's own message is printed above",
         )
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.pending_signal = signum
-
     def wait(self, timeout: float | None) -> RunResult:
-        proc, cg = self.process, self.cg
-        deadline = None if timeout is None else self.started + timeout
-        plan = self.plan
-        next_disk = time.monotonic() + DISK_CHECK_INTERVAL if plan.disk_max and plan.workspace else None
-        escalate_at: float | None = None
-        pidfd = self._keep(os.pidfd_open(proc.pid))
-        wake_r, wake_w = (self._keep(fd) for fd in os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC))
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
-        old = {s: signal.signal(s, self._on_signal) for s in FORWARDED_SIGNALS}
-        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        if self.pending_signal is not None:  # came before these handlers (run() held it)
-            os.write(wake_w, b"\0")
-        try:
-            while True:
-                now = time.monotonic()
-                wake = min((t for t in (deadline, next_disk, escalate_at) if t is not None), default=None)
-                wait_ms = None if wake is None else max(0, int((wake - now) * 1000) + 1)
-                events = poller.poll(wait_ms)
-                if any(fd == pidfd for fd, _ in events):
-                    break
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 512)
-                if self.pending_signal is not None:
-                    cg.signal(self.pending_signal)
-                    self.pending_signal = None
-                    escalate_at = escalate_at or time.monotonic() + self.tier._kill_grace
-                now = time.monotonic()
-                if deadline is not None and now >= deadline and self.stop_reason is None:
-                    self.stop_reason = "timeout"
-                    cg.kill()
-                if escalate_at is not None and now >= escalate_at:
-                    cg.kill()
-                    escalate_at = None
-                if next_disk is not None and now >= next_disk:
-                    if plan.workspace and disk_usage(plan.workspace) > (plan.disk_max or 0):
-                        self.stop_reason = "disk"
-                        cg.kill()
-                        next_disk = None
-                    else:
-                        next_disk = now + DISK_CHECK_INTERVAL
-        finally:
-            signal.set_wakeup_fd(old_wakeup)
-            for s, handler in old.items():
-                signal.signal(s, handler)
-        return self.collect()
+        """Wait in the foreground (``clawpen run``): see :func:`clawpen.sandbox.foreground.wait`."""
+        return wait(self, timeout)
 
     def collect(self) -> RunResult:
         """How the run ended, once bubblewrap has exited (waits for it otherwise)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import select
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
 from clawpen.plan.model import Plan
 
@@ -202,6 +202,32 @@ class Tier(Protocol):
 
     def adopt(self, record: SandboxRecord, *, status: Path, started_at: float) -> RunningSandbox | None:
         """Take back a sandbox an earlier daemon started; ``None`` when it no longer runs."""
+        ...
+
+
+class HeldSandbox(RunningSandbox, Protocol):
+    """A sandbox built to the last step before its command, waiting for :meth:`release`."""
+
+    def release(self) -> None:
+        """Run the bot's command in it, now."""
+        ...
+
+
+@runtime_checkable
+class HoldingTier(Protocol):
+    """A tier that can build a bot's next sandbox ahead of time (a warm spare): a restart then
+    only releases it. The namespace tier can; a tier that cannot is simply not one of these."""
+
+    def prepare(
+        self,
+        plan: Plan,
+        *,
+        cgroup_name: str,
+        stdio: Stdio,
+        status_fd: int,
+        secrets: Mapping[str, bytes] = ...,
+    ) -> HeldSandbox:
+        """Build the sandbox of ``plan`` as :meth:`Tier.start` would, held before the command."""
         ...
 
 

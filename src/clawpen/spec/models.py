@@ -257,6 +257,20 @@ class Restart(_Model):
     max_restarts: int = Field(5, ge=0, le=10_000, description="restarts within `window` before crashloop")
     window: PositiveDuration = 300.0
     stop_grace: Duration = 10.0
+    warm: bool = Field(
+        True,
+        description="keep the next sandbox built while the bot runs, so a restart only releases it "
+        "(clawpen.daemon.warm); false saves its memory (about 2 processes and a cgroup per bot)",
+    )
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``warm`` when it is the default, so the stored policy (and its hash) of a bot
+        is what it was before warm restarts existed (a new clawpen restarts nothing for it)."""
+        data: dict[str, Any] = handler(self)
+        if data.get("warm") is True:
+            data.pop("warm", None)
+        return data
 
     @model_validator(mode="after")
     def _backoff(self) -> Restart:

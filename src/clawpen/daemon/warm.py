@@ -1,0 +1,239 @@
+"""Warm restarts: a bot's next sandbox, built while the bot runs, so a restart only releases it.
+
+While a bot with a restart policy runs, :class:`Spares` builds its next sandbox through the
+tier's :meth:`~clawpen.sandbox.tier.HoldingTier.prepare`: the cgroup made with its limits and
+the spare already in it, the seccomp filter and generated files in memfds, bubblewrap started as
+the bot's uid in the bot's network namespace, its mounts built, waiting on its block fd just
+before seccomp and the exec. The same steps build a cold start; only the unblock waits. When
+the bot exits and is to restart at once, the supervisor checks that the spare was built from
+what a cold start would use now (the same spec object, network link and secret values) and
+writes one byte: the bot runs again. Otherwise the spare is thrown away and the start is cold.
+
+A bot has two *slots*, each with its own cgroup, pipes and status file: slot 0 keeps the names
+of a cold start (``<bot>.<replica>``), slot 1 adds ``.b``. The spare is built in the slot the
+running bot does not use, so the finished run's teardown never touches it. A daemon that dies
+leaves a spare waiting forever (its block pipe is open read-write in bubblewrap itself, so it
+never reads EOF, which would run it): the next daemon removes it (:meth:`Spares.sweep`).
+
+Spares are built one at a time, on one thread of their own, off the event loop: a daemon that
+starts 500 bots builds their spares after them, without competing with the starts. Opt out
+per bot with ``restart = { warm = false }``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+from clawpen.daemon.lifecycle import open_fifos
+from clawpen.errors import ClawpenError
+from clawpen.sandbox.tier import HeldSandbox, HoldingTier, Stdio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from clawpen.net.instance import InstanceNetwork
+    from clawpen.net.links import Link
+    from clawpen.plan.model import Plan
+    from clawpen.sandbox.cgroups import CgroupHost
+    from clawpen.sandbox.tier import RunningSandbox, Tier
+    from clawpen.spec.models import Bot
+
+SLOT_SUFFIX = ("", ".b")
+
+
+class SparePool:
+    """The one thread that builds every bot's spare (made on first use; one per daemon)."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clawpen-spare")
+        return self._pool
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Spare(NamedTuple):
+    sandbox: HeldSandbox
+    slot: int
+    pipes: dict[str, int]  # the daemon's read ends of the slot's stdout/stderr pipes
+    bot: Bot  # what it was built from: the spec object, the link, the secret values
+    link: Link | None
+    secrets: dict[str, bytes]
+
+
+def slot_of(cgroup: str | None, base: str) -> int:
+    """The slot a saved sandbox's cgroup name belongs to (``base`` is slot 0's name)."""
+    return 1 if cgroup == base + SLOT_SUFFIX[1] else 0
+
+
+def paths(run_dir: Path, name: str, replica: int, slot: int) -> dict[str, Path]:
+    """The pipes and status file of one slot: ``<bot>.<replica>[.b].out`` ..."""
+    base = f"{name}.{replica}{SLOT_SUFFIX[slot]}"
+    return {k: run_dir / f"{base}.{k}" for k in ("out", "err", "status")}
+
+
+def discard(spare: Spare) -> None:
+    """Kill a spare that will not be used and release what it holds (blocking: a thread's job)."""
+    for fd in spare.pipes.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with contextlib.suppress(ClawpenError, OSError):
+        spare.sandbox.kill(monitor=True)
+    with contextlib.suppress(ClawpenError, OSError):
+        spare.sandbox.teardown()
+
+
+class _Services(Protocol):
+    @property
+    def spares(self) -> SparePool | None: ...
+    @property
+    def run_dir(self) -> Path: ...
+    @property
+    def secrets(self) -> Callable[[list[str]], dict[str, bytes]]: ...
+    @property
+    def cgroups(self) -> Callable[[], CgroupHost | None]: ...
+    @property
+    def note(self) -> Callable[[str, str, str, int], None]: ...
+
+
+class Supervised(Protocol):
+    """What a spare needs of its bot's supervisor (:class:`clawpen.daemon.runtime.Instance`)."""
+
+    name: str
+    replica: int
+    bot: Bot
+    slot: int
+    sandbox: RunningSandbox | None
+    net: InstanceNetwork
+
+    @property
+    def svc(self) -> _Services: ...
+    @property
+    def tier(self) -> Tier: ...
+    def plan(self) -> Plan: ...
+    def slot_cgroup(self, slot: int) -> str: ...
+
+
+class Spares:
+    """One instance's spare: built after each start, used or thrown away at the next."""
+
+    def __init__(self, inst: Supervised) -> None:
+        self.inst = inst
+        self.spare: Spare | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._gen = 0  # bumped by drop(): a build finishing after it throws its spare away
+        self._swept = False
+
+    def wanted(self) -> bool:
+        inst = self.inst
+        return (
+            inst.svc.spares is not None
+            and inst.bot.restart.warm
+            and inst.bot.restart.policy != "no"
+            and isinstance(inst.tier, HoldingTier)
+            and inst.bot.ha is None  # a failover bot's fencing token changes with each lease
+            and not (inst.bot.schedule and inst.bot.schedule.active)
+        )
+
+    def schedule(self, after: asyncio.Future[None] | None) -> None:
+        """Build the next spare in the background (once ``after``, the last run's teardown, is done)."""
+        if self.spare is None and (self._task is None or self._task.done()) and self.wanted():
+            self._task = asyncio.get_running_loop().create_task(self._build(after, self._gen))
+
+    async def _build(self, after: asyncio.Future[None] | None, gen: int) -> None:
+        inst = self.inst
+        if after is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(after)
+        await self.sweep()
+        if gen != self._gen or inst.sandbox is None:
+            return
+        slot = 1 - inst.slot
+        bot, link = inst.bot, inst.net.link
+        tier = inst.tier
+        if not isinstance(tier, HoldingTier) or inst.svc.spares is None:
+            return
+        plan = inst.plan()
+        secrets = inst.svc.secrets(list(bot.secrets))
+        where = paths(inst.svc.run_dir, inst.name, inst.replica, slot)
+        bot_ends: dict[str, int] = {}
+        pipes: dict[str, int] = {}
+        status_fd = -1
+        try:
+            open_fifos([("out", where["out"]), ("err", where["err"])], bot_ends, pipes)
+            status_fd = os.open(where["status"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            sandbox = await asyncio.get_running_loop().run_in_executor(
+                inst.svc.spares.executor,
+                lambda: tier.prepare(
+                    plan,
+                    cgroup_name=inst.slot_cgroup(slot),
+                    stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
+                    status_fd=status_fd,
+                    secrets=secrets,
+                ),
+            )
+        except (ClawpenError, OSError, RuntimeError) as err:  # RuntimeError: the pool shut down
+            for fd in pipes.values():
+                os.close(fd)
+            if not isinstance(err, RuntimeError):
+                inst.svc.note("spare", f"no warm spare: {err}", inst.name, inst.replica)
+            return
+        finally:
+            for fd in (*bot_ends.values(), status_fd):
+                if fd >= 0:
+                    os.close(fd)
+        spare = Spare(sandbox, slot, pipes, bot, link, secrets)
+        if gen != self._gen or inst.sandbox is None or inst.slot == slot:
+            await asyncio.to_thread(discard, spare)
+            return
+        self.spare = spare
+
+    def take(self) -> Spare | None:
+        """The spare, if it fits a start now (the same spec object, link and secrets), else
+        ``None`` (a misfit is thrown away in the background)."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        inst = self.inst
+        fits = (
+            spare.bot is inst.bot
+            and spare.link == inst.net.link
+            and self.wanted()
+            and (not inst.bot.secrets or spare.secrets == inst.svc.secrets(list(inst.bot.secrets)))
+        )
+        if not fits:
+            asyncio.get_running_loop().run_in_executor(None, discard, spare)
+            return None
+        return spare
+
+    def drop(self) -> None:
+        """Throw the spare away (the bot stops, or the daemon exits): now, blocking."""
+        self._gen += 1
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            discard(spare)
+
+    async def sweep(self) -> None:
+        """Once, before this daemon's first start or build for the instance: remove what a dead
+        daemon's spare left in the slot the bot does not use (its cgroup, and so the spare)."""
+        if self._swept:
+            return
+        self._swept = True
+        inst = self.inst
+        host = inst.svc.cgroups()
+        if host is None or not isinstance(inst.tier, HoldingTier):
+            return
+        stale = host.attach(inst.slot_cgroup(1 - inst.slot))
+        with contextlib.suppress(ClawpenError, OSError):
+            await asyncio.to_thread(stale.remove)
