@@ -214,3 +214,19 @@ def test_a_spare_left_by_a_killed_daemon_never_runs_and_the_next_daemon_removes_
     assert reasons[-1] == "restarting (warm)"
     daemon.cli("down")
     assert wait_for(lambda: not pids(daemon, 0) and not pids(daemon, 1), 10)
+
+
+def test_the_daemon_turns_on_favordynmods_without_touching_the_hosts_cgroup_mounts(daemon: DaemonCli) -> None:
+    before = [line for line in Path("/proc/self/mounts").read_text().splitlines() if " cgroup" in line]
+    daemon.write('[bots.s]\ncommand = ["sleep", "300"]\nrestart = { policy = "no" }\n')
+    daemon.cli("up")
+    lines = daemon.cli("events", "--json").stdout.splitlines()
+    notes = [line for line in lines if "favordynmods" in line]
+    assert notes, "the daemon said nothing about favordynmods"
+    mounts = Path("/proc/self/mounts").read_text().splitlines()
+    assert any("favordynmods" in line.split()[3] for line in mounts), notes
+    after = [line for line in mounts if " cgroup" in line and "clawpen-favor" not in line]
+    assert sorted(after) == sorted(
+        x for x in before if "clawpen-favor" not in x
+    )  # the host's are as they were
+    daemon.cli("stop", "s")

@@ -19,12 +19,13 @@ from clawpen.daemon.runtime import Services
 from clawpen.daemon.server import Daemon
 from clawpen.daemon.store import Store
 from clawpen.daemon.warm import SparePool
-from clawpen.errors import HostError
+from clawpen.errors import ClawpenError, HostError
 from clawpen.ha.registry import HaRegistry
 from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.net.instance import sweep_orphan_relays
 from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts
+from clawpen.sandbox.favor import favor_dynmods
 from clawpen.sandbox.namespace import NamespaceTier
 from clawpen.sandbox.seccomp import bpf_for, default_policy
 from clawpen.vault.store import Vault
@@ -125,6 +126,10 @@ async def serve(state: Path) -> None:
     pid_file = state / "daemon.pid"
     _write_pid(daemon, pid_file)
     daemon.note("daemon", f"daemon started (pid {os.getpid()})")
+    with contextlib.suppress(ClawpenError):  # no cgroups here: every bot start fails and says why
+        host = daemon.services.cgroups()
+        if host is not None:  # before the first start: joining a cgroup waits for no grace period
+            daemon.note("daemon", favor_dynmods(host.version))
     if daemon.store.recovered:
         print(f"clawpen daemon: {daemon.store.recovered}", file=sys.stderr, flush=True)
         daemon.note("state-db", daemon.store.recovered)
