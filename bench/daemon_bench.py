@@ -872,7 +872,9 @@ def spare_cost(rep: Report, cp: Clawpen, spec: Path) -> None:
     time.sleep(1.0)
     child = spare.pids()[0]
     monitor = int(
-        next(x for x in Path(f"/proc/{child}/status").read_text().splitlines() if x.startswith("PPid:")).split()[1]
+        next(
+            x for x in Path(f"/proc/{child}/status").read_text().splitlines() if x.startswith("PPid:")
+        ).split()[1]
     )
     pss = pss_kb(child) + pss_kb(monitor)
     rss = status_kb(child, "VmRSS") + status_kb(monitor, "VmRSS")
@@ -886,7 +888,9 @@ def spare_cost(rep: Report, cp: Clawpen, spec: Path) -> None:
         + ("" if kmem is None else f" (kernel {kmem // 1024} kB)")
         + "; warm = false keeps none"
     )
-    rep.info("spare", "cost", {"pss_kb": pss, "rss_kb": rss, "cgroup_kb": (charged or 0) // 1024, "kmem": kmem})
+    rep.info(
+        "spare", "cost", {"pss_kb": pss, "rss_kb": rss, "cgroup_kb": (charged or 0) // 1024, "kmem": kmem}
+    )
     cp.cli("stop", with_spare, without)
 
 
