@@ -34,3 +34,14 @@ def test_warm_is_on_by_default_and_absent_from_the_stored_policy(tmp_path: Path)
     off = dumped(tmp_path, "[bots.a.restart]\nwarm = false\n")
     assert off["restart"]["warm"] is False  # type: ignore[index]
     assert policy_hash({"spec": off}) != policy_hash({"spec": default})  # opting out restarts it
+
+
+def test_no_spare_is_built_while_the_host_is_short_of_memory(tmp_path: Path) -> None:
+    from clawpen.daemon.warm import memory_low
+
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       1000000 kB\nMemFree:  1 kB\nMemAvailable:    99999 kB\n")
+    assert memory_low(info)
+    info.write_text("MemTotal:       1000000 kB\nMemAvailable:   100001 kB\n")
+    assert not memory_low(info)
+    assert not memory_low(tmp_path / "missing")  # unknown: build it
