@@ -433,6 +433,10 @@ class Instance:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._teardown)
         await self.warm.sweep()  # the first start: a spare a dead daemon left waiting
+        with self.svc.spares.starting() if self.svc.spares else contextlib.nullcontext():
+            return await self._cold_start(tier)
+
+    async def _cold_start(self, tier: Tier) -> RunningSandbox:
         self._new_process()
         plan = self.plan()
         self._secrets = self.svc.secrets(list(self.bot.secrets))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -61,10 +62,31 @@ def memory_low(meminfo: Path = Path("/proc/meminfo")) -> bool:
 
 
 class SparePool:
-    """The one thread that builds every bot's spare (made on first use; one per daemon)."""
+    """The one thread that builds every bot's spare (made on first use; one per daemon). Spares
+    wait while any cold start is under way: 500 bots coming up are not slowed by their spares."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
+        self._starting = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around a cold start."""
+        self._starting += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            if not self._starting:
+                self._quiet.set()
+
+    async def quiet(self) -> None:
+        """Return once no cold start is under way."""
+        while self._starting:
+            await self._quiet.wait()
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -171,6 +193,8 @@ class Spares:
             with contextlib.suppress(Exception):
                 await asyncio.shield(after)
         await self.sweep()
+        if inst.svc.spares is not None:
+            await inst.svc.spares.quiet()
         if gen != self._gen or inst.sandbox is None or memory_low():
             return
         slot = 1 - inst.slot
