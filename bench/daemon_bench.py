@@ -68,8 +68,10 @@ VENV_BIN = ROOT / ".venv" / "bin"
 HZ = os.sysconf("SC_CLK_TCK")
 PREFIX = f"cdb{os.getpid() % 0xFFFF:04x}"  # cgroups are host-wide: bot names unique to this run
 
-TARGET_IDLE_CPU_PCT = 0.2
-TARGET_IDLE_RSS_MB = 100.0
+# issue 22: the idle daemon's CPU <= supervisord's in the same run + 0.05 percentage points (of a
+# core), its RSS <= pm2's God daemon's in the same run (without pm2: the 57.3 MB pm2 had here)
+TARGET_IDLE_CPU_OVER_SUPERVISORD_PP = 0.05
+TARGET_IDLE_RSS_MB_NO_PM2 = 57.3
 TARGET_RESTART_MS = 20.0
 TARGET_START_MS = 15.0
 
@@ -680,7 +682,8 @@ def bench_idle(
 ) -> None:
     rep.section(f"1. Idle cost: {n} bots running `sleep infinity`, no metrics")
     names = [f"{PREFIX}-idle-{i:02d}" for i in range(n)]
-    spec = cp.write_spec("idle.toml", "".join(toml_bot(b, ["sleep", "infinity"]) for b in names))
+    bots = "".join(toml_bot(b, ["sleep", "infinity"]) for b in names)
+    spec = cp.write_spec("idle.toml", bots + "[monitoring]\nenabled = false\n")  # no metrics
     cp.cli("ps")  # starts the daemon: its size before any bot
     time.sleep(1.0)
     pid0 = cp.pid()
@@ -772,24 +775,34 @@ def bench_idle(
         rep.info("idle", "groups", figures)
         rep.info("idle", "up_seconds", {"clawpen": up_clawpen, "supervisord": up_sup, "pm2": up_pm2})
         cd, sd = figures["clawpen daemon"], figures["supervisord"]
+        pd = figures.get("pm2 God daemon")
+        # CPU from schedstat (ns, every thread): 10 ms ticks cannot tell 0.01 % from 0 in 30 s
+        cpu_limit = sd["cpu_sched"] + TARGET_IDLE_CPU_OVER_SUPERVISORD_PP
+        print(
+            f"  idle CPU (schedstat): clawpen {cd['cpu_sched']:.3f} %, supervisord {sd['cpu_sched']:.3f} %"
+            + (f", pm2 {pd['cpu_sched']:.3f} %" if pd else "")
+            + f"; target <= supervisord + {TARGET_IDLE_CPU_OVER_SUPERVISORD_PP:g} pp = {cpu_limit:.3f} %"
+        )
         rep.check(
             "idle_cpu",
-            f"clawpen daemon CPU with {n} idle bots (utime+stime over {elapsed:.0f} s)",
-            cd["cpu_stat"],
-            TARGET_IDLE_CPU_PCT,
+            f"clawpen daemon CPU with {n} idle bots, no metrics (schedstat over {elapsed:.0f} s; "
+            f"target: supervisord + {TARGET_IDLE_CPU_OVER_SUPERVISORD_PP:g} pp)",
+            cd["cpu_sched"],
+            cpu_limit,
             "%",
-            ("supervisord", sd["cpu_stat"]),
+            ("supervisord", sd["cpu_sched"]),
         )
+        rss_limit = pd["rss_mb"] if pd else TARGET_IDLE_RSS_MB_NO_PM2
         rep.check(
             "idle_rss",
-            f"clawpen daemon RSS with {n} idle bots",
+            f"clawpen daemon RSS with {n} idle bots (target: <= pm2's"
+            + (" in this run)" if pd else f", {TARGET_IDLE_RSS_MB_NO_PM2:g} MB when measured; no pm2 here)"),
             cd["rss_mb"],
-            TARGET_IDLE_RSS_MB,
+            rss_limit,
             "MB",
-            ("supervisord", sd["rss_mb"]),
+            ("pm2" if pd else "supervisord", pd["rss_mb"] if pd else sd["rss_mb"]),
         )
-        if "pm2 God daemon" in figures:
-            pd = figures["pm2 God daemon"]
+        if pd:
             print(f"  vs pm2: CPU {pd['cpu_stat']:.3f} %, RSS {pd['rss_mb']:.1f} MB")
     finally:
         log("idle: stopping the idle bots")

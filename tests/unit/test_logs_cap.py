@@ -352,9 +352,14 @@ def test_space_component_sets_the_guard_and_the_cap_and_tells_low_and_back(tmp_p
         await part.start(daemon)  # type: ignore[arg-type]
         assert comp.budget.space is part.guard
         assert comp.budget.max_all == 25 * MiB  # a quarter of the 100 MiB filesystem
+        await asyncio.sleep(1.2)  # idle now: its next look is idle_tick (30 s) away
         fs.free = 1 * MiB
         await asyncio.sleep(1.2)
-        fs.free = 40 * MiB
+        assert notes == []  # nobody wrote: not looked at yet
+        assert not part.guard.allow(100)  # a writer's look finds it low and wakes the watch at once
+        await asyncio.sleep(0.1)
+        assert [k for k, _ in notes] == ["disk-low"]
+        fs.free = 40 * MiB  # while low it looks every second, writes or not
         await asyncio.sleep(1.2)
         await part.stop()
 

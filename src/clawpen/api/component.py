@@ -3,6 +3,12 @@
 The listening socket is bound here (not by uvicorn, which would ``sys.exit`` the daemon when the
 port is taken): a port in use is an event and a line in the daemon's log, and the bots stay
 supervised. The URL goes to ``<state>/api.json`` for ``clawpen dashboard``.
+
+Idle costs nothing: FastAPI, Starlette and uvicorn (about 10 MB and 0.3 s of imports) are
+imported when the first connection arrives (the bound socket is watched by the event loop until
+then; that connection waits for the import and is then served), and the server has no timer
+(uvicorn's own main loop wakes ten times a second to refresh its ``Date`` header and look at
+``should_exit``: here the header is made when a response asks for it and the exit is an event).
 """
 
 from __future__ import annotations
@@ -13,25 +19,79 @@ import importlib
 import json
 import socket
 import sys
+import time
 from collections.abc import Generator
+from email.utils import formatdate
 from pathlib import Path
-
-import uvicorn
+from typing import TYPE_CHECKING, Any
 
 from clawpen.api.config import ApiConfig, config_from_env
-from clawpen.daemon.server import Daemon
 from clawpen.errors import ClawpenError
 from clawpen.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from clawpen.daemon.server import Daemon
 
 START_TIMEOUT = 10.0
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the daemon owns SIGTERM and SIGINT."""
+class _FreshHeaders:
+    """uvicorn's ``ServerState.default_headers`` made when a response reads them: the ``Date``
+    header of this second, with no timer to refresh it."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
+    def __init__(self, config: Any) -> None:
+        self.config = config  # uvicorn's Config: its headers are known once it is loaded
+        self._second = -1
+        self._date: list[tuple[bytes, bytes]] = []
+
+    def __get__(self, _obj: object, _owner: type | None = None) -> list[tuple[bytes, bytes]]:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._date = [(b"date", formatdate(now, usegmt=True).encode())]
+        extra = list(getattr(self.config, "encoded_headers", []))
+        return (self._date if self.config.date_header else []) + extra
+
+    def __set__(self, _obj: object, _value: object) -> None:
+        """uvicorn's ``ServerState()`` sets ``[]``: the headers stay made on demand."""
+
+
+def _server_class() -> type[Any]:
+    """uvicorn's Server without its signal handlers (the daemon owns SIGTERM and SIGINT) and
+    without its 0.1 s tick (imported here: on the API's first use)."""
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    class _Server(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config) -> None:
+            self._exit = asyncio.Event()
+            super().__init__(config)
+            headers = _FreshHeaders(config)
+
+            class _State(ServerState):
+                default_headers = headers
+
+            self.server_state = _State()
+
+        @property
+        def should_exit(self) -> bool:
+            return self._exit.is_set()
+
+        @should_exit.setter
+        def should_exit(self, value: bool) -> None:
+            if value:
+                self._exit.set()
+            else:
+                self._exit.clear()
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield
+
+        async def main_loop(self) -> None:
+            await self._exit.wait()  # no request limit, no notify callback: nothing to tick for
+
+    return _Server
 
 
 def url_file(state: Path) -> Path:
@@ -62,9 +122,13 @@ class ApiComponent:
 
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.server: _Server | None = None
+        self.server: Any = None  # the uvicorn server, once the first connection started it
         self.task: asyncio.Task[None] | None = None
         self.url: str | None = None
+        self.sock: socket.socket | None = None
+        self._daemon: Daemon | None = None
+        self._config: ApiConfig | None = None
+        self._starting: asyncio.Task[None] | None = None
 
     async def start(self, daemon: Daemon) -> None:
         try:
@@ -79,12 +143,32 @@ class ApiComponent:
         except OSError as err:
             self._report(daemon, f"the HTTP API could not listen on {config.url()}: {err.strerror or err}")
             return
-        # FastAPI's import takes ~0.2 s: in a thread, so the socket answers the CLI meanwhile
+        self._daemon, self._config, self.sock = daemon, config, sock
+        self.url = config.url(sock.getsockname()[1])
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._first_use)
+        write_atomic(url_file(self.state), json.dumps({"url": self.url}).encode(), mode=0o600)
+        daemon.note("api", f"API and dashboard on {self.url}")
+        print(f"clawpen daemon: API and dashboard on {self.url}", file=sys.stderr, flush=True)
+
+    def _first_use(self) -> None:
+        """A connection waits on the listening socket: import and start the server (once)."""
+        if self.sock is None or self._starting is not None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.sock.fileno())
+        self._starting = loop.create_task(self.serve(), name="api-start")
+
+    async def serve(self) -> None:
+        """Import FastAPI and uvicorn (in a thread: the socket answers the CLI meanwhile) and
+        serve the bound socket; a failure is an event, and the socket is closed."""
+        daemon, config, sock = self._daemon, self._config, self.sock
+        if daemon is None or config is None or sock is None or self.server is not None:
+            return
         try:
+            uvicorn = await asyncio.to_thread(importlib.import_module, "uvicorn")
             app_module = await asyncio.to_thread(importlib.import_module, "clawpen.api.app")
         except ImportError as err:
-            sock.close()
-            self._report(daemon, f"the HTTP API is off: {err} (install clawpen's dependencies)")
+            self._close(daemon, f"the HTTP API is off: {err} (install clawpen's dependencies)")
             return
         uv = uvicorn.Config(
             app_module.create_app(daemon),
@@ -99,20 +183,21 @@ class ApiComponent:
             ssl_certfile=config.tls_cert,
             ssl_keyfile=config.tls_key,
         )
-        self.server = _Server(uv)
+        self.server = _server_class()(uv)
         self.task = asyncio.get_running_loop().create_task(self.server.serve(sockets=[sock]))
         waited = 0.0
         while not self.server.started and not self.task.done() and waited < START_TIMEOUT:
             await asyncio.sleep(0.01)
             waited += 0.01
         if not self.server.started:
-            sock.close()
-            self._report(daemon, f"the HTTP API did not start on {config.url()}")
-            return
-        self.url = config.url(sock.getsockname()[1])
-        write_atomic(url_file(self.state), json.dumps({"url": self.url}).encode(), mode=0o600)
-        daemon.note("api", f"API and dashboard on {self.url}")
-        print(f"clawpen daemon: API and dashboard on {self.url}", file=sys.stderr, flush=True)
+            self._close(daemon, f"the HTTP API did not start on {config.url()}")
+
+    def _close(self, daemon: Daemon, text: str) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            url_file(self.state).unlink()
+        self._report(daemon, text)
 
     def _report(self, daemon: Daemon, text: str) -> None:
         daemon.note("api", text)
@@ -121,7 +206,14 @@ class ApiComponent:
     async def stop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             url_file(self.state).unlink()
+        if self._starting is not None and not self._starting.done():
+            with contextlib.suppress(Exception):
+                await self._starting
         if self.server is None or self.task is None:
+            if self.sock is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    asyncio.get_running_loop().remove_reader(self.sock.fileno())
+                self.sock.close()
             return
         self.server.should_exit = True
         try:

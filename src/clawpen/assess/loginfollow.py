@@ -187,6 +187,12 @@ class LoginFollower:
             return self._pipe[0]
         return self._ino.fileno() if self._ino is not None else None
 
+    def child_pid(self) -> int | None:
+        """The running ``journalctl -f``'s pid (None: following auth.log, or none runs): an
+        asyncio user watches its exit (a pidfd) instead of calling :meth:`read_ready` on a timer."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
     def read_ready(self) -> int:
         """Read what is new and hand it to the callback; the number of login events."""
         if self._tail is not None:

@@ -6,9 +6,12 @@ from an address never seen before, a password login — into ``audit-finding`` e
 history beyond its rules' windows (the known addresses are the audit's own file).
 
 The follower is started when the applied spec asks for it and stopped when it no longer does; its
-fd is watched by the daemon's event loop (no thread, no select()), plus a read every
-:data:`~clawpen.assess.loginfollow.TICK` seconds for what inotify cannot tell (a log that appears
-later, a journalctl that ended).
+fd is watched by the daemon's event loop (no thread, no select(), no timer): auth.log through
+inotify on its folder (a log that appears later is a CREATE there), the journal through the pipe
+of ``journalctl -f`` and a pidfd of that journalctl (when it ends, it is started again
+:data:`~clawpen.assess.loginfollow.RESTART_DELAY` seconds later, after the last entry seen). Only
+a follower with no fd at all (no inotify) reads every :data:`~clawpen.assess.loginfollow.TICK`
+seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -46,6 +50,8 @@ class AuditLoginsComponent:
         self.notify = "high"
         self._daemon: _Daemon | None = None
         self._tick: asyncio.Task[None] | None = None
+        self._child: int | None = None  # a pidfd of the follower's journalctl
+        self._again: asyncio.TimerHandle | None = None  # its restart, after an exit
         self._lock = asyncio.Lock()
 
     async def start(self, daemon: _Daemon) -> None:
@@ -83,6 +89,9 @@ class AuditLoginsComponent:
         loop = asyncio.get_running_loop()
         if fd is not None:
             loop.add_reader(fd, self._read)
+            if follower.source == "journal":
+                self._watch_child()
+            return
 
         async def tick() -> None:
             while True:
@@ -90,6 +99,42 @@ class AuditLoginsComponent:
                 self._read()
 
         self._tick = loop.create_task(tick())
+
+    def _watch_child(self) -> None:
+        """Be woken when the journalctl ends (its pidfd), not by a timer."""
+        from clawpen.assess.loginfollow import RESTART_DELAY
+
+        if self.follower is None:
+            return
+        loop = asyncio.get_running_loop()
+        pid = self.follower.child_pid()
+        try:
+            if pid is None:
+                raise ProcessLookupError(pid)
+            self._child = os.pidfd_open(pid)
+        except OSError:  # none runs (it could not start, or ended already): try again later
+            self._again = loop.call_later(RESTART_DELAY, self._restart)
+            return
+        loop.add_reader(self._child, self._child_ended)
+
+    def _child_ended(self) -> None:
+        from clawpen.assess.loginfollow import RESTART_DELAY
+
+        self._drop_child()
+        self._read()  # what it wrote last
+        self._again = asyncio.get_running_loop().call_later(RESTART_DELAY, self._restart)
+
+    def _restart(self) -> None:
+        self._again = None
+        self._read()  # starts journalctl again (after the last entry seen)
+        self._watch_child()
+
+    def _drop_child(self) -> None:
+        if self._child is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self._child)
+            os.close(self._child)
+            self._child = None
 
     def _read(self) -> None:
         if self.follower is None:
@@ -108,6 +153,10 @@ class AuditLoginsComponent:
             self._daemon.note(FINDING, finding_reason(item))
 
     def _unfollow(self) -> None:
+        self._drop_child()
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RUN = "audit-run"
 FINDING = "audit-finding"
-INTERVAL = 60.0  # how often the schedule is looked at
+INTERVAL = 60.0  # the shortest sleep between two looks at the schedule
+MAX_WAIT = 3600.0  # the longest (nothing scheduled, or due later): it sleeps until the next due run
 FIRST_DELAY = 600.0  # a schedule that never ran first runs this long after the daemon started
 STATE_FILE = "audit/schedule.json"
 # schedule -> (groups, part of a group run alone: clawpen.assess.report.PARTS)
@@ -98,6 +99,7 @@ class AuditScheduler:
         self.state = daemon.services.state_dir
         self._lock = asyncio.Lock()
         self.started = self.clock()
+        self.settings: AuditSettings | None = None  # what the last tick read of the spec
 
     def _last(self) -> dict[str, float]:
         try:
@@ -122,13 +124,24 @@ class AuditScheduler:
                 out.append(name)
         return out
 
+    def wait(self, settings: AuditSettings, now: float) -> float:
+        """Seconds from ``now`` to the next due schedule (between INTERVAL and MAX_WAIT)."""
+        last = self._last()
+        soonest = MAX_WAIT
+        for name, every in periods(settings).items():
+            at = last.get(name)
+            soonest = min(
+                soonest, (at + every - now) if at is not None else (self.started + FIRST_DELAY - now)
+            )
+        return min(MAX_WAIT, max(INTERVAL, soonest))
+
     async def tick(self, now: float | None = None) -> list[str]:
         """Run every due schedule; the names run."""
         from clawpen.spec.auditing import AuditSettings
 
         now = self.clock() if now is None else now
         spec = self.daemon.current_spec()
-        settings = spec.audit if spec is not None else AuditSettings()
+        settings = self.settings = spec.audit if spec is not None else AuditSettings()
         ran = []
         async with self._lock:
             for name in self.due(settings, now):
@@ -204,13 +217,17 @@ class AuditScheduler:
         )
 
     async def forever(self, wake: asyncio.Event) -> None:
+        """Tick, then sleep until the next schedule is due (:meth:`wait`: not every minute), or
+        until ``wake`` (an applied ``up``)."""
         while True:
+            pause = INTERVAL
             try:
                 await self.tick()
+                pause = self.wait(self.settings, self.clock()) if self.settings is not None else INTERVAL
             except Exception:  # never let the schedule die
                 log.exception("audit schedule")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), INTERVAL)
+                await asyncio.wait_for(wake.wait(), pause)
             wake.clear()
 
 

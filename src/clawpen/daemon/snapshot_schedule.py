@@ -35,7 +35,8 @@ SCHEDULED = "scheduled"
 STATE = "(state)"  # the key of clawpen's own state in the schedule
 KIND = "snapshot"
 FAILED = "snapshot-failed"
-INTERVAL = 60.0  # how often the schedule is looked at
+INTERVAL = 60.0  # how soon a due run that was skipped (its bot busy) is looked at again
+MAX_WAIT = 3600.0  # the longest sleep between two looks (nothing scheduled, or due later)
 RETRY = 3600.0  # a failed run is tried again after this long (or `every`, when shorter)
 
 
@@ -79,6 +80,7 @@ class Scheduler:
         self._last: dict[str, float | None] = {}  # newest scheduled snapshot, as read or taken
         self._lock = asyncio.Lock()  # one snapshot at a time
         self._retry: dict[str, float] = {}  # after a failure: not before this time
+        self._plan: dict[str, tuple[float, Keep]] = {}  # what the last tick's spec scheduled
 
     def repo(self) -> Repository:
         from clawpen.snapshots.restic import Repository
@@ -120,7 +122,7 @@ class Scheduler:
         now = self.clock() if now is None else now
         async with self._lock:
             reports = []
-            plan = wanted(self.daemon.current_spec())
+            plan = self._plan = wanted(self.daemon.current_spec())
             for key in await self.due(now):
                 every, keep = plan[key]
                 busy = self.daemon.snapshot_locks.busy(key) or self.daemon.bot_locks.busy(key)
@@ -134,6 +136,18 @@ class Scheduler:
                     self._retry[key] = now + min(every, RETRY)
                 reports.append(report)
             return reports
+
+    def wait(self, now: float | None = None) -> float:
+        """Seconds from ``now`` to the next run the last tick's plan has due (its last snapshot +
+        ``every``, or its retry time): the schedule sleeps until then, not every minute; a run
+        still due (skipped: its bot was busy) is looked at again in :data:`INTERVAL`."""
+        now = self.clock() if now is None else now
+        soonest = MAX_WAIT
+        for key, (every, _keep) in self._plan.items():
+            last = self._last.get(key)
+            at = max(self._retry.get(key, now), now if last is None else last + every)
+            soonest = min(soonest, at - now)
+        return INTERVAL if soonest <= 0 else max(1.0, soonest)
 
     async def _run(self, key: str, keep: Keep, now: float) -> dict[str, Any]:
         bot = None if key == STATE else key
@@ -193,15 +207,18 @@ class Scheduler:
         }  # fmt: skip
 
     async def forever(self, wake: asyncio.Event) -> None:
-        """Tick every ``INTERVAL``, and at once when ``wake`` is set (an applied ``up``)."""
+        """Tick when the next run is due (:meth:`wait`), and at once when ``wake`` is set (an
+        applied ``up``)."""
         while True:
             wake.clear()
+            pause = INTERVAL
             try:
                 await self.tick()
+                pause = self.wait()
             except Exception as err:  # a bug here must not stop the schedule for good
                 self.daemon.note("snapshot", f"the snapshot schedule failed: {err!r}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), INTERVAL)
+                await asyncio.wait_for(wake.wait(), pause)
 
 
 class Looping(Protocol):

@@ -27,6 +27,7 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,7 +43,7 @@ DEFAULT_MAX_WAITING = 2  # rotated files waiting for compression, per bot
 
 
 class Ticking(Protocol):
-    def tick(self) -> None: ...
+    def tick(self) -> bool: ...  # True: a dropped-lines marker is still pending
 
 
 class Queued(Protocol):
@@ -108,6 +109,7 @@ class LogBudget:
         self._gone: set[Path] = set()  # deleted while queued for compression
         self._inflight: dict[Path, tuple[Ledger, int]] = {}
         self._writers: weakref.WeakSet[Ticking] = weakref.WeakSet()
+        self.wake: Callable[[], None] | None = None  # a writer has a marker pending (the daemon's watch)
 
     # ---------------------------------------------------------------- bookkeeping
     def ledger(self, directory: Path, bot: str, *, cap: int, writer: Ticking | None = None) -> Ledger:
@@ -278,10 +280,18 @@ class LogBudget:
                 with contextlib.suppress(OSError):
                     os.unlink(each)
 
-    def tick(self) -> None:
-        """Let every live writer write its pending dropped-lines markers (the daemon's loop)."""
+    def tick(self) -> bool:
+        """Let every live writer write its pending dropped-lines markers (the daemon's loop);
+        whether one is still pending (then the loop comes back in a second)."""
+        pending = False
         for writer in list(self._writers):
-            writer.tick()
+            pending = writer.tick() or pending
+        return pending
+
+    def poke(self) -> None:
+        """A writer dropped lines: its marker is pending (the daemon's watch ticks until it is out)."""
+        if self.wake is not None:
+            self.wake()
 
     def forget_writer(self, writer: Ticking) -> None:
         self._writers.discard(writer)

@@ -6,7 +6,11 @@ for the state dir and lowers the daemon-wide log cap to a quarter of that filesy
 every second: it looks at the free space (so a pause is noticed, and ends, even when no bot
 writes), records a ``disk-low`` event when free space falls below the watermark or a log write
 fails, and ``disk-ok`` when logging resumes, and lets every writer write its pending
-dropped-lines marker. The alert (``host_state_disk_low``) comes from the metrics monitor, which
+dropped-lines marker. That second is only while it matters (free space low, a marker
+pending); otherwise every :data:`IDLE_TICK` seconds, and at once when a writer finds the disk low
+(the guard looks again when due on every write, :mod:`clawpen.logs.space`) or drops lines: an
+idle daemon is not woken every second (no kernel event tells of free space).
+The alert (``host_state_disk_low``) comes from the metrics monitor, which
 reads the same numbers (:func:`clawpen.logs.space.state_disk_values`).
 
 Nothing here raises at start on a full disk: looking at free space needs no space.
@@ -40,7 +44,8 @@ class LogSpaceHost(Notes, Protocol):
     def services(self) -> _Services: ...
 
 
-TICK = 1.0
+TICK = 1.0  # while free space is low or a dropped-lines marker waits
+IDLE_TICK = 30.0  # otherwise (a write that finds the disk low, or drops lines, wakes it at once)
 _MIB = 1 << 20
 
 
@@ -58,11 +63,22 @@ class LogSpaceComponent:
         self._daemon: LogSpaceHost | None = None
         self._task: asyncio.Task[None] | None = None
         self._low = False
+        self._wake = asyncio.Event()
+        self._poked = False
+        self.idle_tick = IDLE_TICK
 
     async def start(self, daemon: LogSpaceHost) -> None:
         self._daemon = daemon
         budget = daemon.services.compressor.budget
         budget.space = self.guard
+        loop = asyncio.get_running_loop()
+
+        def poke() -> None:  # from a writer (the loop's thread, or the compressor's)
+            if not self._poked:
+                self._poked = True
+                loop.call_soon_threadsafe(self._wake.set)
+
+        budget.wake = self.guard.on_low = poke
         space = self.guard.refresh()
         if space is not None and budget.max_all is not None:
             budget.max_all = min(budget.max_all, max(space.total // 4, 1 << 20), DEFAULT_MAX_ALL)
@@ -78,13 +94,18 @@ class LogSpaceComponent:
     async def _loop(self) -> None:
         assert self._daemon is not None
         budget = self._daemon.services.compressor.budget
+        busy = True
         while True:
-            await asyncio.sleep(TICK)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK if busy else self.idle_tick)
+            self._wake.clear()
+            self._poked = False
             try:
                 self.guard.allow(0)  # looks again when due
                 self._check()
-                budget.tick()
+                busy = budget.tick() or self.guard.low
             except Exception as err:  # one bad pass must not end the watch
+                busy = True
                 self._note("log-error", f"log space watch: {err!r}")
 
     def _check(self) -> None:

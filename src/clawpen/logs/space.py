@@ -112,6 +112,7 @@ class SpaceGuard:
         self._next = float("-inf")  # when to look again
         self._left = 0  # bytes that may still be written before looking again
         self._error_until = float("-inf")
+        self.on_low: Callable[[], None] | None = None  # called when writing pauses (the daemon's watch)
 
     def allow(self, size: int) -> bool:
         """Whether ``size`` bytes may be written now (and count them against the margin)."""
@@ -155,5 +156,7 @@ class SpaceGuard:
     def _set(self, low: bool, reason: str, now: float) -> None:
         if low != self.low:
             self.changed_at = now
+            if low and self.on_low is not None:
+                self.on_low()
         self.low = low
         self.reason = reason

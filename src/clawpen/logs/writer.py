@@ -199,16 +199,18 @@ class LogWriter:
             return None
         return self._rotate(self._clock())
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
         """Write the dropped-lines marker if lines were dropped and writing is possible again
-        (the daemon calls this every second, so a bot that fell silent gets its marker too)."""
+        (the daemon calls this every second while one is pending, so a bot that fell silent gets
+        its marker too); whether one is still pending."""
         if self._closed or not self._pending:
-            return
+            return False
         now = self._clock()
         if self._bucket is not None and not self._bucket.ready(now):
-            return
+            return True
         if not self._blocked(0, now):
             self._write_markers(now)
+        return bool(self._pending)
 
     def report(self, kind: str, text: str) -> None:
         """Tell the daemon (``notify``), at most once a minute per ``kind``."""
@@ -289,6 +291,7 @@ class LogWriter:
     def _drop(self, reason: str, block: bytes) -> None:
         lines = block.count(b"\n")
         self._pending[reason] = self._pending.get(reason, 0) + lines
+        self._budget.poke()
         self.dropped[reason] = total = self.dropped.get(reason, 0) + lines
         self.report("log-dropped", f"dropping log lines of {self.bot}: {reason} ({total} so far)")
 
@@ -358,6 +361,7 @@ class LogWriter:
         self._pause_reason = DISK_FULL if err.errno in _FULL_ERRNOS else "write error"
         if lines:
             self._pending[self._pause_reason] = self._pending.get(self._pause_reason, 0) + lines
+            self._budget.poke()
             self.dropped[self._pause_reason] = self.dropped.get(self._pause_reason, 0) + lines
         self._pause_until = self._clock() + RETRY_AFTER_ERROR
         if self._budget.space is not None:

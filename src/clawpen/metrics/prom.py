@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from clawpen.alerts.rules import Rule, bot_of
 from clawpen.spec import metricnames as names
+
+if TYPE_CHECKING:  # prometheus_client (about 4 MB) is imported when /metrics is first served
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import GaugeMetricFamily, Metric
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -38,11 +38,15 @@ class Snapshot:
         self.alerts: list[tuple[str, str, str]] = []  # (rule, severity, state)
 
 
-class _Exposition(Collector):
+class _Exposition:
+    """A prometheus_client collector (registered with ``auto_describe=False``: no ``describe``)."""
+
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         snap = self._snapshot()
         families: dict[str, GaugeMetricFamily] = {}
         for target, values in sorted(snap.values.items()):
@@ -83,19 +87,24 @@ class _Exposition(Collector):
 
 
 def registry_for(snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    from prometheus_client import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Exposition(snapshot))
     return registry
 
 
 def render(registry: CollectorRegistry) -> bytes:
+    from prometheus_client import generate_latest
+
     return generate_latest(registry)
 
 
 class MetricsServer:
-    """``GET /metrics`` on ``host:port`` (plain HTTP/1.0 answers, one request per connection)."""
+    """``GET /metrics`` on ``host:port`` (plain HTTP/1.0 answers, one request per connection);
+    ``registry`` is called at each scrape (the first one imports prometheus_client)."""
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(self, registry: Callable[[], CollectorRegistry], host: str, port: int) -> None:
         self.registry = registry
         self.host, self.port = host, port
         self._server: asyncio.Server | None = None
@@ -120,7 +129,7 @@ class MetricsServer:
             parts = line.split()
             path = parts[1].split(b"?", 1)[0] if len(parts) >= 2 else b""
             if len(parts) >= 2 and parts[0] in (b"GET", b"HEAD") and path == b"/metrics":
-                body = render(self.registry)
+                body = render(self.registry())
                 head = (
                     f"HTTP/1.0 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
                 )

@@ -139,7 +139,9 @@ class Monitor:
         apprise_log.propagate = False
 
     # ---------------------------------------------------------------- component
-    async def start(self, daemon: MonitorHost) -> None:
+    async def start(self, daemon: MonitorHost, *, wire: bool = True) -> None:
+        """Start monitoring; ``wire=False``: the operations and the spec feed are the caller's
+        (:class:`clawpen.metrics.component.MetricsComponent`, which forwards them)."""
         self.daemon = daemon
         self.storage = Storage(self.state / "metrics.db", clock=self.clock)
         self.collector = Collector(daemon.services.cgroups)
@@ -150,7 +152,18 @@ class Monitor:
         for rule, silence in self.storage.silences().items():
             self.engine.silence(rule, silence["until"])
         self.dispatcher = Dispatcher([], self._record_delivery, clock=self.clock)
-        self.registry = registry_for(lambda: self.snapshot)
+        self.registry: Any = None  # the Prometheus registry, made when /metrics is first served
+        if wire:
+            self._wire(daemon)
+        # state changes (an OOM kill between two passes is seen here even if no pass saw it)
+        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
+        daemon.subscribers.add(self._events)
+        self.apply(daemon.current_spec())
+        await self._serve_prometheus()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="metrics")
+
+    def _wire(self, daemon: MonitorHost) -> None:
+        daemon.on_spec(self.apply)
         daemon.add_ops(
             [
                 ops.METRICS.bind(self.op_metrics),
@@ -161,13 +174,6 @@ class Monitor:
                 ops.ALERTS_TEST.bind(self.op_alerts_test),
             ]
         )
-        # state changes (an OOM kill between two passes is seen here even if no pass saw it)
-        self._events: asyncio.Queue[Event] = asyncio.Queue(maxsize=10_000)
-        daemon.subscribers.add(self._events)
-        daemon.on_spec(self.apply)
-        self.apply(daemon.current_spec())
-        await self._serve_prometheus()
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="metrics")
 
     async def stop(self) -> None:
         self.daemon.subscribers.discard(self._events)
@@ -209,12 +215,19 @@ class Monitor:
         self.dispatcher.notifiers = self._notifiers
         self.dispatcher.retries = cfg.notify.retries
         self.dispatcher.backoff = cfg.notify.retry_backoff
-        if self._task is not None and cfg.prometheus_listen != self._listen:
+        listen = cfg.prometheus_listen if cfg.enabled else "off"
+        if self._task is not None and listen != self._listen:
             asyncio.get_running_loop().create_task(self._serve_prometheus())
         self._wake.set()
 
+    def prometheus_registry(self) -> Any:
+        """The registry /metrics renders, made at the first scrape (prometheus_client: ~4 MB)."""
+        if self.registry is None:
+            self.registry = registry_for(lambda: self.snapshot)
+        return self.registry
+
     async def _serve_prometheus(self) -> None:
-        listen = self.cfg.prometheus_listen
+        listen = self.cfg.prometheus_listen if self.cfg.enabled else "off"
         if listen == self._listen:
             return
         if self.server is not None:
@@ -225,7 +238,7 @@ class Monitor:
         if listen == "off":
             return
         host, port = split_hostport(listen, "prometheus_listen", any_port=True)
-        server = MetricsServer(self.registry, host, port)
+        server = MetricsServer(self.prometheus_registry, host, port)
         try:
             await server.start()
         except OSError as err:
@@ -243,6 +256,11 @@ class Monitor:
         slot = math.floor(self.clock() / interval) * interval + interval
         while True:
             self._wake.clear()
+            if not self.cfg.enabled:  # [monitoring] enabled = false: no timer until a spec changes it
+                await self._wake.wait()
+                interval = self.cfg.interval
+                slot = math.floor(self.clock() / interval) * interval + interval
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, slot - self.clock()))
                 if self.cfg.interval != interval:  # a new spec changed the interval

@@ -22,16 +22,15 @@ from clawpen.errors import ClawpenError
 from clawpen.host import Notes, Operations, SpecFeed
 from clawpen.net.connlog import ConnLog, query, reached
 from clawpen.net.connrecord import ConnRecord
-from clawpen.net.gateway import Gateway
 from clawpen.net.learn import PolicyView
 from clawpen.net.ops import MAX_ROWS, NET_LOG, NET_STATS, NET_SUGGEST, NetLogRequest, NetSuggestRequest
-from clawpen.net.resolve import Resolver
-from clawpen.net.suggest import suggest
 from clawpen.net.types import BotLink
 from clawpen.ops import Call, Empty
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the gateway, its resolver (dnspython) and suggest: imported when used
+    from clawpen.net.gateway import Gateway
     from clawpen.net.links import LinkManager
+    from clawpen.net.resolve import Resolver
     from clawpen.spec.models import Spec
 
 
@@ -62,11 +61,20 @@ class GatewayComponent:
         self.state = state
         self.daemon: GatewayHost | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.resolver = Resolver()
+        self._resolver: Resolver | None = None
         self.log = ConnLog(log_path(state), on_denied=self._denied)
         self.gateway: Gateway | None = None
         self._log_started = False
         self.policies = PolicyView(on_ended=self._learn_ended)
+
+    @property
+    def resolver(self) -> Resolver:
+        """The gateway's DNS resolver, made when first needed (no bot with egress: never)."""
+        if self._resolver is None:
+            from clawpen.net.resolve import Resolver
+
+            self._resolver = Resolver()
+        return self._resolver
 
     async def start(self, daemon: GatewayHost) -> None:
         self.daemon = daemon
@@ -100,8 +108,10 @@ class GatewayComponent:
         gateway listens before a bot's first connection."""
         if spec is None:
             return
-        self.resolver.set_upstream(list(spec.gateway.dns_upstream))
-        if self.gateway is None and any(bot.network.egress for bot in spec.bots.values()):
+        egress = any(bot.network.egress for bot in spec.bots.values())
+        if egress or self._resolver is not None:
+            self.resolver.set_upstream(list(spec.gateway.dns_upstream))
+        if self.gateway is None and egress:
             self.ensure_gateway()
 
     def ensure_gateway(self) -> None:
@@ -116,6 +126,8 @@ class GatewayComponent:
             if not self._log_started:
                 self.log.start()
                 self._log_started = True
+            from clawpen.net.gateway import Gateway
+
             fd = network.gateway_netns_fd
             gateway = Gateway(network, self.log, self.resolver, netns_fd=fd, policies=self.policies)
             gateway.start()
@@ -169,4 +181,6 @@ class GatewayComponent:
         if self._log_started:
             await asyncio.to_thread(self.log.flush, 2.0)
         rows = await asyncio.to_thread(reached, self.log.path, req.bot, req.since)
+        from clawpen.net.suggest import suggest
+
         return [s.record() for s in suggest(rows)]

@@ -235,6 +235,9 @@ class MonitoringConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    enabled: bool = Field(
+        True, description="collect, alert and serve /metrics (false: the daemon does none of it)"
+    )
     interval: Seconds = Field(5.0, description="collection interval, 1s to 1h")
     probes: list[str] = Field(default_factory=list, description="HOST:PORT targets of TCP connect probes")
     prometheus_listen: str = Field(

@@ -23,12 +23,13 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
-
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from clawpen.errors import ClawpenError, ConfigError, UsageError
 from clawpen.fsutil import write_atomic
+
+if TYPE_CHECKING:  # cryptography (OpenSSL, ~5 MB) is imported when a secret is read or written
+    from cryptography.fernet import MultiFernet
 
 SECRETS_FILE = "secrets.json"
 KEY_FILE = "master.key"
@@ -180,6 +181,8 @@ class Vault:
                     f"first (NEW,OLD), re-set the secrets, then drop OLD",
                 )
             self._check_all(keys, data)
+            from cryptography.fernet import Fernet, MultiFernet
+
             new = Fernet.generate_key()
             both = [new, *keys.raw]
             self._write_keys(both)
@@ -214,6 +217,8 @@ class Vault:
         try:
             if not raw:
                 raise ValueError("empty")
+            from cryptography.fernet import Fernet, MultiFernet
+
             fernet = MultiFernet([Fernet(k) for k in raw])
         except ValueError:
             raise ConfigError(
@@ -230,6 +235,8 @@ class Vault:
         except FileExistsError:
             return  # another process made it first; read theirs
         try:
+            from cryptography.fernet import Fernet
+
             os.write(fd, Fernet.generate_key() + b"\n")
             os.fsync(fd)
         finally:
@@ -257,6 +264,8 @@ class Vault:
     # -- secrets.json -----------------------------------------------------------------------
 
     def _decrypt(self, keys: _Keys, name: str, token: str) -> bytes:
+        from cryptography.fernet import InvalidToken
+
         try:
             return keys.fernet.decrypt(token.encode())
         except InvalidToken:

@@ -103,6 +103,7 @@ class ShipComponent:
         self._bots: frozenset[str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shipping = asyncio.Event()  # set while a target runs: the status is written every few s
 
     async def start(self, daemon: ShipHost) -> None:
         self._daemon = daemon
@@ -150,6 +151,10 @@ class ShipComponent:
         for name, target in wanted.items():
             if name not in self.running:
                 self._start(target, settings, ending.get(name))
+        if self.running:
+            self._shipping.set()
+        else:
+            self._shipping.clear()
 
     def _latest_release(self) -> int | None:
         if self._daemon is None:
@@ -197,7 +202,10 @@ class ShipComponent:
                 await asyncio.to_thread(write_atomic, path, json.dumps(data).encode(), 0o600)
             except Exception:
                 _log.exception("log shipping status")
-            await asyncio.sleep(STATUS_EVERY)
+            if self.running:
+                await asyncio.sleep(STATUS_EVERY)
+            else:  # nothing ships: the file says so once, and no timer runs until a target does
+                await self._shipping.wait()
 
 
 def ship_values(state: Path, now: float) -> dict[str, float]:
