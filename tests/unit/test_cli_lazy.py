@@ -32,7 +32,7 @@ def _modules_loaded_by(args: list[str]) -> set[str]:
     code = (
         "import sys\nfrom clawpen import cli\n"
         f"cli.build_parser(cli._command_of({args!r})).parse_known_args({args!r})\n"
-        "print(' '.join(m for m in sys.modules if m.startswith('clawpen.cli_') or m == 'clawpen.api.cli'))"
+        "print(' '.join(m for m in sys.modules if m in cli.COMMAND_MODULES))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
@@ -41,8 +41,8 @@ def _modules_loaded_by(args: list[str]) -> set[str]:
 def test_run_imports_no_other_command_module():
     assert _modules_loaded_by(["--debug", "run", "--", "true"]) == set()
     assert _modules_loaded_by(["ps"]) == {"clawpen.cli_daemon"}
-    # help (no command) and an unknown command need them all
-    assert len(_modules_loaded_by(["--debug"])) == len(cli.COMMAND_MODULES)
+    # the help (no command) lists every command from the table alone
+    assert _modules_loaded_by(["--debug"]) == set()
 
 
 def test_an_unknown_command_still_lists_every_command(capsys):
@@ -50,3 +50,46 @@ def test_an_unknown_command_still_lists_every_command(capsys):
     err = capsys.readouterr().err
     for command in ("run", "up", "secrets", "dashboard", "validate"):
         assert command in err
+
+
+def test_the_table_holds_each_commands_help_line_in_the_modules_order():
+    """clawpen --help lists the table's lines: they are the ones each module gives add_parser."""
+    import argparse
+
+    from clawpen import cli_parser
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    built: dict[str, tuple[str, str]] = {}
+    for module in dict.fromkeys(m for m, _ in cli_parser.COMMANDS.values()):
+        before = len(sub._choices_actions)
+        importlib.import_module(module).add_commands(sub)
+        for action in sub._choices_actions[before:]:
+            built[action.dest] = (module, action.help)
+    assert list(built.items()) == list(cli_parser.COMMANDS.items())
+
+
+def test_each_commands_parser_is_built_on_demand_with_its_own_prog():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    assert all(p is None for p in sub.choices.values())  # nothing built yet
+    ns, extra = parser.parse_known_args(["logs", "-n", "3", "bot"])
+    assert (ns.cmd, ns.tail, ns.bot, extra) == ("logs", 3, "bot", [])
+    assert sub.choices["logs"].prog == "clawpen logs"
+    assert [name for name, p in sub.choices.items() if p is not None] == ["logs"]
+    assert list(sub.choices) == list(cli.COMMAND_TABLE)  # the order of the help and the errors
+
+
+def test_help_width_follows_columns_as_argparse_does(monkeypatch, capsys):
+    import shutil
+
+    from clawpen import cli_parser
+
+    for columns in ("60", "140"):
+        monkeypatch.setenv("COLUMNS", columns)
+        assert cli_parser.help_width() == shutil.get_terminal_size().columns - 2
+    monkeypatch.delenv("COLUMNS")
+    assert cli_parser.help_width() == shutil.get_terminal_size().columns - 2
+    monkeypatch.setenv("COLUMNS", "60")
+    assert cli.main([]) == 2
+    assert max(map(len, capsys.readouterr().out.splitlines())) <= 58
