@@ -9,18 +9,16 @@ errors, 1 for runtime failures, 125 when a sandbox cannot be built; ``--debug`` 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import os
 import sys
 
-from clawpen.cli_parser import COMMANDS as COMMAND_TABLE
-from clawpen.cli_parser import build_parser, command_module
 from clawpen.errors import ClawpenError, UsageError
 
 TYPE_CHECKING = False  # (no `typing` at run time: it costs `clawpen run` 2 ms)
 if TYPE_CHECKING:
+    import argparse  # imported by main(), once entry() has set the collector's threshold
     from collections.abc import Sequence
     from typing import Any
 
@@ -76,13 +74,16 @@ def _seconds(raw: str) -> float:
     try:
         return parse_positive_duration(raw)
     except UnitError as err:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"{err} ({err.hint})") from None
 
 
-# The modules with more commands, and which module has each command (tests check them against
-# each module's COMMANDS); the help lines are in clawpen.cli_parser.COMMANDS.
-COMMAND_MODULES = tuple(dict.fromkeys(m for m, _ in COMMAND_TABLE.values() if m != __name__))
-COMMAND_INDEX = {name: m for name, (m, _) in COMMAND_TABLE.items() if m != __name__}
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``clawpen`` (see :func:`clawpen.cli_parser.build_parser`)."""
+    from clawpen import cli_parser
+
+    return cli_parser.build_parser(command)
 
 
 def _command_of(args: Sequence[str]) -> str | None:
@@ -97,6 +98,8 @@ def _command_of(args: Sequence[str]) -> str | None:
 
 def add_commands(sub: Any) -> None:
     """This module's commands (``run``, ``plan``, ``schema``, ``doctor``); see clawpen.cli_parser."""
+    import argparse
+
     run = sub.add_parser("run", help="run one command or bot in a sandbox, in the foreground")
     _policy_flags(run)
     run.add_argument(
@@ -355,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.set_threshold(*_GC_DEFAULTS)
         if ns.cmd in COMMANDS:
             return COMMANDS[ns.cmd](ns)
+        from clawpen.cli_parser import command_module
+
         return int(command_module(ns.cmd).COMMANDS[ns.cmd](ns))
     except ClawpenError as err:
         if debug:

@@ -87,6 +87,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The modules with more commands than this one's, and which of them has each command (a test
+# checks them against each module's COMMANDS).
+COMMAND_MODULES = tuple(dict.fromkeys(m for m, _ in COMMANDS.values() if m != "clawpen.cli"))
+COMMAND_INDEX = {name: m for name, (m, _) in COMMANDS.items() if m != "clawpen.cli"}
+
+
 def help_width() -> int:
     """The width argparse gives its help (``shutil.get_terminal_size().columns - 2``): $COLUMNS,
     else the terminal of stdout, else 80."""

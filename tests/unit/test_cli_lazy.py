@@ -8,31 +8,31 @@ import sys
 
 import pytest
 
-from clawpen import cli
+from clawpen import cli, cli_parser
 
 
 def test_the_index_names_each_modules_commands_exactly():
     found = {}
-    for name in cli.COMMAND_MODULES:
+    for name in cli_parser.COMMAND_MODULES:
         for command in importlib.import_module(name).COMMANDS:
             found[command] = name
-    assert found == cli.COMMAND_INDEX
+    assert found == cli_parser.COMMAND_INDEX
     assert not set(found) & set(cli.COMMANDS)
 
 
-@pytest.mark.parametrize("command", sorted({*cli.COMMAND_INDEX, *cli.COMMANDS}))
+@pytest.mark.parametrize("command", sorted({*cli_parser.COMMAND_INDEX, *cli.COMMANDS}))
 def test_the_parser_of_one_command_knows_that_command(command):
     sub = next(a for a in cli.build_parser(command)._actions if a.dest == "cmd")
     assert command in sub.choices
     every = next(a for a in cli.build_parser()._actions if a.dest == "cmd")
-    assert set(every.choices) == {*cli.COMMAND_INDEX, *cli.COMMANDS}
+    assert set(every.choices) == {*cli_parser.COMMAND_INDEX, *cli.COMMANDS}
 
 
 def _modules_loaded_by(args: list[str]) -> set[str]:
     code = (
-        "import sys\nfrom clawpen import cli\n"
+        "import sys\nfrom clawpen import cli, cli_parser\n"
         f"cli.build_parser(cli._command_of({args!r})).parse_known_args({args!r})\n"
-        "print(' '.join(m for m in sys.modules if m in cli.COMMAND_MODULES))"
+        "print(' '.join(m for m in sys.modules if m in cli_parser.COMMAND_MODULES))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return set(out.stdout.split())
@@ -56,8 +56,6 @@ def test_the_table_holds_each_commands_help_line_in_the_modules_order():
     """clawpen --help lists the table's lines: they are the ones each module gives add_parser."""
     import argparse
 
-    from clawpen import cli_parser
-
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     built: dict[str, tuple[str, str]] = {}
@@ -77,13 +75,11 @@ def test_each_commands_parser_is_built_on_demand_with_its_own_prog():
     assert (ns.cmd, ns.tail, ns.bot, extra) == ("logs", 3, "bot", [])
     assert sub.choices["logs"].prog == "clawpen logs"
     assert [name for name, p in sub.choices.items() if p is not None] == ["logs"]
-    assert list(sub.choices) == list(cli.COMMAND_TABLE)  # the order of the help and the errors
+    assert list(sub.choices) == list(cli_parser.COMMANDS)  # the order of the help and the errors
 
 
 def test_help_width_follows_columns_as_argparse_does(monkeypatch, capsys):
     import shutil
-
-    from clawpen import cli_parser
 
     for columns in ("60", "140"):
         monkeypatch.setenv("COLUMNS", columns)
