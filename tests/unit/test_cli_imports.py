@@ -176,8 +176,7 @@ def test_logs_imports_nothing_heavy(state):
     assert code == 0, out
     assert "clawpen.logs.query" in modules
     # reading needs neither the writer (its budget, its threads) nor inotify (only `logs -f`)
-    # (the log store itself imports threading and shutil)
-    not_here = HEAVY | NOT_FOR_CLIENTS - {"threading", "shutil"} | {"clawpen.logs.writer"}
+    not_here = HEAVY | NOT_FOR_CLIENTS | {"clawpen.logs.writer"}
     assert heavy_in(modules, not_here) == set()
 
 

@@ -89,3 +89,27 @@ def test_help_width_follows_columns_as_argparse_does(monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "60")
     assert cli.main([]) == 2
     assert max(map(len, capsys.readouterr().out.splitlines())) <= 58
+
+
+def test_the_cli_collects_garbage_less_often_but_the_daemon_as_python_does(monkeypatch):
+    import gc
+
+    from clawpen import cli_daemon
+
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(ns):
+        seen[ns.cmd] = gc.get_threshold()
+        return 0
+
+    for name in ("daemon", "ps"):
+        monkeypatch.setitem(cli_daemon.COMMANDS, name, record)
+    old = gc.get_threshold()
+    try:
+        for name in ("daemon", "ps"):
+            gc.set_threshold(*cli._GC_CLI)  # as entry() leaves it
+            assert cli.main([name]) == 0
+    finally:
+        gc.set_threshold(*old)
+    assert seen == {"daemon": cli._GC_DEFAULTS, "ps": cli._GC_CLI}
+    assert cli._GC_DEFAULTS[0] < cli._GC_CLI[0]
