@@ -140,6 +140,8 @@ class _Only:
         self.name = name
 
     def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if kwargs.get("aliases"):  # the top-level parser knows a command by the table's name only
+            raise TypeError(f"command {name!r}: no aliases; give each name its own line in COMMANDS")
         if name != self.name:
             return _SKIPPED
         kwargs.pop("help", None)  # the help line comes from COMMANDS

@@ -113,3 +113,10 @@ def test_the_cli_collects_garbage_less_often_but_the_daemon_as_python_does(monke
         gc.set_threshold(*old)
     assert seen == {"daemon": cli._GC_DEFAULTS, "ps": cli._GC_CLI}
     assert cli._GC_DEFAULTS[0] < cli._GC_CLI[0]
+
+
+def test_a_command_module_cannot_add_an_alias_the_table_does_not_know():
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "cmd")
+    with pytest.raises(TypeError, match="no aliases"):
+        cli_parser._Only(sub, "ps").add_parser("ps", aliases=["ls"])
+    assert cli_parser._Only(sub, "ps").add_parser("ps").prog == "clawpen ps"  # positive control
