@@ -111,6 +111,9 @@ rc = cli.main(json.loads(sys.argv[2]))
 t3 = time.monotonic()
 print(json.dumps({"rc": rc, "t0": t0, "t1": t1, "t2": t2, "t3": t3, **marks,
                   "late_imports": sorted(set(sys.modules) - before)}))
+sys.stdout.flush()
+import os
+os._exit(0)  # as cli.entry() leaves: flushed, no interpreter teardown
 """
 
 CPU_C = r"""
@@ -289,7 +292,7 @@ def probe_once(env: dict[str, str], argv: list[str]) -> tuple[dict[str, float], 
         "argument parsing": m.get("parsed", m["t2"]) - m["t2"],
         "plan (policy, uid, plan, command check)": m["tier0"] - m.get("parsed", m["t2"]),
         "sandbox (NamespaceTier.run)": m["tier1"] - m["tier0"],
-        "report + interpreter exit": t_done - m["tier1"],
+        "report + exit (os._exit, as cli.entry)": t_done - m["tier1"],
         "total (fresh process)": t_done - t_spawn,
     }
     return phases, list(m.get("late_imports", []))
