@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from clawpen import termsafe
@@ -71,6 +70,8 @@ class UpProgress:
         elif isinstance(item.get("build_progress"), dict):
             line = self.safe(build_progress_line(item["build_progress"]))
             if self.live:  # one line, rewritten in place
+                import shutil  # here: `clawpen ps` imports this module for mem_cell alone
+
                 width = shutil.get_terminal_size().columns - 3
                 self.out.write(f"{CLEAR_LINE}  {line[:width]}")
                 self.out.flush()

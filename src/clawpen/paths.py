@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -30,4 +29,6 @@ def cgroup_scope(state: Path) -> str:
     real = os.path.realpath(state)
     if real == str(DEFAULT_STATE):
         return ""
+    import hashlib  # here: every command imports this module, few need this (OpenSSL: 3 ms)
+
     return "s" + hashlib.sha256(real.encode()).hexdigest()[:8] + "-"

@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -174,6 +173,8 @@ class Client:
             return  # it answered (perhaps refusing our token): it runs
         except OSError:
             pass
+        import subprocess  # here: only a start of the daemon needs it, never `clawpen ps`
+
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = self.state / "daemon.log"
         with open(log, "ab") as out:

@@ -14,14 +14,16 @@ operation. Clients skip these lines; a request without the key gets none (older 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import math
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clawpen.errors import ClawpenError
+
+if TYPE_CHECKING:  # asyncio only in the daemon: the CLI imports this module too, and asyncio
+    # would be its largest import (with ssl, logging, inspect)
+    import asyncio
+    from collections.abc import Awaitable
 
 MAX_LINE = 16 << 20
 HEARTBEAT_KEY = "heartbeat"
@@ -89,6 +91,9 @@ async def with_heartbeat(work: Awaitable[T], writer: asyncio.StreamWriter, inter
     """Await ``work``, writing :data:`HEARTBEAT` to ``writer`` every ``interval`` seconds until it
     is done (nothing when ``interval`` is None). Lines are written whole, between the
     operation's own writes, so heartbeats never split an item."""
+    import asyncio
+    import contextlib
+
     if interval is None:
         return await work
     task = asyncio.ensure_future(work)

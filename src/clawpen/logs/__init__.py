@@ -18,11 +18,43 @@ or a ``now``).
 
 from __future__ import annotations
 
-from clawpen.logs.budget import LogBudget
-from clawpen.logs.query import LogRecord, follow, parse_since, read_logs
-from clawpen.logs.space import SpaceGuard
-from clawpen.logs.upkeep import Compressor, SweepReport, retention_sweep
-from clawpen.logs.writer import MARKER, STREAMS, LineFramer, LogWriter, Stream, daemon_writer
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clawpen.logs.budget import LogBudget
+    from clawpen.logs.query import LogRecord, follow, parse_since, read_logs
+    from clawpen.logs.space import SpaceGuard
+    from clawpen.logs.upkeep import Compressor, SweepReport, retention_sweep
+    from clawpen.logs.writer import MARKER, STREAMS, LineFramer, LogWriter, Stream, daemon_writer
+
+# Each name is imported on first use (PEP 562): `clawpen logs BOT` reads through logs.query and
+# must not import the writer, the budget and the compressor's threads with it.
+_WHERE = {
+    "LogBudget": "budget",
+    "LogRecord": "query",
+    "follow": "query",
+    "parse_since": "query",
+    "read_logs": "query",
+    "SpaceGuard": "space",
+    "Compressor": "upkeep",
+    "SweepReport": "upkeep",
+    "retention_sweep": "upkeep",
+    "MARKER": "writer",
+    "STREAMS": "writer",
+    "LineFramer": "writer",
+    "LogWriter": "writer",
+    "Stream": "writer",
+    "daemon_writer": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "MARKER",

@@ -25,9 +25,11 @@ from typing import NamedTuple
 
 from clawpen.errors import UsageError
 from clawpen.logs import store
-from clawpen.logs.watch import FileWatch
-from clawpen.logs.writer import STREAMS
 from clawpen.spec.units import UnitError, parse_duration
+
+# The writer's streams (clawpen.logs.writer.STREAMS, a test checks they agree): reading logs
+# must not import the writer, its budget and its threads.
+STREAMS = ("out", "err")
 
 BLOCK = 64 << 10
 _MAX_CARRY = 1 << 20  # a "line" longer than this while reading backwards is not a record
@@ -304,6 +306,8 @@ def follow(
     the wait (tests drive it). When the current file is renamed by a rotation, it reads the old
     file to its end (the writer closes it before the rename), then the new one from its start.
     """
+    from clawpen.logs.watch import FileWatch  # here: inotify (ctypes) only for `logs -f`
+
     filt = _Filter(streams, grep)
     path = store.current_path(directory, bot)
     watch = FileWatch(path) if sleep is None else None  # before the snapshot: no change is missed

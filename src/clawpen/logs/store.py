@@ -37,8 +37,6 @@ import functools
 import gzip
 import os
 import re
-import shutil
-import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -167,6 +165,9 @@ def compress_file(path: Path, *, level: int = DEFAULT_LEVEL) -> Path | None:
     Returns the ``.gz`` path, or None when ``path`` is gone (compressed or deleted meanwhile).
     Safe to run twice at once on one file: each run has its own temporary name.
     """
+    import shutil  # here: `clawpen logs` reads through this module and never compresses
+    import threading
+
     target = twin(path)
     tmp = path.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
