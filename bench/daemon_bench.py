@@ -115,7 +115,8 @@ int main(int argc, char **argv) {
 CLI_SPLIT = """
 import time
 t0 = time.monotonic()
-import json, sys
+import gc, json, os, sys
+gc.set_threshold(20_000, 10, 10)  # as cli.entry() does
 from clawpen import cli
 from clawpen.daemon import client
 t1 = time.monotonic()
@@ -132,6 +133,8 @@ rc = cli.main(["start", sys.argv[1]])
 t2 = time.monotonic()
 sys.stderr.write(json.dumps({"rc": rc, "t0": t0, "t1": t1, "t2": t2, "off": time.time() - time.monotonic(),
                              **marks}) + "\\n")
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(rc)  # as cli.entry() does: no interpreter teardown
 """
 
 
