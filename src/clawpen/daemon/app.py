@@ -67,7 +67,8 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     """Create every object the daemon needs, once. Tests pass their own ``clock``."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
-    store = Store(state / "clawpen.db", records=state / "run")
+    # the bots' JSON records are written by a thread of their own (daemon/records.py)
+    store = Store(state / "clawpen.db", records=state / "run", background_records=True)
     sandbox = NamespaceTier(state)  # the only place tiers are named
     container = ContainerTier(state)  # its engine is reached on first use: none here fails only its bots
     vm = VmTier(state, sandbox)  # QEMU in the bot's namespace sandbox; KVM probed on first use
