@@ -172,6 +172,8 @@ class Row:
     n: int
     up_s: float = float("nan")
     up_sup_s: float | None = None
+    up_cpu_s: float = float("nan")
+    up_sup_cpu_s: float | None = None
     ps_cli_ms: float = float("nan")
     ps_op_ms: float = float("nan")
     restart_ms: float = float("nan")
@@ -318,10 +320,10 @@ def measure(n: int, work: Path, env: dict[str, str], ns: argparse.Namespace) -> 
         row.rss0_mb = status_kb(d.proc.pid, "VmRSS") / 1024
         row.fds0 = fd_count(d.proc.pid)
         spec = d.cp.write_spec("clawpen.toml", "".join(toml_bot(b, ["sleep", "infinity"]) for b in names))
-        t0 = mono()
+        t0, c0 = mono(), cpu_seconds(d.proc.pid)
         d.cp.cli("up", "--detach", "-f", str(spec), timeout=600)
         wait_until(lambda: all_running(d, n), 600, f"{n} bots running", 0.05)
-        row.up_s = mono() - t0
+        row.up_s, row.up_cpu_s = mono() - t0, cpu_seconds(d.proc.pid) - c0
         log(f"{n}: clawpen up {row.up_s:.2f} s")
         if not ns.no_anchor:
             sup = Supervisord(
@@ -338,7 +340,7 @@ def measure(n: int, work: Path, env: dict[str, str], ns: argparse.Namespace) -> 
                 "supervisord's programs",
                 0.05,
             )
-            row.up_sup_s = mono() - t0
+            row.up_sup_s, row.up_sup_cpu_s = mono() - t0, cpu_seconds(sup.pid)
             log(f"{n}: supervisord {row.up_sup_s:.2f} s")
         time.sleep(ns.settle)
         pids = {"clawpen": d.proc.pid}
@@ -387,6 +389,8 @@ def print_table(rows: list[Row]) -> None:
         ("bots", lambda r: str(r.n)),
         ("up s", lambda r: fmt(r.up_s, ".2f")),
         ("sup up s", lambda r: fmt(r.up_sup_s, ".2f")),
+        ("up CPU s", lambda r: fmt(r.up_cpu_s, ".2f")),
+        ("sup CPU s", lambda r: fmt(r.up_sup_cpu_s, ".2f")),
         ("ps CLI ms", lambda r: fmt(r.ps_cli_ms, ".1f")),
         ("ps op ms", lambda r: fmt(r.ps_op_ms, ".1f")),
         ("restart ms", lambda r: fmt(r.restart_ms, ".1f")),
@@ -404,6 +408,10 @@ def print_table(rows: list[Row]) -> None:
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     for line in cells:
         print("  " + "  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+    print(
+        "  up CPU s: the daemon's CPU time (utime+stime, every thread) from `up` to all running;"
+        " sup CPU s: supervisord's from its start"
+    )
     print(
         "  fds/bot: the daemon's extra fds per bot + the fds of the bot's processes (bwrap, sleep);"
         " kmem: the bot's memory cgroup (v1 memory.kmem.usage_in_bytes); slab: /proc/meminfo Slab"
