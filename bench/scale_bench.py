@@ -10,9 +10,11 @@ For each N: a private daemon (temporary CLAWPEN_HOME, started by this script as
 ``python -m clawpen daemon``, or under cProfile with ``--profile``) and a spec of N bots running
 ``sleep infinity`` with the default network (a private loopback, no way out). Measured:
 
-- ``up``: ``clawpen up --detach`` (a fresh CLI) until every bot is ``running`` (the ``ps`` op
-  polled every 50 ms); the anchor, interleaved in the same run: supervisord (Debian's
-  ``supervisor``) with the same N programs, from its start to all ``RUNNING``.
+- ``up``: ``clawpen up --detach`` (a fresh CLI) until every bot is ``running`` (the states
+  polled every 50 ms with the ``topology`` op), and the daemon's CPU time over it (utime +
+  stime, every thread: less sensitive than the wall time to a loaded host); the anchor, in the
+  same run: supervisord (Debian's ``supervisor``) with the same N programs, from its start to
+  all ``RUNNING``, and its CPU time.
 - ``ps``: a fresh ``clawpen ps`` CLI, p50 of 10; the socket ``ps`` op, p50 of 20.
 - crash -> restart: the bot's process (``sleep``) of 5 different bots SIGKILLed, the time from
   the kill to the daemon's ``running`` event of the next instance (p50 of 5).
@@ -230,8 +232,10 @@ class Daemon:
 
 
 def all_running(d: Daemon, n: int) -> bool:
-    rows = d.rows()
-    return len(rows) == n and all(r["state"] == "running" for r in rows)
+    """Every bot running, from the ``topology`` op: the states without ``ps``'s cgroup reads (at
+    500 bots a ``ps`` every 50 ms would take a third of the daemon's loop from the start-up)."""
+    bots = d.cp.call("topology")["bots"]
+    return len(bots) == n and all(b["states"] == ["running"] for b in bots)
 
 
 def process_tree() -> dict[int, list[int]]:
