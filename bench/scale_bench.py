@@ -16,8 +16,8 @@ For each N: a private daemon (temporary CLAWPEN_HOME, started by this script as
   same run: supervisord (Debian's ``supervisor``) with the same N programs, from its start to
   all ``RUNNING``, and its CPU time.
 - ``ps``: a fresh ``clawpen ps`` CLI, p50 of 10; the socket ``ps`` op, p50 of 20.
-- crash -> restart: the bot's process (``sleep``) of 5 different bots SIGKILLed, the time from
-  the kill to the daemon's ``running`` event of the next instance (p50 of 5).
+- crash -> restart: the bot's process (``sleep``) of 9 different bots SIGKILLed, the time from
+  the kill to the daemon's ``running`` event of the next instance (p50 of 9).
 - idle: over a window (20 s, 8 s with ``--quick``) once every bot runs: CPU of the daemon
   (utime + stime from /proc/PID/stat, % of one core) and of supervisord side by side, RSS.
 - fds: the daemon's open fds (/proc/PID/fd) with no bot and with N; the bots' fds per bot
@@ -372,7 +372,7 @@ def measure(n: int, work: Path, env: dict[str, str], ns: argparse.Namespace) -> 
         row.slab_kb = (meminfo_kb("Slab") - slab0) / n
         row.ps_cli_ms = p50(time_cli(d.cp, ["ps"], 10))
         row.ps_op_ms = p50(time_op(d.cp, "ps", 20))
-        row.restart_ms = p50(crash_restart(d, rows, 5))
+        row.restart_ms = p50(crash_restart(d, rows, 9))
         log(f"{n}: ps {row.ps_cli_ms:.1f} ms, restart {row.restart_ms:.1f} ms, idle {row.cpu_pct:.3f} %")
     finally:
         if sup is not None:
