@@ -69,7 +69,8 @@ def build(state: Path, *, clock: Callable[[], float] = time.time) -> Daemon:
     """Create every object the daemon needs, once. Tests pass their own ``clock``."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state, 0o700)
-    store = Store(state / "clawpen.db", records=state / "run")
+    # the bots' JSON records are written by a thread of their own (daemon/records.py)
+    store = Store(state / "clawpen.db", records=state / "run", background_records=True)
     sandbox = NamespaceTier(state)  # the only place tiers are named
     container = ContainerTier(state)  # its engine is reached on first use: none here fails only its bots
     vm = VmTier(state, sandbox)  # QEMU in the bot's namespace sandbox; KVM probed on first use
@@ -275,5 +276,26 @@ def run_daemon(state: Path) -> int:
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: stacks to the log
     _limit_arenas()  # before the first thread
+    raise_nofile()
     asyncio.run(serve(state))
     return 0
+
+
+NOFILE = 65_536  # what the systemd unit gives the daemon (LimitNOFILE=65536:524288)
+
+
+def raise_nofile(want: int = NOFILE) -> tuple[int, int]:
+    """Raise the soft limit on open files to ``want`` (or the hard limit, if lower), as the
+    systemd unit does: the daemon holds about 27 descriptors per bot (its FIFOs, pidfds, log
+    file, the sandbox's memfds, the metrics' cgroup files), so a daemon started from a shell
+    with the usual soft limit of 1024 ran out at about 40 bots (``Too many open files``).
+    Returns the (soft, hard) limits now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    got = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return int(got[0]), int(got[1])

@@ -105,6 +105,7 @@ class Store:
         path: Path,
         *,
         records: Path | None = None,
+        background_records: bool = False,
         warn: Callable[[str], None] = _stderr,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -114,7 +115,7 @@ class Store:
         opened = open_checked(path, clock=clock())
         self.db = opened.db
         self.exclusive = opened.exclusive
-        self.records = Records(records) if records is not None else None
+        self.records = Records(records, background=background_records) if records is not None else None
         self._bots: dict[str, BotRow] = {
             r[0]: BotRow(r[0], json.loads(r[1]), r[2], r[3], bool(r[4]), r[5])
             for r in self.db.execute(
@@ -139,6 +140,8 @@ class Store:
 
     def close(self) -> None:
         self.flush(force=True)
+        if self.records is not None:
+            self.records.flush()
         with contextlib.suppress(sqlite3.Error):
             self.db.close()
 

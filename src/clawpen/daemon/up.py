@@ -42,6 +42,7 @@ from clawpen.daemon.runtime import Instance
 from clawpen.daemon.store import policy_hash
 from clawpen.errors import ClawpenError, ConfigError, UsageError
 from clawpen.host import Notes
+from clawpen.sandbox.users import allocate
 from clawpen.spec.loader import LoadedSpec, load_spec
 from clawpen.supervisor.states import BotState
 
@@ -267,7 +268,10 @@ async def _apply(
     summary = summary or "no change"
     if rollback_of is not None:
         summary = f"rollback of release {rollback_of}: {summary}"
-    contents = await asyncio.get_running_loop().run_in_executor(None, _contents, daemon, loaded)
+    loop = asyncio.get_running_loop()
+    contents = await loop.run_in_executor(None, _contents, daemon, loaded)
+    # every new bot's uid in one change of users.json, not one locked write per bot as it starts
+    await loop.run_in_executor(None, allocate, starting, daemon.services.state_dir)
     release = store.add_release(who, str(loaded.path.resolve()), loaded.text, summary, rollback_of)
     store.add_release_bots(release, contents)
     for name in plan.names("remove"):
