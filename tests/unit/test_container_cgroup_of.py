@@ -35,14 +35,25 @@ def test_every_mounted_hierarchy_of_the_init_and_nothing_else() -> None:
         f"/sys/fs/cgroup/memory/clawpen/bot.0/{CID}",  # the hierarchy's root, not the sub-folder bind
         f"/sys/fs/cgroup/cpu,cpuacct/clawpen/bot.0/{CID}",
         f"/sys/fs/cgroup/systemd/clawpen/bot.0/{CID}",
-        "/sys/fs/cgroup/unified",  # blkio is not mounted here: skipped
-    ]
+    ]  # blkio is not mounted here, and the init is in the unified root: both skipped
 
 
 def test_unified_hierarchy() -> None:
     mounts = "25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
     assert cgroup_dirs(f"0::/clawpen/bot.0/{CID}/\n", mounts) == [f"/sys/fs/cgroup/clawpen/bot.0/{CID}"]
-    assert cgroup_dirs("0::/\n", mounts) == ["/sys/fs/cgroup"]
+    assert cgroup_dirs("0::/\n", mounts) == []  # a root cgroup holds the whole host: never joined
     # a process that is gone, or no cgroup file system mounted here: nothing to join
     assert cgroup_dirs("", mounts) == []
     assert cgroup_dirs(f"0::/clawpen/bot.0/{CID}\n", "") == []
+
+
+def test_a_hierarchy_the_engine_did_not_place_the_container_in_is_left_out() -> None:
+    """clawpen's own favordynmods hierarchy (mounted after the engine started) has the container
+    at its root, with every process of the host: a kill of that Cgroup would reach them all."""
+    mounts = HYBRID_MOUNTS + (
+        "95 24 0:70 / /run/clawpen-favordynmods rw,relatime - cgroup cgroup "
+        "rw,favordynmods,name=clawpen-favor\n"
+    )
+    member = "10:name=clawpen-favor:/\n" + HYBRID_MEMBER
+    assert cgroup_dirs(member, mounts) == cgroup_dirs(HYBRID_MEMBER, HYBRID_MOUNTS)
+    assert not any("favordynmods" in d for d in cgroup_dirs(member, mounts))

@@ -101,7 +101,8 @@ def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
 def cgroup_dirs(member: str, mountinfo: str) -> list[str]:
     """The cgroup directories a process is in, one per hierarchy mounted here (pure): ``member``
     is its ``/proc/PID/cgroup``, ``mountinfo`` this mount namespace's ``/proc/self/mountinfo``
-    (only mounts of a hierarchy's root count: a bind of a sub-folder would give wrong paths)."""
+    (only mounts of a hierarchy's root count: a bind of a sub-folder would give wrong paths).
+    A hierarchy where the process is in the root cgroup is left out."""
     roots: list[tuple[str, set[str]]] = []  # (mount point, controllers; empty for cgroup2)
     for line in mountinfo.splitlines():
         head, sep, tail = line.partition(" - ")
@@ -115,7 +116,10 @@ def cgroup_dirs(member: str, mountinfo: str) -> list[str]:
     found: list[str] = []
     for line in member.splitlines():
         parts = line.split(":", 2)
-        if len(parts) != 3:
+        if len(parts) != 3 or parts[2].strip() == "/":
+            # a hierarchy the engine did not place the container in (clawpen's own favordynmods
+            # hierarchy, any named one mounted after the engine started): its root holds every
+            # process of the host, which a kill must never reach
             continue
         wanted = set(parts[1].split(",")) - {""}
         for point, options in roots:

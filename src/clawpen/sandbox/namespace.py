@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from clawpen.errors import ClawpenError, HostError, SandboxError, UsageError
+from clawpen.errors import HostError, SandboxError, UsageError
 from clawpen.paths import cache_dir
 from clawpen.plan.model import Plan
 from clawpen.sandbox import cgroups, seccomp
@@ -37,6 +37,7 @@ from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
 from clawpen.sandbox.foreground import FORWARDED_SIGNALS, wait
 from clawpen.sandbox.handle import CgroupHandle
 from clawpen.sandbox.procs import become_subreaper, memfd, readable, reap
+from clawpen.sandbox.spawnbw import popen_bwrap
 from clawpen.sandbox.tier import (
     EXIT_DISK,
     EXIT_SETUP,
@@ -382,7 +383,12 @@ class Sandbox(CgroupHandle):
         )
         self.started = time.monotonic()
         try:
-            self.proc = self._popen_in_link(passed)
+            self.proc = popen_bwrap(
+                self.plan,
+                [self.tier._bwrap, "--args", str(self.args_fd), *self.command_argv],
+                passed,
+                self.stdio,
+            )
         except OSError as err:
             raise SandboxError(
                 f"cannot start bubblewrap ({self.tier._bwrap}): {err.strerror}",
@@ -411,45 +417,6 @@ class Sandbox(CgroupHandle):
             self.unblocked = True
             self.started = time.monotonic()
 
-    def _popen_in_link(self, passed: tuple[int | None, ...]) -> subprocess.Popen[bytes]:
-        """Start bubblewrap; for a bot with a gateway link, inside the link's network namespace:
-        this thread joins it just for the fork (a child inherits its creating thread's
-        namespace) and comes back. Two ``setns`` calls cost microseconds where
-        ``nsenter --net=...`` would cost an extra exec (~1 ms); a helper thread would not do,
-        as ``--die-with-parent`` fires when the forking *thread* ends."""
-        link = self.plan.link
-        if link is None:
-            return self._popen(passed)
-        from clawpen.netns import entered, open_netns
-
-        try:
-            fd = open_netns(link.netns)
-        except ClawpenError as err:
-            raise SandboxError(
-                err.what, where="network", hint="restart the bot (clawpen restart BOT)"
-            ) from None
-        try:
-            with entered(fd):
-                return self._popen(passed)
-        finally:
-            os.close(fd)
-
-    def _popen(self, passed: tuple[int | None, ...]) -> subprocess.Popen[bytes]:
-        plan = self.plan
-        return subprocess.Popen(
-            [self.tier._bwrap, "--args", str(self.args_fd), *self.command_argv],
-            user=plan.identity.uid,
-            group=plan.identity.gid,
-            extra_groups=[],
-            pass_fds=tuple(fd for fd in passed if fd is not None),
-            env={"PATH": "/usr/bin:/bin"},
-            stdin=self.stdio.stdin,
-            stdout=self.stdio.stdout,
-            stderr=self.stdio.stderr,
-            umask=0o022,
-            process_group=0,
-        )
-
     def _read_child_pid(self) -> int:
         buf = b""
         while True:
@@ -461,6 +428,13 @@ class Sandbox(CgroupHandle):
             if found:
                 return int(found.group(1))
         status = self.process.wait()
+        if status in (126, 127):  # setpriv could not exec it
+            raise SandboxError(
+                f"cannot start bubblewrap ({self.tier._bwrap}): "
+                + ("not found" if status == 127 else "not executable"),
+                where="spawn",
+                hint="install it: apt-get install bubblewrap",
+            )
         raise SandboxError(
             f"bubblewrap failed before the sandbox started (exit status {status})",
             where="spawn",
