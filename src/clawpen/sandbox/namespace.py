@@ -395,9 +395,15 @@ class Sandbox(CgroupHandle):
                 where="spawn",
                 hint="install it: apt-get install bubblewrap",
             ) from None
-        os.close(self.info_w)
-        self.fds.remove(self.info_w)
-        child = self._read_child_pid()
+        # bubblewrap has its own copies now: only the block pipe, the info pipe's read end and
+        # the pidfds stay open here (a daemon with 500 bots and their spares holds thousands
+        # fewer descriptors, and each fork copies fewer)
+        handed = {self.info_w, self.args_fd, *fds.data.values(), *fds.pinned.values()}
+        handed |= {fd for fd in (fds.seccomp, fds.block) if fd is not None and fd != self.block_r}
+        for fd in handed:
+            os.close(fd)
+        self.fds = [fd for fd in self.fds if fd not in handed]
+        child = self._read_child_pid()  # info_r stays open: bubblewrap writes more after the pid
         with contextlib.suppress(ProcessLookupError):
             self.sandbox = (child, self._keep(os.pidfd_open(child)))
         try:
