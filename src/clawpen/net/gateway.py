@@ -29,11 +29,11 @@ in the :class:`clawpen.net.connlog.ConnLog`.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import dns.rdatatype
 
@@ -50,7 +50,16 @@ from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
 from clawpen.net.learn import PolicyView
 from clawpen.net.listen import listeners, original_dst
-from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
+from clawpen.net.relay import (
+    Refused,
+    Workers,
+    close_quietly,
+    connect_nonblocking,
+    relay,
+    reset,
+    send_all,
+    tune,
+)
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 from clawpen.netns import setns
@@ -61,6 +70,10 @@ _log = logging.getLogger(__name__)
 HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (read by the head stage)
 CONNECT_TIMEOUT = 10.0
 __all__ = ["MAX_CONNECTIONS", "Denied", "Gateway", "original_dst"]
+
+
+def _nothing() -> None:
+    pass
 
 
 class Denied(Exception):
@@ -129,6 +142,7 @@ class Gateway:
             refused=self._refused,
             first_byte=first_byte,
             deadline=head_deadline,
+            spawn=self._spawn,
         )
         self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
         fd = upstream_netns_fd
@@ -168,6 +182,9 @@ class Gateway:
             self.dns.stop()
         self.host_addrs.close()
 
+    def _spawn(self, task: Callable[[], None]) -> None:
+        self.workers.submit(task)  # the workers are made after the head stage
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector), and the
         fairness counters (refused_rate, refused_busy, refused_heads, head_timeouts)."""
@@ -195,17 +212,16 @@ class Gateway:
         return head.parse is not None
 
     def _ready(self, head: Head) -> None:
+        """In a worker thread (the head stage's leader that found the head complete)."""
         if head.phase == "hello":
             self.hello.ready(head)
             return
-        head.sock.setblocking(True)
-        self.workers.submit(functools.partial(self._serve, head))
+        self._serve(head)  # the socket stays non-blocking (the relay wants it so)
 
     def _serve(self, head: Head) -> None:
         conn, link = head.sock, head.link
         handed_back = False  # a CONNECT to 443 went back to the head stage for its ClientHello
-        try:
-            tune(conn)
+        try:  # TCP_NODELAY comes from the listener (see clawpen.net.listen)
             if head.kind == "proxy":
                 handed_back = self._serve_proxy(conn, link, head)
             else:
@@ -246,8 +262,11 @@ class Gateway:
             reset(head.sock)
 
     # ------------------------------------------------------------ checks
-    def _check(self, link: BotLink, host: str, port: int) -> tuple[str, list[str]]:
-        """Allowlist + resolution + address classes: (reason it is allowed, addresses)."""
+    def _check(
+        self, link: BotLink, host: str, port: int, before_wait: Callable[[], None] = _nothing
+    ) -> tuple[str, list[str]]:
+        """Allowlist + resolution + address classes: (reason it is allowed, addresses).
+        ``before_wait`` is called first if a name must be asked upstream (not cached)."""
         try:
             name = egress.normalize_host(host)
         except ValueError as err:
@@ -262,6 +281,9 @@ class Gateway:
         if _is_ip(name):
             addresses = [name]
         else:
+            a, aaaa = dns.rdatatype.A, dns.rdatatype.AAAA
+            if not self.resolver.cached(name, a) or (link.bot_addr6 and not self.resolver.cached(name, aaaa)):
+                before_wait()
             try:
                 addresses = self.resolver.addresses(name)
             except UpstreamError as err:
@@ -287,15 +309,18 @@ class Gateway:
             str(ipaddress.ip_address(rd.address)) for rr in answer.answer if rr.rdtype == aaaa for rd in rr
         ]
 
-    def _connect(self, addresses: list[str], port: int) -> socket.socket:
+    def _connect(
+        self, addresses: list[str], port: int, before_wait: Callable[[], None] = _nothing
+    ) -> socket.socket:
+        """A connected, non-blocking socket to the first of ``addresses`` that answers within
+        :data:`CONNECT_TIMEOUT`; ``before_wait`` is called before the first wait."""
         last: OSError | None = None
         for addr in addresses:
-            up = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            up = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
-                kernel_timeout(up, socket.SO_SNDTIMEO, CONNECT_TIMEOUT)  # a blocking connect honours it
-                up.connect((addr, port))
-                kernel_timeout(up, socket.SO_SNDTIMEO, 0)
                 tune(up)
+                connect_nonblocking(up, (addr, port), CONNECT_TIMEOUT, before_wait)
                 return up
             except OSError as err:
                 close_quietly(up)
@@ -327,6 +352,7 @@ class Gateway:
         assert isinstance(req, sniff.Request)
         if req.method == "CONNECT":
             return self._proxy_connect(conn, link, req, head)
+        head.handoff()  # plain HTTP: not the fast path
         self._proxy_http(conn, link, req, data[req.size :], t0)
         return False
 
@@ -338,13 +364,13 @@ class Gateway:
             name = _safe_normal(host)
             if port == 0:
                 raise Denied("CONNECT needs host:port")
-            allowed_by, addresses = self._check(link, host, port)
+            allowed_by, addresses = self._check(link, host, port, head.handoff)
         except (Denied, ValueError) as err:
             self._record(link, "connect", name, port, "denied", str(err), t0)
             _respond(conn, 403, f"clawpen gateway: {err}")
             return False
         try:
-            up = self._connect(addresses, port)
+            up = self._connect(addresses, port, head.handoff)
         except OSError as err:
             self._record(link, "connect", name, port, "denied", f"upstream: {err}", t0)
             _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
@@ -353,7 +379,8 @@ class Gateway:
             head.target, head.data = (name, port, allowed_by), rest
             return self.hello.after_connect(head, up)
         try:
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            head.handoff()
+            send_all(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
 
             def gate() -> bytes:
                 return self._hello_gate(conn, rest, name)
@@ -422,9 +449,9 @@ class Gateway:
         lines = [f"{req.method} {path} {req.version}", f"Host: {authority}"]
         lines += [f"{k}: {v}" for k, v in req.headers if k.lower() not in drop]
         lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            counts = relay(conn, up, a_prefix=head + rest, spawn=self.workers.submit)
+            counts = relay(conn, up, a_prefix=head_bytes + rest, spawn=self.workers.submit)
         finally:
             close_quietly(up)
         self._record(link, "proxy", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
@@ -451,7 +478,7 @@ class Gateway:
                 named = _safe_normal(host)
                 if _is_ip(named) and not policy.open and policy.match(named, dst_port) is None:
                     raise Denied(f"raw IP connection to {host}:{dst_port} (not in the allowlist)")
-            allowed_by, addresses = self._check(link, host, dst_port)
+            allowed_by, addresses = self._check(link, host, dst_port, head.handoff)
         except (Denied, ValueError) as err:
             self._record(link, "transparent", host, dst_port, "denied", str(err), t0)
             reset(conn)
@@ -459,12 +486,13 @@ class Gateway:
         if dst_ip in addresses:
             addresses = [dst_ip] + [a for a in addresses if a != dst_ip]
         try:
-            up = self._connect(addresses, dst_port)
+            up = self._connect(addresses, dst_port, head.handoff)
         except OSError:
             self._record(link, "transparent", host, dst_port, "denied", "upstream connect failed", t0)
             reset(conn)
             return
         try:
+            head.handoff()
             counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit)
         finally:
             close_quietly(up)

@@ -19,7 +19,6 @@ upstream socket closed with it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import select
 import socket
@@ -29,7 +28,7 @@ from collections.abc import Callable
 from clawpen.net import sniff
 from clawpen.net.fair import Fairness
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
-from clawpen.net.relay import Workers, close_quietly, relay
+from clawpen.net.relay import Workers, close_quietly, relay, send_all
 from clawpen.spec import egress
 
 _log = logging.getLogger(__name__)
@@ -72,13 +71,15 @@ class HelloStep:
             respond_429(conn, why)
             return False
         try:
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            send_all(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
         except OSError:
             self.fair.head_done(head.key)
             close_quietly(up)
             self.record(link, "connect", name, port, "denied", "closed before the TLS ClientHello", head.t0)
             return False
         head.up = up
+        if self.grace > 0:
+            head.handoff()  # the wait for the hello (and the relay) may block
         if self.grace > 0 and self._came_at_once(head):
             self.fair.head_done(head.key)
             if self.verdict(head):
@@ -117,10 +118,10 @@ class HelloStep:
             head.data += chunk
 
     def ready(self, head: Head) -> None:
-        """In the head stage: the hello is complete; a worker relays if the SNI is right."""
+        """From the head stage, in a worker: the hello is complete; relay if the SNI is right."""
         if self.verdict(head):
-            head.sock.setblocking(True)
-            self.workers.submit(functools.partial(self.relay, head))
+            head.handoff()
+            self.relay(head)
 
     def verdict(self, head: Head) -> bool:
         """The SNI must be the CONNECT host; if not, log, close both sides, False."""
@@ -191,7 +192,7 @@ def respond(conn: socket.socket, status: int, text: str) -> None:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     with contextlib.suppress(OSError):
-        conn.sendall(head + body)
+        conn.sendall(head + body)  # a fresh socket has room; never waits in the head stage
 
 
 def respond_429(conn: socket.socket, why: str) -> None:

@@ -53,10 +53,17 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _send_all(sock: socket.socket, data: bytes) -> None:
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Send all of ``data``, waiting for room if ``sock`` is non-blocking."""
     view = memoryview(data)
     while view:
-        sent = sock.send(view)
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            poller.poll()
+            continue
         view = view[sent:]
 
 
@@ -73,7 +80,7 @@ def _pump(
         if gate is not None:
             prefix += gate()
         if prefix:
-            _send_all(dst, prefix)
+            send_all(dst, prefix)
             moved[0] += len(prefix)
         _splice_loop(src.fileno(), dst.fileno(), moved)
     except (OSError, Refused) as err:
@@ -180,14 +187,16 @@ def relay(
     second direction (default: a new thread; the gateway passes its :class:`Workers`).
     With ``gate_first`` the gate runs before ``b`` -> ``a`` starts (for protocols where ``a``
     speaks first, such as TLS): then handing off the second direction overlaps with ``b``'s
-    answer instead of delaying the first bytes. Both sockets must be blocking; tune them
+    answer instead of delaying the first bytes. The sockets may be blocking or not: with a
+    gate they are made blocking, without one they are made (and left) non-blocking; tune them
     first (:func:`tune`) if they are TCP. ``idle`` (seconds, only without a gate): when no byte
     has moved either way for that long, both sides are torn down (the published-port relay
     bounds its connections this way).
     """
-    for s in (a, b):
-        if s.gettimeout() is not None:
-            s.setblocking(True)
+    if a_gate is not None:  # a gate reads and a direction of its own splices: blocking
+        for s in (a, b):
+            if s.gettimeout() is not None:
+                s.setblocking(True)
     errors: list[BaseException] = []
     back = [0]
     done = threading.Event()
@@ -195,7 +204,7 @@ def relay(
         try:
             a_prefix += a_gate()
             if a_prefix:
-                _send_all(b, a_prefix)
+                send_all(b, a_prefix)
         except (OSError, Refused) as err:
             for s in (a, b):
                 with contextlib.suppress(OSError):
@@ -240,20 +249,31 @@ _STALL_LIMIT = 1000  # poll said ready this many times in a row and nothing move
 class _Way:
     """One direction of :func:`_poll_relay`: src -> pipe -> dst, non-blocking."""
 
+    __slots__ = ("done", "dst", "dst_fd", "moved", "pending", "rd", "src", "src_fd", "wr")
+
     def __init__(self, src: socket.socket, dst: socket.socket) -> None:
         self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.rd, self.wr = _pipe()
         self.pending = 0  # bytes in the pipe
         self.moved = 0
         self.done = False
 
+    def want(self) -> tuple[int, int]:
+        """(fd, poll bit) this direction waits for: room in dst while the pipe holds bytes,
+        else bytes in src."""
+        return (self.dst_fd, select.POLLOUT) if self.pending else (self.src_fd, select.POLLIN)
+
     def step(self) -> bool:
-        """Move what can move now; True if anything did. Raises OSError on a broken side."""
+        """Move what can move now; True if anything did. Raises OSError on a broken side.
+
+        A read shorter than :data:`CHUNK` emptied the socket's queue: the next bytes are left
+        to the next ``poll`` instead of one more read that would say ``EAGAIN``."""
         progress = False
         while not self.done:
             if not self.pending:
                 try:
-                    got = os.splice(self.src.fileno(), self.wr, CHUNK, flags=_NONBLOCK)
+                    got = os.splice(self.src_fd, self.wr, CHUNK, flags=_NONBLOCK)
                 except BlockingIOError:
                     return progress
                 if got == 0:
@@ -262,66 +282,86 @@ class _Way:
                         self.dst.shutdown(socket.SHUT_WR)
                     return True
                 self.pending = got
+                full = got == CHUNK
+            else:
+                full = True
             try:
-                out = os.splice(self.rd, self.dst.fileno(), self.pending, flags=_NONBLOCK)
+                out = os.splice(self.rd, self.dst_fd, self.pending, flags=_NONBLOCK)
             except BlockingIOError:
                 return progress
             self.pending -= out
             self.moved += out
             progress = True
+            if self.pending or not full:
+                return progress
         return progress
 
     def release(self, clean: bool) -> None:
         _keep(self.rd, self.wr, clean and not self.pending)
 
 
+_READY = select.POLLIN | select.POLLOUT | select.POLLERR | select.POLLHUP
+
+
 def _poll_relay(
     a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: bytes, idle: float | None = None
 ) -> tuple[int, int]:
-    """Both directions in the calling thread: poll, then splice without blocking. With ``idle``,
-    a connection on which nothing moved for that many seconds is torn down."""
+    """Both directions in the calling thread: poll, then splice without blocking, only the
+    direction whose descriptor is ready. With ``idle``, a connection on which nothing moved for
+    that many seconds is torn down. Both sockets are left non-blocking (the caller closes them)."""
     sent_ab = sent_ba = 0
     ways: list[_Way] = []
     clean = False
     try:
         if a_prefix:
-            _send_all(b, a_prefix)
+            send_all(b, a_prefix)
             sent_ab = len(a_prefix)
         if b_prefix:
-            _send_all(a, b_prefix)
+            send_all(a, b_prefix)
             sent_ba = len(b_prefix)
-        a.setblocking(False)
-        b.setblocking(False)
+        for s in (a, b):
+            if s.gettimeout() != 0.0:
+                s.setblocking(False)
         ways = [_Way(a, b), _Way(b, a)]
         poller = select.poll()
         registered: dict[int, int] = {}
         stalls = 0
         wait_ms = None if idle is None else max(1, int(idle * 1000))
-        while not all(w.done for w in ways):
-            if any([w.step() for w in ways]):  # a list: step every way, never just the first
-                stalls = 0
-                continue
-            stalls += 1
-            if stalls > _STALL_LIMIT:
-                raise OSError(errno.EIO, "relay stalled")
+        live = ways
+        while live:
             masks: dict[int, int] = {}
-            for w in ways:
-                if not w.done:
-                    fd, bit = (
-                        (w.dst.fileno(), select.POLLOUT) if w.pending else (w.src.fileno(), select.POLLIN)
-                    )
-                    masks[fd] = masks.get(fd, 0) | bit
+            for w in live:
+                fd, bit = w.want()
+                masks[fd] = masks.get(fd, 0) | bit
             for fd in [fd for fd in registered if fd not in masks]:
                 poller.unregister(fd)
                 del registered[fd]
             for fd, mask in masks.items():
-                if fd not in registered:
+                old = registered.get(fd)
+                if old is None:
                     poller.register(fd, mask)
-                elif registered[fd] != mask:
+                elif old != mask:
                     poller.modify(fd, mask)
                 registered[fd] = mask
-            if not poller.poll(wait_ms) and idle is not None:
-                raise OSError(errno.ETIMEDOUT, "relay idle")
+            events = poller.poll(wait_ms)
+            if not events:
+                if idle is not None:
+                    raise OSError(errno.ETIMEDOUT, "relay idle")
+                continue
+            ready = {fd: ev for fd, ev in events if ev & _READY}
+            moved = False
+            for w in live:
+                fd, bit = w.want()
+                ev = ready.get(fd, 0)
+                if ev & (bit | select.POLLERR | select.POLLHUP) and w.step():
+                    moved = True
+            if moved:
+                stalls = 0
+            else:
+                stalls += 1
+                if stalls > _STALL_LIMIT:
+                    raise OSError(errno.EIO, "relay stalled")
+            live = [w for w in ways if not w.done]
         clean = True
     except OSError:
         for s in (a, b):
@@ -330,11 +370,8 @@ def _poll_relay(
     finally:
         for w in ways:
             w.release(clean)
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.setblocking(True)
-    moved = [w.moved for w in ways] or [0, 0]
-    return sent_ab + moved[0], sent_ba + moved[1]
+    moved_counts = [w.moved for w in ways] or [0, 0]
+    return sent_ab + moved_counts[0], sent_ba + moved_counts[1]
 
 
 class Workers:
@@ -416,6 +453,27 @@ def kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
     whole = int(seconds)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
+def connect_nonblocking(
+    sock: socket.socket, addr: tuple[str, int], timeout: float, before_wait: Callable[[], None]
+) -> None:
+    """Connect the non-blocking ``sock``; ``before_wait()`` runs only if the connection is not
+    made at once (it usually is on loopback by the time of a zero-time poll). Raises OSError
+    (``ETIMEDOUT`` after ``timeout`` seconds, or the connection's own error)."""
+    err = sock.connect_ex(addr)
+    if err not in (0, errno.EINPROGRESS):
+        raise OSError(err, os.strerror(err))
+    if err == errno.EINPROGRESS:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(0):
+            before_wait()
+            if not poller.poll(max(1, int(timeout * 1000))):
+                raise OSError(errno.ETIMEDOUT, "connect timed out")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
 
 
 def reset(sock: socket.socket) -> None:
