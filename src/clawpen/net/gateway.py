@@ -42,7 +42,7 @@ from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness
-from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
+from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, NO_LEAD, Head, HeadStage, Lead
 from clawpen.net.hello import HelloStep
 from clawpen.net.hello import is_ip as _is_ip
 from clawpen.net.hello import respond as _respond
@@ -309,18 +309,16 @@ class Gateway:
             str(ipaddress.ip_address(rd.address)) for rr in answer.answer if rr.rdtype == aaaa for rd in rr
         ]
 
-    def _connect(
-        self, addresses: list[str], port: int, before_wait: Callable[[], None] = _nothing
-    ) -> socket.socket:
+    def _connect(self, addresses: list[str], port: int, lead: Lead = NO_LEAD) -> socket.socket:
         """A connected, non-blocking socket to the first of ``addresses`` that answers within
-        :data:`CONNECT_TIMEOUT`; ``before_wait`` is called before the first wait."""
+        :data:`CONNECT_TIMEOUT`; the waits watch the head stage's loop if ``lead`` holds it."""
         last: OSError | None = None
         for addr in addresses:
             family = socket.AF_INET6 if ":" in addr else socket.AF_INET
             up = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
                 tune(up)
-                connect_nonblocking(up, (addr, port), CONNECT_TIMEOUT, before_wait)
+                connect_nonblocking(up, (addr, port), CONNECT_TIMEOUT, lead.watch())
                 return up
             except OSError as err:
                 close_quietly(up)
@@ -492,8 +490,7 @@ class Gateway:
             reset(conn)
             return
         try:
-            head.handoff()
-            counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit)
+            counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit, watch=head.handoff.watch())
         finally:
             close_quietly(up)
         name = _safe_normal(host)

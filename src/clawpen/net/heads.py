@@ -4,8 +4,9 @@ No thread is held by a slow client before the verdict. One thread runs an epoll 
 (:class:`selectors.DefaultSelector`) over the gateway's listening sockets and every connection
 whose first bytes are not complete yet:
 
-1. accept (a batch per wake-up and listener; an ``accept()`` error never ends the loop, and on
-   ``EMFILE``/``ENFILE`` the listeners rest for :data:`ACCEPT_BACKOFF` seconds);
+1. accept (a batch per wake-up and listener, cut short by a head that is complete at once:
+   it is served first; an ``accept()`` error never ends the loop, and on ``EMFILE``/``ENFILE``
+   the listeners rest for :data:`ACCEPT_BACKOFF` seconds);
 2. who: ``registry.by_source`` (unknown source: reset); admission by
    :class:`clawpen.net.fair.Fairness` (rate, open connections, unfinished heads per bot);
 3. ``plan(head)`` (the gateway) says whether this connection needs its first bytes parsed
@@ -116,7 +117,7 @@ class Head:
         self.up: socket.socket | None = None  # the upstream socket, during the hello phase
         self.target: Any = None  # what the caller needs after the hello (its own business)
         # ``ready`` calls it before anything that may block (see HeadStage); idempotent
-        self.handoff: Callable[[], None] = _nothing
+        self.handoff: Lead = NO_LEAD
 
 
 class HeadStage:
@@ -154,6 +155,7 @@ class HeadStage:
         self._heap: list[tuple[float, int, Head]] = []
         self._seq = itertools.count()
         self._paused_until = 0.0
+        self._pending = 0  # heads in the selector (each has a deadline to keep)
         self.accept_errors = 0
 
     def add_listener(self, sock: socket.socket, kind: str) -> None:
@@ -183,6 +185,14 @@ class HeadStage:
         if self._stopping:
             self._drain_resumed(close=True)
 
+    def parkable(self) -> int | None:
+        """For the leader (only): the epoll descriptor to watch while it waits elsewhere, if
+        the loop has no timers to keep (no unfinished head, no accept back-off); else None."""
+        if self._pending or self._paused_until or self._resumed or self._stopping:
+            return None
+        fileno = getattr(self._sel, "fileno", None)
+        return int(fileno()) if fileno is not None else None
+
     def stop(self) -> None:
         """End the loop and close every unfinished head (the listeners stay the caller's)."""
         self._stopping = True
@@ -202,15 +212,15 @@ class HeadStage:
             head = self._run()
             if head is None:  # stopping: the loop has closed
                 return
-            token = _Handoff(self)
+            token = Lead(self)
             head.handoff = token
             try:
                 self.ready(head)
             except Exception:  # the caller's bug: this connection ends, the loop does not
                 _log.exception("gateway head stage: serving a connection failed")
-            finally:
-                head.handoff = _nothing
-            if token.passed and not token.failed:
+            handed_on = token.passed and not token.failed
+            token.passed = True  # retired: whoever still holds it hands nothing on
+            if handed_on:
                 return  # another thread leads now
 
     def _drop(self, head: Head) -> None:
@@ -222,6 +232,7 @@ class HeadStage:
         """The heads this turn completed: all but the last to ``spawn``; the last one back."""
         done, self._done = self._done, []
         for head in done[:-1]:
+            head.handoff = NO_LEAD  # not the loop's thread: nothing to hand on
             try:
                 self.spawn(functools.partial(self.ready, head))
             except Exception:  # no thread: this connection ends, the loop does not
@@ -303,6 +314,8 @@ class HeadStage:
                 self._admit(conn, kind, addr[0])
             except Exception:  # a broken connection must never end the loop
                 reset(conn)
+            if self._done:  # serve it now; the listener stays readable for the next leader
+                return
 
     def _pause(self) -> None:
         self._paused_until = time.monotonic() + ACCEPT_BACKOFF
@@ -346,6 +359,7 @@ class HeadStage:
             if head.live:
                 self._sel.register(conn, selectors.EVENT_READ, head)
                 head.registered = True
+                self._pending += 1
                 if not head.data:  # else _read pushed the complete-head deadline
                     heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         except Exception:  # a broken connection must never end the loop (nor leak its place)
@@ -382,6 +396,7 @@ class HeadStage:
         head.deadline = head.start + (deadline if head.data else first_byte)
         self._sel.register(head.sock, selectors.EVENT_READ, head)
         head.registered = True
+        self._pending += 1
         heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         if head.data:
             self._parse(head)
@@ -425,6 +440,7 @@ class HeadStage:
         head.live = False
         if head.registered:  # (unregistering an unknown socket would format it: 2 syscalls)
             head.registered = False
+            self._pending -= 1
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(head.sock)
         self.fair.head_done(head.key, timed_out=timed_out)
@@ -449,23 +465,27 @@ def _own_thread(task: Callable[[], None]) -> None:
     threading.Thread(target=task, name="clawpen-gw-heads", daemon=True).start()
 
 
-def _nothing() -> None:
-    pass
+class Lead:
+    """``head.handoff`` for the thread serving ``head`` while it still holds the head stage's
+    loop (see :class:`HeadStage`). Calling it makes another thread the leader (once; if no
+    thread can be had it raises ``OSError`` and the connection fails, this thread leads on).
 
-
-class _Handoff:
-    """``head.handoff`` for the leader serving ``head``: the first call makes another thread the
-    leader; if none can be had, it raises (the connection fails, this thread leads on)."""
+    :meth:`park` lets the serving thread keep the loop while it waits: it returns the stage's
+    epoll descriptor, to be watched (readable) beside the thread's own descriptors; only when
+    it becomes readable (a new connection, a head's bytes, a resumed hello, stop) does the
+    thread call the lead to hand the loop on. So with nothing else happening a connection costs
+    no thread wake-up at all. The loop cannot be parked while it has timers to keep (unfinished
+    heads, an accept back-off): then :meth:`park` hands it on at once."""
 
     __slots__ = ("failed", "passed", "stage")
 
-    def __init__(self, stage: HeadStage) -> None:
+    def __init__(self, stage: HeadStage | None) -> None:
         self.stage = stage
-        self.passed = False
+        self.passed = stage is None  # the no-op lead has nothing to hand on
         self.failed = False
 
     def __call__(self) -> None:
-        if self.passed:
+        if self.passed or self.stage is None:
             return
         self.passed = True
         try:
@@ -474,3 +494,21 @@ class _Handoff:
             self.failed = True
             _log.exception("gateway head stage: no thread for the next leader")
             raise OSError(errno.EAGAIN, "no thread to lead the gateway's head stage") from err
+
+    def park(self) -> int | None:
+        """The descriptor to watch while waiting, or None (nothing to watch: handed on)."""
+        if self.passed or self.stage is None:
+            return None
+        fd = self.stage.parkable()
+        if fd is None:
+            self()
+        return fd
+
+    def watch(self) -> tuple[int, Callable[[], None]] | None:
+        """:meth:`park` as (descriptor, call when readable), for the waits in
+        :mod:`clawpen.net.relay`."""
+        fd = self.park()
+        return None if fd is None else (fd, self)
+
+
+NO_LEAD = Lead(None)  # for a thread that does not hold the loop: nothing to hand on

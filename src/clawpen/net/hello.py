@@ -78,8 +78,6 @@ class HelloStep:
             self.record(link, "connect", name, port, "denied", "closed before the TLS ClientHello", head.t0)
             return False
         head.up = up
-        if self.grace > 0:
-            head.handoff()  # the wait for the hello (and the relay) may block
         if self.grace > 0 and self._came_at_once(head):
             self.fair.head_done(head.key)
             if self.verdict(head):
@@ -95,6 +93,9 @@ class HelloStep:
         conn = head.sock
         poller = select.poll()
         poller.register(conn, select.POLLIN)
+        watch = head.handoff.park()  # the head stage's loop, if this thread still holds it
+        if watch is not None:
+            poller.register(watch, select.POLLIN)
         end = time.monotonic() + self.grace
         while True:
             try:
@@ -105,8 +106,15 @@ class HelloStep:
                 head.result = got
                 return True
             left = end - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                return False
+            events = dict(poller.poll(left * 1000)) if left > 0 else {}
+            if watch is not None and watch in events:
+                poller.unregister(watch)
+                watch = None
+                head.handoff()
+            if not events.get(conn.fileno(), 0):
+                if left <= 0 or not events:
+                    return False
+                continue
             try:
                 chunk = conn.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -120,7 +128,6 @@ class HelloStep:
     def ready(self, head: Head) -> None:
         """From the head stage, in a worker: the hello is complete; relay if the SNI is right."""
         if self.verdict(head):
-            head.handoff()
             self.relay(head)
 
     def verdict(self, head: Head) -> bool:
@@ -150,7 +157,8 @@ class HelloStep:
         name, port, allowed_by = head.target
         assert up is not None
         try:
-            counts = relay(conn, up, a_prefix=head.data, spawn=self.workers.submit)
+            watch = head.handoff.watch()  # the head stage's loop, if this thread holds it
+            counts = relay(conn, up, a_prefix=head.data, spawn=self.workers.submit, watch=watch)
             self.record(
                 link, "connect", name, port, "allowed", allowed_by, head.t0, counts.a_to_b, counts.b_to_a
             )

@@ -24,6 +24,7 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -53,13 +54,22 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def send_all(sock: socket.socket, data: bytes) -> None:
-    """Send all of ``data``, waiting for room if ``sock`` is non-blocking."""
+Watch = tuple[int, Callable[[], None]]
+"""A descriptor a wait also watches, and what to call (once) when it becomes readable: the
+gateway's parked head-stage loop (:class:`clawpen.net.heads.Lead`)."""
+
+
+def send_all(sock: socket.socket, data: bytes, before_wait: Callable[[], None] | None = None) -> None:
+    """Send all of ``data``, waiting for room if ``sock`` is non-blocking (``before_wait()``
+    first)."""
     view = memoryview(data)
     while view:
         try:
             sent = sock.send(view)
         except BlockingIOError:
+            if before_wait is not None:
+                before_wait()
+                before_wait = None
             poller = select.poll()
             poller.register(sock, select.POLLOUT)
             poller.poll()
@@ -176,6 +186,7 @@ def relay(
     gate_first: bool = False,
     spawn: Callable[[Callable[[], None]], None] | None = None,
     idle: float | None = None,
+    watch: Watch | None = None,
 ) -> Counts:
     """Relay between ``a`` and ``b`` until both directions end; close neither (the caller does).
 
@@ -191,7 +202,8 @@ def relay(
     gate they are made blocking, without one they are made (and left) non-blocking; tune them
     first (:func:`tune`) if they are TCP. ``idle`` (seconds, only without a gate): when no byte
     has moved either way for that long, both sides are torn down (the published-port relay
-    bounds its connections this way).
+    bounds its connections this way). ``watch`` (only without a gate): a :data:`Watch` the
+    relay's poll also waits on.
     """
     if a_gate is not None:  # a gate reads and a direction of its own splices: blocking
         for s in (a, b):
@@ -216,7 +228,7 @@ def relay(
         sent = 0
 
     if a_gate is None:  # nothing to wait for: one thread moves both directions
-        forward, backward = _poll_relay(a, b, a_prefix, b_prefix, idle)
+        forward, backward = _poll_relay(a, b, a_prefix, b_prefix, idle, watch)
         return Counts(sent + forward, backward, None)
 
     def other() -> None:
@@ -300,11 +312,13 @@ class _Way:
         _keep(self.rd, self.wr, clean and not self.pending)
 
 
-_READY = select.POLLIN | select.POLLOUT | select.POLLERR | select.POLLHUP
-
-
-def _poll_relay(
-    a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: bytes, idle: float | None = None
+def _poll_relay(  # noqa: PLR0917
+    a: socket.socket,
+    b: socket.socket,
+    a_prefix: bytes,
+    b_prefix: bytes,
+    idle: float | None = None,
+    watch: Watch | None = None,
 ) -> tuple[int, int]:
     """Both directions in the calling thread: poll, then splice without blocking, only the
     direction whose descriptor is ready. With ``idle``, a connection on which nothing moved for
@@ -312,56 +326,19 @@ def _poll_relay(
     sent_ab = sent_ba = 0
     ways: list[_Way] = []
     clean = False
+    watch_fd, on_watch = watch if watch is not None else (-1, None)
     try:
         if a_prefix:
-            send_all(b, a_prefix)
+            send_all(b, a_prefix, on_watch)
             sent_ab = len(a_prefix)
         if b_prefix:
-            send_all(a, b_prefix)
+            send_all(a, b_prefix, on_watch)
             sent_ba = len(b_prefix)
         for s in (a, b):
             if s.gettimeout() != 0.0:
                 s.setblocking(False)
         ways = [_Way(a, b), _Way(b, a)]
-        poller = select.poll()
-        registered: dict[int, int] = {}
-        stalls = 0
-        wait_ms = None if idle is None else max(1, int(idle * 1000))
-        live = ways
-        while live:
-            masks: dict[int, int] = {}
-            for w in live:
-                fd, bit = w.want()
-                masks[fd] = masks.get(fd, 0) | bit
-            for fd in [fd for fd in registered if fd not in masks]:
-                poller.unregister(fd)
-                del registered[fd]
-            for fd, mask in masks.items():
-                old = registered.get(fd)
-                if old is None:
-                    poller.register(fd, mask)
-                elif old != mask:
-                    poller.modify(fd, mask)
-                registered[fd] = mask
-            events = poller.poll(wait_ms)
-            if not events:
-                if idle is not None:
-                    raise OSError(errno.ETIMEDOUT, "relay idle")
-                continue
-            ready = {fd: ev for fd, ev in events if ev & _READY}
-            moved = False
-            for w in live:
-                fd, bit = w.want()
-                ev = ready.get(fd, 0)
-                if ev & (bit | select.POLLERR | select.POLLHUP) and w.step():
-                    moved = True
-            if moved:
-                stalls = 0
-            else:
-                stalls += 1
-                if stalls > _STALL_LIMIT:
-                    raise OSError(errno.EIO, "relay stalled")
-            live = [w for w in ways if not w.done]
+        _relay_loop(ways[0], ways[1], idle, watch_fd, on_watch)
         clean = True
     except OSError:
         for s in (a, b):
@@ -372,6 +349,74 @@ def _poll_relay(
             w.release(clean)
     moved_counts = [w.moved for w in ways] or [0, 0]
     return sent_ab + moved_counts[0], sent_ba + moved_counts[1]
+
+
+_IN, _OUT = select.POLLIN, select.POLLOUT
+_IN_ERR = _IN | select.POLLERR | select.POLLHUP
+_OUT_ERR = _OUT | select.POLLERR | select.POLLHUP
+
+
+def _relay_loop(
+    ab: _Way, ba: _Way, idle: float | None, watch_fd: int, on_watch: Callable[[], None] | None
+) -> None:
+    """The poll loop of :func:`_poll_relay` (a hot path: one turn per burst of bytes)."""
+    fa, fb = ab.src_fd, ba.src_fd
+    poller = select.poll()
+    registered: dict[int, int] = {}
+    stalls = 0
+    wait_ms = None if idle is None else max(1, int(idle * 1000))
+    while not (ab.done and ba.done):
+        mask_a = mask_b = 0  # what each socket is waited for: bytes in, or room out
+        if not ab.done:
+            if ab.pending:
+                mask_b = _OUT
+            else:
+                mask_a = _IN
+        if not ba.done:
+            if ba.pending:
+                mask_a |= _OUT
+            else:
+                mask_b |= _IN
+        for fd, mask in ((fa, mask_a), (fb, mask_b), (watch_fd, _IN)):
+            if fd < 0:
+                continue
+            old = registered.get(fd, 0)
+            if mask != old:
+                if not mask:
+                    poller.unregister(fd)
+                    del registered[fd]
+                else:
+                    (poller.modify if old else poller.register)(fd, mask)
+                    registered[fd] = mask
+        events = poller.poll(wait_ms)
+        if not events:
+            if idle is not None:
+                raise OSError(errno.ETIMEDOUT, "relay idle")
+            continue
+        ev_a = ev_b = 0
+        moved = False
+        for fd, ev in events:
+            if fd == fa:
+                ev_a = ev
+            elif fd == fb:
+                ev_b = ev
+            elif fd == watch_fd:
+                poller.unregister(fd)
+                del registered[fd]
+                watch_fd = -1
+                moved = True  # not a stall
+                if on_watch is not None:
+                    on_watch()
+        if not ab.done and ((ev_b & _OUT_ERR) if ab.pending else (ev_a & _IN_ERR)) and ab.step():
+            moved = True
+        if not ba.done and ((ev_a & _OUT_ERR) if ba.pending else (ev_b & _IN_ERR)) and ba.step():
+            moved = True
+        if moved:
+            stalls = 0
+        else:
+            stalls += 1
+            if stalls > _STALL_LIMIT:
+                raise OSError(errno.EIO, "relay stalled")
 
 
 class Workers:
@@ -456,24 +501,39 @@ def kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
 
 
 def connect_nonblocking(
-    sock: socket.socket, addr: tuple[str, int], timeout: float, before_wait: Callable[[], None]
+    sock: socket.socket, addr: tuple[str, int], timeout: float, watch: Watch | None = None
 ) -> None:
-    """Connect the non-blocking ``sock``; ``before_wait()`` runs only if the connection is not
-    made at once (it usually is on loopback by the time of a zero-time poll). Raises OSError
-    (``ETIMEDOUT`` after ``timeout`` seconds, or the connection's own error)."""
+    """Connect the non-blocking ``sock`` within ``timeout`` seconds, waiting on ``watch`` too.
+    Raises OSError (``ETIMEDOUT``, or the connection's own error)."""
     err = sock.connect_ex(addr)
     if err not in (0, errno.EINPROGRESS):
         raise OSError(err, os.strerror(err))
     if err == errno.EINPROGRESS:
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        if not poller.poll(0):
-            before_wait()
-            if not poller.poll(max(1, int(timeout * 1000))):
-                raise OSError(errno.ETIMEDOUT, "connect timed out")
+        wait_for(sock.fileno(), select.POLLOUT, timeout, watch)
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
+
+
+def wait_for(fd: int, events: int, timeout: float, watch: Watch | None = None) -> bool:
+    """Poll ``fd`` for ``events`` up to ``timeout`` seconds, calling ``watch``'s callable (once)
+    if its descriptor becomes readable meanwhile. Raises ``ETIMEDOUT`` at the end; True."""
+    poller = select.poll()
+    poller.register(fd, events)
+    if watch is not None:
+        poller.register(watch[0], select.POLLIN)
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise OSError(errno.ETIMEDOUT, "timed out")
+        got = dict(poller.poll(max(1, int(left * 1000))))
+        if watch is not None and watch[0] in got:
+            poller.unregister(watch[0])
+            watch[1]()
+            watch = None
+        if got.get(fd, 0):
+            return True
 
 
 def reset(sock: socket.socket) -> None:
