@@ -2,11 +2,14 @@
 
 Listening sockets live in the gateway network namespace (``0.0.0.0:PROXY_PORT`` and
 ``0.0.0.0:TRANSPARENT_PORT``, the same ports on ``[::]`` in IPv6-only sockets for the links of
-``network.ipv6`` bots, plus DNS over IPv4). One thread accepts on all of them and reads every
+``network.ipv6`` bots, plus DNS over IPv4). One loop accepts on all of them and reads every
 connection's first bytes without blocking (:mod:`clawpen.net.heads`, with per-bot quotas from
-:mod:`clawpen.net.fair`), so a slow bot holds no thread before the verdict; a connection whose
-head is complete goes to a worker thread that has joined the *upstream* namespace (the daemon's
-own by default), so upstream sockets and DNS queries are made there. Per connection:
+:mod:`clawpen.net.fair`), so a slow bot holds no thread before the verdict. The loop runs in
+the gateway's worker threads, which have joined the *upstream* namespace (the daemon's own by
+default), so upstream sockets and DNS queries are made there; the thread that finds a head
+complete serves that connection itself and keeps the loop while it waits, handing the loop to
+another worker only when the loop has work or the thread would block where the loop cannot be
+watched (:mod:`clawpen.net.lead`). Per connection:
 
 1. who: the bot link behind the source address, IPv4 or IPv6 (``registry.by_source``), else
    close;
@@ -42,25 +45,26 @@ from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
 from clawpen.net.fair import MAX_CONNECTIONS, Fairness
-from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, NO_LEAD, Head, HeadStage, Lead
+from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
 from clawpen.net.hello import HelloStep
 from clawpen.net.hello import is_ip as _is_ip
 from clawpen.net.hello import respond as _respond
 from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
+from clawpen.net.lead import NO_LEAD, Lead
 from clawpen.net.learn import PolicyView
 from clawpen.net.listen import listeners, original_dst
 from clawpen.net.relay import (
     Refused,
     Workers,
     close_quietly,
-    connect_nonblocking,
     relay,
     reset,
     send_all,
     tune,
 )
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
+from clawpen.net.sockwait import connect_nonblocking
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 from clawpen.netns import setns
 from clawpen.spec import egress
@@ -70,10 +74,6 @@ _log = logging.getLogger(__name__)
 HEAD_TIMEOUT = HEAD_DEADLINE  # for the ClientHello after a CONNECT's 200 (read by the head stage)
 CONNECT_TIMEOUT = 10.0
 __all__ = ["MAX_CONNECTIONS", "Denied", "Gateway", "original_dst"]
-
-
-def _nothing() -> None:
-    pass
 
 
 class Denied(Exception):
@@ -263,7 +263,7 @@ class Gateway:
 
     # ------------------------------------------------------------ checks
     def _check(
-        self, link: BotLink, host: str, port: int, before_wait: Callable[[], None] = _nothing
+        self, link: BotLink, host: str, port: int, before_wait: Callable[[], None] = NO_LEAD
     ) -> tuple[str, list[str]]:
         """Allowlist + resolution + address classes: (reason it is allowed, addresses).
         ``before_wait`` is called first if a name must be asked upstream (not cached)."""

@@ -56,6 +56,7 @@ from typing import Any
 
 from clawpen.net import sniff
 from clawpen.net.fair import Fairness, Key
+from clawpen.net.lead import NO_LEAD, Lead
 from clawpen.net.relay import close_quietly, reset
 from clawpen.net.types import BotLink, LinkRegistry
 
@@ -184,6 +185,10 @@ class HeadStage:
             self._wake_w.send(b"r")
         if self._stopping:
             self._drain_resumed(close=True)
+
+    def lead_on(self) -> None:
+        """Make another thread the leader (the current one is about to wait elsewhere)."""
+        self.spawn(self._lead)
 
     def parkable(self) -> int | None:
         """For the leader (only): the epoll descriptor to watch while it waits elsewhere, if
@@ -463,52 +468,3 @@ class HeadStage:
 
 def _own_thread(task: Callable[[], None]) -> None:
     threading.Thread(target=task, name="clawpen-gw-heads", daemon=True).start()
-
-
-class Lead:
-    """``head.handoff`` for the thread serving ``head`` while it still holds the head stage's
-    loop (see :class:`HeadStage`). Calling it makes another thread the leader (once; if no
-    thread can be had it raises ``OSError`` and the connection fails, this thread leads on).
-
-    :meth:`park` lets the serving thread keep the loop while it waits: it returns the stage's
-    epoll descriptor, to be watched (readable) beside the thread's own descriptors; only when
-    it becomes readable (a new connection, a head's bytes, a resumed hello, stop) does the
-    thread call the lead to hand the loop on. So with nothing else happening a connection costs
-    no thread wake-up at all. The loop cannot be parked while it has timers to keep (unfinished
-    heads, an accept back-off): then :meth:`park` hands it on at once."""
-
-    __slots__ = ("failed", "passed", "stage")
-
-    def __init__(self, stage: HeadStage | None) -> None:
-        self.stage = stage
-        self.passed = stage is None  # the no-op lead has nothing to hand on
-        self.failed = False
-
-    def __call__(self) -> None:
-        if self.passed or self.stage is None:
-            return
-        self.passed = True
-        try:
-            self.stage.spawn(self.stage._lead)
-        except Exception as err:
-            self.failed = True
-            _log.exception("gateway head stage: no thread for the next leader")
-            raise OSError(errno.EAGAIN, "no thread to lead the gateway's head stage") from err
-
-    def park(self) -> int | None:
-        """The descriptor to watch while waiting, or None (nothing to watch: handed on)."""
-        if self.passed or self.stage is None:
-            return None
-        fd = self.stage.parkable()
-        if fd is None:
-            self()
-        return fd
-
-    def watch(self) -> tuple[int, Callable[[], None]] | None:
-        """:meth:`park` as (descriptor, call when readable), for the waits in
-        :mod:`clawpen.net.relay`."""
-        fd = self.park()
-        return None if fd is None else (fd, self)
-
-
-NO_LEAD = Lead(None)  # for a thread that does not hold the loop: nothing to hand on

@@ -24,7 +24,6 @@ import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -488,52 +487,6 @@ def close_quietly(*socks: socket.socket | None) -> None:
         if s is not None:
             with contextlib.suppress(OSError):
                 s.close()
-
-
-def kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """A kernel-side timeout (SO_RCVTIMEO / SO_SNDTIMEO; 0: none) on a blocking socket: cheaper
-    than ``settimeout``, which switches the socket's mode with two fcntl calls each time. A
-    timed-out call raises ``BlockingIOError``. Clear SO_RCVTIMEO before :func:`relay` (splice
-    honours it)."""
-    whole = int(seconds)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
-
-
-def connect_nonblocking(
-    sock: socket.socket, addr: tuple[str, int], timeout: float, watch: Watch | None = None
-) -> None:
-    """Connect the non-blocking ``sock`` within ``timeout`` seconds, waiting on ``watch`` too.
-    Raises OSError (``ETIMEDOUT``, or the connection's own error)."""
-    err = sock.connect_ex(addr)
-    if err not in (0, errno.EINPROGRESS):
-        raise OSError(err, os.strerror(err))
-    if err == errno.EINPROGRESS:
-        wait_for(sock.fileno(), select.POLLOUT, timeout, watch)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, os.strerror(err))
-
-
-def wait_for(fd: int, events: int, timeout: float, watch: Watch | None = None) -> bool:
-    """Poll ``fd`` for ``events`` up to ``timeout`` seconds, calling ``watch``'s callable (once)
-    if its descriptor becomes readable meanwhile. Raises ``ETIMEDOUT`` at the end; True."""
-    poller = select.poll()
-    poller.register(fd, events)
-    if watch is not None:
-        poller.register(watch[0], select.POLLIN)
-    end = time.monotonic() + timeout
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            raise OSError(errno.ETIMEDOUT, "timed out")
-        got = dict(poller.poll(max(1, int(left * 1000))))
-        if watch is not None and watch[0] in got:
-            poller.unregister(watch[0])
-            watch[1]()
-            watch = None
-        if got.get(fd, 0):
-            return True
 
 
 def reset(sock: socket.socket) -> None:
