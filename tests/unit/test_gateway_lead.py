@@ -239,3 +239,41 @@ def test_connect_nonblocking_connects_and_reports_refusal() -> None:
     refused = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     with refused, pytest.raises(ConnectionRefusedError):
         connect_nonblocking(refused, ("127.0.0.1", port), 5.0)
+
+
+def test_a_pinned_thread_skips_the_namespace_lookup_an_unpinned_one_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from clawpen.net.hostaddr import PerNamespace
+
+    book = PerNamespace()
+    results: dict[str, object] = {}
+    pinned = threading.Event()
+    looked_up = threading.Event()
+
+    def pinned_thread() -> None:
+        book.pin_thread()
+        pinned.set()
+        looked_up.wait(5)
+        try:
+            results["pinned"] = book.get()
+        except RuntimeError as err:
+            results["pinned"] = err
+
+    t = threading.Thread(target=pinned_thread)
+    t.start()
+    assert pinned.wait(5)
+    expected = book.get()  # this thread is not pinned: it looks the namespace up
+
+    def no_lookup() -> tuple[int, int]:
+        raise RuntimeError("looked the namespace up")
+
+    monkeypatch.setattr(PerNamespace, "_thread_ns", staticmethod(no_lookup))
+    looked_up.set()
+    t.join(5)
+    try:
+        assert results["pinned"] == expected  # the same cached set, with no lookup
+        with pytest.raises(RuntimeError, match="looked"):  # control: unpinned threads look up
+            book.get()
+    finally:
+        book.close()

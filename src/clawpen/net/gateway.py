@@ -145,16 +145,10 @@ class Gateway:
             spawn=self._spawn,
         )
         self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
-        fd = upstream_netns_fd
         # Connection threads live in the upstream namespace, so what they open is made there.
-        self.workers = Workers((lambda: setns(fd)) if fd is not None else None, name="clawpen-gw")
+        self.workers = Workers(self._join_upstream, name="clawpen-gw")
         self.hello = HelloStep(
-            self.fair,
-            self.heads,
-            self.workers,
-            self._record,
-            first_byte=first_byte,
-            deadline=hello_deadline,
+            self.fair, self.heads, self.workers, self._record, first_byte=first_byte, deadline=hello_deadline
         )
 
     # ------------------------------------------------------------ life cycle
@@ -181,6 +175,13 @@ class Gateway:
         if self.dns is not None:
             self.dns.stop()
         self.host_addrs.close()
+
+    def _join_upstream(self) -> None:
+        """Each worker thread, once: into the upstream namespace for good (no gateway task
+        moves it), so its host-address lookups may skip finding the namespace each time."""
+        if self.upstream_netns_fd is not None:
+            setns(self.upstream_netns_fd)
+        self.host_addrs.pin_thread()
 
     def _spawn(self, task: Callable[[], None]) -> None:
         self.workers.submit(task)  # the workers are made after the head stage

@@ -241,17 +241,34 @@ class HostAddresses:
 class PerNamespace:
     """Host addresses of the network namespace the *calling thread* is in: one
     :class:`HostAddresses` per namespace (keyed by its inode), at most ``size`` of them (the
-    least recently used one is closed first)."""
+    least recently used one is closed first).
+
+    Finding the calling thread's namespace is a ``stat`` of ``/proc/thread-self/ns/net`` (a
+    procfs walk, the dearest step of a cached lookup). A thread that stays in its namespace for
+    good (the gateway's workers, which join the upstream namespace once when they start) calls
+    :meth:`pin_thread` once, and its lookups skip the walk."""
 
     def __init__(self, *, size: int = 16, max_age: float = MAX_AGE) -> None:
         self.size = size
         self.max_age = max_age
         self._lock = threading.Lock()
         self._by_ns: collections.OrderedDict[tuple[int, int], HostAddresses] = collections.OrderedDict()
+        self._pinned = threading.local()  # .key: the calling thread's namespace, if pinned
+
+    @staticmethod
+    def _thread_ns() -> tuple[int, int]:
+        st = os.stat("/proc/thread-self/ns/net")
+        return st.st_dev, st.st_ino
+
+    def pin_thread(self) -> None:
+        """Remember the calling thread's namespace: it must never move to another one (no
+        ``setns`` that is not undone before the thread's next lookup)."""
+        self._pinned.key = self._thread_ns()
 
     def get(self) -> frozenset[IPAddress]:
-        st = os.stat("/proc/thread-self/ns/net")
-        key = (st.st_dev, st.st_ino)
+        key: tuple[int, int] | None = getattr(self._pinned, "key", None)
+        if key is None:
+            key = self._thread_ns()
         while True:
             with self._lock:
                 found = self._by_ns.get(key)
