@@ -277,3 +277,22 @@ def test_a_pinned_thread_skips_the_namespace_lookup_an_unpinned_one_does_not(
             book.get()
     finally:
         book.close()
+
+
+def test_address_verdicts_follow_the_host_address_set() -> None:
+    import ipaddress
+
+    from clawpen.net.addrcheck import AddressVerdicts
+    from clawpen.spec import egress
+
+    verdicts = AddressVerdicts(size=2)
+    before: frozenset[egress.IPAddress] = frozenset({ipaddress.ip_address("45.79.0.1")})
+    assert verdicts.problem("45.79.0.10", (), before) is None  # public, not the host's
+    assert verdicts.problem("45.79.0.10", (), before) is None  # remembered
+    after = frozenset({*before, ipaddress.ip_address("45.79.0.10")})  # the host gained it
+    refused = verdicts.problem("45.79.0.10", (), after)
+    assert refused is not None and "address of this host" in refused
+    assert refused == egress.address_problem("45.79.0.10", (), host=after)  # control: the source
+    assert verdicts.problem("10.0.0.5", (), after) is not None  # private, not allowed
+    assert verdicts.problem("10.0.0.5", ("10.0.0.0/8",), after) is None  # allowed for this bot
+    assert verdicts.problem("10.0.0.5", (), after) is not None  # not for another (own key)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 import dns.rdatatype
 
 from clawpen.net import sniff
+from clawpen.net.addrcheck import AddressVerdicts
 from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
@@ -115,6 +116,7 @@ class Gateway:
         self.transparent_port = transparent_port
         hello_deadline = head_deadline if head_timeout is None else head_timeout
         self.host_addrs = PerNamespace()  # the host's own addresses: never a destination
+        self.verdicts = AddressVerdicts()  # egress.address_problem, per host-address set
         self.dns = (
             DnsServer(
                 registry,
@@ -133,6 +135,8 @@ class Gateway:
         )
         self._listeners: list[socket.socket] = []
         self.fair = Fairness()  # each link carries its own quotas (BotLink.limits)
+        # Connection threads live in the upstream namespace, so what they open is made there.
+        self.workers = Workers(self._join_upstream, name="clawpen-gw")
         self.heads = HeadStage(
             registry,
             self.fair,
@@ -142,11 +146,9 @@ class Gateway:
             refused=self._refused,
             first_byte=first_byte,
             deadline=head_deadline,
-            spawn=self._spawn,
+            spawn=self.workers.submit,  # the loop runs in the workers (see clawpen.net.lead)
         )
         self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
-        # Connection threads live in the upstream namespace, so what they open is made there.
-        self.workers = Workers(self._join_upstream, name="clawpen-gw")
         self.hello = HelloStep(
             self.fair, self.heads, self.workers, self._record, first_byte=first_byte, deadline=hello_deadline
         )
@@ -182,9 +184,6 @@ class Gateway:
         if self.upstream_netns_fd is not None:
             setns(self.upstream_netns_fd)
         self.host_addrs.pin_thread()
-
-    def _spawn(self, task: Callable[[], None]) -> None:
-        self.workers.submit(task)  # the workers are made after the head stage
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector), and the
@@ -278,7 +277,6 @@ class Gateway:
             what = "address" if _is_ip(name) else "host"
             raise Denied(f"{what} {name}:{port} is not in the egress allowlist")
         allowed_by = rule.raw if rule is not None else self.policies.allowed_by(policy)
-        allow = egress.private_networks(link.allow_private)
         if _is_ip(name):
             addresses = [name]
         else:
@@ -293,8 +291,9 @@ class Gateway:
                 addresses += self._addresses6(name)
             if not addresses:
                 raise Denied(f"{name} does not resolve")
+        own = self.host_addrs()  # the host's addresses now (a change announced is seen here)
         for addr in addresses:
-            problem = egress.address_problem(addr, allow, host=self.host_addrs)
+            problem = self.verdicts.problem(addr, link.allow_private, own)
             if problem is not None:
                 raise Denied(f"{name} resolves to a refused address: {problem}")
         return allowed_by, addresses

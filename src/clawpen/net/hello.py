@@ -19,6 +19,7 @@ upstream socket closed with it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import select
 import socket
@@ -171,6 +172,7 @@ class HelloStep:
             close_quietly(conn, up)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same few names on every connection of a bot
 def is_ip(host: str) -> bool:
     try:
         return egress.parse_ip_literal(host) is not None
@@ -178,6 +180,7 @@ def is_ip(host: str) -> bool:
         return True
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_normal(host: str) -> str:
     try:
         return egress.normalize_host(host)

@@ -105,14 +105,16 @@ def _pump(
     return moved[0]
 
 
-_local = threading.local()
+SPARE_PIPES = 4  # empty pipes kept for the next relays (process-wide)
+_spares: list[tuple[int, int]] = []
+_spares_lock = threading.Lock()
 
 
 def _pipe() -> tuple[int, int]:
-    """One of this thread's spare pipes (kept between connections: fewer syscalls), or a new one."""
-    spares: list[tuple[int, int]] = getattr(_local, "pipes", [])
-    if spares:
-        return spares.pop()
+    """A spare pipe (kept between connections: fewer syscalls), or a new one."""
+    with _spares_lock:
+        if _spares:
+            return _spares.pop()
     rd, wr = os.pipe2(os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         fcntl.fcntl(wr, _F_SETPIPE_SZ, PIPE_SIZE)
@@ -120,22 +122,15 @@ def _pipe() -> tuple[int, int]:
 
 
 def _keep(rd: int, wr: int, empty: bool) -> None:
-    """Keep an empty pipe for this thread's next connection (two at most), else close it."""
-    spares: list[tuple[int, int]] = _local.__dict__.setdefault("pipes", [])
-    if empty and len(spares) < 2:
-        spares.append((rd, wr))
-    else:
-        os.close(rd)
-        os.close(wr)
-
-
-def release_pipes() -> None:
-    """Close the calling thread's spare pipes (a thread that ends must call it, or they leak)."""
-    spares: list[tuple[int, int]] = _local.__dict__.setdefault("pipes", [])
-    while spares:
-        rd, wr = spares.pop()
-        os.close(rd)
-        os.close(wr)
+    """Keep an empty pipe for a next connection (at most :data:`SPARE_PIPES` in the process,
+    whichever thread relays next: no descriptors pile up with the threads), else close it."""
+    if empty:
+        with _spares_lock:
+            if len(_spares) < SPARE_PIPES:
+                _spares.append((rd, wr))
+                return
+    os.close(rd)
+    os.close(wr)
 
 
 def _splice_loop(src: int, dst: int, moved: list[int]) -> None:
@@ -237,14 +232,7 @@ def relay(
             done.set()
 
     if spawn is None:
-
-        def own_thread() -> None:
-            try:
-                other()
-            finally:
-                release_pipes()  # a thread of its own: nobody reuses its spare pipes
-
-        threading.Thread(target=own_thread, name="clawpen-relay", daemon=True).start()
+        threading.Thread(target=other, name="clawpen-relay", daemon=True).start()
     else:
         spawn(other)
     forward = sent + _pump(a, b, a_prefix, errors, a_gate)
@@ -459,7 +447,6 @@ class Workers:
         finally:
             with self._lock:
                 self._threads -= 1
-            release_pipes()  # the thread ends: its spare pipes would leak otherwise
 
     def _serve(self, task: Callable[[], None]) -> None:
         if self.init is not None:
