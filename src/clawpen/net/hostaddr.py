@@ -26,6 +26,7 @@ import collections
 import errno
 import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
@@ -166,6 +167,10 @@ class HostAddresses:
             from clawpen.netns import netns_thread_call
 
             self._dump, self._watch = netns_thread_call(netns_fd, lambda: self._open_sockets(watch))
+        self._announced: select.poll | None = None  # readable (or in error): something to drain
+        if self._watch is not None:
+            self._announced = select.poll()
+            self._announced.register(self._watch, select.POLLIN)
 
     @staticmethod
     def _open_sockets(watch: bool) -> tuple[socket.socket, socket.socket | None]:
@@ -187,6 +192,8 @@ class HostAddresses:
         announcements: ENOBUFS)."""
         if self._watch is None:
             return False
+        if self._announced is not None and not self._announced.poll(0):
+            return False  # nothing announced (the common case: no failed read, no exception)
         changed = False
         while True:
             try:
