@@ -2,11 +2,14 @@
 
 Listening sockets live in the gateway network namespace (``0.0.0.0:PROXY_PORT`` and
 ``0.0.0.0:TRANSPARENT_PORT``, the same ports on ``[::]`` in IPv6-only sockets for the links of
-``network.ipv6`` bots, plus DNS over IPv4). One thread accepts on all of them and reads every
+``network.ipv6`` bots, plus DNS over IPv4). One loop accepts on all of them and reads every
 connection's first bytes without blocking (:mod:`clawpen.net.heads`, with per-bot quotas from
-:mod:`clawpen.net.fair`), so a slow bot holds no thread before the verdict; a connection whose
-head is complete goes to a worker thread that has joined the *upstream* namespace (the daemon's
-own by default), so upstream sockets and DNS queries are made there. Per connection:
+:mod:`clawpen.net.fair`), so a slow bot holds no thread before the verdict. The loop runs in
+the gateway's worker threads, which have joined the *upstream* namespace (the daemon's own by
+default), so upstream sockets and DNS queries are made there; the thread that finds a head
+complete serves that connection itself and keeps the loop while it waits, handing the loop to
+another worker only when the loop has work or the thread would block where the loop cannot be
+watched (:mod:`clawpen.net.lead`). Per connection:
 
 1. who: the bot link behind the source address, IPv4 or IPv6 (``registry.by_source``), else
    close;
@@ -29,15 +32,16 @@ in the :class:`clawpen.net.connlog.ConnLog`.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import dns.rdatatype
 
 from clawpen.net import sniff
+from clawpen.net.addrcheck import AddressVerdicts
 from clawpen.net.connlog import ConnLog
 from clawpen.net.connrecord import ConnRecord
 from clawpen.net.dns import DnsServer
@@ -48,10 +52,20 @@ from clawpen.net.hello import is_ip as _is_ip
 from clawpen.net.hello import respond as _respond
 from clawpen.net.hello import safe_normal as _safe_normal
 from clawpen.net.hostaddr import PerNamespace
+from clawpen.net.lead import NO_LEAD, Lead
 from clawpen.net.learn import PolicyView
 from clawpen.net.listen import listeners, original_dst
-from clawpen.net.relay import Refused, Workers, close_quietly, kernel_timeout, relay, reset, tune
+from clawpen.net.relay import (
+    Refused,
+    Workers,
+    close_quietly,
+    relay,
+    reset,
+    send_all,
+    tune,
+)
 from clawpen.net.resolve import NameMap, Resolver, UpstreamError
+from clawpen.net.sockwait import connect_nonblocking
 from clawpen.net.types import DNS_PORT, PROXY_PORT, TRANSPARENT_PORT, BotLink, LinkRegistry
 from clawpen.netns import setns
 from clawpen.spec import egress
@@ -102,6 +116,7 @@ class Gateway:
         self.transparent_port = transparent_port
         hello_deadline = head_deadline if head_timeout is None else head_timeout
         self.host_addrs = PerNamespace()  # the host's own addresses: never a destination
+        self.verdicts = AddressVerdicts()  # egress.address_problem, per host-address set
         self.dns = (
             DnsServer(
                 registry,
@@ -120,6 +135,8 @@ class Gateway:
         )
         self._listeners: list[socket.socket] = []
         self.fair = Fairness()  # each link carries its own quotas (BotLink.limits)
+        # Connection threads live in the upstream namespace, so what they open is made there.
+        self.workers = Workers(self._join_upstream, name="clawpen-gw")
         self.heads = HeadStage(
             registry,
             self.fair,
@@ -129,18 +146,11 @@ class Gateway:
             refused=self._refused,
             first_byte=first_byte,
             deadline=head_deadline,
+            spawn=self.workers.submit,  # the loop runs in the workers (see clawpen.net.lead)
         )
         self.ports: dict[str, int] = {}  # "proxy"/"transparent" -> bound port (after start)
-        fd = upstream_netns_fd
-        # Connection threads live in the upstream namespace, so what they open is made there.
-        self.workers = Workers((lambda: setns(fd)) if fd is not None else None, name="clawpen-gw")
         self.hello = HelloStep(
-            self.fair,
-            self.heads,
-            self.workers,
-            self._record,
-            first_byte=first_byte,
-            deadline=hello_deadline,
+            self.fair, self.heads, self.workers, self._record, first_byte=first_byte, deadline=hello_deadline
         )
 
     # ------------------------------------------------------------ life cycle
@@ -167,6 +177,13 @@ class Gateway:
         if self.dns is not None:
             self.dns.stop()
         self.host_addrs.close()
+
+    def _join_upstream(self) -> None:
+        """Each worker thread, once: into the upstream namespace for good (no gateway task
+        moves it), so its host-address lookups may skip finding the namespace each time."""
+        if self.upstream_netns_fd is not None:
+            setns(self.upstream_netns_fd)
+        self.host_addrs.pin_thread()
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per bot: allowed, denied, bytes_up, bytes_down (for the metrics collector), and the
@@ -195,17 +212,16 @@ class Gateway:
         return head.parse is not None
 
     def _ready(self, head: Head) -> None:
+        """In a worker thread (the head stage's leader that found the head complete)."""
         if head.phase == "hello":
             self.hello.ready(head)
             return
-        head.sock.setblocking(True)
-        self.workers.submit(functools.partial(self._serve, head))
+        self._serve(head)  # the socket stays non-blocking (the relay wants it so)
 
     def _serve(self, head: Head) -> None:
         conn, link = head.sock, head.link
         handed_back = False  # a CONNECT to 443 went back to the head stage for its ClientHello
-        try:
-            tune(conn)
+        try:  # TCP_NODELAY comes from the listener (see clawpen.net.listen)
             if head.kind == "proxy":
                 handed_back = self._serve_proxy(conn, link, head)
             else:
@@ -246,8 +262,11 @@ class Gateway:
             reset(head.sock)
 
     # ------------------------------------------------------------ checks
-    def _check(self, link: BotLink, host: str, port: int) -> tuple[str, list[str]]:
-        """Allowlist + resolution + address classes: (reason it is allowed, addresses)."""
+    def _check(
+        self, link: BotLink, host: str, port: int, before_wait: Callable[[], None] = NO_LEAD
+    ) -> tuple[str, list[str]]:
+        """Allowlist + resolution + address classes: (reason it is allowed, addresses).
+        ``before_wait`` is called first if a name must be asked upstream (not cached)."""
         try:
             name = egress.normalize_host(host)
         except ValueError as err:
@@ -258,10 +277,12 @@ class Gateway:
             what = "address" if _is_ip(name) else "host"
             raise Denied(f"{what} {name}:{port} is not in the egress allowlist")
         allowed_by = rule.raw if rule is not None else self.policies.allowed_by(policy)
-        allow = egress.private_networks(link.allow_private)
         if _is_ip(name):
             addresses = [name]
         else:
+            a, aaaa = dns.rdatatype.A, dns.rdatatype.AAAA
+            if not self.resolver.cached(name, a) or (link.bot_addr6 and not self.resolver.cached(name, aaaa)):
+                before_wait()
             try:
                 addresses = self.resolver.addresses(name)
             except UpstreamError as err:
@@ -270,8 +291,9 @@ class Gateway:
                 addresses += self._addresses6(name)
             if not addresses:
                 raise Denied(f"{name} does not resolve")
+        own = self.host_addrs()  # the host's addresses now (a change announced is seen here)
         for addr in addresses:
-            problem = egress.address_problem(addr, allow, host=self.host_addrs)
+            problem = self.verdicts.problem(addr, link.allow_private, own)
             if problem is not None:
                 raise Denied(f"{name} resolves to a refused address: {problem}")
         return allowed_by, addresses
@@ -287,15 +309,16 @@ class Gateway:
             str(ipaddress.ip_address(rd.address)) for rr in answer.answer if rr.rdtype == aaaa for rd in rr
         ]
 
-    def _connect(self, addresses: list[str], port: int) -> socket.socket:
+    def _connect(self, addresses: list[str], port: int, lead: Lead = NO_LEAD) -> socket.socket:
+        """A connected, non-blocking socket to the first of ``addresses`` that answers within
+        :data:`CONNECT_TIMEOUT`; the waits watch the head stage's loop if ``lead`` holds it."""
         last: OSError | None = None
         for addr in addresses:
-            up = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            up = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
-                kernel_timeout(up, socket.SO_SNDTIMEO, CONNECT_TIMEOUT)  # a blocking connect honours it
-                up.connect((addr, port))
-                kernel_timeout(up, socket.SO_SNDTIMEO, 0)
                 tune(up)
+                connect_nonblocking(up, (addr, port), CONNECT_TIMEOUT, lead.watch())
                 return up
             except OSError as err:
                 close_quietly(up)
@@ -327,6 +350,7 @@ class Gateway:
         assert isinstance(req, sniff.Request)
         if req.method == "CONNECT":
             return self._proxy_connect(conn, link, req, head)
+        head.handoff()  # plain HTTP: not the fast path
         self._proxy_http(conn, link, req, data[req.size :], t0)
         return False
 
@@ -338,13 +362,13 @@ class Gateway:
             name = _safe_normal(host)
             if port == 0:
                 raise Denied("CONNECT needs host:port")
-            allowed_by, addresses = self._check(link, host, port)
+            allowed_by, addresses = self._check(link, host, port, head.handoff)
         except (Denied, ValueError) as err:
             self._record(link, "connect", name, port, "denied", str(err), t0)
             _respond(conn, 403, f"clawpen gateway: {err}")
             return False
         try:
-            up = self._connect(addresses, port)
+            up = self._connect(addresses, port, head.handoff)
         except OSError as err:
             self._record(link, "connect", name, port, "denied", f"upstream: {err}", t0)
             _respond(conn, 502, f"clawpen gateway: cannot connect to {name}:{port}")
@@ -353,7 +377,8 @@ class Gateway:
             head.target, head.data = (name, port, allowed_by), rest
             return self.hello.after_connect(head, up)
         try:
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            head.handoff()
+            send_all(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
 
             def gate() -> bytes:
                 return self._hello_gate(conn, rest, name)
@@ -422,9 +447,9 @@ class Gateway:
         lines = [f"{req.method} {path} {req.version}", f"Host: {authority}"]
         lines += [f"{k}: {v}" for k, v in req.headers if k.lower() not in drop]
         lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         try:
-            counts = relay(conn, up, a_prefix=head + rest, spawn=self.workers.submit)
+            counts = relay(conn, up, a_prefix=head_bytes + rest, spawn=self.workers.submit)
         finally:
             close_quietly(up)
         self._record(link, "proxy", name, port, "allowed", allowed_by, t0, counts.a_to_b, counts.b_to_a)
@@ -451,7 +476,7 @@ class Gateway:
                 named = _safe_normal(host)
                 if _is_ip(named) and not policy.open and policy.match(named, dst_port) is None:
                     raise Denied(f"raw IP connection to {host}:{dst_port} (not in the allowlist)")
-            allowed_by, addresses = self._check(link, host, dst_port)
+            allowed_by, addresses = self._check(link, host, dst_port, head.handoff)
         except (Denied, ValueError) as err:
             self._record(link, "transparent", host, dst_port, "denied", str(err), t0)
             reset(conn)
@@ -459,13 +484,13 @@ class Gateway:
         if dst_ip in addresses:
             addresses = [dst_ip] + [a for a in addresses if a != dst_ip]
         try:
-            up = self._connect(addresses, dst_port)
+            up = self._connect(addresses, dst_port, head.handoff)
         except OSError:
             self._record(link, "transparent", host, dst_port, "denied", "upstream connect failed", t0)
             reset(conn)
             return
         try:
-            counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit)
+            counts = relay(conn, up, a_prefix=data, spawn=self.workers.submit, watch=head.handoff.watch())
         finally:
             close_quietly(up)
         name = _safe_normal(host)

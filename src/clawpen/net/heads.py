@@ -4,8 +4,9 @@ No thread is held by a slow client before the verdict. One thread runs an epoll 
 (:class:`selectors.DefaultSelector`) over the gateway's listening sockets and every connection
 whose first bytes are not complete yet:
 
-1. accept (a batch per wake-up and listener; an ``accept()`` error never ends the loop, and on
-   ``EMFILE``/``ENFILE`` the listeners rest for :data:`ACCEPT_BACKOFF` seconds);
+1. accept (a batch per wake-up and listener, cut short by a head that is complete at once:
+   it is served first; an ``accept()`` error never ends the loop, and on ``EMFILE``/``ENFILE``
+   the listeners rest for :data:`ACCEPT_BACKOFF` seconds);
 2. who: ``registry.by_source`` (unknown source: reset); admission by
    :class:`clawpen.net.fair.Fairness` (rate, open connections, unfinished heads per bot);
 3. ``plan(head)`` (the gateway) says whether this connection needs its first bytes parsed
@@ -14,9 +15,18 @@ whose first bytes are not complete yet:
 4. read without blocking into the head's buffer and ask the parser (:mod:`clawpen.net.sniff`)
    after each read, with two deadlines: the first byte within :data:`FIRST_BYTE` seconds, the
    complete head within :data:`HEAD_DEADLINE` seconds of the accept;
-5. complete: ``ready(head)`` (the gateway hands it to a worker thread for the check, the
-   upstream connection and the relay). Closed, unparsable or late: ``failed(head, why, detail)``
+5. complete: ``ready(head)``, outside the loop (the gateway does the check, the upstream
+   connection and the relay there). Closed, unparsable or late: ``failed(head, why, detail)``
    (``why`` is ``"closed"``, ``"bad"`` or ``"timeout"``), and the gateway answers and closes.
+
+Leader/follower: the loop is not tied to one thread. The thread that finds a head complete
+calls ``ready(head)`` itself, so the connection goes on without a thread wake-up before its
+next byte. ``ready`` must call ``head.handoff()`` before anything that may block (a DNS
+query, a connect that is not done at once, waiting for the client, the relay): that makes
+another thread the leader (``spawn``: the gateway's reusable workers), whose wake-up then
+overlaps the wait instead of the work. A connection that ends without blocking (a denial)
+never hands off: its thread leads on. When one turn of the loop completes several heads, the
+others go to ``spawn`` each. Only the leader touches the loop's state.
 
 A second read phase: after a CONNECT is answered ``200``, the gateway gives the connection back
 with :meth:`HeadStage.resume` (from any thread), and the TLS ClientHello is read here too, with
@@ -33,6 +43,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import heapq
 import itertools
 import logging
@@ -45,6 +56,7 @@ from typing import Any
 
 from clawpen.net import sniff
 from clawpen.net.fair import Fairness, Key
+from clawpen.net.lead import NO_LEAD, Lead
 from clawpen.net.relay import close_quietly, reset
 from clawpen.net.types import BotLink, LinkRegistry
 
@@ -66,6 +78,7 @@ class Head:
         "data",
         "deadline",
         "dst",
+        "handoff",
         "key",
         "kind",
         "limit",
@@ -75,6 +88,7 @@ class Head:
         "parse",
         "phase",
         "reads",
+        "registered",
         "result",
         "sock",
         "start",
@@ -98,10 +112,13 @@ class Head:
         self.dst: tuple[str, int] | None = None  # transparent: the original destination
         self.result: Any = None  # the parser's answer once complete
         self.reads = 0
+        self.registered = False  # in the stage's selector
         self.live = True
         self.phase = "head"  # "hello": the ClientHello after a CONNECT's 200 (see resume)
         self.up: socket.socket | None = None  # the upstream socket, during the hello phase
         self.target: Any = None  # what the caller needs after the hello (its own business)
+        # ``ready`` calls it before anything that may block (see HeadStage); idempotent
+        self.handoff: Lead = NO_LEAD
 
 
 class HeadStage:
@@ -118,10 +135,12 @@ class HeadStage:
         refused: Callable[[Head, str], None],
         first_byte: float = FIRST_BYTE,
         deadline: float = HEAD_DEADLINE,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.registry = registry
         self.fair = fair
         self.plan, self.ready, self.failed, self.refused = plan, ready, failed, refused
+        self.spawn = spawn if spawn is not None else _own_thread
         self.first_byte = first_byte
         self.deadline = deadline
         self._listeners: dict[socket.socket, str] = {}
@@ -130,10 +149,14 @@ class HeadStage:
         self._wake_w.setblocking(False)
         self._resumed: collections.deque[tuple[Head, float, float]] = collections.deque()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._started = False
+        self._closed = False
+        self._ended = threading.Event()  # set by the last leader when the loop has closed
+        self._done: list[Head] = []  # heads completed in this turn of the loop
         self._heap: list[tuple[float, int, Head]] = []
         self._seq = itertools.count()
         self._paused_until = 0.0
+        self._pending = 0  # heads in the selector (each has a deadline to keep)
         self.accept_errors = 0
 
     def add_listener(self, sock: socket.socket, kind: str) -> None:
@@ -145,8 +168,8 @@ class HeadStage:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         for sock in self._listeners:
             self._sel.register(sock, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, name="clawpen-gw-heads", daemon=True)
-        self._thread.start()
+        self._started = True
+        self.spawn(self._lead)
 
     def resume(
         self, head: Head, parse: Callable[[bytes], Any], *, first_byte: float, deadline: float
@@ -163,21 +186,71 @@ class HeadStage:
         if self._stopping:
             self._drain_resumed(close=True)
 
+    def lead_on(self) -> None:
+        """Make another thread the leader (the current one is about to wait elsewhere)."""
+        self.spawn(self._lead)
+
+    def parkable(self) -> int | None:
+        """For the leader (only): the epoll descriptor to watch while it waits elsewhere, if
+        the loop has no timers to keep (no unfinished head, no accept back-off); else None."""
+        if self._pending or self._paused_until or self._resumed or self._stopping:
+            return None
+        fileno = getattr(self._sel, "fileno", None)
+        return int(fileno()) if fileno is not None else None
+
     def stop(self) -> None:
         """End the loop and close every unfinished head (the listeners stay the caller's)."""
         self._stopping = True
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._started:
+            self._ended.wait(timeout=5)
+            self._started = False
         else:
             self._close()
 
     # ------------------------------------------------------------ loop
-    def _run(self) -> None:
+    def _lead(self) -> None:
+        """Run the loop until a head is complete and serve that head here; lead on if the
+        connection ended without handing the loop on, else end (this thread's task)."""
+        while True:
+            head = self._run()
+            if head is None:  # stopping: the loop has closed
+                return
+            token = Lead(self)
+            head.handoff = token
+            try:
+                self.ready(head)
+            except Exception:  # the caller's bug: this connection ends, the loop does not
+                _log.exception("gateway head stage: serving a connection failed")
+            handed_on = token.passed and not token.failed
+            token.passed = True  # retired: whoever still holds it hands nothing on
+            if handed_on:
+                return  # another thread leads now
+
+    def _drop(self, head: Head) -> None:
+        self.fair.conn_done(head.key)
+        reset(head.sock)
+        close_quietly(head.up)
+
+    def _hand_out(self) -> Head:
+        """The heads this turn completed: all but the last to ``spawn``; the last one back."""
+        done, self._done = self._done, []
+        for head in done[:-1]:
+            head.handoff = NO_LEAD  # not the loop's thread: nothing to hand on
+            try:
+                self.spawn(functools.partial(self.ready, head))
+            except Exception:  # no thread: this connection ends, the loop does not
+                _log.exception("gateway head stage: no thread for a connection")
+                self._drop(head)
+        return done[-1]
+
+    def _run(self) -> Head | None:
+        """One leader's turns of the loop: a completed head, or None once stopping."""
         try:
             while not self._stopping:
+                if self._done:
+                    return self._hand_out()
                 now = time.monotonic()
                 self._expire(now)
                 if self._paused_until and now >= self._paused_until:
@@ -199,11 +272,26 @@ class HeadStage:
                         self._drain_resumed()
                     elif isinstance(obj, socket.socket) and obj in self._listeners and not self._paused_until:
                         self._accept(obj, self._listeners[obj])
-        finally:
+        except BaseException:
             self._close()
+            raise
+        self._close()
+        return None
 
     def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._close_all()
+        finally:
+            self._ended.set()
+
+    def _close_all(self) -> None:
         self._drain_resumed(close=True)
+        for head in self._done:
+            self._drop(head)
+        self._done.clear()
         for _, _, head in self._heap:
             if head.live:
                 head.live = False
@@ -231,6 +319,8 @@ class HeadStage:
                 self._admit(conn, kind, addr[0])
             except Exception:  # a broken connection must never end the loop
                 reset(conn)
+            if self._done:  # serve it now; the listener stays readable for the next leader
+                return
 
     def _pause(self) -> None:
         self._paused_until = time.monotonic() + ACCEPT_BACKOFF
@@ -259,19 +349,24 @@ class HeadStage:
             reset(conn)
             return
         if not need:
-            self.ready(head)
+            self._done.append(head)
             return
         why = self.fair.take_head(head.key)
         if why is not None:
             self.fair.conn_done(head.key)
             self.refused(head, why)
             return
-        self._sel.register(conn, selectors.EVENT_READ, head)
-        heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         # The head is often there already (a client sends it right after its connect returns):
-        # read it now and save a turn of the loop; nothing there yet costs one EAGAIN.
+        # read it now, and register the connection only if more is to come; nothing there yet
+        # costs one EAGAIN.
         try:
             self._read(head)
+            if head.live:
+                self._sel.register(conn, selectors.EVENT_READ, head)
+                head.registered = True
+                self._pending += 1
+                if not head.data:  # else _read pushed the complete-head deadline
+                    heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         except Exception:  # a broken connection must never end the loop (nor leak its place)
             if head.live:
                 self._end(head, "bad", "broken connection")
@@ -300,10 +395,13 @@ class HeadStage:
         head.start = time.monotonic()
         head.reads = 0
         head.result = None
-        head.sock.setblocking(False)
+        if head.sock.gettimeout() != 0.0:
+            head.sock.setblocking(False)
         head.limit = deadline
         head.deadline = head.start + (deadline if head.data else first_byte)
         self._sel.register(head.sock, selectors.EVENT_READ, head)
+        head.registered = True
+        self._pending += 1
         heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         if head.data:
             self._parse(head)
@@ -318,15 +416,17 @@ class HeadStage:
         if not chunk:
             self._end(head, "closed", "closed")
             return
-        if not head.data:
+        first = not head.data
+        if first:
             head.deadline = head.start + head.limit
-            heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
         head.data += chunk
         head.reads += 1
         if head.reads > MAX_READS:
             self._end(head, "bad", f"head sent in more than {MAX_READS} pieces")
             return
         self._parse(head)
+        if first and head.live:  # the new deadline (a head complete at once needs none)
+            heapq.heappush(self._heap, (head.deadline, next(self._seq), head))
 
     def _parse(self, head: Head) -> None:
         assert head.parse is not None
@@ -339,12 +439,15 @@ class HeadStage:
             return
         head.result = got
         self._leave(head)
-        self.ready(head)
+        self._done.append(head)
 
     def _leave(self, head: Head, *, timed_out: bool = False) -> None:
         head.live = False
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(head.sock)
+        if head.registered:  # (unregistering an unknown socket would format it: 2 syscalls)
+            head.registered = False
+            self._pending -= 1
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(head.sock)
         self.fair.head_done(head.key, timed_out=timed_out)
 
     def _end(self, head: Head, why: str, detail: str) -> None:
@@ -361,3 +464,7 @@ class HeadStage:
             deadline, _, head = heapq.heappop(heap)
             if head.live and head.deadline == deadline:
                 self._end(head, "timeout", "nothing sent in time" if not head.data else "incomplete")
+
+
+def _own_thread(task: Callable[[], None]) -> None:
+    threading.Thread(target=task, name="clawpen-gw-heads", daemon=True).start()

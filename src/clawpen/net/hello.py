@@ -29,7 +29,7 @@ from collections.abc import Callable
 from clawpen.net import sniff
 from clawpen.net.fair import Fairness
 from clawpen.net.heads import FIRST_BYTE, HEAD_DEADLINE, Head, HeadStage
-from clawpen.net.relay import Workers, close_quietly, relay
+from clawpen.net.relay import Workers, close_quietly, relay, send_all
 from clawpen.spec import egress
 
 _log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class HelloStep:
             respond_429(conn, why)
             return False
         try:
-            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            send_all(conn, b"HTTP/1.1 200 Connection established\r\n\r\n")
         except OSError:
             self.fair.head_done(head.key)
             close_quietly(up)
@@ -94,6 +94,9 @@ class HelloStep:
         conn = head.sock
         poller = select.poll()
         poller.register(conn, select.POLLIN)
+        watch = head.handoff.park()  # the head stage's loop, if this thread still holds it
+        if watch is not None:
+            poller.register(watch, select.POLLIN)
         end = time.monotonic() + self.grace
         while True:
             try:
@@ -104,8 +107,15 @@ class HelloStep:
                 head.result = got
                 return True
             left = end - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                return False
+            events = dict(poller.poll(left * 1000)) if left > 0 else {}
+            if watch is not None and watch in events:
+                poller.unregister(watch)
+                watch = None
+                head.handoff()
+            if not events.get(conn.fileno(), 0):
+                if left <= 0 or not events:
+                    return False
+                continue
             try:
                 chunk = conn.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
@@ -117,10 +127,9 @@ class HelloStep:
             head.data += chunk
 
     def ready(self, head: Head) -> None:
-        """In the head stage: the hello is complete; a worker relays if the SNI is right."""
+        """From the head stage, in a worker: the hello is complete; relay if the SNI is right."""
         if self.verdict(head):
-            head.sock.setblocking(True)
-            self.workers.submit(functools.partial(self.relay, head))
+            self.relay(head)
 
     def verdict(self, head: Head) -> bool:
         """The SNI must be the CONNECT host; if not, log, close both sides, False."""
@@ -149,7 +158,8 @@ class HelloStep:
         name, port, allowed_by = head.target
         assert up is not None
         try:
-            counts = relay(conn, up, a_prefix=head.data, spawn=self.workers.submit)
+            watch = head.handoff.watch()  # the head stage's loop, if this thread holds it
+            counts = relay(conn, up, a_prefix=head.data, spawn=self.workers.submit, watch=watch)
             self.record(
                 link, "connect", name, port, "allowed", allowed_by, head.t0, counts.a_to_b, counts.b_to_a
             )
@@ -162,6 +172,7 @@ class HelloStep:
             close_quietly(conn, up)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same few names on every connection of a bot
 def is_ip(host: str) -> bool:
     try:
         return egress.parse_ip_literal(host) is not None
@@ -169,6 +180,7 @@ def is_ip(host: str) -> bool:
         return True
 
 
+@functools.lru_cache(maxsize=4096)
 def safe_normal(host: str) -> str:
     try:
         return egress.normalize_host(host)
@@ -191,7 +203,7 @@ def respond(conn: socket.socket, status: int, text: str) -> None:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     with contextlib.suppress(OSError):
-        conn.sendall(head + body)
+        conn.sendall(head + body)  # a fresh socket has room; never waits in the head stage
 
 
 def respond_429(conn: socket.socket, why: str) -> None:

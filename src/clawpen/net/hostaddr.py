@@ -26,6 +26,7 @@ import collections
 import errno
 import ipaddress
 import os
+import select
 import socket
 import struct
 import threading
@@ -166,6 +167,10 @@ class HostAddresses:
             from clawpen.netns import netns_thread_call
 
             self._dump, self._watch = netns_thread_call(netns_fd, lambda: self._open_sockets(watch))
+        self._announced: select.poll | None = None  # readable (or in error): something to drain
+        if self._watch is not None:
+            self._announced = select.poll()
+            self._announced.register(self._watch, select.POLLIN)
 
     @staticmethod
     def _open_sockets(watch: bool) -> tuple[socket.socket, socket.socket | None]:
@@ -187,6 +192,8 @@ class HostAddresses:
         announcements: ENOBUFS)."""
         if self._watch is None:
             return False
+        if self._announced is not None and not self._announced.poll(0):
+            return False  # nothing announced (the common case: no failed read, no exception)
         changed = False
         while True:
             try:
@@ -241,17 +248,34 @@ class HostAddresses:
 class PerNamespace:
     """Host addresses of the network namespace the *calling thread* is in: one
     :class:`HostAddresses` per namespace (keyed by its inode), at most ``size`` of them (the
-    least recently used one is closed first)."""
+    least recently used one is closed first).
+
+    Finding the calling thread's namespace is a ``stat`` of ``/proc/thread-self/ns/net`` (a
+    procfs walk, the dearest step of a cached lookup). A thread that stays in its namespace for
+    good (the gateway's workers, which join the upstream namespace once when they start) calls
+    :meth:`pin_thread` once, and its lookups skip the walk."""
 
     def __init__(self, *, size: int = 16, max_age: float = MAX_AGE) -> None:
         self.size = size
         self.max_age = max_age
         self._lock = threading.Lock()
         self._by_ns: collections.OrderedDict[tuple[int, int], HostAddresses] = collections.OrderedDict()
+        self._pinned = threading.local()  # .key: the calling thread's namespace, if pinned
+
+    @staticmethod
+    def _thread_ns() -> tuple[int, int]:
+        st = os.stat("/proc/thread-self/ns/net")
+        return st.st_dev, st.st_ino
+
+    def pin_thread(self) -> None:
+        """Remember the calling thread's namespace: it must never move to another one (no
+        ``setns`` that is not undone before the thread's next lookup)."""
+        self._pinned.key = self._thread_ns()
 
     def get(self) -> frozenset[IPAddress]:
-        st = os.stat("/proc/thread-self/ns/net")
-        key = (st.st_dev, st.st_ino)
+        key: tuple[int, int] | None = getattr(self._pinned, "key", None)
+        if key is None:
+            key = self._thread_ns()
         while True:
             with self._lock:
                 found = self._by_ns.get(key)

@@ -53,10 +53,26 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _send_all(sock: socket.socket, data: bytes) -> None:
+Watch = tuple[int, Callable[[], None]]
+"""A descriptor a wait also watches, and what to call (once) when it becomes readable: the
+gateway's parked head-stage loop (:class:`clawpen.net.heads.Lead`)."""
+
+
+def send_all(sock: socket.socket, data: bytes, before_wait: Callable[[], None] | None = None) -> None:
+    """Send all of ``data``, waiting for room if ``sock`` is non-blocking (``before_wait()``
+    first)."""
     view = memoryview(data)
     while view:
-        sent = sock.send(view)
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            if before_wait is not None:
+                before_wait()
+                before_wait = None
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            poller.poll()
+            continue
         view = view[sent:]
 
 
@@ -73,7 +89,7 @@ def _pump(
         if gate is not None:
             prefix += gate()
         if prefix:
-            _send_all(dst, prefix)
+            send_all(dst, prefix)
             moved[0] += len(prefix)
         _splice_loop(src.fileno(), dst.fileno(), moved)
     except (OSError, Refused) as err:
@@ -89,14 +105,16 @@ def _pump(
     return moved[0]
 
 
-_local = threading.local()
+SPARE_PIPES = 4  # empty pipes kept for the next relays (process-wide)
+_spares: list[tuple[int, int]] = []
+_spares_lock = threading.Lock()
 
 
 def _pipe() -> tuple[int, int]:
-    """One of this thread's spare pipes (kept between connections: fewer syscalls), or a new one."""
-    spares: list[tuple[int, int]] = getattr(_local, "pipes", [])
-    if spares:
-        return spares.pop()
+    """A spare pipe (kept between connections: fewer syscalls), or a new one."""
+    with _spares_lock:
+        if _spares:
+            return _spares.pop()
     rd, wr = os.pipe2(os.O_CLOEXEC)
     with contextlib.suppress(OSError):
         fcntl.fcntl(wr, _F_SETPIPE_SZ, PIPE_SIZE)
@@ -104,22 +122,15 @@ def _pipe() -> tuple[int, int]:
 
 
 def _keep(rd: int, wr: int, empty: bool) -> None:
-    """Keep an empty pipe for this thread's next connection (two at most), else close it."""
-    spares: list[tuple[int, int]] = _local.__dict__.setdefault("pipes", [])
-    if empty and len(spares) < 2:
-        spares.append((rd, wr))
-    else:
-        os.close(rd)
-        os.close(wr)
-
-
-def release_pipes() -> None:
-    """Close the calling thread's spare pipes (a thread that ends must call it, or they leak)."""
-    spares: list[tuple[int, int]] = _local.__dict__.setdefault("pipes", [])
-    while spares:
-        rd, wr = spares.pop()
-        os.close(rd)
-        os.close(wr)
+    """Keep an empty pipe for a next connection (at most :data:`SPARE_PIPES` in the process,
+    whichever thread relays next: no descriptors pile up with the threads), else close it."""
+    if empty:
+        with _spares_lock:
+            if len(_spares) < SPARE_PIPES:
+                _spares.append((rd, wr))
+                return
+    os.close(rd)
+    os.close(wr)
 
 
 def _splice_loop(src: int, dst: int, moved: list[int]) -> None:
@@ -169,6 +180,7 @@ def relay(
     gate_first: bool = False,
     spawn: Callable[[Callable[[], None]], None] | None = None,
     idle: float | None = None,
+    watch: Watch | None = None,
 ) -> Counts:
     """Relay between ``a`` and ``b`` until both directions end; close neither (the caller does).
 
@@ -180,14 +192,17 @@ def relay(
     second direction (default: a new thread; the gateway passes its :class:`Workers`).
     With ``gate_first`` the gate runs before ``b`` -> ``a`` starts (for protocols where ``a``
     speaks first, such as TLS): then handing off the second direction overlaps with ``b``'s
-    answer instead of delaying the first bytes. Both sockets must be blocking; tune them
+    answer instead of delaying the first bytes. The sockets may be blocking or not: with a
+    gate they are made blocking, without one they are made (and left) non-blocking; tune them
     first (:func:`tune`) if they are TCP. ``idle`` (seconds, only without a gate): when no byte
     has moved either way for that long, both sides are torn down (the published-port relay
-    bounds its connections this way).
+    bounds its connections this way). ``watch`` (only without a gate): a :data:`Watch` the
+    relay's poll also waits on.
     """
-    for s in (a, b):
-        if s.gettimeout() is not None:
-            s.setblocking(True)
+    if a_gate is not None:  # a gate reads and a direction of its own splices: blocking
+        for s in (a, b):
+            if s.gettimeout() is not None:
+                s.setblocking(True)
     errors: list[BaseException] = []
     back = [0]
     done = threading.Event()
@@ -195,7 +210,7 @@ def relay(
         try:
             a_prefix += a_gate()
             if a_prefix:
-                _send_all(b, a_prefix)
+                send_all(b, a_prefix)
         except (OSError, Refused) as err:
             for s in (a, b):
                 with contextlib.suppress(OSError):
@@ -207,7 +222,7 @@ def relay(
         sent = 0
 
     if a_gate is None:  # nothing to wait for: one thread moves both directions
-        forward, backward = _poll_relay(a, b, a_prefix, b_prefix, idle)
+        forward, backward = _poll_relay(a, b, a_prefix, b_prefix, idle, watch)
         return Counts(sent + forward, backward, None)
 
     def other() -> None:
@@ -217,14 +232,7 @@ def relay(
             done.set()
 
     if spawn is None:
-
-        def own_thread() -> None:
-            try:
-                other()
-            finally:
-                release_pipes()  # a thread of its own: nobody reuses its spare pipes
-
-        threading.Thread(target=own_thread, name="clawpen-relay", daemon=True).start()
+        threading.Thread(target=other, name="clawpen-relay", daemon=True).start()
     else:
         spawn(other)
     forward = sent + _pump(a, b, a_prefix, errors, a_gate)
@@ -240,20 +248,31 @@ _STALL_LIMIT = 1000  # poll said ready this many times in a row and nothing move
 class _Way:
     """One direction of :func:`_poll_relay`: src -> pipe -> dst, non-blocking."""
 
+    __slots__ = ("done", "dst", "dst_fd", "moved", "pending", "rd", "src", "src_fd", "wr")
+
     def __init__(self, src: socket.socket, dst: socket.socket) -> None:
         self.src, self.dst = src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.rd, self.wr = _pipe()
         self.pending = 0  # bytes in the pipe
         self.moved = 0
         self.done = False
 
+    def want(self) -> tuple[int, int]:
+        """(fd, poll bit) this direction waits for: room in dst while the pipe holds bytes,
+        else bytes in src."""
+        return (self.dst_fd, select.POLLOUT) if self.pending else (self.src_fd, select.POLLIN)
+
     def step(self) -> bool:
-        """Move what can move now; True if anything did. Raises OSError on a broken side."""
+        """Move what can move now; True if anything did. Raises OSError on a broken side.
+
+        A read shorter than :data:`CHUNK` emptied the socket's queue: the next bytes are left
+        to the next ``poll`` instead of one more read that would say ``EAGAIN``."""
         progress = False
         while not self.done:
             if not self.pending:
                 try:
-                    got = os.splice(self.src.fileno(), self.wr, CHUNK, flags=_NONBLOCK)
+                    got = os.splice(self.src_fd, self.wr, CHUNK, flags=_NONBLOCK)
                 except BlockingIOError:
                     return progress
                 if got == 0:
@@ -262,66 +281,51 @@ class _Way:
                         self.dst.shutdown(socket.SHUT_WR)
                     return True
                 self.pending = got
+                full = got == CHUNK
+            else:
+                full = True
             try:
-                out = os.splice(self.rd, self.dst.fileno(), self.pending, flags=_NONBLOCK)
+                out = os.splice(self.rd, self.dst_fd, self.pending, flags=_NONBLOCK)
             except BlockingIOError:
                 return progress
             self.pending -= out
             self.moved += out
             progress = True
+            if self.pending or not full:
+                return progress
         return progress
 
     def release(self, clean: bool) -> None:
         _keep(self.rd, self.wr, clean and not self.pending)
 
 
-def _poll_relay(
-    a: socket.socket, b: socket.socket, a_prefix: bytes, b_prefix: bytes, idle: float | None = None
+def _poll_relay(  # noqa: PLR0917
+    a: socket.socket,
+    b: socket.socket,
+    a_prefix: bytes,
+    b_prefix: bytes,
+    idle: float | None = None,
+    watch: Watch | None = None,
 ) -> tuple[int, int]:
-    """Both directions in the calling thread: poll, then splice without blocking. With ``idle``,
-    a connection on which nothing moved for that many seconds is torn down."""
+    """Both directions in the calling thread: poll, then splice without blocking, only the
+    direction whose descriptor is ready. With ``idle``, a connection on which nothing moved for
+    that many seconds is torn down. Both sockets are left non-blocking (the caller closes them)."""
     sent_ab = sent_ba = 0
     ways: list[_Way] = []
     clean = False
+    watch_fd, on_watch = watch if watch is not None else (-1, None)
     try:
         if a_prefix:
-            _send_all(b, a_prefix)
+            send_all(b, a_prefix, on_watch)
             sent_ab = len(a_prefix)
         if b_prefix:
-            _send_all(a, b_prefix)
+            send_all(a, b_prefix, on_watch)
             sent_ba = len(b_prefix)
-        a.setblocking(False)
-        b.setblocking(False)
+        for s in (a, b):
+            if s.gettimeout() != 0.0:
+                s.setblocking(False)
         ways = [_Way(a, b), _Way(b, a)]
-        poller = select.poll()
-        registered: dict[int, int] = {}
-        stalls = 0
-        wait_ms = None if idle is None else max(1, int(idle * 1000))
-        while not all(w.done for w in ways):
-            if any([w.step() for w in ways]):  # a list: step every way, never just the first
-                stalls = 0
-                continue
-            stalls += 1
-            if stalls > _STALL_LIMIT:
-                raise OSError(errno.EIO, "relay stalled")
-            masks: dict[int, int] = {}
-            for w in ways:
-                if not w.done:
-                    fd, bit = (
-                        (w.dst.fileno(), select.POLLOUT) if w.pending else (w.src.fileno(), select.POLLIN)
-                    )
-                    masks[fd] = masks.get(fd, 0) | bit
-            for fd in [fd for fd in registered if fd not in masks]:
-                poller.unregister(fd)
-                del registered[fd]
-            for fd, mask in masks.items():
-                if fd not in registered:
-                    poller.register(fd, mask)
-                elif registered[fd] != mask:
-                    poller.modify(fd, mask)
-                registered[fd] = mask
-            if not poller.poll(wait_ms) and idle is not None:
-                raise OSError(errno.ETIMEDOUT, "relay idle")
+        _relay_loop(ways[0], ways[1], idle, watch_fd, on_watch)
         clean = True
     except OSError:
         for s in (a, b):
@@ -330,11 +334,76 @@ def _poll_relay(
     finally:
         for w in ways:
             w.release(clean)
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.setblocking(True)
-    moved = [w.moved for w in ways] or [0, 0]
-    return sent_ab + moved[0], sent_ba + moved[1]
+    moved_counts = [w.moved for w in ways] or [0, 0]
+    return sent_ab + moved_counts[0], sent_ba + moved_counts[1]
+
+
+_IN, _OUT = select.POLLIN, select.POLLOUT
+_IN_ERR = _IN | select.POLLERR | select.POLLHUP
+_OUT_ERR = _OUT | select.POLLERR | select.POLLHUP
+
+
+def _relay_loop(
+    ab: _Way, ba: _Way, idle: float | None, watch_fd: int, on_watch: Callable[[], None] | None
+) -> None:
+    """The poll loop of :func:`_poll_relay` (a hot path: one turn per burst of bytes)."""
+    fa, fb = ab.src_fd, ba.src_fd
+    poller = select.poll()
+    registered: dict[int, int] = {}
+    stalls = 0
+    wait_ms = None if idle is None else max(1, int(idle * 1000))
+    while not (ab.done and ba.done):
+        mask_a = mask_b = 0  # what each socket is waited for: bytes in, or room out
+        if not ab.done:
+            if ab.pending:
+                mask_b = _OUT
+            else:
+                mask_a = _IN
+        if not ba.done:
+            if ba.pending:
+                mask_a |= _OUT
+            else:
+                mask_b |= _IN
+        for fd, mask in ((fa, mask_a), (fb, mask_b), (watch_fd, _IN)):
+            if fd < 0:
+                continue
+            old = registered.get(fd, 0)
+            if mask != old:
+                if not mask:
+                    poller.unregister(fd)
+                    del registered[fd]
+                else:
+                    (poller.modify if old else poller.register)(fd, mask)
+                    registered[fd] = mask
+        events = poller.poll(wait_ms)
+        if not events:
+            if idle is not None:
+                raise OSError(errno.ETIMEDOUT, "relay idle")
+            continue
+        ev_a = ev_b = 0
+        moved = False
+        for fd, ev in events:
+            if fd == fa:
+                ev_a = ev
+            elif fd == fb:
+                ev_b = ev
+            elif fd == watch_fd:
+                poller.unregister(fd)
+                del registered[fd]
+                watch_fd = -1
+                moved = True  # not a stall
+                if on_watch is not None:
+                    on_watch()
+        if not ab.done and ((ev_b & _OUT_ERR) if ab.pending else (ev_a & _IN_ERR)) and ab.step():
+            moved = True
+        if not ba.done and ((ev_a & _OUT_ERR) if ba.pending else (ev_b & _IN_ERR)) and ba.step():
+            moved = True
+        if moved:
+            stalls = 0
+        else:
+            stalls += 1
+            if stalls > _STALL_LIMIT:
+                raise OSError(errno.EIO, "relay stalled")
 
 
 class Workers:
@@ -378,7 +447,6 @@ class Workers:
         finally:
             with self._lock:
                 self._threads -= 1
-            release_pipes()  # the thread ends: its spare pipes would leak otherwise
 
     def _serve(self, task: Callable[[], None]) -> None:
         if self.init is not None:
@@ -406,16 +474,6 @@ def close_quietly(*socks: socket.socket | None) -> None:
         if s is not None:
             with contextlib.suppress(OSError):
                 s.close()
-
-
-def kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """A kernel-side timeout (SO_RCVTIMEO / SO_SNDTIMEO; 0: none) on a blocking socket: cheaper
-    than ``settimeout``, which switches the socket's mode with two fcntl calls each time. A
-    timed-out call raises ``BlockingIOError``. Clear SO_RCVTIMEO before :func:`relay` (splice
-    honours it)."""
-    whole = int(seconds)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
 
 
 def reset(sock: socket.socket) -> None:

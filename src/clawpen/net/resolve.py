@@ -86,6 +86,12 @@ class Resolver:
                 self.servers = servers
                 self._cache.clear()
 
+    def cached(self, name: str, rdtype: int) -> bool:
+        """Whether :meth:`lookup` would answer from the cache now (no query, no wait)."""
+        with self._lock:
+            hit = self._cache.get((name, rdtype))
+        return hit is not None and hit[0] > self.clock()
+
     def lookup(self, name: str, rdtype: int) -> Answer:
         """The upstream answer for ``name``/``rdtype`` (cached). Raises :class:`UpstreamError`."""
         key = (name, rdtype)
