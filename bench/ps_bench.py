@@ -26,8 +26,6 @@ cannot run (or pm2 is missing, unless --no-pm2).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import shutil
 import signal
@@ -38,6 +36,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from daemon_bench import BenchError, find_pm2  # bench/, next to this file
+from daemon_bench import Pm2 as DaemonBenchPm2
 
 from clawpen.daemon.client import Client
 
@@ -56,84 +57,17 @@ def quantiles(ms: list[float]) -> str:
 
 
 # ------------------------------------------------------------------------------------ pm2
-def find_pm2(work: Path) -> tuple[str, str] | None:
-    """pm2 on PATH, else `npm install pm2` into the temporary folder; (binary, version).
-    (As bench/daemon_bench.py finds it.)"""
-    binary = shutil.which("pm2")
-    if binary is None:
-        npm = shutil.which("npm")
-        if npm is None or shutil.which("node") is None:
-            log("pm2: no node/npm here")
-            return None
-        log("pm2: npm install pm2 (temporary folder)")
-        prefix = work / "pm2pkg"
-        done = subprocess.run(
-            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error", "pm2"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+class Pm2(DaemonBenchPm2):
+    """pm2 with its own PM2_HOME in the temporary folder (bench/daemon_bench.py's), running N
+    ``sleep infinity`` apps."""
+
+    def start_sleepers(self, n: int) -> None:
+        self.start(
+            "apps.json", [{"name": f"b{i:02d}", "script": "sleep", "args": "infinity"} for i in range(n)]
         )
-        candidate = prefix / "node_modules" / ".bin" / "pm2"
-        if done.returncode != 0 or not candidate.exists():
-            log(f"pm2: npm install failed: {done.stderr.strip()[-300:]}")
-            return None
-        binary = str(candidate)
-    package = Path(os.path.realpath(binary)).parent.parent / "package.json"
-    version = "?"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        version = json.loads(package.read_text())["version"]
-    return binary, version
-
-
-class Pm2:
-    """pm2 with its own PM2_HOME in the temporary folder, running N ``sleep infinity`` apps."""
-
-    def __init__(self, work: Path, binary: str, version: str) -> None:
-        self.home = work / "pm2home"
-        self.dir = work / "pm2"
-        self.dir.mkdir()
-        self.bin = binary
-        self.version = version
-        self.env = {**os.environ, "PM2_HOME": str(self.home)}
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            [self.bin, *args], env=self.env, cwd=self.dir, capture_output=True, text=True, timeout=120
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"pm2 {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
-        return done.stdout
-
-    def start(self, n: int) -> None:
-        apps = [
-            {
-                "name": f"b{i:02d}",
-                "script": "sleep",
-                "args": "infinity",
-                "interpreter": "none",
-                "out_file": str(self.dir / f"b{i:02d}.out"),
-                "error_file": str(self.dir / f"b{i:02d}.err"),
-            }
-            for i in range(n)
-        ]
-        path = self.dir / "apps.json"
-        path.write_text(json.dumps({"apps": apps}))
-        self.run("start", str(path))
 
     def online(self) -> int:
-        text = self.run("jlist")
-        return sum(p["pm2_env"]["status"] == "online" for p in json.loads(text[text.index("[") :]))
-
-    def stop(self) -> None:
-        pid = None
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self.home / "pm2.pid").read_text())
-        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            self.run("kill")
-        if pid is not None:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
+        return sum(state == "online" for state in self.states().values())
 
 
 # ------------------------------------------------------------------------------------ runs
@@ -250,7 +184,7 @@ def main() -> int:
                 return 2
             pm2 = Pm2(work, *found)
             log(f"pm2 {pm2.version}: starting {ns.bots} sleep infinity apps")
-            pm2.start(ns.bots)
+            pm2.start_sleepers(ns.bots)
             wait_until(lambda: pm2 is not None and pm2.online() >= ns.bots, 120, "pm2's apps")
         log(f"clawpen: up with {ns.bots} bots")
         subprocess.run([CLAWPEN, "up", "--wait-timeout", "300"], cwd=work, env=env, check=True, timeout=600)
@@ -268,7 +202,7 @@ def main() -> int:
         else:
             print(f"  {'PASS' if results[1] else 'FAIL'}  clawpen ps / pm2 ls p50 <= {TARGET_CLI_VS_PM2}")
         return 0 if all(r is not False for r in results) else 1
-    except (RuntimeError, subprocess.SubprocessError, OSError) as err:
+    except (RuntimeError, BenchError, subprocess.SubprocessError, OSError) as err:
         print(f"ps_bench: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
     finally:
