@@ -8,9 +8,11 @@ from each restart; a ``start-cpus`` event says when and why it ended. A change o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from helpers import DaemonCli, alive, wait_for
@@ -27,7 +29,13 @@ PERIOD = 100_000
 def quota_of(daemon: DaemonCli, bot: str, replica: int = 0) -> int:
     """The CPU quota (µs per 100 ms period) of the bot's cgroup, read from the host."""
     host = detect()
-    folder = host.hierarchies["cpu"] / host.base / f"{cgroup_scope(daemon.home)}{bot}.{replica}"
+    name = f"{cgroup_scope(daemon.home)}{bot}.{replica}"
+    monitor = daemon.ps()[bot]["pid"]  # bubblewrap, outside the cgroup; its child is inside
+    with contextlib.suppress(OSError, TypeError, IndexError):
+        child = Path(f"/proc/{monitor}/task/{monitor}/children").read_text().split()[0]
+        if f"/{name}.b" in Path(f"/proc/{child}/cgroup").read_text():
+            name += ".b"  # a warm restart runs the bot in its second slot (clawpen.daemon.warm)
+    folder = host.hierarchies["cpu"] / host.base / name
     if host.version == 2:
         quota, period = (folder / "cpu.max").read_text().split()
     else:

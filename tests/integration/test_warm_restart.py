@@ -230,3 +230,50 @@ def test_the_daemon_turns_on_favordynmods_without_touching_the_hosts_cgroup_moun
         x for x in before if "clawpen-favor" not in x
     )  # the host's are as they were
     daemon.cli("stop", "s")
+
+
+def test_a_daemon_stopping_while_a_spare_is_built_leaves_no_process(tmp_path: Path) -> None:
+    """The spare's build outlives the supervisor's task when the daemon stops right after a start:
+    the finished build is thrown away (no held bubblewrap left; pytest turns a dropped running
+    Popen into an error)."""
+    import asyncio
+    import tempfile
+
+    from helpers import of_uids
+
+    from clawpen.daemon.app import build
+    from conftest import UID_BASE
+
+    spec_dir = Path(tempfile.mkdtemp(prefix="clawpen-w-", dir="/tmp"))
+    spec_dir.chmod(0o755)
+    (spec_dir / "clawpen.toml").write_text('[bots.quick]\ncommand = ["sleep", "300"]\n')
+    uids: list[int] = []
+
+    async def main(stop_after: float) -> None:
+        daemon = build(tmp_path / f"state{stop_after}")
+        try:
+            await daemon.dispatch("up", {"file": str(spec_dir / "clawpen.toml")}, "root")
+            inst = daemon.instances["quick"][0]
+            for _ in range(5000):
+                if inst.machine.state == "running":
+                    break
+                await asyncio.sleep(0.001)
+            assert inst.machine.state == "running"
+            uids.append(inst.plan().identity.uid)
+            await asyncio.sleep(stop_after)  # 0: the spare is being built as the daemon stops
+        finally:
+            await daemon.shutdown()
+            daemon.store.close()
+            daemon.services.compressor.close(timeout=10)
+            if daemon.services.spares is not None:
+                daemon.services.spares.shutdown()
+
+    os.environ["CLAWPEN_UID_BASE"] = str(UID_BASE)
+    try:
+        for stop_after in (0.0, 0.005, 0.02, 1.0):
+            asyncio.run(main(stop_after))
+    finally:
+        os.environ.pop("CLAWPEN_UID_BASE", None)
+        subprocess_rm = ["rm", "-rf", str(spec_dir)]
+        __import__("subprocess").run(subprocess_rm, check=False)
+    assert wait_for(lambda: not of_uids(uids), 5), of_uids(uids)

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -207,30 +207,56 @@ class Spares:
         where = paths(inst.svc.run_dir, inst.name, inst.replica, slot)
         bot_ends: dict[str, int] = {}
         pipes: dict[str, int] = {}
-        status_fd = -1
         try:
             open_fifos([("out", where["out"]), ("err", where["err"])], bot_ends, pipes)
-            status_fd = os.open(where["status"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            sandbox = await asyncio.get_running_loop().run_in_executor(
-                inst.svc.spares.executor,
-                lambda: tier.prepare(
+            ends = [*bot_ends.values()]
+            ends.append(os.open(where["status"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+        except OSError as err:
+            for fd in (*bot_ends.values(), *pipes.values()):
+                os.close(fd)
+            inst.svc.note("spare", f"no warm spare: {err}", inst.name, inst.replica)
+            return
+
+        def job() -> HeldSandbox:  # the thread owns the bot's ends: closed once bubblewrap has them
+            try:
+                return tier.prepare(
                     plan,
                     cgroup_name=inst.slot_cgroup(slot),
                     stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
-                    status_fd=status_fd,
+                    status_fd=ends[-1],
                     secrets=secrets,
-                ),
-            )
-        except (ClawpenError, OSError, RuntimeError) as err:  # RuntimeError: the pool shut down
+                )
+            finally:
+                for fd in ends:
+                    os.close(fd)
+
+        def orphaned(done: Future[HeldSandbox]) -> None:
+            """The build outlived its task (the daemon is stopping): throw its spare away."""
+            if done.cancelled():  # it never ran: the bot's ends are still ours
+                for fd in (*ends, *pipes.values()):
+                    os.close(fd)
+            elif done.exception() is None:
+                discard(Spare(done.result(), slot, pipes, bot, link, secrets))
+            else:
+                for fd in pipes.values():
+                    os.close(fd)
+
+        try:
+            future = inst.svc.spares.executor.submit(job)
+        except RuntimeError:  # the pool has shut down
+            for fd in (*ends, *pipes.values()):
+                os.close(fd)
+            return
+        try:
+            sandbox = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(orphaned)
+            raise
+        except (ClawpenError, OSError) as err:
             for fd in pipes.values():
                 os.close(fd)
-            if not isinstance(err, RuntimeError):
-                inst.svc.note("spare", f"no warm spare: {err}", inst.name, inst.replica)
+            inst.svc.note("spare", f"no warm spare: {err}", inst.name, inst.replica)
             return
-        finally:
-            for fd in (*bot_ends.values(), status_fd):
-                if fd >= 0:
-                    os.close(fd)
         spare = Spare(sandbox, slot, pipes, bot, link, secrets)
         if gen != self._gen or inst.sandbox is None or inst.slot == slot:
             await asyncio.to_thread(discard, spare)
