@@ -12,14 +12,14 @@ import fcntl
 import os
 import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from clawpen.errors import ClawpenError
 from clawpen.plan.build import HostFacts, build_plan
 from clawpen.plan.model import Plan, SeccompPolicy
-from clawpen.sandbox.tier import RunningSandbox, RunResult
+from clawpen.sandbox.tier import RunningSandbox, RunResult, Stdio
 from clawpen.sandbox.users import identity_for
 from clawpen.spec.models import Bot
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from clawpen.net.links import Link
 
 PIPE_SIZE = 1 << 20
+T = TypeVar("T")
 
 
 def open_fifos(fifos: list[tuple[str, Path]], bot_ends: dict[str, int], pipes: dict[str, int]) -> None:
@@ -43,6 +44,46 @@ def open_fifos(fifos: list[tuple[str, Path]], bot_ends: dict[str, int], pipes: d
         with contextlib.suppress(OSError):
             fcntl.fcntl(bot_ends[stream], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         pipes[stream] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+class BotEnds(NamedTuple):
+    """The bot's ends of a slot's pipes and its status file, handed to the tier's start."""
+
+    out: int
+    err: int
+    status: int
+
+    @property
+    def stdio(self) -> Stdio:
+        return Stdio(stdin=None, stdout=self.out, stderr=self.err)
+
+    def close(self) -> None:
+        for fd in self:
+            os.close(fd)
+
+    def run(self, start: Callable[[], T]) -> T:
+        """Run ``start`` (in an executor thread), then close these ends: whoever started the
+        sandbox has its own copies by then. The thread closes them, never the event loop, so a
+        cancelled await cannot close them under a start still using them."""
+        try:
+            return start()
+        finally:
+            self.close()
+
+
+def open_slot(paths: Mapping[str, Path]) -> tuple[BotEnds, dict[str, int]]:
+    """Open a slot's pipes (``out``, ``err``) and status file (``status``): the bot's ends, and
+    the daemon's read ends by stream. Nothing stays open when it fails."""
+    bot_ends: dict[str, int] = {}
+    pipes: dict[str, int] = {}
+    try:
+        open_fifos([("out", paths["out"]), ("err", paths["err"])], bot_ends, pipes)
+        status = os.open(paths["status"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        for fd in (*bot_ends.values(), *pipes.values()):
+            os.close(fd)
+        raise
+    return BotEnds(bot_ends["out"], bot_ends["err"], status), pipes
 
 
 async def terminate(sandbox: RunningSandbox, grace: float, note: Callable[[str, str], None]) -> None:

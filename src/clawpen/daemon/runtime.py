@@ -19,62 +19,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from clawpen.daemon import hagate, warm
 from clawpen.daemon import watchers as watch
-from clawpen.daemon.lifecycle import describe, instance_plan, open_fifos, settle, terminate
+from clawpen.daemon.botpipes import BotPipes
+from clawpen.daemon.lifecycle import describe, instance_plan, open_slot, settle, terminate
+from clawpen.daemon.services import Services
 from clawpen.daemon.store import Instance as InstanceRow
-from clawpen.daemon.store import Store
 from clawpen.daemon.tiers import adopt_row, tier_for
 from clawpen.daemon.watchers import Outcome, Verdict
 from clawpen.errors import ClawpenError
-from clawpen.logs.upkeep import Compressor
 from clawpen.logs.writer import daemon_writer
 from clawpen.net.instance import InstanceNetwork
 from clawpen.net.learn import status_fields
 from clawpen.paths import cgroup_scope
-from clawpen.plan.build import HostFacts
-from clawpen.plan.model import Plan, SeccompPolicy
-from clawpen.sandbox.tier import RunningSandbox, RunResult, Stdio, Tier
+from clawpen.plan.model import Plan
+from clawpen.sandbox.tier import RunningSandbox, RunResult, Tier
 from clawpen.spec.models import Bot
 from clawpen.spec.schedule import ActiveWindow
 from clawpen.supervisor.backoff import Decision, RestartPolicy, RestartTracker, TrackerState
-from clawpen.supervisor.states import BotState, BotStateMachine, Transition
+from clawpen.supervisor.states import BotState, BotStateMachine
 from clawpen.vault.redact import Redactor
-
-if TYPE_CHECKING:
-    from clawpen.ha.registry import HaRegistry
-    from clawpen.net.links import LinkManager
-    from clawpen.sandbox.cgroups import CgroupHost
 
 S = BotState
 __all__ = ["Instance", "Services", "instance_plan"]
-READ_CHUNK = 1 << 16
-
-
-class Services(NamedTuple):
-    """What every instance needs from the daemon (built once in :mod:`clawpen.daemon.app`)."""
-
-    tiers: Mapping[str, Tier]  # by the name a bot's `tier` field gives
-    cgroups: Callable[[], CgroupHost | None]  # where the bots' cgroups are (the monitor reads them)
-    store: Store
-    state_dir: Path
-    logs_dir: Path
-    run_dir: Path
-    host: HostFacts
-    seccomp: SeccompPolicy
-    clock: Callable[[], float]
-    record: Callable[[Transition], None]
-    bpf: Callable[[], bytes]
-    compressor: Compressor
-    secrets: Callable[[list[str]], dict[str, bytes]]  # vault values by name
-    note: Callable[[str, str, str, int], None]  # kind, reason, bot, replica
-    network: LinkManager | None = None  # per-bot namespaces and links (bots with egress)
-    ha: HaRegistry | None = None  # the failover agents of HA bots (ha/component.py)
-    spares: warm.SparePool | None = None  # builds warm spares (None: every start is cold)
 
 
 REQUESTED = {Outcome.STOP: "stop requested", Outcome.RESTART: "restart requested"}
@@ -440,35 +410,27 @@ class Instance:
         self._new_process()
         plan = self.plan()
         self._secrets = self.svc.secrets(list(self.bot.secrets))
+        secrets = {**self._secrets, **hagate.files(self)}
+        wire_net = self.net.wirer() if tier.makes_netns else None
         self.svc.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        bot_ends: dict[str, int] = {}
-        pipes: dict[str, int] = {}
-        status_fd = -1
-        try:
-            open_fifos(self._fifos(), bot_ends, pipes)
-            status_path = self._paths()["status"]
-            status_fd = os.open(status_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            loop = asyncio.get_running_loop()
-            wire_net = self.net.wirer() if tier.makes_netns else None
-            sandbox = await loop.run_in_executor(
-                None,
-                lambda: tier.start(
-                    plan,
-                    cgroup_name=self.cgroup_name,
-                    stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
-                    status_fd=status_fd,
-                    secrets={**self._secrets, **hagate.files(self)},
-                    wire_net=wire_net,
-                ),
+        ends, pipes = open_slot(self._paths())
+
+        def start() -> RunningSandbox:
+            return tier.start(
+                plan,
+                cgroup_name=self.cgroup_name,
+                stdio=ends.stdio,
+                status_fd=ends.status,
+                secrets=secrets,
+                wire_net=wire_net,
             )
+
+        try:
+            sandbox = await asyncio.get_running_loop().run_in_executor(None, ends.run, start)
         except BaseException:
             for fd in pipes.values():
                 os.close(fd)
             raise
-        finally:
-            for fd in (*bot_ends.values(), status_fd):
-                if fd >= 0:
-                    os.close(fd)
         self._pipes = pipes
         return sandbox
 
@@ -483,12 +445,8 @@ class Instance:
             redact=redactor.redact if redactor else None,
             notify=lambda kind, text: self.svc.note(kind, text, self.name, self.replica),
         )
-        self._writer = writer
-        self._eof: dict[str, asyncio.Future[None]] = {}
-        for stream, fd in self._pipes.items():
-            os.set_blocking(fd, False)
-            self._eof[stream] = loop.create_future()
-            loop.add_reader(fd, self._drain, stream, fd)
+        self._reader = BotPipes(self._pipes, writer)
+        self._reader.start()
         exited: asyncio.Future[None] = loop.create_future()
         pidfd = sandbox.exit_fd()
         loop.add_reader(pidfd, settle, exited)
@@ -519,47 +477,17 @@ class Instance:
             loop.remove_reader(pidfd)
             os.close(pidfd)
 
-    def _drain(self, stream: str, fd: int) -> None:
-        try:
-            chunk = os.read(fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        try:  # whatever the log does, the pipe is drained: a bot blocked on a full pipe is worse
-            if chunk:
-                self._writer.write(stream, chunk)  # type: ignore[arg-type]
-            else:
-                self._writer.finish(stream)  # type: ignore[arg-type]
-        except Exception as err:
-            self._writer.report("log-error", f"log write failed: {err}")
-        if chunk:
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(fd)
-        fut = self._eof[stream]
-        if not fut.done():
-            fut.set_result(None)
-
     async def _finish(self, sandbox: RunningSandbox, outcome: Outcome, result: RunResult | None) -> RunResult:
         if outcome is not Outcome.EXITED:
             self.transition(S.STOPPING, self._why)
             await self._terminate(sandbox)
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._eof.values()), 2.0)
-        for fd in self._pipes.values():
-            # always (a no-op after EOF): the timeout above cancels the EOF futures, and a fd
-            # closed while still registered leaves a stale selector key whose number the next
-            # accepted connection reuses, and that connection is then never read
-            loop.remove_reader(fd)
-            os.close(fd)
+        await self._reader.close()
         if result is not None:  # collected early (a warm restart): the teardown is not waited for
             self._teardown = loop.run_in_executor(None, sandbox.teardown)
         else:
             result = await loop.run_in_executor(None, sandbox.collect)
             await loop.run_in_executor(None, sandbox.teardown)
-        self._writer.close()
         return result
 
     async def _terminate(self, sandbox: RunningSandbox) -> None:

@@ -32,9 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from clawpen.daemon.lifecycle import open_fifos
+from clawpen.daemon.lifecycle import open_slot
 from clawpen.errors import ClawpenError
-from clawpen.sandbox.tier import HeldSandbox, HoldingTier, Stdio
+from clawpen.sandbox.tier import HeldSandbox, HoldingTier
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -205,35 +205,28 @@ class Spares:
         plan = inst.plan()
         secrets = inst.svc.secrets(list(bot.secrets))
         where = paths(inst.svc.run_dir, inst.name, inst.replica, slot)
-        bot_ends: dict[str, int] = {}
-        pipes: dict[str, int] = {}
         try:
-            open_fifos([("out", where["out"]), ("err", where["err"])], bot_ends, pipes)
-            ends = [*bot_ends.values()]
-            ends.append(os.open(where["status"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
+            ends, pipes = open_slot(where)
         except OSError as err:
-            for fd in (*bot_ends.values(), *pipes.values()):
-                os.close(fd)
             inst.svc.note("spare", f"no warm spare: {err}", inst.name, inst.replica)
             return
 
         def job() -> HeldSandbox:  # the thread owns the bot's ends: closed once bubblewrap has them
-            try:
-                return tier.prepare(
+            return ends.run(
+                lambda: tier.prepare(
                     plan,
                     cgroup_name=inst.slot_cgroup(slot),
-                    stdio=Stdio(stdin=None, stdout=bot_ends["out"], stderr=bot_ends["err"]),
-                    status_fd=ends[-1],
+                    stdio=ends.stdio,
+                    status_fd=ends.status,
                     secrets=secrets,
                 )
-            finally:
-                for fd in ends:
-                    os.close(fd)
+            )
 
         def orphaned(done: Future[HeldSandbox]) -> None:
             """The build outlived its task (the daemon is stopping): throw its spare away."""
             if done.cancelled():  # it never ran: the bot's ends are still ours
-                for fd in (*ends, *pipes.values()):
+                ends.close()
+                for fd in pipes.values():
                     os.close(fd)
             elif done.exception() is None:
                 discard(Spare(done.result(), slot, pipes, bot, link, secrets))
@@ -244,7 +237,8 @@ class Spares:
         try:
             future = inst.svc.spares.executor.submit(job)
         except RuntimeError:  # the pool has shut down
-            for fd in (*ends, *pipes.values()):
+            ends.close()
+            for fd in pipes.values():
                 os.close(fd)
             return
         try:
