@@ -39,6 +39,7 @@ from pathlib import Path
 
 from daemon_bench import BenchError, find_pm2  # bench/, next to this file
 from daemon_bench import Pm2 as DaemonBenchPm2
+from run_bench import interleave as interleave_runs
 
 from clawpen.daemon.client import Client
 
@@ -85,15 +86,9 @@ def wall(argv: list[str], env: dict[str, str], cwd: Path, expect: str) -> float:
 
 
 def interleave(rounds: int, warmup: int, runners: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
-    """Each runner in turn, ``rounds`` times after ``warmup`` rounds, the order flipped every round."""
-    out: dict[str, list[float]] = {name: [] for name in runners}
-    names = list(runners)
-    for i in range(warmup + rounds):
-        for name in names if i % 2 == 0 else reversed(names):
-            t = runners[name]()
-            if i >= warmup:
-                out[name].append(t)
-    return out
+    """Each runner in turn, ``rounds`` times after ``warmup`` rounds, the order flipped every
+    round (bench/run_bench.py's, by name)."""
+    return dict(zip(runners, interleave_runs(rounds, warmup, *runners.values()), strict=True))
 
 
 def bench_op(client: Client, n: int, rounds: int) -> bool:
