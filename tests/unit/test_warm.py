@@ -45,3 +45,11 @@ def test_no_spare_is_built_while_the_host_is_short_of_memory(tmp_path: Path) -> 
     info.write_text("MemTotal:       1000000 kB\nMemAvailable:   100001 kB\n")
     assert not memory_low(info)
     assert not memory_low(tmp_path / "missing")  # unknown: build it
+
+
+def test_the_other_slot_of_a_cgroup_is_its_spares() -> None:
+    from clawpen.daemon.warm import other_slot
+
+    assert other_slot("s1234-bot.0") == "s1234-bot.0.b"
+    assert other_slot("s1234-bot.0.b") == "s1234-bot.0"
+    assert other_slot(other_slot("bot.3")) == "bot.3"

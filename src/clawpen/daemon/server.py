@@ -220,7 +220,9 @@ class Daemon:
         (it may hold what the new rules protect), it stays listed as stopped, and an event says
         why; one bad row never keeps the daemon, or the other bots, from starting."""
         for row in saved:
-            stop_stored(self.services.tiers, self.services.run_dir, stored_tier(policy), row)
+            stop_stored(
+                self.services.tiers, self.services.run_dir, stored_tier(policy), row, self.services.cgroups()
+            )
             self.store.drop_instance(name, row.replica)
         self.store.set_desired(name, "stopped", manual_stop=False)
         self.note("policy-refused", f"{err.what}; {err.hint}" if err.hint else err.what, name)

@@ -9,10 +9,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clawpen.daemon.store import Instance as InstanceRow
+from clawpen.daemon.warm import SLOT_SUFFIX, paths, remove_stale
 from clawpen.errors import ClawpenError, HostError
 from clawpen.sandbox.tier import RunningSandbox, SandboxRecord, Tier
+
+if TYPE_CHECKING:
+    from clawpen.sandbox.cgroups import CgroupHost
 
 DEFAULT = "sandbox"
 
@@ -44,10 +49,15 @@ def stored_tier(policy: dict[str, object]) -> str:
     return tier if isinstance(tier, str) else DEFAULT
 
 
-def stop_stored(tiers: Mapping[str, Tier], run_dir: Path, tier: str, row: InstanceRow) -> None:
-    """Kill the sandbox of a saved row that still runs and release it (a refused stored bot)."""
+def stop_stored(
+    tiers: Mapping[str, Tier], run_dir: Path, tier: str, row: InstanceRow, cgroups: CgroupHost | None = None
+) -> None:
+    """Kill the sandbox of a saved row that still runs and release it (a refused stored bot, a
+    validate copy left behind), and the warm spare its daemon left beside it."""
     with contextlib.suppress(ClawpenError, OSError):
-        sandbox = adopt_row(tiers, tier, row, run_dir / f"{row.bot}.{row.replica}.status")
+        slot = 1 if (row.cgroup or "").endswith(SLOT_SUFFIX[1]) else 0
+        sandbox = adopt_row(tiers, tier, row, paths(run_dir, row.bot, row.replica, slot)["status"])
         if sandbox is not None:
             sandbox.kill()
             sandbox.teardown()
+    remove_stale(cgroups, row.cgroup)

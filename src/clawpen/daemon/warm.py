@@ -113,6 +113,20 @@ def slot_of(cgroup: str | None, base: str) -> int:
     return 1 if cgroup == base + SLOT_SUFFIX[1] else 0
 
 
+def other_slot(cgroup: str) -> str:
+    """The cgroup of the slot a running sandbox in ``cgroup`` does not use (its spare's)."""
+    suffix = SLOT_SUFFIX[1]
+    return cgroup.removesuffix(suffix) if cgroup.endswith(suffix) else cgroup + suffix
+
+
+def remove_stale(host: CgroupHost | None, cgroup: str | None) -> None:
+    """Remove the spare a dead daemon left beside the sandbox in ``cgroup`` (blocking; quiet)."""
+    if host is None or cgroup is None:
+        return
+    with contextlib.suppress(ClawpenError, OSError):
+        host.attach(other_slot(cgroup)).remove()
+
+
 def paths(run_dir: Path, name: str, replica: int, slot: int) -> dict[str, Path]:
     """The pipes and status file of one slot: ``<bot>.<replica>[.b].out`` ..."""
     base = f"{name}.{replica}{SLOT_SUFFIX[slot]}"
