@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from clawpen.ha.fence import now
 from clawpen.ha.fenceclient import FenceClient
@@ -126,4 +127,4 @@ def test_a_fence_told_to_stop_kills_what_it_guards(
     (pid,) = _fence_pids(client.socket_path)
     os.kill(pid, signal.SIGTERM)
     assert proc.wait(timeout=10) == -signal.SIGKILL  # long before its deadline
-    assert not client.socket_path.exists()
+    assert wait_for(lambda: not client.socket_path.exists(), 10)  # the fence kills, then leaves

@@ -268,7 +268,7 @@ def test_a_daemon_stopping_while_a_spare_is_built_leaves_no_process(tmp_path: Pa
             if daemon.services.spares is not None:
                 daemon.services.spares.shutdown()
 
-    os.environ["CLAWPEN_UID_BASE"] = str(UID_BASE)
+    os.environ["CLAWPEN_UID_BASE"] = str(UID_BASE + 32_768)  # none of the other tests' bot uids
     try:
         for stop_after in (0.0, 0.005, 0.02, 1.0):
             asyncio.run(main(stop_after))

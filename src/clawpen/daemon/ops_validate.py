@@ -249,7 +249,16 @@ def operations(daemon: Daemon) -> list[Operation[Any]]:
         record.write_text(json.dumps({"bot": name, "tmp": tmp, "spec": policy["spec"]}))
         net = bot.network.model_copy(update={"publish": []})
         # no ha: a copy is never a primary (it would wait in standby, or take a term)
-        update: dict[str, Any] = {"network": net, "replicas": 1, "schedule": None, "ha": None}
+        # no warm spare: a throwaway copy gains nothing from a fast restart, and a daemon killed
+        # while it built one would leave it behind
+        restart = bot.restart.model_copy(update={"warm": False})
+        update: dict[str, Any] = {
+            "network": net,
+            "replicas": 1,
+            "schedule": None,
+            "ha": None,
+            "restart": restart,
+        }
         if workspace is not None:
             update |= {"workspace": workspace, "workspace_adopt": True}
         svc = daemon.services._replace(logs_dir=daemon.services.state_dir / "validate" / "logs")
