@@ -69,7 +69,7 @@ def test_the_demo_bots_keep_their_guarantees_in_the_container_tier(daemon: Daemo
     port = demo_spec(daemon, "cdemo", f'tier = "container"\nimage = "{BASE_IMAGE}"\n')
     daemon.cli("up")
     for bot in ("demo", "cdemo"):
-        assert wait_for(lambda b=bot: "open files limit" in daemon.cli("logs", b).stdout, 30), bot
+        assert wait_for(lambda b=bot: "open files limit" in daemon.cli("logs", b).stdout, 90), bot
     sandbox = verdicts(daemon.cli("logs", "demo").stdout)
     container_v = verdicts(daemon.cli("logs", "cdemo").stdout)
     # /home: the sandbox has none, the image has an empty one; the host's is in neither
