@@ -38,7 +38,6 @@ from clawpen.daemon.ops_bots import InstanceStatus
 from clawpen.daemon.runtime import Instance, Services
 from clawpen.daemon.store import Store
 from clawpen.daemon.tiers import stop_stored, stored_tier
-from clawpen.daemon.warm import other_slot
 from clawpen.errors import UsageError
 from clawpen.ops import Call, Contract, Operation, Reply, Request
 from clawpen.paths import cgroup_scope
@@ -180,16 +179,15 @@ def sweep_copies(daemon: Daemon) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             tier = stored_tier({"spec": json.loads(record.read_text())["spec"]})
         rows = daemon.store.instances(copy)
+        host = daemon.services.cgroups()
         for row in rows:
-            stop_stored(daemon.services.tiers, daemon.services.run_dir, tier, row, daemon.services.cgroups())
+            stop_stored(daemon.services.tiers, daemon.services.run_dir, tier, row, host)
             daemon.store.drop_instance(copy, row.replica)
-        host = daemon.services.cgroups()  # also a copy killed while it started (no pid saved)
-        if host is not None:
+        if host is not None:  # also a copy killed while it started (no pid saved)
             group = f"{cgroup_scope(daemon.services.state_dir)}{copy}.0"
-            for name in (group, other_slot(group)):  # the copy's sandbox, and its warm spare
-                if name in host.names():
-                    with contextlib.suppress(Exception):
-                        host.attach(name).remove()
+            if group in host.names():
+                with contextlib.suppress(Exception):
+                    host.attach(group).remove()
         if daemon.services.network is not None:
             with contextlib.suppress(Exception):
                 daemon.services.network.detach(copy, 0)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
@@ -133,11 +133,15 @@ def paths(run_dir: Path, name: str, replica: int, slot: int) -> dict[str, Path]:
     return {k: run_dir / f"{base}.{k}" for k in ("out", "err", "status")}
 
 
-def discard(spare: Spare) -> None:
-    """Kill a spare that will not be used and release what it holds (blocking: a thread's job)."""
-    for fd in spare.pipes.values():
+def _close(fds: Iterable[int]) -> None:
+    for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def discard(spare: Spare) -> None:
+    """Kill a spare that will not be used and release what it holds (blocking: a thread's job)."""
+    _close(spare.pipes.values())
     with contextlib.suppress(ClawpenError, OSError):
         spare.sandbox.kill(monitor=True)
     with contextlib.suppress(ClawpenError, OSError):
@@ -240,20 +244,17 @@ class Spares:
             """The build outlived its task (the daemon is stopping): throw its spare away."""
             if done.cancelled():  # it never ran: the bot's ends are still ours
                 ends.close()
-                for fd in pipes.values():
-                    os.close(fd)
+                _close(pipes.values())
             elif done.exception() is None:
                 discard(Spare(done.result(), slot, pipes, bot, link, secrets))
             else:
-                for fd in pipes.values():
-                    os.close(fd)
+                _close(pipes.values())
 
         try:
             future = inst.svc.spares.executor.submit(job)
         except RuntimeError:  # the pool has shut down
             ends.close()
-            for fd in pipes.values():
-                os.close(fd)
+            _close(pipes.values())
             return
         try:
             sandbox = await asyncio.wrap_future(future)
@@ -261,8 +262,7 @@ class Spares:
             future.add_done_callback(orphaned)
             raise
         except (ClawpenError, OSError) as err:
-            for fd in pipes.values():
-                os.close(fd)
+            _close(pipes.values())
             inst.svc.note("spare", f"no warm spare: {err}", inst.name, inst.replica)
             return
         spare = Spare(sandbox, slot, pipes, bot, link, secrets)
@@ -303,9 +303,5 @@ class Spares:
             return
         self._swept = True
         inst = self.inst
-        host = inst.svc.cgroups()
-        if host is None or not isinstance(inst.tier, HoldingTier):
-            return
-        stale = host.attach(inst.slot_cgroup(1 - inst.slot))
-        with contextlib.suppress(ClawpenError, OSError):
-            await asyncio.to_thread(stale.remove)
+        if isinstance(inst.tier, HoldingTier):
+            await asyncio.to_thread(remove_stale, inst.svc.cgroups(), inst.slot_cgroup(inst.slot))

@@ -35,8 +35,9 @@ class Waited(Protocol):
     started: float
     pending_signal: int | None
     stop_reason: str | None
-    kill_grace: float
 
+    @property
+    def kill_grace(self) -> float: ...
     @property
     def process(self) -> subprocess.Popen[bytes]: ...
     @property

@@ -195,7 +195,6 @@ class Sandbox(CgroupHandle):
     ) -> None:
         self.secrets = secrets
         self.hold = hold
-        self.kill_grace = tier._kill_grace
         self.tier = tier
         self.plan = plan
         self.cgroup_name = cgroup_name
@@ -210,6 +209,11 @@ class Sandbox(CgroupHandle):
         self.stop_reason: str | None = None
         self.sandbox: tuple[int, int] | None = None  # (pid, pidfd) of the sandbox's pid 1
         self.pending_signal: int | None = None
+
+    @property
+    def kill_grace(self) -> float:
+        """Seconds between a forwarded signal and SIGKILL (the tier's)."""
+        return self.tier._kill_grace
 
     @property
     def cg(self) -> cgroups.Cgroup:
