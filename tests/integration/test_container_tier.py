@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from container_env import BASE_IMAGE, PODMAN_CLI, PODMAN_SOCKET, ensure_base_image
+from container_env import BASE_IMAGE, PODMAN_CLI, ensure_base_image
 from helpers import CLAWPEN, DaemonCli, alive, wait_for
 
 from clawpen.errors import SandboxError
@@ -57,41 +57,43 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 def _containers(home: Path, cli: list[str] = DOCKER.cli) -> list[dict[str, object]]:
-    out = subprocess.run(
-        [*cli, "ps", "-a", "-q", "--filter", f"label=clawpen.state={home}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    listed = subprocess.run(
+        [*cli, "ps", "-a", "-q", "--filter", f"label=clawpen.state={home}"], capture_output=True, text=True
+    )
+    assert listed.returncode == 0, f"{' '.join(cli)} ps failed: {listed.stderr.strip()}"
+    out = listed.stdout.split()
     if not out:
         return []
     found = subprocess.run([*cli, "inspect", *out], capture_output=True, text=True, check=True)
     return json.loads(found.stdout)  # type: ignore[no-any-return]
 
 
-def _remove_left(home: Path) -> None:
-    """Remove what a test left under this daemon's names or label, on either engine."""
-    for cli in (DOCKER.cli, PODMAN.cli) if os.path.exists(PODMAN_SOCKET) else (DOCKER.cli,):
+def _remove_left(home: Path, engines: list[Engine]) -> None:
+    """Remove what a test left under this daemon's names or label, on the engines it used."""
+    for engine in engines:
         named = subprocess.run(
-            [*cli, "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
+            [*engine.cli, "ps", "-a", "-q", "--filter", f"name=clawpen-{cgroup_scope(home)}"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout.split()
-        left = [str(c["Id"]) for c in _containers(home, cli)] + named
+        left = [str(c["Id"]) for c in _containers(home, engine.cli)] + named
         if left:
-            subprocess.run([*cli, "rm", "-f", *left], capture_output=True, check=False)
+            subprocess.run([*engine.cli, "rm", "-f", *left], capture_output=True, check=False)
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[DaemonCli]:
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DaemonCli]:
     ensure_base_image()
     home = tmp_path / "state"
+    # only the engines this test uses: a Podman service another session is stopping must not
+    # fail a Docker test's teardown (a CI run saw `ps` on its socket fail there)
+    engines = [DOCKER, PODMAN] if request.node.get_closest_marker("podman") else [DOCKER]
     try:
         with daemon_at(home) as d:
             yield d
     finally:
-        _remove_left(home)
+        _remove_left(home, engines)
 
 
 def set_secret(env: dict[str, str], name: str, value: str) -> None:

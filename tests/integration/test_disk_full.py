@@ -143,8 +143,10 @@ def test_low_space_pauses_logs_alerts_stop_works_and_logging_resumes(
     lines = wait_for(resumed, 15, 0.1)
     assert lines, ticks(d)[-5:]
     recovered = time.monotonic() - freed_at
-    marker = next(line for line in lines if "lines dropped: disk full]" in line)
-    dropped = int(marker.split("[clawpen: ", 1)[1].split(" ", 1)[0])
-    assert dropped >= 10  # about 10 lines a second while paused
+    # a loaded host can see the watermark flap (a short pause, a resume, then the long one): each
+    # pause leaves its own record, and together they count what the pauses dropped
+    markers = [line for line in lines if "lines dropped: disk full]" in line]
+    dropped = sum(int(m.split("[clawpen: ", 1)[1].split(" ", 1)[0]) for m in markers)
+    assert dropped >= 10, markers  # about 10 lines a second while paused
     assert recovered < 10
     assert wait_for(lambda: "disk-ok" in kinds(d), 10, 0.2)
