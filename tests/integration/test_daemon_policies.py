@@ -122,7 +122,20 @@ def test_cron_restart(tmp_path: Path) -> None:
     run_daemon(tmp_path, spec, clock_at(8, 0, 58), body)
 
 
-def test_memory_pressure_restarts_the_bot(tmp_path: Path) -> None:
+def test_memory_pressure_restarts_the_bot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On cgroup v1 the watcher sleeps until the kernel says the use crossed the level (it never
+    polls); on v2 it polls."""
+    from clawpen.daemon import watchers
+    from clawpen.sandbox.cgroups import detect
+
+    polled: list[str] = []
+    real = watchers._memory_polled
+
+    async def polling(inst: watchers.Watched, *args: object) -> watchers.Verdict:
+        polled.append(inst.name)
+        return await real(inst, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watchers, "_memory_polled", polling)
     hog = "b = bytearray(40 << 20)\\nimport time\\ntime.sleep(300)"
     spec = f"""
         [bots.leaky]
@@ -138,6 +151,7 @@ def test_memory_pressure_restarts_the_bot(tmp_path: Path) -> None:
         assert await until(lambda: inst.machine.state == "running" and inst.restarts >= 1, 10)
 
     run_daemon(tmp_path, spec, time.time, body)
+    assert (polled == []) if detect().version == 1 else ("leaky" in polled)
 
 
 def test_memory_below_the_share_is_left_alone(tmp_path: Path) -> None:

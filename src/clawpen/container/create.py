@@ -12,7 +12,7 @@ The bot's command does not run until clawpen opens the gate (see :data:`GATE_SCR
 static busybox, bound read-only at /.clawpen/busybox, waits on the FIFO /.clawpen/gate, then
 ``exec``s the bot's argv, given as arguments (never composed into a shell string), with its
 stdout and stderr on the daemon's named pipes, opened read-write like the sandbox tier's (no
-reader never means EPIPE).
+reader never means EPIPE), before the gate (see :data:`GATE_SCRIPT_LOGS`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,11 @@ SECRET_ENV = "CLAWPEN_SECRET_ENV"  # noqa: S105 - names only: the loader reads t
 GATE_EXIT = 125  # the gate closed without opening: clawpen gave up on the start
 # Constant scripts: the bot's argv follows as "$@"; the loader stacks clawpen's seccomp filter.
 GATE_SCRIPT = f'read _ <{GATE} || exit {GATE_EXIT}; exec {LOADER} {PROGRAM} "$@"'
-GATE_SCRIPT_LOGS = f'read _ <{GATE} || exit {GATE_EXIT}; exec {LOADER} {PROGRAM} "$@" 1<>{OUT} 2<>{ERR}'
+# The log pipes are opened before the gate is read: the gate opens only once the container holds
+# them, so the daemon may close its own ends then (a FIFO with no writer reads as EOF, and the
+# daemon stops reading a run's pipes at EOF: opened after the gate, a run's output was lost
+# whenever the daemon closed its ends first).
+GATE_SCRIPT_LOGS = f'exec 1<>{OUT} 2<>{ERR}; read _ <{GATE} || exit {GATE_EXIT}; exec {LOADER} {PROGRAM} "$@"'
 ENGINE_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock", "/run/podman/podman.sock")
 LABEL = "clawpen"
 SECRETS_SIZE = 4 << 20

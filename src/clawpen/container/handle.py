@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 EXIT_UNKNOWN = 255
 WAIT_TIMEOUT = 10.0
+OOM_GRACE = 2.0  # seconds the engine may take to record an OOM kill after the exit (late_oom_possible)
+SIGKILLED = 128 + 9
 
 
 def _seconds(stamp: str | None) -> float | None:
@@ -68,6 +70,22 @@ def result_from_state(state: dict[str, Any], *, fallback_started: float, oom: bo
     if not isinstance(code, int):
         return result._replace(message="exit status lost: the engine reported none")
     return result
+
+
+def late_oom_possible(state: dict[str, Any], host_config: dict[str, Any], peak: int | None) -> bool:
+    """Whether a container's end may be an OOM kill the engine has not recorded yet (pure).
+    Docker records an OOM kill when containerd's OOM event arrives, which on a loaded host can
+    come after the exit it caused: a SIGKILLed container (exit 137) whose memory peaked near
+    its limit is worth asking again for :data:`OOM_GRACE` seconds."""
+    limit = host_config.get("Memory") or 0
+    return (
+        state.get("ExitCode") == SIGKILLED
+        and not state.get("OOMKilled")
+        and isinstance(limit, int)
+        and limit > 0
+        and peak is not None
+        and peak >= limit * 0.9
+    )
 
 
 def remove_parent(cgroup: Cgroup, timeout: float = 2.0) -> None:
@@ -250,9 +268,27 @@ class ContainerSandbox:
             self.container.attrs.setdefault("State", {}).setdefault("Error", str(err))
         state = self.container.attrs.get("State") or {}
         stats = self.cgroup.stats()
+        if late_oom_possible(state, self.container.attrs.get("HostConfig") or {}, stats.memory_peak_bytes):
+            state = self._await_oom(state)
         result = result_from_state(state, fallback_started=self.started_at, oom=self._oom_signalled())
         cpu = None if stats.cpu_usage_ns is None else stats.cpu_usage_ns / 1e9
         return result._replace(cpu_s=cpu, memory_peak=stats.memory_peak_bytes)
+
+    def _await_oom(self, state: dict[str, Any], grace: float = OOM_GRACE) -> dict[str, Any]:
+        """The engine's ``State`` again, until it says ``OOMKilled`` or ``grace`` passes."""
+        import docker.errors
+
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                self.container.reload()
+            except (docker.errors.DockerException, OSError):
+                break
+            state = self.container.attrs.get("State") or state
+            if state.get("OOMKilled"):
+                break
+        return state
 
     def _oom_signalled(self) -> bool:
         if self.oom_fd is None:

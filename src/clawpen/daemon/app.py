@@ -25,6 +25,7 @@ from clawpen.logs.upkeep import Compressor, retention_sweep
 from clawpen.net.instance import sweep_orphan_relays
 from clawpen.paths import cache_dir
 from clawpen.plan.build import HostFacts
+from clawpen.sandbox import spawnmark
 from clawpen.sandbox.favor import favor_dynmods
 from clawpen.sandbox.namespace import NamespaceTier
 from clawpen.sandbox.seccomp import bpf_for, default_policy
@@ -148,6 +149,8 @@ async def serve(state: Path) -> None:
             daemon.components[part.name] = part
 
     await start(early)
+    for line in spawnmark.sweep(state):  # sandboxes a killed daemon left before their cgroup
+        daemon.note("daemon", f"removed a held sandbox: {line}")
     daemon.restore()
     sweep_copies(daemon)  # validate copies an interrupted validate left
     sweep_orphan_relays(daemon)  # relays a killed daemon was stopping

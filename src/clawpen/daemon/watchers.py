@@ -5,11 +5,15 @@ when the bot must be stopped or restarted (the instance then acts on it), or ``N
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import os
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from clawpen.sandbox.memevents import drain
+from clawpen.sandbox.tier import MemoryEvents
 from clawpen.spec.schedule import ActiveWindow, CronSpec
 from clawpen.supervisor.states import BotState as S
 from clawpen.supervisor.states import BotStateMachine
@@ -19,7 +23,7 @@ if TYPE_CHECKING:
     from clawpen.plan.model import Plan
     from clawpen.sandbox.cgroups import CgroupHost
     from clawpen.sandbox.tier import RunningSandbox
-    from clawpen.spec.models import Bot
+    from clawpen.spec.models import Bot, MemoryPressure
     from clawpen.supervisor.backoff import RestartTracker
 
 MEMORY_CHECK_INTERVAL = 5.0
@@ -146,25 +150,64 @@ async def cron_due(inst: Watched, spec: str, tz: str | None) -> Verdict:
 
 
 async def memory_pressure(inst: Watched, sandbox: RunningSandbox) -> Verdict:
+    """The bot's memory above ``share`` of its limit for ``for`` seconds. On cgroup v1 the
+    kernel says when the use crosses that level (:mod:`clawpen.sandbox.memevents`): nothing
+    wakes while it does not; elsewhere the use is polled."""
     mp, limit = inst.bot.memory_pressure, inst.bot.resources.memory
     if mp is None:
         return None
+    level = int(mp.share * limit)
+    efd = sandbox.memory_event_fd(level) if isinstance(sandbox, MemoryEvents) else None
+    if efd is None:
+        return await _memory_polled(inst, sandbox, level, mp)
+    loop = asyncio.get_running_loop()
+    crossed = asyncio.Event()
+
+    def ready() -> None:
+        drain(efd)
+        crossed.set()
+
+    loop.add_reader(efd, ready)
+    try:
+        above_since: float | None = None
+        while True:
+            crossed.clear()  # before the read: a crossing after it wakes the wait below
+            current = sandbox.stats().memory_current
+            now = inst.svc.clock()
+            if current is None or current <= level:
+                above_since = None
+                await crossed.wait()
+                continue
+            above_since = above_since or now
+            if now - above_since >= mp.for_:
+                return _over(current, limit, now - above_since, mp)
+            with contextlib.suppress(TimeoutError):  # still above when it runs out: a verdict
+                await asyncio.wait_for(crossed.wait(), mp.for_ - (now - above_since))
+    finally:
+        loop.remove_reader(efd)
+        os.close(efd)
+
+
+async def _memory_polled(inst: Watched, sandbox: RunningSandbox, level: int, mp: MemoryPressure) -> Verdict:
     interval = min(MEMORY_CHECK_INTERVAL, max(0.2, mp.for_ / 4))
     above_since: float | None = None
     while True:
         await asyncio.sleep(interval)
         current = sandbox.stats().memory_current
         now = inst.svc.clock()
-        if current is not None and current > mp.share * limit:
+        if current is not None and current > level:
             above_since = above_since or now
             if now - above_since >= mp.for_:
-                share = current / limit
-                return Outcome.MEMORY, (
-                    f"memory at {share:.0%} of its limit for {now - above_since:.0f}s "
-                    f"(memory_pressure: {mp.share:.0%} for {mp.for_:g}s)"
-                )
+                return _over(current, inst.bot.resources.memory or 1, now - above_since, mp)
         else:
             above_since = None
+
+
+def _over(current: int, limit: int, lasted: float, mp: MemoryPressure) -> Verdict:
+    return Outcome.MEMORY, (
+        f"memory at {current / limit:.0%} of its limit for {lasted:.0f}s "
+        f"(memory_pressure: {mp.share:.0%} for {mp.for_:g}s)"
+    )
 
 
 async def health(inst: Watched, sandbox: RunningSandbox) -> Verdict:

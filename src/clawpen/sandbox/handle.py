@@ -61,6 +61,11 @@ class CgroupHandle:
     def stats(self) -> CgroupStats:
         return self.cg.stats()
 
+    def memory_event_fd(self, threshold: int) -> int | None:
+        from clawpen.sandbox.memevents import threshold_fd
+
+        return threshold_fd(self.cg, threshold)
+
     def record(self) -> SandboxRecord:
         return SandboxRecord(self.pid, self.sandbox_pid, pid_start_time(self.pid), self.cg.name)
 

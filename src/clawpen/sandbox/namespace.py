@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from clawpen.errors import HostError, SandboxError, UsageError
 from clawpen.paths import cache_dir
 from clawpen.plan.model import Plan
-from clawpen.sandbox import cgroups, seccomp
+from clawpen.sandbox import cgroups, seccomp, spawnmark
 from clawpen.sandbox.bwrap import BwrapFds, bwrap_argv
 from clawpen.sandbox.foreground import FORWARDED_SIGNALS, wait
 from clawpen.sandbox.handle import CgroupHandle
@@ -209,6 +209,7 @@ class Sandbox(CgroupHandle):
         self.stop_reason: str | None = None
         self.sandbox: tuple[int, int] | None = None  # (pid, pidfd) of the sandbox's pid 1
         self.pending_signal: int | None = None
+        self.mark: Path | None = None  # while bubblewrap runs outside the cgroup (spawnmark)
 
     @property
     def kill_grace(self) -> float:
@@ -334,14 +335,12 @@ class Sandbox(CgroupHandle):
     def _argv(self, status_fd: int | None) -> None:
         plan = self.plan
         self.block_r, self.block_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
-        block = self.block_r
-        if self.hold:
-            # bubblewrap takes EOF on its block fd as "go". A held spare gets the pipe opened
-            # read-write: it holds a writer itself, so if the daemon dies before releasing it,
-            # it never reads EOF and waits (until the next daemon removes it) rather than
-            # running a second, unsupervised copy of the bot. bubblewrap closes the fd once
-            # it has read the byte, before the bot's command runs.
-            block = self._keep(os.open(f"/proc/self/fd/{self.block_r}", os.O_RDWR | os.O_CLOEXEC))
+        # bubblewrap takes EOF on its block fd as "go": it gets the pipe opened read-write, so it
+        # holds a writer itself. If the daemon dies before releasing it (a held spare, or a cold
+        # start before its cgroup join), it never reads EOF and waits, until the next daemon
+        # removes it, rather than running an unsupervised copy of the bot outside its cgroup.
+        # bubblewrap closes the fd once it has read the byte, before the bot's command runs.
+        block = self._keep(os.open(f"/proc/self/fd/{self.block_r}", os.O_RDWR | os.O_CLOEXEC))
         self.info_r, info_w = (self._keep(fd) for fd in os.pipe2(os.O_CLOEXEC))
         self.info_w = info_w
         self.bwrap_fds = BwrapFds(
@@ -399,6 +398,8 @@ class Sandbox(CgroupHandle):
                 where="spawn",
                 hint="install it: apt-get install bubblewrap",
             ) from None
+        if not self.plan.die_with_parent:  # it outlives a killed daemon: see spawnmark
+            self.mark = spawnmark.write(self.tier._state, self.cgroup_name, self.proc.pid)
         # bubblewrap has its own copies now: only the block pipe, the info pipe's read end and
         # the pidfds stay open here (a daemon with 500 bots and their spares holds thousands
         # fewer descriptors, and each fork copies fewer)
@@ -416,6 +417,8 @@ class Sandbox(CgroupHandle):
             if os.path.exists(f"/proc/{child}") and self.process.poll() is None:
                 raise
             return  # bwrap failed its set-up and exited; wait() reports it
+        finally:
+            spawnmark.clear(self.mark)
         if not self.hold:
             self.release()
 
@@ -491,6 +494,7 @@ class Sandbox(CgroupHandle):
             reap(*self.sandbox)
         if self.cgroup is not None:
             self.cgroup.remove()
+        spawnmark.clear(self.mark)
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

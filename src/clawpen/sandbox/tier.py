@@ -214,6 +214,17 @@ class HeldSandbox(RunningSandbox, Protocol):
 
 
 @runtime_checkable
+class MemoryEvents(Protocol):
+    """A running sandbox whose memory use the kernel can report crossing a level (cgroup v1)."""
+
+    def memory_event_fd(self, threshold: int) -> int | None:
+        """A new non-blocking eventfd (the caller closes it) that becomes readable each time the
+        bot's memory use crosses ``threshold`` bytes, either way; None when the host offers no
+        such event (the caller polls)."""
+        ...
+
+
+@runtime_checkable
 class HoldingTier(Protocol):
     """A tier that can build a bot's next sandbox ahead of time (a warm spare): a restart then
     only releases it. The namespace tier can; a tier that cannot is simply not one of these."""
