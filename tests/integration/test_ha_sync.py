@@ -284,7 +284,10 @@ def test_a_failed_restore_leaves_the_workspace_untouched(tmp_path: Path, shared:
     partial = tmp_path / "partial"
     with pytest.raises(HostError, match="restore failed"):
         b.run(["restore", shipped.id, "--target", str(partial)], "restore")
-    assert (partial / "run.sh").read_text() == "#!/bin/sh\necho hi\n"  # half a restore was written
+    # half a restore was written (which files depends on which blobs share the broken pack: a
+    # CI run saw run.sh's among them; empty files, folders and symlinks need no pack at all)
+    written = [p.relative_to(partial) for p in partial.rglob("*") if p.is_file() or p.is_symlink()]
+    assert written, "restic wrote nothing before it failed"
     # ... and through ShipRepo.restore, the workspace keeps what it had, no fresh folder is left
     with pytest.raises(HostError) as err:
         b.restore(BOT, shipped.id, backup)
