@@ -10,8 +10,10 @@ nothing ever found it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -92,6 +94,15 @@ def test_a_start_killed_before_its_cgroup_never_runs_and_the_next_daemon_removes
     assert not live(uid, "sleep"), "the bot ran outside its cgroup after its starter died"
     marks = list(spawnmark.folder(clawpen.home).iterdir())
     assert [m.name for m in marks] == [group]
+    # bubblewrap's monitor (the mark's pid, its group's leader) may die of SIGPIPE when it writes
+    # the rest of its info to the dead starter's pipe, leaving the held sandbox alone (a CI run
+    # saw it): kill it, so that the sweep must find the sandbox by group, uid and start time
+    leader = int(marks[0].read_text().split()[0])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(leader, signal.SIGKILL)
+    assert wait_for(lambda: leader not in live(uid), 5), of_uids([uid])
+    sandbox = live(uid)
+    assert sandbox and set(sandbox) <= set(held), of_uids([uid])  # the held sandbox lives on
 
     with daemon_at(clawpen.home) as d:  # the next daemon sweeps at its start
         d.cli("ps")  # starts it
@@ -106,18 +117,20 @@ def test_a_mark_whose_writer_lives_or_whose_pid_was_reused_is_left_alone(tmp_pat
     other = subprocess.Popen(["sleep", "300"], process_group=0)
     try:
         folder = spawnmark.folder(tmp_path)
-        mine = spawnmark.write(tmp_path, "busy.0", other.pid)  # written by this live process
+        mine = spawnmark.write(tmp_path, "busy.0", other.pid, os.getuid())  # by this live process
         assert mine is not None and mine.parent == folder
         assert spawnmark.sweep(tmp_path) == [] and mine.exists()
-        # a dead writer, but the pid now belongs to another process (another start time)
-        pid, start_time, _, _ = (int(f) for f in mine.read_text().split())
-        (folder / "reused.0").write_text(f"{pid} {start_time + 1} 999999999 1\n")
+        # a dead writer, but the group's processes started after the mark's (a reused group id),
+        # or run as another uid
+        pid, start_time, _, _, uid = (int(f) for f in mine.read_text().split())
+        (folder / "reused.0").write_text(f"{pid} {start_time + 1} 999999999 1 {uid}\n")
+        (folder / "other-uid.0").write_text(f"{pid} {start_time} 999999999 1 {uid + 1}\n")
         (folder / "junk.0").write_text("not a mark\n")
         assert spawnmark.sweep(tmp_path) == []
         assert other.poll() is None  # never killed
         assert sorted(m.name for m in folder.iterdir()) == ["busy.0"]  # stale marks removed
         # the same process, its writer dead: killed
-        mine.write_text(f"{pid} {start_time} 999999999 1\n")
+        mine.write_text(f"{pid} {start_time} 999999999 1 {uid}\n")
         assert len(spawnmark.sweep(tmp_path)) == 1
         assert other.wait(5) == -9
     finally:

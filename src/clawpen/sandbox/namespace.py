@@ -399,7 +399,8 @@ class Sandbox(CgroupHandle):
                 hint="install it: apt-get install bubblewrap",
             ) from None
         if not self.plan.die_with_parent:  # it outlives a killed daemon: see spawnmark
-            self.mark = spawnmark.write(self.tier._state, self.cgroup_name, self.proc.pid)
+            uid = self.plan.identity.uid
+            self.mark = spawnmark.write(self.tier._state, self.cgroup_name, self.proc.pid, uid)
         # bubblewrap has its own copies now: only the block pipe, the info pipe's read end and
         # the pidfds stay open here (a daemon with 500 bots and their spares holds thousands
         # fewer descriptors, and each fork copies fewer)
