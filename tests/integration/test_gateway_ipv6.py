@@ -130,12 +130,17 @@ class V6Env(Env):
         """A GET over TLS from the bot's namespace straight to ``addr`` (no proxy): the body,
         or "refused: ..." when the gateway closed or reset the connection."""
         ctx = ssl.create_default_context(cafile=str(self.cert))
+        raw = netns.socket_in(
+            self.fds[bot], socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM
+        )
+        raw.settimeout(3)
         try:
-            with (
-                self.connect(bot, addr, port) as raw,
-                ctx.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False) as tls,
-            ):
-                tls.do_handshake()  # inside the with: a refused handshake still closes the TLS socket
+            # wrapped before it connects: CPython's wrap_socket of a connected socket the peer has
+            # already reset raises from its "not connected?" probe and leaks the TLS socket it
+            # made (a CI run saw the ResourceWarning after a quick refusal by the gateway)
+            with ctx.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False) as tls:
+                tls.connect((addr, port))
+                tls.do_handshake()
                 tls.sendall(f"GET /v6 HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
                 data = b""
                 while chunk := tls.recv(65536):
@@ -143,6 +148,8 @@ class V6Env(Env):
             return data.decode(errors="replace")
         except (OSError, ssl.SSLError) as err:
             return f"refused: {err}"
+        finally:
+            raw.close()  # detached by the wrap (a no-op then), unless the wrap itself failed
 
     def row(self, bot: str, **match: object) -> dict[str, object] | None:
         deadline = time.monotonic() + 5
