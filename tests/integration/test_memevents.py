@@ -5,7 +5,6 @@ again when it frees, and stays quiet while the use stays on one side."""
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from clawpen.plan.model import CgroupLimits
 from clawpen.sandbox.cgroups import Cgroup, detect
 from clawpen.sandbox.memevents import drain, threshold_fd
+from clawpen.sandbox.procs import readable
 
 pytestmark = [pytest.mark.root]
 
@@ -39,10 +39,6 @@ def cg() -> Iterator[Cgroup]:
         yield made
     finally:
         made.remove()
-
-
-def readable(fd: int, timeout: float) -> bool:
-    return bool(select.select([fd], [], [], timeout)[0])
 
 
 def test_crossing_the_level_either_way_wakes_the_eventfd(cg: Cgroup) -> None:

@@ -172,23 +172,9 @@ def oom_eventfd(cgroup: Cgroup) -> int | None:
     """An eventfd the kernel signals when the memory limit of ``cgroup`` (cgroup v1) leaves no
     choice but the OOM killer (``cgroup.event_control`` on ``memory.oom_control``); None where
     there is no such file."""
-    for folder in cgroup.dirs:
-        control = os.path.join(folder, "memory.oom_control")
-        if not os.path.exists(control):
-            continue
-        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        try:
-            cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                with open(os.path.join(folder, "cgroup.event_control"), "w", encoding="ascii") as f:
-                    f.write(f"{efd} {cfd}")
-            finally:
-                os.close(cfd)
-        except OSError:
-            os.close(efd)
-            return None
-        return efd
-    return None
+    from clawpen.sandbox.memevents import event_fd
+
+    return event_fd(cgroup, "memory.oom_control")
 
 
 class ContainerSandbox:

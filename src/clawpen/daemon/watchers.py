@@ -159,7 +159,7 @@ async def memory_pressure(inst: Watched, sandbox: RunningSandbox) -> Verdict:
     level = int(mp.share * limit)
     efd = sandbox.memory_event_fd(level) if isinstance(sandbox, MemoryEvents) else None
     if efd is None:
-        return await _memory_polled(inst, sandbox, level, mp)
+        return await _memory_polled(inst, sandbox, level, limit, mp)
     loop = asyncio.get_running_loop()
     crossed = asyncio.Event()
 
@@ -188,7 +188,9 @@ async def memory_pressure(inst: Watched, sandbox: RunningSandbox) -> Verdict:
         os.close(efd)
 
 
-async def _memory_polled(inst: Watched, sandbox: RunningSandbox, level: int, mp: MemoryPressure) -> Verdict:
+async def _memory_polled(
+    inst: Watched, sandbox: RunningSandbox, level: int, limit: int, mp: MemoryPressure
+) -> Verdict:
     interval = min(MEMORY_CHECK_INTERVAL, max(0.2, mp.for_ / 4))
     above_since: float | None = None
     while True:
@@ -198,7 +200,7 @@ async def _memory_polled(inst: Watched, sandbox: RunningSandbox, level: int, mp:
         if current is not None and current > level:
             above_since = above_since or now
             if now - above_since >= mp.for_:
-                return _over(current, inst.bot.resources.memory or 1, now - above_since, mp)
+                return _over(current, limit, now - above_since, mp)
         else:
             above_since = None
 

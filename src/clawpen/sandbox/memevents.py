@@ -23,29 +23,35 @@ if TYPE_CHECKING:
 USAGE = "memory.usage_in_bytes"
 
 
-def threshold_fd(cg: Cgroup, threshold: int) -> int | None:
-    """A new non-blocking eventfd (the caller closes it) that becomes readable each time the
-    cgroup's memory use crosses ``threshold`` bytes; None where the kernel offers no such event."""
-    if cg.version != 1:
-        return None
-    memory = next((d for d in cg.dirs if os.path.exists(f"{d}/{USAGE}")), None)
-    if memory is None:
+def event_fd(cg: Cgroup, control: str, *args: int) -> int | None:
+    """A new non-blocking eventfd (the caller closes it) the kernel signals on ``control``'s
+    event (cgroup v1 ``cgroup.event_control``: ``<eventfd> <fd of control> [args]``), in the
+    first of the cgroup's directories that has ``control``; None where none has it."""
+    folder = next((d for d in cg.dirs if os.path.exists(f"{d}/{control}")), None)
+    if folder is None:
         return None
     efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
     try:
-        usage = os.open(f"{memory}/{USAGE}", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(f"{folder}/{control}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            control = os.open(f"{memory}/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+            line = " ".join(map(str, (efd, target, *args)))
+            register = os.open(f"{folder}/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(control, f"{efd} {usage} {threshold}".encode())
+                os.write(register, line.encode())
             finally:
-                os.close(control)
+                os.close(register)
         finally:
-            os.close(usage)  # the kernel holds the event by the eventfd, not by this file
+            os.close(target)  # the kernel holds the event by the eventfd, not by this file
     except OSError:
         os.close(efd)
         return None
     return efd
+
+
+def threshold_fd(cg: Cgroup, threshold: int) -> int | None:
+    """An eventfd that becomes readable each time the cgroup's memory use crosses ``threshold``
+    bytes, either way; None where the kernel offers no such event (cgroup v2)."""
+    return event_fd(cg, USAGE, threshold)
 
 
 def drain(efd: int) -> None:
